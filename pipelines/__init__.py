@@ -1,0 +1,1 @@
+"""Runnable jobs: the demo, dataset converters, cluster launcher and benchmark runners."""

@@ -1,0 +1,55 @@
+"""Benchmarks as commands (JSON out): input pipeline examples/s and training examples/s after warm-up."""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import tensorflow as tf
+
+from tfmsr.data.pipeline import make_dataset, read_errors, split_files
+from tfmsr.features import Schema
+from tfmsr.models import build
+from tfmsr.training.trainer import compile_model
+
+
+def _machine() -> dict:
+    return {"cpus": os.cpu_count(), "tensorflow": tf.__version__}
+
+
+def bench_input(data_dir: str, batch: int = 1024, steps: int = 300, warmup: int = 20, split: str = "train") -> dict:
+    """Examples/s of the training input pipeline (read, shuffle, batch, parse) alone."""
+    schema = Schema.load(os.path.join(data_dir, "schema.yaml"))
+    files = split_files(data_dir, split)
+    it = iter(make_dataset(files, schema, batch, training=True))
+    with read_errors(files, schema):
+        for _ in range(warmup):
+            next(it)
+        start, n = time.perf_counter(), 0
+        for _ in range(steps):
+            _, y = next(it)
+            n += int(y.shape[0])
+    secs = time.perf_counter() - start
+    return {"bench": "input", "data": os.path.abspath(data_dir), "batch": batch, "steps": steps,
+            "examples": n, "seconds": round(secs, 3), "examples_per_sec": round(n / secs, 1),
+            "features": {k: sum(1 for f in schema.features if f.kind == k)
+                         for k in ("categorical", "numeric", "sequence")}, **_machine()}
+
+
+def bench_train(cfg: dict, data_dir: str, batch: int = 1024, steps: int = 200, warmup: int = 30) -> dict:
+    """Training examples/s of ``model.fit`` from TFRecord shards, measured after ``warmup`` steps."""
+    schema = Schema.load(os.path.join(data_dir, "schema.yaml"))
+    files = split_files(data_dir, "train")
+    model = compile_model(build(cfg["model"]["name"], schema, cfg["model"]["params"]), cfg)
+    ds = make_dataset(files, schema, batch, training=True, seed=cfg["train"]["seed"],
+                      shuffle_buffer=cfg["data"]["shuffle_buffer"])
+    with read_errors(files, schema):
+        model.fit(ds, epochs=1, steps_per_epoch=warmup, verbose=0)
+        start = time.perf_counter()
+        model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
+    secs = time.perf_counter() - start
+    params = int(sum(math.prod(v.shape) for v in model.trainable_variables))
+    return {"bench": "train", "model": cfg["model"]["name"], "data": os.path.abspath(data_dir), "batch": batch,
+            "steps": steps, "warmup": warmup, "seconds": round(secs, 3),
+            "examples_per_sec": round(steps * batch / secs, 1), "ms_per_step": round(1000 * secs / steps, 2),
+            "trainable_parameters": params, **_machine()}

@@ -1,0 +1,154 @@
+"""``tfmsr <verb>``: data, train, evaluate, models, bench, demo.
+
+Errors a user can cause (bad config or schema, unreadable data, existing outputs) print one line
+``tfmsr: error: ...`` naming the file and field, and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import tfmsr  # noqa: F401  (pins Keras 2 before TensorFlow loads)
+
+
+def _data_synth(args):
+    from tfmsr.data.synth import generate
+
+    stats = generate(args.out, rows=args.rows, scenarios=args.scenarios, seed=args.seed, users=args.users,
+                     items=args.items, seq_len=args.seq_len, rows_per_shard=args.rows_per_shard,
+                     compression="GZIP" if args.gzip else None, overwrite=args.overwrite)
+    print(json.dumps({"out": args.out, "splits": {k: v["rows"] for k, v in stats["splits"].items()},
+                      "traffic_share": stats["traffic_share"]}))
+
+
+def _train(args):
+    from tfmsr.config import load_config
+    from tfmsr.training.trainer import train
+
+    cfg = load_config(args.config, args.set)
+    summary = train(cfg, args.data, args.model_dir, overwrite=args.overwrite)
+    print(json.dumps({k: summary[k] for k in ("model", "steps", "examples_per_sec", "best_val_auc",
+                                              "resumed_from_step")}))
+
+
+def _evaluate(args):
+    from tfmsr import metrics
+    from tfmsr.training.evaluation import evaluate
+
+    res = evaluate(args.model_dir, args.data, args.split, out=args.out, predictions=args.predictions)
+    print(metrics.format_table({res["model"]: res}, list(res["scenarios"])))
+
+
+def _models(args):
+    from tfmsr.models import available
+
+    for name, doc in available().items():
+        print(f"{name:16s} {doc}")
+
+
+def _bench(args):
+    from tfmsr import bench
+
+    if args.what == "input":
+        res = bench.bench_input(args.data, args.batch, args.steps, args.warmup)
+    else:
+        from tfmsr.config import load_config
+
+        cfg = load_config(args.config, args.set)
+        res = bench.bench_train(cfg, args.data, args.batch, args.steps, args.warmup)
+    print(json.dumps(res) if args.json else "\n".join(f"{k}: {v}" for k, v in res.items()))
+
+
+def _demo(args):
+    from pipelines.demo import main as demo
+
+    demo(args.out, rows=args.rows, epochs=args.epochs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tfmsr", description="Multi-scenario recommendation trainer")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    data = sub.add_parser("data", help="create or convert datasets").add_subparsers(dest="data_verb", required=True)
+    s = data.add_parser("synth", help="planted multi-scenario data with a known ground truth")
+    s.add_argument("--out", required=True)
+    s.add_argument("--rows", type=int, default=200_000)
+    s.add_argument("--scenarios", type=int, default=5)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--users", type=int)
+    s.add_argument("--items", type=int)
+    s.add_argument("--seq-len", type=int, default=30)
+    s.add_argument("--rows-per-shard", type=int, default=50_000)
+    s.add_argument("--gzip", action="store_true", help="GZIP-compressed shards")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=_data_synth)
+
+    conv = data.add_parser("convert", help="convert a public dataset to shards + schema + stats")
+    conv_sub = conv.add_subparsers(dest="converter", required=True)
+    from tfmsr.data.convert import converters
+
+    for name, mod in converters().items():
+        c = conv_sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
+        c.add_argument("--src", required=True, help="folder with the original files")
+        c.add_argument("--out", required=True, help="dataset folder to create")
+        c.add_argument("--overwrite", action="store_true")
+        mod.add_arguments(c)
+        c.set_defaults(fn=mod.run)
+
+    t = sub.add_parser("train", help="train a model (locally, or as a cluster role under TF_CONFIG)")
+    t.add_argument("--config", required=True)
+    t.add_argument("--data", required=True)
+    t.add_argument("--model-dir", required=True)
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=1")
+    t.add_argument("--overwrite", action="store_true", help="retrain over a finished run")
+    t.set_defaults(fn=_train)
+
+    e = sub.add_parser("evaluate", help="per-scenario AUC, GAUC, logloss (and oracle AUC) on a split")
+    e.add_argument("--model-dir", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--split", default="test")
+    e.add_argument("--out", help="metrics JSON (default MODEL_DIR/metrics.json)")
+    e.add_argument("--predictions", help="also write per-row predictions (CSV)")
+    e.set_defaults(fn=_evaluate)
+
+    m = sub.add_parser("models", help="list registered models")
+    m.set_defaults(fn=_models)
+
+    b = sub.add_parser("bench", help="benchmarks with JSON output")
+    b.add_argument("what", choices=["input", "train"])
+    b.add_argument("--data", required=True)
+    b.add_argument("--config")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    b.add_argument("--batch", type=int, default=1024)
+    b.add_argument("--steps", type=int, default=200)
+    b.add_argument("--warmup", type=int, default=30)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(fn=_bench)
+
+    d = sub.add_parser("demo", help="the main job on planted data: generate, train, evaluate per scenario")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--rows", type=int, default=400_000)
+    d.add_argument("--epochs", type=int, default=3)
+    d.set_defaults(fn=_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    from tfmsr.data.pipeline import DataError
+    from tfmsr.features import SchemaError
+    from tfmsr.models.base import ConfigError
+
+    args = build_parser().parse_args(argv)
+    if getattr(args, "what", None) == "train" and not args.config:
+        build_parser().error("bench train needs --config")
+    try:
+        args.fn(args)
+    except (ConfigError, SchemaError, DataError, FileExistsError, FileNotFoundError) as e:
+        print(f"tfmsr: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""TFRecord encode/parse from the schema, the tf.data input pipeline and the planted data generator."""

@@ -1,0 +1,201 @@
+"""tf.data input pipeline from TFRecord shards, parsed after batching.
+
+    shard list -> [shard by worker] -> [shuffle files] -> interleave -> [shuffle] -> batch
+      -> [repeat, skip k batches on resume] -> parse_example -> prefetch
+
+The model sees a dict of dense tensors (DESIGN section 3): categorical int64 ``[B]`` (hashed features:
+string ``[B]``), numeric float32 ``[B]``, sequences int64 ``[B, L]`` padded with 0 (most recent first,
+truncated to L), the scenario int64 ``[B]``, extras as declared; the label is float32 ``[B]``.
+
+Bad data stops the run with the file and the field: ``read_errors`` wraps any loop over a dataset and,
+when TensorFlow reports a parse or read error (which never names the file), re-reads the shards one by
+one to find the file, the record and the field, and raises one ``DataError``.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import re
+from typing import Dict, List, Optional, Sequence
+
+import tensorflow as tf
+
+from tfmsr.features import Schema
+
+
+class DataError(ValueError):
+    """Unreadable shard, missing field or wrong dtype, naming the file and the field."""
+
+
+_TF_DTYPES = {"int64": tf.int64, "float32": tf.float32, "string": tf.string}
+
+
+def split_files(data_dir: str, split: str) -> List[str]:
+    """Sorted shard paths of one split: ``DIR/<split>/*.tfrecord[.gz]``."""
+    pattern = os.path.join(data_dir, split, "*.tfrecord*")
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise DataError(f"{os.path.join(data_dir, split)}: no shards for split '{split}' "
+                        "(expected part-*.tfrecord or part-*.tfrecord.gz)")
+    return files
+
+
+def compression_of(files: Sequence[str]) -> str:
+    kinds = {f.endswith(".gz") for f in files}
+    if len(kinds) > 1:
+        raise DataError(f"{os.path.dirname(files[0])}: mixes GZIP (.gz) and uncompressed shards")
+    return "GZIP" if kinds.pop() else ""
+
+
+def parse_spec(schema: Schema) -> Dict[str, object]:
+    """``tf.io.parse_example`` spec of every column in the schema (all required but sequences)."""
+    spec = {schema.scenario.name: tf.io.FixedLenFeature([], tf.int64)}
+    for label in schema.labels:
+        spec[label] = tf.io.FixedLenFeature([], tf.float32)
+    for f in schema.features:
+        if f.kind == "numeric":
+            spec[f.name] = tf.io.FixedLenFeature([], tf.float32)
+            continue
+        dtype = tf.string if schema.table_owner(f).hashed else tf.int64
+        if f.kind == "categorical":
+            spec[f.name] = tf.io.FixedLenFeature([], dtype)
+        else:  # an absent or empty sequence is a user without behaviour
+            spec[f.name] = tf.io.RaggedFeature(dtype, row_splits_dtype=tf.int64)
+    for name, dtype in schema.extras.items():
+        spec[name] = tf.io.FixedLenFeature([], _TF_DTYPES[dtype])
+    return spec
+
+
+def make_parser(schema: Schema, with_labels: bool = True):
+    """Batched serialized examples ``[B]`` -> (features dict, label ``[B]``)."""
+    spec = parse_spec(schema)
+    seqs = {f.name: f for f in schema.of_kind("sequence")}
+
+    def parse(serialized):
+        parsed = tf.io.parse_example(serialized, spec)
+        for name, f in seqs.items():
+            rag = parsed[name]
+            pad = "" if rag.dtype == tf.string else 0
+            parsed[name] = rag.to_tensor(default_value=pad, shape=[None, f.length])
+        if not with_labels:
+            return parsed
+        label = parsed.pop(schema.label) if len(schema.labels) == 1 else {
+            name: parsed.pop(name) for name in schema.labels}
+        return parsed, label
+
+    return parse
+
+
+def make_dataset(
+    files: Sequence[str],
+    schema: Schema,
+    batch_size: int,
+    *,
+    training: bool,
+    seed: int = 0,
+    shuffle_buffer: int = 20_000,
+    skip_batches: int = 0,
+    input_context: Optional[tf.distribute.InputContext] = None,
+    cycle_length: int = 4,
+) -> tf.data.Dataset:
+    """Training: files and rows shuffled (deterministically by ``seed``), repeated forever,
+    ``skip_batches`` batches skipped (resume) before parsing. Evaluation: one pass in file order."""
+    files = list(files)
+    compression = compression_of(files)
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        if len(files) < input_context.num_input_pipelines:
+            raise DataError(f"{os.path.dirname(files[0])}: {len(files)} shard(s) cannot be split across "
+                            f"{input_context.num_input_pipelines} input pipelines; write more shards")
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type=compression, buffer_size=1 << 20),
+        cycle_length=max(1, min(cycle_length, len(files))),
+        block_length=16,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=False)
+    if training:
+        ds = ds.repeat()
+        if skip_batches:
+            ds = ds.skip(skip_batches)
+    ds = ds.map(make_parser(schema), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    options = tf.data.Options()
+    options.experimental_optimization.map_parallelization = True
+    if input_context is not None:
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------------------- bad data
+_FIELD_RE = re.compile(r"(?:Key|Feature|Name): ([^\s.,]+)")
+
+
+def check_first_record(path: str, schema: Schema) -> None:
+    """Cheap pre-flight on one shard: readable, and its first record has every column of the schema."""
+    compression = compression_of([path])
+    try:
+        first = next(iter(tf.data.TFRecordDataset(path, compression_type=compression).take(1)), None)
+    except (tf.errors.DataLossError, tf.errors.OpError) as e:
+        raise DataError(f"{path}: not a readable TFRecord file ({e.message.splitlines()[0]})") from None
+    if first is None:
+        return
+    ex = tf.train.Example.FromString(first.numpy())
+    have = ex.features.feature
+    for name in parse_spec(schema):
+        if name not in have:
+            raise DataError(f"{path}: record 0 has no feature '{name}' required by {schema.source}")
+
+
+def diagnose(files: Sequence[str], schema: Schema) -> Optional[DataError]:
+    """Find the first shard / record / field TensorFlow cannot read or parse; None if all are fine."""
+    spec = parse_spec(schema)
+    for path in files:
+        compression = compression_of([path])
+        row = 0
+        try:
+            for batch in tf.data.TFRecordDataset(path, compression_type=compression).batch(4096):
+                try:
+                    tf.io.parse_example(batch, spec)
+                except tf.errors.InvalidArgumentError:
+                    for j in range(int(batch.shape[0])):
+                        try:
+                            tf.io.parse_example(batch[j:j + 1], spec)
+                        except tf.errors.InvalidArgumentError as e:
+                            return _parse_error(path, row + j, e, schema)
+                row += int(batch.shape[0])
+        except (tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.InvalidArgumentError) as e:
+            return DataError(f"{path}: not a readable TFRecord file (failed after {row} records: "
+                             f"{e.message.splitlines()[0]})")
+    return None
+
+
+def _parse_error(path: str, row: int, err, schema: Schema) -> DataError:
+    msg = err.message.splitlines()[0]
+    m = _FIELD_RE.search(msg)
+    field = m.group(1) if m else "?"
+    if "could not be found" in msg or "is required" in msg:
+        what = f"is missing required feature '{field}'"
+    else:
+        want = parse_spec(schema).get(field)
+        dtype = getattr(want, "dtype", None)
+        what = f"has feature '{field}' of the wrong type or shape (expected {getattr(dtype, 'name', '?')}: {msg})"
+    return DataError(f"{path}: record {row} {what}")
+
+
+@contextlib.contextmanager
+def read_errors(files: Sequence[str], schema: Schema):
+    """Turn TensorFlow's file-less read/parse errors raised inside the block into one DataError."""
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        found = diagnose(files, schema)
+        if found is None:
+            raise
+        raise found from e

@@ -1,0 +1,279 @@
+"""Planted multi-scenario click data: the embedded default dataset, with a known ground truth.
+
+Generating process (all draws from one ``numpy.random.Generator(seed)``; rows are produced in time
+order, chunk by chunk, so memory is bounded by users x history length, never by rows):
+
+* **Scenarios** ``s = 0..S-1`` take a long-tail share of traffic (50/25/12/8/5 % for S = 5, Zipf(1.3)
+  otherwise). Scenarios come in clusters of two (``cluster(s) = s // 2``): scenarios of one cluster are
+  alike, scenarios of different clusters are not. Odd scenarios are search entrances and carry a query.
+* **Users** ``u`` (gender, age band, level, activity) and **items** ``i`` (category, brand, price) are
+  shared by all scenarios. Each has a global vector ``g_u, g_i`` and a scenario-taste vector
+  ``a_u, b_i`` in R^d, each the sum of an attribute part (age/gender, category) and an id part.
+* **Scenario-specific preference**: scenario s weighs the taste dimensions by ``m_s = m_cluster(s) +
+  0.25 * noise_s`` (m_cluster ~ N(0, I)), so ``spec = (a_u * m_s) . b_i / sqrt(d)`` agrees within a
+  cluster and disagrees (even in sign) across clusters. ``stats.json`` records the cosine similarity of
+  the ``m_s`` as ``generator.scenario_similarity``.
+* **Implicit scenario** (MuSeNet): a latent ``z = hour // 6`` in 0..3 driven by the context feature
+  ``hour``; z shifts the taste for categories (``T[z, cat]``) and the repeat effect (``rho_z``).
+* **Behaviour**: each user keeps the last L clicked items (with their category and scenario), most
+  recent first. Candidates: with the user's repeat propensity ``q_u ~ Beta(1.2, 4)`` an item already in
+  the history (repeat consumption), else with prob. 0.3 an item of a category from the history, in a
+  search scenario with prob. 0.6 an item of the query's category, else an item by popularity (Zipf).
+* **Click** ``y ~ Bernoulli(sigmoid(logit))`` with::
+
+    logit = b0 + bias_s + g_u.g_i / sqrt(d)                    global preference
+          + 1.2 * spec_s(u, i)                                 scenario-specific preference
+          + 1.0 * mean_h cos(g_h, g_i) + 1.0 * share of history in cat(i)   interest from behaviour
+          + (rho_z + 2 (q_u - 0.2)) * [i in history]           repeat effect
+          + 0.8 * T[z, cat(i)] + 1.2 * [query = cat(i)] - 0.25 * price
+
+  ``oracle_p = sigmoid(logit)`` is stored with every row: its AUC is the ceiling of any model.
+  Clicked items enter the history after the row (the history a row sees is strictly earlier).
+* **Splits** by time: the first ``1 - valid - test`` of the rows train, then valid, then test.
+
+Extras per row: ``oracle_p``, ``latent_scenario`` (z), ``user_repeat_rate`` (the user's share of
+repeat clicks so far; MuSeNet's auxiliary label).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+
+from tfmsr.data.tfrecord import DatasetWriter
+from tfmsr.features import Feature, Scenario, Schema
+
+LATENT_SCENARIOS = 4
+HOUR_BUCKET = 6
+
+
+def traffic_shares(num_scenarios: int) -> np.ndarray:
+    if num_scenarios == 5:
+        p = np.array([0.50, 0.25, 0.12, 0.08, 0.05])
+    else:
+        p = 1.0 / np.arange(1, num_scenarios + 1) ** 1.3
+    return p / p.sum()
+
+
+def scenario_clusters(num_scenarios: int) -> np.ndarray:
+    return np.arange(num_scenarios) // 2
+
+
+def synth_schema(num_scenarios: int, users: int, items: int, categories: int, brands: int,
+                 seq_len: int, dim: int = 16) -> Schema:
+    names = [f"s{i}" for i in range(num_scenarios)]
+    cat = lambda name, group, vocab: Feature(name, "categorical", group, vocab_size=vocab, dim=dim)
+    feats = [
+        cat("user_id", "user", users + 1), cat("gender", "user", 3), cat("age", "user", 8),
+        cat("user_level", "user", 6), Feature("user_activity", "numeric", "user"),
+        cat("item_id", "item", items + 1), cat("cate_id", "item", categories + 1),
+        cat("brand_id", "item", brands + 1), Feature("price", "numeric", "item"),
+        cat("hour", "context", 25), cat("device", "context", 4),
+        cat("query_cate", "query", categories + 1),
+        Feature("hist_item_id", "sequence", "behavior", share="item_id", length=seq_len),
+        Feature("hist_cate_id", "sequence", "behavior", share="cate_id", length=seq_len),
+        Feature("hist_scenario", "sequence", "behavior", vocab_size=num_scenarios + 1, dim=dim,
+                length=seq_len),
+    ]
+    schema = Schema(
+        scenario=Scenario("scenario", names), labels=["click"], features=feats,
+        extras={"oracle_p": "float32", "latent_scenario": "int64", "user_repeat_rate": "float32"},
+        oracle="oracle_p", user_key="user_id", source="synth")
+    schema.validate()
+    return schema
+
+
+class _World:
+    """The static part of the planted world: users, items, scenario tastes."""
+
+    def __init__(self, rng, S, U, I, C, B, d, scenario_weight=1.2, id_noise=0.6):
+        self.scenario_weight, self.id_noise = scenario_weight, id_noise
+        self.S, self.U, self.I, self.C, self.B, self.d = S, U, I, C, B, d
+        n = rng.normal
+        # users
+        self.gender = rng.integers(0, 2, U)
+        self.age = rng.choice(7, U, p=[0.08, 0.2, 0.25, 0.2, 0.12, 0.1, 0.05])
+        act = rng.lognormal(0.0, 1.0, U)
+        self.activity = act / act.sum()
+        self.user_activity = ((np.log(act) - 0.0) / 1.0).astype(np.float32)
+        self.level = np.clip((np.log(act) + 2.5) // 1.2, 0, 4).astype(np.int64)
+        self.repeat_q = rng.beta(1.2, 4.0, U)
+        age_g, gen_g, age_a, gen_a = n(0, 0.8, (7, d)), n(0, 0.5, (2, d)), n(0, 0.8, (7, d)), n(0, 0.5, (2, d))
+        self.g_u = age_g[self.age] + gen_g[self.gender] + n(0, 0.6, (U, d))
+        self.a_u = age_a[self.age] + gen_a[self.gender] + n(0, id_noise, (U, d))
+        # items
+        cat = np.concatenate([np.arange(C), rng.choice(C, I - C, p=_zipf(C, 1.0))])
+        self.cat = rng.permutation(cat)
+        self.brand = (self.cat * (B // C) + rng.integers(0, max(1, B // C), I)) % B
+        self.price = rng.normal(0, 1, I).astype(np.float32)
+        cat_g, cat_b = n(0, 0.8, (C, d)), n(0, 0.8, (C, d))
+        self.g_i = cat_g[self.cat] + n(0, 0.6, (I, d))
+        self.b_i = cat_b[self.cat] + n(0, id_noise, (I, d))
+        self.g_i_unit = self.g_i / np.linalg.norm(self.g_i, axis=1, keepdims=True)
+        self.popularity = _zipf(I, 0.9)[rng.permutation(I)]
+        order = np.argsort(self.cat, kind="stable")
+        self.items_by_cat = order
+        self.cat_start = np.searchsorted(self.cat[order], np.arange(C))
+        self.cat_count = np.bincount(self.cat, minlength=C)
+        # scenarios
+        self.traffic = traffic_shares(S)
+        self.cluster = scenario_clusters(S)
+        m_cluster = n(0, 1, (self.cluster.max() + 1, d))
+        self.m = m_cluster[self.cluster] + 0.25 * n(0, 1, (S, d))
+        self.bias_s = n(0, 0.3, S)
+        self.search = (np.arange(S) % 2) == 1
+        # implicit scenarios
+        self.T = n(0, 1, (LATENT_SCENARIOS, C))
+        self.rho = np.array([1.5, 0.5, -0.8, 0.0])[:LATENT_SCENARIOS]
+        self.b0 = -2.9
+
+    def similarity(self) -> np.ndarray:
+        unit = self.m / np.linalg.norm(self.m, axis=1, keepdims=True)
+        return unit @ unit.T
+
+    def items_of_cat(self, rng, cats):
+        return self.items_by_cat[self.cat_start[cats] + (rng.random(len(cats)) * self.cat_count[cats]).astype(int)]
+
+
+def _zipf(n, a):
+    p = 1.0 / (np.arange(n) + 10.0) ** a
+    return p / p.sum()
+
+
+def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 0, users: Optional[int] = None,
+             items: Optional[int] = None, categories: int = 50, brands: int = 400, seq_len: int = 30,
+             latent_dim: int = 8, valid: float = 0.1, test: float = 0.1, rows_per_shard: int = 50_000,
+             chunk: int = 20_000, compression: Optional[str] = None, overwrite: bool = False,
+             scenario_weight: float = 1.2, id_noise: float = 0.6, progress: bool = True) -> dict:
+    """Stream ``rows`` planted rows into ``out_dir`` (shards + schema.yaml + stats.json); returns the stats."""
+    if rows < 100:
+        raise ValueError(f"--rows must be at least 100, got {rows}")
+    if not 0 < valid + test < 1:
+        raise ValueError(f"valid + test must be in (0, 1), got {valid} + {test}")
+    U = users or max(500, min(20_000, rows // 20))
+    I = items or max(200, min(20_000, rows // 40))
+    C = min(categories, I)
+    rng = np.random.default_rng(seed)
+    w = _World(rng, scenarios, U, I, C, brands, latent_dim, scenario_weight, id_noise)
+    schema = synth_schema(scenarios, U, I, C, brands, seq_len)
+    L = seq_len
+    hist_item = np.zeros((U, L), np.int64)  # ids + 1, 0 = padding; most recent first
+    hist_cat = np.zeros((U, L), np.int64)
+    hist_sc = np.zeros((U, L), np.int64)
+    clicks = np.zeros(U, np.int64)
+    repeat_clicks = np.zeros(U, np.int64)
+    n_train = int(rows * (1 - valid - test))
+    n_valid = int(rows * valid)
+    extra = {"generator": {
+        "seed": seed, "rows": rows, "scenario_weight": scenario_weight, "id_noise": id_noise, "users": U, "items": I, "categories": C, "brands": brands,
+        "latent_scenarios": LATENT_SCENARIOS, "scenario_clusters": w.cluster.tolist(),
+        "search_scenarios": np.flatnonzero(w.search).tolist(),
+        "scenario_similarity": np.round(w.similarity(), 4).tolist(),
+        "implicit_scenario": f"latent_scenario = (hour - 1) // {HOUR_BUCKET}",
+    }}
+    t0 = time.time()
+    with DatasetWriter(out_dir, schema, rows_per_shard=rows_per_shard, compression=compression,
+                       overwrite=overwrite, extra_stats=extra) as writer:
+        done = 0
+        while done < rows:
+            n = min(chunk, rows - done)
+            cols = _chunk(rng, w, n, hist_item, hist_cat, hist_sc, clicks, repeat_clicks)
+            start = done
+            for split, lo, hi in (("train", 0, n_train), ("valid", n_train, n_train + n_valid),
+                                  ("test", n_train + n_valid, rows)):
+                a, b = max(lo, start) - start, min(hi, start + n) - start
+                if a < b:
+                    writer.write(split, {k: v[a:b] for k, v in cols.items()})
+            done += n
+            if progress:
+                rate = done / max(time.time() - t0, 1e-9)
+                print(f"\rsynth: {done:,}/{rows:,} rows  {rate:,.0f} rows/s  ETA {(rows - done) / rate:,.0f}s",
+                      end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    return writer.stats.result() | extra
+
+
+def _chunk(rng, w: _World, n, hist_item, hist_cat, hist_sc, clicks, repeat_clicks) -> dict:
+    """n rows in time order; a user's later rows in the chunk see the clicks of its earlier rows."""
+    users = rng.choice(w.U, n, p=w.activity)
+    # occurrence rank of each row among its user's rows in this chunk: rows of equal rank have
+    # distinct users and are processed together (vectorised), ranks in time order.
+    order = np.argsort(users, kind="stable")
+    su = users[order]
+    first = np.r_[True, su[1:] != su[:-1]]
+    rank_sorted = np.arange(n) - np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    rank = np.empty(n, np.int64)
+    rank[order] = rank_sorted
+    L = hist_item.shape[1]
+    out = {k: np.zeros(n, np.int64) for k in ("user_id", "gender", "age", "user_level", "item_id", "cate_id",
+                                              "brand_id", "hour", "device", "query_cate", "scenario",
+                                              "latent_scenario")}
+    for k in ("user_activity", "price", "click", "oracle_p", "user_repeat_rate"):
+        out[k] = np.zeros(n, np.float32)
+    for k in ("hist_item_id", "hist_cate_id", "hist_scenario"):
+        out[k] = np.zeros((n, L), np.int64)
+    for r in range(int(rank.max()) + 1):
+        idx = np.flatnonzero(rank == r)
+        u = users[idx]
+        m = len(idx)
+        s = rng.choice(w.S, m, p=w.traffic)
+        hour = rng.integers(0, 24, m)
+        z = hour // HOUR_BUCKET
+        device = rng.integers(0, 3, m)
+        hi, hc, hs = hist_item[u], hist_cat[u], hist_sc[u]
+        hlen = (hi != 0).sum(axis=1)
+        # query: search scenarios ask for a category, often one from the user's history
+        search = w.search[s]
+        fav = np.where(hlen > 0, hc[np.arange(m), (rng.random(m) * np.maximum(hlen, 1)).astype(int)] - 1, -1)
+        qcat = np.where(fav >= 0, fav, rng.integers(0, w.C, m))
+        qcat = np.where(rng.random(m) < 0.5, qcat, rng.integers(0, w.C, m))
+        # candidate item
+        item = rng.choice(w.I, m, p=w.popularity)
+        from_cat = (rng.random(m) < 0.3) & (fav >= 0)
+        item = np.where(from_cat, w.items_of_cat(rng, np.maximum(fav, 0)), item)
+        from_query = search & (rng.random(m) < 0.6)
+        item = np.where(from_query, w.items_of_cat(rng, qcat), item)
+        rep_draw = (rng.random(m) < w.repeat_q[u]) & (hlen > 0)
+        rep_item = hi[np.arange(m), (rng.random(m) * np.maximum(hlen, 1)).astype(int)] - 1
+        item = np.where(rep_draw, rep_item, item)
+        cat = w.cat[item]
+        is_rep = ((hi == (item + 1)[:, None]).any(axis=1))
+        # click probability (see the module docstring)
+        d = math.sqrt(w.d)
+        glob = (w.g_u[u] * w.g_i[item]).sum(1) / d
+        spec = (w.a_u[u] * w.m[s] * w.b_i[item]).sum(1) / d
+        valid = hi != 0
+        hvec = w.g_i_unit[np.maximum(hi - 1, 0)]
+        cos = (hvec * w.g_i_unit[item][:, None, :]).sum(-1)
+        interest = np.where(hlen > 0, (cos * valid).sum(1) / np.maximum(hlen, 1), 0.0)
+        same_cat = np.where(hlen > 0, ((hc == (cat + 1)[:, None]) & valid).sum(1) / np.maximum(hlen, 1), 0.0)
+        rep_eff = (w.rho[z] + 2.0 * (w.repeat_q[u] - 0.2)) * is_rep
+        qmatch = search & (qcat == cat)
+        logit = (w.b0 + w.bias_s[s] + glob + w.scenario_weight * spec + 1.0 * interest + 1.0 * same_cat + rep_eff
+                 + 0.8 * w.T[z, cat] + 1.2 * qmatch - 0.25 * w.price[item])
+        p = 1.0 / (1.0 + np.exp(-logit))
+        y = rng.random(m) < p
+        # write the rows
+        o = out
+        o["user_id"][idx], o["gender"][idx], o["age"][idx] = u + 1, w.gender[u] + 1, w.age[u] + 1
+        o["user_level"][idx], o["user_activity"][idx] = w.level[u] + 1, w.user_activity[u]
+        o["item_id"][idx], o["cate_id"][idx], o["brand_id"][idx] = item + 1, cat + 1, w.brand[item] + 1
+        o["price"][idx], o["hour"][idx], o["device"][idx] = w.price[item], hour + 1, device + 1
+        o["query_cate"][idx] = np.where(search, qcat + 1, 0)
+        o["scenario"][idx], o["latent_scenario"][idx] = s, z
+        o["hist_item_id"][idx], o["hist_cate_id"][idx], o["hist_scenario"][idx] = hi, hc, hs
+        o["click"][idx], o["oracle_p"][idx] = y, p
+        o["user_repeat_rate"][idx] = repeat_clicks[u] / np.maximum(clicks[u], 1)
+        # clicked items enter the history (after the row)
+        cu = u[y]
+        if len(cu):
+            hist_item[cu] = np.concatenate([(item[y] + 1)[:, None], hist_item[cu, :-1]], axis=1)
+            hist_cat[cu] = np.concatenate([(cat[y] + 1)[:, None], hist_cat[cu, :-1]], axis=1)
+            hist_sc[cu] = np.concatenate([(s[y] + 1)[:, None], hist_sc[cu, :-1]], axis=1)
+            clicks[cu] += 1
+            repeat_clicks[cu] += is_rep[y]
+    return out

@@ -1,0 +1,103 @@
+"""Embedding tables built from the schema, shared by every model.
+
+One table per feature that owns a vocabulary; features with ``share`` look up the owner's table (the
+behaviour sequence of item ids reads the ``item_id`` table). Ids outside ``[1, vocab)`` map to row 0
+(padding / OOV), inside the graph, so serving clamps exactly like training. Hashed features hash raw
+strings into ``[1, hash_buckets)`` with the stock ``StringToHashBucketFast`` op; the empty string is 0.
+The scenario field (``[0, S)``) has its own table of S rows.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfmsr.features import Feature, Schema
+
+
+class FeatureEmbedding(keras.layers.Layer):
+    """Schema-driven embedding lookups: ``embed(x, name)``, ``group(x, group)``, ``numeric(x, group)``.
+
+    ``dim`` overrides every table's width (models whose equations need one width across fields);
+    ``scenario_dim`` sizes the scenario table (default: ``dim`` or 16).
+    """
+
+    def __init__(self, schema: Schema, dim: Optional[int] = None, scenario_dim: Optional[int] = None,
+                 initializer="glorot_uniform", l2: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.schema = schema
+        reg = keras.regularizers.l2(l2) if l2 else None
+        self.tables: Dict[str, keras.layers.Embedding] = {}
+        for name, owner in schema.tables().items():
+            rows = owner.hash_buckets if owner.hashed else owner.vocab_size
+            self.tables[name] = keras.layers.Embedding(
+                rows, dim or owner.dim, embeddings_initializer=initializer, embeddings_regularizer=reg,
+                name=f"emb_{name}")
+        self.scenario_dim = scenario_dim or dim or 16
+        self.scenario_table = keras.layers.Embedding(
+            schema.num_scenarios, self.scenario_dim, embeddings_initializer=initializer,
+            embeddings_regularizer=reg, name="emb_scenario")
+
+    def dim_of(self, name: str) -> int:
+        return self.tables[self.schema.feature(name).table].output_dim
+
+    # ------------------------------------------------------------------ ids
+    def ids(self, x: Dict[str, tf.Tensor], name: str) -> tf.Tensor:
+        """Clamped int ids of a categorical/sequence feature (0 = padding or OOV)."""
+        f = self.schema.feature(name)
+        owner = self.schema.table_owner(f)
+        raw = x[name]
+        if owner.hashed:
+            hashed = tf.strings.to_hash_bucket_fast(raw, owner.hash_buckets - 1) + 1
+            return tf.where(tf.equal(raw, ""), tf.zeros_like(hashed), hashed)
+        raw = tf.cast(raw, tf.int64)
+        return tf.where((raw > 0) & (raw < owner.vocab_size), raw, tf.zeros_like(raw))
+
+    def oov_count(self, x: Dict[str, tf.Tensor]) -> tf.Tensor:
+        """Number of ids in the batch outside their vocabulary (not counting padding 0)."""
+        total = tf.constant(0, tf.int64)
+        for f in self.schema.features:
+            if f.kind == "numeric" or self.schema.table_owner(f).hashed or f.name not in x:
+                continue
+            raw = tf.cast(x[f.name], tf.int64)
+            vocab = self.schema.table_owner(f).vocab_size
+            total += tf.reduce_sum(tf.cast((raw < 0) | (raw >= vocab), tf.int64))
+        return total
+
+    # ------------------------------------------------------------------ lookups
+    def embed(self, x: Dict[str, tf.Tensor], name: str) -> tf.Tensor:
+        """``[B, d]`` for a categorical feature, ``[B, L, d]`` for a sequence."""
+        return self.tables[self.schema.feature(name).table](self.ids(x, name))
+
+    def mask(self, x: Dict[str, tf.Tensor], name: str) -> tf.Tensor:
+        """``[B, L]`` bool: real (non-padding) positions of a sequence."""
+        return tf.not_equal(self.ids(x, name), 0)
+
+    def scenario(self, x: Dict[str, tf.Tensor], name: Optional[str] = None) -> tf.Tensor:
+        """``[B, d_s]`` embedding of the example's scenario."""
+        return self.scenario_table(tf.cast(x[name or self.schema.scenario.name], tf.int64))
+
+    def features(self, group: str, kind: str) -> List[Feature]:
+        return self.schema.group(group, kind)
+
+    def group(self, x: Dict[str, tf.Tensor], group: str) -> List[tf.Tensor]:
+        """Embeddings ``[B, d]`` of the group's categorical features, in schema order."""
+        return [self.embed(x, f.name) for f in self.schema.group(group, "categorical")]
+
+    def numeric(self, x: Dict[str, tf.Tensor], group: Optional[str] = None) -> Optional[tf.Tensor]:
+        """``[B, n]`` standardised numeric features (of one group, or all), or None if there are none."""
+        feats = [f for f in self.schema.of_kind("numeric") if group is None or f.group == group]
+        if not feats:
+            return None
+        cols = [(tf.cast(x[f.name], tf.float32) - f.mean) / f.std for f in feats]
+        return tf.stack(cols, axis=1)
+
+    def call(self, x):  # pragma: no cover - lookups go through the named methods
+        raise TypeError("FeatureEmbedding is used through embed()/group()/numeric(), not called directly")
+
+
+def masked_mean(seq: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Mean of ``[B, L, d]`` over the real positions of ``mask [B, L]`` (zeros for an empty sequence)."""
+    m = tf.cast(mask, seq.dtype)[..., None]
+    return tf.reduce_sum(seq * m, axis=1) / tf.maximum(tf.reduce_sum(m, axis=1), 1.0)

@@ -1,0 +1,5 @@
+"""Ranking models, one file per model, registered by name (``tfmsr models`` lists them)."""
+from tfmsr.models import dnn  # noqa: F401  (registration)
+from tfmsr.models.base import ConfigError, RankingModel, available, build, gather_scenario, get_class, register
+
+__all__ = ["ConfigError", "RankingModel", "available", "build", "gather_scenario", "get_class", "register"]

@@ -1,0 +1,1 @@
+"""Training: the local trainer, evaluation and callbacks."""

@@ -1,0 +1,153 @@
+"""Local trainer: ``model.fit`` from TFRecord shards with resume-after-kill, per-scenario validation,
+early stopping on validation AUC, epoch/best checkpoints, TensorBoard logs and a progress line.
+
+Model dir layout::
+
+    run.yaml, schema.yaml     the resolved config and the data schema (enough to rebuild the model)
+    backup/                   fault-tolerance backup every ``train.checkpoint_every`` steps (Keras
+                              BackupAndRestore); removed when training finishes
+    checkpoints/epoch-N       weights at each epoch end (last 3)
+    best/best-N               weights of the best validation epoch
+    final/                    the weights ``evaluate`` and ``export`` use (best epoch, else last)
+    tb/                       TensorBoard logs
+    history.json              per-epoch logs (loss, val_auc, val_auc_<scenario>, ...)
+
+Resume: the training stream is a deterministic function of the seed (shuffled, repeated), so a restarted
+run restores the backup and skips exactly the batches it already trained on; it continues from the
+backed-up global step, not from zero.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from typing import Callable, Optional, Tuple
+
+import tensorflow as tf
+import tf_keras as keras
+import yaml
+
+from tfmsr.config import dump
+from tfmsr.data.pipeline import check_first_record, make_dataset, read_errors, split_files
+from tfmsr.features import Schema
+from tfmsr.models import build
+from tfmsr.training.callbacks import EpochCheckpoint, Progress, ScenarioValidation
+from tfmsr.training.evaluation import Predictor
+
+
+def load_stats(data_dir: str) -> dict:
+    path = os.path.join(data_dir, "stats.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def split_rows(data_dir: str, split: str, stats: dict) -> int:
+    """Rows of a split from stats.json, or counted from the shards when there is no stats file."""
+    rows = stats.get("splits", {}).get(split, {}).get("rows")
+    if rows is not None:
+        return int(rows)
+    files = split_files(data_dir, split)
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP" if files[0].endswith(".gz") else "")
+    return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy())
+
+
+def make_optimizer(cfg: dict):
+    lr = cfg["train"]["learning_rate"]
+    return {"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad, "sgd": keras.optimizers.SGD,
+            "rmsprop": keras.optimizers.RMSprop}[cfg["train"]["optimizer"]](learning_rate=lr)
+
+
+def compile_model(model, cfg: dict):
+    model.compile(optimizer=make_optimizer(cfg), loss=keras.losses.BinaryCrossentropy(),
+                  metrics=[keras.metrics.AUC(name="auc", num_thresholds=1000)])
+    return model
+
+
+def resume_point(backup_dir: str, steps_per_epoch: int) -> Tuple[int, int]:
+    """(epoch, step in epoch) a BackupAndRestore backup resumes at, mirroring Keras' own rule."""
+    ckpt = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+    if ckpt is None:
+        return 0, 0
+    epoch = int(tf.train.load_variable(ckpt, "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+    batch = int(tf.train.load_variable(ckpt, "ckpt_saved_batch/.ATTRIBUTES/VARIABLE_VALUE"))
+    if batch >= 0:
+        return (epoch + 1, 0) if batch == steps_per_epoch - 1 else (epoch, batch + 1)
+    return (epoch + 1, 0) if epoch >= 0 else (0, 0)
+
+
+def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
+          log: Callable[[str], None] = print) -> dict:
+    """Train ``cfg`` on ``data_dir`` into ``model_dir``; returns the summary written to ``history.json``."""
+    schema = Schema.load(os.path.join(data_dir, "schema.yaml"))
+    stats = load_stats(data_dir)
+    train_files = split_files(data_dir, "train")
+    valid_files = split_files(data_dir, "valid") if cfg["train"]["validate"] else []
+    for f in (train_files[0], *valid_files[:1]):
+        check_first_record(f, schema)
+    if os.path.exists(os.path.join(model_dir, "final")):
+        if not overwrite:
+            raise FileExistsError(f"{model_dir}: holds a finished run (final/); pass --overwrite to retrain")
+        shutil.rmtree(model_dir)
+    os.makedirs(model_dir, exist_ok=True)
+    schema.save(os.path.join(model_dir, "schema.yaml"))
+    with open(os.path.join(model_dir, "run.yaml"), "w") as fh:
+        fh.write(dump({"config": cfg, "data": os.path.abspath(data_dir)}))
+
+    t, batch = cfg["train"], cfg["data"]["batch_size"]
+    spe = t["steps_per_epoch"] or math.ceil(split_rows(data_dir, "train", stats) / batch)
+    keras.utils.set_random_seed(t["seed"])
+    model = compile_model(build(cfg["model"]["name"], schema, cfg["model"]["params"]), cfg)
+    backup_dir = os.path.join(model_dir, "backup")
+    epoch0, step0 = resume_point(backup_dir, spe)
+    skip = epoch0 * spe + step0
+    if skip:
+        log(f"[{model.model_name}] resuming from backup at global step {skip} (epoch {epoch0 + 1}, "
+            f"step {step0} of {spe})")
+    ds = make_dataset(train_files, schema, batch, training=True, seed=t["seed"],
+                      shuffle_buffer=cfg["data"]["shuffle_buffer"], skip_batches=skip)
+    callbacks = []
+    if valid_files:
+        callbacks.append(ScenarioValidation(Predictor(valid_files, schema, cfg["data"]["eval_batch_size"]), log))
+        if t["early_stopping_patience"]:
+            callbacks.append(keras.callbacks.EarlyStopping("val_auc", mode="max",
+                                                           patience=t["early_stopping_patience"]))
+    epochs_ckpt = EpochCheckpoint(model_dir)
+    callbacks += [
+        epochs_ckpt,
+        keras.callbacks.BackupAndRestore(backup_dir, save_freq=t["checkpoint_every"], delete_checkpoint=True),
+        keras.callbacks.TensorBoard(os.path.join(model_dir, "tb"), write_graph=False, profile_batch=0),
+        Progress(batch, spe, t["epochs"], t["log_every"], log),
+    ]
+    start = time.time()
+    with read_errors(train_files + valid_files, schema):
+        hist = model.fit(ds, epochs=t["epochs"], steps_per_epoch=spe, callbacks=callbacks, verbose=0)
+    seconds = time.time() - start
+    steps = int(model.optimizer.iterations.numpy())
+    if epochs_ckpt.best_path:  # final weights = best validation epoch
+        tf.train.Checkpoint(model=model).read(epochs_ckpt.best_path).expect_partial()
+    _write_final(model, model_dir)
+    summary = {
+        "model": model.model_name, "steps": steps, "steps_per_epoch": spe, "seconds": seconds,
+        "examples_per_sec": (steps - skip) * batch / max(seconds, 1e-9), "resumed_from_step": skip,
+        "best_val_auc": epochs_ckpt.best if epochs_ckpt.best_path else None,
+        "history": {k: [float(v) for v in vals] for k, vals in hist.history.items()},
+        "oov_ids": float(hist.history.get("oov_ids", [0])[-1]) if hist.history.get("oov_ids") else 0.0,
+    }
+    with open(os.path.join(model_dir, "history.json"), "w") as fh:
+        json.dump(summary, fh, indent=2)
+    log(f"[{model.model_name}] done: {steps} steps in {seconds:.1f}s "
+        f"({summary['examples_per_sec']:,.0f} ex/s); weights in {os.path.join(model_dir, 'final')}")
+    return summary
+
+
+def _write_final(model, model_dir: str) -> None:
+    final, tmp = os.path.join(model_dir, "final"), os.path.join(model_dir, f"final.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tf.train.Checkpoint(model=model).write(os.path.join(tmp, "ckpt"))
+    with open(os.path.join(tmp, "checkpoint"), "w") as fh:  # so tf.train.latest_checkpoint finds it
+        fh.write('model_checkpoint_path: "ckpt"\nall_model_checkpoint_paths: "ckpt"\n')
+    os.replace(tmp, final)
