@@ -33,30 +33,31 @@ def main(out: str = "runs/demo", rows: int = 400_000, epochs: int = 3, seed: int
     from tfmsr.data.synth import generate
     from tfmsr.training.evaluation import evaluate
     from tfmsr.training.trainer import train
+    from tfmsr.utils import log
 
     start = time.time()
     data = os.path.join(out, "data")
     if not os.path.exists(os.path.join(data, "schema.yaml")):
-        print(f"== generating {rows:,} planted rows into {data}")
+        log(f"== generating {rows:,} planted rows into {data}")
         generate(data, rows=rows, seed=seed)
     results = {}
     for name in MODELS:
-        print(f"== training {name}")
+        log(f"== training {name}")
         model_dir = os.path.join(out, "models", name)
         train(_config(name, epochs), data, model_dir, overwrite=True)
         results[name] = evaluate(model_dir, data, "test")
     names = list(results[MODELS[0]]["scenarios"])
     table = metrics.format_table(results, names)
-    print(f"\n== test split, per-scenario AUC (oracle = AUC of the true click probability)\n{table}")
+    log(f"\n== test split, per-scenario AUC (oracle = AUC of the true click probability)\n{table}")
     with open(os.path.join(data, "stats.json")) as fh:
         gen = json.load(fh)["generator"]
-    print(f"scenario clusters (alike scenarios share a number): {dict(zip(names, gen['scenario_clusters']))}")
+    log(f"scenario clusters (alike scenarios share a number): {dict(zip(names, gen['scenario_clusters']))}")
     summary = {"results": results, "seconds": round(time.time() - start, 1), "scenario_clusters": gen["scenario_clusters"]}
     with open(os.path.join(out, "results.json"), "w") as fh:
         json.dump(summary, fh, indent=2)
     with open(os.path.join(out, "results.md"), "w") as fh:
         fh.write(f"```\n{table}\n```\n")
-    print(f"== done in {summary['seconds']}s; results in {out}/results.json")
+    log(f"== done in {summary['seconds']}s; results in {out}/results.json")
     return summary
 
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-import tfmsr  # noqa: F401  (pins Keras 2 before TensorFlow loads)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide TF's C++ start-up chatter; errors still raise
+import tfmsr  # noqa: E402,F401  (pins Keras 2 before TensorFlow loads)
 
 
 def _data_synth(args):
@@ -64,6 +66,21 @@ def _demo(args):
     from pipelines.demo import main as demo
 
     demo(args.out, rows=args.rows, epochs=args.epochs)
+
+
+def _export(args):
+    from tfmsr.export import export
+
+    res = export(args.model_dir, args.out, version=args.version, base_path=args.base_path)
+    print(json.dumps({k: res[k] for k in ("name", "version", "servables", "models_config", "seconds")}))
+
+
+def _score(args):
+    from tfmsr.scoring import score
+
+    keep = [k.strip() for k in (args.keep or "").split(",") if k.strip()]
+    print(json.dumps(score(args.saved_model, args.input, args.output, keep=keep, batch_size=args.batch,
+                           overwrite=args.overwrite)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +142,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=30)
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=_bench)
+
+    x = sub.add_parser("export", help="SavedModels for TF Serving: all/ + one servable per scenario + models.config")
+    x.add_argument("--model-dir", required=True, help="a finished training run")
+    x.add_argument("--out", required=True, help="export root, e.g. saved_models/NAME (NAME names the TF Serving models)")
+    x.add_argument("--version", type=int, help="integer version (default: one more than the highest existing)")
+    x.add_argument("--base-path", help="where TF Serving sees --out, written into models.config (default: its absolute path)")
+    x.set_defaults(fn=_export)
+
+    sc = sub.add_parser("score", help="batch-score TFRecords through an exported SavedModel")
+    sc.add_argument("--saved-model", required=True, help="export root (uses all/, latest), servable dir or version dir")
+    sc.add_argument("--input", required=True, help="glob of TFRecord shards (comma-separated globs allowed)")
+    sc.add_argument("--output", required=True, help="FILE.parquet, FILE.csv or FILE.tfrecord")
+    sc.add_argument("--keep", default="", help="comma-separated columns copied to the output next to prob")
+    sc.add_argument("--batch", type=int, default=4096)
+    sc.add_argument("--overwrite", action="store_true")
+    sc.set_defaults(fn=_score)
 
     d = sub.add_parser("demo", help="the main job on planted data: generate, train, evaluate per scenario")
     d.add_argument("--out", default="runs/demo")

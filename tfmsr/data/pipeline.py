@@ -48,10 +48,12 @@ def compression_of(files: Sequence[str]) -> str:
     return "GZIP" if kinds.pop() else ""
 
 
-def parse_spec(schema: Schema) -> Dict[str, object]:
-    """``tf.io.parse_example`` spec of every column in the schema (all required but sequences)."""
-    spec = {schema.scenario.name: tf.io.FixedLenFeature([], tf.int64)}
-    for label in schema.labels:
+def parse_spec(schema: Schema, inputs_only: bool = False, with_scenario: bool = True) -> Dict[str, object]:
+    """``tf.io.parse_example`` spec of every column in the schema (all required but sequences).
+    ``inputs_only``: only what the model reads (features and scenario; no labels, no extras), as in
+    serving; ``with_scenario=False`` also drops the scenario (a servable of one fixed scenario)."""
+    spec = {schema.scenario.name: tf.io.FixedLenFeature([], tf.int64)} if with_scenario else {}
+    for label in () if inputs_only else schema.labels:
         spec[label] = tf.io.FixedLenFeature([], tf.float32)
     for f in schema.features:
         if f.kind == "numeric":
@@ -62,14 +64,18 @@ def parse_spec(schema: Schema) -> Dict[str, object]:
             spec[f.name] = tf.io.FixedLenFeature([], dtype)
         else:  # an absent or empty sequence is a user without behaviour
             spec[f.name] = tf.io.RaggedFeature(dtype, row_splits_dtype=tf.int64)
-    for name, dtype in schema.extras.items():
+    for name, dtype in {} if inputs_only else schema.extras.items():
         spec[name] = tf.io.FixedLenFeature([], _TF_DTYPES[dtype])
     return spec
 
 
-def make_parser(schema: Schema, with_labels: bool = True):
-    """Batched serialized examples ``[B]`` -> (features dict, label ``[B]``)."""
-    spec = parse_spec(schema)
+def make_parser(schema: Schema, with_labels: bool = True, inputs_only: bool = False,
+                with_scenario: bool = True, spec: Optional[Dict[str, object]] = None):
+    """Batched serialized examples ``[B]`` -> (features dict, label ``[B]``); with ``inputs_only``
+    (serving: no labels or extras required) or ``with_labels=False`` -> the features dict only.
+    ``spec`` replaces ``parse_spec`` (sequences are still padded to their length)."""
+    with_labels = with_labels and not inputs_only
+    spec = spec or parse_spec(schema, inputs_only=inputs_only, with_scenario=with_scenario)
     seqs = {f.name: f for f in schema.of_kind("sequence")}
 
     def parse(serialized):
@@ -98,9 +104,11 @@ def make_dataset(
     skip_batches: int = 0,
     input_context: Optional[tf.distribute.InputContext] = None,
     cycle_length: int = 4,
+    parser=None,
 ) -> tf.data.Dataset:
     """Training: files and rows shuffled (deterministically by ``seed``), repeated forever,
-    ``skip_batches`` batches skipped (resume) before parsing. Evaluation: one pass in file order."""
+    ``skip_batches`` batches skipped (resume) before parsing. Evaluation: one pass, rows in file order
+    (files read one after another; parsing stays parallel)."""
     files = list(files)
     compression = compression_of(files)
     ds = tf.data.Dataset.from_tensor_slices(files)
@@ -113,7 +121,7 @@ def make_dataset(
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     ds = ds.interleave(
         lambda f: tf.data.TFRecordDataset(f, compression_type=compression, buffer_size=1 << 20),
-        cycle_length=max(1, min(cycle_length, len(files))),
+        cycle_length=max(1, min(cycle_length, len(files))) if training else 1,  # evaluation: file order
         block_length=16,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
@@ -125,7 +133,7 @@ def make_dataset(
         ds = ds.repeat()
         if skip_batches:
             ds = ds.skip(skip_batches)
-    ds = ds.map(make_parser(schema), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(parser or make_parser(schema), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()
     options.experimental_optimization.map_parallelization = True
     if input_context is not None:
@@ -134,7 +142,7 @@ def make_dataset(
 
 
 # ---------------------------------------------------------------------------------------- bad data
-_FIELD_RE = re.compile(r"(?:Key|Feature|Name): ([^\s.,]+)")
+_FIELD_RES = (re.compile(r"Key: ([^\s,]+?)[.,]?\s"), re.compile(r"Feature: ([^\s,]+?)[.,]?\s"))
 
 
 def check_first_record(path: str, schema: Schema) -> None:
@@ -153,9 +161,10 @@ def check_first_record(path: str, schema: Schema) -> None:
             raise DataError(f"{path}: record 0 has no feature '{name}' required by {schema.source}")
 
 
-def diagnose(files: Sequence[str], schema: Schema) -> Optional[DataError]:
-    """Find the first shard / record / field TensorFlow cannot read or parse; None if all are fine."""
-    spec = parse_spec(schema)
+def diagnose(files: Sequence[str], schema: Schema, spec=None) -> Optional[DataError]:
+    """Find the first shard / record / field TensorFlow cannot read or parse (with ``spec``, default
+    ``parse_spec(schema)``); None if all are fine."""
+    spec = spec or parse_spec(schema)
     for path in files:
         compression = compression_of([path])
         row = 0
@@ -178,24 +187,25 @@ def diagnose(files: Sequence[str], schema: Schema) -> Optional[DataError]:
 
 def _parse_error(path: str, row: int, err, schema: Schema) -> DataError:
     msg = err.message.splitlines()[0]
-    m = _FIELD_RE.search(msg)
-    field = m.group(1) if m else "?"
+    found = [m.group(1) for m in (r.search(msg + " ") for r in _FIELD_RES) if m]
+    field = found[0] if found else "?"
     if "could not be found" in msg or "is required" in msg:
         what = f"is missing required feature '{field}'"
     else:
         want = parse_spec(schema).get(field)
         dtype = getattr(want, "dtype", None)
-        what = f"has feature '{field}' of the wrong type or shape (expected {getattr(dtype, 'name', '?')}: {msg})"
+        detail = msg.split("}}")[-1].split("[Op:")[0].strip()
+        what = f"has feature '{field}' of the wrong type or shape (expected {getattr(dtype, 'name', '?')}; {detail})"
     return DataError(f"{path}: record {row} {what}")
 
 
 @contextlib.contextmanager
-def read_errors(files: Sequence[str], schema: Schema):
+def read_errors(files: Sequence[str], schema: Schema, spec=None):
     """Turn TensorFlow's file-less read/parse errors raised inside the block into one DataError."""
     try:
         yield
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-        found = diagnose(files, schema)
+        found = diagnose(files, schema, spec)
         if found is None:
             raise
         raise found from e

@@ -10,8 +10,9 @@ order, chunk by chunk, so memory is bounded by users x history length, never by 
   shared by all scenarios. Each has a global vector ``g_u, g_i`` and a scenario-taste vector
   ``a_u, b_i`` in R^d, each the sum of an attribute part (age/gender, category) and an id part.
 * **Scenario-specific preference**: scenario s weighs the taste dimensions by ``m_s = m_cluster(s) +
-  0.25 * noise_s`` (m_cluster ~ N(0, I)), so ``spec = (a_u * m_s) . b_i / sqrt(d)`` agrees within a
-  cluster and disagrees (even in sign) across clusters. ``stats.json`` records the cosine similarity of
+  0.25 * noise_s`` (m_0 ~ N(0, I); odd clusters ``-0.6 m_0 + 0.8 N(0, I)`` oppose the dominant cluster,
+  even ones are independent), so ``spec = (a_u * m_s) . b_i / sqrt(d)`` agrees within a cluster and
+  disagrees (even in sign) across clusters. ``stats.json`` records the cosine similarity of
   the ``m_s`` as ``generator.scenario_similarity``.
 * **Implicit scenario** (MuSeNet): a latent ``z = hour // 6`` in 0..3 driven by the context feature
   ``hour``; z shifts the taste for categories (``T[z, cat]``) and the repeat effect (``rho_z``).
@@ -22,7 +23,7 @@ order, chunk by chunk, so memory is bounded by users x history length, never by 
 * **Click** ``y ~ Bernoulli(sigmoid(logit))`` with::
 
     logit = b0 + bias_s + g_u.g_i / sqrt(d)                    global preference
-          + 1.2 * spec_s(u, i)                                 scenario-specific preference
+          + 2.0 * spec_s(u, i)                                 scenario-specific preference
           + 1.0 * mean_h cos(g_h, g_i) + 1.0 * share of history in cat(i)   interest from behaviour
           + (rho_z + 2 (q_u - 0.2)) * [i in history]           repeat effect
           + 0.8 * T[z, cat(i)] + 1.2 * [query = cat(i)] - 0.25 * price
@@ -37,13 +38,12 @@ repeat clicks so far; MuSeNet's auxiliary label).
 from __future__ import annotations
 
 import math
-import sys
-import time
 from typing import Optional
 
 import numpy as np
 
 from tfmsr.data.tfrecord import DatasetWriter
+from tfmsr.utils import ProgressLine
 from tfmsr.features import Feature, Scenario, Schema
 
 LATENT_SCENARIOS = 4
@@ -89,7 +89,7 @@ def synth_schema(num_scenarios: int, users: int, items: int, categories: int, br
 class _World:
     """The static part of the planted world: users, items, scenario tastes."""
 
-    def __init__(self, rng, S, U, I, C, B, d, scenario_weight=1.2, id_noise=0.6):
+    def __init__(self, rng, S, U, I, C, B, d, scenario_weight=2.0, id_noise=0.6):
         self.scenario_weight, self.id_noise = scenario_weight, id_noise
         self.S, self.U, self.I, self.C, self.B, self.d = S, U, I, C, B, d
         n = rng.normal
@@ -122,6 +122,7 @@ class _World:
         self.traffic = traffic_shares(S)
         self.cluster = scenario_clusters(S)
         m_cluster = n(0, 1, (self.cluster.max() + 1, d))
+        m_cluster[1::2] = -0.6 * m_cluster[0] + 0.8 * m_cluster[1::2]  # odd clusters oppose the dominant one
         self.m = m_cluster[self.cluster] + 0.25 * n(0, 1, (S, d))
         self.bias_s = n(0, 0.3, S)
         self.search = (np.arange(S) % 2) == 1
@@ -147,7 +148,7 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
              items: Optional[int] = None, categories: int = 50, brands: int = 400, seq_len: int = 30,
              latent_dim: int = 8, valid: float = 0.1, test: float = 0.1, rows_per_shard: int = 50_000,
              chunk: int = 20_000, compression: Optional[str] = None, overwrite: bool = False,
-             scenario_weight: float = 1.2, id_noise: float = 0.6, progress: bool = True) -> dict:
+             scenario_weight: float = 2.0, id_noise: float = 0.6, progress: bool = True) -> dict:
     """Stream ``rows`` planted rows into ``out_dir`` (shards + schema.yaml + stats.json); returns the stats."""
     if rows < 100:
         raise ValueError(f"--rows must be at least 100, got {rows}")
@@ -174,7 +175,7 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
         "scenario_similarity": np.round(w.similarity(), 4).tolist(),
         "implicit_scenario": f"latent_scenario = (hour - 1) // {HOUR_BUCKET}",
     }}
-    t0 = time.time()
+    report = ProgressLine("synth", rows, "rows")
     with DatasetWriter(out_dir, schema, rows_per_shard=rows_per_shard, compression=compression,
                        overwrite=overwrite, extra_stats=extra) as writer:
         done = 0
@@ -189,11 +190,9 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
                     writer.write(split, {k: v[a:b] for k, v in cols.items()})
             done += n
             if progress:
-                rate = done / max(time.time() - t0, 1e-9)
-                print(f"\rsynth: {done:,}/{rows:,} rows  {rate:,.0f} rows/s  ETA {(rows - done) / rate:,.0f}s",
-                      end="", file=sys.stderr, flush=True)
+                report.update(done)
     if progress:
-        print(file=sys.stderr)
+        report.close()
     return writer.stats.result() | extra
 
 

@@ -9,12 +9,13 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmsr.training.evaluation import Predictor, summarize
+from tfmsr.utils import log as log_line
 
 
 class Progress(keras.callbacks.Callback):
     """Every ``every`` steps: global step, examples/s, loss, AUC and ETA on one line."""
 
-    def __init__(self, batch_size: int, steps_per_epoch: int, epochs: int, every: int, log=print):
+    def __init__(self, batch_size: int, steps_per_epoch: int, epochs: int, every: int, log=log_line):
         super().__init__()
         self._supports_tf_logs = True  # logs stay tensors; only read every `every` steps
         self.batch_size, self.spe, self.epochs, self.every, self.log = batch_size, steps_per_epoch, epochs, every, log
@@ -41,7 +42,7 @@ class ScenarioValidation(keras.callbacks.Callback):
     """At each epoch end: exact per-scenario AUC, overall AUC, GAUC and logloss on the validation split,
     added to the epoch logs as ``val_auc``, ``val_auc_<scenario>``, ... (early stopping reads them)."""
 
-    def __init__(self, predictor: Predictor, log=print):
+    def __init__(self, predictor: Predictor, log=log_line):
         super().__init__()
         self.predictor, self.log = predictor, log
         self.last = None

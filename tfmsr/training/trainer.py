@@ -35,6 +35,7 @@ from tfmsr.features import Schema
 from tfmsr.models import build
 from tfmsr.training.callbacks import EpochCheckpoint, Progress, ScenarioValidation
 from tfmsr.training.evaluation import Predictor
+from tfmsr.utils import log as log_line
 
 
 def load_stats(data_dir: str) -> dict:
@@ -80,7 +81,7 @@ def resume_point(backup_dir: str, steps_per_epoch: int) -> Tuple[int, int]:
 
 
 def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
-          log: Callable[[str], None] = print) -> dict:
+          log: Callable[[str], None] = log_line) -> dict:
     """Train ``cfg`` on ``data_dir`` into ``model_dir``; returns the summary written to ``history.json``."""
     schema = Schema.load(os.path.join(data_dir, "schema.yaml"))
     stats = load_stats(data_dir)

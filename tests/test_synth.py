@@ -1,0 +1,75 @@
+"""The planted generator: deterministic, streaming, histories strictly earlier, ground truth recorded."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tfmsr import metrics
+from tfmsr.data.pipeline import make_dataset, split_files
+from tfmsr.data.synth import generate
+
+
+def read_all(data_dir, schema):
+    """Every row of train, valid, test in time order (file order)."""
+    parts = []
+    for split in ("train", "valid", "test"):
+        for x, y in make_dataset(split_files(data_dir, split), schema, 4096, training=False):
+            row = {k: v.numpy() for k, v in x.items()}
+            row["click"] = y.numpy()
+            parts.append(row)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def test_stats_and_ground_truth(synth_dir, synth_schema):
+    stats = json.load(open(os.path.join(synth_dir, "stats.json")))
+    assert {k: v["rows"] for k, v in stats["splits"].items()} == {"train": 4800, "valid": 600, "test": 600}
+    share = list(stats["traffic_share"].values())
+    assert share == sorted(share, reverse=True) and 0.4 < share[0] < 0.6  # long tail, 50 % head
+    gen = stats["generator"]
+    assert gen["scenario_clusters"] == [0, 0, 1, 1, 2]
+    sim = np.array(gen["scenario_similarity"])
+    assert sim[0, 1] > 0.5 and sim[2, 3] > 0.5 and sim[0, 2] < sim[0, 1]
+    for split in stats["splits"].values():
+        for s in split["scenarios"].values():
+            assert 0.05 < s["positive_rate"] < 0.6 and 0 < s["repeat_rate"] < 0.6
+    rows = read_all(synth_dir, synth_schema)
+    oracle_auc = metrics.auc(rows["click"], rows["oracle_p"])
+    assert 0.8 < oracle_auc < 0.97  # the planted signal is strong but not deterministic
+    np.testing.assert_array_equal(rows["latent_scenario"], (rows["hour"] - 1) // 6)
+    search = rows["scenario"] % 2 == 1
+    assert (rows["query_cate"][~search] == 0).all() and (rows["query_cate"][search] > 0).all()
+
+
+def test_histories_are_strictly_earlier_clicks(synth_dir, synth_schema):
+    rows = read_all(synth_dir, synth_schema)
+    history = {}
+    repeats, clicks = {}, {}
+    for i in range(len(rows["user_id"])):
+        u = rows["user_id"][i]
+        h = history.get(u, [])
+        expect = (h + [(0, 0, 0)] * 30)[:30]
+        got = list(zip(rows["hist_item_id"][i], rows["hist_cate_id"][i], rows["hist_scenario"][i]))
+        assert got == expect, f"row {i}: history is not the user's earlier clicks"
+        assert rows["user_repeat_rate"][i] == pytest.approx(repeats.get(u, 0) / max(clicks.get(u, 0), 1))
+        if rows["click"][i] > 0.5:
+            item = rows["item_id"][i]
+            repeats[u] = repeats.get(u, 0) + int(item in [e[0] for e in h[:30]])
+            clicks[u] = clicks.get(u, 0) + 1
+            history[u] = [(item, rows["cate_id"][i], rows["scenario"][i] + 1)] + h
+    assert sum(clicks.values()) > 500
+
+
+def test_deterministic_by_seed_and_streams_in_chunks(tmp_path):
+    a = generate(str(tmp_path / "a"), rows=3000, users=200, items=100, categories=10, seed=7, chunk=700,
+                 progress=False)
+    b = generate(str(tmp_path / "b"), rows=3000, users=200, items=100, categories=10, seed=7, chunk=700,
+                 progress=False)
+    c = generate(str(tmp_path / "c"), rows=3000, users=200, items=100, categories=10, seed=8, chunk=700,
+                 progress=False)
+    assert a["splits"] == b["splits"] and a["splits"] != c["splits"]
+    for split in ("train", "valid", "test"):
+        for fa, fb in zip(split_files(str(tmp_path / "a"), split), split_files(str(tmp_path / "b"), split)):
+            assert open(fa, "rb").read() == open(fb, "rb").read()
+    with pytest.raises(FileExistsError):
+        generate(str(tmp_path / "a"), rows=3000, progress=False)
