@@ -205,3 +205,16 @@ def test_first_record_check_and_missing_split(tmp_path):
         check_first_record(str(tmp_path / "train" / "part-00000.tfrecord"), SCHEMA)
     with pytest.raises(DataError, match="no shards for split 'test'"):
         split_files(str(tmp_path), "test")
+
+
+def test_training_counts_every_oov_id_once_per_epoch(small_dir, tmp_path):
+    from conftest import quick_config
+
+    from tfmsr.training.trainer import train
+
+    cfg = quick_config("dnn", {"hidden": [8]}, validate=False)
+    cfg["data"]["batch_size"] = 64
+    summary = train(cfg, small_dir, str(tmp_path / "run"), log=lambda m: None)
+    cols = columns(450, seed=1)
+    expected = int((cols["user_id"] >= 50).sum())  # the only feature with ids outside its vocabulary
+    assert expected > 0 and summary["oov_ids"] == expected
