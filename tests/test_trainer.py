@@ -137,3 +137,15 @@ def test_scenario_probs_matches_own_scenario_output(synth_dir, synth_schema):
         own = model(x).numpy()
         allp = model.scenario_probs(x).numpy()
         np.testing.assert_allclose(allp[np.arange(64), x["scenario"].numpy()], own, rtol=1e-5)
+
+
+def test_unfinished_run_resumes_only_with_the_same_config(synth_dir, tmp_path):
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    other = quick_config("dnn", {"hidden": [4]})
+    (model_dir / "run.yaml").write_text(yaml.safe_dump({"config": other, "data": synth_dir}))
+    with pytest.raises(FileExistsError, match="unfinished run with a different config"):
+        train(quick_config("shared_bottom"), synth_dir, str(model_dir))
+    summary = train(quick_config("dnn", {"hidden": [4]}, validate=False), synth_dir, str(model_dir), overwrite=True,
+                    log=lambda m: None)
+    assert summary["resumed_from_step"] == 0 and os.path.exists(model_dir / "final")

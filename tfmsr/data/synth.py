@@ -98,7 +98,7 @@ class _World:
         self.age = rng.choice(7, U, p=[0.08, 0.2, 0.25, 0.2, 0.12, 0.1, 0.05])
         act = rng.lognormal(0.0, 1.0, U)
         self.activity = act / act.sum()
-        self.user_activity = ((np.log(act) - 0.0) / 1.0).astype(np.float32)
+        self.user_activity = np.log(act).astype(np.float32)  # log of a lognormal(0, 1): standardised
         self.level = np.clip((np.log(act) + 2.5) // 1.2, 0, 4).astype(np.int64)
         self.repeat_q = rng.beta(1.2, 4.0, U)
         age_g, gen_g, age_a, gen_a = n(0, 0.8, (7, d)), n(0, 0.5, (2, d)), n(0, 0.8, (7, d)), n(0, 0.5, (2, d))

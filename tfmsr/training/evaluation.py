@@ -26,9 +26,10 @@ class Predictor:
         return make_dataset(self.files, self.schema, self.batch_size, training=False)
 
     def run(self, model) -> Dict[str, np.ndarray]:
-        @tf.function(reduce_retracing=True)
-        def step(x):
-            return model(x, training=False)
+        if getattr(self, "_model", None) is not model:  # trace once per model, not once per epoch
+            self._model = model
+            self._step = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        step = self._step
 
         out = {"prob": [], "label": []}
         out.update({k: [] for k in self.keep})
