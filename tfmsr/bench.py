@@ -10,7 +10,7 @@ import tensorflow as tf
 from tfmsr.data.pipeline import make_dataset, read_errors, split_files
 from tfmsr.features import Schema
 from tfmsr.models import build
-from tfmsr.training.trainer import compile_model
+from tfmsr.training.trainer import build_in_scope, compile_model
 
 
 def _machine() -> dict:
@@ -37,7 +37,13 @@ def bench_input(data_dir: str, batch: int = 1024, steps: int = 300, warmup: int 
 
 
 def bench_train(cfg: dict, data_dir: str, batch: int = 1024, steps: int = 200, warmup: int = 30) -> dict:
-    """Training examples/s of ``model.fit`` from TFRecord shards, measured after ``warmup`` steps."""
+    """Training examples/s of ``model.fit`` from TFRecord shards, measured after ``warmup`` steps.
+    Under ``TF_CONFIG`` (``tfmsr cluster ... -- bench train ...``) the same measurement on the cluster."""
+    from tfmsr.training.strategy import cluster_from_env
+
+    cluster = cluster_from_env(cfg)
+    if cluster.kind != "local":
+        return bench_train_cluster(cluster, cfg, data_dir, batch, steps, warmup)
     schema = Schema.load(os.path.join(data_dir, "schema.yaml"))
     files = split_files(data_dir, "train")
     model = compile_model(build(cfg["model"]["name"], schema, cfg["model"]["params"]), cfg)
@@ -53,3 +59,35 @@ def bench_train(cfg: dict, data_dir: str, batch: int = 1024, steps: int = 200, w
             "steps": steps, "warmup": warmup, "seconds": round(secs, 3),
             "examples_per_sec": round(steps * batch / secs, 1), "ms_per_step": round(1000 * secs / steps, 2),
             "trainable_parameters": params, **_machine()}
+
+
+def bench_train_cluster(cluster, cfg: dict, data_dir: str, batch: int, steps: int, warmup: int) -> dict:
+    """``bench_train`` as one role of a cluster: the chief (ParameterServerStrategy) or every worker
+    (MultiWorkerMirroredStrategy) measures ``model.fit`` of global batches of ``batch`` rows, each
+    worker reading its own shards; the other roles serve until the launcher stops them."""
+    from tfmsr.training import strategy as dist
+
+    if not cluster.trains:
+        if cluster.role == "evaluator":
+            raise dist.ConfigError("bench train has no evaluator role; start the cluster without --evaluator")
+        dist.serve(cluster, print)
+        return {}
+    strategy = dist.make_strategy(cluster, cfg)  # before any other TensorFlow op
+    schema = Schema.load(os.path.join(data_dir, "schema.yaml"))
+    files = split_files(data_dir, "train")
+    model = build_in_scope(strategy, cluster, cfg, schema, files)
+    ds = dist.per_worker_input(files, lambda f, b, k, ctx: make_dataset(
+        f, schema, b, training=True, seed=cfg["train"]["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"],
+        input_context=ctx), cluster, batch, 0, lambda line: None)
+    with read_errors(files, schema):
+        model.fit(ds, epochs=1, steps_per_epoch=warmup, verbose=0)
+        start = time.perf_counter()
+        model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
+    secs = time.perf_counter() - start
+    params = int(sum(math.prod(v.shape) for v in model.trainable_variables))
+    return {"bench": "train", "model": cfg["model"]["name"], "data": os.path.abspath(data_dir), "batch": batch,
+            "steps": steps, "warmup": warmup, "seconds": round(secs, 3),
+            "examples_per_sec": round(steps * batch / secs, 1), "ms_per_step": round(1000 * secs / steps, 2),
+            "trainable_parameters": params, "cluster": {"kind": cluster.kind, "role": cluster.role,
+                                                        "workers": cluster.num_workers, "ps": cluster.num_ps},
+            **_machine()}

@@ -1,4 +1,4 @@
-"""``tfmsr <verb>``: data, train, evaluate, models, bench, demo.
+"""``tfmsr <verb>``: data, train, evaluate, export, score, models, bench, demo.
 
 Errors a user can cause (bad config or schema, unreadable data, existing outputs) print one line
 ``tfmsr: error: ...`` naming the file and field, and exit with status 2.
@@ -31,7 +31,7 @@ def _train(args):
     cfg = load_config(args.config, args.set)
     summary = train(cfg, args.data, args.model_dir, overwrite=args.overwrite)
     print(json.dumps({k: summary[k] for k in ("model", "steps", "examples_per_sec", "best_val_auc",
-                                              "resumed_from_step")}))
+                                              "resumed_from_step", "role", "evaluated") if k in summary}))
 
 
 def _evaluate(args):
@@ -71,7 +71,8 @@ def _demo(args):
 def _export(args):
     from tfmsr.export import export
 
-    res = export(args.model_dir, args.out, version=args.version, base_path=args.base_path)
+    res = export(args.model_dir, args.out, version=args.version, base_path=args.base_path,
+                 log=lambda m: print(m, file=sys.stderr, flush=True))  # stdout: the JSON summary only
     print(json.dumps({k: res[k] for k in ("name", "version", "servables", "models_config", "seconds")}))
 
 
@@ -81,6 +82,19 @@ def _score(args):
     keep = [k.strip() for k in (args.keep or "").split(",") if k.strip()]
     print(json.dumps(score(args.saved_model, args.input, args.output, keep=keep, batch_size=args.batch,
                            overwrite=args.overwrite)))
+
+
+def _cluster(args):
+    from tfmsr.training.cluster import run
+
+    try:
+        code = run(args.command, args.workers, args.ps, evaluator=args.evaluator, restarts=args.restarts,
+                   threads=args.threads)
+    except ValueError as e:
+        print(f"tfmsr: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if code:
+        raise SystemExit(code)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,9 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--input", required=True, help="glob of TFRecord shards (comma-separated globs allowed)")
     sc.add_argument("--output", required=True, help="FILE.parquet, FILE.csv or FILE.tfrecord")
     sc.add_argument("--keep", default="", help="comma-separated columns copied to the output next to prob")
-    sc.add_argument("--batch", type=int, default=4096)
+    sc.add_argument("--batch", type=int, default=1024, help="rows per SavedModel call")
     sc.add_argument("--overwrite", action="store_true")
     sc.set_defaults(fn=_score)
+
+    cl = sub.add_parser("cluster", help="run a training command as a local TensorFlow cluster, one process per role")
+    cl.add_argument("--workers", type=int, default=2, help="workers (each reads its own shards)")
+    cl.add_argument("--ps", type=int, default=0, help="parameter servers (0: MultiWorkerMirroredStrategy)")
+    cl.add_argument("--evaluator", action="store_true", help="add an evaluator that scores each checkpoint")
+    cl.add_argument("--restarts", type=int, default=0, help="restart a failed worker / the whole cluster up to N times")
+    cl.add_argument("--threads", type=int, help="TF intra/inter-op threads per process")
+    cl.add_argument("command", nargs=argparse.REMAINDER, help="-- train --config C --data D --model-dir M")
+    cl.set_defaults(fn=_cluster)
+
+    from tfmsr.retrieval.cli import add_parser as add_retrieval_parser
+
+    add_retrieval_parser(sub)  # tfmsr retrieval pairs|train|evaluate|export|models
 
     d = sub.add_parser("demo", help="the main job on planted data: generate, train, evaluate per scenario")
     d.add_argument("--out", default="runs/demo")

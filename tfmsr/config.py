@@ -30,8 +30,18 @@ DEFAULTS = {
         "seed": 0,
         "validate": True,             # per-scenario validation metrics each epoch
     },
-    "cluster": {"strategy": "auto", "partitions": None, "min_shard_bytes": 262_144},
+    "cluster": {
+        "strategy": "auto",           # under TF_CONFIG: auto (ps if the cluster has ps, else multi_worker) | ps
+                                      # | multi_worker | local (ignore TF_CONFIG)
+        "partitioner": "min_size",    # ps: min_size (a variable > min_shard_bytes: ceil(bytes / min_shard_bytes)
+                                      # shards) | fixed (every variable >= min_shard_bytes: `partitions` shards)
+        "partitions": None,           # most shards per variable (default: number of parameter servers)
+        "min_shard_bytes": 262_144,
+        "evaluator_split": "valid",   # the split the evaluator role scores each new checkpoint on
+    },
 }
+STRATEGIES = ("auto", "ps", "multi_worker", "local")
+PARTITIONERS = ("min_size", "fixed")
 OPTIMIZERS = ("adam", "adagrad", "sgd", "rmsprop")
 
 
@@ -110,6 +120,14 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = (), raw: 
         raise ConfigError(f"{source}: train.learning_rate must be > 0, got {t['learning_rate']!r}")
     if d["shuffle_buffer"] < 1:
         raise ConfigError(f"{source}: data.shuffle_buffer must be >= 1")
+    c = cfg["cluster"]
+    for key, allowed in (("strategy", STRATEGIES), ("partitioner", PARTITIONERS)):
+        if c[key] not in allowed:
+            raise ConfigError(f"{source}: cluster.{key} '{c[key]}' (expected one of {', '.join(allowed)})")
+    for key in ("partitions", "min_shard_bytes"):
+        v = c[key]
+        if not (v is None and key == "partitions") and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ConfigError(f"{source}: cluster.{key} must be a positive integer, got {v!r}")
     return cfg
 
 

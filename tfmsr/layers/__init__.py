@@ -2,5 +2,20 @@
 from tfmsr.layers.embedding import FeatureEmbedding, masked_mean
 from tfmsr.layers.mlp import MLP, initializer
 from tfmsr.layers.towers import ScenarioTowers
+from tfmsr.layers.attention import (MultiHeadSelfAttention, MultiHeadTargetAttention, PositionalEmbedding,
+                                    TargetAttention, TransformerBlock, masked_softmax)
+from tfmsr.layers.behavior import (Behavior, behavior_pairs, behavior_scenario, behavior_scenario_embedding,
+                                   context_inputs, embed_behavior, pooled_sequences, require_behavior)
+from tfmsr.layers.experts import CGC, ExpertBank, ExpertGates, ScenarioExtraction, ScenarioMoE
+from tfmsr.layers.gates import EPNet, GateNU, PPNet
+from tfmsr.layers.interaction import CrossNetV2, FMInteraction, WideLinear, fm_second_order
+from tfmsr.layers.partitioned import PartitionedNormalization, ScenarioAffine, StarDense, partition_apply
 
-__all__ = ["FeatureEmbedding", "masked_mean", "MLP", "initializer", "ScenarioTowers"]
+__all__ = ["FeatureEmbedding", "masked_mean", "MLP", "initializer", "ScenarioTowers",
+           # baselines' shared layers
+           "MultiHeadSelfAttention", "MultiHeadTargetAttention", "PositionalEmbedding", "TargetAttention",
+           "TransformerBlock", "masked_softmax", "Behavior", "behavior_pairs", "behavior_scenario",
+           "behavior_scenario_embedding", "context_inputs", "embed_behavior", "pooled_sequences",
+           "require_behavior", "CGC", "ExpertBank", "ExpertGates", "ScenarioExtraction", "ScenarioMoE", "EPNet",
+           "GateNU", "PPNet", "CrossNetV2", "FMInteraction", "WideLinear", "fm_second_order",
+           "PartitionedNormalization", "ScenarioAffine", "StarDense", "partition_apply"]

@@ -27,6 +27,11 @@ class MLP(keras.layers.Layer):
         self.drop = keras.layers.Dropout(dropout) if dropout else None
 
     def call(self, x, training=False):
+        return self.hidden_outputs(x, training=training)[-1] if self.dense else x
+
+    def hidden_outputs(self, x, training=False):
+        """The output of every hidden layer, in order (SAML's ``V_a^l`` feed the branches, eq. 4)."""
+        outs = []
         for i, dense in enumerate(self.dense):
             x = dense(x)
             if self.norms:
@@ -34,4 +39,5 @@ class MLP(keras.layers.Layer):
             x = self.act(x)
             if self.drop is not None:
                 x = self.drop(x, training=training)
-        return x
+            outs.append(x)
+        return outs

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from typing import Callable, Optional, Tuple
 
@@ -32,9 +33,12 @@ import yaml
 from tfmsr.config import dump
 from tfmsr.data.pipeline import check_first_record, make_dataset, read_errors, split_files
 from tfmsr.features import Schema
-from tfmsr.models import build
+from tfmsr.models import build, get_class
 from tfmsr.training.callbacks import EpochCheckpoint, Progress, ScenarioValidation
 from tfmsr.training.evaluation import Predictor
+from tfmsr.training.evaluator import run_evaluator
+from tfmsr.training.strategy import (ClusterBackupAndRestore, ClusterProgress, DataLog, check_model,
+                                     cluster_from_env, make_strategy, per_worker_input, serve, sharded_variables)
 from tfmsr.utils import log as log_line
 
 
@@ -82,7 +86,21 @@ def resume_point(backup_dir: str, steps_per_epoch: int) -> Tuple[int, int]:
 
 def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
           log: Callable[[str], None] = log_line) -> dict:
-    """Train ``cfg`` on ``data_dir`` into ``model_dir``; returns the summary written to ``history.json``."""
+    """Train ``cfg`` on ``data_dir`` into ``model_dir``; returns the summary written to ``history.json``.
+
+    Under ``TF_CONFIG`` this process plays its role in the cluster (``tfmsr.training.strategy``): the chief
+    of ParameterServerStrategy and every worker of MultiWorkerMirroredStrategy train here under the
+    strategy, the workers and parameter servers of ParameterServerStrategy serve until they are stopped,
+    and the evaluator scores each checkpoint as it appears (``tfmsr.training.evaluator``)."""
+    cluster, strategy = cluster_from_env(cfg), None
+    if cluster.kind != "local":
+        if cluster.role == "evaluator":
+            return run_evaluator(cfg, data_dir, model_dir, log=log)
+        if not cluster.trains:
+            serve(cluster, log)
+            return {"role": cluster.role}
+        strategy = make_strategy(cluster, cfg)  # before any other TensorFlow op (collectives, connection)
+        log(f"[{cfg['model']['name']}] {cluster.describe()}")
     schema = Schema.load(os.path.join(data_dir, "schema.yaml"))
     stats = load_stats(data_dir)
     train_files = split_files(data_dir, "train")
@@ -92,37 +110,56 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
     if os.path.exists(os.path.join(model_dir, "final")):
         if not overwrite:
             raise FileExistsError(f"{model_dir}: holds a finished run (final/); pass --overwrite to retrain")
-        shutil.rmtree(model_dir)
-    os.makedirs(model_dir, exist_ok=True)
-    schema.save(os.path.join(model_dir, "schema.yaml"))
-    with open(os.path.join(model_dir, "run.yaml"), "w") as fh:
+        if cluster.is_chief:
+            shutil.rmtree(model_dir)
+    elif os.path.exists(os.path.join(model_dir, "run.yaml")) and cluster.is_chief:
+        _check_resumable(model_dir, cfg, data_dir, overwrite)
+    # the chief writes the model dir; other multi-worker workers save too (saving reads synced variables
+    # on every worker) but into a temp dir removed at the end, as Keras does
+    out_dir = model_dir if cluster.is_chief else tempfile.mkdtemp(prefix=f"tfmsr-{cluster.role}{cluster.index}-")
+    os.makedirs(out_dir, exist_ok=True)
+    schema.save(os.path.join(out_dir, "schema.yaml"))
+    with open(os.path.join(out_dir, "run.yaml"), "w") as fh:
         fh.write(dump({"config": cfg, "data": os.path.abspath(data_dir)}))
 
     t, batch = cfg["train"], cfg["data"]["batch_size"]
     spe = t["steps_per_epoch"] or math.ceil(split_rows(data_dir, "train", stats) / batch)
     keras.utils.set_random_seed(t["seed"])
-    model = compile_model(build(cfg["model"]["name"], schema, cfg["model"]["params"]), cfg)
+    if strategy is None:
+        model = compile_model(build(cfg["model"]["name"], schema, cfg["model"]["params"]), cfg)
+    else:
+        model = build_in_scope(strategy, cluster, cfg, schema, train_files)
     backup_dir = os.path.join(model_dir, "backup")
     epoch0, step0 = resume_point(backup_dir, spe)
     skip = epoch0 * spe + step0
     if skip:
         log(f"[{model.model_name}] resuming from backup at global step {skip} (epoch {epoch0 + 1}, "
             f"step {step0} of {spe})")
-    ds = make_dataset(train_files, schema, batch, training=True, seed=t["seed"],
-                      shuffle_buffer=cfg["data"]["shuffle_buffer"], skip_batches=skip)
+    if strategy is None:
+        ds = make_dataset(train_files, schema, batch, training=True, seed=t["seed"],
+                          shuffle_buffer=cfg["data"]["shuffle_buffer"], skip_batches=skip)
+    else:  # each worker its own shards, batch share and share of the skipped steps
+        ds = per_worker_input(train_files, lambda files, b, k, ctx: make_dataset(
+            files, schema, b, training=True, seed=t["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"],
+            skip_batches=k, input_context=ctx), cluster, batch, skip, log)
     callbacks = []
     if valid_files:
         callbacks.append(ScenarioValidation(Predictor(valid_files, schema, cfg["data"]["eval_batch_size"]), log))
         if t["early_stopping_patience"]:
             callbacks.append(keras.callbacks.EarlyStopping("val_auc", mode="max",
                                                            patience=t["early_stopping_patience"]))
-    epochs_ckpt = EpochCheckpoint(model_dir)
+    epochs_ckpt = EpochCheckpoint(out_dir)
+    backup_cb, progress_cb = ((keras.callbacks.BackupAndRestore, Progress) if strategy is None
+                              else (ClusterBackupAndRestore, ClusterProgress))
     callbacks += [
         epochs_ckpt,
-        keras.callbacks.BackupAndRestore(backup_dir, save_freq=t["checkpoint_every"], delete_checkpoint=True),
-        keras.callbacks.TensorBoard(os.path.join(model_dir, "tb"), write_graph=False, profile_batch=0),
-        Progress(batch, spe, t["epochs"], t["log_every"], log),
+        backup_cb(backup_dir, save_freq=t["checkpoint_every"], delete_checkpoint=True),
+        keras.callbacks.TensorBoard(os.path.join(out_dir, "tb"), write_graph=False, profile_batch=0),
+        progress_cb(batch, spe, t["epochs"], t["log_every"], log),
     ]
+    if strategy is not None:
+        data_log = DataLog(batch, split_rows(data_dir, "train", stats), log)
+        callbacks.append(data_log)
     start = time.time()
     with read_errors(train_files + valid_files, schema):
         hist = model.fit(ds, epochs=t["epochs"], steps_per_epoch=spe, callbacks=callbacks, verbose=0)
@@ -130,7 +167,7 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
     steps = int(model.optimizer.iterations.numpy())
     if epochs_ckpt.best_path:  # final weights = best validation epoch
         tf.train.Checkpoint(model=model).read(epochs_ckpt.best_path).expect_partial()
-    _write_final(model, model_dir)
+    _write_final(model, out_dir)
     summary = {
         "model": model.model_name, "steps": steps, "steps_per_epoch": spe, "seconds": seconds,
         "examples_per_sec": (steps - skip) * batch / max(seconds, 1e-9), "resumed_from_step": skip,
@@ -138,11 +175,48 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
         "history": {k: [float(v) for v in vals] for k, vals in hist.history.items()},
         "oov_ids": float(hist.history.get("oov_ids", [0])[-1]) if hist.history.get("oov_ids") else 0.0,
     }
-    with open(os.path.join(model_dir, "history.json"), "w") as fh:
+    if strategy is not None:
+        summary["cluster"] = {"kind": cluster.kind, "role": cluster.role, "index": cluster.index,
+                              "workers": cluster.num_workers, "ps": cluster.num_ps,
+                              "sharded_variables": sharded_variables(model), "data_epochs": data_log.epochs}
+    with open(os.path.join(out_dir, "history.json"), "w") as fh:
         json.dump(summary, fh, indent=2)
     log(f"[{model.model_name}] done: {steps} steps in {seconds:.1f}s "
         f"({summary['examples_per_sec']:,.0f} ex/s); weights in {os.path.join(model_dir, 'final')}")
+    if out_dir != model_dir:
+        shutil.rmtree(out_dir, ignore_errors=True)
     return summary
+
+
+def build_in_scope(strategy, cluster, cfg: dict, schema: Schema, files):
+    """The model and optimizer under ``strategy``: variables created now by one call on a few rows (on
+    the parameter servers, partitioned; or mirrored on every worker), so fit only runs steps. The
+    optimizer slots exist before a backup is restored: under ParameterServerStrategy a deferred restore
+    of slots created later leaves them at zero."""
+    check_model(get_class(cfg["model"]["name"]), cluster)
+    x, _ = next(iter(make_dataset(files[:1], schema, 8, training=False)))
+    with strategy.scope():
+        model = build(cfg["model"]["name"], schema, cfg["model"]["params"])
+        model(x)
+        compile_model(model, cfg)
+        model.optimizer.build(model.trainable_variables)
+    if cluster.kind == "multi_worker":  # step logs: this worker's metrics, not a per-step all-reduce summing them
+        model.distribute_reduction_method = "first"
+    return model
+
+
+def _check_resumable(model_dir: str, cfg: dict, data_dir: str, overwrite: bool) -> None:
+    """An unfinished run resumes only with the same config and data; --overwrite starts it afresh."""
+    if overwrite:
+        shutil.rmtree(model_dir)
+        return
+    with open(os.path.join(model_dir, "run.yaml")) as fh:
+        before = yaml.safe_load(fh)
+    for what, old, new in (("config", before.get("config"), cfg), ("data", before.get("data"),
+                                                                    os.path.abspath(data_dir))):
+        if old != new:
+            raise FileExistsError(f"{model_dir}: holds an unfinished run with a different {what}; resume it with "
+                                  "the same config and data, or pass --overwrite to start afresh")
 
 
 def _write_final(model, model_dir: str) -> None:

@@ -1,0 +1,443 @@
+"""Paper-table benchmark: train every model spec x seed with one budget, evaluate on test, tabulate.
+
+    python -m pipelines.benchmark --data DIR --models dnn,shared_bottom,saml,saml:mutual_gate=false \\
+        --seeds 0,1,2 --base dnn --out DIR [--epochs 3 --batch 1024 --patience 2 --set train.learning_rate=0.002]
+
+* A **model spec** is ``name[:key=value,key=value]``; the values are YAML (``dnn:hidden=[64,32]``) and
+  set ``model.params``, so ablation variants are rows of their own. ``--models all`` = every registered
+  model. The base model (``--base``, RelaImpr's reference) is added when it is not listed.
+* **Config** of a spec: ``configs/<name>.yaml`` when it exists, else the model's defaults; then the budget
+  every row shares (``--epochs``, ``--batch``, ``--patience`` = early stopping on validation AUC, ``--set``
+  pass-through), ``train.seed = <seed>``, then the spec's params.
+* **Runs** go to ``OUT/runs/<spec>/seed<k>`` (``tfmsr.training.trainer.train``, then
+  ``tfmsr.training.evaluation.evaluate`` writes ``metrics.json`` there). A run whose ``metrics.json`` exists
+  is reused, a trained run without it is only evaluated, an interrupted one resumes from its backup; so a
+  long table is resumed by re-running the same command. A run made with a different config is an error
+  (``--overwrite`` retrains every run).
+* **Rows**: per-scenario AUC, overall AUC, GAUC (by user), logloss as mean ± std over seeds (sample std,
+  ddof 1), RelaImpr (SAML eq. 10) of every AUC column against the base's mean AUC in that column
+  (``rela_impr`` = RelaImpr of the mean AUC = mean of the per-seed RelaImpr; ``rela_impr_std`` its std),
+  and training examples/s (``history.json``: steps x batch / wall time of ``fit``, validation included).
+  Also, without training: ``popularity`` (each item's smoothed positive rate in train,
+  ``(positives + m * p) / (rows + m)`` with ``p`` the train positive rate and ``m = --pop-smoothing``,
+  unseen items score ``p``), the floor every model must clear; and ``oracle`` (AUC of the true click
+  probability) when the schema has an oracle.
+* Writes ``OUT/results.json`` (budget, every per-seed number, the aggregates) and ``OUT/results.md`` (the
+  Markdown table) atomically after every run. ``--keep-going`` records a run that raises under
+  ``rows[spec].failed`` (and leaves it out of the table) instead of stopping.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+import tfmsr  # noqa: F401  (pins Keras 2 before TensorFlow loads)
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+POPULARITY, ORACLE = "popularity", "oracle"
+NO_EFFECT = {"train.log_every", "train.checkpoint_every"}  # config keys that do not change a run's result
+
+
+# ---------------------------------------------------------------------------------------- specs
+def _split_top(text: str) -> List[str]:
+    """Split on commas outside brackets: ``"x=1,y=[1,2]"`` -> ``["x=1", "y=[1,2]"]``."""
+    pieces, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch in "[{") - (ch in "]}")
+        if ch == "," and depth == 0:
+            pieces.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    return [p for p in pieces + [cur.strip()] if p]
+
+
+def split_specs(text: str) -> List[str]:
+    """``"a,b:x=1,y=[1,2],c"`` -> ``["a", "b:x=1,y=[1,2]", "c"]``: a ``key=value`` piece without a ``:``
+    before its ``=`` continues the previous spec's parameters."""
+    specs: List[str] = []
+    for piece in _split_top(text):
+        if "=" in piece and ":" not in piece.split("=", 1)[0]:
+            if not specs or ":" not in specs[-1]:
+                raise ValueError(f"--models: parameter {piece!r} does not follow a 'name:key=value' spec")
+            specs[-1] += "," + piece
+        else:
+            specs.append(piece)
+    return specs
+
+
+def parse_spec(spec: str) -> Tuple[str, List[str]]:
+    """``"saml:mutual_gate=false,k=2"`` -> ``("saml", ["mutual_gate=false", "k=2"])``."""
+    name, _, rest = spec.partition(":")
+    params = _split_top(rest)
+    for p in params:
+        if "=" not in p:
+            raise ValueError(f"--models: {spec!r}: expected name:key=value,..., got {p!r}")
+    return name.strip(), params
+
+
+def spec_params(spec: str) -> dict:
+    """The spec's model params with their YAML values: ``"dnn:hidden=[8]"`` -> ``{"hidden": [8]}``."""
+    from tfmsr.config import parse_overrides
+
+    return parse_overrides(parse_spec(spec)[1])
+
+
+def run_slug(spec: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=,+-]+", "_", spec)
+
+
+def run_dir(out: str, spec: str, seed: int) -> str:
+    return os.path.join(out, "runs", run_slug(spec), f"seed{seed}")
+
+
+def spec_config(spec: str, seed: int, args) -> dict:
+    """The config of one row and seed: configs/<name>.yaml (or defaults) + shared budget + spec params."""
+    from tfmsr.config import load_config
+
+    name, params = parse_spec(spec)
+    budget = [f"train.epochs={args.epochs}", f"data.batch_size={args.batch}",
+              f"train.early_stopping_patience={args.patience}", f"train.seed={seed}"]
+    overrides = budget + list(args.set) + [f"model.params.{p}" for p in params]
+    path = os.path.join(args.configs, f"{name}.yaml")
+    if os.path.exists(path):
+        cfg = load_config(path, overrides)
+        if cfg["model"]["name"] != name:
+            raise ValueError(f"{path}: model.name is '{cfg['model']['name']}', expected '{name}'")
+        return cfg
+    return load_config(raw={"model": {"name": name}}, overrides=overrides)
+
+
+# ---------------------------------------------------------------------------------------- one run
+def _read_json(path: str) -> Optional[dict]:
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def _columns_of(res: dict, scenarios: List[str]) -> Dict[str, float]:
+    out = {f"auc/{s}": res["scenarios"][s]["auc"] for s in scenarios}
+    out.update({"auc": res["auc"], "gauc": res.get("gauc", math.nan), "logloss": res["logloss"]})
+    return out
+
+
+def _flat(d: dict, prefix: str = "") -> Dict[str, object]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_reusable(model_dir: str, cfg: dict, data_dir: str) -> None:
+    """An existing run dir must hold a run of this very config and dataset (else it cannot be reused)."""
+    import yaml
+
+    path = os.path.join(model_dir, "run.yaml")
+    if not os.path.exists(path):
+        return
+    with open(path) as fh:
+        old = yaml.safe_load(fh) or {}
+    want, have = _flat(cfg), _flat(old.get("config") or {})
+    diff = [f"{k}: {have.get(k)!r} there, {want.get(k)!r} now" for k in sorted(set(want) | set(have))
+            if want.get(k) != have.get(k) and k not in NO_EFFECT]
+    if old.get("data") != os.path.abspath(data_dir):
+        diff.append(f"data: {old.get('data')} there, {os.path.abspath(data_dir)} now")
+    if diff:
+        raise ValueError(f"{model_dir}: holds a run of another config or dataset ({'; '.join(diff[:4])}); "
+                         "use another --out, or --overwrite to retrain")
+
+
+def run_one(spec: str, seed: int, args, scenarios: List[str]) -> dict:
+    """Train (or reuse) and evaluate one spec x seed; returns its per-seed record."""
+    from tfmsr.training.evaluation import evaluate
+    from tfmsr.training.trainer import train
+
+    cfg = spec_config(spec, seed, args)
+    model_dir = run_dir(args.out, spec, seed)
+    check_reusable(model_dir, cfg, args.data)
+    metrics_path = os.path.join(model_dir, "metrics.json")
+    history_path = os.path.join(model_dir, "history.json")
+    status = "reused"
+    if _read_json(metrics_path) is None:
+        if not os.path.exists(os.path.join(model_dir, "final")):
+            import tf_keras as keras
+
+            keras.backend.clear_session()
+            train(cfg, args.data, model_dir)
+            status = "trained"
+        else:
+            status = "evaluated"
+        evaluate(model_dir, args.data, args.split, out=metrics_path)
+    res, hist = _read_json(metrics_path), _read_json(history_path) or {}
+    epochs = len(hist.get("history", {}).get("loss", []))
+    return {"seed": seed, "status": status, "model_dir": model_dir, "metrics": _columns_of(res, scenarios),
+            "examples_per_sec": hist.get("examples_per_sec"), "seconds": hist.get("seconds"),
+            "steps": hist.get("steps"), "epochs": epochs, "best_val_auc": hist.get("best_val_auc")}
+
+
+# ---------------------------------------------------------------------------------------- floor / ceiling
+def item_feature(schema) -> str:
+    """The item id feature: the item categorical whose table a behaviour sequence shares, else the first."""
+    from tfmsr.data.stats import repeat_pair
+
+    pair = repeat_pair(schema)
+    if pair:
+        return pair[0]
+    items = schema.group("item", "categorical")
+    if not items:
+        raise ValueError(f"{schema.source}: no categorical item feature, so no item-popularity row")
+    return items[0].name
+
+
+def read_columns(data_dir: str, split: str, schema, names) -> Dict[str, np.ndarray]:
+    """``names`` (plus the label) of every row of a split, in file order."""
+    from tfmsr.data.pipeline import make_dataset, read_errors, split_files
+
+    files = split_files(data_dir, split)
+    out = {n: [] for n in (*names, "label")}
+    with read_errors(files, schema):
+        for x, y in make_dataset(files, schema, 8192, training=False):
+            for n in names:
+                out[n].append(x[n].numpy())
+            out["label"].append(y.numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def popularity_scores(train_items, train_labels, items, smoothing: float) -> np.ndarray:
+    """Smoothed positive rate of each of ``items`` in train: ``(pos + m p) / (n + m)``; unseen -> ``p``."""
+    import pandas as pd
+
+    y = (np.asarray(train_labels) > 0.5).astype(np.float64)
+    prior = float(y.mean())
+    g = pd.Series(y).groupby(np.asarray(train_items)).agg(["sum", "count"])
+    rate = (g["sum"].to_numpy() + smoothing * prior) / (g["count"].to_numpy() + smoothing)
+    at = g.index.get_indexer(np.asarray(items))
+    return np.where(at >= 0, rate[np.maximum(at, 0)], prior)
+
+
+def reference_rows(args, schema, scenarios: List[str]) -> Dict[str, dict]:
+    """The ``popularity`` row (and ``oracle`` when the schema has one), evaluated on the test split."""
+    from tfmsr import metrics
+
+    item = item_feature(schema)
+    train = read_columns(args.data, "train", schema, [item])
+    keep = [item, schema.scenario.name] + [k for k in (schema.user_key, schema.oracle) if k]
+    test = read_columns(args.data, args.split, schema, keep)
+    scores = popularity_scores(train[item], train["label"], test[item], args.pop_smoothing)
+    users = test.get(schema.user_key) if schema.user_key else None
+    summ = lambda p: metrics.summarize(test["label"], p, test[schema.scenario.name], schema.num_scenarios,
+                                       users=users, scenario_names=scenarios)
+    rows = {POPULARITY: {"kind": POPULARITY, "item_feature": item, "smoothing": args.pop_smoothing,
+                         "runs": [{"seed": None, "metrics": _columns_of(summ(scores), scenarios)}]}}
+    if schema.oracle:
+        rows[ORACLE] = {"kind": ORACLE, "runs": [{"seed": None,
+                                                  "metrics": _columns_of(summ(test[schema.oracle]), scenarios)}]}
+    return rows
+
+
+# ---------------------------------------------------------------------------------------- aggregate
+def _std(values: np.ndarray) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def aggregate(rows: Dict[str, dict], columns: List[str], base: str) -> None:
+    """Adds mean / std / rela_impr / rela_impr_std (per column) and examples_per_sec to every row."""
+    from tfmsr.metrics import rela_impr
+
+    for row in rows.values():
+        vals = {c: np.array([r["metrics"][c] for r in row["runs"]], np.float64) for c in columns}
+        row["mean"] = {c: float(v.mean()) if len(v) else math.nan for c, v in vals.items()}
+        row["std"] = {c: _std(v) for c, v in vals.items()}
+        eps = [r["examples_per_sec"] for r in row["runs"] if r.get("examples_per_sec") is not None]
+        row["examples_per_sec"] = {"mean": float(np.mean(eps)), "std": _std(np.array(eps))} if eps else None
+    ref = rows.get(base)
+    for row in rows.values():
+        row["rela_impr"], row["rela_impr_std"] = {}, {}
+        for c in columns:
+            if c == "logloss" or ref is None or not ref["runs"]:
+                continue
+            b = ref["mean"][c]
+            per_seed = np.array([rela_impr(r["metrics"][c], b) for r in row["runs"]], np.float64)
+            row["rela_impr"][c] = rela_impr(row["mean"][c], b)
+            row["rela_impr_std"][c] = _std(per_seed)
+
+
+def _num(x, digits=4) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def markdown(result: dict) -> str:
+    rows, scen, base = result["rows"], result["scenarios"], result["base"]
+    b = result["budget"]
+    head = (f"Split `{result['split']}` of `{result['data']}`; seeds {','.join(map(str, result['seeds']))}; budget: "
+            f"{b['epochs']} epochs, batch {b['batch_size']}, early stopping patience {b['patience']}"
+            + (f", {' '.join(b['set'])}" if b["set"] else "")
+            + f". Mean ± std over seeds; RelaImpr vs `{base}` (SAML eq. 10); train ex/s = examples / wall "
+            "time of fit (validation included); `popularity` = item's smoothed positive rate in train.")
+    cols = [f"AUC {s}" for s in scen] + ["AUC", "RelaImpr", "GAUC", "RelaImpr (GAUC)", "logloss", "train ex/s"]
+    lines = [head, "", "| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, row in rows.items():
+        if not row["runs"]:
+            continue
+        single = len(row["runs"]) == 1  # one seed (or no training): no spread to show
+        cell = lambda c: _num(row["mean"][c]) + ("" if single else f" ± {_num(row['std'][c])}")
+        ri = lambda c: "-" if c not in row["rela_impr"] or math.isnan(row["rela_impr"][c]) \
+            else f"{row['rela_impr'][c]:+.2f}%"
+        eps = row.get("examples_per_sec")
+        cells = [cell(f"auc/{s}") for s in scen] + [cell("auc"), ri("auc"), cell("gauc"), ri("gauc"),
+                                                    cell("logloss"), f"{eps['mean']:,.0f}" if eps else "-"]
+        partial = row["kind"] == "model" and len(row["runs"]) != len(result["seeds"])
+        label = f"{name} (n={len(row['runs'])} of {len(result['seeds'])} seeds)" if partial else name
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    failed = [f"`{name}` seed {f['seed']} ({f['error'].splitlines()[0][:200]})"
+              for name, row in rows.items() for f in row.get("failed", [])]
+    if failed:
+        lines += ["", "Failed runs (not in the table): " + "; ".join(failed) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _clean(x):
+    """NaN -> None so results.json stays strict JSON."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_clean(v) for v in x]
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    return x
+
+
+def _write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_results(result: dict, out: str) -> None:
+    aggregate(result["rows"], result["columns"], result["base"])
+    _write(os.path.join(out, "results.json"), json.dumps(_clean(result), indent=2))
+    _write(os.path.join(out, "results.md"), markdown(result))
+
+
+# ---------------------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m pipelines.benchmark", description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="dataset folder (schema.yaml, train/valid/test shards)")
+    ap.add_argument("--models", required=True, help="comma-separated specs name[:key=value,...], or 'all'")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    ap.add_argument("--base", default="dnn", help="spec (or 'popularity') RelaImpr is measured against (default dnn)")
+    ap.add_argument("--out", required=True, help="output folder (runs/, results.json, results.md)")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--patience", type=int, default=2, help="early stopping patience in epochs (0: off)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for every run, e.g. train.learning_rate=0.002")
+    ap.add_argument("--split", default="test", help="split the table is computed on (default test)")
+    ap.add_argument("--pop-smoothing", type=float, default=10.0, help="m of the popularity row (default 10)")
+    ap.add_argument("--configs", default=CONFIGS, help="folder of <model>.yaml configs")
+    ap.add_argument("--overwrite", action="store_true", help="retrain every run instead of reusing finished ones")
+    ap.add_argument("--keep-going", action="store_true",
+                    help="record a run that raises (rows[spec].failed) and go on with the next one")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    from tfmsr.features import Schema
+    from tfmsr.models import available
+
+    args = parse_args(argv)
+    schema = Schema.load(os.path.join(args.data, "schema.yaml"))
+    scenarios = list(schema.scenario.values)
+    specs = list(available()) if args.models.strip() == "all" else split_specs(args.models)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not specs or not seeds:
+        raise ValueError("--models and --seeds must name at least one model and one seed")
+    if args.base not in specs and args.base not in (POPULARITY, ORACLE):
+        print(f"base '{args.base}' is not among --models; adding it")
+        specs.insert(0, args.base)
+    if len(set(specs)) != len(specs) or len(set(map(run_slug, specs))) != len(specs):
+        raise ValueError(f"--models: duplicate spec in {specs}")
+    for spec in specs:  # fail on a bad spec or a foreign run dir before hours of training
+        for seed in seeds:
+            cfg = spec_config(spec, seed, args)
+            if not args.overwrite:
+                check_reusable(run_dir(args.out, spec, seed), cfg, args.data)
+    os.makedirs(args.out, exist_ok=True)
+    if args.overwrite:
+        import shutil
+
+        for spec in specs:
+            for seed in seeds:
+                shutil.rmtree(run_dir(args.out, spec, seed), ignore_errors=True)
+    result = {
+        "data": os.path.abspath(args.data), "split": args.split, "scenarios": scenarios, "base": args.base,
+        "seeds": seeds, "models": specs,
+        "budget": {"epochs": args.epochs, "batch_size": args.batch, "patience": args.patience, "set": args.set},
+        "columns": [f"auc/{s}" for s in scenarios] + ["auc", "gauc", "logloss"],
+        "rows": {spec: {"kind": "model", "model": parse_spec(spec)[0], "params": spec_params(spec), "runs": []}
+                 for spec in specs},
+    }
+    print(f"== {POPULARITY} row (item popularity from train)")
+    result["rows"].update(reference_rows(args, schema, scenarios))
+    write_results(result, args.out)
+    jobs = [(spec, seed) for spec in specs for seed in seeds]
+    start, trained_secs, trained = time.time(), 0.0, 0
+    for i, (spec, seed) in enumerate(jobs, 1):
+        print(f"== [{i}/{len(jobs)}] {spec} seed {seed}", flush=True)
+        t0 = time.time()
+        try:
+            rec = run_one(spec, seed, args, scenarios)
+        except Exception as e:  # noqa: BLE001  (--keep-going: one broken model must not stop the table)
+            if not args.keep_going:
+                raise
+            msg = f"{type(e).__name__}: {str(e).strip()}"[:2000]
+            result["rows"][spec].setdefault("failed", []).append({"seed": seed, "error": msg})
+            msg = msg.splitlines()[0][:200]
+            write_results(result, args.out)
+            print(f"== [{i}/{len(jobs)}] {spec} seed {seed}: FAILED ({msg}); continuing (--keep-going)", flush=True)
+            continue
+        result["rows"][spec]["runs"].append(rec)
+        write_results(result, args.out)
+        took = time.time() - t0
+        if rec["status"] != "reused":
+            trained_secs, trained = trained_secs + took, trained + 1
+        left = len(jobs) - i
+        eta = f"  ETA {trained_secs / trained * left / 60:.1f} min" if trained and left else ""
+        m = rec["metrics"]
+        print(f"== [{i}/{len(jobs)}] {spec} seed {seed}: {rec['status']} in {took:.0f}s  test auc "
+              f"{_num(m['auc'])} gauc {_num(m['gauc'])} logloss {_num(m['logloss'])}{eta}", flush=True)
+    failed = [f"{spec} seed {f['seed']}" for spec, row in result["rows"].items() for f in row.get("failed", [])]
+    if failed:
+        print(f"== FAILED runs (not in the table): {', '.join(failed)}")
+    print(f"\n{markdown(result)}\n== done in {(time.time() - start) / 60:.1f} min; "
+          f"{os.path.join(args.out, 'results.json')}, {os.path.join(args.out, 'results.md')}")
+    return result
+
+
+if __name__ == "__main__":
+    from tfmsr.data.pipeline import DataError
+    from tfmsr.features import SchemaError
+    from tfmsr.models.base import ConfigError
+
+    try:
+        res = main()
+    except (ConfigError, SchemaError, DataError, ValueError, FileNotFoundError) as e:
+        print(f"benchmark: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(1 if any(row.get("failed") for row in res["rows"].values()) else 0)  # --keep-going failures

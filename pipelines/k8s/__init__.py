@@ -1,0 +1,1 @@
+"""Kubernetes manifests for tfmsr clusters (see README.md)."""

@@ -1,0 +1,255 @@
+"""SASS paper tables on local data: HR@K / NDCG@K per scenario, mean ± std over seeds.
+
+    python -m pipelines.retrieval_benchmark --data planted=runs/retrieval/data/planted150k \\
+        --data movielens=runs/retrieval/data/ml100k --seeds 0,1,2 --out runs/retrieval/bench \\
+        [--variants SASS,SASS-Base,...] [--set train.epochs=2 ...] [--overwrite]
+
+* **Rows** (``VARIANTS``; names as the paper's tables): SASS and SASS-Base (Table 2), the gate variants of
+  Table 3 on SASS-Base (SASS* = no gate, + Production / Simnet / Sigmoid gate), Single Item Embedding
+  (Table 5), No Scenario Bias Fusion and No Global Auxiliary Task (Table 6), SASS-Base with 2 and 4 ML-SAT
+  layers (Figure 6; 3 is SASS-Base), the baselines DSSM and YoutubeDNN trained single-scenario (one
+  model per scenario) and mix-scenario (Table 2's columns), two rows *not in the paper* (SASS and
+  SASS-Base fine-tuned with a softmax instead of the eq. 11 pairwise loss, see ``tfmsr/retrieval/sass.py``),
+  and ``popularity`` (train positives of the item in the scenario; no training), the floor.
+* **Config** of a row: ``configs/<sass|sass_base|dssm|youtubednn>.yaml`` + the row's switches + ``--set``
+  (shared by every row) + ``train.seed``. Pre-training rows share one pair directory per dataset
+  (``OUT/pairs/<dataset>``, derived from its train split).
+* **Order**: seed-major (every dataset and row for the first seed, then the next seed), so a partial
+  table is complete for the seeds done.
+* **Runs** go to ``OUT/runs/<dataset>/<row>/seed<k>``; a run whose ``metrics.json`` exists with the same
+  config is reused, so an interrupted table resumes by re-running the command (a different config is an
+  error unless ``--overwrite``).
+* Writes ``OUT/results.json`` (every per-seed number, the aggregates, per-scenario data sizes and pair
+  counts) and ``OUT/results.md`` atomically after every run. Std is the sample std (ddof 1).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+import tfmsr  # noqa: F401  (pins Keras 2 before TensorFlow loads)
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+POPULARITY = "popularity"
+SOFTMAX = "model.params.finetune_loss=softmax"
+
+# (row name, config, overrides, where the row comes from)
+VARIANTS = [
+    ("SASS", "sass", [], "Table 2"),
+    ("SASS-Base", "sass_base", [], "Table 2"),
+    ("SASS*", "sass_base", ["model.params.gate=none"], "Table 3"),
+    ("SASS*+Production Gate", "sass_base", ["model.params.gate=product"], "Table 3"),
+    ("SASS*+Simnet Gate", "sass_base", ["model.params.gate=simnet"], "Table 3"),
+    ("SASS*+Sigmoid Gate", "sass_base", ["model.params.gate=sigmoid"], "Table 3"),
+    ("Single Item Embedding", "sass", ["model.params.item_per_scenario=false"], "Table 5"),
+    ("No Scenario Bias Fusion", "sass", ["model.params.bias_fusion=false"], "Table 6"),
+    ("No Global Auxiliary Task", "sass", ["model.params.beta=0.0"], "Table 6"),
+    ("SASS-Base 2 layers", "sass_base", ["model.params.layers=2"], "Figure 6"),
+    ("SASS-Base 4 layers", "sass_base", ["model.params.layers=4"], "Figure 6"),
+    ("SASS softmax-loss (not in paper)", "sass", [SOFTMAX], "extra"),
+    ("SASS-Base softmax-loss (not in paper)", "sass_base", [SOFTMAX], "extra"),
+    ("DSSM single", "dssm", ["train.mode=single"], "Table 2"),
+    ("DSSM mix", "dssm", ["train.mode=mix"], "Table 2"),
+    ("YoutubeDNN single", "youtubednn", ["train.mode=single"], "Table 2"),
+    ("YoutubeDNN mix", "youtubednn", ["train.mode=mix"], "Table 2"),
+]
+NO_EFFECT = {"data.eval_batch_size"}
+
+
+def slug(name: str) -> str:
+    """Run directory name of a row: ``SASS*+Sigmoid Gate`` -> ``sass-star-sigmoid-gate``."""
+    return re.sub(r"[^0-9a-z]+", "-", name.lower().replace("*", " star ")).strip("-")
+
+
+def row_config(config: str, overrides: List[str], shared: List[str], seed: int, pairs_dir: Optional[str],
+               configs_dir: str = CONFIGS) -> dict:
+    from tfmsr.retrieval.config import load_config
+
+    sets = list(overrides) + list(shared) + [f"train.seed={seed}"]
+    cfg = load_config(os.path.join(configs_dir, f"{config}.yaml"), sets)
+    if cfg["pretrain"]["enabled"] and pairs_dir:
+        cfg = load_config(raw=cfg, overrides=[f"pretrain.pairs={pairs_dir}"])
+    return cfg
+
+
+def _comparable(cfg: dict) -> dict:
+    c = json.loads(json.dumps(cfg))
+    for key in NO_EFFECT:
+        section, name = key.split(".")
+        c.get(section, {}).pop(name, None)
+    return c
+
+
+def run_one(cfg: dict, data, data_dir: str, run_dir: str, overwrite: bool, log) -> dict:
+    """Train + evaluate one row/seed (or reuse its metrics); returns the metrics with ``seconds``."""
+    import yaml
+
+    from tfmsr.retrieval.trainer import train
+
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    if os.path.exists(metrics_path) and not overwrite:
+        with open(os.path.join(run_dir, "run.yaml")) as fh:
+            old = yaml.safe_load(fh)["config"]
+        if _comparable(old) != _comparable(cfg):
+            raise SystemExit(f"{run_dir}: trained with a different config; pass --overwrite to retrain")
+        with open(os.path.join(run_dir, "history.json")) as fh:
+            hist = json.load(fh)
+        return dict(json.load(open(metrics_path)), seconds=hist.get("seconds"))
+    import tf_keras as keras
+
+    keras.backend.clear_session()
+    summary = train(cfg, data_dir, run_dir, overwrite=True, log=log, data=data)
+    return dict(summary["metrics"], seconds=summary["seconds"])
+
+
+def _mean_std(values):
+    v = np.asarray([x for x in values if x == x], np.float64)
+    if not len(v):
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+
+
+def aggregate(per_seed: List[dict], scenarios: List[str], k: int) -> dict:
+    out = {"scenarios": {}}
+    for key in (f"hr@{k}", f"ndcg@{k}", f"hr@{k}_macro", f"ndcg@{k}_macro"):
+        out[key], out[key + "_std"] = _mean_std([r[key] for r in per_seed])
+    for s in scenarios:
+        cell = {}
+        for key in (f"hr@{k}", f"ndcg@{k}"):
+            cell[key], cell[key + "_std"] = _mean_std([r["scenarios"][s][key] for r in per_seed])
+        out["scenarios"][s] = cell
+    secs = [r.get("seconds") for r in per_seed if r.get("seconds") is not None]
+    out["seconds"] = float(np.mean(secs)) if secs else None
+    out["seeds"] = len(per_seed)
+    return out
+
+
+def _cell(m, s, k=None):
+    return "-" if m != m else (f"{m:.4f} ± {s:.4f}" if s == s else f"{m:.4f}")
+
+
+def markdown(results: dict) -> str:
+    k = results["k"]
+    lines = [f"# SASS retrieval benchmark: HR@{k} / NDCG@{k} per scenario (mean ± std over seeds "
+             f"{results['seeds']}; the last column n = seeds done)", "",
+             "Ranking over each scenario's full item corpus (items exposed in the scenario in train); the "
+             "user's other train positives are excluded from the ranking; a test positive outside the "
+             "corpus counts as a miss. `all` = over all test queries.", ""]
+    for ds, d in results["datasets"].items():
+        scen = d["scenarios"]
+        lines += [f"## {ds}", "", f"data: `{d['data']}`", ""]
+        lines.append("| scenario | " + " | ".join(scen) + " |")
+        lines.append("|---|" + "---|" * len(scen))
+        for key, label in (("train_positives", "train positives"), ("test_queries", "test queries"),
+                           ("corpus", "corpus items"), ("coverage", "test positive in corpus")):
+            vals = [d["scenario_info"][s][key] for s in scen]
+            lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v)
+                                                      for v in vals) + " |")
+        if d.get("pairs"):
+            p = d["pairs"]
+            lines += ["", f"pre-training pairs: user {p['user']['pairs']} (users in >= 2 scenarios: "
+                      f"{p['user']['keys_in_2plus_scenarios']}), item {p['item']['pairs']} (items in >= 2 "
+                      f"scenarios: {p['item']['keys_in_2plus_scenarios']})"]
+        sparsest = min(scen, key=lambda s: d["scenario_info"][s]["train_positives"])
+        lines += ["", f"sparsest scenario: **{sparsest}**", ""]
+        for metric in (f"hr@{k}", f"ndcg@{k}"):
+            lines.append(f"| {metric.upper()} | source | " + " | ".join(scen) + " | all | s/run | n |")
+            lines.append("|---|---|" + "---|" * (len(scen) + 3))
+            for name, r in d["rows"].items():
+                a = r["aggregate"]
+                if a is None:
+                    continue
+                cells = [_cell(a["scenarios"][s][metric], a["scenarios"][s][metric + "_std"]) for s in scen]
+                cells.append(_cell(a[metric], a[metric + "_std"]))
+                secs = "-" if a.get("seconds") is None else f"{a['seconds']:.0f}"
+                lines.append(f"| {name} | {r['source']} | " + " | ".join(cells) + f" | {secs} | {a['seeds']} |")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", action="append", required=True, metavar="NAME=DIR", help="a dataset (repeatable)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--variants", default="all", help=f"comma-separated row names, or all: {[v[0] for v in VARIANTS]}")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every row")
+    ap.add_argument("--configs", default=CONFIGS)
+    ap.add_argument("--overwrite", action="store_true")
+    args = ap.parse_args(argv)
+
+    from tfmsr.retrieval.data import RetrievalData
+    from tfmsr.retrieval.evaluation import PopularityScorer, evaluate
+    from tfmsr.retrieval.pairs import read_summary, write_pairs
+    from tfmsr.utils import log
+
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    wanted = [v for v in VARIANTS if args.variants == "all" or v[0] in args.variants.split(",")]
+    unknown = set(args.variants.split(",")) - {v[0] for v in VARIANTS} - {"all", POPULARITY}
+    if unknown:
+        raise SystemExit(f"--variants: unknown row(s) {sorted(unknown)} (known: {[v[0] for v in VARIANTS]})")
+    os.makedirs(args.out, exist_ok=True)
+    results = {"k": None, "seeds": seeds, "set": args.set, "datasets": {}}
+    probe = row_config("sass_base", [], args.set, 0, None, args.configs)
+    k, split, exclude = probe["eval"]["k"], probe["eval"]["split"], probe["eval"]["exclude_train_positives"]
+    results["k"] = k
+    loaded = {}
+    for spec in args.data:
+        name, _, data_dir = spec.partition("=")
+        if not data_dir:
+            raise SystemExit(f"--data {spec!r}: expected NAME=DIR")
+        t0 = time.time()
+        data = RetrievalData.load(data_dir, eval_splits=[split])
+        log(f"[bench] {name}: loaded {data_dir} in {time.time() - t0:.0f}s")
+        scen = data.scenario_names
+        info = {}
+        for s, sn in enumerate(scen):
+            q = data.positives(split, s)
+            corpus = data.corpus(s)
+            info[sn] = {"train_positives": int((data.train[data.schema.scenario.name] == s).sum()),
+                        "test_queries": int(len(q["item"])) if q else 0, "corpus": int(len(corpus)),
+                        "coverage": float(np.isin(q["item"], corpus).mean()) if q else float("nan")}
+        pairs_dir = os.path.join(args.out, "pairs", name)
+        needs_pairs = any(row_config(c, o, args.set, 0, pairs_dir, args.configs)["pretrain"]["enabled"]
+                          for _, c, o, _ in wanted)
+        if needs_pairs and not os.path.exists(os.path.join(pairs_dir, "pairs.json")):
+            write_pairs(data_dir, pairs_dir, overwrite=True)
+        d = results["datasets"][name] = {"data": os.path.abspath(data_dir), "scenarios": scen, "scenario_info": info,
+                                         "pairs": read_summary(pairs_dir) if needs_pairs else None, "rows": {}}
+        pop = evaluate(PopularityScorer(data), data, split, k, exclude)
+        d["rows"][POPULARITY] = {"source": "reference", "per_seed": [pop], "aggregate": aggregate([pop], scen, k)}
+        for row, config, overrides, source in wanted:
+            d["rows"][row] = {"source": source, "config": config, "overrides": overrides, "per_seed": [],
+                              "aggregate": None}
+        loaded[name] = (data, data_dir, pairs_dir)
+    # seed-major: a complete one-seed table first, then the other seeds
+    for seed in seeds:
+        for name, (data, data_dir, pairs_dir) in loaded.items():
+            d = results["datasets"][name]
+            for row, config, overrides, source in wanted:
+                cfg = row_config(config, overrides, args.set, seed, pairs_dir, args.configs)
+                run_dir = os.path.join(args.out, "runs", name, slug(row), f"seed{seed}")
+                log(f"[bench] {name} / {row} / seed {seed}")
+                r = d["rows"][row]
+                r["per_seed"].append(dict(run_one(cfg, data, data_dir, run_dir, args.overwrite, log), seed=seed))
+                r["aggregate"] = aggregate(r["per_seed"], d["scenarios"], k)
+                _write(os.path.join(args.out, "results.json"), json.dumps(results, indent=2))
+                _write(os.path.join(args.out, "results.md"), markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

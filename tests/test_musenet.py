@@ -1,0 +1,307 @@
+"""MuSeNet: each layer against a NumPy re-computation of its equation, the prototype update (eq. 14)
+exactly and without gradient (also under a 2-replica MirroredStrategy), the variants, the ConfigErrors,
+training on the planted data, and the learned-scenario export + figure."""
+import copy
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import quick_config
+
+from pipelines.musenet_figure import adjusted_rand_index, purity
+from tfmsr.data.pipeline import make_dataset, split_files
+from tfmsr.data.stats import is_repeat
+from tfmsr.layers.musenet import (RepeatIntention, ScenarioLearner, combine_scenarios, kl_to_uniform,
+                                  prototype_step, repeat_aux_loss, repeat_combine, repeat_indicator)
+from tfmsr.models import ConfigError, build
+
+RNG = np.random.default_rng(7)
+
+
+def np_softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def np_layer_norm(x, eps=1e-3):  # keras LayerNormalization(center=False, scale=False), default epsilon
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps)
+
+
+def learner(K=4, m=3, d=6, hard=False, standardize="layer", tau=0.1, alpha=0.2):
+    layer = ScenarioLearner(K, m, hard=hard, tau=tau, alpha=alpha, standardize=standardize)
+    layer.build((None, d))
+    layer.omega.assign(RNG.normal(0, 0.7, (d, m)).astype(np.float32))
+    layer.prototypes.assign(RNG.normal(0, 1.0, (K, m)).astype(np.float32))
+    layer.initialized.assign(1.0)
+    return layer
+
+
+def np_pi(layer, x, standardize=True):
+    f = (np_layer_norm(x) if standardize else x) @ layer.omega.numpy()
+    c = layer.prototypes.numpy()
+    d = ((f[:, None, :] - c[None]) ** 2).sum(-1)
+    return f, np_softmax(-d)
+
+
+# ---------------------------------------------------------------------------------------- layers vs NumPy
+@pytest.mark.parametrize("standardize", ["layer", None])
+def test_soft_assignment_eq3(standardize):
+    layer = learner(standardize=standardize)
+    x = RNG.normal(size=(32, 6)).astype(np.float32)
+    a, pi = layer(tf.constant(x), training=False)
+    _, want = np_pi(layer, x, standardize is not None)
+    np.testing.assert_allclose(pi.numpy(), want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a.numpy(), want, rtol=1e-4, atol=1e-6)  # soft version: a = pi
+
+
+def test_hard_assignment_gumbel_softmax_eq7_and_argmax_eq4():
+    layer = learner(hard=True, tau=0.5)
+    x = RNG.normal(size=(16, 6)).astype(np.float32)
+    g = -np.log(-np.log(RNG.uniform(1e-6, 1, (16, 4)))).astype(np.float32)
+    a, pi = layer(tf.constant(x), training=True, gumbel=tf.constant(g))
+    _, p = np_pi(layer, x)
+    want = np_softmax((np.log(p) + g) / 0.5)
+    np.testing.assert_allclose(a.numpy(), want, rtol=1e-4, atol=1e-5)
+    a_inf, _ = layer(tf.constant(x), training=False)  # inference: one-hot of the closest prototype (eq. 4)
+    np.testing.assert_array_equal(a_inf.numpy(), np.eye(4)[p.argmax(1)])
+
+
+def test_kl_to_uniform_eq12():
+    a = np_softmax(RNG.normal(size=(20, 5)) * 2)
+    want = np.mean((a * (np.log(a) + np.log(5))).sum(1))
+    assert float(kl_to_uniform(tf.constant(a, tf.float32))) == pytest.approx(want, rel=1e-5)
+    assert float(kl_to_uniform(tf.fill([3, 4], 0.25))) == pytest.approx(0.0, abs=1e-7)
+    one_hot = tf.constant(np.eye(4)[[0, 2, 3]], tf.float32)  # 0 log 0 = 0: KL of a one-hot is log K
+    assert float(kl_to_uniform(one_hot)) == pytest.approx(np.log(4), rel=1e-6)
+
+
+def test_repeat_aux_loss_eq10_squared_error():
+    r, p_r, a = RNG.uniform(size=10), RNG.uniform(size=(10, 3)), np_softmax(RNG.normal(size=(10, 3)))
+    want = np.mean((r - (p_r * a).sum(1)) ** 2)
+    got = repeat_aux_loss(tf.constant(r, tf.float32), tf.constant(p_r, tf.float32), tf.constant(a, tf.float32))
+    assert float(got) == pytest.approx(want, rel=1e-5)
+
+
+def test_repeat_combination_eq9_and_final_prediction():
+    ind = RNG.integers(0, 2, 12).astype(np.float32)
+    p_r, s_r, s_e = RNG.uniform(size=(12, 4)), RNG.normal(size=(12, 4)), RNG.normal(size=(12, 4))
+    want = ind[:, None] * p_r * s_r + (1 - ind[:, None]) * (1 - p_r) * s_e
+    got = repeat_combine(tf.constant(ind), *(tf.constant(v, tf.float32) for v in (p_r, s_r, s_e)))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+    a = np_softmax(RNG.normal(size=(12, 4)))
+    np.testing.assert_allclose(combine_scenarios(tf.constant(a, tf.float32), got).numpy(), (a * want).sum(1),
+                               rtol=1e-5, atol=1e-6)  # soft: sigma(sum_k a_k z_k)
+    hard = np.eye(4, dtype=np.float32)[RNG.integers(0, 4, 12)]
+    np.testing.assert_allclose(combine_scenarios(tf.constant(hard), got).numpy(), want[hard.astype(bool)],
+                               rtol=1e-5, atol=1e-6)  # hard: the assigned scenario's z
+
+
+def np_bank(x, kernels, biases, w, b):
+    h = x
+    for k, bias in zip(kernels, biases):
+        h = np.maximum(np.einsum("bd,edh->beh" if h.ndim == 2 else "bed,edh->beh", h, k) + bias, 0)
+    return np.einsum("beh,eh->be", h, w) + b
+
+
+def test_repeat_intention_modules_against_numpy():
+    K, B = 3, 9
+    layer = RepeatIntention(K, hidden=[8, 5])
+    full, ctx = RNG.normal(size=(B, 7)).astype(np.float32), RNG.normal(size=(B, 4)).astype(np.float32)
+    ind = np.array([1, 0, 1, 1, 0, 0, 1, 0, 1], np.float32)
+    z, p_r = layer(tf.constant(full), tf.constant(ctx), tf.constant(ind))
+    sc, it = layer.scores, layer.intention
+    s = np_bank(full, [v.numpy() for v in sc.kernels], [v.numpy() for v in sc.biases],
+                layer.head_w["scores"].numpy(), layer.head_b["scores"].numpy())
+    want_pr = 1 / (1 + np.exp(-np_bank(ctx, [v.numpy() for v in it.kernels], [v.numpy() for v in it.biases],
+                                       layer.head_w["intention"].numpy(), layer.head_b["intention"].numpy())))
+    s_r, s_e = s[:, :K], s[:, K:]
+    want = ind[:, None] * want_pr * s_r + (1 - ind[:, None]) * (1 - want_pr) * s_e
+    np.testing.assert_allclose(p_r.numpy(), want_pr, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(z.numpy(), want, rtol=1e-4, atol=1e-5)
+    plain = RepeatIntention(K, hidden=[8], repeat=False)  # w/o M2: z_k = s^k(full)
+    z2, none = plain(tf.constant(full))
+    assert none is None and z2.shape == (B, K)
+    np.testing.assert_allclose(z2.numpy(), np_bank(full, [plain.scores.kernels[0].numpy()], [plain.scores.biases[0].numpy()],
+                                                   plain.head_w["scores"].numpy(), plain.head_b["scores"].numpy()),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_repeat_indicator_matches_stats():
+    target = np.array([3, 5, 0, 7], np.int64)
+    hist = np.array([[1, 3, 0], [2, 4, 6], [0, 0, 0], [7, 7, 1]], np.int64)
+    np.testing.assert_array_equal(repeat_indicator(tf.constant(target), tf.constant(hist)).numpy(),
+                                  is_repeat(target, hist).astype(np.float32))
+
+
+# ---------------------------------------------------------------------------------------- prototypes (eq. 14)
+@pytest.mark.parametrize("hard", [False, True])
+def test_prototype_update_eq14_exact(hard):
+    layer = learner(hard=hard, alpha=0.2)
+    x = RNG.normal(size=(40, 6)).astype(np.float32)
+    c0 = layer.prototypes.numpy().copy()
+    a, _ = layer(tf.constant(x), training=True)
+    new = layer.update_prototypes().numpy()
+    f = np_layer_norm(x) @ layer.omega.numpy()
+    a = a.numpy()  # soft: pi; hard: the Gumbel-softmax sample of this very call
+    want = 0.8 * c0 + 0.2 * (a.T @ f) / a.sum(0)[:, None]
+    np.testing.assert_allclose(new, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(layer.prototypes.numpy(), want, rtol=1e-4, atol=1e-5)
+    # a prototype without any mass keeps its place
+    kept = prototype_step(tf.constant(c0), tf.zeros_like(c0), tf.constant([0.0, 1.0, 1.0, 1.0]), 0.2).numpy()
+    np.testing.assert_array_equal(kept[0], c0[0])
+
+
+def test_first_update_seeds_prototypes_from_the_batch():
+    layer = learner()
+    layer.initialized.assign(0.0)
+    x = RNG.normal(size=(10, 6)).astype(np.float32)
+    layer(tf.constant(x), training=True)
+    layer.update_prototypes()
+    np.testing.assert_allclose(layer.prototypes.numpy(), (np_layer_norm(x) @ layer.omega.numpy())[:4], rtol=1e-4,
+                               atol=1e-5)
+    assert float(layer.initialized.numpy()) == 1.0
+
+
+def batch(synth_dir, schema, n=256):
+    x, y = next(iter(make_dataset(split_files(synth_dir, "train"), schema, n, training=False)))
+    return x, y
+
+
+def test_model_train_step_moves_prototypes_by_eq14_not_by_gradient(synth_dir, synth_schema):
+    from tfmsr.training.trainer import compile_model
+
+    model = compile_model(build("musenet", synth_schema), quick_config("musenet"))
+    x, y = batch(synth_dir, synth_schema)
+    model.train_step((x, y))                               # first step seeds the prototypes
+    L = model.learner
+    assert all(v is not L.prototypes for v in model.trainable_variables)
+    assert any(v is L.prototypes for v in model.non_trainable_variables)
+    before, omega_before = L.prototypes.numpy().copy(), L.omega.numpy().copy()
+    model.train_step((x, y))
+    fx, a = (t.numpy() for t in L._local.stash)            # the assignment of that step's forward pass
+    want = 0.8 * before + 0.2 * (a.T @ fx) / a.sum(0)[:, None]
+    np.testing.assert_allclose(L.prototypes.numpy(), want, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(L.omega.numpy(), omega_before)   # omega is trained by back-propagation
+    with tf.GradientTape() as tape:
+        p = model(x, training=True)
+        loss = tf.reduce_mean(tf.keras.losses.binary_crossentropy(y[:, None], p[:, None])) + tf.add_n(model.losses)
+    g_proto, g_omega = tape.gradient(loss, [L.prototypes, L.omega])
+    assert g_proto is None and g_omega is not None
+    assert len(model.losses) == 2                           # KL (eq. 12) and beta * L_A (eq. 10)
+
+
+def test_prototype_update_under_two_replica_mirrored_strategy(tmp_path):
+    """Each replica sees half the batch; the all-reduced update equals eq. 14 on the global batch."""
+    script = textwrap.dedent("""
+        import numpy as np, tfmsr, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from tfmsr.layers.musenet import ScenarioLearner
+        rng = np.random.default_rng(0)
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        x = rng.normal(size=(32, 6)).astype(np.float32)
+        with strategy.scope():
+            layer = ScenarioLearner(4, 3, standardize=None)
+            layer.build((None, 6))
+            layer.prototypes.assign(rng.normal(size=(4, 3)).astype(np.float32))
+            layer.initialized.assign(1.0)
+        c0, w = layer.prototypes.numpy(), layer.omega.numpy()
+        ds = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices(x).batch(32))
+        @tf.function
+        def step(xb):
+            def fn(xr):
+                a, _ = layer(xr, training=True)
+                layer.update_prototypes()
+                return a
+            return strategy.run(fn, args=(xb,))
+        step(next(iter(ds)))
+        f = x @ w
+        d = ((f[:, None] - c0[None]) ** 2).sum(-1)
+        a = np.exp(-d - (-d).max(1, keepdims=True)); a /= a.sum(1, keepdims=True)
+        want = 0.8 * c0 + 0.2 * (a.T @ f) / a.sum(0)[:, None]
+        got = [v.numpy() for v in layer.prototypes.values]
+        assert len(got) == 2, got
+        for g in got:
+            np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-5)
+        print("OK")
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------------------- model
+VARIANTS = {
+    "soft": {}, "hard": {"assignment": "hard"}, "soft w/o M2": {"repeat_module": False},
+    "hard w/o M2": {"assignment": "hard", "repeat_module": False},
+    "w/o M1&M2": {"assignment": "none", "repeat_module": False},
+    "predefined": {"assignment": "predefined"}, "paper learner input": {"learner_inputs": ["user", "behavior", "item", "context"]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_variants_build_and_step(name, synth_dir, synth_schema):
+    from tfmsr.training.trainer import compile_model
+
+    model = compile_model(build("musenet", synth_schema, VARIANTS[name]), quick_config("musenet"))
+    x, y = batch(synth_dir, synth_schema, 64)
+    logs = model.train_step((x, y))
+    assert np.isfinite(float(logs["loss"]))
+    p = model(x).numpy()
+    assert p.shape == (64,) and ((p > 0) & (p < 1)).all()
+    out = model.explain(x)
+    K = {"predefined": synth_schema.num_scenarios, "w/o M1&M2": 1}.get(name, 4)
+    assert out["pi"].shape == (64, K)
+    if name == "predefined":
+        np.testing.assert_array_equal(out["pi"].numpy().argmax(1), x["scenario"].numpy())
+    if name.startswith("hard"):  # inference uses the one-hot of eq. 4
+        assert set(np.unique(out["a"].numpy())) <= {0.0, 1.0}
+    assert model.scenario_probs(x).shape == (64, synth_schema.num_scenarios)
+
+
+def test_config_errors(synth_schema):
+    no_label = copy.deepcopy(synth_schema)
+    no_label.extras.pop("user_repeat_rate")
+    with pytest.raises(ConfigError, match="repeat_label='user_repeat_rate'.*does not have"):
+        build("musenet", no_label)
+    build("musenet", no_label, {"repeat_module": False})      # w/o M2 needs no label
+    build("musenet", no_label, {"repeat_label": None})         # repeat module without eq. 10
+    with pytest.raises(ConfigError, match="assignment must be one of"):
+        build("musenet", synth_schema, {"assignment": "fuzzy"})
+    with pytest.raises(ConfigError, match="learner_inputs"):
+        build("musenet", synth_schema, {"learner_inputs": ["weather"]})
+
+
+def test_trains_an_epoch_then_figure(synth_dir, tmp_path):
+    from pipelines.musenet_figure import run
+    from tfmsr.training.trainer import train
+
+    model_dir = str(tmp_path / "run")
+    summary = train(quick_config("musenet"), synth_dir, model_dir, log=lambda *_: None)
+    assert summary["best_val_auc"] > 0.6
+    out = str(tmp_path / "fig.png")
+    res = run(model_dir, synth_dir, out, features=["price", "user_activity", "hour"])
+    import pandas as pd
+
+    df = pd.read_parquet(res["assignments"])
+    assert len(df) == 600 and {"pi_0", "pi_3", "learned", "latent_scenario", "repeat", "p_r", "hour"} <= set(df)
+    np.testing.assert_allclose(df.filter(like="pi_").sum(1), 1.0, rtol=1e-5)
+    assert res["truth"] == "latent_scenario" and -1 <= res["vs_truth"]["ari"] <= 1
+    with open(out, "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.exists(str(tmp_path / "fig.json"))
+
+
+# ---------------------------------------------------------------------------------------- agreement metrics
+def test_adjusted_rand_index_and_purity():
+    truth, pred = [0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2]
+    assert adjusted_rand_index(pred, truth) == pytest.approx(0.24242424, rel=1e-6)  # the textbook example
+    assert purity(pred, truth) == pytest.approx(5 / 6)
+    assert adjusted_rand_index([3, 3, 1, 1, 2], [0, 0, 1, 1, 2]) == pytest.approx(1.0)  # label permutation
+    rng = np.random.default_rng(0)
+    assert abs(adjusted_rand_index(rng.integers(0, 4, 20000), rng.integers(0, 4, 20000))) < 0.01

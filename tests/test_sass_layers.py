@@ -1,0 +1,178 @@
+"""SASS layers against NumPy re-computations of the paper's equations on random inputs."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfmsr.layers.sass import (MLSAT, NTXentLoss, PairwiseCosineLoss, ScenarioAdaptiveGate, ScenarioAuxiliaryNet,
+                               ScenarioBiasFusion)
+
+B, S, D, DA = 6, 3, 4, 5
+rng = np.random.default_rng(0)
+
+
+def sig(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def mm(x, w):
+    """Per-scenario product with explicit loops: x [B, S, i] (or [S, i]), w [S, i, o]."""
+    if x.ndim == 2:
+        return np.stack([x[s] @ w[s] for s in range(w.shape[0])])
+    return np.stack([np.stack([x[b, s] @ w[s] for s in range(w.shape[0])]) for b in range(x.shape[0])])
+
+
+def rand(*shape):
+    return rng.normal(size=shape).astype(np.float32)
+
+
+def np_gate(variant, layer, g, s_prev, a):
+    gt = np.repeat(g[:, None, :], S, axis=1)
+    a_b = np.broadcast_to(a, (B, S, a.shape[-1])) if a.ndim == 2 else a
+    w = {v.name.split("/")[-1].split(":")[0]: v.numpy() for v in layer.weights}
+    if variant == "sass":
+        gs = np.concatenate([gt, s_prev], -1)
+        r = sig(mm(gs, w["W_r"]) + mm(a_b, w["W_br"]))                       # (3)
+        h = np.tanh(mm(np.concatenate([r * gt, s_prev], -1), w["W_h"]))       # (4)
+        z = sig(mm(gs, w["W_z"]) + mm(a_b, w["W_bz"]))                       # (5)
+        return (1 - z) * s_prev + z * h                                       # (6)
+    if variant == "none":
+        return np.tanh(mm(np.concatenate([gt, s_prev], -1), w["W_h"]))
+    own = np.tanh(mm(s_prev, w["W_s"]))
+    if variant == "product":
+        return own * gt
+    feats = [own, gt] if variant == "sigmoid" else [own * gt, own - gt, own + gt]
+    m = sig(mm(np.concatenate(feats, -1), w["W_w"]))
+    return m * gt + (1 - m) * own
+
+
+@pytest.mark.parametrize("variant", ["sass", "none", "product", "sigmoid", "simnet"])
+@pytest.mark.parametrize("per_example_a", [False, True])
+def test_scenario_adaptive_gate_matches_numpy(variant, per_example_a):
+    g, s_prev = rand(B, D), np.tanh(rand(B, S, D))
+    a = rand(B, S, DA) if per_example_a else rand(S, DA)
+    layer = ScenarioAdaptiveGate(S, variant)
+    out = layer([tf.constant(g), tf.constant(s_prev), tf.constant(a)]).numpy()
+    assert out.shape == (B, S, D)
+    np.testing.assert_allclose(out, np_gate(variant, layer, g, s_prev, a), rtol=1e-4, atol=1e-5)
+
+
+def test_gate_weights_are_distinct_and_per_scenario():
+    layer = ScenarioAdaptiveGate(S, "sass")
+    layer([tf.constant(rand(B, D)), tf.constant(rand(B, S, D)), tf.constant(rand(S, D))])
+    w = {v.name.split("/")[-1].split(":")[0]: v.numpy() for v in layer.weights}
+    assert not np.allclose(w["W_r"], w["W_z"])          # not one initial draw reused
+    assert not np.allclose(w["W_h"][0], w["W_h"][1])    # scenarios have their own matrices
+
+
+def test_gate_trains_only_the_examples_scenario():
+    """A loss on scenario-1 outputs gives gradients to scenario 1's matrices only."""
+    layer = ScenarioAdaptiveGate(S, "sass")
+    g, s_prev, a = tf.constant(rand(B, D)), tf.constant(rand(B, S, D)), tf.constant(rand(S, DA))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer([g, s_prev, a])[:, 1] ** 2)
+    for v, grad in zip(layer.weights, tape.gradient(loss, layer.weights)):
+        norms = np.abs(grad.numpy()).reshape(S, -1).sum(axis=1)
+        assert norms[1] > 0 and norms[0] == 0 and norms[2] == 0, v.name
+
+
+def test_gate_errors():
+    with pytest.raises(ValueError, match="unknown gate"):
+        ScenarioAdaptiveGate(S, "cross")
+    with pytest.raises(ValueError, match="global width"):
+        ScenarioAdaptiveGate(S, "product")([tf.constant(rand(B, D + 1)), tf.constant(rand(B, S, D)),
+                                            tf.constant(rand(S, DA))])
+
+
+def dense(layer, x, act=None):
+    k, b = (v.numpy() for v in layer.weights)
+    y = x @ k + b
+    return {None: y, "tanh": np.tanh(y), "relu": np.maximum(y, 0)}[act]
+
+
+def test_auxiliary_net_matches_eq2():
+    x = rand(S, 7)
+    net = ScenarioAuxiliaryNet(D, hidden=[8, 6])
+    out = net(tf.constant(x)).numpy()
+    h = dense(net.affine, x)                       # W_a x_a + b_a
+    h = dense(net.f[0], h, "relu")                 # f: hidden layers ...
+    want = dense(net.f[1], h, "tanh")              # ... and the output layer
+    assert out.shape == (S, D)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shared_input", [False, True])
+def test_mlsat_stack_matches_numpy(shared_input):
+    xg, xs, a = rand(B, 9), (rand(B, 7) if shared_input else rand(B, S, 7)), rand(S, DA)
+    layer = MLSAT(S, D, layers=3, gate="sass")
+    s_t, g_t = (t.numpy() for t in layer([tf.constant(xg), tf.constant(xs), tf.constant(a)]))
+    xs_b = np.repeat(xs[:, None], S, 1) if shared_input else xs
+    s = np.tanh(mm(xs_b, layer.w0.numpy()) + layer.b0.numpy())          # s_0
+    g = xg
+    for dense_l, gate in zip(layer.global_net, layer.gates):
+        g = dense(dense_l, g, "tanh")                                   # g_l
+        s = np_gate("sass", gate, g, s, a)                              # eq. 3-6
+    np.testing.assert_allclose(g_t, g, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(s_t, s, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("per_example_a", [False, True])
+def test_bias_fusion_matches_eq7_8(per_example_a):
+    s_t = np.tanh(rand(B, S, D))
+    a = rand(B, S, D) if per_example_a else rand(S, D)
+    layer = ScenarioBiasFusion(S)
+    out = layer([tf.constant(s_t), tf.constant(a)]).numpy()
+    a_b = np.broadcast_to(a, (B, S, D))
+    alpha = sig(mm(np.concatenate([s_t, a_b], -1), layer.w_o.numpy()))   # (8)
+    np.testing.assert_allclose(out, alpha * s_t + (1 - alpha) * a_b, rtol=1e-5, atol=1e-6)  # (7)
+    with pytest.raises(ValueError, match="one width"):
+        ScenarioBiasFusion(S)([tf.constant(s_t), tf.constant(rand(S, D + 1))])
+
+
+def np_ntxent(ei, ej, tau, symmetric):
+    z = np.concatenate([ei, ej]).astype(np.float64)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    n = len(ei)
+    total = 0.0
+    anchors = range(2 * n) if symmetric else range(n)
+    for i in anchors:
+        j = i + n if i < n else i - n
+        sims = np.array([z[i] @ z[k] / tau for k in range(2 * n)])
+        denom = sum(np.exp(sims[k]) for k in range(2 * n) if k != i)
+        total += -np.log(np.exp(sims[j]) / denom)                        # (9)
+    return total                                                         # (10): sum
+
+
+@pytest.mark.parametrize("tau", [0.1, 0.5, 1.0])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_nt_xent_matches_eq9_10(tau, symmetric):
+    ei, ej = rand(5, D), rand(5, D)
+    got = float(NTXentLoss(tau, symmetric=symmetric)(tf.constant(ei), tf.constant(ej)))
+    np.testing.assert_allclose(got, np_ntxent(ei, ej, tau, symmetric), rtol=1e-4)
+    mean = float(NTXentLoss(tau, symmetric=symmetric, reduction="mean")(tf.constant(ei), tf.constant(ej)))
+    np.testing.assert_allclose(mean, np_ntxent(ei, ej, tau, symmetric) / 5, rtol=1e-4)
+
+
+def test_nt_xent_prefers_aligned_pairs():
+    e = rand(8, D)
+    aligned = float(NTXentLoss(0.1)(tf.constant(e), tf.constant(e + 0.01 * rand(8, D))))
+    shuffled = float(NTXentLoss(0.1)(tf.constant(e), tf.constant(e[::-1].copy())))
+    assert aligned < shuffled
+    with pytest.raises(ValueError, match="tau"):
+        NTXentLoss(0.0)
+
+
+def np_cos(a, b):
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+@pytest.mark.parametrize("negatives", [None, 3])
+def test_pairwise_loss_matches_eq11(negatives):
+    u, p = rand(B, D), rand(B, D)
+    n = rand(B, D) if negatives is None else rand(B, negatives, D)
+    got = float(PairwiseCosineLoss()(tf.constant(u), tf.constant(p), tf.constant(n)))
+    if negatives is None:
+        want = np.mean(np.log(1 + sig(np_cos(u, n) - np_cos(u, p))))
+    else:
+        want = np.mean([np.log(1 + sig(np_cos(u[k], n[k, j]) - np_cos(u[k], p[k])))
+                        for k in range(B) for j in range(negatives)])
+    np.testing.assert_allclose(got, want, rtol=1e-5)

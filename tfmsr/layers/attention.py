@@ -1,0 +1,220 @@
+"""Attention over behaviour sequences: DIN's activation unit, multi-head target attention, and the
+Transformer block with positional embeddings of BST.
+
+Shapes: ``query [B, d_q]``, ``keys [B, L, d_k]``, ``values [B, L, d_v]``, ``mask [B, L]`` (bool, True at
+real positions). Padding never receives weight; an all-padding sequence pools to zeros.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfmsr.layers._init import fresh
+from tfmsr.layers.mlp import MLP
+
+_NEG = -1e9
+
+
+def masked_softmax(scores: tf.Tensor, mask: Optional[tf.Tensor], axis: int = -1) -> tf.Tensor:
+    """Softmax of ``scores`` over ``axis`` restricted to ``mask`` (zeros where the mask is False,
+    all zeros for a fully masked row). ``mask`` broadcasts against ``scores``."""
+    if mask is None:
+        return tf.nn.softmax(scores, axis=axis)
+    m = tf.cast(mask, scores.dtype)
+    w = tf.nn.softmax(scores + (1.0 - m) * _NEG, axis=axis)
+    return w * m
+
+
+class TargetAttention(keras.layers.Layer):
+    """DIN local activation unit (Zhou et al., KDD 2018, Sec. 4.3, Eq. 3).
+
+    ``v_U(A) = sum_j a(e_j, v_A) e_j``: the weight of behaviour ``e_j`` for the candidate ``v_A`` is an
+    MLP over ``[e_j, v_A, e_j - v_A, e_j * v_A]`` (the out-product/difference inputs of the released
+    DIN code) ending in one linear unit. As the paper stresses, the weights are **not** softmax-normalised
+    (``normalize=False``), so the pooled vector keeps the intensity of the interest; ``normalize=True``
+    is the softmax variant. ``hidden=(80, 40)`` with sigmoid units follows the released code (the paper's
+    figure shows PReLU/Dice; ``activation`` switches it). Padding positions get weight 0.
+
+    ``call(query [B, d], keys [B, L, d], mask [B, L], values=None) -> [B, d_v]`` (values default to keys).
+    """
+
+    def __init__(self, hidden: Sequence[int] = (80, 40), activation="sigmoid", normalize: bool = False,
+                 kernel_init="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.normalize = normalize
+        self.mlp = MLP(hidden, activation=activation, kernel_init=kernel_init, name="unit")
+        self.out = keras.layers.Dense(1, kernel_initializer=fresh(kernel_init), name="score")
+
+    def scores(self, query, keys, mask):
+        """Attention weights ``[B, L]`` (after masking / optional softmax)."""
+        q = tf.broadcast_to(query[:, None, :], tf.shape(keys))
+        feats = tf.concat([keys, q, keys - q, keys * q], axis=-1)
+        s = self.out(self.mlp(feats))[..., 0]
+        if self.normalize:
+            return masked_softmax(s, mask)
+        return s * tf.cast(mask, s.dtype)
+
+    def call(self, query, keys, mask, values=None):
+        w = self.scores(query, keys, mask)
+        return tf.reduce_sum(w[..., None] * (keys if values is None else values), axis=1)
+
+
+def _split_heads(x: tf.Tensor, heads: int) -> tf.Tensor:
+    """``[B, L, H*k] -> [B, H, L, k]``."""
+    b, l = tf.shape(x)[0], tf.shape(x)[1]
+    k = x.shape[-1] // heads
+    return tf.transpose(tf.reshape(x, [b, l, heads, k]), [0, 2, 1, 3])
+
+
+class MultiHeadTargetAttention(keras.layers.Layer):
+    """Scaled dot-product attention of one query vector over a sequence, ``H`` heads (Vaswani et al. 2017):
+
+    ``head_h = softmax((q W_h^Q)(K W_h^K)^T / sqrt(d_k)) V W_h^V``, output ``concat_h(head_h) W^O``.
+    Used for SAR-Net's scenario-/item-aware attention over cross-scenario behaviours and reusable for
+    field-wise target attention. ``key_dim`` is the per-head width (default ``d_out / H``), ``output_dim``
+    the width of ``W^O`` (default: the value width; ``use_output_projection=False`` drops ``W^O``).
+
+    ``call([query [B, d_q], keys [B, L, d_k], values [B, L, d_v]], mask [B, L]) -> [B, d_out]``.
+    """
+
+    def __init__(self, num_heads: int = 4, key_dim: Optional[int] = None, output_dim: Optional[int] = None,
+                 use_output_projection: bool = True, kernel_init="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads, self.key_dim, self.output_dim = int(num_heads), key_dim, output_dim
+        self.use_output_projection = use_output_projection
+        self.kernel_init = kernel_init  # a fresh initializer per weight (a reused unseeded one repeats values)
+
+    def build(self, input_shape):
+        if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 3:
+            raise ValueError("MultiHeadTargetAttention is called on [query, keys, values]")
+        dq, dk, dv = (int(tf.TensorShape(s)[-1]) for s in input_shape)
+        h, out = self.num_heads, self.output_dim or dv
+        if self.use_output_projection:
+            self.kd = self.vd = self.key_dim or max(1, out // h)
+        else:
+            if out % h:
+                raise ValueError(f"MultiHeadTargetAttention: output width {out} must divide by {h} heads "
+                                 "without an output projection")
+            self.vd = out // h
+            self.kd = self.key_dim or self.vd
+        self.wq = self.add_weight(name="W_Q", shape=(dq, h * self.kd), initializer=fresh(self.kernel_init))
+        self.wk = self.add_weight(name="W_K", shape=(dk, h * self.kd), initializer=fresh(self.kernel_init))
+        self.wv = self.add_weight(name="W_V", shape=(dv, h * self.vd), initializer=fresh(self.kernel_init))
+        self.wo = (self.add_weight(name="W_O", shape=(h * self.vd, out), initializer=fresh(self.kernel_init))
+                   if self.use_output_projection else None)
+        super().build(input_shape)
+
+    def attention_weights(self, query, keys, mask):
+        """``[B, H, L]`` softmax weights (the layer must have been called once)."""
+        h = self.num_heads
+        q = tf.reshape(tf.matmul(query, self.wq), [-1, h, 1, self.kd])             # [B, H, 1, k]
+        k = _split_heads(tf.einsum("bld,dk->blk", keys, self.wk), h)                 # [B, H, L, k]
+        s = tf.matmul(q, k, transpose_b=True)[:, :, 0, :] / tf.sqrt(float(self.kd))  # [B, H, L]
+        return masked_softmax(s, None if mask is None else mask[:, None, :])
+
+    def call(self, inputs, mask=None):
+        query, keys, values = inputs
+        w = self.attention_weights(query, keys, mask)                                # [B, H, L]
+        v = _split_heads(tf.einsum("bld,dk->blk", values, self.wv), self.num_heads)  # [B, H, L, v]
+        heads = tf.reduce_sum(w[..., None] * v, axis=2)                              # [B, H, v]
+        out = tf.reshape(heads, [-1, self.num_heads * self.vd])
+        return tf.matmul(out, self.wo) if self.wo is not None else out
+
+
+class MultiHeadSelfAttention(keras.layers.Layer):
+    """Multi-head self-attention over a sequence (BST, Chen et al. 2019, Sec. 2.3 ``MH(E)``):
+
+    ``head_i = softmax((E W_i^Q)(E W_i^K)^T / sqrt(d)) (E W_i^V)``, ``S = concat(head_1..head_h) W^H``.
+    Per-head width ``d / h`` (``d`` must divide by ``num_heads``); padding keys get no weight.
+
+    ``call(x [B, L, d], mask [B, L]) -> [B, L, d]``. ``call([query [B, Lq, d_q], key [B, L, d_k],
+    value [B, L, d]], mask [B, L])`` takes the three sources separately (SAML's ``MultiHead(Q_l, K_l, V_g)``,
+    Sec. III-C-2): ``W^Q`` is ``d_q x d``, ``W^K`` is ``d_k x d``, the output ``[B, Lq, d]`` has the value width.
+    ``units`` sets the projection width ``d`` instead of the value width (SAINet's SIE attends over
+    ``[X, M_S]`` and projects back to the width of ``X``).
+    """
+
+    def __init__(self, num_heads: int = 8, dropout: float = 0.0, kernel_init="glorot_uniform",
+                 units: Optional[int] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads, self.dropout, self.units = int(num_heads), dropout, units
+        self.kernel_init = kernel_init  # a fresh initializer per weight (a reused unseeded one repeats values)
+        self.drop = keras.layers.Dropout(dropout) if dropout else None
+
+    def build(self, input_shape):
+        separate = isinstance(input_shape, (list, tuple)) and len(input_shape) == 3 and not isinstance(
+            input_shape[0], (int, type(None)))
+        widths = [int(tf.TensorShape(s)[-1]) for s in (input_shape if separate else [input_shape] * 3)]
+        d = self.units or widths[2]
+        if d % self.num_heads:
+            raise ValueError(f"MultiHeadSelfAttention: width {d} does not divide by {self.num_heads} heads")
+        self.wq, self.wk, self.wv, self.wo = (
+            self.add_weight(name=n, shape=(w, d), initializer=fresh(self.kernel_init))
+            for n, w in zip(("W_Q", "W_K", "W_V", "W_H"), widths + [d]))
+        super().build(input_shape)
+
+    def call(self, x, mask=None, training=False):
+        h = self.num_heads
+        sources = x if isinstance(x, (list, tuple)) else (x, x, x)
+        d = self.wv.shape[-1]
+        q, k, v = (_split_heads(tf.einsum("bld,dk->blk", src, w), h)
+                   for src, w in zip(sources, (self.wq, self.wk, self.wv)))
+        s = tf.matmul(q, k, transpose_b=True) / tf.sqrt(float(d // h))               # [B, H, L, L]
+        w = masked_softmax(s, None if mask is None else mask[:, None, None, :])
+        if self.drop is not None:
+            w = self.drop(w, training=training)
+        o = tf.transpose(tf.matmul(w, v), [0, 2, 1, 3])                              # [B, L, H, d/h]
+        o = tf.reshape(o, [tf.shape(sources[0])[0], tf.shape(sources[0])[1], d])
+        return tf.einsum("bld,dk->blk", o, self.wo)
+
+
+class TransformerBlock(keras.layers.Layer):
+    """One Transformer encoder layer as in BST (Chen et al. 2019, Sec. 2.3):
+
+    ``S' = LayerNorm(S + Dropout(MH(S)))``, ``F = LayerNorm(S' + Dropout(LeakyReLU(S' W1 + b1) W2 + b2))``.
+    ``ff_dim`` defaults to the input width. ``call(x [B, L, d], mask [B, L]) -> [B, L, d]``.
+    """
+
+    def __init__(self, num_heads: int = 8, ff_dim: Optional[int] = None, dropout: float = 0.0,
+                 activation="leaky_relu", kernel_init="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.ff_dim, self.activation, self.kernel_init = ff_dim, activation, kernel_init
+        self.mha = MultiHeadSelfAttention(num_heads, kernel_init=kernel_init, name="mha")
+        self.drop1 = keras.layers.Dropout(dropout)
+        self.drop2 = keras.layers.Dropout(dropout)
+        self.norm1 = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_1")
+        self.norm2 = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_2")
+
+    def build(self, input_shape):
+        d = int(input_shape[-1])
+        self.ff1 = keras.layers.Dense(self.ff_dim or d, activation=self.activation,
+                                      kernel_initializer=fresh(self.kernel_init),
+                                      name="ff_1")
+        self.ff2 = keras.layers.Dense(d, kernel_initializer=fresh(self.kernel_init), name="ff_2")
+        super().build(input_shape)
+
+    def call(self, x, mask=None, training=False):
+        s = self.norm1(x + self.drop1(self.mha(x, mask, training=training), training=training))
+        return self.norm2(s + self.drop2(self.ff2(self.ff1(s)), training=training))
+
+
+class PositionalEmbedding(keras.layers.Layer):
+    """Learned position embeddings added to a sequence: ``x[:, p] + P[p]`` for ``p < length``.
+
+    BST embeds the time gap between a behaviour and the recommendation; sequences here are stored most
+    recent first, so position ``p`` is the recency rank (the candidate, prepended, is position 0).
+    """
+
+    def __init__(self, length: int, **kwargs):
+        super().__init__(**kwargs)
+        self.length = int(length)
+
+    def build(self, input_shape):
+        self.table = self.add_weight(name="positions", shape=(self.length, int(input_shape[-1])),
+                                     initializer=keras.initializers.RandomNormal(0.0, 0.05))
+        super().build(input_shape)
+
+    def call(self, x):
+        return x + self.table[None, : x.shape[1]]

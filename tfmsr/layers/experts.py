@@ -1,0 +1,234 @@
+"""Mixtures of experts: a bank of MLP experts evaluated as batched matmuls, softmax gates, PLE's CGC
+extraction layer, HiNet's scenario extraction layer and a shared + scenario-specific expert mixture.
+
+Shapes: expert outputs are ``[B, E, H]`` (``E`` experts of width ``H``); gate weights ``[B, G, E]``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfmsr.layers._init import fresh
+from tfmsr.layers.mlp import MLP
+from tfmsr.layers.partitioned import partition_apply
+
+
+class _PerExpertInit(keras.initializers.Initializer):
+    """Initialise a ``[E, D, H]`` kernel as E independent ``[D, H]`` kernels (keeps Glorot fans per expert)."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def __call__(self, shape, dtype=None, **kwargs):
+        return tf.stack([fresh(self.spec)(shape[1:], dtype=dtype) for _ in range(shape[0])])
+
+
+class ExpertBank(keras.layers.Layer):
+    """``E`` independent MLP experts ``f_e(x)`` (each ``hidden`` wide, ``activation`` after every layer),
+    evaluated together: one batched matmul per layer with kernels ``[E, D, H]``.
+
+    Input ``[B, D]`` (every expert sees the same input) or ``[B, E, D]`` (expert ``e`` sees ``x[:, e]``);
+    output ``[B, E, hidden[-1]]``.
+    """
+
+    def __init__(self, num_experts: int, hidden: Sequence[int], activation="relu", dropout: float = 0.0,
+                 kernel_init="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        if num_experts < 1 or not hidden:
+            raise ValueError(f"ExpertBank: need >= 1 expert and >= 1 layer, got {num_experts}, {list(hidden)}")
+        self.num_experts, self.hidden = int(num_experts), [int(h) for h in hidden]
+        self.act = keras.activations.get(activation)
+        self.kernel_init = _PerExpertInit(kernel_init)
+        self.drop = keras.layers.Dropout(dropout) if dropout else None
+
+    def build(self, input_shape):
+        if len(input_shape) == 3 and int(input_shape[1]) != self.num_experts:
+            raise ValueError(f"ExpertBank: per-expert input has {input_shape[1]} slots for {self.num_experts} experts")
+        d, e = int(input_shape[-1]), self.num_experts
+        self.kernels, self.biases = [], []
+        for i, h in enumerate(self.hidden):
+            self.kernels.append(self.add_weight(name=f"kernel_{i}", shape=(e, d, h), initializer=self.kernel_init))
+            self.biases.append(self.add_weight(name=f"bias_{i}", shape=(e, h), initializer="zeros"))
+            d = h
+        super().build(input_shape)
+
+    def call(self, x, training=False):
+        h = tf.einsum("bd,edh->beh" if len(x.shape) == 2 else "bed,edh->beh", x, self.kernels[0]) + self.biases[0]
+        h = self.act(h)
+        for i in range(1, len(self.hidden)):
+            if self.drop is not None:
+                h = self.drop(h, training=training)
+            h = self.act(tf.einsum("bed,edh->beh", h, self.kernels[i]) + self.biases[i])
+        if self.drop is not None:
+            h = self.drop(h, training=training)
+        return h
+
+
+class ExpertGates(keras.layers.Layer):
+    """``G`` softmax gates over ``E`` experts (MMoE, Ma et al., KDD 2018, Sec. 4.3):
+
+    ``g^k(x) = softmax(W_gk x + b_gk)``, ``f^k(x) = sum_e g^k(x)_e f_e(x)``.
+
+    ``call(x, experts)``: the gate input ``x`` is ``[B, D]`` (all gates read it) or ``[B, G, D]`` (gate
+    ``k`` reads ``x[:, k]``); ``experts`` is ``[B, E, H]`` (all gates mix the same experts) or
+    ``[B, G, E, H]`` (each gate its own set). Returns ``[B, G, H]``; ``weights(x)`` gives ``[B, G, E]``.
+    """
+
+    def __init__(self, num_gates: int, num_experts: int, use_bias: bool = True, kernel_init="glorot_uniform",
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.num_gates, self.num_experts, self.use_bias = int(num_gates), int(num_experts), use_bias
+        self.kernel_init = _PerExpertInit(kernel_init)
+
+    def build(self, input_shape):
+        d = int(input_shape[-1])
+        self.kernel = self.add_weight(name="W_g", shape=(self.num_gates, d, self.num_experts),
+                                      initializer=self.kernel_init)
+        self.bias = (self.add_weight(name="b_g", shape=(self.num_gates, self.num_experts), initializer="zeros")
+                     if self.use_bias else None)
+        super().build(input_shape)
+
+    def weights_of(self, x):
+        logits = tf.einsum("bd,gde->bge" if len(x.shape) == 2 else "bgd,gde->bge", x, self.kernel)
+        if self.bias is not None:
+            logits = logits + self.bias
+        return tf.nn.softmax(logits, axis=-1)
+
+    def call(self, x, experts):
+        g = self.weights_of(x)
+        return tf.einsum("bge,beh->bgh" if len(experts.shape) == 3 else "bge,bgeh->bgh", g, experts)
+
+
+class CGC(keras.layers.Layer):
+    """Customized Gate Control extraction layer of PLE (Tang et al., RecSys 2020, Sec. 4.2-4.3).
+
+    ``T`` tasks (here: scenarios) with ``specific`` experts each and ``shared`` experts. The gate of task
+    ``k`` mixes its own experts and the shared ones, ``y^k = sum g^k(x^k)_e S^k(x)_e`` with
+    ``g^k(x) = softmax(W^k x)``; a non-final PLE level (``shared_output=True``) also has a shared gate over
+    *all* experts, whose output feeds the next level's shared experts (the progressive separation of
+    Sec. 4.3). Input ``[B, D]`` (first level: tasks and shared branch read the same input) or
+    ``[B, T+1, D]`` (task inputs then the shared input, from the level below). Output ``[B, T, H]``, or
+    ``[B, T+1, H]`` with the shared branch last when ``shared_output``.
+    """
+
+    def __init__(self, num_tasks: int, specific: int, shared: int, hidden: Sequence[int],
+                 shared_output: bool = False, activation="relu", dropout: float = 0.0, kernel_init="glorot_uniform",
+                 **kwargs):
+        super().__init__(**kwargs)
+        if specific < 0 or shared < 0 or specific + shared < 1:
+            raise ValueError(f"CGC: need at least one expert per task, got specific={specific}, shared={shared}")
+        self.num_tasks, self.specific, self.shared = int(num_tasks), int(specific), int(shared)
+        self.shared_output = shared_output
+        kw = dict(activation=activation, dropout=dropout, kernel_init=kernel_init)
+        self.specific_experts = ExpertBank(num_tasks * specific, hidden, name="specific", **kw) if specific else None
+        self.shared_experts = ExpertBank(shared, hidden, name="shared", **kw) if shared else None
+        self.task_gates = ExpertGates(num_tasks, specific + shared, kernel_init=kernel_init, name="task_gates")
+        self.shared_gate = (ExpertGates(1, num_tasks * specific + shared, kernel_init=kernel_init, name="shared_gate")
+                            if shared_output else None)
+
+    def call(self, x, training=False):
+        t, m = self.num_tasks, self.specific
+        per_task = len(x.shape) == 3
+        x_tasks, x_shared = (x[:, :t], x[:, t]) if per_task else (x, x)
+        flat, per_gate = [], []
+        if self.specific_experts is not None:
+            spec = self.specific_experts(tf.repeat(x_tasks, m, axis=1) if per_task else x_tasks,
+                                         training=training)                          # [B, T*m, H]
+            flat.append(spec)
+            per_gate.append(tf.reshape(spec, [-1, t, m, spec.shape[-1]]))
+        if self.shared_experts is not None:
+            shared = self.shared_experts(x_shared, training=training)               # [B, m_sh, H]
+            flat.append(shared)
+            per_gate.append(tf.tile(shared[:, None], [1, t, 1, 1]))
+        out = self.task_gates(x_tasks, tf.concat(per_gate, axis=2))                 # [B, T, H]
+        if self.shared_gate is None:
+            return out
+        return tf.concat([out, self.shared_gate(x_shared, tf.concat(flat, axis=1))], axis=1)  # [B, T+1, H]
+
+
+class ScenarioExtraction(keras.layers.Layer):
+    """HiNet scenario extraction layer (Zhou et al., ICDE 2023, Sec. III-B), one CTR task:
+
+    * scenario-shared expert module: ``G = sum_k g_k E^sh_k(x)``, ``g = softmax(W x)`` over
+      ``shared`` sub-experts (the "subexpert integration" module);
+    * scenario-specific expert modules: ``S_j`` likewise over ``specific`` sub-experts of scenario ``j``,
+      for every scenario ``j``;
+    * SAN (scenario-aware attentive network): ``A_i = sum_{j != i} w_j S_j`` with
+      ``w = softmax(MLP(e_i))`` computed from the embedding ``e_i`` of the example's scenario ``i``; as in
+      the authors' released code the softmax runs over all scenarios and the own scenario's weight is then
+      zeroed (not renormalised).
+
+    Output ``concat(A_i, S_i, G)`` ``[B, 3H]`` (``san=False`` drops ``A_i``: ``[B, 2H]``).
+    ``call(x [B, D], scenario [B], scenario_emb [B, d_s])``.
+    """
+
+    def __init__(self, num_scenarios: int, shared: int = 5, specific: int = 5, hidden: Sequence[int] = (128, 64),
+                 san_hidden: Sequence[int] = (128, 64), san: bool = True, dropout: float = 0.0,
+                 kernel_init="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        s = self.num_scenarios = int(num_scenarios)
+        self.specific, self.san = int(specific), san
+        kw = dict(dropout=dropout, kernel_init=kernel_init)
+        self.shared_experts = ExpertBank(shared, hidden, name="shared_experts", **kw)
+        self.shared_gate = ExpertGates(1, shared, kernel_init=kernel_init, name="shared_gate")
+        self.specific_experts = ExpertBank(s * specific, hidden, name="specific_experts", **kw)
+        self.specific_gates = ExpertGates(s, specific, kernel_init=kernel_init, name="specific_gates")
+        if san:
+            self.san_mlp = MLP(san_hidden, kernel_init=kernel_init, name="san_mlp")
+            self.san_out = keras.layers.Dense(s, kernel_initializer=fresh(kernel_init), name="san_out")
+
+    def scenario_outputs(self, x, training=False):
+        """``S_j`` for every scenario: ``[B, S, H]``."""
+        spec = self.specific_experts(x, training=training)
+        spec = tf.reshape(spec, [-1, self.num_scenarios, self.specific, spec.shape[-1]])
+        return self.specific_gates(x, spec)
+
+    def san_weights(self, scenario, scenario_emb):
+        """SAN weights ``[B, S]`` (zero at the example's own scenario)."""
+        w = tf.nn.softmax(self.san_out(self.san_mlp(scenario_emb)), axis=-1)
+        own = tf.one_hot(tf.cast(tf.reshape(scenario, [-1]), tf.int32), self.num_scenarios, dtype=w.dtype)
+        return w * (1.0 - own)
+
+    def call(self, x, scenario, scenario_emb, training=False):
+        shared = self.shared_gate(x, self.shared_experts(x, training=training))[:, 0]      # G   [B, H]
+        every = self.scenario_outputs(x, training=training)                                  # S_j [B, S, H]
+        idx = tf.cast(tf.reshape(scenario, [-1, 1]), tf.int32)
+        own = tf.gather(every, idx, batch_dims=1)[:, 0]                                      # S_i [B, H]
+        parts = [own, shared]
+        if self.san:
+            w = self.san_weights(scenario, scenario_emb)
+            parts.insert(0, tf.einsum("bs,bsh->bh", w, every))                              # A_i [B, H]
+        return tf.concat(parts, axis=-1)
+
+
+class ScenarioMoE(keras.layers.Layer):
+    """Scenario-shared and scenario-specific experts fused by a gate (SAR-Net, Shen et al., CIKM 2021,
+    Sec. 3.4-3.5): the example of scenario ``s`` is scored by ``shared`` experts common to all scenarios
+    and the ``specific`` experts of ``s`` only; a softmax gate over those ``shared + specific`` experts,
+    read from ``gate_input`` (default ``x``), mixes them. Specific experts run only on their scenario's
+    rows (row partitioning), so a scenario-s batch never touches another scenario's experts.
+
+    ``call(x [B, D], scenario [B], gate_input=None) -> [B, H]``.
+    """
+
+    def __init__(self, num_scenarios: int, shared: int = 8, specific: int = 2, hidden: Sequence[int] = (128, 64),
+                 dropout: float = 0.0, kernel_init="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.num_scenarios = int(num_scenarios)
+        kw = dict(dropout=dropout, kernel_init=kernel_init)
+        self.shared_experts = ExpertBank(shared, hidden, name="shared_experts", **kw) if shared else None
+        self.specific_experts = [ExpertBank(specific, hidden, name=f"specific_experts_{s}", **kw)
+                                 for s in range(num_scenarios)] if specific else []
+        self.gate = ExpertGates(1, shared + specific, kernel_init=kernel_init, name="gate")
+
+    def call(self, x, scenario, gate_input=None, training=False):
+        groups = []
+        if self.specific_experts:
+            groups.append(partition_apply(x, scenario, self.num_scenarios,
+                                          lambda s, rows: self.specific_experts[s](rows, training=training)))
+        if self.shared_experts is not None:
+            groups.append(self.shared_experts(x, training=training))
+        experts = tf.concat(groups, axis=1)
+        return self.gate(x if gate_input is None else gate_input, experts)[:, 0]

@@ -1,0 +1,142 @@
+"""Layers whose parameters are partitioned by scenario: STAR's partitioned normalization and star-topology
+fully connected layer, SAR-Net's scenario-specific linear transformation, and the row-partitioning helper
+they share (each example only touches its own scenario's parameters, so a scenario-s batch leaves the
+other scenarios' parameters untouched).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfmsr.layers._init import fresh
+
+
+def partition_apply(x: tf.Tensor, scenario: tf.Tensor, num_scenarios: int,
+                    fn: Callable[[int, tf.Tensor], tf.Tensor]) -> tf.Tensor:
+    """Apply ``fn(s, rows of x with scenario s)`` per scenario and put the results back in row order.
+
+    ``x`` is ``[B, ...]``, ``scenario`` int ``[B]`` in ``[0, S)``; ``fn`` maps ``[n_s, ...]`` to
+    ``[n_s, ...]``. Compute is exactly one pass per example (``tf.dynamic_partition``/``dynamic_stitch``).
+    """
+    sc = tf.cast(tf.reshape(scenario, [-1]), tf.int32)
+    parts = tf.dynamic_partition(x, sc, num_scenarios)
+    rows = tf.dynamic_partition(tf.range(tf.shape(x)[0]), sc, num_scenarios)
+    return tf.dynamic_stitch(rows, [fn(s, p) for s, p in enumerate(parts)])
+
+
+class PartitionedNormalization(keras.layers.Layer):
+    """STAR partitioned normalization (Sheng et al., CIKM 2021, Sec. 3.2):
+
+    ``z' = (gamma * gamma_p) * (z - mu) / sqrt(var + eps) + (beta + beta_p)``
+
+    with shared ``gamma, beta`` and scenario-specific ``gamma_p, beta_p`` (initialised to 1 and 0). In
+    training ``mu, var`` are the moments of the batch rows of the example's own scenario (the paper
+    normalises a batch drawn from one domain; our batches mix scenarios, so the moments are taken per
+    scenario inside the batch with segment sums) and each scenario's moving averages ``E_p, Var_p`` are
+    updated from its rows (scenarios absent from the batch keep theirs). In inference ``mu, var`` are the
+    moving statistics of the example's scenario. The moving averages are bias-corrected like Adam's moment
+    estimates (``moving / moving_weight``, ``moving_weight = 1 - momentum^n`` after ``n`` updates), so a
+    short run or a rare scenario is not normalised with the zero/one initial statistics; a scenario never
+    seen in training uses mean 0, variance 1. Input ``[B, D]`` and int scenario ``[B]``.
+    """
+
+    def __init__(self, num_scenarios: int, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.num_scenarios, self.momentum, self.epsilon = int(num_scenarios), float(momentum), float(epsilon)
+
+    def build(self, input_shape):
+        d, s = int(input_shape[-1]), self.num_scenarios
+        self.gamma = self.add_weight(name="gamma", shape=(d,), initializer="ones")
+        self.beta = self.add_weight(name="beta", shape=(d,), initializer="zeros")
+        self.gamma_p = self.add_weight(name="gamma_p", shape=(s, d), initializer="ones")
+        self.beta_p = self.add_weight(name="beta_p", shape=(s, d), initializer="zeros")
+        self.moving_mean = self.add_weight(name="moving_mean", shape=(s, d), initializer="zeros", trainable=False)
+        self.moving_var = self.add_weight(name="moving_var", shape=(s, d), initializer="zeros", trainable=False)
+        self.moving_weight = self.add_weight(name="moving_weight", shape=(s, 1), initializer="zeros", trainable=False)
+        super().build(input_shape)
+
+    def statistics(self):
+        """Bias-corrected moving mean and variance ``[S, D]`` (0 and 1 for a scenario never seen)."""
+        seen = self.moving_weight > 0
+        w = tf.maximum(self.moving_weight, 1e-12)
+        return (tf.where(seen, self.moving_mean / w, 0.0),
+                tf.where(seen, self.moving_var / w, 1.0))
+
+    def batch_moments(self, z, sc):
+        """Per-scenario mean and (biased) variance ``[S, D]`` of the batch rows, and row counts ``[S]``."""
+        n = tf.math.unsorted_segment_sum(tf.ones_like(z[:, 0]), sc, self.num_scenarios)
+        safe = tf.maximum(n, 1.0)[:, None]
+        mean = tf.math.unsorted_segment_sum(z, sc, self.num_scenarios) / safe
+        sq = tf.math.unsorted_segment_sum(tf.square(z), sc, self.num_scenarios) / safe
+        return mean, tf.maximum(sq - tf.square(mean), 0.0), n
+
+    def call(self, z, scenario, training=False):
+        sc = tf.cast(tf.reshape(scenario, [-1]), tf.int32)
+        if training:
+            mean, var, n = self.batch_moments(z, sc)
+            present = (n > 0)[:, None]
+            m = self.momentum
+            for moving, batch in ((self.moving_mean, mean), (self.moving_var, var),
+                                  (self.moving_weight, tf.ones_like(self.moving_weight))):
+                moving.assign(tf.where(present, m * moving + (1 - m) * batch, moving))
+        else:
+            mean, var = self.statistics()
+        mu, v = tf.gather(mean, sc), tf.gather(var, sc)
+        scale = self.gamma * tf.gather(self.gamma_p, sc)
+        shift = self.beta + tf.gather(self.beta_p, sc)
+        return scale * (z - mu) * tf.math.rsqrt(v + self.epsilon) + shift
+
+
+class StarDense(keras.layers.Layer):
+    """One star-topology fully connected layer (STAR, Sheng et al. 2021, Sec. 3.3):
+
+    ``W*_p = W_p (x) W`` (element-wise), ``b*_p = b_p + b``, ``out_p = phi(in_p W*_p + b*_p)``
+
+    with the shared (centre) ``W, b`` and the scenario-specific ``W_p`` (initialised to ones, so training
+    starts from the shared layer) and ``b_p`` (zeros). Each example uses its own scenario's weights; rows are
+    partitioned by scenario, so the compute is one dense pass per example. ``call(x [B, D], scenario [B])``.
+    """
+
+    def __init__(self, units: int, num_scenarios: int, activation=None, kernel_init="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.num_scenarios = int(units), int(num_scenarios)
+        self.act = keras.activations.get(activation)
+        self.kernel_init = kernel_init
+
+    def build(self, input_shape):
+        d, s, h = int(input_shape[-1]), self.num_scenarios, self.units
+        self.kernel = self.add_weight(name="W", shape=(d, h), initializer=fresh(self.kernel_init))
+        self.bias = self.add_weight(name="b", shape=(h,), initializer="zeros")
+        self.kernel_p = self.add_weight(name="W_p", shape=(s, d, h), initializer="ones")
+        self.bias_p = self.add_weight(name="b_p", shape=(s, h), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, x, scenario):
+        def one(s, rows):
+            return tf.matmul(rows, self.kernel * self.kernel_p[s]) + (self.bias + self.bias_p[s])
+
+        return self.act(partition_apply(x, scenario, self.num_scenarios, one))
+
+
+class ScenarioAffine(keras.layers.Layer):
+    """Scenario-specific linear transformation ``x' = x * w_s + b_s`` (element-wise; SAR-Net, Shen et al.,
+    CIKM 2021, Sec. 3.3 "scenario-specific linear transformation layer"): a per-scenario re-scaling and
+    shift of the shared representation, cheap enough for hundreds of scenarios. ``w_s`` starts at ones,
+    ``b_s`` at zeros. ``call(x [B, D], scenario [B]) -> [B, D]``.
+    """
+
+    def __init__(self, num_scenarios: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_scenarios = int(num_scenarios)
+
+    def build(self, input_shape):
+        d = int(input_shape[-1])
+        self.scale = self.add_weight(name="w_s", shape=(self.num_scenarios, d), initializer="ones")
+        self.shift = self.add_weight(name="b_s", shape=(self.num_scenarios, d), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, x, scenario):
+        sc = tf.cast(tf.reshape(scenario, [-1]), tf.int32)
+        return x * tf.gather(self.scale, sc) + tf.gather(self.shift, sc)

@@ -1,0 +1,137 @@
+"""SAINet modules (Scenario-adaptive Interest Network, ../shared/papers/SAINet.md, section 4).
+
+Shapes: behaviours ``X [B, N, d]``, their scenarios ``M_S [B, N, d_s]``, target scenario ``e_st [B, d_s]``,
+``mask [B, N]`` (True at real behaviours).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfmsr.layers._init import fresh
+from tfmsr.layers.attention import MultiHeadSelfAttention, masked_softmax
+
+
+class ScenarioAwareInterestExtracting(keras.layers.Layer):
+    """SIE, section 4.1, eq. 2-3: multi-head self-attention whose Q, K, V add a projection of the scenario
+    each behaviour happened in: ``Q = X W_i^Q + M_S W_S^Q`` (same for K, V), ``head_i = softmax(Q K^T /
+    sqrt(d_k)) V``, ``X^ = concat(head_1..head_h) W^O`` with ``d = h d_k``.
+
+    ``X W^Q + M_S W_S^Q = [X, M_S] [W^Q; W_S^Q]``, so SIE is the shared multi-head self-attention over the
+    feature concatenation ``[X, M_S]`` with projections of width ``d`` (the width of X); padding keys get
+    no weight. ``scenario=False`` drops the ``M_S`` terms (plain self-attention over X).
+    """
+
+    def __init__(self, num_heads: int = 4, scenario: bool = True, kernel_init="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.scenario = scenario
+        self.num_heads, self.kernel_init = num_heads, kernel_init
+
+    def build(self, input_shape):
+        d = int(input_shape[0][-1])
+        self.mha = MultiHeadSelfAttention(self.num_heads, units=d, kernel_init=self.kernel_init, name="mha")
+        super().build(input_shape)
+
+    def call(self, inputs, mask=None):
+        x, m_s = inputs
+        src = tf.concat([x, m_s], axis=-1) if self.scenario else x
+        return self.mha([src, src, src], mask)
+
+
+class ScenarioTailoring(keras.layers.Layer):
+    """STM, section 4.1, eq. 4-5: ``v_i = gamma * sigmoid([x^_i, e_st] W_G + b_G)`` (one gate unit shared by
+    the N positions, ``W_G`` of shape ``(d + d_s) x d``), ``x_i = x^_i * v_i``."""
+
+    def __init__(self, gamma: float = 2.0, kernel_init="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.gamma, self.kernel_init = float(gamma), kernel_init
+
+    def build(self, input_shape):
+        d = int(input_shape[0][-1])
+        self.gate = keras.layers.Dense(d, activation="sigmoid", kernel_initializer=fresh(self.kernel_init),
+                                       name="W_G")
+        super().build(input_shape)
+
+    def call(self, inputs):
+        x_hat, e_st = inputs
+        e = tf.broadcast_to(e_st[:, None, :], tf.concat([tf.shape(x_hat)[:2], tf.shape(e_st)[-1:]], 0))
+        return x_hat * (self.gamma * self.gate(tf.concat([x_hat, e], axis=-1)))
+
+
+class ScenarioAdaptiveBlock(keras.layers.Layer):
+    """Scenario-adaptive Block, section 4.1: ``X^l = STM(SIE(X^{l-1}, M_S), e_st)``. ``sie=False`` is
+    Table 3's "w/o SIE" (``X^ = X``), ``stm=False`` its "w/o STM" (``X^l = X^``)."""
+
+    def __init__(self, num_heads: int = 4, gamma: float = 2.0, sie: bool = True, stm: bool = True,
+                 sie_scenario: bool = True, kernel_init="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.sie = ScenarioAwareInterestExtracting(num_heads, sie_scenario, kernel_init, name="sie") if sie else None
+        self.stm = ScenarioTailoring(gamma, kernel_init, name="stm") if stm else None
+
+    def call(self, inputs, mask=None):
+        x, m_s, e_st = inputs
+        if self.sie is not None:
+            x = self.sie([x, m_s], mask)
+        if self.stm is not None:
+            x = self.stm([x, e_st])
+        return x
+
+
+class TargetAwareInterestFusion(keras.layers.Layer):
+    """TIF, section 4.2, eq. 7-8: ``alpha_j = (W_Q z_t) . (W_K x_j)``, ``mu = softmax(alpha)`` over the real
+    behaviours, ``V_t = sum_j mu_j W_V x_j`` with ``z_t = [e_it, e_st]``. As written, the dot product is
+    not scaled; ``W_V`` keeps the width d. ``attention_dim`` is the width of ``W_Q z`` and ``W_K x``
+    (default d). ``call([z_t [B, d_z], X [B, N, d]], mask) -> [B, d]``."""
+
+    def __init__(self, attention_dim: Optional[int] = None, kernel_init="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.attention_dim, self.kernel_init = attention_dim, kernel_init
+
+    def build(self, input_shape):
+        d = int(input_shape[1][-1])
+        a = self.attention_dim or d
+        dense = lambda n, name: keras.layers.Dense(n, use_bias=False, kernel_initializer=fresh(self.kernel_init),
+                                                   name=name)
+        self.w_q, self.w_k, self.w_v = dense(a, "W_Q"), dense(a, "W_K"), dense(d, "W_V")
+        super().build(input_shape)
+
+    def weights_of(self, z_t, x, mask):
+        """``mu [B, N]``."""
+        alpha = tf.einsum("ba,bna->bn", self.w_q(z_t), self.w_k(x))
+        return masked_softmax(alpha, mask)
+
+    def call(self, inputs, mask=None):
+        z_t, x = inputs
+        mu = self.weights_of(z_t, x, mask)
+        return tf.einsum("bn,bnd->bd", mu, self.w_v(x))
+
+
+class ScenarioAwareDNNTower(keras.layers.Layer):
+    """SDT, section 4.3, eq. 9-11: each layer scales its input by a scenario-aware gate before the dense map,
+    ``H^{j+1} = ReLU(W_T^j (H^j * sigmoid([H^j, e_st] W_g^j + b_g^j)) + b_T^j)``.
+
+    Eq. 11 writes ``H^j (x) sigma(concat(H^j, e_st))``, whose two sides differ in width (d_j vs d_j + d_s);
+    the dimension-consistent reading, used here, projects the concatenation back to d_j with a learned
+    ``W_g^j`` (as STM's eq. 4 does) before the sigmoid. The gated layers are the hidden layers; the output
+    logit is a plain linear unit on the last one (``sDNN`` in eq. 10 ends in a scalar).
+    """
+
+    def __init__(self, hidden: Sequence[int] = (512, 256, 128, 64), kernel_init="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.hidden, self.kernel_init = list(hidden), kernel_init
+
+    def build(self, input_shape):
+        widths = [int(input_shape[0][-1])] + self.hidden[:-1]
+        self.gates = [keras.layers.Dense(w, activation="sigmoid", kernel_initializer=fresh(self.kernel_init),
+                                         name=f"W_g_{j}") for j, w in enumerate(widths)]
+        self.dense = [keras.layers.Dense(h, activation="relu", kernel_initializer=fresh(self.kernel_init),
+                                         name=f"W_T_{j}") for j, h in enumerate(self.hidden)]
+        super().build(input_shape)
+
+    def call(self, inputs):
+        h, e_st = inputs
+        for gate, dense in zip(self.gates, self.dense):
+            h = dense(h * gate(tf.concat([h, e_st], axis=-1)))
+        return h

@@ -1,0 +1,240 @@
+"""SAML modules (Chen, Wang, Ni, Zeng, Lin: "Scenario-aware and Mutual-based approach for Multi-scenario
+Recommendation in E-Commerce", ICDMW 2020), one layer per module of Sec. III:
+
+* :class:`ScenarioAwareEmbedding` - III-C-1, every feature in a global and a scenario-specific subspace;
+* :class:`ScenarioAwareAttention` - III-C-2 with eq. (1)-(2): ``MultiHead(Q_g, K_g, V_g)`` and
+  ``MultiHead(Q_l, K_l, V_g)``;
+* :class:`AuxiliaryNetwork` - III-D-1, an MLP on the scenario-independent features (first line of eq. 4);
+* :class:`MultiBranchNetwork` - III-D-2, eq. (4): one branch per scenario, each layer also reads the
+  auxiliary network's layer output;
+* :class:`MutualUnit` - III-D-3, eq. (6)-(8) with the gradient mask of III-D-2.
+
+Shapes: ``B`` batch, ``S`` scenarios, ``L`` behaviour length (+1 with the candidate token), ``D`` widths.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfmsr.features import Schema
+from tfmsr.layers.attention import MultiHeadSelfAttention, PositionalEmbedding, masked_softmax
+from tfmsr.layers.behavior import embed_behavior, require_behavior
+from tfmsr.layers.embedding import FeatureEmbedding, masked_mean
+from tfmsr.layers.mlp import MLP
+
+_GROUPS = ("user", "item", "context", "query")
+
+
+class ScenarioFeatures(NamedTuple):
+    independent: tf.Tensor       # [B, D_g]  global embeddings (+ standardised numerics)
+    dependent: tf.Tensor         # [B, D_l]  scenario-specific embeddings
+    tokens_global: tf.Tensor     # [B, L+1, P*d_g]  candidate + behaviours, global subspace
+    tokens_specific: tf.Tensor   # [B, L+1, P*d_l]  the same tokens, scenario-specific subspace
+    mask: tf.Tensor              # [B, L+1]  bool, real tokens (the candidate always)
+
+
+class ScenarioAwareEmbedding(keras.layers.Layer):
+    """Scenario-aware embedding module (Sec. III-C-1, Fig. 1).
+
+    Every categorical feature ``f`` with value ``v`` is embedded in parallel in a **global** subspace,
+    ``e_g = E_g^f[v]`` (width ``d_g``, paper 12 public / 8 industrial), and in the **scenario-specific**
+    subspace of the request's scenario ``s``, ``e_l = E_l^{f,s}[v]`` (width ``d_l``, paper 4 / 2). The S
+    specific tables of a feature are stored as one table of width ``S * d_l`` whose ``s``-th slice is
+    scenario ``s``'s table (so shared tables, e.g. ``hist_item_id`` reading ``item_id``, stay shared in both
+    subspaces). Behaviour tokens use the request's scenario too: the scenario-specific attention weights are
+    "computed from each scenario separately" (III-C-2).
+
+    Combining per subspace (the paper's "combine the feature vectors from each subspace respectively"):
+    ``independent = [e_g of user/item/context/query features, e_g(scenario), masked-mean e_g of non-attended
+    sequences, standardised numerics]`` and ``dependent`` = the same list with ``e_l`` and no numerics
+    (numerical features are normalised, not embedded (III-A-1), so they have no scenario subspace). The
+    behaviour sequences that share an item table become attention tokens ``[candidate, behaviour_1..L]``
+    (as in BST, which the paper follows), in both subspaces.
+
+    ``global_embedding``: an existing :class:`FeatureEmbedding` of width ``d_g`` to use as the global
+    subspace (the model's own), else one is created.
+    """
+
+    def __init__(self, schema: Schema, global_dim: int = 12, specific_dim: int = 4,
+                 global_embedding: Optional[FeatureEmbedding] = None, model: str = "saml", **kwargs):
+        super().__init__(**kwargs)
+        self.schema, self.num_scenarios, self.specific_dim = schema, schema.num_scenarios, int(specific_dim)
+        self.pairs = require_behavior(schema, model)
+        self.global_embedding = global_embedding or FeatureEmbedding(schema, dim=global_dim, name="global")
+        width = self.num_scenarios * self.specific_dim
+        self.specific_embedding = FeatureEmbedding(schema, dim=width, scenario_dim=width, name="specific")
+        attended = {s.name for s, _ in self.pairs}
+        self.side_sequences = [f.name for f in schema.of_kind("sequence") if f.name not in attended]
+
+    def _slice(self, table_out: tf.Tensor, scenario: tf.Tensor) -> tf.Tensor:
+        """``[B, ..., S*d_l]`` -> ``[B, ..., d_l]``: the slice of each example's scenario."""
+        s = tf.cast(scenario, tf.int32)
+        e = tf.reshape(table_out, tf.concat([tf.shape(table_out)[:-1], [self.num_scenarios, self.specific_dim]], 0))
+        if len(table_out.shape) == 2:
+            return tf.gather(e, s, batch_dims=1)
+        idx = tf.broadcast_to(s[:, None], tf.shape(table_out)[:2])
+        return tf.gather(e, idx, batch_dims=2)
+
+    def specific(self, x: Dict[str, tf.Tensor], name: str) -> tf.Tensor:
+        """Scenario-specific embedding ``[B, d_l]`` (or ``[B, L, d_l]``) of feature ``name``."""
+        with tf.name_scope("specific"):  # table variables: .../specific/emb_<table>
+            return self._slice(self.specific_embedding.embed(x, name), x[self.schema.scenario.name])
+
+    def call(self, x: Dict[str, tf.Tensor]) -> ScenarioFeatures:
+        g, sc = self.global_embedding, x[self.schema.scenario.name]
+        cats = [f.name for grp in _GROUPS for f in self.schema.group(grp, "categorical")]
+        with tf.name_scope("global"):
+            indep = [g.embed(x, n) for n in cats] + [g.scenario(x)]
+            indep += [masked_mean(g.embed(x, n), g.mask(x, n)) for n in self.side_sequences]
+            num = g.numeric(x)
+            indep += [num] if num is not None else []
+            beh = embed_behavior(g, x, self.schema)
+        dep = [self.specific(x, n) for n in cats]
+        with tf.name_scope("specific"):
+            dep.append(self._slice(self.specific_embedding.scenario(x), sc))
+        dep += [masked_mean(self.specific(x, n), g.mask(x, n)) for n in self.side_sequences]
+        keys_l = tf.concat([self.specific(x, s.name) for s, _ in self.pairs], axis=-1)
+        target_l = tf.concat([self.specific(x, t.name) for _, t in self.pairs], axis=-1)
+        mask = tf.concat([tf.ones_like(beh.mask[:, :1]), beh.mask], axis=1)
+        return ScenarioFeatures(tf.concat(indep, axis=-1), tf.concat(dep, axis=-1),
+                                tf.concat([beh.target[:, None], beh.keys], axis=1),
+                                tf.concat([target_l[:, None], keys_l], axis=1), mask)
+
+
+class ScenarioAwareAttention(keras.layers.Layer):
+    """Scenario-aware attention module (Sec. III-C-2, eq. 1-2).
+
+    ``A_g = MultiHead(Q_g, K_g, V_g)`` and ``A_l = MultiHead(Q_l, K_l, V_g)`` with
+    ``MultiHead(Q, K, V) = Concat(head_1..head_H) W^O``,
+    ``head_h = Softmax(Q W_h^Q (K W_h^K)^T / sqrt(d_k)) V W_h^V``: the global tokens attend with global
+    queries/keys; the scenario-specific queries/keys (width ``P*d_l``) compute their own weights over the
+    **shared global values** ``V_g``. Every projection maps into the value width ``d = P*d_g`` (``W^Q`` of the
+    specific head is ``P*d_l x d``), ``d_k = d / H``; both outputs are ``[B, L+1, d]``. Padding keys get no
+    weight. ``length``: add learned position embeddings to both token sets first (BST's recency position;
+    ``None`` = none). ``pooling`` turns ``[B, L+1, d]`` into one vector as BST does: ``flatten`` (padding
+    zeroed), ``mean`` (over real tokens) or ``target`` (the candidate's output).
+
+    ``call(tokens_global, tokens_specific, mask) -> (A_g, A_l)``, each ``[B, (L+1)*d]`` or ``[B, d]``.
+    """
+
+    POOLINGS = ("flatten", "mean", "target")
+
+    def __init__(self, num_heads: int = 4, length: Optional[int] = None, pooling: str = "flatten", **kwargs):
+        super().__init__(**kwargs)
+        if pooling not in self.POOLINGS:
+            raise ValueError(f"ScenarioAwareAttention: pooling must be one of {self.POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
+        self.global_attention = MultiHeadSelfAttention(num_heads, name="global")
+        self.specific_attention = MultiHeadSelfAttention(num_heads, name="specific")
+        self.positions = ([PositionalEmbedding(length, name=f"positions_{n}") for n in ("global", "specific")]
+                          if length else None)
+
+    def attend(self, tokens_global, tokens_specific, mask):
+        """The two attention outputs ``[B, L+1, d]`` before pooling."""
+        if self.positions:
+            tokens_global, tokens_specific = self.positions[0](tokens_global), self.positions[1](tokens_specific)
+        a_g = self.global_attention(tokens_global, mask)
+        a_l = self.specific_attention([tokens_specific, tokens_specific, tokens_global], mask)
+        return a_g, a_l
+
+    def pool(self, tokens, mask):
+        m = tf.cast(mask, tokens.dtype)[..., None]
+        if self.pooling == "flatten":
+            return tf.reshape(tokens * m, [-1, tokens.shape[1] * tokens.shape[2]])
+        if self.pooling == "mean":
+            return tf.reduce_sum(tokens * m, axis=1) / tf.maximum(tf.reduce_sum(m, axis=1), 1.0)
+        return tokens[:, 0]
+
+    def call(self, tokens_global, tokens_specific, mask):
+        return tuple(self.pool(a, mask) for a in self.attend(tokens_global, tokens_specific, mask))
+
+
+class AuxiliaryNetwork(keras.layers.Layer):
+    """Auxiliary network (Sec. III-D-1; first line of eq. 4): ``V_a^l = delta(V_a^{l-1} W_a^l + b_a^l)`` over
+    the scenario-independent features ``V_a^0``, plus one logistic unit trained by its own negative
+    log-likelihood (``L_aux`` of eq. 5). Every hidden output ``V_a^l`` is returned for the branches.
+
+    ``call(v [B, D]) -> ([V_a^1 .. V_a^n], logit [B])``.
+    """
+
+    def __init__(self, hidden: Sequence[int], activation="relu", **kwargs):
+        super().__init__(**kwargs)
+        self.mlp = MLP(hidden, activation=activation, name="mlp")
+        self.out = keras.layers.Dense(1, name="logit")
+
+    def call(self, v, training=False):
+        hidden = self.mlp.hidden_outputs(v, training=training)
+        return hidden, self.out(hidden[-1])[:, 0]
+
+
+class MultiBranchNetwork(keras.layers.Layer):
+    """Multi-branch network (Sec. III-D-2, second line of eq. 4): branch ``i``, layer ``l``:
+    ``V_{m_i}^l = delta([V_{m_i}^{l-1}, V_a^l] W_{m_i}^l + b_{m_i}^l)``, ``V_{m_i}^0`` = the branch input
+    (the scenario-dependent features; shared by all branches). Without ``aux_hidden`` (SAML w/o aux) a layer
+    reads only ``V_{m_i}^{l-1}``. Each branch has its own weights; the model trains branch ``i`` only on
+    scenario ``i`` (loss on the own-scenario output, eq. 5, and the mutual unit's gradient mask).
+
+    ``call(v [B, D], aux_hidden=None) -> V [B, S, hidden[-1]]`` (last hidden layer of every branch).
+    """
+
+    def __init__(self, num_branches: int, hidden: Sequence[int], activation="relu", **kwargs):
+        super().__init__(**kwargs)
+        self.num_branches, self.hidden = int(num_branches), list(hidden)
+        self.dense = [[keras.layers.Dense(h, activation=activation, name=f"branch_{i}_layer_{l}")
+                       for l, h in enumerate(self.hidden)] for i in range(self.num_branches)]
+
+    def call(self, v, aux_hidden: Optional[List[tf.Tensor]] = None):
+        if aux_hidden is not None and len(aux_hidden) != len(self.hidden):
+            raise ValueError(f"MultiBranchNetwork: {len(self.hidden)} layers but {len(aux_hidden)} auxiliary outputs")
+        outs = []
+        for branch in self.dense:
+            h = v
+            for l, dense in enumerate(branch):
+                h = dense(h if aux_hidden is None else tf.concat([h, aux_hidden[l]], axis=-1))
+            outs.append(h)
+        return tf.stack(outs, axis=1)
+
+
+class MutualUnit(keras.layers.Layer):
+    """Mutual unit (Sec. III-D-3, eq. 6-8) over the branches' last hidden outputs ``V [B, S, D]``:
+
+    * eq. 8: ``alpha_ij = Softmax_j( cos<V_i, V_j> / sum_{j' != i} cos<V_i, V_j'> )`` over ``j != i``
+      (``alpha_ii = 0``). Read literally: the cosines are first divided by their sum, then soft-maxed. With
+      ReLU branches ``V >= 0`` so the cosines and their sum are ``>= 0``; a sum below ``eps`` in magnitude is
+      replaced by ``eps`` (an all-zero ``V``).
+    * eq. 7: ``g_i = Sigmoid(W_i V_i + b_i)``, ``W_i in R^D``, ``b_i in R`` per branch.
+    * eq. 6: ``M_i = V_i + g_i * sum_{j != i} alpha_ij V_j``.
+
+    Gradient mask (III-D-2): inside ``M_i`` every ``V_j, j != i`` (in the sum and in the cosines) is a
+    ``stop_gradient``, so the loss of a scenario-``i`` example, which only reads ``M_i``, never reaches
+    branch ``j``. ``gradient_mask=False`` lets it through (only to show what the mask does).
+
+    ``call(V) -> (M [B, S, D], alpha [B, S, S], g [B, S])``.
+    """
+
+    def __init__(self, gradient_mask: bool = True, eps: float = 1e-8, **kwargs):
+        super().__init__(**kwargs)
+        self.gradient_mask, self.eps = bool(gradient_mask), float(eps)
+
+    def build(self, input_shape):
+        s, d = int(input_shape[1]), int(input_shape[2])
+        if s < 2:
+            raise ValueError("MutualUnit needs at least 2 branches")
+        self.gate_w = self.add_weight(name="W", shape=(s, d), initializer="glorot_uniform")
+        self.gate_b = self.add_weight(name="b", shape=(s,), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, v):
+        others = tf.stop_gradient(v) if self.gradient_mask else v
+        unit = lambda t: t / tf.maximum(tf.norm(t, axis=-1, keepdims=True), self.eps)
+        cos = tf.einsum("bid,bjd->bij", unit(v), unit(others))                      # row i: grad via V_i only
+        s = v.shape[1]
+        off = tf.logical_not(tf.eye(s, dtype=tf.bool))[None]                         # [1, S, S]
+        den = tf.reduce_sum(tf.where(off, cos, tf.zeros_like(cos)), axis=-1, keepdims=True)
+        den = tf.where(tf.abs(den) < self.eps, tf.fill(tf.shape(den), self.eps), den)
+        alpha = masked_softmax(cos / den, off)                                       # eq. 8
+        gate = tf.sigmoid(tf.einsum("bsd,sd->bs", v, self.gate_w) + self.gate_b)     # eq. 7
+        m = v + gate[..., None] * tf.einsum("bij,bjd->bid", alpha, others)           # eq. 6
+        return m, alpha, gate

@@ -1,0 +1,275 @@
+"""SASS layers (Zhang et al., "Scenario-Adaptive and Self-Supervised Model for Multi-Scenario Personalized
+Recommendation", CIKM 2022, Sec. 4): the scenario auxiliary network (eq. 2), the Multi-Layer Scenario
+Adaptive Transfer module (ML-SAT, eq. 3-6) with the gate variants of Table 3, scenario bias fusion (eq.
+7-8), the pre-training NT-Xent loss (eq. 9-10) and the fine-tuning pairwise loss (eq. 11-13).
+
+Scenario-specific parameters ("ML-SAT, which is parameter-specific in separate scenario", Sec. 4.1.2)
+are stacked with a leading scenario axis (``kernel[s]`` is scenario s's matrix) and every layer computes
+all S scenarios at once on ``[B, S, d]`` tensors; a model gathers the example's own scenario, so the
+loss on it trains scenario s's parameters only with scenario s's examples. Like the equations, the gate
+matrices carry no bias vectors (the auxiliary output ``a`` is the gates' bias term).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfmsr.layers.mlp import initializer
+
+GATES = ("sass", "none", "product", "sigmoid", "simnet")
+
+
+def scenario_dense(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """Per-scenario matrix product: ``x [B, S, i] @ kernel [S, i, o] -> [B, S, o]``; ``x [S, i]`` (the
+    same for every example) gives ``[S, o]``."""
+    if len(x.shape) == 2:
+        return tf.einsum("si,sio->so", x, kernel)
+    return tf.einsum("bsi,sio->bso", x, kernel)
+
+
+def per_scenario(x: tf.Tensor, num_scenarios: int) -> tf.Tensor:
+    """``[B, d]`` -> ``[B, S, d]`` (the same input for every scenario); ``[B, S, d]`` unchanged."""
+    if len(x.shape) == 3:
+        return x
+    return tf.tile(x[:, None, :], [1, num_scenarios, 1])
+
+
+def _plus_bias(z: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
+    """``z [B, S, o] + bias`` where ``bias`` is ``[B, S, o]`` or example-independent ``[S, o]``."""
+    return z + (bias[None] if len(bias.shape) == 2 else bias)
+
+
+class ScenarioAuxiliaryNet(keras.layers.Layer):
+    """Scenario auxiliary network, SASS Sec. 4.1.1 eq. (2): ``a = f(W_a x_a + b_a)``.
+
+    ``x_a`` is the embedding of the scenario context features, ``f`` a multi-layer perceptron. Reading:
+    ``W_a x_a + b_a`` is one affine layer (no activation) of width ``hidden[0]`` (``dim`` when ``hidden``
+    is empty), ``f`` is ReLU layers ``hidden[1:]`` then a ``tanh`` layer of width ``dim``; ``tanh`` keeps
+    ``a`` in the range of the gate states it is fused with in eq. (7). ``call(x_a [..., d_a]) -> [..., dim]``.
+    """
+
+    def __init__(self, dim: int, hidden: Sequence[int] = (), kernel_init="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        widths = list(hidden) or [dim]
+        self.affine = keras.layers.Dense(widths[0], kernel_initializer=initializer(kernel_init), name="W_a")
+        self.f = [keras.layers.Dense(w, activation="relu", kernel_initializer=initializer(kernel_init), name=f"f_{i}")
+                  for i, w in enumerate(widths[1:])]
+        self.f.append(keras.layers.Dense(dim, activation="tanh", kernel_initializer=initializer(kernel_init),
+                                         name="f_out"))
+
+    def call(self, x_a):
+        h = self.affine(x_a)
+        for layer in self.f:
+            h = layer(h)
+        return h
+
+
+class ScenarioAdaptiveGate(keras.layers.Layer):
+    """One layer of ML-SAT, SASS Sec. 4.1.2: the scenario-adaptive gate unit, eq. (3)-(6)::
+
+        r_l = sigmoid(W_r^l [g_l, s_{l-1}] + W_br a)          (3)  adaptive gate, width of g_l
+        h_l = tanh(W_h^l [r_l * g_l, s_{l-1}])                 (4)  candidate, width of s
+        z_l = sigmoid(W_z^l [g_l, s_{l-1}] + W_bz a)          (5)  update gate, width of s
+        s_l = (1 - z_l) * s_{l-1} + z_l * h_l                  (6)
+
+    ``g_l [B, d_g]`` is the l-th global shared layer, ``s_{l-1} [B, S, d]`` the scenario network's previous
+    state, ``a [S, d_a]`` (or ``[B, S, d_a]``) the auxiliary output. Eq. (6) needs ``h_l`` and ``s_{l-1}``
+    of one width, so the scenario network keeps width ``d`` in every layer. The paper writes ``W_br``,
+    ``W_bz`` without a layer index; here each layer has its own (``g_l`` widths may differ by layer).
+    All matrices are per scenario.
+
+    ``variant`` selects the transfer mechanisms of Table 3 (Sec. 5.3.1) on the same inputs, with the
+    scenario layer's own output ``s'_l = tanh(W_s^l s_{l-1})``:
+
+    * ``sass``: eq. (3)-(6).
+    * ``none`` (SASS*, no transfer gate): ``s_l = tanh(W_h^l [g_l, s_{l-1}])``, i.e. eq. (4)/(6) with
+      ``r_l = z_l = 1``: the global layer still flows in, ungated.
+    * ``product`` (Production Gate, STAR-like): ``s_l = s'_l * g_l``.
+    * ``sigmoid`` (Sigmoid Gate, MMoE / cross-stitch style): ``w = sigmoid(W_w [s'_l, g_l])``,
+      ``s_l = w * g_l + (1 - w) * s'_l``.
+    * ``simnet`` (Simnet Gate): as ``sigmoid`` with ``w = sigmoid(W_w [s'_l * g_l, s'_l - g_l, s'_l + g_l])``.
+
+    The element-wise variants need ``d_g == d``. ``call([g, s_prev, a]) -> s_l [B, S, d]``.
+    """
+
+    def __init__(self, num_scenarios: int, variant: str = "sass", kernel_init="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        if variant not in GATES:
+            raise ValueError(f"ScenarioAdaptiveGate: unknown gate '{variant}' (expected one of {', '.join(GATES)})")
+        self.num_scenarios, self.variant = int(num_scenarios), variant
+        self.kernel_init = kernel_init
+
+    def _w(self, name, rows, cols):
+        # a fresh initializer per weight: one unseeded instance would give every weight the same values
+        return self.add_weight(name=name, shape=(self.num_scenarios, rows, cols),
+                               initializer=initializer(self.kernel_init))
+
+    def build(self, input_shape):
+        g_shape, s_shape, a_shape = input_shape
+        dg, d, da = int(g_shape[-1]), int(s_shape[-1]), int(a_shape[-1])
+        v = self.variant
+        if v in ("product", "sigmoid", "simnet") and dg != d:
+            raise ValueError(f"ScenarioAdaptiveGate: gate '{v}' combines g_l and s_l element-wise, so the global "
+                             f"width ({dg}) must equal the scenario width ({d})")
+        if v == "sass":
+            self.w_r, self.w_br = self._w("W_r", dg + d, dg), self._w("W_br", da, dg)
+            self.w_h = self._w("W_h", dg + d, d)
+            self.w_z, self.w_bz = self._w("W_z", dg + d, d), self._w("W_bz", da, d)
+        elif v == "none":
+            self.w_h = self._w("W_h", dg + d, d)
+        else:
+            self.w_s = self._w("W_s", d, d)
+            if v != "product":
+                self.w_w = self._w("W_w", (2 if v == "sigmoid" else 3) * d, d)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        g, s_prev, a = inputs
+        g = per_scenario(g, self.num_scenarios)
+        v = self.variant
+        if v == "sass":
+            gs = tf.concat([g, s_prev], axis=-1)
+            r = tf.sigmoid(_plus_bias(scenario_dense(gs, self.w_r), scenario_dense(a, self.w_br)))   # (3)
+            h = tf.tanh(scenario_dense(tf.concat([r * g, s_prev], axis=-1), self.w_h))               # (4)
+            z = tf.sigmoid(_plus_bias(scenario_dense(gs, self.w_z), scenario_dense(a, self.w_bz)))   # (5)
+            return (1.0 - z) * s_prev + z * h                                                         # (6)
+        if v == "none":
+            return tf.tanh(scenario_dense(tf.concat([g, s_prev], axis=-1), self.w_h))
+        own = tf.tanh(scenario_dense(s_prev, self.w_s))
+        if v == "product":
+            return own * g
+        feats = [own, g] if v == "sigmoid" else [own * g, own - g, own + g]
+        w = tf.sigmoid(scenario_dense(tf.concat(feats, axis=-1), self.w_w))
+        return w * g + (1.0 - w) * own
+
+
+class MLSAT(keras.layers.Layer):
+    """Multi-Layer Scenario Adaptive Transfer module, SASS Sec. 4.1.2 (Figure 4a): a global shared network
+    (``layers`` dense layers of width ``dim``, shared by all scenarios, outputs ``g_1..g_T``) and, per
+    scenario, a stack of ``ScenarioAdaptiveGate`` units reading ``g_l`` and the scenario state.
+
+    The paper leaves ``s_0`` undefined; here ``s_0 = tanh(W_0^s x_s + b_0^s)``, a per-scenario projection
+    of the scenario network's input ``x_s`` (``[B, S, D_s]``: e.g. the user's features and behaviour *in
+    scenario s*; ``[B, D_s]`` is shared by every scenario). The global network reads ``x_g [B, D_g]``.
+    ``call([x_g, x_s, a]) -> (s_T [B, S, dim], g_T [B, dim])``.
+    """
+
+    def __init__(self, num_scenarios: int, dim: int, layers: int = 3, gate: str = "sass",
+                 activation: str = "tanh", kernel_init="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        if layers < 1:
+            raise ValueError(f"MLSAT: layers must be >= 1, got {layers}")
+        self.num_scenarios, self.dim = int(num_scenarios), int(dim)
+        self.kernel_init = kernel_init
+        self.global_net = [keras.layers.Dense(dim, activation=activation, kernel_initializer=initializer(kernel_init),
+                                              name=f"global_{l}") for l in range(layers)]
+        self.gates = [ScenarioAdaptiveGate(num_scenarios, gate, kernel_init, name=f"gate_{l}") for l in range(layers)]
+
+    def build(self, input_shape):
+        d_s = int(input_shape[1][-1])
+        self.w0 = self.add_weight(name="W_0", shape=(self.num_scenarios, d_s, self.dim),
+                                  initializer=initializer(self.kernel_init))
+        self.b0 = self.add_weight(name="b_0", shape=(self.num_scenarios, self.dim), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, inputs):
+        x_g, x_s, a = inputs
+        s = tf.tanh(scenario_dense(per_scenario(x_s, self.num_scenarios), self.w0) + self.b0)
+        g = x_g
+        for dense, gate in zip(self.global_net, self.gates):
+            g = dense(g)
+            s = gate([g, s, a])
+        return s, g
+
+
+class ScenarioBiasFusion(keras.layers.Layer):
+    """Scenario bias fusion, SASS Sec. 4.1.3 eq. (7)-(8)::
+
+        e_s   = alpha * s_T + (1 - alpha) * a                  (7)
+        alpha = sigmoid(W_o [s_T, a])                          (8)
+
+    ``alpha`` is read as element-wise (``W_o`` maps ``[s_T, a]`` to the width of ``s_T``; ``a`` must have
+    that width) and ``W_o`` is per scenario, like the rest of the scenario-specific network.
+    ``call([s_T [B, S, d], a [S, d] or [B, S, d]]) -> e [B, S, d]``.
+    """
+
+    def __init__(self, num_scenarios: int, kernel_init="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.num_scenarios = int(num_scenarios)
+        self.kernel_init = kernel_init
+
+    def build(self, input_shape):
+        s_shape, a_shape = input_shape
+        d = int(s_shape[-1])
+        if int(a_shape[-1]) != d:
+            raise ValueError(f"ScenarioBiasFusion: a has width {int(a_shape[-1])}, s_T has {d}; eq. (7) needs one width")
+        self.w_o = self.add_weight(name="W_o", shape=(self.num_scenarios, 2 * d, d), initializer=initializer(self.kernel_init))
+        super().build(input_shape)
+
+    def call(self, inputs):
+        s_t, a = inputs
+        a = tf.broadcast_to(a, tf.shape(s_t)) if len(a.shape) == 2 else a
+        alpha = tf.sigmoid(scenario_dense(tf.concat([s_t, a], axis=-1), self.w_o))  # (8)
+        return alpha * s_t + (1.0 - alpha) * a                                     # (7)
+
+
+def cosine(a: tf.Tensor, b: tf.Tensor, eps: float = 1e-8) -> tf.Tensor:
+    """Cosine similarity along the last axis (broadcasting)."""
+    a = a / tf.maximum(tf.norm(a, axis=-1, keepdims=True), eps)
+    b = b / tf.maximum(tf.norm(b, axis=-1, keepdims=True), eps)
+    return tf.reduce_sum(a * b, axis=-1)
+
+
+class NTXentLoss(keras.layers.Layer):
+    """Scenario-supervised contrastive loss, SASS Sec. 4.1.4 eq. (9)-(10) (NT-Xent of SimCLR [2])::
+
+        L_ij = -log( exp(sim(e_i, e_j) / tau) / sum_{k=1, k != i}^{2N} exp(sim(e_i, e_k) / tau) )   (9)
+        L    = sum_{k=1}^{N} L_ij^(k)                                                             (10)
+
+    For a batch of N pairs ``(e_i, e_j)`` (the same user, or item, in two scenarios) there are 2N vectors;
+    ``e_j`` is the positive of ``e_i`` and the other 2(N - 1) are negatives; ``sim`` is the cosine. As eq.
+    (10) is written, each pair contributes ``L_ij`` once, with the first view as anchor
+    (``symmetric=True`` adds ``L_ji``, as SimCLR does); ``reduction="sum"`` is eq. (10), ``"mean"``
+    divides by N. ``call(e_i [N, d], e_j [N, d]) -> scalar``.
+    """
+
+    def __init__(self, tau: float = 0.1, symmetric: bool = False, reduction: str = "sum", **kwargs):
+        super().__init__(**kwargs)
+        if tau <= 0:
+            raise ValueError(f"NTXentLoss: tau must be > 0, got {tau}")
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"NTXentLoss: reduction must be 'sum' or 'mean', got {reduction!r}")
+        self.tau, self.symmetric, self.reduction = float(tau), bool(symmetric), reduction
+
+    def call(self, e_i, e_j):
+        n = tf.shape(e_i)[0]
+        z = tf.math.l2_normalize(tf.concat([e_i, e_j], axis=0), axis=-1)         # [2N, d]
+        sim = tf.matmul(z, z, transpose_b=True) / self.tau                        # [2N, 2N]
+        sim = sim - tf.eye(2 * n, dtype=sim.dtype) * 1e9                          # k != i
+        pos_idx = tf.concat([tf.range(n) + n, tf.range(n)], axis=0)               # partner of each row
+        per_row = tf.reduce_logsumexp(sim, axis=1) - tf.gather(sim, pos_idx, batch_dims=1)
+        loss = per_row if self.symmetric else per_row[:n]
+        return tf.reduce_sum(loss) if self.reduction == "sum" else tf.reduce_sum(loss) / tf.cast(n, loss.dtype)
+
+
+class PairwiseCosineLoss(keras.layers.Layer):
+    """Fine-tuning pairwise loss, SASS Sec. 4.2.2 eq. (11) (and eq. (12) on the global vectors)::
+
+        L = 1/N sum_k log(1 + sigmoid(sim(u^k, n^k) - sim(u^k, p^k)))
+
+    ``sim`` is the cosine, ``sigmoid`` the logistic function. With several negatives per positive
+    (``n [N, m, d]``) every (user, positive, negative) triplet is one term and the mean runs over all N*m.
+    Eq. (13) ``L_scenario + beta * L_auxiliary`` is two calls of this layer.
+    ``call(u [N, d], p [N, d], n [N, d] or [N, m, d]) -> scalar``.
+    """
+
+    def call(self, u, p, n):
+        pos = cosine(u, p)                                   # [N]
+        if len(n.shape) == 3:
+            neg = cosine(u[:, None, :], n)                   # [N, m]
+            pos = pos[:, None]
+        else:
+            neg = cosine(u, n)
+        return tf.reduce_mean(tf.math.log1p(tf.sigmoid(neg - pos)))

@@ -1,0 +1,97 @@
+"""``tfmsr retrieval <verb>``: pairs, train, evaluate, export, models (added to ``tfmsr.cli`` by ``add_parser``).
+
+Handlers import TensorFlow lazily, so building the parser stays cheap.
+"""
+from __future__ import annotations
+
+import json
+
+
+def _pairs(args):
+    from tfmsr.retrieval.pairs import write_pairs
+
+    s = write_pairs(args.data, args.out, split=args.split, rows_per_shard=args.rows_per_shard, overwrite=args.overwrite)
+    print(json.dumps({"out": args.out, "split": s["split"],
+                      **{side: {k: s[side][k] for k in ("keys", "keys_in_2plus_scenarios", "pairs")}
+                         for side in ("user", "item")}}))
+
+
+def _train(args):
+    from tfmsr.retrieval.config import load_config
+    from tfmsr.retrieval.trainer import train
+
+    cfg = load_config(args.config, args.set)
+    summary = train(cfg, args.data, args.model_dir, overwrite=args.overwrite)
+    m, k = summary["metrics"], cfg["eval"]["k"]
+    print(json.dumps({"model": summary["model"], "mode": summary["mode"], "seconds": round(summary["seconds"], 1),
+                      f"hr@{k}": m[f"hr@{k}"], f"ndcg@{k}": m[f"ndcg@{k}"],
+                      "scenarios": {s: {key: v[key] for key in (f"hr@{k}", f"ndcg@{k}")}
+                                    for s, v in m["scenarios"].items()}}))
+
+
+def _evaluate(args):
+    from tfmsr.retrieval.evaluation import format_table
+    from tfmsr.retrieval.trainer import evaluate_run
+
+    res = evaluate_run(args.model_dir, args.data, args.split, args.k, out=args.out, popularity=args.popularity)
+    first = next(iter(res.values()))
+    print(format_table(res, list(first["scenarios"]), first["k"]))
+
+
+def _export(args):
+    from tfmsr.retrieval.export import export_retrieval
+
+    scen = [x.strip() for x in (args.scenarios or "").split(",") if x.strip()] or None
+    res = export_retrieval(args.model_dir, args.out, version=args.version, k=args.k, base_path=args.base_path,
+                           scenarios=scen)
+    print(json.dumps({k: res[k] for k in ("name", "version", "k", "servables", "models_config", "seconds")}))
+
+
+def _models(args):
+    from tfmsr.retrieval import available
+
+    for name, doc in available().items():
+        print(f"{name:16s} {doc}")
+
+
+def add_parser(sub) -> None:
+    """Add the ``retrieval`` verb group to the top-level subparsers ``sub``."""
+    r = sub.add_parser("retrieval", help="multi-scenario candidate retrieval: SASS, DSSM, YoutubeDNN, top-K evaluation")
+    rs = r.add_subparsers(dest="retrieval_verb", required=True)
+
+    p = rs.add_parser("pairs", help="cross-scenario user/item pairs for SASS pre-training, as shards")
+    p.add_argument("--data", required=True, help="a tfmsr dataset directory")
+    p.add_argument("--out", required=True, help="pairs directory to create")
+    p.add_argument("--split", default="train")
+    p.add_argument("--rows-per-shard", type=int, default=50_000)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=_pairs)
+
+    t = rs.add_parser("train", help="pre-train (if enabled), fine-tune and evaluate a retrieval model")
+    t.add_argument("--config", required=True)
+    t.add_argument("--data", required=True)
+    t.add_argument("--model-dir", required=True)
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=1")
+    t.add_argument("--overwrite", action="store_true", help="retrain over a finished run")
+    t.set_defaults(fn=_train)
+
+    e = rs.add_parser("evaluate", help="HR@K / NDCG@K per scenario over each scenario's item corpus")
+    e.add_argument("--model-dir", required=True)
+    e.add_argument("--data", help="dataset directory (default: the one the run was trained on)")
+    e.add_argument("--split", default="test")
+    e.add_argument("--k", type=int)
+    e.add_argument("--out", help="metrics JSON")
+    e.add_argument("--popularity", action="store_true", help="add the item-popularity reference row")
+    e.set_defaults(fn=_evaluate)
+
+    x = rs.add_parser("export", help="SavedModels per scenario: user tower, item tower, top-K servable + item corpus")
+    x.add_argument("--model-dir", required=True, help="a finished retrieval run")
+    x.add_argument("--out", required=True, help="export root (its basename names the TF Serving models)")
+    x.add_argument("--version", type=int, help="integer version (default: one more than the highest existing)")
+    x.add_argument("--k", type=int, help="items returned by the top-K servable (default: the run's eval.k)")
+    x.add_argument("--scenarios", help="comma-separated scenario names (default: all)")
+    x.add_argument("--base-path", help="where TF Serving sees --out, written into models.config")
+    x.set_defaults(fn=_export)
+
+    m = rs.add_parser("models", help="list registered retrieval models")
+    m.set_defaults(fn=_models)

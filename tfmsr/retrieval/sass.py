@@ -1,0 +1,207 @@
+"""SASS: Scenario-Adaptive and Self-Supervised model (Zhang et al., CIKM 2022), the retrieval model.
+
+Both sides are built the same way (Sec. 4.1, Figure 3/4), with one shared embedding layer:
+
+* **inputs** -- user side: profile (groups user/context/query), behaviour sequence pooled by
+  self-attention (Sec. 4.1.1; ``seq_pooling: mean`` for a masked mean) over all behaviours (the global
+  network's input) and over the behaviours *in each scenario* (the scenario networks' input, the paper's
+  user-scenario cross behaviour features), user statistics overall / in each scenario. Item side: item
+  profile, item statistics overall / in each scenario.
+* **scenario auxiliary network** (eq. 2) on the scenario embedding -> ``a``;
+* **ML-SAT** (eq. 3-6): global shared network ``g_1..g_T`` + per-scenario gate stacks -> ``s_T``;
+* **scenario bias fusion** (eq. 7-8) -> ``e_s``, one vector per scenario: users ``[B, S, d]``, items
+  ``[N, S, d]``, so every item has a representation per scenario (Sec. 4.3 serving).
+
+Training (``tfmsr.retrieval.trainer``): **pre-training** (Sec. 4.1.4) on cross-scenario pairs
+(``tfmsr.retrieval.pairs``), NT-Xent with temperature ``tau`` on the user pairs plus the same on the
+item pairs (eq. 9-10); **fine-tuning** (Sec. 4.2) from the restored pre-trained weights with
+``L_scenario + beta * L_auxiliary`` (eq. 11-13), the pairwise cosine loss on the own-scenario vectors and
+on the global vectors ``g_T``, with ``negatives`` items per positive drawn from the whole candidate set.
+
+Ablation switches (Tables 3-6): ``gate`` none (SASS*) | product | simnet | sigmoid | sass;
+``item_per_scenario: false`` (Single Item Embedding: the item vector is the item global network's
+``g_T`` in every scenario, and there is no item-side contrastive task since both views would be
+identical); ``bias_fusion: false`` (no scenario bias fusion: ``e_s = s_T``); ``beta: 0`` (no global
+auxiliary task); ``layers`` (number of ML-SAT layers, Figure 6); pre-training on/off is the config's
+``pretrain.enabled`` (SASS vs SASS-Base).
+
+Not in the paper: ``finetune_loss: softmax`` replaces the bounded pairwise loss of eq. 11/12
+(``log(1 + sigmoid(.))`` of a cosine difference in [-2, 2] is nearly linear, so every triplet weighs
+about the same and the ranking's head is barely sharpened) by DSSM's softmax over the positive and the
+same sampled negatives, to tell the architecture's effect from the loss's in the benchmark tables.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfmsr.layers import MLP
+from tfmsr.layers.attention import MultiHeadSelfAttention
+from tfmsr.layers.embedding import masked_mean
+from tfmsr.layers.sass import (GATES, MLSAT, NTXentLoss, PairwiseCosineLoss, ScenarioAuxiliaryNet,
+                               ScenarioBiasFusion, cosine, per_scenario)
+from tfmsr.models.base import ConfigError
+from tfmsr.retrieval.base import RetrievalModel, gather_scenario, register
+
+
+class SASSTower(keras.layers.Layer):
+    """One side of SASS: ``a = aux(scenario embeddings)`` (eq. 2), ``s_T, g_T = ML-SAT(x_g, x_s, a)``
+    (eq. 3-6), ``e = fusion(s_T, a)`` (eq. 7-8). ``call([x_g [B, D_g], x_s [B, S, D_s], scen [S, d_s]])
+    -> (e [B, S, dim], g_T [B, dim])``."""
+
+    def __init__(self, num_scenarios, dim, layers, gate, bias_fusion, aux_hidden, activation, **kwargs):
+        super().__init__(**kwargs)
+        self.aux = ScenarioAuxiliaryNet(dim, aux_hidden, name="aux")
+        self.mlsat = MLSAT(num_scenarios, dim, layers, gate, activation, name="ml_sat")
+        self.fusion = ScenarioBiasFusion(num_scenarios, name="bias_fusion") if bias_fusion else None
+
+    def call(self, inputs):
+        x_g, x_s, scen = inputs
+        a = self.aux(scen)
+        s_t, g_t = self.mlsat([x_g, x_s, a])
+        return (self.fusion([s_t, a]) if self.fusion is not None else s_t), g_t
+
+
+@register("sass")
+class SASS(RetrievalModel):
+    """SASS (CIKM 2022): ML-SAT user/item towers per scenario, contrastive pre-training, pairwise fine-tuning."""
+
+    defaults = {
+        "dim": 32,                     # width of the global and scenario networks = vector width
+        "layers": 3,                   # ML-SAT layers (Figure 6)
+        "gate": "sass",                # Table 3: sass | none (SASS*) | product | simnet | sigmoid
+        "bias_fusion": True,           # Table 6: eq. 7-8 on/off
+        "item_per_scenario": True,     # Table 5: false = Single Item Embedding
+        "beta": 1.0,                   # eq. 13 weight of the global auxiliary loss (0 = Table 6 "no global aux")
+        "tau": 0.1,                    # eq. 9 temperature
+        "contrastive_symmetric": False,  # eq. 10 as written (one L_ij per pair); true adds L_ji (SimCLR)
+        "negatives": 1,                # sampled negatives per positive (eq. 11 triplets)
+        "finetune_loss": "pairwise",   # pairwise: eq. 11-12 as written; softmax: NOT in the paper, see below
+        "softmax_scale": 10.0,         # gamma of finetune_loss: softmax
+        "aux_hidden": [32],            # eq. 2: widths of W_a and of f's hidden layers
+        "activation": "tanh",          # global shared network
+        "seq_pooling": "self_attention",  # Sec. 4.1.1: self_attention | mean
+        "attention_heads": 2,
+    }
+    supports_pretrain = True
+    cosine = True
+    tracked = ("loss", "scenario_loss", "global_loss", "user_nt_xent", "item_nt_xent")
+
+    def __init__(self, schema, params=None, scenario=None, **kwargs):
+        super().__init__(schema, params, scenario=scenario, **kwargs)
+        p = self.params
+        if p["gate"] not in GATES:
+            raise ConfigError(f"sass: gate '{p['gate']}' (expected one of {', '.join(GATES)})")
+        if p["finetune_loss"] not in ("pairwise", "softmax"):
+            raise ConfigError(f"sass: finetune_loss '{p['finetune_loss']}' (expected pairwise or softmax)")
+        if p["seq_pooling"] not in ("self_attention", "mean"):
+            raise ConfigError(f"sass: seq_pooling '{p['seq_pooling']}' (expected self_attention or mean)")
+        for key, ok in (("layers", p["layers"] >= 1), ("negatives", p["negatives"] >= 1), ("beta", p["beta"] >= 0),
+                        ("tau", p["tau"] > 0), ("dim", p["dim"] >= 1)):
+            if not ok:
+                raise ConfigError(f"sass: parameter {key} = {p[key]!r} is out of range")
+        S = self.num_scenarios
+        tower = dict(num_scenarios=S, dim=p["dim"], layers=p["layers"], gate=p["gate"],
+                     bias_fusion=p["bias_fusion"], aux_hidden=p["aux_hidden"], activation=p["activation"])
+        self.user_tower = SASSTower(**tower, name="user_tower")
+        if p["item_per_scenario"]:
+            self.item_tower = SASSTower(**tower, name="item_tower")
+        else:
+            self.item_global = MLP([p["dim"]] * p["layers"], activation=p["activation"], name="item_global")
+        self.attention = (MultiHeadSelfAttention(p["attention_heads"], name="seq_self_attention")
+                          if p["seq_pooling"] == "self_attention" and self.behaviour else None)
+        self.nt_xent = NTXentLoss(p["tau"], symmetric=p["contrastive_symmetric"], name="nt_xent")
+        self.pairwise = PairwiseCosineLoss(name="pairwise")
+        self.match_loss = self.pairwise if p["finetune_loss"] == "pairwise" else self._softmax_loss
+
+    # ------------------------------------------------------------------ towers
+    def scenario_embeddings(self) -> tf.Tensor:
+        return self.embedding.scenario_table(tf.range(self.num_scenarios, dtype=tf.int64))
+
+    def _pool(self, keys, mask):
+        if self.attention is not None:
+            keys = self.attention(keys, mask)
+        return masked_mean(keys, mask)
+
+    def user_towers(self, x, training=False):
+        """``(e [B, S, d], g_T [B, d])`` of a request batch."""
+        S = self.num_scenarios
+        prof, st = self.user_profile(x), x["user_stats"]
+        x_g, x_s = [prof, st[:, S]], [per_scenario(prof, S), st[:, :S]]
+        beh = self.behaviour_keys(x)
+        if beh is not None:
+            keys, mask = beh
+            x_g.append(self._pool(keys, mask))
+            own = self.behaviour_scenario_mask(x, mask)                                   # [B, S, L]
+            L, D = tf.shape(keys)[1], keys.shape[-1]
+            tiled = tf.reshape(tf.tile(keys[:, None], [1, S, 1, 1]), [-1, L, D])
+            x_s.append(tf.reshape(self._pool(tiled, tf.reshape(own, [-1, L])), [-1, S, D]))
+        return self.user_tower([tf.concat(x_g, -1), tf.concat(x_s, -1), self.scenario_embeddings()])
+
+    def item_towers(self, items, training=False):
+        """``(e [N, S, d] or None with a single item embedding, g_T [N, d])``."""
+        S = self.num_scenarios
+        prof, st = self.item_profile(items), items["item_stats"]
+        x_g = tf.concat([prof, st[:, S]], -1)
+        if not self.params["item_per_scenario"]:
+            return None, self.item_global(x_g, training=training)
+        x_s = tf.concat([per_scenario(prof, S), st[:, :S]], -1)
+        return self.item_tower([x_g, x_s, self.scenario_embeddings()])
+
+    def _item_at(self, items, scenario, training=False):
+        """Item vectors ``[N, d]`` in ``scenario`` (``[N]``), and their global vectors."""
+        e, g = self.item_towers(items, training=training)
+        return (g if e is None else gather_scenario(e, scenario)), g
+
+    def user_vectors(self, request, training=False):
+        e, _ = self.user_towers(request, training=training)
+        return gather_scenario(e, self.request_scenario(request))
+
+    def item_vectors(self, items, scenario, training=False):
+        e, g = self.item_towers(items, training=training)
+        return g if e is None else e[:, scenario]
+
+    # ------------------------------------------------------------------ training
+    def pretrain_losses(self, data, training=True):
+        """NT-Xent (eq. 9-10) of the user pairs and of the item pairs present in the batch."""
+        logs = {}
+        scen = self.scenario_key
+        if "user_a" in data:
+            a, b = data["user_a"], data["user_b"]
+            logs["user_nt_xent"] = self.nt_xent(self.user_vectors(a, training), self.user_vectors(b, training))
+        if "item_a" in data and self.params["item_per_scenario"]:
+            ea, _ = self._item_at(data["item_a"], data["item_a"][scen], training)
+            eb, _ = self._item_at(data["item_b"], data["item_b"][scen], training)
+            logs["item_nt_xent"] = self.nt_xent(ea, eb)
+        if not logs:
+            raise ValueError("sass pre-training batch has neither user pairs nor (per-scenario) item pairs")
+        logs["loss"] = tf.add_n(list(logs.values()))
+        return logs
+
+    def _softmax_loss(self, u, p, n):
+        """``finetune_loss: softmax`` (an engineering alternative, not the paper's loss): cross-entropy of
+        the positive among itself and its sampled negatives, logits ``softmax_scale * cos`` (DSSM's
+        objective), in place of eq. 11 / eq. 12."""
+        sims = tf.concat([cosine(u, p)[:, None], cosine(u[:, None, :], n)], axis=1)
+        return tf.reduce_mean(-tf.nn.log_softmax(self.params["softmax_scale"] * sims, axis=1)[:, 0])
+
+    def finetune_losses(self, data, training=True):
+        """``L_scenario + beta * L_auxiliary`` (eq. 11-13)."""
+        req, m = data["request"], self.negatives
+        s = self.request_scenario(req)
+        e_u, g_u = self.user_towers(req, training=training)
+        u = gather_scenario(e_u, s)
+        p, p_g = self._item_at(data["pos"], s, training)
+        n, n_g = self._item_at(data["neg"], tf.repeat(s, m), training)
+        d = self.params["dim"]
+        scenario_loss = self.match_loss(u, p, tf.reshape(n, [-1, m, d]))            # (11)
+        global_loss = self.match_loss(g_u, p_g, tf.reshape(n_g, [-1, m, d]))        # (12)
+        return {"loss": scenario_loss + self.params["beta"] * global_loss,          # (13)
+                "scenario_loss": scenario_loss, "global_loss": global_loss}
+
+    @tf.autograph.experimental.do_not_convert  # plain Python tracing: autograph would convert every layer
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            pretrain = "user_a" in data or "item_a" in data
+            logs = self.pretrain_losses(data) if pretrain else self.finetune_losses(data)
+        return self.apply_loss(tape, logs)

@@ -1,0 +1,236 @@
+"""Retrieval trainer: pre-training and fine-tuning stages, single- or mix-scenario training, evaluation.
+
+Model dir layout::
+
+    run.yaml, schema.yaml        the resolved config and the data schema
+    pairs/                       cross-scenario pair shards (pre-training, unless pretrain.pairs names some)
+    pretrain/ckpt-*              model weights after pre-training (SASS Sec. 4.1)
+    final/ckpt-*                 weights after fine-tuning (what evaluation and export use)
+    scenario-<name>/final/...    single-scenario training: one model per scenario (Table 2 columns)
+    history.json                 per-stage, per-epoch losses, examples/s, restore check, pair counts
+    metrics.json                 HR@K / NDCG@K per scenario (``tfmsr.retrieval.evaluation``)
+
+**Fine-tuning starts from the pre-trained weights** (Sec. 4.2): pre-training builds every variable of
+the model (both towers, even a side without pairs), trains and writes ``pretrain/``; fine-tuning builds a
+fresh model and restores that checkpoint with ``assert_consumed`` (every saved value restored into a
+matching variable), so a mismatch stops the run instead of silently fine-tuning from scratch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from tfmsr.features import Schema
+from tfmsr.retrieval.base import build
+from tfmsr.retrieval.config import dump
+from tfmsr.retrieval.data import RetrievalData
+from tfmsr.retrieval.evaluation import ModelScorer, PopularityScorer, evaluate
+from tfmsr.retrieval.pairs import pair_datasets, read_summary, write_pairs
+from tfmsr.utils import log as log_line
+
+
+def make_optimizer(name: str, lr: float):
+    return {"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad, "sgd": keras.optimizers.SGD,
+            "rmsprop": keras.optimizers.RMSprop}[name](learning_rate=lr)
+
+
+def sample_inputs(data: RetrievalData, n: int = 2) -> dict:
+    """A tiny ``{"request", "items"}`` batch: calling a model on it creates every variable."""
+    rows = {k: v[:n] for k, v in data.train.items()}
+    items = data.corpus(0)[:n] if len(data.corpus(0)) else np.arange(1, n + 1)
+    return {"request": data.numpy_request(rows), "items": data.numpy_items(items)}
+
+
+def new_model(cfg: dict, data: RetrievalData, scenario: Optional[int] = None):
+    model = build(cfg["model"]["name"], data.schema, cfg["model"]["params"], scenario=scenario)
+    model(sample_inputs(data))
+    return model
+
+
+def weights_checkpoint(model) -> tf.train.Checkpoint:
+    """The model's layers (embeddings, towers, ...) without its optimizer or loss trackers."""
+    return tf.train.Checkpoint(**{l.name: l for l in model.layers if not isinstance(l, keras.metrics.Metric)})
+
+
+def save_weights(model, prefix: str) -> str:
+    """Write the model's weights to ``prefix`` (``DIR/ckpt``): into a temp dir, renamed to DIR."""
+    final_dir = os.path.dirname(prefix)
+    tmp = f"{final_dir}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    weights_checkpoint(model).write(os.path.join(tmp, os.path.basename(prefix)))
+    shutil.rmtree(final_dir, ignore_errors=True)
+    os.rename(tmp, final_dir)
+    return prefix
+
+
+def restore_weights(model, prefix: str) -> None:
+    """Restore ``prefix`` into a built model; every saved value must find its variable and vice versa."""
+    if not os.path.exists(prefix + ".index"):
+        raise FileNotFoundError(f"{prefix}: no checkpoint (training did not finish)")
+    weights_checkpoint(model).read(prefix).assert_consumed()
+
+
+class _EpochLog(keras.callbacks.Callback):
+    def __init__(self, label, epochs, steps, batch, log):
+        super().__init__()
+        self.label, self.epochs, self.steps, self.batch, self.log = label, epochs, steps, batch, log
+        self.rows = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        sec = time.time() - self.t0
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        logs["examples_per_sec"] = self.steps * self.batch / max(sec, 1e-9)
+        self.rows.append(logs)
+        vals = "  ".join(f"{k}={v:.4f}" for k, v in logs.items() if k != "examples_per_sec")
+        self.log(f"[{self.label}] epoch {epoch + 1}/{self.epochs}: {vals}  ({logs['examples_per_sec']:,.0f} ex/s)")
+
+
+def _fit(model, ds, steps, epochs, batch, optimizer, lr, label, log):
+    model.compile(optimizer=make_optimizer(optimizer, lr))
+    cb = _EpochLog(label, epochs, steps, batch, log)
+    model.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=0, callbacks=[cb])
+    return cb.rows
+
+
+def pretrain(model, cfg: dict, data: RetrievalData, pairs_dir: str, log=log_line) -> dict:
+    """SASS pre-training (Sec. 4.1) on the pair shards of ``pairs_dir``; returns its history."""
+    pre = cfg["pretrain"]
+    sides = list(pre["sides"])
+    if not model.params.get("item_per_scenario", True) and "item" in sides:
+        sides.remove("item")
+        log(f"[{model.model_name}] single item embedding: no item-side contrastive task (both views are identical)")
+    ds, steps, summary = pair_datasets(pairs_dir, data, pre["batch_size"], seed=cfg["train"]["seed"], sides=sides)
+    counts = {side: summary.get(side, {}).get("pairs", 0) for side in ("user", "item")}
+    if ds is None:
+        raise ValueError(f"{pairs_dir}: no cross-scenario pairs for sides {sides} (pairs: {counts}); "
+                         "no user or item is seen in two scenarios -- disable pretrain")
+    log(f"[{model.model_name}] pre-training on pairs {counts} (sides {sides}), {steps} steps/epoch")
+    rows = _fit(model, ds, steps, pre["epochs"], pre["batch_size"], cfg["train"]["optimizer"], pre["learning_rate"],
+                f"{model.model_name} pretrain", log)
+    return {"epochs": rows, "pairs": counts, "sides": sides, "steps_per_epoch": steps}
+
+
+def finetune(model, cfg: dict, data: RetrievalData, scenario: Optional[int] = None, log=log_line) -> dict:
+    t, batch = cfg["train"], cfg["data"]["batch_size"]
+    ds, steps = data.finetune_dataset(batch, model.negatives, seed=t["seed"], scenario=scenario,
+                                      with_probability=model.needs_probability)
+    label = model.model_name if scenario is None else f"{model.model_name} {data.scenario_names[scenario]}"
+    rows = _fit(model, ds, steps, t["epochs"], batch, t["optimizer"], t["learning_rate"], f"{label} finetune", log)
+    return {"epochs": rows, "steps_per_epoch": steps, "positives": int(steps * batch)}
+
+
+def _unit_dir(model_dir: str, data: RetrievalData, scenario: Optional[int]) -> str:
+    return model_dir if scenario is None else os.path.join(model_dir, f"scenario-{data.scenario_names[scenario]}")
+
+
+def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False, log: Callable[[str], None] = log_line,
+          data: Optional[RetrievalData] = None) -> dict:
+    """Train ``cfg`` on ``data_dir`` into ``model_dir`` (pre-train if enabled, fine-tune, evaluate);
+    returns the summary written to ``history.json`` (with the metrics)."""
+    if os.path.exists(os.path.join(model_dir, "metrics.json")) or os.path.exists(os.path.join(model_dir, "final")):
+        if not overwrite:
+            raise FileExistsError(f"{model_dir}: holds a finished run; pass --overwrite to retrain")
+        shutil.rmtree(model_dir)
+    t0 = time.time()
+    data = data or RetrievalData.load(data_dir, eval_splits=[cfg["eval"]["split"]])
+    os.makedirs(model_dir, exist_ok=True)
+    data.schema.save(os.path.join(model_dir, "schema.yaml"))
+    with open(os.path.join(model_dir, "run.yaml"), "w") as fh:
+        fh.write(dump({"config": cfg, "data": os.path.abspath(data_dir)}))
+    keras.utils.set_random_seed(cfg["train"]["seed"])
+    name = cfg["model"]["name"]
+    units = [None] if cfg["train"]["mode"] == "mix" else list(range(data.num_scenarios))
+    history: Dict[str, dict] = {}
+    models = {}
+    for unit in units:
+        out = _unit_dir(model_dir, data, unit)
+        key = "all" if unit is None else data.scenario_names[unit]
+        h = history[key] = {}
+        model = new_model(cfg, data, unit)
+        if cfg["pretrain"]["enabled"]:
+            pairs_dir = cfg["pretrain"]["pairs"] or os.path.join(model_dir, "pairs")
+            if not os.path.exists(os.path.join(pairs_dir, "pairs.json")):
+                summary = write_pairs(data_dir, pairs_dir, overwrite=True)
+                log(f"[{name}] wrote cross-scenario pairs to {pairs_dir}: user {summary['user']['pairs']}, "
+                    f"item {summary['item']['pairs']}")
+            h["pretrain"] = pretrain(model, cfg, data, pairs_dir, log)
+            prefix = save_weights(model, os.path.join(out, "pretrain", "ckpt"))
+            model = new_model(cfg, data, unit)
+            restore_weights(model, prefix)
+            h["pretrain"]["restored_from"] = prefix
+            log(f"[{name}] fine-tuning starts from the pre-trained weights {prefix}")
+        h["finetune"] = finetune(model, cfg, data, unit, log)
+        h["final"] = save_weights(model, os.path.join(out, "final", "ckpt"))
+        models[0 if unit is None else unit] = model
+    scorer = ModelScorer(models[0], data, cfg["data"]["eval_batch_size"]) if units == [None] else {
+        s: ModelScorer(m, data, cfg["data"]["eval_batch_size"]) for s, m in models.items()}
+    ev = cfg["eval"]
+    res = evaluate(scorer, data, ev["split"], ev["k"], ev["exclude_train_positives"])
+    res["model"] = name
+    res["mode"] = cfg["train"]["mode"]
+    _write_json(os.path.join(model_dir, "metrics.json"), res)
+    summary = {"model": name, "mode": cfg["train"]["mode"], "history": history, "metrics": res,
+               "seconds": time.time() - t0}
+    _write_json(os.path.join(model_dir, "history.json"), summary)
+    k = ev["k"]
+    log(f"[{name}] {ev['split']}: " + "  ".join(
+        f"{s} hr@{k}={v[f'hr@{k}']:.4f} ndcg@{k}={v[f'ndcg@{k}']:.4f}" for s, v in res["scenarios"].items()))
+    return summary
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def load_trained(model_dir: str, data: Optional[RetrievalData] = None, data_dir: Optional[str] = None,
+                 eval_splits=("test",)):
+    """(models ``{scenario or 0: model}``, data, config) of a finished run, weights restored."""
+    import yaml
+
+    from tfmsr.retrieval.config import load_config
+
+    run_path = os.path.join(model_dir, "run.yaml")
+    if not os.path.isfile(run_path):
+        raise FileNotFoundError(f"{run_path}: missing (not a retrieval run directory)")
+    with open(run_path) as fh:
+        run = yaml.safe_load(fh)
+    cfg = load_config(raw=run["config"])
+    data = data or RetrievalData.load(data_dir or run["data"], eval_splits=eval_splits)
+    if data.schema.to_dict() != Schema.load(os.path.join(model_dir, "schema.yaml")).to_dict():
+        raise ValueError(f"{model_dir}: trained on a different schema than {data.data_dir}/schema.yaml")
+    units = [None] if cfg["train"]["mode"] == "mix" else list(range(data.num_scenarios))
+    models = {}
+    for unit in units:
+        model = new_model(cfg, data, unit)
+        restore_weights(model, os.path.join(_unit_dir(model_dir, data, unit), "final", "ckpt"))
+        models[0 if unit is None else unit] = model
+    return models, data, cfg
+
+
+def evaluate_run(model_dir: str, data_dir: Optional[str] = None, split: str = "test", k: Optional[int] = None,
+                 out: Optional[str] = None, popularity: bool = False) -> dict:
+    """Re-evaluate a finished run (``tfmsr retrieval evaluate``) on ``split``; ``popularity`` adds the
+    popularity reference."""
+    models, data, cfg = load_trained(model_dir, data_dir=data_dir, eval_splits=[split])
+    k = k or cfg["eval"]["k"]
+    scorer = ModelScorer(models[0], data) if len(models) == 1 and cfg["train"]["mode"] == "mix" else {
+        s: ModelScorer(m, data) for s, m in models.items()}
+    res = {cfg["model"]["name"]: evaluate(scorer, data, split, k, cfg["eval"]["exclude_train_positives"])}
+    if popularity:
+        res["popularity"] = evaluate(PopularityScorer(data), data, split, k, cfg["eval"]["exclude_train_positives"])
+    if out:
+        _write_json(out, res)
+    return res
