@@ -29,7 +29,7 @@ import json
 import os
 import re
 import time
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
 

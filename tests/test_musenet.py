@@ -175,7 +175,7 @@ def batch(synth_dir, schema, n=256):
 def test_model_train_step_moves_prototypes_by_eq14_not_by_gradient(synth_dir, synth_schema):
     from tfmsr.training.trainer import compile_model
 
-    model = compile_model(build("musenet", synth_schema), quick_config("musenet"))
+    model = compile_model(build("musenet", synth_schema, {"kl_weight": 1.0}), quick_config("musenet"))
     x, y = batch(synth_dir, synth_schema)
     model.train_step((x, y))                               # first step seeds the prototypes
     L = model.learner
@@ -240,7 +240,9 @@ VARIANTS = {
     "soft": {}, "hard": {"assignment": "hard"}, "soft w/o M2": {"repeat_module": False},
     "hard w/o M2": {"assignment": "hard", "repeat_module": False},
     "w/o M1&M2": {"assignment": "none", "repeat_module": False},
-    "predefined": {"assignment": "predefined"}, "paper learner input": {"learner_inputs": ["user", "behavior", "item", "context"]},
+    "predefined": {"assignment": "predefined"},
+    "paper reading": {"learner_inputs": ["user", "behavior", "item", "context"], "kl_weight": 1.0,
+                      "learner_standardize": None, "embedding_init": None},
 }
 
 
@@ -275,6 +277,11 @@ def test_config_errors(synth_schema):
         build("musenet", synth_schema, {"assignment": "fuzzy"})
     with pytest.raises(ConfigError, match="learner_inputs"):
         build("musenet", synth_schema, {"learner_inputs": ["weather"]})
+    no_context = copy.deepcopy(synth_schema)
+    no_context.features = [f for f in no_context.features if f.group not in ("context", "query")]
+    with pytest.raises(ConfigError, match="has no context features"):
+        build("musenet", no_context)
+    build("musenet", no_context, {"learner_inputs": ["user", "behavior", "item"]})
 
 
 def test_trains_an_epoch_then_figure(synth_dir, tmp_path):

@@ -11,7 +11,7 @@ matrices carry no bias vectors (the auxiliary output ``a`` is the gates' bias te
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import tensorflow as tf
 import tf_keras as keras

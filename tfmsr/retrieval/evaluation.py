@@ -19,7 +19,7 @@ positive is the number of candidates scoring strictly higher. ``tfmsr.metrics.hi
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Union
+from typing import Dict, Union
 
 import numpy as np
 import tensorflow as tf

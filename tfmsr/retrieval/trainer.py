@@ -32,7 +32,7 @@ from tfmsr.retrieval.base import build
 from tfmsr.retrieval.config import dump
 from tfmsr.retrieval.data import RetrievalData
 from tfmsr.retrieval.evaluation import ModelScorer, PopularityScorer, evaluate
-from tfmsr.retrieval.pairs import pair_datasets, read_summary, write_pairs
+from tfmsr.retrieval.pairs import pair_datasets, write_pairs
 from tfmsr.utils import log as log_line
 
 
