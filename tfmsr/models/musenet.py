@@ -72,12 +72,12 @@ class MuSeNet(RankingModel):
                 "attention_hidden": [80, 40], "attention_activation": "sigmoid"}
 
     def __init__(self, schema, params=None, **kwargs):
-        if isinstance(tf.distribute.get_strategy(), tf.distribute.experimental.ParameterServerStrategy):
-            # The learner's prototype update (eq. 14, in train_step) failed to trace under the cluster
-            # coordinator and is not yet verified there; until it is, say so instead of failing mid-run.
-            raise ConfigError("model 'musenet' does not train under ParameterServerStrategy yet (the eq. 14 "
-                              "prototype update is not verified under the cluster coordinator); use local "
-                              "training or cluster.strategy: multi_worker")
+        cluster = (tf.distribute.experimental.ParameterServerStrategy, tf.distribute.MultiWorkerMirroredStrategy)
+        if isinstance(tf.distribute.get_strategy(), cluster):
+            # The learner's prototype update (eq. 14, in train_step) failed under both cluster strategies in
+            # this session's runs and is not yet verified there; until it is, say so instead of failing mid-run.
+            raise ConfigError("model 'musenet' does not train on a cluster yet (the eq. 14 prototype update is not "
+                              "verified under ParameterServerStrategy or MultiWorkerMirroredStrategy); train locally")
         super().__init__(schema, params, **kwargs)
         p = self.params
         require_behavior(schema, self.model_name)
