@@ -14,10 +14,10 @@ class HiNet(RankingModel):
     outputs ``[A_i, S_i, G]`` for the example's scenario ``i``: the scenario-shared expert module ``G``,
     scenario ``i``'s specific expert module ``S_i`` and the scenario-aware attentive network
     ``A_i = sum_{j != i} w_j S_j`` (weights from the scenario embedding). The task extraction layer is a
-    CGC (:class:`~tfmsr.layers.CGC`) whose tasks are the scenario CTR heads (as the released code counts a
-    task per scenario x objective), then one tower per scenario. The example's own tower gives the logit;
-    ``scenario_probs`` re-runs the model with the scenario set, so each scenario's head sees that
-    scenario's extraction ``[A_s, S_s, G]``. Released-code defaults: 5 shared and 5 specific sub-experts
+    CGC (:class:`~tfmsr.layers.CGC`) whose tasks are the scenario heads (one CTR objective per scenario;
+    the paper has several objectives per scenario), then one tower per scenario. The example's own tower
+    gives the logit; ``scenario_probs`` re-runs the model with the scenario set, so each scenario's head
+    sees that scenario's extraction ``[A_s, S_s, G]``. Released-code defaults: 5 shared and 5 specific sub-experts
     128-64, SAN MLP 128-64, CGC 2 specific + 2 shared experts 128-64, towers 128-64. ``san: false`` is the
     "w/o SAN" ablation.
     """
