@@ -12,6 +12,7 @@ from conftest import datasets_dir
 import tensorflow_recommenders as tfrs  # after tfmsr (conftest): Keras 2
 
 from tfmsr.cli import main as cli
+from tfmsr.features import Schema
 from tfmsr.models.base import ConfigError
 from tfmsr.retrieval import trainer
 from tfmsr.retrieval.config import load_config
@@ -274,64 +275,74 @@ def test_movielens_pairs_are_item_pairs_only(tmp_path):
     assert s["item"]["pairs"] > 1000
 
 
-LOAD_WITHOUT_TFMSR = r"""
-import json, sys
-import numpy as np
-import tensorflow as tf
-root, scen, inputs = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3]))
-user = tf.saved_model.load(f"{root}/user_{scen}/1").signatures["serving_default"]
-topk = tf.saved_model.load(f"{root}/topk_{scen}/1").signatures["serving_default"]
-item = tf.saved_model.load(f"{root}/item_{scen}/1").signatures["serving_default"]
-req = {k: tf.constant(v, tf.float32 if k in inputs["floats"] else tf.int64) for k, v in inputs["request"].items()}
-its = {k: tf.constant(v, tf.float32 if k in inputs["floats"] else tf.int64) for k, v in inputs["items"].items()}
-top = topk(**req)
-print(json.dumps({"tfmsr_loaded": "tfmsr" in sys.modules, "vector": user(**req)["vector"].numpy().tolist(),
-                  "item_vector": item(**its)["vector"].numpy().tolist(),
-                  "item_ids": top["item_ids"].numpy().tolist(), "scores": top["scores"].numpy().tolist()}))
-"""
-
-
 @pytest.mark.slow
-def test_export_user_item_topk_servables_load_without_tfmsr(synth_dir, tmp_path, data):
-    import subprocess
-    import sys
+def test_export_user_item_topk_servables_load_without_tfmsr(synth_dir, tmp_path, data, capsys):
+    """`tfmsr export` of a SASS run: per scenario a user tower, an item tower (+ corpus) and a top-K
+    servable; stock ops only; a python that imports only TensorFlow reproduces the in-process vectors
+    (named inputs and serialized tf.Examples) and the exact top-K; assets, warm-up, versions."""
+    from test_export import PY_FUNC_OPS, graph_ops, run_fresh, sample_rows
 
-    from tfmsr.retrieval.evaluation import ModelScorer
-    from tfmsr.retrieval.export import export_retrieval
+    from tfmsr.export.warmup import read_warmup
 
     run = str(tmp_path / "run")
     cfg = quick("sass", {"layers": 1, "dim": 8, "aux_hidden": [8], "seq_pooling": "mean"})
     trainer.train(cfg, synth_dir, run, log=lambda m: None, data=data)
-    out = str(tmp_path / "export")
-    res = export_retrieval(run, out, k=5, scenarios=["s2"], data=data, log=lambda m: None)
-    assert sorted(res["servables"]) == ["item_s2", "topk_s2", "user_s2"] and os.path.isfile(res["models_config"])
-    corpus = np.load(os.path.join(out, "corpus", "s2.npz"))
-    np.testing.assert_array_equal(corpus["item_ids"], data.corpus(2))
-    # in-process reference: the trained model's own vectors for a few test requests of scenario s2
+    out = str(tmp_path / "export" / "sass")
+    assert cli(["export", "--model-dir", run, "--out", out, "--k", "5", "--scenarios", "s2,s4"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    kinds = ("user", "item", "topk")
+    assert res["version"] == 1 and res["k"] == 5
+    assert sorted(res["servables"]) == sorted(f"{k}_{s}" for k in kinds for s in ("s2", "s4"))
+    assert sorted(os.listdir(out)) == sorted(list(res["servables"]) + ["models.config"])
+    assert f'name: "sass_topk_s4"' in open(os.path.join(out, "models.config")).read()
+    # in-process reference: the trained model on the first test rows, each exported scenario fixed
     model = trainer.load_trained(run, data=data)[0][0]
-    rows = {c: v[:4] for c, v in data.positives("test", 2).items()}
-    scorer = ModelScorer(model, data)
-    want_scores = scorer.scores(2, data.corpus(2), rows)
-    request = {c: rows[c].tolist() for c in data.request_names}
-    items = {c: v[:3].tolist() for c, v in data.numpy_items(data.corpus(2)).items() if c != "item_stats"}
-    floats = [f.name for f in data.schema.of_kind("numeric")]
-    path = tmp_path / "inputs.json"
-    path.write_text(json.dumps({"request": request, "items": items, "floats": floats}))
-    script = tmp_path / "load.py"
-    script.write_text(LOAD_WITHOUT_TFMSR)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, str(script), out, "s2", str(path)], capture_output=True, text=True,
-                          cwd=str(tmp_path), env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert got["tfmsr_loaded"] is False
-    vec = np.array(got["vector"])
-    np.testing.assert_allclose(vec @ corpus["vectors"].T, want_scores, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(np.array(got["item_vector"]), corpus["vectors"][:3], rtol=1e-4, atol=1e-5)
-    top = np.argsort(-want_scores, axis=1)[:, :5]
-    np.testing.assert_array_equal(np.array(got["item_ids"]), corpus["item_ids"][top])
-    with pytest.raises(FileExistsError, match="never overwrite"):
-        export_retrieval(run, out, version=1, scenarios=["s2"], data=data, log=lambda m: None)
+    x, raw = sample_rows(synth_dir, data.schema, n=64)
+    want = {}
+    for s, name in ((2, "s2"), (4, "s4")):
+        req = data.with_user_stats({**{c: tf.constant(x[c]) for c in data.request_names},
+                                    data.schema.scenario.name: tf.fill([64], tf.constant(s, tf.int64))})
+        items = data.with_item_stats({c: tf.constant(x[c]) for c in data.item_names}, tf.constant(data.item_stats))
+        want[f"user_{name}"] = tf.math.l2_normalize(model.user_vectors(req), -1).numpy()
+        want[f"item_{name}"] = tf.math.l2_normalize(model.item_vectors(items, s), -1).numpy()
+    servables = {sv: os.path.join(out, sv, "1") for sv in res["servables"]}
+    for path in servables.values():
+        assert not graph_ops(path) & PY_FUNC_OPS
+    got = run_fresh(servables, x, raw, tmp_path)   # asserts every op type is registered in core TensorFlow
+    for sv, vec in want.items():
+        assert vec.std() > 1e-3
+        for sig in ("serving_default", "examples"):
+            np.testing.assert_allclose(got[f"{sv}/{sig}/vector"], vec, atol=1e-5, rtol=0, err_msg=f"{sv}/{sig}")
+    for s, name in ((2, "s2"), (4, "s4")):
+        d = os.path.join(out, f"item_{name}", "1", "assets")
+        corpus = np.load(os.path.join(d, "corpus.npz"))
+        np.testing.assert_array_equal(corpus["item_ids"], data.corpus(s))
+        scores = want[f"user_{name}"] @ corpus["vectors"].T
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+        for sig in ("serving_default", "examples"):
+            np.testing.assert_array_equal(got[f"topk_{name}/{sig}/item_ids"], corpus["item_ids"][top])
+            np.testing.assert_allclose(got[f"topk_{name}/{sig}/scores"], np.take_along_axis(scores, top, 1),
+                                       atol=1e-5)
+        meta = json.load(open(os.path.join(d, "export.json")))
+        assert meta["kind"] == "item" and meta["scenario"] == name and meta["corpus_items"] == len(data.corpus(s))
+        assert set(meta["inputs"]) == set(data.item_names) and set(meta["signatures"]) == {"serving_default", "examples"}
+    for sv, path in servables.items():   # schema asset and warm-up requests that run against their signatures
+        assert Schema.load(os.path.join(path, "assets", "schema.yaml")) == data.schema
+        m = tf.saved_model.load(path)
+        requests = read_warmup(path)
+        assert {sig for sig, _ in requests} == set(m.signatures) == {"serving_default", "examples"}
+        for sig, inputs in requests:
+            outputs = m.signatures[sig](**{k: tf.constant(v) for k, v in inputs.items()})
+            assert next(iter(outputs.values())).shape[0] == 4
+    # versions are never overwritten; the next export is version 2; ranking-only options are refused
+    assert cli(["export", "--model-dir", run, "--out", out, "--version", "1", "--k", "0"]) == 2
+    assert "version 1 already exists" in capsys.readouterr().err
+    assert cli(["retrieval", "export", "--model-dir", run, "--out", out, "--k", "0", "--scenarios", "s0"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["version"] == 2 and sorted(again["servables"]) == ["item_s0", "user_s0"]
+    assert not [f for f in os.listdir(out) if f.startswith(".")]
+    assert cli(["export", "--model-dir", run, "--out", out, "--scenarios", "s9"]) == 2
+    assert "unknown scenario(s) ['s9']" in capsys.readouterr().err
 
 
 def test_benchmark_aggregate_and_markdown():

@@ -36,6 +36,20 @@ def bench_input(data_dir: str, batch: int = 1024, steps: int = 300, warmup: int 
                          for k in ("categorical", "numeric", "sequence")}, **_machine()}
 
 
+def _timed_fit(model, ds, files, schema, cfg, data_dir, batch, steps, warmup, **extra) -> dict:
+    """``model.fit`` for ``warmup`` steps, then ``steps`` timed steps; the ``bench train`` result."""
+    with read_errors(files, schema):
+        model.fit(ds, epochs=1, steps_per_epoch=warmup, verbose=0)
+        start = time.perf_counter()
+        model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
+    secs = time.perf_counter() - start
+    params = int(sum(math.prod(v.shape) for v in model.trainable_variables))
+    return {"bench": "train", "model": cfg["model"]["name"], "data": os.path.abspath(data_dir), "batch": batch,
+            "steps": steps, "warmup": warmup, "seconds": round(secs, 3),
+            "examples_per_sec": round(steps * batch / secs, 1), "ms_per_step": round(1000 * secs / steps, 2),
+            "trainable_parameters": params, **extra, **_machine()}
+
+
 def bench_train(cfg: dict, data_dir: str, batch: int = 1024, steps: int = 200, warmup: int = 30) -> dict:
     """Training examples/s of ``model.fit`` from TFRecord shards, measured after ``warmup`` steps.
     Under ``TF_CONFIG`` (``tfmsr cluster ... -- bench train ...``) the same measurement on the cluster."""
@@ -49,16 +63,7 @@ def bench_train(cfg: dict, data_dir: str, batch: int = 1024, steps: int = 200, w
     model = compile_model(build(cfg["model"]["name"], schema, cfg["model"]["params"]), cfg)
     ds = make_dataset(files, schema, batch, training=True, seed=cfg["train"]["seed"],
                       shuffle_buffer=cfg["data"]["shuffle_buffer"])
-    with read_errors(files, schema):
-        model.fit(ds, epochs=1, steps_per_epoch=warmup, verbose=0)
-        start = time.perf_counter()
-        model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
-    secs = time.perf_counter() - start
-    params = int(sum(math.prod(v.shape) for v in model.trainable_variables))
-    return {"bench": "train", "model": cfg["model"]["name"], "data": os.path.abspath(data_dir), "batch": batch,
-            "steps": steps, "warmup": warmup, "seconds": round(secs, 3),
-            "examples_per_sec": round(steps * batch / secs, 1), "ms_per_step": round(1000 * secs / steps, 2),
-            "trainable_parameters": params, **_machine()}
+    return _timed_fit(model, ds, files, schema, cfg, data_dir, batch, steps, warmup)
 
 
 def bench_train_cluster(cluster, cfg: dict, data_dir: str, batch: int, steps: int, warmup: int) -> dict:
@@ -79,15 +84,6 @@ def bench_train_cluster(cluster, cfg: dict, data_dir: str, batch: int, steps: in
     ds = dist.per_worker_input(files, lambda f, b, k, ctx: make_dataset(
         f, schema, b, training=True, seed=cfg["train"]["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"],
         input_context=ctx), cluster, batch, 0, lambda line: None)
-    with read_errors(files, schema):
-        model.fit(ds, epochs=1, steps_per_epoch=warmup, verbose=0)
-        start = time.perf_counter()
-        model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
-    secs = time.perf_counter() - start
-    params = int(sum(math.prod(v.shape) for v in model.trainable_variables))
-    return {"bench": "train", "model": cfg["model"]["name"], "data": os.path.abspath(data_dir), "batch": batch,
-            "steps": steps, "warmup": warmup, "seconds": round(secs, 3),
-            "examples_per_sec": round(steps * batch / secs, 1), "ms_per_step": round(1000 * secs / steps, 2),
-            "trainable_parameters": params, "cluster": {"kind": cluster.kind, "role": cluster.role,
-                                                        "workers": cluster.num_workers, "ps": cluster.num_ps},
-            **_machine()}
+    return _timed_fit(model, ds, files, schema, cfg, data_dir, batch, steps, warmup,
+                      cluster={"kind": cluster.kind, "role": cluster.role, "workers": cluster.num_workers,
+                               "ps": cluster.num_ps})

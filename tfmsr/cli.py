@@ -71,9 +71,11 @@ def _demo(args):
 def _export(args):
     from tfmsr.export import export
 
-    res = export(args.model_dir, args.out, version=args.version, base_path=args.base_path,
-                 log=lambda m: print(m, file=sys.stderr, flush=True))  # stdout: the JSON summary only
-    print(json.dumps({k: res[k] for k in ("name", "version", "servables", "models_config", "seconds")}))
+    scen = [x.strip() for x in (args.scenarios or "").split(",") if x.strip()] or None
+    res = export(args.model_dir, args.out, version=args.version, base_path=args.base_path, k=args.k,
+                 scenarios=scen, log=lambda m: print(m, file=sys.stderr, flush=True))  # stdout: the JSON only
+    print(json.dumps({k: res[k] for k in ("name", "version", "k", "servables", "models_config", "seconds")
+                      if k in res}))
 
 
 def _score(args):
@@ -95,6 +97,28 @@ def _cluster(args):
         raise SystemExit(2) from None
     if code:
         raise SystemExit(code)
+
+
+def add_train_arguments(p: argparse.ArgumentParser, fn) -> None:
+    """``--config --data --model-dir --set --overwrite`` of a training verb (ranking and retrieval)."""
+    p.add_argument("--config", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=1")
+    p.add_argument("--overwrite", action="store_true", help="retrain over a finished run")
+    p.set_defaults(fn=fn)
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    """The export verb (``tfmsr export``; ``tfmsr retrieval export`` is the same command)."""
+    p.add_argument("--model-dir", required=True, help="a finished training run (ranking or retrieval)")
+    p.add_argument("--out", required=True, help="export root, e.g. saved_models/NAME (NAME names the TF Serving models)")
+    p.add_argument("--version", type=int, help="integer version (default: one more than the highest existing)")
+    p.add_argument("--base-path", help="where TF Serving sees --out, written into models.config (default: its absolute path)")
+    p.add_argument("--k", type=int, help="retrieval runs: items returned by the top-K servables (default: the run's "
+                                         "eval.k; 0: no top-K servables)")
+    p.add_argument("--scenarios", help="retrieval runs: comma-separated scenario names to export (default: all)")
+    p.set_defaults(fn=_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,13 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
         mod.add_arguments(c)
         c.set_defaults(fn=mod.run)
 
-    t = sub.add_parser("train", help="train a model (locally, or as a cluster role under TF_CONFIG)")
-    t.add_argument("--config", required=True)
-    t.add_argument("--data", required=True)
-    t.add_argument("--model-dir", required=True)
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=1")
-    t.add_argument("--overwrite", action="store_true", help="retrain over a finished run")
-    t.set_defaults(fn=_train)
+    add_train_arguments(sub.add_parser("train", help="train a model (locally, or as a cluster role under TF_CONFIG)"),
+                        _train)
 
     e = sub.add_parser("evaluate", help="per-scenario AUC, GAUC, logloss (and oracle AUC) on a split")
     e.add_argument("--model-dir", required=True)
@@ -157,12 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=_bench)
 
-    x = sub.add_parser("export", help="SavedModels for TF Serving: all/ + one servable per scenario + models.config")
-    x.add_argument("--model-dir", required=True, help="a finished training run")
-    x.add_argument("--out", required=True, help="export root, e.g. saved_models/NAME (NAME names the TF Serving models)")
-    x.add_argument("--version", type=int, help="integer version (default: one more than the highest existing)")
-    x.add_argument("--base-path", help="where TF Serving sees --out, written into models.config (default: its absolute path)")
-    x.set_defaults(fn=_export)
+    add_export_arguments(sub.add_parser(
+        "export", help="SavedModels for TF Serving: all/ + one servable per scenario + models.config (a retrieval "
+                       "run: user/item/top-K servables per scenario)"))
 
     sc = sub.add_parser("score", help="batch-score TFRecords through an exported SavedModel")
     sc.add_argument("--saved-model", required=True, help="export root (uses all/, latest), servable dir or version dir")

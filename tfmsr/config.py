@@ -10,7 +10,7 @@ an error naming the file and the key, never a silently ignored setting.
 from __future__ import annotations
 
 import copy
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import yaml
 
@@ -87,8 +87,11 @@ def _deep_update(a: dict, b: dict) -> dict:
     return a
 
 
-def load_config(path: Optional[str] = None, overrides: Iterable[str] = (), raw: Optional[dict] = None) -> dict:
-    """Read ``path`` (or ``raw``), apply ``--set`` overrides, validate, fill defaults."""
+def read_config(path: Optional[str], overrides: Iterable[str], raw: Optional[dict], defaults: dict,
+                get_model_class: Callable[[str], type]) -> Tuple[dict, str, type]:
+    """Read ``path`` (or ``raw``), apply ``--set`` overrides, check every key against ``defaults`` and
+    resolve ``model.params`` with the model class's ``resolve``; returns (config, source, model class).
+    Shared by the ranking config (below) and the retrieval config (``tfmsr.retrieval.config``)."""
     source = path or "<config>"
     if path:
         try:
@@ -100,34 +103,48 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = (), raw: 
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
     raw = copy.deepcopy(raw or {})
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping with sections {', '.join(DEFAULTS)}")
+        raise ConfigError(f"{source}: expected a mapping with sections {', '.join(defaults)}")
     _deep_update(raw, parse_overrides(overrides))
-    cfg = _merge(DEFAULTS, raw, "", source)
-    cls = get_class(cfg["model"]["name"])
+    cfg = _merge(defaults, raw, "", source)
+    cls = get_model_class(cfg["model"]["name"])
     try:
         cfg["model"]["params"] = cls.resolve(cfg["model"]["params"] or {})
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
-    t, d = cfg["train"], cfg["data"]
-    if t["optimizer"] not in OPTIMIZERS:
-        raise ConfigError(f"{source}: train.optimizer '{t['optimizer']}' (expected one of {', '.join(OPTIMIZERS)})")
-    for section, key in (("data", "batch_size"), ("train", "epochs"), ("train", "checkpoint_every"),
-                         ("train", "log_every")):
-        v = cfg[section][key]
-        if not isinstance(v, int) or v < 1:
-            raise ConfigError(f"{source}: {section}.{key} must be a positive integer, got {v!r}")
-    if not isinstance(t["learning_rate"], (int, float)) or t["learning_rate"] <= 0:
-        raise ConfigError(f"{source}: train.learning_rate must be > 0, got {t['learning_rate']!r}")
-    if d["shuffle_buffer"] < 1:
+    return cfg, source, cls
+
+
+def check_values(cfg: dict, source: str, choices: Sequence[Tuple[str, Sequence[str]]] = (),
+                 positive_ints: Sequence[str] = (), positive_numbers: Sequence[str] = (),
+                 optional: Sequence[str] = ()) -> None:
+    """Check ``section.key`` values: one of the ``choices``, positive integers, numbers > 0; a key in
+    ``optional`` may also be None. The first bad value raises a ConfigError naming the file and key."""
+    def value(dotted):
+        section, key = dotted.split(".")
+        return cfg[section][key]
+
+    for dotted, allowed in choices:
+        if value(dotted) not in allowed:
+            raise ConfigError(f"{source}: {dotted} '{value(dotted)}' (expected one of {', '.join(allowed)})")
+    for keys, ok, want in ((positive_ints, lambda v: isinstance(v, int) and v >= 1, "a positive integer"),
+                           (positive_numbers, lambda v: isinstance(v, (int, float)) and v > 0, "> 0")):
+        for dotted in keys:
+            v = value(dotted)
+            if (v is None and dotted in optional) or (ok(v) and not isinstance(v, bool)):
+                continue
+            raise ConfigError(f"{source}: {dotted} must be {want}, got {v!r}")
+
+
+def load_config(path: Optional[str] = None, overrides: Iterable[str] = (), raw: Optional[dict] = None) -> dict:
+    """Read ``path`` (or ``raw``), apply ``--set`` overrides, validate, fill defaults."""
+    cfg, source, _ = read_config(path, overrides, raw, DEFAULTS, get_class)
+    check_values(cfg, source, choices=[("train.optimizer", OPTIMIZERS)],
+                 positive_ints=["data.batch_size", "train.epochs", "train.checkpoint_every", "train.log_every"],
+                 positive_numbers=["train.learning_rate"])
+    if cfg["data"]["shuffle_buffer"] < 1:
         raise ConfigError(f"{source}: data.shuffle_buffer must be >= 1")
-    c = cfg["cluster"]
-    for key, allowed in (("strategy", STRATEGIES), ("partitioner", PARTITIONERS)):
-        if c[key] not in allowed:
-            raise ConfigError(f"{source}: cluster.{key} '{c[key]}' (expected one of {', '.join(allowed)})")
-    for key in ("partitions", "min_shard_bytes"):
-        v = c[key]
-        if not (v is None and key == "partitions") and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise ConfigError(f"{source}: cluster.{key} must be a positive integer, got {v!r}")
+    check_values(cfg, source, choices=[("cluster.strategy", STRATEGIES), ("cluster.partitioner", PARTITIONERS)],
+                 positive_ints=["cluster.partitions", "cluster.min_shard_bytes"], optional=["cluster.partitions"])
     return cfg
 
 

@@ -76,7 +76,7 @@ def make_parser(schema: Schema, with_labels: bool = True, inputs_only: bool = Fa
     ``spec`` replaces ``parse_spec`` (sequences are still padded to their length)."""
     with_labels = with_labels and not inputs_only
     spec = spec or parse_spec(schema, inputs_only=inputs_only, with_scenario=with_scenario)
-    seqs = {f.name: f for f in schema.of_kind("sequence")}
+    seqs = {f.name: f for f in schema.of_kind("sequence") if f.name in spec}
 
     def parse(serialized):
         parsed = tf.io.parse_example(serialized, spec)

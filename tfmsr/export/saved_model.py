@@ -12,6 +12,9 @@ the traced signatures (stock TensorFlow ops; loads without tfmsr), with ``assets
 ``assets.extra/tf_serving_warmup_requests``. Versions are integers; the default is one more than the
 highest existing version, and an existing version is never overwritten. Everything is written under
 ``OUT/.tmp-export-*`` and each version directory is renamed into place at the end.
+
+``write_export`` does all of that for any list of servables; a retrieval run (``tfmsr retrieval
+train``) goes through it from ``tfmsr.retrieval.export``: user / item / top-K servables per scenario.
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ import json
 import os
 import shutil
 import time
-from typing import Callable, Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -33,12 +37,27 @@ ALL = "all"
 
 
 class _Servable(tf.Module):
-    """What a SavedModel holds: the variables the signatures read, and the asset files."""
+    """What a SavedModel holds: the variables the signatures read, the asset files, and ``tracked``:
+    other objects the signatures read (lookup tables, a top-K index)."""
 
-    def __init__(self, variables, asset_paths):
+    def __init__(self, variables, asset_paths, **tracked):
         super().__init__(name="servable")
         self.model_variables = list(variables)
         self.assets = [tf.saved_model.Asset(p) for p in asset_paths]
+        for key, value in tracked.items():
+            setattr(self, key, value)
+
+
+@dataclass
+class ServableSpec:
+    """One servable of an export: ``OUT/<name>/<version>`` (TF Serving model ``NAME_<name>``)."""
+
+    name: str
+    signatures: Dict[str, object]           # signature name -> concrete function
+    meta: dict                              # assets/export.json (servable, version, signatures are added)
+    variables: Sequence[tf.Variable]        # the model variables the signatures read
+    tracked: dict = field(default_factory=dict)   # other objects they read (see ``_Servable``)
+    files: Dict[str, str] = field(default_factory=dict)  # more assets: file name -> content writer(path)
 
 
 def existing_versions(out: str) -> Dict[str, List[int]]:
@@ -50,6 +69,23 @@ def existing_versions(out: str) -> Dict[str, List[int]]:
             if os.path.isdir(d) and not servable.startswith("."):
                 found[servable] = sorted(int(v) for v in os.listdir(d) if v.isdigit())
     return found
+
+
+def new_version(out: str, version: Optional[int] = None) -> int:
+    """``version`` (default: one more than the highest under ``out``), checked to be a positive integer
+    that no servable under ``out`` has yet."""
+    from tfmsr.models.base import ConfigError
+
+    have = existing_versions(out)
+    if version is None:
+        version = 1 + max((v for vs in have.values() for v in vs), default=0)
+    if not isinstance(version, int) or version < 1:
+        raise ConfigError(f"{out}: --version must be a positive integer, got {version!r}")
+    taken = [f"{s}/{version}" for s, vs in have.items() if version in vs]
+    if taken:
+        raise FileExistsError(f"{out}: version {version} already exists ({', '.join(taken)}); exports never "
+                              "overwrite a version (omit --version to write the next one)")
+    return version
 
 
 def build_model(model, schema: Schema) -> None:
@@ -69,79 +105,65 @@ def _describe(sigs) -> dict:
     return out
 
 
-def _meta(schema: Schema, run: dict, servable: str, s: Optional[int], version: int, sigs) -> dict:
-    """``assets/export.json``: what a serving client (and ``tfmsr score``) needs to know."""
-    return {"servable": servable, "scenario": None if s is None else schema.scenario.values[s],
-            "scenario_index": s, "version": version, "model": run["config"]["model"]["name"],
-            "params": run["config"]["model"]["params"], "trained_on": run.get("data"),
-            "scenario_input": schema.scenario.name, "scenarios": schema.scenario.values,
-            "inputs": {k: [v.dtype.name, v.shape.as_list()]
-                       for k, v in input_signature(schema, with_scenario=s is None).items()},
+def servable_meta(schema: Schema, run: dict, s: Optional[int], inputs: Dict[str, tf.TensorSpec], **extra) -> dict:
+    """The run-dependent part of ``assets/export.json``: what a serving client (and ``tfmsr score``)
+    needs to know besides the servable name, version and signatures."""
+    return {"scenario": None if s is None else schema.scenario.values[s], "scenario_index": s,
+            "model": run["config"]["model"]["name"], "params": run["config"]["model"]["params"],
+            "trained_on": run.get("data"), "scenario_input": schema.scenario.name,
+            "scenarios": schema.scenario.values,
+            "inputs": {k: [v.dtype.name, v.shape.as_list()] for k, v in inputs.items()},
             "sequences": "int64 (hashed: string) [None, None], most recent first, right-padded with 0 (''); "
-                         "truncated / padded to the schema length in the graph",
-            "signatures": _describe(sigs)}
+                         "truncated / padded to the schema length in the graph", **extra}
 
 
 def _warmup_requests(schema: Schema, sigs) -> list:
-    with_sc, without_sc = sample_batch(schema, 4, seed=1), sample_batch(schema, 4, seed=1, with_scenario=False)
+    """One request of 4 valid rows per signature: the named inputs it takes, or their ``tf.Example`` s."""
+    batch = sample_batch(schema, 4, seed=1)
     requests = []
     for name, fn in sigs.items():
         inputs = fn.structured_input_signature[0][0]
         if isinstance(inputs, tf.TensorSpec):  # the serialized tf.Example signature
-            requests.append((name, {"examples": np.array(to_examples(with_sc, schema), dtype=object)}))
+            requests.append((name, {"examples": np.array(to_examples(batch, schema), dtype=object)}))
         else:
-            requests.append((name, with_sc if schema.scenario.name in inputs else without_sc))
+            requests.append((name, {k: batch[k] for k in inputs}))
     return requests
 
 
-def export(model_dir: str, out: str, version: Optional[int] = None, base_path: Optional[str] = None,
-           log: Callable[[str], None] = print) -> dict:
-    """Export the finished run in ``model_dir`` to ``out`` (layout in the module docstring).
-
-    ``base_path``: where TF Serving will see ``out`` (e.g. ``/models/NAME`` in a container); default
-    the absolute local path. Returns a summary (version, servable paths, signatures)."""
-    from tfmsr.models.base import ConfigError
-    from tfmsr.training.evaluation import load_trained
-
-    start = time.time()
+def write_export(out: str, version: int, schema: Schema, servables: Iterable[ServableSpec],
+                 base_path: Optional[str] = None, log: Callable[[str], None] = print, **summary) -> dict:
+    """Save ``servables`` (built lazily, one at a time) as ``OUT/<name>/<version>`` SavedModels with
+    ``assets/schema.yaml``, ``assets/export.json`` and warm-up requests, all under ``OUT/.tmp-export-*``
+    first, each version directory renamed into place at the end; then ``OUT/models.config``. Returns
+    ``summary`` with ``name``, ``version``, ``servables`` (final paths), ``signatures``, ``models_config``."""
     out = os.path.normpath(out)
     name = os.path.basename(os.path.abspath(out))
-    have = existing_versions(out)
-    if version is None:
-        version = 1 + max((v for vs in have.values() for v in vs), default=0)
-    if not isinstance(version, int) or version < 1:
-        raise ConfigError(f"{out}: --version must be a positive integer, got {version!r}")
-    taken = [f"{s}/{version}" for s, vs in have.items() if version in vs]
-    if taken:
-        raise FileExistsError(f"{out}: version {version} already exists ({', '.join(taken)}); exports never "
-                              "overwrite a version (omit --version to write the next one)")
-    model, schema, run = load_trained(model_dir)
-    build_model(model, schema)
-    fns = ServingFunctions(model, schema)
-    servables = {ALL: None, **{n: s for s, n in enumerate(fns.names)}}
-
+    summary = {"name": name, "version": version, **summary, "servables": {}, "signatures": {}}
     os.makedirs(out, exist_ok=True)
     tmp = os.path.join(out, f".tmp-export-{version}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    done = []
     try:
         staging = os.path.join(tmp, "_assets")
         os.makedirs(staging)
         schema.save(os.path.join(staging, "schema.yaml"))
-        summary = {"name": name, "version": version, "model": run["config"]["model"]["name"],
-                   "model_dir": os.path.abspath(model_dir), "servables": {}, "signatures": {}}
-        for servable, s in servables.items():
-            sigs = fns.signatures(s)
-            meta_path = os.path.join(staging, servable, "export.json")
-            os.makedirs(os.path.dirname(meta_path))
+        for spec in servables:
+            os.makedirs(os.path.join(staging, spec.name))
+            meta_path = os.path.join(staging, spec.name, "export.json")
             with open(meta_path, "w") as fh:
-                json.dump(_meta(schema, run, servable, s, version, sigs), fh, indent=2, default=str)
-            target = os.path.join(tmp, servable, str(version))
-            module = _Servable(model.variables, [os.path.join(staging, "schema.yaml"), meta_path])
-            tf.saved_model.save(module, target, signatures=sigs)
-            write_warmup(target, f"{name}_{servable}", _warmup_requests(schema, sigs))
-            summary["signatures"][servable] = sorted(sigs)
-            log(f"[export] {servable}/{version}: signatures {', '.join(sorted(sigs))}")
-        for servable in servables:
+                json.dump({"servable": spec.name, "version": version, **spec.meta,
+                           "signatures": _describe(spec.signatures)}, fh, indent=2, default=str)
+            assets = [os.path.join(staging, "schema.yaml"), meta_path]
+            for file_name, write in spec.files.items():
+                assets.append(os.path.join(staging, spec.name, file_name))
+                write(assets[-1])
+            target = os.path.join(tmp, spec.name, str(version))
+            tf.saved_model.save(_Servable(spec.variables, assets, **spec.tracked), target, signatures=spec.signatures)
+            write_warmup(target, f"{name}_{spec.name}", _warmup_requests(schema, spec.signatures))
+            summary["signatures"][spec.name] = sorted(spec.signatures)
+            done.append(spec.name)
+            log(f"[export] {spec.name}/{version}: signatures {', '.join(sorted(spec.signatures))}")
+        for servable in done:
             os.makedirs(os.path.join(out, servable), exist_ok=True)
             final = os.path.join(out, servable, str(version))
             try:
@@ -153,7 +175,55 @@ def export(model_dir: str, out: str, version: Optional[int] = None, base_path: O
         shutil.rmtree(tmp, ignore_errors=True)
     root = base_path or os.path.abspath(out)
     summary["models_config"] = os.path.join(out, "models.config")
-    write_model_config(summary["models_config"], [(f"{name}_{s}", f"{root.rstrip('/')}/{s}") for s in servables])
+    write_model_config(summary["models_config"], [(f"{name}_{s}", f"{root.rstrip('/')}/{s}") for s in done])
+    return summary
+
+
+def is_retrieval_run(model_dir: str) -> bool:
+    """A retrieval run (``tfmsr retrieval train``): its config has a ``pretrain`` section, which the
+    ranking config refuses as an unknown key."""
+    import yaml
+
+    path = os.path.join(model_dir, "run.yaml")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as fh:
+        run = yaml.safe_load(fh) or {}
+    return "pretrain" in (run.get("config") or {})
+
+
+def export(model_dir: str, out: str, version: Optional[int] = None, base_path: Optional[str] = None,
+           log: Callable[[str], None] = print, k: Optional[int] = None,
+           scenarios: Optional[Sequence[str]] = None) -> dict:
+    """Export the finished run in ``model_dir`` to ``out`` (layout in the module docstring; a retrieval
+    run is exported by ``tfmsr.retrieval.export.export_retrieval``, which takes ``k`` and ``scenarios``).
+
+    ``base_path``: where TF Serving will see ``out`` (e.g. ``/models/NAME`` in a container); default
+    the absolute local path. Returns a summary (version, servable paths, signatures)."""
+    from tfmsr.models.base import ConfigError
+    from tfmsr.training.evaluation import load_trained
+
+    if is_retrieval_run(model_dir):
+        from tfmsr.retrieval.export import export_retrieval
+
+        return export_retrieval(model_dir, out, version=version, k=k, base_path=base_path, scenarios=scenarios,
+                                log=log)
+    if k is not None or scenarios:
+        raise ConfigError(f"{model_dir}: --k and --scenarios apply to retrieval runs only (this is a ranking run)")
+    start = time.time()
+    version = new_version(os.path.normpath(out), version)
+    model, schema, run = load_trained(model_dir)
+    build_model(model, schema)
+    fns = ServingFunctions(model, schema)
+
+    def servables():
+        for servable, s in {ALL: None, **{n: s for s, n in enumerate(fns.names)}}.items():
+            sigs = fns.signatures(s)
+            meta = servable_meta(schema, run, s, input_signature(schema, with_scenario=s is None))
+            yield ServableSpec(servable, sigs, meta, model.variables)
+
+    summary = write_export(out, version, schema, servables(), base_path, log, model=run["config"]["model"]["name"],
+                           model_dir=os.path.abspath(model_dir))
     summary["seconds"] = round(time.time() - start, 1)
     return summary
 

@@ -29,7 +29,7 @@ from typing import Dict, List
 import numpy as np
 import tensorflow as tf
 
-from tfmsr.data.pipeline import make_parser
+from tfmsr.data.pipeline import make_parser, parse_spec
 from tfmsr.features import Schema
 
 RESERVED = ("all", "serving_default", "examples", "all_scenarios")
@@ -68,14 +68,44 @@ def input_signature(schema: Schema, with_scenario: bool = True) -> Dict[str, tf.
 
 
 def fit_sequences(x: Dict[str, tf.Tensor], schema: Schema) -> Dict[str, tf.Tensor]:
-    """Sequences of any width -> ``[B, L]``: the first L entries (most recent), right-padded."""
+    """Sequences of any width -> ``[B, L]``: the first L entries (most recent), right-padded (sequences
+    absent from ``x`` are left out: a servable may read only some features)."""
     x = dict(x)
     for f in schema.of_kind("sequence"):
+        if f.name not in x:
+            continue
         seq = x[f.name][:, :f.length]
         pad = tf.constant("" if seq.dtype == tf.string else 0, seq.dtype)
         seq = tf.pad(seq, [[0, 0], [0, f.length - tf.shape(seq)[1]]], constant_values=pad)
         x[f.name] = tf.reshape(seq, [-1, f.length])
     return x
+
+
+def trace(fn, signature):
+    """``fn`` traced once into a concrete function. Without AutoGraph first (it would convert all of
+    Keras' call stack: ~6x slower export); a model whose call needs it (Python control flow on tensors)
+    is traced with it."""
+    try:
+        return tf.function(fn, input_signature=signature, autograph=False).get_concrete_function()
+    except (tf.errors.OperatorNotAllowedInGraphError, TypeError):
+        return tf.function(fn, input_signature=signature).get_concrete_function()
+
+
+EXAMPLES_SPEC = tf.TensorSpec([None], tf.string, name="examples")
+
+
+def feature_signatures(schema: Schema, names, fn) -> Dict[str, object]:
+    """``serving_default`` (one named tensor per feature in ``names``, see the module docstring) and
+    ``examples`` (serialized ``tf.Example`` s; only ``names`` are parsed, other features in a record are
+    ignored), both ``-> fn(features)`` with sequences fitted to the schema length. For servables that
+    read a subset of the features (the retrieval user and item towers)."""
+    names = set(names)
+    spec = {k: v for k, v in input_signature(schema, with_scenario=False).items() if k in names}
+    parse = make_parser(schema, inputs_only=True, with_scenario=False,
+                        spec={k: v for k, v in parse_spec(schema, inputs_only=True, with_scenario=False).items()
+                              if k in names})
+    return {"serving_default": trace(lambda x: fn(fit_sequences(x, schema)), [spec]),
+            "examples": trace(lambda examples: fn(parse(examples)), [EXAMPLES_SPEC])}
 
 
 class ServingFunctions:
@@ -114,14 +144,8 @@ class ServingFunctions:
         return {"prob": tf.reshape(tf.cast(self.model(x, training=False), tf.float32), [-1])}
 
     def _function(self, key, fn, signature):
-        """Trace once. Without AutoGraph first (it would convert all of Keras' call stack: ~6x slower
-        export); a model whose call needs it (Python control flow on tensors) is traced with it."""
         if key not in self._cache:
-            try:
-                fn_ = tf.function(fn, input_signature=signature, autograph=False).get_concrete_function()
-            except (tf.errors.OperatorNotAllowedInGraphError, TypeError):
-                fn_ = tf.function(fn, input_signature=signature).get_concrete_function()
-            self._cache[key] = fn_
+            self._cache[key] = trace(fn, signature)
         return self._cache[key]
 
     # ------------------------------------------------------------------ concrete functions
@@ -146,12 +170,12 @@ class ServingFunctions:
     def routed_examples(self):
         parse = make_parser(self.schema, inputs_only=True)
         return self._function("routed_examples", lambda examples: self._prob(self._routed(parse(examples))),
-                              [tf.TensorSpec([None], tf.string, name="examples")])
+                              [EXAMPLES_SPEC])
 
     def scenario_examples(self, s: int):
         parse = make_parser(self.schema, inputs_only=True, with_scenario=False)
         return self._function(("scenario_examples", s), lambda examples: self._prob(self._fixed(parse(examples), s)),
-                              [tf.TensorSpec([None], tf.string, name="examples")])
+                              [EXAMPLES_SPEC])
 
     # ------------------------------------------------------------------ signature maps
     def signatures(self, scenario=None) -> Dict[str, object]:

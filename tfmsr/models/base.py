@@ -8,7 +8,7 @@ loss on it trains a scenario head only with that scenario's examples. Auxiliary 
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Type
+from typing import Callable, Dict, Optional, Type
 
 import tensorflow as tf
 import tf_keras as keras
@@ -21,61 +21,43 @@ class ConfigError(ValueError):
     """A configuration mistake (unknown model or parameter, bad value), naming the key."""
 
 
-_REGISTRY: Dict[str, Type["RankingModel"]] = {}
+class Registry:
+    """Model classes by name: ``register(name)`` (a class decorator that also sets ``model_name``),
+    ``available()`` (name -> first docstring line) and ``get(name)``; ``load_all`` imports the modules
+    that register. ``kind`` names the registry in errors ("model", "retrieval model")."""
+
+    def __init__(self, kind: str, load_all: Callable[[], None]):
+        self.kind, self._load_all = kind, load_all
+        self._classes: Dict[str, type] = {}
+
+    def register(self, name: str):
+        def wrap(cls):
+            if name in self._classes:
+                raise ValueError(f"{self.kind} '{name}' registered twice")
+            cls.model_name = name
+            self._classes[name] = cls
+            return cls
+
+        return wrap
+
+    def available(self) -> Dict[str, str]:
+        self._load_all()
+        return {n: (c.__doc__ or "").strip().splitlines()[0] for n, c in sorted(self._classes.items())}
+
+    def get(self, name: str) -> type:
+        self._load_all()
+        if name not in self._classes:
+            raise ConfigError(f"unknown {self.kind} '{name}' (available: {', '.join(sorted(self._classes))})")
+        return self._classes[name]
 
 
-def register(name: str):
-    def wrap(cls):
-        if name in _REGISTRY:
-            raise ValueError(f"model '{name}' registered twice")
-        cls.model_name = name
-        _REGISTRY[name] = cls
-        return cls
+class Parametrized:
+    """Mixin of a registered model class: ``defaults`` (merged along the MRO) and ``resolve(params)``,
+    which refuses unknown keys, naming ``kind`` and the model."""
 
-    return wrap
-
-
-def available() -> Dict[str, str]:
-    """Registered model names -> the first line of each model's docstring."""
-    _import_all()
-    return {n: (c.__doc__ or "").strip().splitlines()[0] for n, c in sorted(_REGISTRY.items())}
-
-
-def get_class(name: str) -> Type["RankingModel"]:
-    _import_all()
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown model '{name}' (available: {', '.join(sorted(_REGISTRY))})")
-    return _REGISTRY[name]
-
-
-def build(name: str, schema: Schema, params: Optional[dict] = None) -> "RankingModel":
-    return get_class(name)(schema, params or {})
-
-
-def _import_all():
-    import tfmsr.models  # noqa: F401  (registers every model module)
-
-
-def gather_scenario(logits: tf.Tensor, scenario: tf.Tensor) -> tf.Tensor:
-    """``logits[b, scenario[b]]`` for ``[B, S]`` logits."""
-    idx = tf.cast(tf.reshape(scenario, [-1, 1]), tf.int32)
-    return tf.gather(logits, idx, batch_dims=1)[:, 0]
-
-
-class RankingModel(keras.Model):
-    """Base of every ranking model: schema, params with defaults, embeddings, own-scenario output."""
-
+    kind = "model"
     model_name = "base"
-    multi_head = False
-    defaults: dict = {"embedding_dim": None}
-
-    def __init__(self, schema: Schema, params: Optional[dict] = None, **kwargs):
-        super().__init__(name=self.model_name, **kwargs)
-        self.schema = schema
-        self.params = self.resolve(params or {})
-        self.num_scenarios = schema.num_scenarios
-        self.embedding = FeatureEmbedding(schema, dim=self.params.get("embedding_dim"), name="embedding")
-        self.oov_ids = keras.metrics.Sum(name="oov_ids")
+    defaults: dict = {}
 
     @classmethod
     def all_defaults(cls) -> dict:
@@ -89,9 +71,52 @@ class RankingModel(keras.Model):
         defaults = cls.all_defaults()
         unknown = sorted(set(params) - set(defaults))
         if unknown:
-            raise ConfigError(f"model '{cls.model_name}': unknown parameter(s) {unknown} "
+            raise ConfigError(f"{cls.kind} '{cls.model_name}': unknown parameter(s) {unknown} "
                               f"(known: {', '.join(sorted(defaults))})")
         return {**defaults, **params}
+
+
+def _import_all():
+    import tfmsr.models  # noqa: F401  (registers every model module)
+
+
+_REGISTRY = Registry("model", _import_all)
+register = _REGISTRY.register
+
+
+def available() -> Dict[str, str]:
+    """Registered model names -> the first line of each model's docstring."""
+    return _REGISTRY.available()
+
+
+def get_class(name: str) -> Type["RankingModel"]:
+    return _REGISTRY.get(name)
+
+
+def build(name: str, schema: Schema, params: Optional[dict] = None) -> "RankingModel":
+    return get_class(name)(schema, params or {})
+
+
+def gather_scenario(logits: tf.Tensor, scenario: tf.Tensor) -> tf.Tensor:
+    """``logits[b, scenario[b]]`` for ``[B, S]`` logits."""
+    idx = tf.cast(tf.reshape(scenario, [-1, 1]), tf.int32)
+    return tf.gather(logits, idx, batch_dims=1)[:, 0]
+
+
+class RankingModel(Parametrized, keras.Model):
+    """Base of every ranking model: schema, params with defaults, embeddings, own-scenario output."""
+
+    model_name = "base"
+    multi_head = False
+    defaults: dict = {"embedding_dim": None}
+
+    def __init__(self, schema: Schema, params: Optional[dict] = None, **kwargs):
+        super().__init__(name=self.model_name, **kwargs)
+        self.schema = schema
+        self.params = self.resolve(params or {})
+        self.num_scenarios = schema.num_scenarios
+        self.embedding = FeatureEmbedding(schema, dim=self.params.get("embedding_dim"), name="embedding")
+        self.oov_ids = keras.metrics.Sum(name="oov_ids")
 
     # ------------------------------------------------------------------ forward
     def logits(self, x: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:

@@ -14,7 +14,7 @@ and the score is the dot product of the two (of the L2-normalised vectors, i.e. 
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Type
+from typing import Dict, List, Optional
 
 import tensorflow as tf
 import tf_keras as keras
@@ -22,36 +22,15 @@ import tf_keras as keras
 from tfmsr.features import Schema
 from tfmsr.layers import FeatureEmbedding, masked_mean
 from tfmsr.layers.behavior import behavior_pairs, behavior_scenario
-from tfmsr.models.base import ConfigError
-
-_REGISTRY: Dict[str, Type["RetrievalModel"]] = {}
-
-
-def register(name: str):
-    def wrap(cls):
-        if name in _REGISTRY:
-            raise ValueError(f"retrieval model '{name}' registered twice")
-        cls.model_name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
+from tfmsr.models.base import ConfigError, Parametrized, Registry
 
 
 def _import_all():
     from tfmsr.retrieval import dssm, sass, youtubednn  # noqa: F401  (registers every retrieval model)
 
 
-def available() -> Dict[str, str]:
-    _import_all()
-    return {n: (c.__doc__ or "").strip().splitlines()[0] for n, c in sorted(_REGISTRY.items())}
-
-
-def get_class(name: str) -> Type["RetrievalModel"]:
-    _import_all()
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown retrieval model '{name}' (available: {', '.join(sorted(_REGISTRY))})")
-    return _REGISTRY[name]
+_REGISTRY = Registry("retrieval model", _import_all)
+register, available, get_class = _REGISTRY.register, _REGISTRY.available, _REGISTRY.get
 
 
 def build(name: str, schema: Schema, params: Optional[dict] = None, scenario: Optional[int] = None):
@@ -63,10 +42,10 @@ def gather_scenario(x: tf.Tensor, scenario: tf.Tensor) -> tf.Tensor:
     return tf.gather(x, tf.cast(scenario, tf.int32), batch_dims=1)
 
 
-class RetrievalModel(keras.Model):
+class RetrievalModel(Parametrized, keras.Model):
     """Base: schema, validated params, the shared embedding layer and input assembly."""
 
-    model_name = "base"
+    kind = "retrieval model"
     defaults: dict = {"embedding_dim": 16}
     supports_pretrain = False
     cosine = True
@@ -83,22 +62,6 @@ class RetrievalModel(keras.Model):
         self.behaviour = behavior_pairs(schema)
         self.behaviour_scenario = behavior_scenario(schema)
         self._trackers = {k: keras.metrics.Mean(name=k) for k in self.tracked}
-
-    @classmethod
-    def all_defaults(cls) -> dict:
-        merged = {}
-        for klass in reversed(cls.__mro__):
-            merged.update(getattr(klass, "defaults", {}) or {})
-        return merged
-
-    @classmethod
-    def resolve(cls, params: dict) -> dict:
-        defaults = cls.all_defaults()
-        unknown = sorted(set(params) - set(defaults))
-        if unknown:
-            raise ConfigError(f"retrieval model '{cls.model_name}': unknown parameter(s) {unknown} "
-                              f"(known: {', '.join(sorted(defaults))})")
-        return {**defaults, **params}
 
     tracked = ("loss",)             # losses averaged per epoch (keras.metrics.Mean each)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+from tfmsr.cli import add_export_arguments, add_train_arguments
+
 
 def _pairs(args):
     from tfmsr.retrieval.pairs import write_pairs
@@ -38,15 +40,6 @@ def _evaluate(args):
     print(format_table(res, list(first["scenarios"]), first["k"]))
 
 
-def _export(args):
-    from tfmsr.retrieval.export import export_retrieval
-
-    scen = [x.strip() for x in (args.scenarios or "").split(",") if x.strip()] or None
-    res = export_retrieval(args.model_dir, args.out, version=args.version, k=args.k, base_path=args.base_path,
-                           scenarios=scen)
-    print(json.dumps({k: res[k] for k in ("name", "version", "k", "servables", "models_config", "seconds")}))
-
-
 def _models(args):
     from tfmsr.retrieval import available
 
@@ -67,13 +60,8 @@ def add_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(fn=_pairs)
 
-    t = rs.add_parser("train", help="pre-train (if enabled), fine-tune and evaluate a retrieval model")
-    t.add_argument("--config", required=True)
-    t.add_argument("--data", required=True)
-    t.add_argument("--model-dir", required=True)
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=1")
-    t.add_argument("--overwrite", action="store_true", help="retrain over a finished run")
-    t.set_defaults(fn=_train)
+    add_train_arguments(rs.add_parser("train", help="pre-train (if enabled), fine-tune and evaluate a retrieval model"),
+                        _train)
 
     e = rs.add_parser("evaluate", help="HR@K / NDCG@K per scenario over each scenario's item corpus")
     e.add_argument("--model-dir", required=True)
@@ -84,14 +72,8 @@ def add_parser(sub) -> None:
     e.add_argument("--popularity", action="store_true", help="add the item-popularity reference row")
     e.set_defaults(fn=_evaluate)
 
-    x = rs.add_parser("export", help="SavedModels per scenario: user tower, item tower, top-K servable + item corpus")
-    x.add_argument("--model-dir", required=True, help="a finished retrieval run")
-    x.add_argument("--out", required=True, help="export root (its basename names the TF Serving models)")
-    x.add_argument("--version", type=int, help="integer version (default: one more than the highest existing)")
-    x.add_argument("--k", type=int, help="items returned by the top-K servable (default: the run's eval.k)")
-    x.add_argument("--scenarios", help="comma-separated scenario names (default: all)")
-    x.add_argument("--base-path", help="where TF Serving sees --out, written into models.config")
-    x.set_defaults(fn=_export)
+    add_export_arguments(rs.add_parser("export", help="the same as `tfmsr export`: SavedModels per scenario: user "
+                                                      "tower, item tower (+ item-vector corpus), top-K servable"))
 
     m = rs.add_parser("models", help="list registered retrieval models")
     m.set_defaults(fn=_models)

@@ -11,12 +11,11 @@ is an error naming the file and the key (the same rules as ``tfmsr.config`` for 
 """
 from __future__ import annotations
 
-import copy
 from typing import Iterable, Optional
 
 import yaml
 
-from tfmsr.config import _deep_update, _merge, parse_overrides
+from tfmsr.config import check_values, read_config
 from tfmsr.models.base import ConfigError
 from tfmsr.retrieval.base import get_class
 
@@ -46,28 +45,9 @@ MODES = ("mix", "single")
 
 def load_config(path: Optional[str] = None, overrides: Iterable[str] = (), raw: Optional[dict] = None) -> dict:
     """Read ``path`` (or ``raw``), apply ``--set`` overrides, validate, fill defaults."""
-    source = path or "<config>"
-    if path:
-        try:
-            with open(path) as fh:
-                raw = yaml.safe_load(fh) or {}
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read the config ({e.strerror})") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    raw = copy.deepcopy(raw or {})
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping with sections {', '.join(DEFAULTS)}")
-    _deep_update(raw, parse_overrides(overrides))
-    cfg = _merge(DEFAULTS, raw, "", source)
-    cls = get_class(cfg["model"]["name"])
-    try:
-        cfg["model"]["params"] = cls.resolve(cfg["model"]["params"] or {})
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
+    cfg, source, cls = read_config(path, overrides, raw, DEFAULTS, get_class)
     t, pre = cfg["train"], cfg["pretrain"]
-    if t["optimizer"] not in OPTIMIZERS:
-        raise ConfigError(f"{source}: train.optimizer '{t['optimizer']}' (expected one of {', '.join(OPTIMIZERS)})")
+    check_values(cfg, source, choices=[("train.optimizer", OPTIMIZERS)])
     if t["mode"] not in MODES:
         raise ConfigError(f"{source}: train.mode '{t['mode']}' (expected mix or single)")
     if t["mode"] == "single" and cls.supports_pretrain:
@@ -76,15 +56,9 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = (), raw: 
         raise ConfigError(f"{source}: pretrain.enabled: '{cls.model_name}' has no pre-training stage")
     if not set(pre["sides"]) <= {"user", "item"} or not pre["sides"]:
         raise ConfigError(f"{source}: pretrain.sides must be a non-empty subset of [user, item], got {pre['sides']}")
-    for section, key in (("data", "batch_size"), ("data", "eval_batch_size"), ("pretrain", "batch_size"),
-                         ("pretrain", "epochs"), ("train", "epochs"), ("eval", "k")):
-        v = cfg[section][key]
-        if not isinstance(v, int) or v < 1:
-            raise ConfigError(f"{source}: {section}.{key} must be a positive integer, got {v!r}")
-    for section in ("pretrain", "train"):
-        lr = cfg[section]["learning_rate"]
-        if not isinstance(lr, (int, float)) or lr <= 0:
-            raise ConfigError(f"{source}: {section}.learning_rate must be > 0, got {lr!r}")
+    check_values(cfg, source, positive_ints=["data.batch_size", "data.eval_batch_size", "pretrain.batch_size",
+                                             "pretrain.epochs", "train.epochs", "eval.k"],
+                 positive_numbers=["pretrain.learning_rate", "train.learning_rate"])
     return cfg
 
 

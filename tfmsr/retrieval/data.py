@@ -217,11 +217,18 @@ class RetrievalData:
         out["item_stats"] = tf.gather(t["item_stats"], ids)
         return out
 
-    def with_user_stats(self, request: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-        """A request dict plus ``user_stats [B, S + 1, 3]`` looked up by its user id."""
+    def with_user_stats(self, request: Dict[str, tf.Tensor], table=None) -> Dict[str, tf.Tensor]:
+        """A request dict plus ``user_stats [B, S + 1, 3]`` looked up by its user id (in ``table``, e.g.
+        an exported variable holding ``user_stats``; default the constant of ``tables()``)."""
         out = dict(request)
         ids = _clamp(tf.cast(request[self.user_key], tf.int64), self.num_users)
-        out["user_stats"] = tf.gather(self.tables()["user_stats"], ids)
+        out["user_stats"] = tf.gather(self.tables()["user_stats"] if table is None else table, ids)
+        return out
+
+    def with_item_stats(self, items: Dict[str, tf.Tensor], table) -> Dict[str, tf.Tensor]:
+        """Item features plus ``item_stats [N, S + 1, 3]`` looked up in ``table`` by the item id."""
+        out = dict(items)
+        out["item_stats"] = tf.gather(table, _clamp(tf.cast(items[self.item_key], tf.int64), self.num_items))
         return out
 
     def request_of(self, rows: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
