@@ -4,6 +4,7 @@ from tfmsr.models import bst, dcnv2, deepfm, din, hinet, mmoe, pepnet, ple, sarn
 from tfmsr.models import musenet  # noqa: F401
 from tfmsr.models import saml  # noqa: F401
 from tfmsr.models import sainet  # noqa: F401
+from tfmsr.models import fimn  # noqa: F401
 from tfmsr.models.base import ConfigError, RankingModel, available, build, gather_scenario, get_class, register
 
 __all__ = ["ConfigError", "RankingModel", "available", "build", "gather_scenario", "get_class", "register"]

@@ -4,6 +4,7 @@ early stopping on validation AUC, epoch/best checkpoints, TensorBoard logs and a
 Model dir layout::
 
     run.yaml, schema.yaml     the resolved config and the data schema (enough to rebuild the model)
+    stats.json                the dataset's statistics (models that read them at build time, e.g. FIMN)
     backup/                   fault-tolerance backup every ``train.checkpoint_every`` steps (Keras
                               BackupAndRestore); removed when training finishes
     checkpoints/epoch-N       weights at each epoch end (last 3)
@@ -119,6 +120,11 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
     out_dir = model_dir if cluster.is_chief else tempfile.mkdtemp(prefix=f"tfmsr-{cluster.role}{cluster.index}-")
     os.makedirs(out_dir, exist_ok=True)
     schema.save(os.path.join(out_dir, "schema.yaml"))
+    if stats:  # beside schema.yaml, so a model rebuilt from the run dir finds the data statistics (FIMN's SEM)
+        tmp = os.path.join(out_dir, f"stats.json.tmp-{os.getpid()}")
+        with open(tmp, "w") as fh:
+            json.dump(stats, fh, indent=2)
+        os.replace(tmp, os.path.join(out_dir, "stats.json"))
     with open(os.path.join(out_dir, "run.yaml"), "w") as fh:
         fh.write(dump({"config": cfg, "data": os.path.abspath(data_dir)}))
 
