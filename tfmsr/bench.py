@@ -40,13 +40,15 @@ def _timed_fit(model, ds, files, schema, cfg, data_dir, batch, steps, warmup, **
     """``model.fit`` for ``warmup`` steps, then ``steps`` timed steps; the ``bench train`` result."""
     with read_errors(files, schema):
         model.fit(ds, epochs=1, steps_per_epoch=warmup, verbose=0)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
-    secs = time.perf_counter() - start
+    secs, cpu = time.perf_counter() - start, time.process_time() - cpu
     params = int(sum(math.prod(v.shape) for v in model.trainable_variables))
     return {"bench": "train", "model": cfg["model"]["name"], "data": os.path.abspath(data_dir), "batch": batch,
             "steps": steps, "warmup": warmup, "seconds": round(secs, 3),
             "examples_per_sec": round(steps * batch / secs, 1), "ms_per_step": round(1000 * secs / steps, 2),
+            "cpu_seconds": round(cpu, 3),  # all threads of this process: comparable on a busy machine
+            "examples_per_cpu_sec": round(steps * batch / cpu, 1),
             "trainable_parameters": params, **extra, **_machine()}
 
 

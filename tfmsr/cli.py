@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--input", required=True, help="glob of TFRecord shards (comma-separated globs allowed)")
     sc.add_argument("--output", required=True, help="FILE.parquet, FILE.csv or FILE.tfrecord")
     sc.add_argument("--keep", default="", help="comma-separated columns copied to the output next to prob")
-    sc.add_argument("--batch", type=int, default=1024, help="rows per SavedModel call")
+    sc.add_argument("--batch", type=int, default=4096, help="rows per SavedModel call (default 4096)")
     sc.add_argument("--overwrite", action="store_true")
     sc.set_defaults(fn=_score)
 

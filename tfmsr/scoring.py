@@ -176,7 +176,7 @@ def _row_parser(schema: Schema, dtypes, required: List[str], keep: List[str], ro
     return spec, parse
 
 
-def score(saved_model: str, inputs: str, output: str, keep: Sequence[str] = (), batch_size: int = 1024,
+def score(saved_model: str, inputs: str, output: str, keep: Sequence[str] = (), batch_size: int = 4096,
           overwrite: bool = False, progress: Callable[[str], None] = None) -> dict:
     """Score every record of ``inputs`` with the SavedModel at ``saved_model``; returns the summary."""
     from tfmsr.export.saved_model import resolve_servable
