@@ -2,6 +2,7 @@
 exactly and without gradient (also under a 2-replica MirroredStrategy), the variants, the ConfigErrors,
 training on the planted data, and the learned-scenario export + figure."""
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -15,8 +16,8 @@ from conftest import quick_config
 from pipelines.musenet_figure import adjusted_rand_index, purity
 from tfmsr.data.pipeline import make_dataset, split_files
 from tfmsr.data.stats import is_repeat
-from tfmsr.layers.musenet import (RepeatIntention, ScenarioLearner, combine_scenarios, kl_to_uniform,
-                                  prototype_step, repeat_aux_loss, repeat_combine, repeat_indicator)
+from tfmsr.layers.musenet import (RepeatIntention, ScenarioLearner, combine_scenarios, first_distinct_rows,
+                                  kl_to_uniform, prototype_step, repeat_aux_loss, repeat_combine, repeat_indicator)
 from tfmsr.models import ConfigError, build
 
 RNG = np.random.default_rng(7)
@@ -156,15 +157,28 @@ def test_prototype_update_eq14_exact(hard):
     np.testing.assert_array_equal(kept[0], c0[0])
 
 
-def test_first_update_seeds_prototypes_from_the_batch():
+def np_first_distinct(f, k):
+    keep = []
+    for row in f:
+        if len(keep) < k and all(np.abs(row - c).max() > 1e-4 for c in keep):
+            keep.append(row)
+    return np.array(keep + [f[0]] * (k - len(keep)))
+
+
+def test_first_update_seeds_prototypes_from_distinct_rows_of_the_batch():
     layer = learner()
     layer.initialized.assign(0.0)
     x = RNG.normal(size=(10, 6)).astype(np.float32)
+    x[1] = x[0]  # a repeated context: seeding on it would give two equal prototypes, equal for good
+    x[3] = x[2]
     layer(tf.constant(x), training=True)
     layer.update_prototypes()
-    np.testing.assert_allclose(layer.prototypes.numpy(), (np_layer_norm(x) @ layer.omega.numpy())[:4], rtol=1e-4,
-                               atol=1e-5)
+    f = np_layer_norm(x) @ layer.omega.numpy()
+    np.testing.assert_allclose(layer.prototypes.numpy(), f[[0, 2, 4, 5]], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np_first_distinct(f, 4), f[[0, 2, 4, 5]])
     assert float(layer.initialized.numpy()) == 1.0
+    few = first_distinct_rows(tf.constant([[1.0, 2.0], [1.0, 2.0], [3.0, 0.0]]), 4).numpy()
+    np.testing.assert_array_equal(few, [[1, 2], [3, 0], [1, 2], [1, 2]])  # fewer distinct rows than K
 
 
 def batch(synth_dir, schema, n=256):
@@ -195,8 +209,9 @@ def test_model_train_step_moves_prototypes_by_eq14_not_by_gradient(synth_dir, sy
     assert len(model.losses) == 2                           # KL (eq. 12) and beta * L_A (eq. 10)
 
 
-def test_prototype_update_under_two_replica_mirrored_strategy(tmp_path):
-    """Each replica sees half the batch; the all-reduced update equals eq. 14 on the global batch."""
+def test_prototype_update_under_two_replica_mirrored_strategy():
+    """Each replica sees half the batch; the seeding and the all-reduced update equal the single-process
+    ones on the global batch (replica 0's rows first), identical on both replicas."""
     script = textwrap.dedent("""
         import numpy as np, tfmsr, tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
@@ -205,13 +220,13 @@ def test_prototype_update_under_two_replica_mirrored_strategy(tmp_path):
         rng = np.random.default_rng(0)
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         x = rng.normal(size=(32, 6)).astype(np.float32)
+        x[2:16] = x[[0, 1] * 7]  # replica 0 holds two distinct rows: seeds 3 and 4 come from replica 1
         with strategy.scope():
             layer = ScenarioLearner(4, 3, standardize=None)
             layer.build((None, 6))
-            layer.prototypes.assign(rng.normal(size=(4, 3)).astype(np.float32))
-            layer.initialized.assign(1.0)
-        c0, w = layer.prototypes.numpy(), layer.omega.numpy()
-        ds = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices(x).batch(32))
+        w = layer.omega.numpy()
+        xs = strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(x[16 * ctx.replica_id_in_sync_group:16 * ctx.replica_id_in_sync_group + 16]))
         @tf.function
         def step(xb):
             def fn(xr):
@@ -219,20 +234,133 @@ def test_prototype_update_under_two_replica_mirrored_strategy(tmp_path):
                 layer.update_prototypes()
                 return a
             return strategy.run(fn, args=(xb,))
-        step(next(iter(ds)))
         f = x @ w
-        d = ((f[:, None] - c0[None]) ** 2).sum(-1)
-        a = np.exp(-d - (-d).max(1, keepdims=True)); a /= a.sum(1, keepdims=True)
-        want = 0.8 * c0 + 0.2 * (a.T @ f) / a.sum(0)[:, None]
-        got = [v.numpy() for v in layer.prototypes.values]
-        assert len(got) == 2, got
-        for g in got:
-            np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-5)
+        values = lambda v: [t.numpy() for t in v.values]
+        step(xs)
+        for got in values(layer.prototypes):
+            np.testing.assert_allclose(got, f[[0, 1, 16, 17]], rtol=1e-5, atol=1e-6)
+        assert all(v == 1.0 for v in values(layer.initialized))
+        for _ in range(2):
+            c0 = layer.prototypes.numpy()
+            step(xs)
+            d = ((f[:, None] - c0[None]) ** 2).sum(-1)
+            a = np.exp(-d - (-d).max(1, keepdims=True)); a /= a.sum(1, keepdims=True)
+            want = 0.8 * c0 + 0.2 * (a.T @ f) / a.sum(0)[:, None]
+            got = values(layer.prototypes)
+            assert len(got) == 2, got
+            np.testing.assert_array_equal(got[0], got[1])
+            np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=1e-5)
         print("OK")
     """)
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
+
+
+CLUSTER_STEP = textwrap.dedent('''
+    """One role of a real cluster: MuSeNet.train_step twice on fixed rows under the strategy of TF_CONFIG;
+    each trainer (the ParameterServerStrategy chief, every MultiWorkerMirroredStrategy worker) writes the
+    prototypes after each step and the f_w(x), a of each step's forward pass over the global batch."""
+    import json, os, sys
+    import numpy as np
+    import tfmsr  # noqa: F401
+    import tensorflow as tf
+    from tfmsr.config import load_config
+    from tfmsr.data.pipeline import make_dataset, split_files
+    from tfmsr.features import Schema
+    from tfmsr.models import build
+    from tfmsr.training.strategy import cluster_from_env, make_strategy, serve
+    from tfmsr.training.trainer import compile_model
+
+    data, out, kind = sys.argv[1:4]
+    cfg = load_config(raw={"model": {"name": "musenet"}, "cluster": {"strategy": kind, "min_shard_bytes": 64}})
+    cluster = cluster_from_env(cfg)
+    if not cluster.trains:
+        serve(cluster, print)
+    strategy = make_strategy(cluster, cfg)
+    schema = Schema.load(os.path.join(data, "schema.yaml"))
+    x, y = next(iter(make_dataset(split_files(data, "train"), schema, 64, training=False)))
+    x, y = {k: v.numpy() for k, v in x.items()}, y.numpy()
+    if kind == "multi_worker":  # worker i's replica holds rows [32 i, 32 i + 32) of the global batch
+        i = cluster.index
+        x, y = {k: v[32 * i:32 * i + 32] for k, v in x.items()}, y[32 * i:32 * i + 32]
+    with strategy.scope():
+        model = build("musenet", schema)
+        model({k: tf.constant(v) for k, v in x.items()})
+        compile_model(model, cfg)
+        model.optimizer.build(model.trainable_variables)
+    L = model.learner
+
+
+    def replica_step(xb, yb):
+        model.train_step((xb, yb))
+        fx, a = L._local.stash
+        ctx = tf.distribute.get_replica_context()
+        if ctx.num_replicas_in_sync > 1:  # the global batch, in replica order
+            fx, a = ctx.all_gather(fx, axis=0), ctx.all_gather(a, axis=0)
+        return fx, a
+
+
+    @tf.function
+    def step():
+        return strategy.run(replica_step, args=({k: tf.constant(v) for k, v in x.items()}, tf.constant(y)))
+
+
+    if kind == "ps":
+        coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
+        run = lambda: coordinator.schedule(step).fetch()
+    else:
+        run = lambda: [strategy.experimental_local_results(t)[0].numpy() for t in step()]
+    read = lambda v: tf.convert_to_tensor(v).numpy()
+    res = {}
+    for k in (1, 2):
+        fx, a = run()
+        res[f"fx{k}"], res[f"a{k}"] = np.asarray(fx).tolist(), np.asarray(a).tolist()
+        res[f"c{k}"] = read(L.prototypes).tolist()
+    res["initialized"] = float(read(L.initialized))
+    res["devices"] = sorted({v.device for v in model.non_trainable_variables if "prototypes" in v.name})
+    res["replicas"] = strategy.num_replicas_in_sync
+    path = os.path.join(out, f"{cluster.role}{cluster.index}.json")
+    with open(path + ".tmp", "w") as fh:
+        json.dump(res, fh)
+    os.replace(path + ".tmp", path)
+    print("DONE", path, flush=True)
+''')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,workers,ps", [("multi_worker", 2, 0), ("ps", 1, 2)])
+def test_model_prototype_update_on_a_real_cluster(kind, workers, ps, synth_dir, tmp_path):
+    """MuSeNet.train_step on localhost clusters (one process per role, as ``tfmsr cluster`` starts them):
+    under MultiWorkerMirroredStrategy each worker's replica holds half of a 64-row batch and both apply
+    the seeding and eq. 14 of the whole batch; under ParameterServerStrategy the worker assigns them to
+    the prototypes sharded over both parameter servers."""
+    from tfmsr.training.cluster import LocalCluster
+
+    (tmp_path / "step.py").write_text(CLUSTER_STEP)
+    out = tmp_path / "out"
+    out.mkdir()
+    c = LocalCluster([synth_dir, str(out), kind], workers, ps, threads=1, log=lambda line: None,
+                     program=[sys.executable, str(tmp_path / "step.py")])
+    try:
+        rc = c.start().wait(timeout=900)
+    finally:
+        c.stop()
+    assert rc == 0, "\n".join(c.lines[-60:])
+    trainers = [f"worker{i}" for i in range(workers)] if kind == "multi_worker" else ["chief0"]
+    results = [json.load(open(out / f"{t}.json")) for t in trainers]
+    for r in results:
+        f1, f2, a2, c1, c2 = (np.array(r[k]) for k in ("fx1", "fx2", "a2", "c1", "c2"))
+        assert f1.shape == (64, 16) and r["initialized"] == 1.0
+        assert r["replicas"] == (workers if kind == "multi_worker" else 1)
+        np.testing.assert_allclose(c1, np_first_distinct(f1, 4), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(c2, 0.8 * c1 + 0.2 * (a2.T @ f2) / a2.sum(0)[:, None], rtol=1e-4, atol=1e-5)
+        assert np.abs(c2 - c1).max() > 1e-3
+    if kind == "multi_worker":
+        np.testing.assert_array_equal(results[0]["c2"], results[1]["c2"])  # one value on every replica
+    else:
+        assert sorted(d.split("/task:")[1][0] for d in results[0]["devices"]) == ["0", "1"]
+        assert all("/job:ps/" in d for d in results[0]["devices"])
 
 
 # ---------------------------------------------------------------------------------------- model

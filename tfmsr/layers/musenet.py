@@ -89,11 +89,18 @@ class ScenarioLearner(keras.layers.Layer):
       eq. 14 (the closed-form online minimiser of eq. 8 given ``a``), step 2 (back-propagation) updates
       ``w`` and the rest with them fixed. ``update_prototypes()`` performs step 1 with the ``f_w(x)`` and
       ``a`` of the latest training call; the model's ``train_step`` calls it after the gradient step.
-      Under a distribution strategy the batch sums are all-reduced across replicas, so every replica
-      applies the same update of the global batch.
-    * Initialisation (the paper does not say): the first update sets the prototypes to ``f_w`` of K
-      examples of that batch (its first K rows, averaged over replicas), k-means style, so that
-      they start apart; eq. 14 from K equal prototypes would keep them equal.
+    * Distribution: eq. 14 needs only the batch sums ``sum_i a_k,i f_w(x_i)`` and ``sum_i a_k,i``. Under
+      a synchronous strategy (``MirroredStrategy``, ``MultiWorkerMirroredStrategy``) every replica
+      all-reduces (sums) them and applies the same update, which equals the single-process update on the
+      global batch; the prototypes are mirrored (``ON_WRITE``, ``ONLY_FIRST_REPLICA``: one identical
+      value per replica). Under ``ParameterServerStrategy`` the prototypes are a variable on a parameter
+      server and each worker step assigns eq. 14 of its own batch to it, asynchronously as the paper's
+      parameter-server training does (a step reads the prototypes right before its assign; a concurrent
+      step's update in between is overwritten, as with any read-modify-write on a PS variable).
+    * Initialisation (the paper does not say): the first update sets the prototypes to ``f_w`` of the
+      first K pairwise-distinct examples of that (global) batch (:func:`first_distinct_rows`), k-means
+      style, so that they start apart; eq. 14 from two equal prototypes would keep them equal for good,
+      which K *random* rows risk with categorical context features (duplicate rows are common).
 
     ``call(x [B, D], training) -> (a [B, K], pi [B, K])``.
     """
@@ -150,24 +157,37 @@ class ScenarioLearner(keras.layers.Layer):
         return a, pi
 
     def update_prototypes(self) -> tf.Tensor:
-        """Step 1 of the alternating optimisation (eq. 14) with the latest training call's ``f_w(x)``, ``a``."""
+        """Step 1 of the alternating optimisation (eq. 14) with the latest training call's ``f_w(x)``, ``a``;
+        in a replica context of several replicas over the global batch (see the class docstring)."""
         stash = getattr(self._local, "stash", None)
         if stash is None:
             raise RuntimeError("ScenarioLearner.update_prototypes: call the layer with training=True first")
         fx, a = (tf.stop_gradient(t) for t in stash)
         weighted_sum = tf.matmul(a, fx, transpose_a=True)                       # [K, m]
         mass = tf.reduce_sum(a, axis=0)                                           # [K]
-        rows = tf.math.floormod(tf.range(self.K), tf.maximum(tf.shape(fx)[0], 1))
-        seeds = tf.gather(fx, rows)                                               # first K rows
+        seeds = first_distinct_rows(fx, self.K)                                   # [K, m]
         ctx = tf.distribute.get_replica_context()
         if ctx is not None and ctx.num_replicas_in_sync > 1:
-            weighted_sum, mass, seeds = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [weighted_sum, mass, seeds])
-            seeds = seeds / float(ctx.num_replicas_in_sync)
+            weighted_sum, mass = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [weighted_sum, mass])
+            seeds = first_distinct_rows(ctx.all_gather(seeds, axis=0), self.K)  # same rows as on the global batch
         stepped = prototype_step(tf.convert_to_tensor(self.prototypes), weighted_sum, mass, self.alpha)
         new = tf.where(self.initialized > 0.5, stepped, seeds)
         self.prototypes.assign(new)
         self.initialized.assign(1.0)
         return new
+
+
+def first_distinct_rows(v: tf.Tensor, k: int) -> tf.Tensor:
+    """The first ``k`` pairwise-distinct rows of ``v [N, m]`` in row order (rows closer than a relative
+    ``1e-6`` of the largest squared norm count as equal); while fewer remain, the first row repeats.
+    Applied to the concatenated first-``k``-distinct rows of several replicas it gives the same rows as on
+    their concatenated batches (a row not kept on its replica repeats an earlier row of that replica)."""
+    tol = 1e-6 * tf.reduce_max(tf.reduce_sum(tf.square(v), -1)) + 1e-30
+    chosen = v[:1]
+    for _ in range(k - 1):
+        d = tf.reduce_min(tf.reduce_sum(tf.square(v[:, None, :] - chosen[None]), -1), axis=1)  # [N]
+        chosen = tf.concat([chosen, v[tf.argmax(tf.cast(d > tol, tf.int32))][None]], axis=0)
+    return chosen
 
 
 class RepeatIntention(keras.layers.Layer):

@@ -63,6 +63,10 @@ class MuSeNet(RankingModel):
     scenarios": ``a`` = one-hot of the schema's scenario field, one module per scenario) | ``none`` (one
     module, no scenario learning); ``repeat_module: false`` is "w/o M2"; ``assignment: none`` with
     ``repeat_module: false`` is "w/o M1&M2" (a DIN-style network).
+
+    Trains under every strategy (``cluster.strategy``): eq. 14 runs inside ``train_step``, on the global
+    batch of all replicas under MultiWorkerMirroredStrategy and as an asynchronous assign on the parameter
+    server's prototypes under ParameterServerStrategy (see :class:`~tfmsr.layers.musenet.ScenarioLearner`).
     """
 
     defaults = {"assignment": "soft", "repeat_module": True, "K": 4, "metric_dim": 16, "tau": 0.1, "alpha": 0.2,
@@ -72,12 +76,6 @@ class MuSeNet(RankingModel):
                 "attention_hidden": [80, 40], "attention_activation": "sigmoid"}
 
     def __init__(self, schema, params=None, **kwargs):
-        cluster = (tf.distribute.experimental.ParameterServerStrategy, tf.distribute.MultiWorkerMirroredStrategy)
-        if isinstance(tf.distribute.get_strategy(), cluster):
-            # The learner's prototype update (eq. 14, in train_step) failed under both cluster strategies in
-            # this session's runs and is not yet verified there; until it is, say so instead of failing mid-run.
-            raise ConfigError("model 'musenet' does not train on a cluster yet (the eq. 14 prototype update is not "
-                              "verified under ParameterServerStrategy or MultiWorkerMirroredStrategy); train locally")
         super().__init__(schema, params, **kwargs)
         p = self.params
         require_behavior(schema, self.model_name)
