@@ -8,8 +8,9 @@
   Table 3 on SASS-Base (SASS* = no gate, + Production / Simnet / Sigmoid gate), Single Item Embedding
   (Table 5), No Scenario Bias Fusion and No Global Auxiliary Task (Table 6), SASS-Base with 2 and 4 ML-SAT
   layers (Figure 6; 3 is SASS-Base), the baselines DSSM and YoutubeDNN trained single-scenario (one
-  model per scenario) and mix-scenario (Table 2's columns), two rows *not in the paper* (SASS and
-  SASS-Base fine-tuned with a softmax instead of the eq. 11 pairwise loss, see ``tfmsr/retrieval/sass.py``),
+  model per scenario) and mix-scenario (Table 2's columns), rows *not in the paper* (SASS and SASS-Base
+  fine-tuned with a softmax instead of the eq. 11 pairwise loss, or with eq. 11's cosine difference
+  scaled by 10, ``pairwise_scale``; see ``tfmsr/retrieval/sass.py`` and ``PairwiseCosineLoss``),
   and ``popularity`` (train positives of the item in the scenario; no training), the floor.
 * **Config** of a row: ``configs/<sass|sass_base|dssm|youtubednn>.yaml`` + the row's switches + ``--set``
   (shared by every row) + ``train.seed``. Pre-training rows share one pair directory per dataset
@@ -38,6 +39,7 @@ import tfmsr  # noqa: F401  (pins Keras 2 before TensorFlow loads)
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 POPULARITY = "popularity"
 SOFTMAX = "model.params.finetune_loss=softmax"
+SCALE10 = "model.params.pairwise_scale=10"
 
 # (row name, config, overrides, where the row comes from)
 VARIANTS = [
@@ -54,6 +56,10 @@ VARIANTS = [
     ("SASS-Base 4 layers", "sass_base", ["model.params.layers=4"], "Figure 6"),
     ("SASS softmax-loss (not in paper)", "sass", [SOFTMAX], "extra"),
     ("SASS-Base softmax-loss (not in paper)", "sass_base", [SOFTMAX], "extra"),
+    ("SASS pairwise-scale 10 (not in paper)", "sass", [SCALE10], "extra"),
+    ("SASS-Base pairwise-scale 10 (not in paper)", "sass_base", [SCALE10], "extra"),
+    ("SASS-Base pairwise-scale 10 no bias fusion (not in paper)", "sass_base", [SCALE10, "model.params.bias_fusion=false"],
+     "extra"),
     ("DSSM single", "dssm", ["train.mode=single"], "Table 2"),
     ("DSSM mix", "dssm", ["train.mode=mix"], "Table 2"),
     ("YoutubeDNN single", "youtubednn", ["train.mode=single"], "Table 2"),

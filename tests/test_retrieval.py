@@ -229,6 +229,8 @@ def test_config_errors():
         quick("sass", mode="single")
     with pytest.raises(ConfigError, match="gate 'cross'"):
         trainer.build("sass", _schema(), {"gate": "cross"})
+    with pytest.raises(ConfigError, match="pairwise_scale"):
+        trainer.build("sass", _schema(), {"pairwise_scale": 0.0})
     with pytest.raises(ConfigError, match="unknown retrieval model"):
         quick("mind")
 

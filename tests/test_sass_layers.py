@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from tfmsr.layers.sass import (MLSAT, NTXentLoss, PairwiseCosineLoss, ScenarioAdaptiveGate, ScenarioAuxiliaryNet,
-                               ScenarioBiasFusion)
+                               ScenarioBiasFusion, scenario_initializer)
 
 B, S, D, DA = 6, 3, 4, 5
 rng = np.random.default_rng(0)
@@ -165,14 +165,54 @@ def np_cos(a, b):
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
-@pytest.mark.parametrize("negatives", [None, 3])
-def test_pairwise_loss_matches_eq11(negatives):
+@pytest.mark.parametrize("negatives,scale", [(None, 1.0), (3, 1.0), (3, 10.0)])
+def test_pairwise_loss_matches_eq11(negatives, scale):
     u, p = rand(B, D), rand(B, D)
     n = rand(B, D) if negatives is None else rand(B, negatives, D)
-    got = float(PairwiseCosineLoss()(tf.constant(u), tf.constant(p), tf.constant(n)))
+    loss = PairwiseCosineLoss(scale) if scale != 1.0 else PairwiseCosineLoss()  # default = eq. (11) as printed
+    got = float(loss(tf.constant(u), tf.constant(p), tf.constant(n)))
     if negatives is None:
-        want = np.mean(np.log(1 + sig(np_cos(u, n) - np_cos(u, p))))
+        want = np.mean(np.log(1 + sig(scale * (np_cos(u, n) - np_cos(u, p)))))
     else:
-        want = np.mean([np.log(1 + sig(np_cos(u[k], n[k, j]) - np_cos(u[k], p[k])))
+        want = np.mean([np.log(1 + sig(scale * (np_cos(u[k], n[k, j]) - np_cos(u[k], p[k]))))
                         for k in range(B) for j in range(negatives)])
     np.testing.assert_allclose(got, want, rtol=1e-5)
+    with pytest.raises(ValueError, match="scale"):
+        PairwiseCosineLoss(0.0)
+
+
+def test_pairwise_scale_concentrates_the_gradient_on_violated_triplets():
+    """As printed (scale 1) a well-ranked and a violated triplet pull about equally (the loss is nearly
+    linear in the cosine difference); with scale 10 the well-ranked one hardly pulls at all."""
+    u = np.array([[1.0, 0.0]], np.float32)
+    p = np.array([[1.0, 0.0]], np.float32)
+    neg = np.array([[[-1.0, 0.2], [0.9, 0.6]]], np.float32)   # cos 0.98 below the positive / 0.17 below it
+    for scale, lo, hi in ((1.0, 0.5, 1.0), (10.0, 0.0, 0.05)):
+        n = tf.Variable(neg)
+        with tf.GradientTape() as tape:
+            loss = PairwiseCosineLoss(scale)(tf.constant(u), tf.constant(p), n)
+        got = tape.gradient(loss, n).numpy()[0]
+        # d/dx log(1 + sigmoid(x)) = sigmoid(x) (1 - sigmoid(x)) / (1 + sigmoid(x)), x = scale (cos_n - cos_p);
+        # d cos(u, n) / dn = (u_hat - cos n_hat) / |n|; the mean runs over the 2 triplets
+        cos_n = np_cos(u, neg[0])
+        d = sig(scale * (cos_n - 1.0)) * (1 - sig(scale * (cos_n - 1.0))) / (1 + sig(scale * (cos_n - 1.0)))
+        norm = np.linalg.norm(neg[0], axis=-1, keepdims=True)
+        want = (d * scale / 2)[:, None] * (u - cos_n[:, None] * neg[0] / norm) / norm
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-9)
+        assert lo <= d[0] / d[1] <= hi
+
+
+def test_scenario_initializer_draws_each_scenario_like_one_matrix():
+    """Keras reads the leading axis of [S, i, o] as a receptive field (fans S*i, S*o); every kernel[s]
+    must have the spread of an [i, o] glorot matrix instead, and the scenarios must differ."""
+    S_, i, o = 5, 300, 200
+    w = scenario_initializer("glorot_uniform", S_)((S_, i, o)).numpy()
+    want = np.sqrt(6.0 / (i + o)) / np.sqrt(3.0)           # std of U(-l, l), l = sqrt(6 / (fan_in + fan_out))
+    np.testing.assert_allclose(w.reshape(S_, -1).std(axis=1), want, rtol=0.02)
+    assert np.abs(w).max() <= np.sqrt(6.0 / (i + o)) + 1e-6
+    assert not np.allclose(w[0], w[1])
+    normal = scenario_initializer({"normal": 0.05}, S_)((S_, i, o)).numpy()  # shape-free: unchanged
+    np.testing.assert_allclose(normal.std(), 0.05, rtol=0.02)
+    gate = ScenarioAdaptiveGate(S_, "sass")
+    gate([tf.zeros((2, 64)), tf.zeros((2, S_, 32)), tf.zeros((S_, 16))])
+    np.testing.assert_allclose(gate.w_h.numpy().std(), np.sqrt(2.0 / (96 + 32)), rtol=0.05)

@@ -6,7 +6,9 @@ Adaptive Transfer module (ML-SAT, eq. 3-6) with the gate variants of Table 3, sc
 Scenario-specific parameters ("ML-SAT, which is parameter-specific in separate scenario", Sec. 4.1.2)
 are stacked with a leading scenario axis (``kernel[s]`` is scenario s's matrix) and every layer computes
 all S scenarios at once on ``[B, S, d]`` tensors; a model gathers the example's own scenario, so the
-loss on it trains scenario s's parameters only with scenario s's examples. Like the equations, the gate
+loss on it trains scenario s's parameters only with scenario s's examples. Each ``kernel[s]`` is
+initialised like a single ``[i, o]`` matrix (``scenario_initializer``; Keras' own fans of a stacked
+``[S, i, o]`` shape would start every scenario network ``sqrt(S)`` times too small). Like the equations, the gate
 matrices carry no bias vectors (the auxiliary output ``a`` is the gates' bias term).
 """
 from __future__ import annotations
@@ -27,6 +29,19 @@ def scenario_dense(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     if len(x.shape) == 2:
         return tf.einsum("si,sio->so", x, kernel)
     return tf.einsum("bsi,sio->bso", x, kernel)
+
+
+def scenario_initializer(spec, num_scenarios: int):
+    """Initializer of a stacked per-scenario kernel ``[S, i, o]`` that draws every ``kernel[s]`` as the
+    ``[i, o]`` matrix ``spec`` would draw. Keras computes the fans of a 3-D shape as ``(S i, S o)`` (the
+    leading axis read as a convolution's receptive field), which shrinks a fan-scaled initializer
+    (glorot, he, lecun) by ``sqrt(S)``: the scenario networks would start ``sqrt(S)`` times weaker than the
+    global one and ``s_T`` would be swamped by the auxiliary bias ``a`` in eq. (7). Fan-scaled
+    initializers get ``scale * S`` back; others (``{"normal": sd}``, zeros) do not depend on the shape."""
+    init = initializer(spec)
+    if isinstance(init, keras.initializers.VarianceScaling):
+        init = keras.initializers.VarianceScaling(init.scale * num_scenarios, init.mode, init.distribution, init.seed)
+    return init
 
 
 def per_scenario(x: tf.Tensor, num_scenarios: int) -> tf.Tensor:
@@ -104,7 +119,7 @@ class ScenarioAdaptiveGate(keras.layers.Layer):
     def _w(self, name, rows, cols):
         # a fresh initializer per weight: one unseeded instance would give every weight the same values
         return self.add_weight(name=name, shape=(self.num_scenarios, rows, cols),
-                               initializer=initializer(self.kernel_init))
+                               initializer=scenario_initializer(self.kernel_init, self.num_scenarios))
 
     def build(self, input_shape):
         g_shape, s_shape, a_shape = input_shape
@@ -170,7 +185,7 @@ class MLSAT(keras.layers.Layer):
     def build(self, input_shape):
         d_s = int(input_shape[1][-1])
         self.w0 = self.add_weight(name="W_0", shape=(self.num_scenarios, d_s, self.dim),
-                                  initializer=initializer(self.kernel_init))
+                                  initializer=scenario_initializer(self.kernel_init, self.num_scenarios))
         self.b0 = self.add_weight(name="b_0", shape=(self.num_scenarios, self.dim), initializer="zeros")
         super().build(input_shape)
 
@@ -205,7 +220,8 @@ class ScenarioBiasFusion(keras.layers.Layer):
         d = int(s_shape[-1])
         if int(a_shape[-1]) != d:
             raise ValueError(f"ScenarioBiasFusion: a has width {int(a_shape[-1])}, s_T has {d}; eq. (7) needs one width")
-        self.w_o = self.add_weight(name="W_o", shape=(self.num_scenarios, 2 * d, d), initializer=initializer(self.kernel_init))
+        self.w_o = self.add_weight(name="W_o", shape=(self.num_scenarios, 2 * d, d),
+                                   initializer=scenario_initializer(self.kernel_init, self.num_scenarios))
         super().build(input_shape)
 
     def call(self, inputs):
@@ -257,13 +273,26 @@ class NTXentLoss(keras.layers.Layer):
 class PairwiseCosineLoss(keras.layers.Layer):
     """Fine-tuning pairwise loss, SASS Sec. 4.2.2 eq. (11) (and eq. (12) on the global vectors)::
 
-        L = 1/N sum_k log(1 + sigmoid(sim(u^k, n^k) - sim(u^k, p^k)))
+        L = 1/N sum_k log(1 + sigmoid(scale * (sim(u^k, n^k) - sim(u^k, p^k))))
 
     ``sim`` is the cosine, ``sigmoid`` the logistic function. With several negatives per positive
     (``n [N, m, d]``) every (user, positive, negative) triplet is one term and the mean runs over all N*m.
     Eq. (13) ``L_scenario + beta * L_auxiliary`` is two calls of this layer.
-    ``call(u [N, d], p [N, d], n [N, d] or [N, m, d]) -> scalar``.
+
+    ``scale`` (default 1 = eq. (11) as printed) multiplies the cosine difference. It is *not* in the paper
+    (the only temperature there is eq. (9)'s ``tau``), and is exposed because the printed loss is nearly
+    linear: the difference lies in [-2, 2], where ``d/dx log(1 + sigmoid(x)) = sigmoid'(x) / (1 +
+    sigmoid(x))`` only varies between 0.056 and 0.167, so every triplet -- already well ranked or not --
+    pulls about equally and the loss is close to ``mean(cos_n) - mean(cos_p)``. With ``scale`` = 1 / tau
+    (the contrastive stage's temperature reading of ``sim``), correctly ranked triplets saturate and the
+    gradient concentrates on the violated ones. ``call(u [N, d], p [N, d], n [N, d] or [N, m, d]) -> scalar``.
     """
+
+    def __init__(self, scale: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        if not scale > 0:
+            raise ValueError(f"PairwiseCosineLoss: scale must be > 0, got {scale}")
+        self.scale = float(scale)
 
     def call(self, u, p, n):
         pos = cosine(u, p)                                   # [N]
@@ -272,4 +301,4 @@ class PairwiseCosineLoss(keras.layers.Layer):
             pos = pos[:, None]
         else:
             neg = cosine(u, n)
-        return tf.reduce_mean(tf.math.log1p(tf.sigmoid(neg - pos)))
+        return tf.reduce_mean(tf.math.log1p(tf.sigmoid(self.scale * (neg - pos))))

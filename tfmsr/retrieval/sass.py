@@ -25,10 +25,15 @@ identical); ``bias_fusion: false`` (no scenario bias fusion: ``e_s = s_T``); ``b
 auxiliary task); ``layers`` (number of ML-SAT layers, Figure 6); pre-training on/off is the config's
 ``pretrain.enabled`` (SASS vs SASS-Base).
 
-Not in the paper: ``finetune_loss: softmax`` replaces the bounded pairwise loss of eq. 11/12
-(``log(1 + sigmoid(.))`` of a cosine difference in [-2, 2] is nearly linear, so every triplet weighs
-about the same and the ranking's head is barely sharpened) by DSSM's softmax over the positive and the
-same sampled negatives, to tell the architecture's effect from the loss's in the benchmark tables.
+Not in the paper (engineering switches, default off):
+
+* ``pairwise_scale`` multiplies the cosine difference inside eq. 11/12 (default 1 = the loss as
+  printed). ``log(1 + sigmoid(x))`` of a cosine difference ``x`` in [-2, 2] is nearly linear (see
+  ``PairwiseCosineLoss``), so every triplet weighs about the same; on the planted benchmark the
+  fine-tuned user vectors of a scenario then collapse onto one direction (mean of the unit vectors
+  0.998) and the ranking falls below item popularity.
+* ``finetune_loss: softmax`` replaces eq. 11/12 by DSSM's softmax over the positive and the same
+  sampled negatives (logits ``softmax_scale * cos``), to tell the architecture's effect from the loss's.
 """
 from __future__ import annotations
 
@@ -77,6 +82,7 @@ class SASS(RetrievalModel):
         "contrastive_symmetric": False,  # eq. 10 as written (one L_ij per pair); true adds L_ji (SimCLR)
         "negatives": 1,                # sampled negatives per positive (eq. 11 triplets)
         "finetune_loss": "pairwise",   # pairwise: eq. 11-12 as written; softmax: NOT in the paper, see below
+        "pairwise_scale": 1.0,         # scale of the cosine difference in eq. 11-12 (1 = as printed; see below)
         "softmax_scale": 10.0,         # gamma of finetune_loss: softmax
         "aux_hidden": [32],            # eq. 2: widths of W_a and of f's hidden layers
         "activation": "tanh",          # global shared network
@@ -97,7 +103,8 @@ class SASS(RetrievalModel):
         if p["seq_pooling"] not in ("self_attention", "mean"):
             raise ConfigError(f"sass: seq_pooling '{p['seq_pooling']}' (expected self_attention or mean)")
         for key, ok in (("layers", p["layers"] >= 1), ("negatives", p["negatives"] >= 1), ("beta", p["beta"] >= 0),
-                        ("tau", p["tau"] > 0), ("dim", p["dim"] >= 1)):
+                        ("tau", p["tau"] > 0), ("dim", p["dim"] >= 1),
+                        ("pairwise_scale", p["pairwise_scale"] > 0)):
             if not ok:
                 raise ConfigError(f"sass: parameter {key} = {p[key]!r} is out of range")
         S = self.num_scenarios
@@ -111,7 +118,7 @@ class SASS(RetrievalModel):
         self.attention = (MultiHeadSelfAttention(p["attention_heads"], name="seq_self_attention")
                           if p["seq_pooling"] == "self_attention" and self.behaviour else None)
         self.nt_xent = NTXentLoss(p["tau"], symmetric=p["contrastive_symmetric"], name="nt_xent")
-        self.pairwise = PairwiseCosineLoss(name="pairwise")
+        self.pairwise = PairwiseCosineLoss(p["pairwise_scale"], name="pairwise")
         self.match_loss = self.pairwise if p["finetune_loss"] == "pairwise" else self._softmax_loss
 
     # ------------------------------------------------------------------ towers
