@@ -464,3 +464,18 @@ def test_dnn_trains_one_epoch_on_the_converted_dataset(dataset, alimama_src, tmp
     summary = train(quick_config("dnn", {"hidden": [16]}), out, str(tmp_path / "run"), log=lambda *_: None)
     assert summary["steps"] >= 1 and np.isfinite(summary["history"]["loss"][-1])
     assert os.path.exists(tmp_path / "run" / "final")
+
+
+@pytest.mark.slow
+def test_alimama_peak_memory_does_not_grow_with_the_input(tmp_path, capsys):
+    """The memory test: 6x more impressions (input 25 MB -> 150 MB) may grow the converter's peak RSS by
+    the per-user history buffer only, far less than the input (a converter that loads a file whole
+    grows by more than the input). The >= 5M figure is `python -m pipelines.bench_convert`'s."""
+    from pipelines import bench_convert
+
+    assert bench_convert.main(["--impressions", "200000,1200000", "--chunk-rows", "50000",
+                               "--work", str(tmp_path)]) == 0
+    small, large = json.loads(capsys.readouterr().out)["runs"]
+    assert large["impressions"] == 1_200_000 and sum(large["splits"].values()) == large["impressions"]
+    grown = large["peak_rss_mb"] - small["peak_rss_mb"]
+    assert grown < 0.5 * (large["input_mb"] - small["input_mb"]), (small, large)
