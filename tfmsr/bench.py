@@ -47,8 +47,9 @@ def _timed_fit(model, ds, files, schema, cfg, data_dir, batch, steps, warmup, **
     return {"bench": "train", "model": cfg["model"]["name"], "data": os.path.abspath(data_dir), "batch": batch,
             "steps": steps, "warmup": warmup, "seconds": round(secs, 3),
             "examples_per_sec": round(steps * batch / secs, 1), "ms_per_step": round(1000 * secs / steps, 2),
-            "cpu_seconds": round(cpu, 3),  # all threads of this process: comparable on a busy machine
-            "examples_per_cpu_sec": round(steps * batch / cpu, 1),
+            # all threads of this process: comparable on a busy machine (on a cluster: this role's only)
+            ("role_cpu_seconds" if "cluster" in extra else "cpu_seconds"): round(cpu, 3),
+            **({} if "cluster" in extra else {"examples_per_cpu_sec": round(steps * batch / cpu, 1)}),
             "trainable_parameters": params, **extra, **_machine()}
 
 
