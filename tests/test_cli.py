@@ -2,6 +2,8 @@
 import json
 import os
 
+import pytest
+
 from tfmsr.cli import main
 
 
@@ -25,6 +27,7 @@ def test_data_synth_and_bench_commands(tmp_path, capsys):
                  "--warmup", "2", "--json"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["model"] == "shared_bottom" and res["steps"] == 5 and res["trainable_parameters"] > 0
+    assert res["cpu_seconds"] > 0 and res["examples_per_cpu_sec"] == pytest.approx(5 * 128 / res["cpu_seconds"], rel=1e-2)
 
     assert main(["data", "synth", "--out", out, "--rows", "2000"]) == 2
     assert "already exists" in capsys.readouterr().err
