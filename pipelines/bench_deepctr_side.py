@@ -3,7 +3,8 @@
     python bench_deepctr_side.py ROWS.npz DeepFM|DIN|MMOE BATCH STEPS WARMUP   -> one JSON line
 
 Builds deepctr 0.9.4's model on the baseline shape (same vocabularies, 16-d, MLP 256-128-64, MMoE 4 experts
-256-128 + towers 64 with one binary task per scenario) and times ``model.fit`` on in-memory NumPy for
+256-128 + towers 64 with one binary task per scenario; every model reads the two sequences, mean-pooled
+in DeepFM and MMOE as tfmsr's ``deepfm``/``mmoe`` do) and times ``model.fit`` on in-memory NumPy for
 ``STEPS`` batches after ``WARMUP`` batches.
 """
 import json
@@ -23,8 +24,8 @@ dense = [DenseFeat("price", 1)]
 seq = [VarLenSparseFeat(SparseFeat("hist_item_id", vocab["item_id"], 16, embedding_name="item_id"), 30),
        VarLenSparseFeat(SparseFeat("hist_cate_id", vocab["cate_id"], 16, embedding_name="cate_id"), 30)]
 y = cols["click"].astype(np.float32)
-if name == "DeepFM":
-    feats = sparse + dense
+if name == "DeepFM":  # like tfmsr's deepfm: the mean-pooled sequences are fields too
+    feats = sparse + dense + seq
     model = DeepFM(feats, feats, dnn_hidden_units=(256, 128, 64))
     target = y
 elif name == "DIN":
@@ -32,11 +33,11 @@ elif name == "DIN":
                 att_hidden_size=(80, 40), att_activation="sigmoid")
     target = y
 else:
-    model = MMOE(sparse + dense, num_experts=4, expert_dnn_hidden_units=(256, 128), tower_dnn_hidden_units=(64,),
+    model = MMOE(sparse + dense + seq, num_experts=4, expert_dnn_hidden_units=(256, 128), tower_dnn_hidden_units=(64,),
                  task_types=("binary",) * 4, task_names=tuple(f"s{i}" for i in range(4)))
     target = [y] * 4
 model.compile("adam", "binary_crossentropy")
-x = {f: cols[f] for f in get_feature_names(sparse + dense + (seq if name == "DIN" else []))}
+x = {f: cols[f] for f in get_feature_names(sparse + dense + seq)}
 
 
 def fit(n):
