@@ -15,11 +15,13 @@ values, not rows) and its per-user history buffers (users x L), never by the num
 * ``HistoryBuffer``: per-user ring buffers of the last L events; answers "the last L events strictly
   before time t" for a batch of queries while events stream in time order (behaviour sequences).
 * ``SplitWriter``: buffers rows per split and writes them to a ``DatasetWriter`` in bounded chunks.
-* ``add_common_arguments`` / ``writer_options``: the options every converter shares.
+* ``add_common_arguments`` / ``writer_options``: the options every converter shares; ``print_summary``: the
+  JSON line every converter's CLI run prints.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -48,6 +50,13 @@ def writer_options(args) -> dict:
     """``DatasetWriter`` keyword arguments from the common options."""
     return {"rows_per_shard": args.rows_per_shard, "compression": "GZIP" if args.gzip else None,
             "overwrite": args.overwrite}
+
+
+def print_summary(out: str, stats: dict) -> dict:
+    """The one JSON line a ``tfmsr data convert`` run prints on stdout (splits, scenarios, conversion counts)."""
+    print(json.dumps({"out": out, "splits": {k: v["rows"] for k, v in stats["splits"].items()},
+                      "scenarios": stats["scenario_rows"], "conversion": stats["conversion"]}))
+    return stats
 
 
 # ------------------------------------------------------------------------------------------ progress

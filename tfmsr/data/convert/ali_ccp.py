@@ -33,7 +33,6 @@ rows to valid), as the public preprocessing splits the official test set into va
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 import time
@@ -44,7 +43,7 @@ import pandas as pd
 
 from tfmsr.data.convert._common import (MISSING, CsvStream, DataError, Moments, SplitWriter, Vocab,
                                         add_common_arguments, csv_header, floats, hash_unit, ints,
-                                        peak_rss_mb, require_columns, writer_options)
+                                        peak_rss_mb, require_columns, print_summary, writer_options)
 from tfmsr.data.tfrecord import DatasetWriter
 from tfmsr.features import Feature, Scenario, Schema
 
@@ -77,9 +76,7 @@ def run(args) -> dict:
     stats = convert(args.src, args.out, layout=args.layout, missing_scenario=args.missing_scenario,
                     valid_fraction=args.valid_fraction, min_count=args.min_count, chunk_rows=args.chunk_rows,
                     quiet=args.quiet, **writer_options(args))
-    print(json.dumps({"out": args.out, "splits": {k: v["rows"] for k, v in stats["splits"].items()},
-                      "scenarios": stats["scenario_rows"], "conversion": stats["conversion"]}))
-    return stats
+    return print_summary(args.out, stats)
 
 
 # ---------------------------------------------------------------------------------------------- inputs

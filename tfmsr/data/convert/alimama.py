@@ -58,7 +58,6 @@ rows never enters. Disk: spill files of 29 B per kept behaviour and 45 B per imp
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Dict
@@ -68,7 +67,7 @@ import numpy as np
 from tfmsr.data.convert._common import (MISSING, CsvStream, DataError, HistoryBuffer, Moments, Progress,
                                         SpillDir,
                                         SplitWriter, StringCodes, TimeBuckets, Vocab, add_common_arguments,
-                                        find_input, floats, ints, peak_rss_mb, writer_options)
+                                        find_input, floats, ints, peak_rss_mb, print_summary, writer_options)
 from tfmsr.data.tfrecord import DatasetWriter
 from tfmsr.features import Feature, Scenario, Schema
 
@@ -116,9 +115,7 @@ def run(args) -> dict:
                     valid_periods=args.valid_periods, tz_offset_hours=args.tz_offset_hours,
                     bucket_seconds=args.bucket_seconds, tmp_dir=args.tmp_dir, chunk_rows=args.chunk_rows,
                     quiet=args.quiet, **writer_options(args))
-    print(json.dumps({"out": args.out, "splits": {k: v["rows"] for k, v in stats["splits"].items()},
-                      "scenarios": stats["scenario_rows"], "conversion": stats["conversion"]}))
-    return stats
+    return print_summary(args.out, stats)
 
 
 class _Table:

@@ -34,7 +34,6 @@ empty tab are counted and go to ``unknown`` (or ``--missing-scenario drop``).
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 import time
@@ -45,7 +44,7 @@ import pandas as pd
 
 from tfmsr.data.convert._common import (MISSING, CsvStream, DataError, Moments, SplitWriter, Vocab,
                                         add_common_arguments, csv_header, floats, hash_split, ints,
-                                        peak_rss_mb, require_columns, writer_options)
+                                        peak_rss_mb, require_columns, print_summary, writer_options)
 from tfmsr.data.tfrecord import DatasetWriter
 from tfmsr.features import Feature, Scenario, Schema
 
@@ -86,9 +85,7 @@ def run(args) -> dict:
                     valid_fraction=args.valid_fraction, test_fraction=args.test_fraction,
                     valid_days=args.valid_days, test_days=args.test_days, chunk_rows=args.chunk_rows,
                     quiet=args.quiet, **writer_options(args))
-    print(json.dumps({"out": args.out, "splits": {k: v["rows"] for k, v in stats["splits"].items()},
-                      "scenarios": stats["scenario_rows"], "conversion": stats["conversion"]}))
-    return stats
+    return print_summary(args.out, stats)
 
 
 # ---------------------------------------------------------------------------------------------- sources
