@@ -8,7 +8,7 @@ from tfmsr.layers import (CGC, EPNet, ExpertBank, ExpertGates, GateNU, MultiHead
                           MultiHeadTargetAttention, PartitionedNormalization, PositionalEmbedding, PPNet,
                           ScenarioAffine, ScenarioExtraction, ScenarioMoE, StarDense, TargetAttention,
                           TransformerBlock, CrossNetV2, WideLinear, behavior_pairs, behavior_scenario,
-                          fm_second_order, masked_softmax, partition_apply, require_behavior)
+                          fm_second_order, masked_mean, masked_softmax, partition_apply, require_behavior)
 from tfmsr.features import SchemaError
 
 RNG = np.random.default_rng(0)
@@ -86,6 +86,16 @@ def test_cross_net_v2_recurrence(low_rank):
 
 
 # ---------------------------------------------------------------- attention
+def test_masked_mean_over_real_positions_and_zero_for_empty_rows():
+    seq, mask = rand(5, 7, 3), RNG.random((5, 7)) > 0.4
+    mask[0] = False
+    m = mask[..., None].astype(np.float32)
+    want = (seq * m).sum(1) / np.maximum(m.sum(1), 1.0)
+    got = masked_mean(tf.constant(seq), tf.constant(mask)).numpy()
+    np.testing.assert_allclose(got, want, **TOL)
+    assert not got[0].any()
+
+
 def test_masked_softmax_zero_for_padding_and_empty_rows():
     s = rand(3, 4)
     mask = np.array([[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]], bool)

@@ -58,7 +58,8 @@ def test_csv_and_tfrecord_outputs_match_parquet(exported, synth_dir, tmp_path):
 
 def _bad_shard(synth_dir, path, schema):
     """20 test records: rows 3-4 with an unknown scenario, row 5 without 'age', row 6 without the
-    label 'click', row 7 without its behaviour sequence (an empty history: fine)."""
+    label 'click', row 7 without its behaviour sequence (an empty history: fine), row 8 with two values
+    of 'user_level' and row 9 with an empty 'device' list (both: the feature is missing)."""
     raw = next(iter(tf.data.TFRecordDataset(split_files(synth_dir, "test")[0]).batch(20))).numpy()
     with tf.io.TFRecordWriter(path) as w:
         for i, r in enumerate(raw):
@@ -69,6 +70,10 @@ def _bad_shard(synth_dir, path, schema):
             drop = {5: "age", 6: "click", 7: "hist_item_id"}.get(i)
             if drop:
                 del feat[drop]
+            if i == 8:
+                feat["user_level"].int64_list.value.append(1)
+            if i == 9:
+                del feat["device"].int64_list.value[:]
             w.write(ex.SerializeToString())
     return raw
 
@@ -77,25 +82,32 @@ def test_unknown_scenarios_and_missing_features_are_counted_not_scored(exported,
     _, out = exported["dnn"]
     shard = str(tmp_path / "bad.tfrecord")
     _bad_shard(synth_dir, shard, synth_schema)
-    res = score(out, shard, str(tmp_path / "s.parquet"), keep=["click"], **QUIET)
-    assert (res["rows"], res["scored"], res["unknown_scenario"], res["missing_features"]) == (20, 17, 2, 1)
-    assert res["missing_by_feature"] == {"age": 1} and res["missing_keep"] == {"click": 1}
-    assert res["first_unscored"] == [{"row": 3, "reason": "unknown_scenario"}, {"row": 4, "reason": "unknown_scenario"},
-                                     {"row": 5, "reason": "missing age"}]
-    df = pd.read_parquet(tmp_path / "s.parquet")
-    assert df["prob"].isna().tolist() == [i in (3, 4, 5) for i in range(20)]
-    assert df["click"].isna().tolist() == [i == 6 for i in range(20)]
+    unscored = (3, 4, 5, 8, 9)
+    # batch 4: rows 8-11 are a batch the fast dense parse rejects (several / zero values), parsed again exactly
+    for batch_size in (4096, 4):
+        res = score(out, shard, str(tmp_path / f"s{batch_size}.parquet"), keep=["click"], batch_size=batch_size,
+                    **QUIET)
+        assert (res["rows"], res["scored"], res["unknown_scenario"], res["missing_features"]) == (20, 15, 2, 3)
+        assert res["missing_by_feature"] == {"age": 1, "user_level": 1, "device": 1}
+        assert res["missing_keep"] == {"click": 1}
+        assert res["first_unscored"] == [
+            {"row": 3, "reason": "unknown_scenario"}, {"row": 4, "reason": "unknown_scenario"},
+            {"row": 5, "reason": "missing age"}, {"row": 8, "reason": "missing user_level"},
+            {"row": 9, "reason": "missing device"}]
+        df = pd.read_parquet(tmp_path / f"s{batch_size}.parquet")
+        assert df["prob"].isna().tolist() == [i in unscored for i in range(20)]
+        assert df["click"].isna().tolist() == [i == 6 for i in range(20)]
     # the scored rows equal the SavedModel's own tf.Example signature on the same records
     m = tf.saved_model.load(os.path.join(out, "all", "1"))
-    good = [i for i in range(20) if i not in (3, 4, 5)]
+    good = [i for i in range(20) if i not in unscored]
     recs = next(iter(tf.data.TFRecordDataset(shard).batch(20))).numpy()
     want = m.signatures["examples"](examples=tf.constant(recs[good]))["prob"].numpy()
     np.testing.assert_allclose(df["prob"].to_numpy()[good], want, atol=1e-6)
 
-    # a scenario servable ignores the scenario value: only the record without 'age' is left unscored
+    # a scenario servable ignores the scenario value: only the records missing a feature are left unscored
     s1 = os.path.join(out, servable_names(synth_schema)[1])
     res = score(s1, shard, str(tmp_path / "s1.csv"), **QUIET)
-    assert (res["rows"], res["scored"], res["unknown_scenario"], res["missing_features"]) == (20, 19, 0, 1)
+    assert (res["rows"], res["scored"], res["unknown_scenario"], res["missing_features"]) == (20, 17, 0, 3)
     assert res["servable"] == servable_names(synth_schema)[1]
 
 

@@ -143,37 +143,78 @@ def _float_ragged(flat: np.ndarray, lengths: np.ndarray):
     return wire.tagged(wire.FLOAT_LIST, wire.tagged(0x0A, (v.view(np.uint8), off)))
 
 
-def _row_parser(schema: Schema, dtypes, required: List[str], keep: List[str], routed: bool):
-    """(parse spec, batch parser). The parser returns the model inputs, the kept columns as
-    (values, present), ``ok`` (the row can be scored), ``unknown`` (scenario outside [0, S)) and
-    ``missing`` [B, len(required)]. Scalars are parsed as ragged so an absent value is seen, not
-    defaulted; rows that will not be scored get scenario 0 so the batch still runs."""
-    key, S = schema.scenario.name, schema.num_scenarios
-    scalars = list(dict.fromkeys(required + keep))
-    spec = {n: tf.io.RaggedFeature(dtypes[n], row_splits_dtype=tf.int64) for n in scalars}
-    full = parse_spec(schema)
-    spec.update({f.name: full[f.name] for f in schema.of_kind("sequence")})
-    parse_raw = make_parser(schema, with_labels=False, spec=spec)
+# Fast-path stand-ins for an absent scalar: values no real record carries (the most negative int64 and
+# float32, a NUL-framed marker string). A record that happens to hold exactly one of them is counted as
+# missing that feature.
+_ABSENT = {tf.int64: np.iinfo(np.int64).min, tf.float32: float(np.finfo(np.float32).min),
+           tf.string: b"\x00tfmsr:absent\x00"}
+
+
+class _RowParser:
+    """Batch parsers returning the model inputs, the kept columns as (values, present), ``ok`` (the row
+    can be scored), ``unknown`` (scenario outside [0, S)) and ``missing`` [B, len(required)]; rows
+    that will not be scored get scenario 0 so the batch still runs.
+
+    ``fast`` parses scalars dense, an absent one as its ``_ABSENT`` stand-in: as cheap as the training
+    parser. A record with a scalar present with zero or several values fails that parse for its whole
+    batch; ``exact`` parses such a batch again with scalars as ragged (present = exactly one value)."""
+
+    def __init__(self, schema: Schema, dtypes, required: List[str], keep: List[str], routed: bool):
+        self.schema, self.required, self.keep, self.routed = schema, required, keep, routed
+        self.scalars = list(dict.fromkeys(required + keep))
+        full = parse_spec(schema)
+        seqs = {f.name: full[f.name] for f in schema.of_kind("sequence")}
+        self.dtypes = {n: dtypes[n] for n in self.scalars}
+        self.spec = {**{n: tf.io.RaggedFeature(t, row_splits_dtype=tf.int64) for n, t in self.dtypes.items()},
+                     **seqs}
+        dense = {**{n: tf.io.FixedLenFeature([], t, default_value=_ABSENT[t]) for n, t in self.dtypes.items()},
+                 **seqs}
+        self._parse_exact = make_parser(schema, with_labels=False, spec=self.spec)
+        self._parse_fast = make_parser(schema, with_labels=False, spec=dense)
 
     @tf.autograph.experimental.do_not_convert  # no Python control flow on tensors
-    def parse(serialized):
-        raw = parse_raw(serialized)
-        values, present = {}, {}
-        for n in scalars:
-            present[n] = tf.equal(raw[n].row_lengths(), 1)
-            values[n] = raw[n].to_tensor(_DEFAULTS[dtypes[n]], shape=[None, 1])[:, 0]
-        missing = tf.stack([~present[n] for n in required], axis=1)
+    def fast(self, serialized):
+        raw = self._parse_fast(serialized)
+        present = {n: tf.not_equal(raw[n], _ABSENT[t]) for n, t in self.dtypes.items()}
+        values = {n: tf.where(present[n], raw[n], _DEFAULTS[t]) for n, t in self.dtypes.items()}
+        return self._rows(raw, values, present)
+
+    @tf.autograph.experimental.do_not_convert
+    def exact(self, serialized):
+        raw = self._parse_exact(serialized)
+        present = {n: tf.equal(raw[n].row_lengths(), 1) for n in self.scalars}
+        values = {n: raw[n].to_tensor(_DEFAULTS[t], shape=[None, 1])[:, 0] for n, t in self.dtypes.items()}
+        return self._rows(raw, values, present)
+
+    def _rows(self, raw, values, present):
+        key, S = self.schema.scenario.name, self.schema.num_scenarios
+        missing = tf.stack([~present[n] for n in self.required], axis=1)
         ok = ~tf.reduce_any(missing, axis=1)
         unknown = tf.zeros_like(ok)
-        if routed:
+        if self.routed:
             unknown = present[key] & ((values[key] < 0) | (values[key] >= S))
             ok &= ~unknown
-        model_in = {f.name: (raw[f.name] if f.kind == "sequence" else values[f.name]) for f in schema.features}
-        if routed:
+        model_in = {f.name: (raw[f.name] if f.kind == "sequence" else values[f.name]) for f in self.schema.features}
+        if self.routed:
             model_in[key] = tf.where(ok, values[key], tf.zeros_like(values[key]))
-        return model_in, {n: (values[n], present[n]) for n in keep}, ok, unknown, missing
+        return model_in, {n: (values[n], present[n]) for n in self.keep}, ok, unknown, missing
 
-    return spec, parse
+
+def _parsed_batches(files: Sequence[str], batch_size: int, parser: _RowParser):
+    """Parsed batches in input order: the fast parse in parallel; a batch it rejects is read again and
+    parsed exactly (a batch neither parser reads raises from ``exact``)."""
+    ds = _reader(files, batch_size).map(parser.fast, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    it = iter(ds.prefetch(tf.data.AUTOTUNE))
+    index = 0
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except tf.errors.InvalidArgumentError:
+            batch = next(iter(_reader(files, batch_size).skip(index).take(1).map(parser.exact)))
+        index += 1
+        yield batch
 
 
 def score(saved_model: str, inputs: str, output: str, keep: Sequence[str] = (), batch_size: int = 4096,
@@ -204,11 +245,9 @@ def score(saved_model: str, inputs: str, output: str, keep: Sequence[str] = (), 
 
     routed = meta["scenario_index"] is None
     required = ([schema.scenario.name] if routed else []) + [f.name for f in schema.features if f.kind != "sequence"]
-    spec, parse = _row_parser(schema, dtypes, required, keep, routed)
+    parser = _RowParser(schema, dtypes, required, keep, routed)
     loaded = tf.saved_model.load(path)
     fn = loaded.signatures["serving_default"]
-    ds = _reader(files, batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.prefetch(tf.data.AUTOTUNE)
     columns = {**{k: dtypes[k] for k in keep}, "prob": tf.float32}
     writer = _Writer(output, fmt, columns)
     progress = progress or _stderr_progress
@@ -219,8 +258,8 @@ def score(saved_model: str, inputs: str, output: str, keep: Sequence[str] = (), 
     start = last = time.time()
     cpu0 = time.process_time()
     try:
-        with read_errors(files, schema, spec):
-            for model_in, kept, ok, unknown, missing in ds:
+        with read_errors(files, schema, parser.spec):
+            for model_in, kept, ok, unknown, missing in _parsed_batches(files, batch_size, parser):
                 prob = fn(**model_in)["prob"].numpy()
                 ok, unknown, missing = ok.numpy(), unknown.numpy(), missing.numpy()
                 cols = {k: (v.numpy(), p.numpy()) for k, (v, p) in kept.items()}

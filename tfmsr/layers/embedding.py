@@ -98,6 +98,8 @@ class FeatureEmbedding(keras.layers.Layer):
 
 
 def masked_mean(seq: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """Mean of ``[B, L, d]`` over the real positions of ``mask [B, L]`` (zeros for an empty sequence)."""
-    m = tf.cast(mask, seq.dtype)[..., None]
-    return tf.reduce_sum(seq * m, axis=1) / tf.maximum(tf.reduce_sum(m, axis=1), 1.0)
+    """Mean of ``[B, L, d]`` over the real positions of ``mask [B, L]`` (zeros for an empty sequence).
+    One batched mat-vec (``einsum``) instead of a masked copy of the sequence and a reduction: half the
+    memory traffic of the most frequent op of the pooled-sequence models."""
+    m = tf.cast(mask, seq.dtype)
+    return tf.einsum("bl,bld->bd", m, seq) / tf.maximum(tf.reduce_sum(m, axis=1, keepdims=True), 1.0)
