@@ -104,11 +104,11 @@ def test_masked_softmax_zero_for_padding_and_empty_rows():
     assert got[1].sum() == 0.0 and np.allclose(got[[0, 2]].sum(1), 1.0)
 
 
-@pytest.mark.parametrize("normalize", [False, True])
-def test_din_activation_unit(normalize):
+@pytest.mark.parametrize("normalize,hidden", [(False, (6, 4)), (True, (6, 4)), (False, ())])
+def test_din_activation_unit(normalize, hidden):
     b, l, d = 4, 5, 3
     q, k, mask = rand(b, d), rand(b, l, d), mask_of(b, l)
-    layer = TargetAttention(hidden=(6, 4), activation="sigmoid", normalize=normalize)
+    layer = TargetAttention(hidden=hidden, activation="sigmoid", normalize=normalize)
     got = layer(tf.constant(q), tf.constant(k), tf.constant(mask)).numpy()
     qq = np.broadcast_to(q[:, None], k.shape)
     h = np.concatenate([k, qq, k - qq, k * qq], -1)

@@ -48,10 +48,18 @@ class TargetAttention(keras.layers.Layer):
         self.out = keras.layers.Dense(1, kernel_initializer=fresh(kernel_init), name="score")
 
     def scores(self, query, keys, mask):
-        """Attention weights ``[B, L]`` (after masking / optional softmax)."""
-        q = tf.broadcast_to(query[:, None, :], tf.shape(keys))
-        feats = tf.concat([keys, q, keys - q, keys * q], axis=-1)
-        s = self.out(self.mlp(feats))[..., 0]
+        """Attention weights ``[B, L]`` (after masking / optional softmax).
+
+        The first layer of the unit, ``[e, q, e - q, e * q] W + b`` with ``W = [W_e; W_q; W_d; W_p]``, is
+        computed as ``e (W_e + W_d) + q (W_q - W_d) + (e * q) W_p + b``: the same value, with the query
+        term once per example instead of once per behaviour (half the FLOPs of the unit's widest layer)."""
+        dense0 = self.mlp.dense[0] if self.mlp.dense else self.out
+        if not dense0.built:
+            dense0.build(tf.TensorShape([None, 4 * int(keys.shape[-1])]))
+        w_e, w_q, w_d, w_p = tf.split(dense0.kernel, 4, axis=0)
+        pre = (tf.einsum("bld,dh->blh", keys, w_e + w_d) + tf.matmul(query, w_q - w_d)[:, None, :]
+               + tf.einsum("bld,dh->blh", keys * query[:, None, :], w_p) + dense0.bias)
+        s = (self.out(self.mlp.hidden_outputs(None, first_preactivation=pre)[-1]) if self.mlp.dense else pre)[..., 0]
         if self.normalize:
             return masked_softmax(s, mask)
         return s * tf.cast(mask, s.dtype)

@@ -29,11 +29,13 @@ class MLP(keras.layers.Layer):
     def call(self, x, training=False):
         return self.hidden_outputs(x, training=training)[-1] if self.dense else x
 
-    def hidden_outputs(self, x, training=False):
-        """The output of every hidden layer, in order (SAML's ``V_a^l`` feed the branches, eq. 4)."""
+    def hidden_outputs(self, x, training=False, first_preactivation=None):
+        """The output of every hidden layer, in order (SAML's ``V_a^l`` feed the branches, eq. 4).
+        ``first_preactivation``: ``x W_0 + b_0`` computed by the caller (a cheaper factorisation of the
+        first layer, see ``TargetAttention``); ``x`` is then unused."""
         outs = []
         for i, dense in enumerate(self.dense):
-            x = dense(x)
+            x = first_preactivation if i == 0 and first_preactivation is not None else dense(x)
             if self.norms:
                 x = self.norms[i](x, training=training)
             x = self.act(x)
