@@ -440,3 +440,14 @@ def test_adjusted_rand_index_and_purity():
     assert adjusted_rand_index([3, 3, 1, 1, 2], [0, 0, 1, 1, 2]) == pytest.approx(1.0)  # label permutation
     rng = np.random.default_rng(0)
     assert abs(adjusted_rand_index(rng.integers(0, 4, 20000), rng.integers(0, 4, 20000))) < 0.01
+
+
+@pytest.mark.parametrize("params,small", [({}, {"hour", "device"}), ({"assignment": "none"}, set()),
+                                          ({"learner_inputs": ["user", "context"]},
+                                           {"hour", "device", "user_id", "gender", "age", "user_level"})])
+def test_embedding_init_applies_to_the_learner_tables_only(params, small, synth_dir, synth_schema):
+    model = build("musenet", synth_schema, params)
+    x, _ = batch(synth_dir, synth_schema, 8)
+    model(x)
+    std = {name: float(np.std(t.embeddings.numpy())) for name, t in model.embedding.tables.items()}
+    assert {n for n, s in std.items() if s < 0.02} == small, std
