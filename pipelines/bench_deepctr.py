@@ -11,7 +11,9 @@ tfmsr reads TFRecord shards through its input pipeline (``tfmsr.bench.bench_trai
 same rows from in-memory NumPy (its usual ``model.fit(dict_of_arrays)``), in its own virtualenv (deepctr
 pins an older TensorFlow and is not a tfmsr dependency), by ``pipelines/bench_deepctr_side.py``. Both time
 ``steps`` steps of ``model.fit`` after ``warmup`` steps. Prints one JSON object: both figures per model and
-``ratio`` = tfmsr / deepctr examples/s.
+``ratio`` = tfmsr / deepctr examples/s (medians over ``--repeats`` alternating runs), and ``cpu_ratio``
+the same per CPU-second of the process (all threads): on a shared or throttled machine the wall-clock
+figures of one model swing 2x between runs, the CPU-second ones far less.
 """
 from __future__ import annotations
 
@@ -74,6 +76,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--models", default="deepfm,din,mmoe")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per side; the figures are medians")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
 
@@ -94,18 +97,25 @@ def main(argv=None) -> dict:
             params, ctr_name = MODELS[name]
             cfg = load_config(None, overrides=[f"model.name={name}", f"data.batch_size={args.batch}"])
             cfg["model"]["params"] = params
-            ours = bench_train(cfg, data, args.batch, args.steps, args.warmup)
-            out = subprocess.run([args.deepctr_python, side, arrays, ctr_name, str(args.batch), str(args.steps),
-                                  str(args.warmup)], capture_output=True, text=True, env=env)
-            if out.returncode != 0:
-                raise SystemExit(f"deepctr {ctr_name} failed:\n{out.stderr[-3000:]}")
-            theirs = json.loads(out.stdout.strip().splitlines()[-1])
-            results[name] = {"tfmsr_examples_per_sec": ours["examples_per_sec"],
-                             "deepctr_examples_per_sec": theirs["examples_per_sec"],
-                             "ratio": round(ours["examples_per_sec"] / theirs["examples_per_sec"], 3),
-                             "tfmsr_parameters": ours["trainable_parameters"],
-                             "deepctr_parameters": theirs["trainable_parameters"],
-                             "deepctr_tensorflow": theirs["tensorflow"]}
+            runs = []
+            for _ in range(args.repeats):  # alternate the two sides so a slow spell hits both
+                ours = bench_train(cfg, data, args.batch, args.steps, args.warmup)
+                out = subprocess.run([args.deepctr_python, side, arrays, ctr_name, str(args.batch), str(args.steps),
+                                      str(args.warmup)], capture_output=True, text=True, env=env)
+                if out.returncode != 0:
+                    raise SystemExit(f"deepctr {ctr_name} failed:\n{out.stderr[-3000:]}")
+                runs.append((ours, json.loads(out.stdout.strip().splitlines()[-1])))
+            med = lambda side_, key: float(np.median([r[side_][key] for r in runs]))
+            results[name] = {"tfmsr_examples_per_sec": med(0, "examples_per_sec"),
+                             "deepctr_examples_per_sec": med(1, "examples_per_sec"),
+                             "ratio": round(med(0, "examples_per_sec") / med(1, "examples_per_sec"), 3),
+                             "tfmsr_examples_per_cpu_sec": med(0, "examples_per_cpu_sec"),
+                             "deepctr_examples_per_cpu_sec": med(1, "examples_per_cpu_sec"),
+                             "cpu_ratio": round(med(0, "examples_per_cpu_sec") / med(1, "examples_per_cpu_sec"), 3),
+                             "repeats": args.repeats,
+                             "tfmsr_parameters": runs[0][0]["trainable_parameters"],
+                             "deepctr_parameters": runs[0][1]["trainable_parameters"],
+                             "deepctr_tensorflow": runs[0][1]["tensorflow"]}
             print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
     res = {"bench": "deepctr", "rows": args.rows, "batch": args.batch, "steps": args.steps,
            "warmup": args.warmup, "cpus": os.cpu_count(), "models": results}

@@ -48,9 +48,10 @@ def fit(n):
 
 
 fit(warmup)
-start = time.perf_counter()
+start, cpu0 = time.perf_counter(), time.process_time()
 fit(steps)
-secs = time.perf_counter() - start
+secs, cpu = time.perf_counter() - start, time.process_time() - cpu0
 params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
 print(json.dumps({"model": name, "examples_per_sec": round(steps * batch / secs, 1), "seconds": round(secs, 3),
+                  "cpu_seconds": round(cpu, 3), "examples_per_cpu_sec": round(steps * batch / cpu, 1),
                   "trainable_parameters": params, "tensorflow": tf.__version__}))
