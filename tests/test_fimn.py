@@ -177,12 +177,17 @@ def test_sif_matches_equations_8_to_14_and_stops_the_gradient():
 
 
 # ------------------------------------------------------------------------------------------------ SMM
-def test_smm_matches_equations_15_to_18():
+@pytest.mark.parametrize("hidden", [(), (7,)])
+def test_smm_matches_equations_15_to_18(hidden):
     h = tf.constant(f32(B, 13))
-    layer = ScenarioMutual(S, D, attention_dim=6)
+    layer = ScenarioMutual(S, D, attention_dim=6, projection_hidden=hidden)
     out, alpha, theta = (t.numpy() for t in layer(h))
+    x = h.numpy()
+    for dense in layer.projection.dense:                                       # shared ReLU layers, if any
+        k, b0 = (v.numpy() for v in dense.weights)
+        x = np.maximum(x @ k + b0, 0.0)
     w, b = (v.numpy() for v in layer.w_m_proj.weights)
-    m = (h.numpy() @ w + b).reshape(B, S, D)                                   # eq. 15 (projection + reshape)
+    m = (x @ w + b).reshape(B, S, D)                                           # eq. 15 (projection + reshape)
     wi, wj, z, wm = (l.kernel.numpy() for l in (layer.w_query, layer.w_key, layer.z, layer.w_gate))
     want_out, want_alpha, want_theta = np.zeros((B, S, D)), np.zeros((B, S, S)), np.zeros((B, S))
     for i in range(S):

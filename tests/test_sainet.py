@@ -60,6 +60,14 @@ def test_sie_matches_equations_2_3():
     np.testing.assert_allclose(out2[0, :3], out[0, :3], rtol=1e-4, atol=1e-5)
 
 
+def test_sie_residual_adds_the_input():
+    """residual=True: X + MultiHead(X) (the [21] sublayer); the attention part is eq. 2-3 unchanged."""
+    x, m_s, _, mask = inputs()
+    layer = ScenarioAwareInterestExtracting(num_heads=H, residual=True)
+    out = layer([tf.constant(x), tf.constant(m_s)], tf.constant(mask)).numpy()
+    np.testing.assert_allclose(out, x + np_sie(layer, x, m_s, mask), rtol=1e-4, atol=1e-5)
+
+
 def test_stm_matches_equations_4_5():
     x, _, e_st, _ = inputs()
     layer = ScenarioTailoring(gamma=2.0)

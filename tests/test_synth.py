@@ -7,6 +7,7 @@ import pytest
 
 from tfmsr import metrics
 from tfmsr.data.pipeline import make_dataset, split_files
+from tfmsr.data import synth
 from tfmsr.data.synth import generate
 
 
@@ -73,3 +74,35 @@ def test_deterministic_by_seed_and_streams_in_chunks(tmp_path):
             assert open(fa, "rb").read() == open(fb, "rb").read()
     with pytest.raises(FileExistsError):
         generate(str(tmp_path / "a"), rows=3000, progress=False)
+
+
+
+@pytest.mark.parametrize("kappa", [0.0, 1.0])
+def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa):
+    """oracle_p re-computed in NumPy from the world and the row (module docstring), with the behaviour weights
+    w_h = (1 - kappa) + kappa * sim(s_h, s); kappa = 1 makes a click from an opposing scenario count against."""
+    rng = np.random.default_rng(3)
+    w = synth._World(rng, 5, 300, 200, 20, 60, 8, behaviour_scenario=kappa)
+    hist = [np.zeros((300, 30), np.int64) for _ in range(3)]
+    counts = [np.zeros(300, np.int64), np.zeros(300, np.int64)]
+    rows = [synth._chunk(rng, w, 2000, *hist, *counts) for _ in range(3)][-1]
+    u, i, s = rows["user_id"] - 1, rows["item_id"] - 1, rows["scenario"]
+    hi, hc, hs = rows["hist_item_id"], rows["hist_cate_id"], rows["hist_scenario"]
+    sim = w.similarity()
+    w_h = np.where(hi > 0, (1 - kappa) + kappa * sim[np.maximum(hs - 1, 0), s[:, None]], 0.0)
+    hlen = np.maximum((hi > 0).sum(1), 1)
+    unit = w.g_i / np.linalg.norm(w.g_i, axis=1, keepdims=True)
+    cos = np.einsum("bld,bd->bl", unit[np.maximum(hi - 1, 0)], unit[i])
+    cat = w.cat[i]
+    z = rows["latent_scenario"]
+    logit = (w.b0 + w.bias_s[s] + (w.g_u[u] * w.g_i[i]).sum(1) / np.sqrt(8)
+             + 2.0 * (w.a_u[u] * w.m[s] * w.b_i[i]).sum(1) / np.sqrt(8)
+             + (w_h * cos).sum(1) / hlen + (w_h * (hc == cat[:, None] + 1)).sum(1) / hlen
+             + (w.rho[z] + 2.0 * (w.repeat_q[u] - 0.2)) * (hi == i[:, None] + 1).any(1)
+             + 0.8 * w.T[z, cat] + 1.2 * (w.search[s] & (rows["query_cate"] - 1 == cat)) - 0.25 * w.price[i])
+    assert (hi > 0).any(1).mean() > 0.5 and ((hs > 0) & (hs - 1 != s[:, None])).any()
+    np.testing.assert_allclose(rows["oracle_p"], 1 / (1 + np.exp(-logit)), rtol=1e-5, atol=1e-6)
+    if kappa:
+        assert sim.min() < -0.3  # opposing clusters exist, so some behaviours count against the item
+    with pytest.raises(ValueError, match="behaviour_scenario"):
+        synth.generate("unused", rows=1000, behaviour_scenario=1.5, progress=False)

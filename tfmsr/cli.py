@@ -19,7 +19,8 @@ def _data_synth(args):
 
     stats = generate(args.out, rows=args.rows, scenarios=args.scenarios, seed=args.seed, users=args.users,
                      items=args.items, seq_len=args.seq_len, rows_per_shard=args.rows_per_shard,
-                     compression="GZIP" if args.gzip else None, overwrite=args.overwrite)
+                     compression="GZIP" if args.gzip else None, overwrite=args.overwrite,
+                     behaviour_scenario=args.behaviour_scenario)
     print(json.dumps({"out": args.out, "splits": {k: v["rows"] for k, v in stats["splits"].items()},
                       "traffic_share": stats["traffic_share"]}))
 
@@ -136,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seq-len", type=int, default=30)
     s.add_argument("--rows-per-shard", type=int, default=50_000)
     s.add_argument("--gzip", action="store_true", help="GZIP-compressed shards")
+    s.add_argument("--behaviour-scenario", type=float, default=0.0, metavar="KAPPA",
+                   help="weight of a behaviour's scenario in its interest effect, 0..1 (SAINet's premise; "
+                        "see tfmsr/data/synth.py)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=_data_synth)
 

@@ -24,9 +24,15 @@ order, chunk by chunk, so memory is bounded by users x history length, never by 
 
     logit = b0 + bias_s + g_u.g_i / sqrt(d)                    global preference
           + 2.0 * spec_s(u, i)                                 scenario-specific preference
-          + 1.0 * mean_h cos(g_h, g_i) + 1.0 * share of history in cat(i)   interest from behaviour
+          + 1.0 * mean_h w_h cos(g_h, g_i) + 1.0 * mean_h w_h [cat(h) = cat(i)]   interest from behaviour
           + (rho_z + 2 (q_u - 0.2)) * [i in history]           repeat effect
           + 0.8 * T[z, cat(i)] + 1.2 * [query = cat(i)] - 0.25 * price
+
+  **Behaviour-scenario effect** (SAINet's premise, switch ``behaviour_scenario = kappa`` in [0, 1],
+  default 0): a behaviour's weight depends on the scenario it happened in, ``w_h = (1 - kappa) + kappa *
+  sim(s_h, s)`` with ``sim`` the cosine of ``m_{s_h}`` and ``m_s`` above. With kappa = 1 a click made in a
+  scenario of the same cluster counts fully, one made in an opposing cluster counts against the item.
+  kappa = 0 (``w_h = 1``) is the generator without it, row for row.
 
   ``oracle_p = sigmoid(logit)`` is stored with every row: its AUC is the ceiling of any model.
   Clicked items enter the history after the row (the history a row sees is strictly earlier).
@@ -89,8 +95,9 @@ def synth_schema(num_scenarios: int, users: int, items: int, categories: int, br
 class _World:
     """The static part of the planted world: users, items, scenario tastes."""
 
-    def __init__(self, rng, S, U, I, C, B, d, scenario_weight=2.0, id_noise=0.6):
+    def __init__(self, rng, S, U, I, C, B, d, scenario_weight=2.0, id_noise=0.6, behaviour_scenario=0.0):
         self.scenario_weight, self.id_noise = scenario_weight, id_noise
+        self.behaviour_scenario = behaviour_scenario
         self.S, self.U, self.I, self.C, self.B, self.d = S, U, I, C, B, d
         n = rng.normal
         # users
@@ -125,6 +132,9 @@ class _World:
         m_cluster[1::2] = -0.6 * m_cluster[0] + 0.8 * m_cluster[1::2]  # odd clusters oppose the dominant one
         self.m = m_cluster[self.cluster] + 0.25 * n(0, 1, (S, d))
         self.bias_s = n(0, 0.3, S)
+        # behaviour weight by (behaviour scenario + 1, target scenario); row 0 is padding
+        k = behaviour_scenario
+        self.behaviour_weight = np.vstack([np.zeros(S), (1.0 - k) + k * self.similarity()])
         self.search = (np.arange(S) % 2) == 1
         # implicit scenarios
         self.T = n(0, 1, (LATENT_SCENARIOS, C))
@@ -148,17 +158,20 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
              items: Optional[int] = None, categories: int = 50, brands: int = 400, seq_len: int = 30,
              latent_dim: int = 8, valid: float = 0.1, test: float = 0.1, rows_per_shard: int = 50_000,
              chunk: int = 20_000, compression: Optional[str] = None, overwrite: bool = False,
-             scenario_weight: float = 2.0, id_noise: float = 0.6, progress: bool = True) -> dict:
+             scenario_weight: float = 2.0, id_noise: float = 0.6, behaviour_scenario: float = 0.0,
+             progress: bool = True) -> dict:
     """Stream ``rows`` planted rows into ``out_dir`` (shards + schema.yaml + stats.json); returns the stats."""
     if rows < 100:
         raise ValueError(f"--rows must be at least 100, got {rows}")
+    if not 0.0 <= behaviour_scenario <= 1.0:
+        raise ValueError(f"behaviour_scenario must be in [0, 1], got {behaviour_scenario}")
     if not 0 < valid + test < 1:
         raise ValueError(f"valid + test must be in (0, 1), got {valid} + {test}")
     U = users or max(500, min(20_000, rows // 20))
     I = items or max(200, min(20_000, rows // 40))
     C = min(categories, I)
     rng = np.random.default_rng(seed)
-    w = _World(rng, scenarios, U, I, C, brands, latent_dim, scenario_weight, id_noise)
+    w = _World(rng, scenarios, U, I, C, brands, latent_dim, scenario_weight, id_noise, behaviour_scenario)
     schema = synth_schema(scenarios, U, I, C, brands, seq_len)
     L = seq_len
     hist_item = np.zeros((U, L), np.int64)  # ids + 1, 0 = padding; most recent first
@@ -169,7 +182,8 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
     n_train = int(rows * (1 - valid - test))
     n_valid = int(rows * valid)
     extra = {"generator": {
-        "seed": seed, "rows": rows, "scenario_weight": scenario_weight, "id_noise": id_noise, "users": U, "items": I, "categories": C, "brands": brands,
+        "seed": seed, "rows": rows, "scenario_weight": scenario_weight, "id_noise": id_noise,
+        "behaviour_scenario": behaviour_scenario, "users": U, "items": I, "categories": C, "brands": brands,
         "latent_scenarios": LATENT_SCENARIOS, "scenario_clusters": w.cluster.tolist(),
         "search_scenarios": np.flatnonzero(w.search).tolist(),
         "scenario_similarity": np.round(w.similarity(), 4).tolist(),
@@ -245,11 +259,11 @@ def _chunk(rng, w: _World, n, hist_item, hist_cat, hist_sc, clicks, repeat_click
         d = math.sqrt(w.d)
         glob = (w.g_u[u] * w.g_i[item]).sum(1) / d
         spec = (w.a_u[u] * w.m[s] * w.b_i[item]).sum(1) / d
-        valid = hi != 0
+        w_h = w.behaviour_weight[hs, s[:, None]]  # 0 on padding
         hvec = w.g_i_unit[np.maximum(hi - 1, 0)]
         cos = (hvec * w.g_i_unit[item][:, None, :]).sum(-1)
-        interest = np.where(hlen > 0, (cos * valid).sum(1) / np.maximum(hlen, 1), 0.0)
-        same_cat = np.where(hlen > 0, ((hc == (cat + 1)[:, None]) & valid).sum(1) / np.maximum(hlen, 1), 0.0)
+        interest = np.where(hlen > 0, (cos * w_h).sum(1) / np.maximum(hlen, 1), 0.0)
+        same_cat = np.where(hlen > 0, ((hc == (cat + 1)[:, None]) * w_h).sum(1) / np.maximum(hlen, 1), 0.0)
         rep_eff = (w.rho[z] + 2.0 * (w.repeat_q[u] - 0.2)) * is_rep
         qmatch = search & (qcat == cat)
         logit = (w.b0 + w.bias_s[s] + glob + w.scenario_weight * spec + 1.0 * interest + 1.0 * same_cat + rep_eff

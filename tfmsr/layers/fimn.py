@@ -16,6 +16,7 @@ import tf_keras as keras
 from tfmsr.layers._init import fresh
 from tfmsr.layers.attention import MultiHeadTargetAttention, masked_softmax
 from tfmsr.layers.interaction import fm_bi_interaction
+from tfmsr.layers.mlp import MLP
 
 
 def frequency_features(per_scenario: Mapping[str, Mapping], names: Sequence[str], source: str = "stats") -> np.ndarray:
@@ -185,6 +186,8 @@ class ScenarioMutual(keras.layers.Layer):
     Eq. 15 reshapes ``e~_s + e_If + e_t + e_p + e_q`` (width ``D``) into ``[M_1; ...; M_S]`` of shape
     ``S x d``, which only fits when ``D = S d``. The dimension-consistent reading used here: a learned linear
     projection ``R^D -> R^{S d}`` (``W_M``, with bias) followed by the reshape, so ``M_i`` is row ``i``.
+    ``projection_hidden`` (default none) puts shared ReLU layers before ``W_M``: the projection is then an
+    MLP whose hidden layers every scenario's ``M_i`` (and so every scenario's examples) trains.
     Additive attention (eq. 16) with ``M_i`` as query over the other scenarios: ``a_ij = z^T tanh(W^i M_i +
     W^j M_j)``, read as vanilla additive attention with one query matrix ``W^i`` and one key matrix ``W^j``
     (``d_h x d``, shared by all scenarios: the ``M_i`` are already scenario-specific), softmax over
@@ -197,13 +200,14 @@ class ScenarioMutual(keras.layers.Layer):
     """
 
     def __init__(self, num_scenarios: int, dim: int, attention_dim: int = 32, kernel_init="glorot_uniform",
-                 **kwargs):
+                 projection_hidden: Sequence[int] = (), **kwargs):
         super().__init__(**kwargs)
         if num_scenarios < 2:
             raise ValueError("ScenarioMutual needs at least 2 scenarios (eq. 16 attends over the others)")
         self.s, self.d, self.kernel_init = int(num_scenarios), int(dim), kernel_init
         dense = lambda n, name, bias=True: keras.layers.Dense(n, use_bias=bias, name=name,
                                                               kernel_initializer=fresh(kernel_init))
+        self.projection = MLP(projection_hidden, kernel_init=kernel_init, name="projection")
         self.w_m_proj = dense(self.s * self.d, "W_M")
         self.w_query = dense(attention_dim, "W_i", bias=False)
         self.w_key = dense(attention_dim, "W_j", bias=False)
@@ -211,7 +215,7 @@ class ScenarioMutual(keras.layers.Layer):
         self.w_gate = dense(1, "W_m", bias=False)
 
     def call(self, h):
-        m = tf.reshape(self.w_m_proj(h), [-1, self.s, self.d])                    # eq. 15
+        m = tf.reshape(self.w_m_proj(self.projection(h)), [-1, self.s, self.d])   # eq. 15
         q, k = self.w_query(m), self.w_key(m)                                       # [B, S, d_h]
         scores = self.z(tf.tanh(q[:, :, None, :] + k[:, None, :, :]))[..., 0]       # [B, S, S] a_ij
         alpha = masked_softmax(scores, ~tf.eye(self.s, dtype=tf.bool)[None])      # eq. 16

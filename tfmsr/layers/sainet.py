@@ -22,11 +22,17 @@ class ScenarioAwareInterestExtracting(keras.layers.Layer):
     ``X W^Q + M_S W_S^Q = [X, M_S] [W^Q; W_S^Q]``, so SIE is the shared multi-head self-attention over the
     feature concatenation ``[X, M_S]`` with projections of width ``d`` (the width of X); padding keys get
     no weight. ``scenario=False`` drops the ``M_S`` terms (plain self-attention over X).
+
+    ``residual=True`` returns ``X + MultiHead(X)``: the MHA of [21] that eq. 2 cites is a sublayer with a
+    residual connection ("Add"); eq. 2 prints only ``MultiHead(X)``, whose rows are mixtures of all
+    behaviours, so after L blocks TIF can no longer pick single behaviours. ``residual=False`` is eq. 2 as
+    printed.
     """
 
-    def __init__(self, num_heads: int = 4, scenario: bool = True, kernel_init="glorot_uniform", **kwargs):
+    def __init__(self, num_heads: int = 4, scenario: bool = True, kernel_init="glorot_uniform",
+                 residual: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.scenario = scenario
+        self.scenario, self.residual = scenario, residual
         self.num_heads, self.kernel_init = num_heads, kernel_init
 
     def build(self, input_shape):
@@ -37,7 +43,8 @@ class ScenarioAwareInterestExtracting(keras.layers.Layer):
     def call(self, inputs, mask=None):
         x, m_s = inputs
         src = tf.concat([x, m_s], axis=-1) if self.scenario else x
-        return self.mha([src, src, src], mask)
+        x_hat = self.mha([src, src, src], mask)
+        return x + x_hat if self.residual else x_hat
 
 
 class ScenarioTailoring(keras.layers.Layer):
@@ -65,9 +72,10 @@ class ScenarioAdaptiveBlock(keras.layers.Layer):
     Table 3's "w/o SIE" (``X^ = X``), ``stm=False`` its "w/o STM" (``X^l = X^``)."""
 
     def __init__(self, num_heads: int = 4, gamma: float = 2.0, sie: bool = True, stm: bool = True,
-                 sie_scenario: bool = True, kernel_init="glorot_uniform", **kwargs):
+                 sie_scenario: bool = True, kernel_init="glorot_uniform", residual: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.sie = ScenarioAwareInterestExtracting(num_heads, sie_scenario, kernel_init, name="sie") if sie else None
+        self.sie = (ScenarioAwareInterestExtracting(num_heads, sie_scenario, kernel_init, residual, name="sie")
+                    if sie else None)
         self.stm = ScenarioTailoring(gamma, kernel_init, name="stm") if stm else None
 
     def call(self, inputs, mask=None):

@@ -40,7 +40,8 @@ class FIMN(RankingModel):
     Defaults follow section 5.1.5 / appendix A: field width ``d = 32`` (``embedding_dim``), ``gamma = 2``
     for SEM and the intra-gate, Gaussian(0, 0.05) initialisation of the dense layers; ``|B| = 30`` is the
     behaviour sequence length of the schema. Not given by the paper: ``sem_hidden``, ``gate_dim`` (``d_g``),
-    ``attention_dim`` (``d_h``), ``tower``.
+    ``attention_dim`` (``d_h``), ``tower``, ``smm_hidden`` (shared layers of eq. 15's projection, see
+    :class:`~tfmsr.layers.fimn.ScenarioMutual`).
 
     Ablations of Table 3 ("FIMN-X" = FIMN without module X) as switches:
 
@@ -55,7 +56,7 @@ class FIMN(RankingModel):
 
     multi_head = True
     defaults = {"embedding_dim": 32, "init": {"normal": 0.05}, "gamma": 2.0, "sem_hidden": [16], "gate_dim": 64,
-                "attention_dim": 32, "tower": [64, 32], "scenario_stats": None,
+                "attention_dim": 32, "tower": [64, 32], "smm_hidden": [512], "scenario_stats": None,
                 "sem": True, "mie": True, "sif": True, "smm": True}
 
     def __init__(self, schema, params=None, **kwargs):
@@ -74,8 +75,8 @@ class FIMN(RankingModel):
                     if p["sem"] else None)
         self.mie = MultiAspectInterestExtractor(len(pairs), init, name="mie") if p["mie"] else None
         self.sif = ScenarioAwareInterestFusion(p["gate_dim"], p["gamma"], init, name="sif") if p["sif"] else None
-        self.smm = (ScenarioMutual(self.num_scenarios, p["embedding_dim"], p["attention_dim"], init, name="smm")
-                    if p["smm"] else None)
+        self.smm = (ScenarioMutual(self.num_scenarios, p["embedding_dim"], p["attention_dim"], init,
+                                   p["smm_hidden"], name="smm") if p["smm"] else None)
         self.towers = ScenarioTowers(self.num_scenarios, p["tower"], kernel_init=init, name="towers")
 
     def frequency(self):

@@ -23,10 +23,12 @@ class SAINet(RankingModel):
     Defaults follow section 5.1 / 5.4: L = 2 blocks, h = 4 heads, gamma = 2, tower 512-256-128-64,
     Gaussian(0, 0.05) initialisation. Table 3's ablations are switches: ``sie: false`` (w/o SIE),
     ``stm: false`` (w/o STM), ``tif: false`` (w/o TIF, mean pooling), ``sdt: false`` (w/o SDT, plain DNN).
+    ``residual: true`` (not in eq. 2 as printed) makes SIE return ``X + MultiHead(X)``, see
+    :class:`~tfmsr.layers.sainet.ScenarioAwareInterestExtracting`.
     """
 
     defaults = {"blocks": 2, "heads": 4, "gamma": 2.0, "tower": [512, 256, 128, 64], "init": {"normal": 0.05},
-                "sie": True, "stm": True, "tif": True, "sdt": True, "sie_scenario": True, "attention_dim": None}
+                "sie": True, "stm": True, "tif": True, "sdt": True, "sie_scenario": True, "attention_dim": None, "residual": False}
 
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
@@ -38,7 +40,7 @@ class SAINet(RankingModel):
                 f"{schema.source}: sainet's SIE needs the scenario of each behaviour: a 'behavior' sequence with its "
                 f"own table of {schema.num_scenarios + 1} rows storing scenario index + 1 (or set sie_scenario: false)")
         self.blocks = [ScenarioAdaptiveBlock(p["heads"], p["gamma"], p["sie"], p["stm"], p["sie_scenario"], p["init"],
-                                             name=f"block_{l}") for l in range(p["blocks"])]
+                                             p["residual"], name=f"block_{l}") for l in range(p["blocks"])]
         self.tif = TargetAwareInterestFusion(p["attention_dim"], p["init"], name="tif") if p["tif"] else None
         self.tower = (ScenarioAwareDNNTower(p["tower"], p["init"], name="sdt") if p["sdt"]
                       else MLP(p["tower"], kernel_init=p["init"], name="dnn"))
