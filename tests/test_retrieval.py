@@ -201,6 +201,8 @@ def test_finetune_starts_from_pretrained_weights(synth_dir, tmp_path, monkeypatc
     pytest.param("youtubednn", {"hidden": [16]}, "single", marks=pytest.mark.slow),
     ("sass", {"gate": "simnet", "item_per_scenario": False, "bias_fusion": False, "beta": 0.0, "dim": 8,
               "layers": 1, "seq_pooling": "mean", "finetune_loss": "softmax"}, "mix"),
+    ("sass", {"dim": 8, "layers": 2, "global_hidden": [16], "seq_pooling": "mean", "gate_init": "transfer",
+              "pairwise_form": "softplus", "pairwise_scale": 10.0}, "mix"),
 ])
 def test_models_train_and_reevaluate(synth_dir, tmp_path, data, model, params, mode):
     cfg = quick(model, params, epochs=3, mode=mode, learning_rate=0.01)
@@ -231,6 +233,10 @@ def test_config_errors():
         trainer.build("sass", _schema(), {"gate": "cross"})
     with pytest.raises(ConfigError, match="pairwise_scale"):
         trainer.build("sass", _schema(), {"pairwise_scale": 0.0})
+    with pytest.raises(ConfigError, match="pairwise_form 'hinge'"):
+        trainer.build("sass", _schema(), {"pairwise_form": "hinge"})
+    with pytest.raises(ConfigError, match="gate_init 'ones'"):
+        trainer.build("sass", _schema(), {"gate_init": "ones"})
     with pytest.raises(ConfigError, match="unknown retrieval model"):
         quick("mind")
 
@@ -374,3 +380,6 @@ def test_benchmark_aggregate_and_markdown():
     assert cfgs["SASS*"]["model"]["params"]["gate"] == "none" and cfgs["SASS-Base 4 layers"]["model"]["params"]["layers"] == 4
     assert cfgs["No Global Auxiliary Task"]["model"]["params"]["beta"] == 0
     assert cfgs["DSSM single"]["train"]["mode"] == "single" and cfgs["YoutubeDNN mix"]["train"]["mode"] == "mix"
+    printed = cfgs["SASS-Base eq. 11 as printed + glorot init"]["model"]["params"]
+    assert (printed["pairwise_form"], printed["pairwise_scale"], printed["gate_init"]) == ("printed", 1, "glorot")
+    assert cfgs["SASS-Base"]["model"]["params"]["gate_init"] == "transfer"

@@ -216,3 +216,69 @@ def test_scenario_initializer_draws_each_scenario_like_one_matrix():
     gate = ScenarioAdaptiveGate(S_, "sass")
     gate([tf.zeros((2, 64)), tf.zeros((2, S_, 32)), tf.zeros((S_, 16))])
     np.testing.assert_allclose(gate.w_h.numpy().std(), np.sqrt(2.0 / (96 + 32)), rtol=0.05)
+
+
+@pytest.mark.parametrize("negatives,scale", [(None, 1.0), (3, 1.0), (3, 10.0)])
+def test_pairwise_softplus_form_matches_numpy(negatives, scale):
+    """``form: softplus``: eq. (11) with log(1 + exp(x)) (the pairwise logistic / BPR loss) in place of the
+    printed log(1 + sigmoid(x))."""
+    u, p = rand(B, D), rand(B, D)
+    n = rand(B, D) if negatives is None else rand(B, negatives, D)
+    got = float(PairwiseCosineLoss(scale, form="softplus")(tf.constant(u), tf.constant(p), tf.constant(n)))
+    if negatives is None:
+        want = np.mean(np.log1p(np.exp(scale * (np_cos(u, n) - np_cos(u, p)))))
+    else:
+        want = np.mean([np.log1p(np.exp(scale * (np_cos(u[k], n[k, j]) - np_cos(u[k], p[k]))))
+                        for k in range(B) for j in range(negatives)])
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    with pytest.raises(ValueError, match="form"):
+        PairwiseCosineLoss(1.0, form="hinge")
+
+
+@pytest.mark.parametrize("variant", ["sass", "none", "product", "sigmoid", "simnet"])
+def test_transfer_init_starts_as_a_pass_through_of_the_global_layer(variant):
+    """``init: transfer``: eq. (3)-(6) unchanged (NumPy re-computation with the layer's weights), and at
+    the start W_h = [I; 0] and the gates are 1/2, so s_l = s_{l-1} / 2 + tanh(g_l / 2) / 2 (sass) or
+    s_l = tanh(g_l) (none) in every scenario."""
+    g, s_prev, a = rand(B, D), np.tanh(rand(B, S, D)), rand(S, DA)
+    layer = ScenarioAdaptiveGate(S, variant, init="transfer")
+    out = layer([tf.constant(g), tf.constant(s_prev), tf.constant(a)]).numpy()
+    np.testing.assert_allclose(out, np_gate(variant, layer, g, s_prev, a), rtol=1e-4, atol=1e-5)
+    gt = np.repeat(g[:, None], S, 1)
+    if variant == "sass":
+        np.testing.assert_allclose(out, 0.5 * s_prev + 0.5 * np.tanh(0.5 * gt), rtol=1e-5, atol=1e-6)
+    elif variant == "none":
+        np.testing.assert_allclose(out, np.tanh(gt), rtol=1e-5, atol=1e-6)
+    elif variant != "product":
+        own = np.tanh(mm(s_prev, layer.w_s.numpy()))
+        np.testing.assert_allclose(out, 0.5 * gt + 0.5 * own, rtol=1e-5, atol=1e-6)
+    # gradients still reach every matrix (zero-initialised gates train)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer([tf.constant(g), tf.constant(s_prev), tf.constant(a)]) ** 3)
+    for v, grad in zip(layer.weights, tape.gradient(loss, layer.weights)):
+        assert np.abs(grad.numpy()).sum() > 0, v.name
+    with pytest.raises(ValueError, match="init"):
+        ScenarioAdaptiveGate(S, variant, init="ones")
+
+
+def test_transfer_init_bias_fusion_starts_at_one_half():
+    s_t, a = np.tanh(rand(B, S, D)), rand(S, D)
+    layer = ScenarioBiasFusion(S, init="transfer")
+    out = layer([tf.constant(s_t), tf.constant(a)]).numpy()
+    np.testing.assert_allclose(out, 0.5 * s_t + 0.5 * np.broadcast_to(a, (B, S, D)), rtol=1e-5, atol=1e-6)
+
+
+def test_mlsat_transfer_init_wider_global_layers():
+    """A global network wider than the scenario state (d_g != d) under the sass gate: W_h's g-block is the
+    rectangular identity; the stack still matches the NumPy re-computation."""
+    xg, xs, a = rand(B, 9), rand(B, S, 7), rand(S, DA)
+    layer = MLSAT(S, D, layers=2, gate="sass", init="transfer", global_hidden=[2 * D, D])
+    s_t, g_t = (t.numpy() for t in layer([tf.constant(xg), tf.constant(xs), tf.constant(a)]))
+    s = np.tanh(mm(xs, layer.w0.numpy()) + layer.b0.numpy())
+    g = xg
+    for dense_l, gate in zip(layer.global_net, layer.gates):
+        g = dense(dense_l, g, "tanh")
+        s = np_gate("sass", gate, g, s, a)
+    assert g_t.shape == (B, D)
+    np.testing.assert_allclose(s_t, s, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(layer.gates[0].w_h.numpy()[1, :2 * D], np.eye(2 * D, D), atol=0)

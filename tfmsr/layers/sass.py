@@ -13,7 +13,7 @@ matrices carry no bias vectors (the auxiliary output ``a`` is the gates' bias te
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import tensorflow as tf
 import tf_keras as keras
@@ -42,6 +42,26 @@ def scenario_initializer(spec, num_scenarios: int):
     if isinstance(init, keras.initializers.VarianceScaling):
         init = keras.initializers.VarianceScaling(init.scale * num_scenarios, init.mode, init.distribution, init.seed)
     return init
+
+
+class TransferIdentity(keras.initializers.Initializer):
+    """``[S, d_g + d, d]`` kernel of eq. (4) whose ``g_l`` block is the identity and ``s_{l-1}`` block zero in
+    every scenario (``gate_init: transfer``, see ``ScenarioAdaptiveGate``)."""
+
+    def __init__(self, rows_g: int):
+        self.rows_g = int(rows_g)
+
+    def __call__(self, shape, dtype=None, **kwargs):
+        S, rows, cols = shape
+        eye = tf.eye(self.rows_g, cols, dtype=dtype or tf.float32)
+        block = tf.concat([eye, tf.zeros([rows - self.rows_g, cols], eye.dtype)], axis=0)
+        return tf.tile(block[None], [S, 1, 1])
+
+    def get_config(self):
+        return {"rows_g": self.rows_g}
+
+
+GATE_INITS = ("glorot", "transfer")
 
 
 def per_scenario(x: tf.Tensor, num_scenarios: int) -> tf.Tensor:
@@ -107,19 +127,32 @@ class ScenarioAdaptiveGate(keras.layers.Layer):
     * ``simnet`` (Simnet Gate): as ``sigmoid`` with ``w = sigmoid(W_w [s'_l * g_l, s'_l - g_l, s'_l + g_l])``.
 
     The element-wise variants need ``d_g == d``. ``call([g, s_prev, a]) -> s_l [B, S, d]``.
+
+    **Initialisation** (the paper gives none; ``init``): ``glorot`` draws every matrix at random, so a
+    scenario's unit starts as a random map of ``g_l`` that only that scenario's examples train -- in a
+    sparse scenario the user and item sides then stay two unrelated random rotations of the global
+    vectors. ``transfer`` starts every scenario as a pass-through of the global network: the ``g_l`` block
+    of ``W_h^l`` (``sass``, ``none``) is the identity and its ``s_{l-1}`` block zero, so ``h_l = tanh(r_l g_l)``;
+    the gate matrices ``W_r, W_br, W_z, W_bz`` (and ``W_w`` of ``sigmoid`` / ``simnet``) are zero, so
+    ``r_l = z_l = w = 1/2``. Same equations; only the starting point differs (``W_s``, ``product``: glorot).
     """
 
-    def __init__(self, num_scenarios: int, variant: str = "sass", kernel_init="glorot_uniform", **kwargs):
+    def __init__(self, num_scenarios: int, variant: str = "sass", kernel_init="glorot_uniform",
+                 init: str = "glorot", **kwargs):
         super().__init__(**kwargs)
         if variant not in GATES:
             raise ValueError(f"ScenarioAdaptiveGate: unknown gate '{variant}' (expected one of {', '.join(GATES)})")
-        self.num_scenarios, self.variant = int(num_scenarios), variant
+        if init not in GATE_INITS:
+            raise ValueError(f"ScenarioAdaptiveGate: unknown init '{init}' (expected one of {', '.join(GATE_INITS)})")
+        self.num_scenarios, self.variant, self.init = int(num_scenarios), variant, init
         self.kernel_init = kernel_init
 
-    def _w(self, name, rows, cols):
+    def _w(self, name, rows, cols, transfer=None):
         # a fresh initializer per weight: one unseeded instance would give every weight the same values
-        return self.add_weight(name=name, shape=(self.num_scenarios, rows, cols),
-                               initializer=scenario_initializer(self.kernel_init, self.num_scenarios))
+        init = scenario_initializer(self.kernel_init, self.num_scenarios)
+        if self.init == "transfer" and transfer is not None:
+            init = transfer
+        return self.add_weight(name=name, shape=(self.num_scenarios, rows, cols), initializer=init)
 
     def build(self, input_shape):
         g_shape, s_shape, a_shape = input_shape
@@ -128,16 +161,17 @@ class ScenarioAdaptiveGate(keras.layers.Layer):
         if v in ("product", "sigmoid", "simnet") and dg != d:
             raise ValueError(f"ScenarioAdaptiveGate: gate '{v}' combines g_l and s_l element-wise, so the global "
                              f"width ({dg}) must equal the scenario width ({d})")
+        zero, eye = "zeros", TransferIdentity(dg)
         if v == "sass":
-            self.w_r, self.w_br = self._w("W_r", dg + d, dg), self._w("W_br", da, dg)
-            self.w_h = self._w("W_h", dg + d, d)
-            self.w_z, self.w_bz = self._w("W_z", dg + d, d), self._w("W_bz", da, d)
+            self.w_r, self.w_br = self._w("W_r", dg + d, dg, zero), self._w("W_br", da, dg, zero)
+            self.w_h = self._w("W_h", dg + d, d, eye)
+            self.w_z, self.w_bz = self._w("W_z", dg + d, d, zero), self._w("W_bz", da, d, zero)
         elif v == "none":
-            self.w_h = self._w("W_h", dg + d, d)
+            self.w_h = self._w("W_h", dg + d, d, eye)
         else:
             self.w_s = self._w("W_s", d, d)
             if v != "product":
-                self.w_w = self._w("W_w", (2 if v == "sigmoid" else 3) * d, d)
+                self.w_w = self._w("W_w", (2 if v == "sigmoid" else 3) * d, d, zero)
         super().build(input_shape)
 
     def call(self, inputs):
@@ -168,19 +202,29 @@ class MLSAT(keras.layers.Layer):
     The paper leaves ``s_0`` undefined; here ``s_0 = tanh(W_0^s x_s + b_0^s)``, a per-scenario projection
     of the scenario network's input ``x_s`` (``[B, S, D_s]``: e.g. the user's features and behaviour *in
     scenario s*; ``[B, D_s]`` is shared by every scenario). The global network reads ``x_g [B, D_g]``.
+    ``init``: the gate units' initialisation (``ScenarioAdaptiveGate``). ``global_hidden``: the global
+    layers' widths (default ``[dim] * layers``; the paper gives none; the last must be ``dim``, the width
+    of ``g_T``; the element-wise gate variants need every width ``== dim``).
     ``call([x_g, x_s, a]) -> (s_T [B, S, dim], g_T [B, dim])``.
     """
 
     def __init__(self, num_scenarios: int, dim: int, layers: int = 3, gate: str = "sass",
-                 activation: str = "tanh", kernel_init="glorot_uniform", **kwargs):
+                 activation: str = "tanh", kernel_init="glorot_uniform", init: str = "glorot",
+                 global_hidden: Optional[Sequence[int]] = None, **kwargs):
         super().__init__(**kwargs)
-        if layers < 1:
-            raise ValueError(f"MLSAT: layers must be >= 1, got {layers}")
+        widths = [int(w) for w in global_hidden] if global_hidden else [int(dim)] * int(layers)
+        if not widths or min(widths) < 1:
+            raise ValueError(f"MLSAT: layers must be >= 1 and widths positive, got {widths}")
+        if widths[-1] != dim:
+            raise ValueError(f"MLSAT: the last global layer g_T is matched like the scenario vector (eq. 12), so its "
+                             f"width must be dim = {dim}, got global_hidden {widths}")
         self.num_scenarios, self.dim = int(num_scenarios), int(dim)
         self.kernel_init = kernel_init
-        self.global_net = [keras.layers.Dense(dim, activation=activation, kernel_initializer=initializer(kernel_init),
-                                              name=f"global_{l}") for l in range(layers)]
-        self.gates = [ScenarioAdaptiveGate(num_scenarios, gate, kernel_init, name=f"gate_{l}") for l in range(layers)]
+        self.global_net = [keras.layers.Dense(w, activation=activation, kernel_initializer=initializer(kernel_init),
+                                              name=f"global_{l}") for l, w in enumerate(widths)]
+        layers = len(widths)
+        self.gates = [ScenarioAdaptiveGate(num_scenarios, gate, kernel_init, init, name=f"gate_{l}")
+                      for l in range(layers)]
 
     def build(self, input_shape):
         d_s = int(input_shape[1][-1])
@@ -207,12 +251,15 @@ class ScenarioBiasFusion(keras.layers.Layer):
 
     ``alpha`` is read as element-wise (``W_o`` maps ``[s_T, a]`` to the width of ``s_T``; ``a`` must have
     that width) and ``W_o`` is per scenario, like the rest of the scenario-specific network.
+    ``init: transfer`` starts ``W_o`` at zero (``alpha = 1/2``), ``glorot`` at random (see ``ScenarioAdaptiveGate``).
     ``call([s_T [B, S, d], a [S, d] or [B, S, d]]) -> e [B, S, d]``.
     """
 
-    def __init__(self, num_scenarios: int, kernel_init="glorot_uniform", **kwargs):
+    def __init__(self, num_scenarios: int, kernel_init="glorot_uniform", init: str = "glorot", **kwargs):
         super().__init__(**kwargs)
-        self.num_scenarios = int(num_scenarios)
+        if init not in GATE_INITS:
+            raise ValueError(f"ScenarioBiasFusion: unknown init '{init}' (expected one of {', '.join(GATE_INITS)})")
+        self.num_scenarios, self.init = int(num_scenarios), init
         self.kernel_init = kernel_init
 
     def build(self, input_shape):
@@ -221,7 +268,8 @@ class ScenarioBiasFusion(keras.layers.Layer):
         if int(a_shape[-1]) != d:
             raise ValueError(f"ScenarioBiasFusion: a has width {int(a_shape[-1])}, s_T has {d}; eq. (7) needs one width")
         self.w_o = self.add_weight(name="W_o", shape=(self.num_scenarios, 2 * d, d),
-                                   initializer=scenario_initializer(self.kernel_init, self.num_scenarios))
+                                   initializer="zeros" if self.init == "transfer" else
+                                   scenario_initializer(self.kernel_init, self.num_scenarios))
         super().build(input_shape)
 
     def call(self, inputs):
@@ -273,26 +321,34 @@ class NTXentLoss(keras.layers.Layer):
 class PairwiseCosineLoss(keras.layers.Layer):
     """Fine-tuning pairwise loss, SASS Sec. 4.2.2 eq. (11) (and eq. (12) on the global vectors)::
 
-        L = 1/N sum_k log(1 + sigmoid(scale * (sim(u^k, n^k) - sim(u^k, p^k))))
+        printed:  L = 1/N sum_k log(1 + sigmoid(scale * (sim(u^k, n^k) - sim(u^k, p^k))))     (11) as printed
+        softplus: L = 1/N sum_k log(1 + exp(scale * (sim(u^k, n^k) - sim(u^k, p^k))))
+                    = 1/N sum_k -log sigmoid(scale * (sim(u^k, p^k) - sim(u^k, n^k)))
 
-    ``sim`` is the cosine, ``sigmoid`` the logistic function. With several negatives per positive
-    (``n [N, m, d]``) every (user, positive, negative) triplet is one term and the mean runs over all N*m.
-    Eq. (13) ``L_scenario + beta * L_auxiliary`` is two calls of this layer.
+    ``sim`` is the cosine. With several negatives per positive (``n [N, m, d]``) every (user, positive,
+    negative) triplet is one term and the mean runs over all N*m. Eq. (13) ``L_scenario + beta *
+    L_auxiliary`` is two calls of this layer.
 
-    ``scale`` (default 1 = eq. (11) as printed) multiplies the cosine difference. It is *not* in the paper
-    (the only temperature there is eq. (9)'s ``tau``), and is exposed because the printed loss is nearly
-    linear: the difference lies in [-2, 2], where ``d/dx log(1 + sigmoid(x)) = sigmoid'(x) / (1 +
-    sigmoid(x))`` only varies between 0.056 and 0.167, so every triplet -- already well ranked or not --
-    pulls about equally and the loss is close to ``mean(cos_n) - mean(cos_p)``. With ``scale`` = 1 / tau
-    (the contrastive stage's temperature reading of ``sim``), correctly ranked triplets saturate and the
-    gradient concentrates on the violated ones. ``call(u [N, d], p [N, d], n [N, d] or [N, m, d]) -> scalar``.
+    ``form: printed`` is eq. (11) character for character. It is degenerate: ``log(1 + sigmoid(x))`` is
+    bounded in [0, log 2] and on the cosine range x in [-2, 2] its slope ``sigmoid'(x) / (1 + sigmoid(x))``
+    only varies between 0.056 and 0.167, so the loss is about ``mean(cos_n) - mean(cos_p)``, a linear
+    objective whose optimum puts every user of a scenario on the direction of the popular items.
+    ``form: softplus`` reads the ``sigma`` as the exponential of the standard pairwise logistic (BPR)
+    loss ``log(1 + exp(s_n - s_p))`` the matching works the paper cites use; its slope ``sigmoid(x)``
+    fades on well-ranked triplets. ``scale`` (default 1, the cosine as printed) multiplies the cosine
+    difference -- the inverse temperature ``1 / tau`` of eq. (9)'s ``sim / tau`` applied to eq. (11); it
+    is *not* printed in eq. (11). ``call(u [N, d], p [N, d], n [N, d] or [N, m, d]) -> scalar``.
     """
 
-    def __init__(self, scale: float = 1.0, **kwargs):
+    FORMS = ("printed", "softplus")
+
+    def __init__(self, scale: float = 1.0, form: str = "printed", **kwargs):
         super().__init__(**kwargs)
         if not scale > 0:
             raise ValueError(f"PairwiseCosineLoss: scale must be > 0, got {scale}")
-        self.scale = float(scale)
+        if form not in self.FORMS:
+            raise ValueError(f"PairwiseCosineLoss: form must be one of {self.FORMS}, got {form!r}")
+        self.scale, self.form = float(scale), form
 
     def call(self, u, p, n):
         pos = cosine(u, p)                                   # [N]
@@ -301,4 +357,7 @@ class PairwiseCosineLoss(keras.layers.Layer):
             pos = pos[:, None]
         else:
             neg = cosine(u, n)
-        return tf.reduce_mean(tf.math.log1p(tf.sigmoid(self.scale * (neg - pos))))
+        x = self.scale * (neg - pos)
+        if self.form == "softplus":
+            return tf.reduce_mean(tf.math.softplus(x))
+        return tf.reduce_mean(tf.math.log1p(tf.sigmoid(x)))

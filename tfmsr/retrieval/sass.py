@@ -25,13 +25,24 @@ identical); ``bias_fusion: false`` (no scenario bias fusion: ``e_s = s_T``); ``b
 auxiliary task); ``layers`` (number of ML-SAT layers, Figure 6); pre-training on/off is the config's
 ``pretrain.enabled`` (SASS vs SASS-Base).
 
-Not in the paper (engineering switches, default off):
+Readings of the paper (switches; the shipped configs ``configs/sass*.yaml`` set the first reading):
 
-* ``pairwise_scale`` multiplies the cosine difference inside eq. 11/12 (default 1 = the loss as
-  printed). ``log(1 + sigmoid(x))`` of a cosine difference ``x`` in [-2, 2] is nearly linear (see
-  ``PairwiseCosineLoss``), so every triplet weighs about the same; on the planted benchmark the
-  fine-tuned user vectors of a scenario then collapse onto one direction (mean of the unit vectors
-  0.998) and the ranking falls below item popularity.
+* ``pairwise_form`` / ``pairwise_scale`` (eq. 11-12). As printed (``printed``, scale 1),
+  ``log(1 + sigmoid(cos_n - cos_p))`` is nearly linear on the cosine range (see ``PairwiseCosineLoss``):
+  the loss is about ``mean(cos_n) - mean(cos_p)``, so the best move is to put every user of a scenario on
+  the direction of the positives' mean (popular items); on the planted benchmark the fine-tuned user
+  vectors of a scenario collapse (mean of the unit vectors 0.998) and SASS-Base ranks below popularity.
+  The configs read it as the pairwise logistic loss ``log(1 + exp(x))`` (``softplus``) with the cosines
+  at eq. 9's temperature (``pairwise_scale`` 10 = 1 / tau). Neither the exp nor the scale is printed.
+* ``gate_init`` (the paper gives no initialisation): ``glorot`` draws every scenario-specific matrix at
+  random; a scenario's user and item units are then two unrelated random maps of the global vectors that
+  only that scenario's examples can align -- few in a sparse scenario. ``transfer`` starts every unit as a
+  pass-through of the global network (``W_h = [I; 0]``, gate and fusion matrices zero, so r = z = alpha =
+  1/2), the equations unchanged (``ScenarioAdaptiveGate``).
+* ``global_hidden``: widths of the global layers ``g_1 .. g_{T-1}`` (default all ``dim``).
+
+Not in the paper (engineering switch, default off):
+
 * ``finetune_loss: softmax`` replaces eq. 11/12 by DSSM's softmax over the positive and the same
   sampled negatives (logits ``softmax_scale * cos``), to tell the architecture's effect from the loss's.
 """
@@ -43,7 +54,7 @@ import tf_keras as keras
 from tfmsr.layers import MLP
 from tfmsr.layers.attention import MultiHeadSelfAttention
 from tfmsr.layers.embedding import masked_mean
-from tfmsr.layers.sass import (GATES, MLSAT, NTXentLoss, PairwiseCosineLoss, ScenarioAuxiliaryNet,
+from tfmsr.layers.sass import (GATE_INITS, GATES, MLSAT, NTXentLoss, PairwiseCosineLoss, ScenarioAuxiliaryNet,
                                ScenarioBiasFusion, cosine, per_scenario)
 from tfmsr.models.base import ConfigError
 from tfmsr.retrieval.base import RetrievalModel, gather_scenario, register
@@ -54,11 +65,13 @@ class SASSTower(keras.layers.Layer):
     (eq. 3-6), ``e = fusion(s_T, a)`` (eq. 7-8). ``call([x_g [B, D_g], x_s [B, S, D_s], scen [S, d_s]])
     -> (e [B, S, dim], g_T [B, dim])``."""
 
-    def __init__(self, num_scenarios, dim, layers, gate, bias_fusion, aux_hidden, activation, **kwargs):
+    def __init__(self, num_scenarios, dim, layers, gate, bias_fusion, aux_hidden, activation, gate_init="glorot",
+                 global_hidden=None, **kwargs):
         super().__init__(**kwargs)
         self.aux = ScenarioAuxiliaryNet(dim, aux_hidden, name="aux")
-        self.mlsat = MLSAT(num_scenarios, dim, layers, gate, activation, name="ml_sat")
-        self.fusion = ScenarioBiasFusion(num_scenarios, name="bias_fusion") if bias_fusion else None
+        self.mlsat = MLSAT(num_scenarios, dim, layers, gate, activation, init=gate_init, global_hidden=global_hidden,
+                           name="ml_sat")
+        self.fusion = ScenarioBiasFusion(num_scenarios, init=gate_init, name="bias_fusion") if bias_fusion else None
 
     def call(self, inputs):
         x_g, x_s, scen = inputs
@@ -82,10 +95,13 @@ class SASS(RetrievalModel):
         "contrastive_symmetric": False,  # eq. 10 as written (one L_ij per pair); true adds L_ji (SimCLR)
         "negatives": 1,                # sampled negatives per positive (eq. 11 triplets)
         "finetune_loss": "pairwise",   # pairwise: eq. 11-12 as written; softmax: NOT in the paper, see below
+        "pairwise_form": "printed",    # eq. 11-12: printed log(1 + sigmoid(x)) | softplus log(1 + exp(x)) (see below)
         "pairwise_scale": 1.0,         # scale of the cosine difference in eq. 11-12 (1 = as printed; see below)
         "softmax_scale": 10.0,         # gamma of finetune_loss: softmax
         "aux_hidden": [32],            # eq. 2: widths of W_a and of f's hidden layers
         "activation": "tanh",          # global shared network
+        "gate_init": "glorot",         # glorot | transfer: starting point of the scenario units (not in the paper)
+        "global_hidden": [],           # widths of the global layers g_1..g_{T-1} (g_T has dim); [] = all dim
         "seq_pooling": "self_attention",  # Sec. 4.1.1: self_attention | mean
         "attention_heads": 2,
     }
@@ -100,6 +116,8 @@ class SASS(RetrievalModel):
             raise ConfigError(f"sass: gate '{p['gate']}' (expected one of {', '.join(GATES)})")
         if p["finetune_loss"] not in ("pairwise", "softmax"):
             raise ConfigError(f"sass: finetune_loss '{p['finetune_loss']}' (expected pairwise or softmax)")
+        if p["gate_init"] not in GATE_INITS:
+            raise ConfigError(f"sass: gate_init '{p['gate_init']}' (expected one of {', '.join(GATE_INITS)})")
         if p["seq_pooling"] not in ("self_attention", "mean"):
             raise ConfigError(f"sass: seq_pooling '{p['seq_pooling']}' (expected self_attention or mean)")
         for key, ok in (("layers", p["layers"] >= 1), ("negatives", p["negatives"] >= 1), ("beta", p["beta"] >= 0),
@@ -109,17 +127,30 @@ class SASS(RetrievalModel):
                 raise ConfigError(f"sass: parameter {key} = {p[key]!r} is out of range")
         S = self.num_scenarios
         tower = dict(num_scenarios=S, dim=p["dim"], layers=p["layers"], gate=p["gate"],
-                     bias_fusion=p["bias_fusion"], aux_hidden=p["aux_hidden"], activation=p["activation"])
+                     bias_fusion=p["bias_fusion"], aux_hidden=p["aux_hidden"], activation=p["activation"],
+                     gate_init=p["gate_init"], global_hidden=self._global_widths())
         self.user_tower = SASSTower(**tower, name="user_tower")
         if p["item_per_scenario"]:
             self.item_tower = SASSTower(**tower, name="item_tower")
         else:
-            self.item_global = MLP([p["dim"]] * p["layers"], activation=p["activation"], name="item_global")
+            self.item_global = MLP(self._global_widths(), activation=p["activation"], name="item_global")
         self.attention = (MultiHeadSelfAttention(p["attention_heads"], name="seq_self_attention")
                           if p["seq_pooling"] == "self_attention" and self.behaviour else None)
         self.nt_xent = NTXentLoss(p["tau"], symmetric=p["contrastive_symmetric"], name="nt_xent")
-        self.pairwise = PairwiseCosineLoss(p["pairwise_scale"], name="pairwise")
+        if p["pairwise_form"] not in PairwiseCosineLoss.FORMS:
+            raise ConfigError(f"sass: pairwise_form '{p['pairwise_form']}' (expected one of "
+                              f"{', '.join(PairwiseCosineLoss.FORMS)})")
+        self.pairwise = PairwiseCosineLoss(p["pairwise_scale"], p["pairwise_form"], name="pairwise")
         self.match_loss = self.pairwise if p["finetune_loss"] == "pairwise" else self._softmax_loss
+
+    def _global_widths(self):
+        """Widths of the global shared network: ``global_hidden`` (its first ``layers - 1`` widths, then
+        ``dim``), or ``[dim] * layers``."""
+        p = self.params
+        if not p["global_hidden"]:
+            return [p["dim"]] * p["layers"]
+        hidden = list(p["global_hidden"])[:p["layers"] - 1]
+        return hidden + [hidden[-1] if hidden else p["dim"]] * (p["layers"] - 1 - len(hidden)) + [p["dim"]]
 
     # ------------------------------------------------------------------ towers
     def scenario_embeddings(self) -> tf.Tensor:
