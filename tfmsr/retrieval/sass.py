@@ -101,7 +101,7 @@ class SASS(RetrievalModel):
         "aux_hidden": [32],            # eq. 2: widths of W_a and of f's hidden layers
         "activation": "tanh",          # global shared network
         "gate_init": "glorot",         # glorot | transfer: starting point of the scenario units (not in the paper)
-        "global_hidden": [],           # widths of the global layers g_1..g_{T-1} (g_T has dim); [] = all dim
+        "global_hidden": [],           # widths of g_1..g_{T-1} (layers - 1 entries; g_T has dim); [] = all dim
         "seq_pooling": "self_attention",  # Sec. 4.1.1: self_attention | mean
         "attention_heads": 2,
     }
@@ -118,6 +118,12 @@ class SASS(RetrievalModel):
             raise ConfigError(f"sass: finetune_loss '{p['finetune_loss']}' (expected pairwise or softmax)")
         if p["gate_init"] not in GATE_INITS:
             raise ConfigError(f"sass: gate_init '{p['gate_init']}' (expected one of {', '.join(GATE_INITS)})")
+        if p["pairwise_form"] not in PairwiseCosineLoss.FORMS:
+            raise ConfigError(f"sass: pairwise_form '{p['pairwise_form']}' (expected one of "
+                              f"{', '.join(PairwiseCosineLoss.FORMS)})")
+        if p["global_hidden"] and len(p["global_hidden"]) != p["layers"] - 1:
+            raise ConfigError(f"sass: global_hidden {p['global_hidden']} gives the widths of g_1..g_(T-1), so it "
+                              f"needs layers - 1 = {p['layers'] - 1} entries")
         if p["seq_pooling"] not in ("self_attention", "mean"):
             raise ConfigError(f"sass: seq_pooling '{p['seq_pooling']}' (expected self_attention or mean)")
         for key, ok in (("layers", p["layers"] >= 1), ("negatives", p["negatives"] >= 1), ("beta", p["beta"] >= 0),
@@ -137,20 +143,13 @@ class SASS(RetrievalModel):
         self.attention = (MultiHeadSelfAttention(p["attention_heads"], name="seq_self_attention")
                           if p["seq_pooling"] == "self_attention" and self.behaviour else None)
         self.nt_xent = NTXentLoss(p["tau"], symmetric=p["contrastive_symmetric"], name="nt_xent")
-        if p["pairwise_form"] not in PairwiseCosineLoss.FORMS:
-            raise ConfigError(f"sass: pairwise_form '{p['pairwise_form']}' (expected one of "
-                              f"{', '.join(PairwiseCosineLoss.FORMS)})")
         self.pairwise = PairwiseCosineLoss(p["pairwise_scale"], p["pairwise_form"], name="pairwise")
         self.match_loss = self.pairwise if p["finetune_loss"] == "pairwise" else self._softmax_loss
 
     def _global_widths(self):
-        """Widths of the global shared network: ``global_hidden`` (its first ``layers - 1`` widths, then
-        ``dim``), or ``[dim] * layers``."""
+        """Widths of the global shared network: ``global_hidden + [dim]``, or ``[dim] * layers``."""
         p = self.params
-        if not p["global_hidden"]:
-            return [p["dim"]] * p["layers"]
-        hidden = list(p["global_hidden"])[:p["layers"] - 1]
-        return hidden + [hidden[-1] if hidden else p["dim"]] * (p["layers"] - 1 - len(hidden)) + [p["dim"]]
+        return list(p["global_hidden"]) + [p["dim"]] if p["global_hidden"] else [p["dim"]] * p["layers"]
 
     # ------------------------------------------------------------------ towers
     def scenario_embeddings(self) -> tf.Tensor:
