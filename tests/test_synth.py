@@ -77,12 +77,15 @@ def test_deterministic_by_seed_and_streams_in_chunks(tmp_path):
 
 
 
-@pytest.mark.parametrize("kappa", [0.0, 1.0])
-def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa):
+@pytest.mark.parametrize("kappa,eta,tau", [(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 2.0, 0.0), (1.0, 0.0, 0.1)])
+def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa, eta, tau):
     """oracle_p re-computed in NumPy from the world and the row (module docstring), with the behaviour weights
-    w_h = (1 - kappa) + kappa * sim(s_h, s); kappa = 1 makes a click from an opposing scenario count against."""
+    w_h = (1 - kappa) + kappa * sim(s_h, s) (kappa = 1 makes a click from an opposing scenario count against)
+    the aspect weights c_s^item = 1 + eta t_s, c_s^cat = 1 - eta t_s (t = +1 feed, -1 search) and, with tau > 0,
+    the history average weighted by softmax_h(cos(g_h, g_i) / tau) instead of 1 / |history|."""
     rng = np.random.default_rng(3)
-    w = synth._World(rng, 5, 300, 200, 20, 60, 8, behaviour_scenario=kappa)
+    w = synth._World(rng, 5, 300, 200, 20, 60, 8, behaviour_scenario=kappa, aspect_intensity=eta,
+                     local_activation=tau)
     hist = [np.zeros((300, 30), np.int64) for _ in range(3)]
     counts = [np.zeros(300, np.int64), np.zeros(300, np.int64)]
     rows = [synth._chunk(rng, w, 2000, *hist, *counts) for _ in range(3)][-1]
@@ -90,14 +93,20 @@ def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa
     hi, hc, hs = rows["hist_item_id"], rows["hist_cate_id"], rows["hist_scenario"]
     sim = w.similarity()
     w_h = np.where(hi > 0, (1 - kappa) + kappa * sim[np.maximum(hs - 1, 0), s[:, None]], 0.0)
-    hlen = np.maximum((hi > 0).sum(1), 1)
     unit = w.g_i / np.linalg.norm(w.g_i, axis=1, keepdims=True)
     cos = np.einsum("bld,bd->bl", unit[np.maximum(hi - 1, 0)], unit[i])
+    if tau:
+        att = np.where(hi > 0, np.exp(cos / tau), 0.0)
+        att = att / np.maximum(att.sum(1, keepdims=True), 1e-30)
+        assert np.allclose(att.sum(1), (hi > 0).any(1))   # an empty history gets no interest
+    else:
+        att = (hi > 0) / np.maximum((hi > 0).sum(1), 1)[:, None]
     cat = w.cat[i]
     z = rows["latent_scenario"]
+    t = np.where(np.arange(5) % 2 == 1, -1.0, 1.0)[s]   # odd scenarios are the search entrances
     logit = (w.b0 + w.bias_s[s] + (w.g_u[u] * w.g_i[i]).sum(1) / np.sqrt(8)
              + 2.0 * (w.a_u[u] * w.m[s] * w.b_i[i]).sum(1) / np.sqrt(8)
-             + (w_h * cos).sum(1) / hlen + (w_h * (hc == cat[:, None] + 1)).sum(1) / hlen
+             + (1 + eta * t) * (att * w_h * cos).sum(1) + (1 - eta * t) * (att * w_h * (hc == cat[:, None] + 1)).sum(1)
              + (w.rho[z] + 2.0 * (w.repeat_q[u] - 0.2)) * (hi == i[:, None] + 1).any(1)
              + 0.8 * w.T[z, cat] + 1.2 * (w.search[s] & (rows["query_cate"] - 1 == cat)) - 0.25 * w.price[i])
     assert (hi > 0).any(1).mean() > 0.5 and ((hs > 0) & (hs - 1 != s[:, None])).any()
@@ -106,3 +115,7 @@ def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa
         assert sim.min() < -0.3  # opposing clusters exist, so some behaviours count against the item
     with pytest.raises(ValueError, match="behaviour_scenario"):
         synth.generate("unused", rows=1000, behaviour_scenario=1.5, progress=False)
+    with pytest.raises(ValueError, match="aspect_intensity"):
+        synth.generate("unused", rows=1000, aspect_intensity=-1.0, progress=False)
+    with pytest.raises(ValueError, match="local_activation"):
+        synth.generate("unused", rows=1000, local_activation=-0.1, progress=False)

@@ -20,7 +20,8 @@ def _data_synth(args):
     stats = generate(args.out, rows=args.rows, scenarios=args.scenarios, seed=args.seed, users=args.users,
                      items=args.items, seq_len=args.seq_len, rows_per_shard=args.rows_per_shard,
                      compression="GZIP" if args.gzip else None, overwrite=args.overwrite,
-                     behaviour_scenario=args.behaviour_scenario)
+                     behaviour_scenario=args.behaviour_scenario, aspect_intensity=args.aspect_intensity,
+                     local_activation=args.local_activation)
     print(json.dumps({"out": args.out, "splits": {k: v["rows"] for k, v in stats["splits"].items()},
                       "traffic_share": stats["traffic_share"]}))
 
@@ -140,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--behaviour-scenario", type=float, default=0.0, metavar="KAPPA",
                    help="weight of a behaviour's scenario in its interest effect, 0..1 (SAINet's premise; "
                         "see tfmsr/data/synth.py)")
+    s.add_argument("--aspect-intensity", type=float, default=0.0, metavar="ETA",
+                   help="how differently feed and search scenarios weigh the item and category aspects of "
+                        "interest, >= 0 (FIMN's premise; see tfmsr/data/synth.py)")
+    s.add_argument("--local-activation", type=float, default=0.0, metavar="TAU",
+                   help="temperature of the attention over past clicks by likeness to the candidate in the "
+                        "interest terms; 0 = plain mean (DIN's premise; see tfmsr/data/synth.py)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=_data_synth)
 

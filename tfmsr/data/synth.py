@@ -24,7 +24,7 @@ order, chunk by chunk, so memory is bounded by users x history length, never by 
 
     logit = b0 + bias_s + g_u.g_i / sqrt(d)                    global preference
           + 2.0 * spec_s(u, i)                                 scenario-specific preference
-          + 1.0 * mean_h w_h cos(g_h, g_i) + 1.0 * mean_h w_h [cat(h) = cat(i)]   interest from behaviour
+          + c_s^item mean_h w_h cos(g_h, g_i) + c_s^cat mean_h w_h [cat(h) = cat(i)]   interest from behaviour
           + (rho_z + 2 (q_u - 0.2)) * [i in history]           repeat effect
           + 0.8 * T[z, cat(i)] + 1.2 * [query = cat(i)] - 0.25 * price
 
@@ -33,6 +33,17 @@ order, chunk by chunk, so memory is bounded by users x history length, never by 
   sim(s_h, s)`` with ``sim`` the cosine of ``m_{s_h}`` and ``m_s`` above. With kappa = 1 a click made in a
   scenario of the same cluster counts fully, one made in an opposing cluster counts against the item.
   kappa = 0 (``w_h = 1``) is the generator without it, row for row.
+
+  **Aspect intensity per scenario** (FIMN's premise: a scenario weighs the aspects of interest, item and
+  category, differently; switch ``aspect_intensity = eta >= 0``, default 0): ``c_s^item = 1 + eta t_s``,
+  ``c_s^cat = 1 - eta t_s`` with ``t_s = +1`` in a feed scenario and ``-1`` in a search entrance. With eta = 2
+  a feed favours items like the past clicks and disfavours more of an already clicked category (novelty),
+  a search entrance the reverse. eta = 0 (``c = 1``) is the generator without it, row for row.
+
+  **Local activation** (DIN's premise, which FIMN's field-wise and SAINet's target attention build on: the
+  past clicks relevant to the candidate drive the interest; switch ``local_activation = tau > 0``, default 0
+  = off): ``mean_h`` in both interest terms becomes the attention average ``sum_h a_h``, ``a_h =
+  softmax_h(cos(g_h, g_i) / tau)`` over the user's history, so the most similar past clicks dominate.
 
   ``oracle_p = sigmoid(logit)`` is stored with every row: its AUC is the ceiling of any model.
   Clicked items enter the history after the row (the history a row sees is strictly earlier).
@@ -95,8 +106,10 @@ def synth_schema(num_scenarios: int, users: int, items: int, categories: int, br
 class _World:
     """The static part of the planted world: users, items, scenario tastes."""
 
-    def __init__(self, rng, S, U, I, C, B, d, scenario_weight=2.0, id_noise=0.6, behaviour_scenario=0.0):
+    def __init__(self, rng, S, U, I, C, B, d, scenario_weight=2.0, id_noise=0.6, behaviour_scenario=0.0,
+                 aspect_intensity=0.0, local_activation=0.0):
         self.scenario_weight, self.id_noise = scenario_weight, id_noise
+        self.local_activation = local_activation
         self.behaviour_scenario = behaviour_scenario
         self.S, self.U, self.I, self.C, self.B, self.d = S, U, I, C, B, d
         n = rng.normal
@@ -136,6 +149,9 @@ class _World:
         k = behaviour_scenario
         self.behaviour_weight = np.vstack([np.zeros(S), (1.0 - k) + k * self.similarity()])
         self.search = (np.arange(S) % 2) == 1
+        # interest weights (c_s^item, c_s^cat) per scenario
+        t = np.where(self.search, -1.0, 1.0)
+        self.aspect_weight = np.stack([1.0 + aspect_intensity * t, 1.0 - aspect_intensity * t], axis=1)
         # implicit scenarios
         self.T = n(0, 1, (LATENT_SCENARIOS, C))
         self.rho = np.array([1.5, 0.5, -0.8, 0.0])[:LATENT_SCENARIOS]
@@ -149,6 +165,14 @@ class _World:
         return self.items_by_cat[self.cat_start[cats] + (rng.random(len(cats)) * self.cat_count[cats]).astype(int)]
 
 
+def _softmax(x):
+    """Row-wise softmax of ``x [n, L]``; entries of ``-inf`` get weight 0, a row of only ``-inf`` all zeros."""
+    top = x.max(axis=1, keepdims=True)
+    e = np.exp(x - np.where(np.isfinite(top), top, 0.0))
+    total = e.sum(axis=1, keepdims=True)
+    return e / np.where(total > 0, total, 1.0)
+
+
 def _zipf(n, a):
     p = 1.0 / (np.arange(n) + 10.0) ** a
     return p / p.sum()
@@ -159,19 +183,24 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
              latent_dim: int = 8, valid: float = 0.1, test: float = 0.1, rows_per_shard: int = 50_000,
              chunk: int = 20_000, compression: Optional[str] = None, overwrite: bool = False,
              scenario_weight: float = 2.0, id_noise: float = 0.6, behaviour_scenario: float = 0.0,
-             progress: bool = True) -> dict:
+             aspect_intensity: float = 0.0, local_activation: float = 0.0, progress: bool = True) -> dict:
     """Stream ``rows`` planted rows into ``out_dir`` (shards + schema.yaml + stats.json); returns the stats."""
     if rows < 100:
         raise ValueError(f"--rows must be at least 100, got {rows}")
     if not 0.0 <= behaviour_scenario <= 1.0:
         raise ValueError(f"behaviour_scenario must be in [0, 1], got {behaviour_scenario}")
+    if not aspect_intensity >= 0.0:
+        raise ValueError(f"aspect_intensity must be >= 0, got {aspect_intensity}")
+    if not local_activation >= 0.0:
+        raise ValueError(f"local_activation must be >= 0 (0 = off), got {local_activation}")
     if not 0 < valid + test < 1:
         raise ValueError(f"valid + test must be in (0, 1), got {valid} + {test}")
     U = users or max(500, min(20_000, rows // 20))
     I = items or max(200, min(20_000, rows // 40))
     C = min(categories, I)
     rng = np.random.default_rng(seed)
-    w = _World(rng, scenarios, U, I, C, brands, latent_dim, scenario_weight, id_noise, behaviour_scenario)
+    w = _World(rng, scenarios, U, I, C, brands, latent_dim, scenario_weight, id_noise, behaviour_scenario,
+               aspect_intensity, local_activation)
     schema = synth_schema(scenarios, U, I, C, brands, seq_len)
     L = seq_len
     hist_item = np.zeros((U, L), np.int64)  # ids + 1, 0 = padding; most recent first
@@ -183,7 +212,8 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
     n_valid = int(rows * valid)
     extra = {"generator": {
         "seed": seed, "rows": rows, "scenario_weight": scenario_weight, "id_noise": id_noise,
-        "behaviour_scenario": behaviour_scenario, "users": U, "items": I, "categories": C, "brands": brands,
+        "behaviour_scenario": behaviour_scenario, "aspect_intensity": aspect_intensity,
+        "aspect_weight": np.round(w.aspect_weight, 4).tolist(), "local_activation": local_activation, "users": U, "items": I, "categories": C, "brands": brands,
         "latent_scenarios": LATENT_SCENARIOS, "scenario_clusters": w.cluster.tolist(),
         "search_scenarios": np.flatnonzero(w.search).tolist(),
         "scenario_similarity": np.round(w.similarity(), 4).tolist(),
@@ -262,11 +292,18 @@ def _chunk(rng, w: _World, n, hist_item, hist_cat, hist_sc, clicks, repeat_click
         w_h = w.behaviour_weight[hs, s[:, None]]  # 0 on padding
         hvec = w.g_i_unit[np.maximum(hi - 1, 0)]
         cos = (hvec * w.g_i_unit[item][:, None, :]).sum(-1)
-        interest = np.where(hlen > 0, (cos * w_h).sum(1) / np.maximum(hlen, 1), 0.0)
-        same_cat = np.where(hlen > 0, ((hc == (cat + 1)[:, None]) * w_h).sum(1) / np.maximum(hlen, 1), 0.0)
+        cat_match = hc == (cat + 1)[:, None]
+        if w.local_activation:
+            att = _softmax(np.where(hi > 0, cos / w.local_activation, -np.inf))  # 0 on padding
+            interest, same_cat = (att * w_h * cos).sum(1), (att * w_h * cat_match).sum(1)
+        else:
+            interest = np.where(hlen > 0, (cos * w_h).sum(1) / np.maximum(hlen, 1), 0.0)
+            same_cat = np.where(hlen > 0, (cat_match * w_h).sum(1) / np.maximum(hlen, 1), 0.0)
         rep_eff = (w.rho[z] + 2.0 * (w.repeat_q[u] - 0.2)) * is_rep
         qmatch = search & (qcat == cat)
-        logit = (w.b0 + w.bias_s[s] + glob + w.scenario_weight * spec + 1.0 * interest + 1.0 * same_cat + rep_eff
+        aspect = w.aspect_weight[s]
+        logit = (w.b0 + w.bias_s[s] + glob + w.scenario_weight * spec + aspect[:, 0] * interest
+                 + aspect[:, 1] * same_cat + rep_eff
                  + 0.8 * w.T[z, cat] + 1.2 * qmatch - 0.25 * w.price[item])
         p = 1.0 / (1.0 + np.exp(-logit))
         y = rng.random(m) < p
