@@ -222,6 +222,60 @@ def test_models_train_and_reevaluate(synth_dir, tmp_path, data, model, params, m
         trainer.train(cfg, synth_dir, out, data=data)
 
 
+def test_sass_scenario_l2_penalises_the_scenario_weights_distance_to_their_start(data):
+    """``scenario_l2``: fine-tuning loss = eq. (13) + l2 * sum ||w - w_start||^2 over exactly the stacked
+    per-scenario weights of both towers (W_0, b_0, gate units, W_o), anchored when fine-tuning starts."""
+    params = {**TINY, "dim": 8, "layers": 2, "aux_hidden": [8], "seq_pooling": "mean", "gate_init": "transfer",
+              "pairwise_form": "softplus", "pairwise_scale": 10.0, "negatives": 2, "scenario_l2": 0.5,
+              "s0_init": "zeros", "aux_init": "zeros"}
+    cfg = quick("sass", params)
+    model = trainer.new_model(cfg, data)
+    S = data.num_scenarios
+    sw = model.scenario_weights()
+    names = sorted(v.name.split("/")[-1].split(":")[0] for v in sw)
+    per_tower = ["W_0", "b_0"] + ["W_br", "W_bz", "W_h", "W_r", "W_z"] * 2 + ["W_o"]
+    assert names == sorted(per_tower * 2)
+    assert all(v.shape[0] == S for v in sw)
+    # every other stacked [S, ...] weight of the towers is not scenario-specific (none is left out)
+    ids = {id(v) for v in sw}
+    others = [v.name for t in (model.user_tower, model.item_tower) for v in t.trainable_weights
+              if id(v) not in ids and "ml_sat" in v.name and "global" not in v.name]
+    assert others == []
+    batch = next(iter(data.finetune_dataset(32, 2, seed=0)[0]))
+    model.start_finetune()
+    rng = np.random.default_rng(1)
+    moved = [v.numpy() + 0.1 * rng.normal(size=v.shape).astype(np.float32) for v in sw]
+    start = [v.numpy() for v in sw]
+    for v, m in zip(sw, moved):
+        v.assign(m)
+    logs = {k: float(v) for k, v in model.finetune_losses(batch, training=False).items()}
+    want = sum(((m.astype(np.float64) - a) ** 2).sum() for m, a in zip(moved, start))
+    assert logs["scenario_l2"] == pytest.approx(want, rel=1e-4)
+    assert logs["loss"] == pytest.approx(logs["scenario_loss"] + logs["global_loss"] + 0.5 * want, rel=1e-4)
+    off = trainer.new_model(quick("sass", {**params, "scenario_l2": 0.0}), data)
+    off.start_finetune()
+    assert "scenario_l2" not in off.finetune_losses(batch, training=False)
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_sass_global_scenario_input(data, on):
+    """``global_scenario_input``: the user-side g_T depends on the request's scenario (embedding + the
+    user's statistics there) exactly when the switch is on; the item side's g_T never does."""
+    params = {**TINY, "dim": 8, "layers": 2, "aux_hidden": [8], "seq_pooling": "mean",
+              "global_scenario_input": on}
+    model = trainer.new_model(quick("sass", params), data)
+    rows = {k: v[:16] for k, v in data.train.items()}
+    req = data.numpy_request(rows)
+    other = dict(req, scenario=(req["scenario"] + 1) % data.num_scenarios)
+    g1, g2 = model.user_towers(req)[1].numpy(), model.user_towers(other)[1].numpy()
+    assert (not np.allclose(g1, g2)) == on
+    width = model.user_tower.mlsat.global_net[0].kernel.shape[0]
+    off = trainer.new_model(quick("sass", {**params, "global_scenario_input": False}), data)
+    extra = model.embedding.scenario_table.output_dim + 3 if on else 0
+    assert width == off.user_tower.mlsat.global_net[0].kernel.shape[0] + extra
+    assert model.item_tower.mlsat.global_net[0].kernel.shape == off.item_tower.mlsat.global_net[0].kernel.shape
+
+
 def test_config_errors():
     with pytest.raises(ConfigError, match="unknown parameter"):
         quick("sass", {"gates": "sass"})
@@ -237,6 +291,12 @@ def test_config_errors():
         trainer.build("sass", _schema(), {"pairwise_form": "hinge"})
     with pytest.raises(ConfigError, match="gate_init 'ones'"):
         trainer.build("sass", _schema(), {"gate_init": "ones"})
+    with pytest.raises(ConfigError, match="s0_init 'ones'"):
+        trainer.build("sass", _schema(), {"s0_init": "ones"})
+    with pytest.raises(ConfigError, match="aux_init 'ones'"):
+        trainer.build("sass", _schema(), {"aux_init": "ones"})
+    with pytest.raises(ConfigError, match="scenario_l2"):
+        trainer.build("sass", _schema(), {"scenario_l2": -1.0})
     with pytest.raises(ConfigError, match="unknown retrieval model"):
         quick("mind")
 

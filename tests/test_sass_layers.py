@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from tfmsr.layers.sass import (MLSAT, NTXentLoss, PairwiseCosineLoss, ScenarioAdaptiveGate, ScenarioAuxiliaryNet,
-                               ScenarioBiasFusion, scenario_initializer)
+                               ScenarioBiasFusion, scenario_deviation, scenario_initializer)
 
 B, S, D, DA = 6, 3, 4, 5
 rng = np.random.default_rng(0)
@@ -282,3 +282,50 @@ def test_mlsat_transfer_init_wider_global_layers():
     assert g_t.shape == (B, D)
     np.testing.assert_allclose(s_t, s, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(layer.gates[0].w_h.numpy()[1, :2 * D], np.eye(2 * D, D), atol=0)
+
+
+def test_auxiliary_net_zero_output_init_starts_at_zero_and_trains():
+    """``out_init: zeros``: a = tanh(0 h + 0) = 0 at the start (eq. 2 unchanged), the output kernel still
+    gets a gradient."""
+    x = rand(S, 7)
+    net = ScenarioAuxiliaryNet(D, hidden=[8], out_init="zeros")
+    with tf.GradientTape() as tape:
+        out = net(tf.constant(x))
+        loss = tf.reduce_sum(out * tf.constant(rand(S, D)))
+    np.testing.assert_array_equal(out.numpy(), np.zeros((S, D), np.float32))
+    grad = tape.gradient(loss, net.f[-1].kernel)
+    assert np.abs(grad.numpy()).sum() > 0
+    h = dense(net.affine, x)
+    np.testing.assert_allclose(out.numpy(), dense(net.f[-1], h, "tanh"), atol=1e-7)
+    with pytest.raises(ValueError, match="out_init"):
+        ScenarioAuxiliaryNet(D, out_init="ones")
+
+
+def test_mlsat_zero_s0_with_transfer_init_is_a_mix_of_the_global_layers():
+    """``s0_init: zeros`` + ``init: transfer``: s_0 = 0 and (gates 1/2, W_h = [I; 0])
+    s_l = s_(l-1) / 2 + tanh(g_l / 2) / 2 in every scenario, so s_T = sum_l 2^(l-T-1) tanh(g_l / 2);
+    the stack matches the NumPy re-computation and W_0 trains."""
+    xg, xs, a = rand(B, 9), rand(B, S, 7), rand(S, DA)
+    layer = MLSAT(S, D, layers=3, gate="sass", init="transfer", s0_init="zeros")
+    with tf.GradientTape() as tape:
+        s_t, g_t = layer([tf.constant(xg), tf.constant(xs), tf.constant(a)])
+        loss = tf.reduce_sum(s_t * tf.constant(rand(B, S, D)))
+    np.testing.assert_array_equal(layer.w0.numpy(), 0)
+    g, s, want = xg, np.zeros((B, S, D), np.float32), 0.0
+    for dense_l, gate in zip(layer.global_net, layer.gates):
+        g = dense(dense_l, g, "tanh")
+        s = np_gate("sass", gate, g, s, a)
+        want = 0.5 * want + 0.5 * np.tanh(0.5 * np.repeat(g[:, None], S, 1))
+    np.testing.assert_allclose(s_t.numpy(), s, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(s_t.numpy(), want, rtol=1e-4, atol=1e-5)
+    assert np.abs(tape.gradient(loss, layer.w0).numpy()).sum() > 0
+    with pytest.raises(ValueError, match="s0_init"):
+        MLSAT(S, D, s0_init="ones")
+
+
+def test_scenario_deviation_is_the_squared_distance_to_the_anchors():
+    ws = [rand(S, 4, 3), rand(S, 3)]
+    anchors = [rand(S, 4, 3), rand(S, 3)]
+    got = scenario_deviation([tf.constant(w) for w in ws], [tf.constant(a) for a in anchors]).numpy()
+    want = sum(((w.astype(np.float64) - a) ** 2).sum() for w, a in zip(ws, anchors))
+    np.testing.assert_allclose(got, want, rtol=1e-5)

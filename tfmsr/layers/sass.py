@@ -83,16 +83,24 @@ class ScenarioAuxiliaryNet(keras.layers.Layer):
     ``W_a x_a + b_a`` is one affine layer (no activation) of width ``hidden[0]`` (``dim`` when ``hidden``
     is empty), ``f`` is ReLU layers ``hidden[1:]`` then a ``tanh`` layer of width ``dim``; ``tanh`` keeps
     ``a`` in the range of the gate states it is fused with in eq. (7). ``call(x_a [..., d_a]) -> [..., dim]``.
+
+    ``out_init`` (the paper gives no initialisation): ``glorot`` draws the output layer at random; ``zeros``
+    starts its kernel (and bias) at zero, so ``a = 0`` at the start: the scenario bias enters eq. (3), (5) and
+    (7) only as training makes it useful, instead of starting as a random per-scenario offset that the
+    user and item towers draw independently (see ``SASS``'s ``aux_init``).
     """
 
-    def __init__(self, dim: int, hidden: Sequence[int] = (), kernel_init="glorot_uniform", **kwargs):
+    def __init__(self, dim: int, hidden: Sequence[int] = (), kernel_init="glorot_uniform", out_init: str = "glorot",
+                 **kwargs):
         super().__init__(**kwargs)
+        if out_init not in ("glorot", "zeros"):
+            raise ValueError(f"ScenarioAuxiliaryNet: out_init must be glorot or zeros, got {out_init!r}")
         widths = list(hidden) or [dim]
         self.affine = keras.layers.Dense(widths[0], kernel_initializer=initializer(kernel_init), name="W_a")
         self.f = [keras.layers.Dense(w, activation="relu", kernel_initializer=initializer(kernel_init), name=f"f_{i}")
                   for i, w in enumerate(widths[1:])]
-        self.f.append(keras.layers.Dense(dim, activation="tanh", kernel_initializer=initializer(kernel_init),
-                                         name="f_out"))
+        self.f.append(keras.layers.Dense(dim, activation="tanh", name="f_out",
+                                         kernel_initializer="zeros" if out_init == "zeros" else initializer(kernel_init)))
 
     def call(self, x_a):
         h = self.affine(x_a)
@@ -202,6 +210,9 @@ class MLSAT(keras.layers.Layer):
     The paper leaves ``s_0`` undefined; here ``s_0 = tanh(W_0^s x_s + b_0^s)``, a per-scenario projection
     of the scenario network's input ``x_s`` (``[B, S, D_s]``: e.g. the user's features and behaviour *in
     scenario s*; ``[B, D_s]`` is shared by every scenario). The global network reads ``x_g [B, D_g]``.
+    ``s0_init``: ``glorot`` draws ``W_0`` at random; ``zeros`` starts it at zero (``s_0 = 0``: with
+    ``init: transfer`` the scenario state then starts as a mix of the global layers only; ``W_0`` still
+    trains, its gradient is ``x_s``-weighted).
     ``init``: the gate units' initialisation (``ScenarioAdaptiveGate``). ``global_hidden``: the global
     layers' widths (default ``[dim] * layers``; the paper gives none; the last must be ``dim``, the width
     of ``g_T``; the element-wise gate variants need every width ``== dim``).
@@ -210,8 +221,11 @@ class MLSAT(keras.layers.Layer):
 
     def __init__(self, num_scenarios: int, dim: int, layers: int = 3, gate: str = "sass",
                  activation: str = "tanh", kernel_init="glorot_uniform", init: str = "glorot",
-                 global_hidden: Optional[Sequence[int]] = None, **kwargs):
+                 global_hidden: Optional[Sequence[int]] = None, s0_init: str = "glorot", **kwargs):
         super().__init__(**kwargs)
+        if s0_init not in ("glorot", "zeros"):
+            raise ValueError(f"MLSAT: s0_init must be glorot or zeros, got {s0_init!r}")
+        self.s0_init = s0_init
         widths = [int(w) for w in global_hidden] if global_hidden else [int(dim)] * int(layers)
         if not widths or min(widths) < 1:
             raise ValueError(f"MLSAT: layers must be >= 1 and widths positive, got {widths}")
@@ -229,7 +243,8 @@ class MLSAT(keras.layers.Layer):
     def build(self, input_shape):
         d_s = int(input_shape[1][-1])
         self.w0 = self.add_weight(name="W_0", shape=(self.num_scenarios, d_s, self.dim),
-                                  initializer=scenario_initializer(self.kernel_init, self.num_scenarios))
+                                  initializer="zeros" if self.s0_init == "zeros" else
+                                  scenario_initializer(self.kernel_init, self.num_scenarios))
         self.b0 = self.add_weight(name="b_0", shape=(self.num_scenarios, self.dim), initializer="zeros")
         super().build(input_shape)
 
@@ -277,6 +292,12 @@ class ScenarioBiasFusion(keras.layers.Layer):
         a = tf.broadcast_to(a, tf.shape(s_t)) if len(a.shape) == 2 else a
         alpha = tf.sigmoid(scenario_dense(tf.concat([s_t, a], axis=-1), self.w_o))  # (8)
         return alpha * s_t + (1.0 - alpha) * a                                     # (7)
+
+
+def scenario_deviation(weights, anchors) -> tf.Tensor:
+    """``sum_w ||w - anchor_w||^2`` over per-scenario weights (the L2-SP penalty of ``SASS``'s
+    ``scenario_l2``); ``anchors`` are constants of the same shapes."""
+    return tf.add_n([tf.reduce_sum(tf.square(w - a)) for w, a in zip(weights, anchors)])
 
 
 def cosine(a: tf.Tensor, b: tf.Tensor, eps: float = 1e-8) -> tf.Tensor:

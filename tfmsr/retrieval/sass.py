@@ -40,8 +40,29 @@ Readings of the paper (switches; the shipped configs ``configs/sass*.yaml`` set 
   pass-through of the global network (``W_h = [I; 0]``, gate and fusion matrices zero, so r = z = alpha =
   1/2), the equations unchanged (``ScenarioAdaptiveGate``).
 * ``global_hidden``: widths of the global layers ``g_1 .. g_{T-1}`` (default all ``dim``).
+* ``global_scenario_input`` (default false): what the user-side global shared network reads. Sec. 4.1.2
+  says only that it is trained on the samples of all scenarios (a "whole-scenario model"); Sec. 4.2.1 lists
+  the scenario context feature (scenario ID) and the statistics "in target scenario" among every fine-tuning
+  sample's user features. false: the global network reads the scenario-free features (profile, all
+  behaviours, statistics over all scenarios), so ``g_T`` cannot tell scenarios apart; true: it also reads the
+  request's scenario embedding and the user's statistics in that scenario -- the mix-scenario model of
+  Figure 2(b) (what DSSM mix reads), while the item side's global network stays scenario-free (one ``g_T``
+  per item, as the items of a mix-scenario model). The scenario networks still read every scenario's input
+  (a request's vectors in the other scenarios, never used, then see the request scenario's ``g_l``).
 
-Not in the paper (engineering switch, default off):
+Not in the paper (engineering switches, default off):
+
+* ``scenario_l2`` (L2-SP): fine-tuning adds ``scenario_l2 * sum ||w - w_0||^2`` over every
+  scenario-specific weight (``W_0, b_0``, the gate units, ``W_o``; user and item towers), ``w_0`` = its value
+  when fine-tuning starts (restored pre-trained weights; the initialisation for SASS-Base). A scenario's
+  weights get gradient only from its own examples, whose share of the batch-mean loss is the scenario's
+  traffic share, so at the optimum a sparse scenario stays closer to ``w_0`` (with ``gate_init: transfer``:
+  to the pass-through of the global network) than a dense one. Adam alone normalises each weight's step,
+  so without it a 5 % scenario's weights move as far as a 50 % scenario's, driven by a few examples.
+* ``s0_init`` / ``aux_init: zeros`` start ``W_0`` (so ``s_0 = 0``) / the auxiliary net's output layer (so
+  ``a = 0``) at zero: with ``gate_init: transfer`` the scenario vector then starts as a mix of the global
+  layers only, with no random per-scenario projection of ``x_s`` and no random scenario offset ``a`` that
+  the user and item towers would draw independently (the paper gives no initialisation).
 
 * ``finetune_loss: softmax`` replaces eq. 11/12 by DSSM's softmax over the positive and the same
   sampled negatives (logits ``softmax_scale * cos``), to tell the architecture's effect from the loss's.
@@ -55,7 +76,7 @@ from tfmsr.layers import MLP
 from tfmsr.layers.attention import MultiHeadSelfAttention
 from tfmsr.layers.embedding import masked_mean
 from tfmsr.layers.sass import (GATE_INITS, GATES, MLSAT, NTXentLoss, PairwiseCosineLoss, ScenarioAuxiliaryNet,
-                               ScenarioBiasFusion, cosine, per_scenario)
+                               ScenarioBiasFusion, cosine, per_scenario, scenario_deviation)
 from tfmsr.models.base import ConfigError
 from tfmsr.retrieval.base import RetrievalModel, gather_scenario, register
 
@@ -66,11 +87,11 @@ class SASSTower(keras.layers.Layer):
     -> (e [B, S, dim], g_T [B, dim])``."""
 
     def __init__(self, num_scenarios, dim, layers, gate, bias_fusion, aux_hidden, activation, gate_init="glorot",
-                 global_hidden=None, **kwargs):
+                 global_hidden=None, s0_init="glorot", aux_init="glorot", **kwargs):
         super().__init__(**kwargs)
-        self.aux = ScenarioAuxiliaryNet(dim, aux_hidden, name="aux")
+        self.aux = ScenarioAuxiliaryNet(dim, aux_hidden, out_init=aux_init, name="aux")
         self.mlsat = MLSAT(num_scenarios, dim, layers, gate, activation, init=gate_init, global_hidden=global_hidden,
-                           name="ml_sat")
+                           s0_init=s0_init, name="ml_sat")
         self.fusion = ScenarioBiasFusion(num_scenarios, init=gate_init, name="bias_fusion") if bias_fusion else None
 
     def call(self, inputs):
@@ -78,6 +99,15 @@ class SASSTower(keras.layers.Layer):
         a = self.aux(scen)
         s_t, g_t = self.mlsat([x_g, x_s, a])
         return (self.fusion([s_t, a]) if self.fusion is not None else s_t), g_t
+
+    def scenario_weights(self):
+        """The scenario-specific (stacked ``[S, ...]``) weights: ``W_0, b_0``, every gate unit, ``W_o``."""
+        layers = [self.mlsat.w0, self.mlsat.b0]
+        for gate in self.mlsat.gates:
+            layers.extend(gate.trainable_weights)
+        if self.fusion is not None:
+            layers.extend(self.fusion.trainable_weights)
+        return layers
 
 
 @register("sass")
@@ -102,12 +132,16 @@ class SASS(RetrievalModel):
         "activation": "tanh",          # global shared network
         "gate_init": "glorot",         # glorot | transfer: starting point of the scenario units (not in the paper)
         "global_hidden": [],           # widths of g_1..g_{T-1} (layers - 1 entries; g_T has dim); [] = all dim
+        "s0_init": "glorot",           # glorot | zeros: W_0 of s_0 = tanh(W_0 x_s + b_0) (not in the paper)
+        "aux_init": "glorot",          # glorot | zeros: output layer of the auxiliary net, a = 0 at the start
+        "scenario_l2": 0.0,            # L2-SP of the scenario-specific weights during fine-tuning (not in the paper)
+        "global_scenario_input": False,  # user global network also reads the request's scenario context (see below)
         "seq_pooling": "self_attention",  # Sec. 4.1.1: self_attention | mean
         "attention_heads": 2,
     }
     supports_pretrain = True
     cosine = True
-    tracked = ("loss", "scenario_loss", "global_loss", "user_nt_xent", "item_nt_xent")
+    tracked = ("loss", "scenario_loss", "global_loss", "scenario_l2", "user_nt_xent", "item_nt_xent")
 
     def __init__(self, schema, params=None, scenario=None, **kwargs):
         super().__init__(schema, params, scenario=scenario, **kwargs)
@@ -126,7 +160,11 @@ class SASS(RetrievalModel):
                               f"needs layers - 1 = {p['layers'] - 1} entries")
         if p["seq_pooling"] not in ("self_attention", "mean"):
             raise ConfigError(f"sass: seq_pooling '{p['seq_pooling']}' (expected self_attention or mean)")
+        for init in ("s0_init", "aux_init"):
+            if p[init] not in ("glorot", "zeros"):
+                raise ConfigError(f"sass: {init} '{p[init]}' (expected glorot or zeros)")
         for key, ok in (("layers", p["layers"] >= 1), ("negatives", p["negatives"] >= 1), ("beta", p["beta"] >= 0),
+                        ("scenario_l2", p["scenario_l2"] >= 0),
                         ("tau", p["tau"] > 0), ("dim", p["dim"] >= 1),
                         ("pairwise_scale", p["pairwise_scale"] > 0)):
             if not ok:
@@ -134,7 +172,8 @@ class SASS(RetrievalModel):
         S = self.num_scenarios
         tower = dict(num_scenarios=S, dim=p["dim"], layers=p["layers"], gate=p["gate"],
                      bias_fusion=p["bias_fusion"], aux_hidden=p["aux_hidden"], activation=p["activation"],
-                     gate_init=p["gate_init"], global_hidden=self._global_widths())
+                     gate_init=p["gate_init"], global_hidden=self._global_widths(), s0_init=p["s0_init"],
+                     aux_init=p["aux_init"])
         self.user_tower = SASSTower(**tower, name="user_tower")
         if p["item_per_scenario"]:
             self.item_tower = SASSTower(**tower, name="item_tower")
@@ -145,6 +184,7 @@ class SASS(RetrievalModel):
         self.nt_xent = NTXentLoss(p["tau"], symmetric=p["contrastive_symmetric"], name="nt_xent")
         self.pairwise = PairwiseCosineLoss(p["pairwise_scale"], p["pairwise_form"], name="pairwise")
         self.match_loss = self.pairwise if p["finetune_loss"] == "pairwise" else self._softmax_loss
+        self._anchors = None
 
     def _global_widths(self):
         """Widths of the global shared network: ``global_hidden + [dim]``, or ``[dim] * layers``."""
@@ -165,6 +205,8 @@ class SASS(RetrievalModel):
         S = self.num_scenarios
         prof, st = self.user_profile(x), x["user_stats"]
         x_g, x_s = [prof, st[:, S]], [per_scenario(prof, S), st[:, :S]]
+        if self.params["global_scenario_input"]:
+            x_g += [self.embedding.scenario(x), gather_scenario(st, self.request_scenario(x))]
         beh = self.behaviour_keys(x)
         if beh is not None:
             keys, mask = beh
@@ -199,6 +241,17 @@ class SASS(RetrievalModel):
         return g if e is None else e[:, scenario]
 
     # ------------------------------------------------------------------ training
+    def scenario_weights(self):
+        """Every scenario-specific weight of the user and item towers (see ``SASSTower.scenario_weights``)."""
+        towers = [self.user_tower] + ([self.item_tower] if self.params["item_per_scenario"] else [])
+        return [w for t in towers for w in t.scenario_weights()]
+
+    def start_finetune(self):
+        """Called by the trainer before fine-tuning: the scenario-specific weights as they are now (the
+        restored pre-trained values, or the initialisation for SASS-Base) become the anchors of
+        ``scenario_l2``."""
+        self._anchors = [tf.constant(w.numpy()) for w in self.scenario_weights()] if self.params["scenario_l2"] else None
+
     def pretrain_losses(self, data, training=True):
         """NT-Xent (eq. 9-10) of the user pairs and of the item pairs present in the batch."""
         logs = {}
@@ -233,8 +286,13 @@ class SASS(RetrievalModel):
         d = self.params["dim"]
         scenario_loss = self.match_loss(u, p, tf.reshape(n, [-1, m, d]))            # (11)
         global_loss = self.match_loss(g_u, p_g, tf.reshape(n_g, [-1, m, d]))        # (12)
-        return {"loss": scenario_loss + self.params["beta"] * global_loss,          # (13)
+        logs = {"loss": scenario_loss + self.params["beta"] * global_loss,          # (13)
                 "scenario_loss": scenario_loss, "global_loss": global_loss}
+        if self.params["scenario_l2"] and self._anchors is not None:             # not in the paper
+            reg = scenario_deviation(self.scenario_weights(), self._anchors)
+            logs["scenario_l2"] = reg
+            logs["loss"] = logs["loss"] + self.params["scenario_l2"] * reg
+        return logs
 
     @tf.autograph.experimental.do_not_convert  # plain Python tracing: autograph would convert every layer
     def train_step(self, data):
