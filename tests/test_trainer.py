@@ -22,7 +22,7 @@ TFMSR = [sys.executable, "-m", "tfmsr.cli"]
 
 def test_train_then_evaluate(synth_dir, tmp_path):
     model_dir = str(tmp_path / "run")
-    cfg = quick_config("shared_bottom", epochs=2, early_stopping_patience=1)
+    cfg = quick_config("shared_bottom", epochs=2, early_stopping_patience=1, checkpoint_every=5)  # backups written
     lines = []
     summary = train(cfg, synth_dir, model_dir, log=lines.append)
     assert summary["steps"] == 2 * 19  # ceil(4800 / 256) steps per epoch

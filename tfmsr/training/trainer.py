@@ -170,6 +170,8 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
     with read_errors(train_files + valid_files, schema):
         hist = model.fit(ds, epochs=t["epochs"], steps_per_epoch=spe, callbacks=callbacks, verbose=0)
     seconds = time.time() - start
+    if strategy is None:  # Keras deletes the backup's checkpoints but leaves the folder they were in
+        shutil.rmtree(backup_dir, ignore_errors=True)
     steps = int(model.optimizer.iterations.numpy())
     if epochs_ckpt.best_path:  # final weights = best validation epoch
         tf.train.Checkpoint(model=model).read(epochs_ckpt.best_path).expect_partial()
