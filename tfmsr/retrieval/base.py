@@ -65,6 +65,9 @@ class RetrievalModel(Parametrized, keras.Model):
 
     tracked = ("loss",)             # losses averaged per epoch (keras.metrics.Mean each)
 
+    def start_finetune(self):
+        """Called by the trainer right before fine-tuning starts (a hook; nothing to do by default)."""
+
     @property
     def metrics(self):
         return list(self._trackers.values())

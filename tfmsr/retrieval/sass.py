@@ -102,12 +102,12 @@ class SASSTower(keras.layers.Layer):
 
     def scenario_weights(self):
         """The scenario-specific (stacked ``[S, ...]``) weights: ``W_0, b_0``, every gate unit, ``W_o``."""
-        layers = [self.mlsat.w0, self.mlsat.b0]
+        weights = [self.mlsat.w0, self.mlsat.b0]
         for gate in self.mlsat.gates:
-            layers.extend(gate.trainable_weights)
+            weights.extend(gate.trainable_weights)
         if self.fusion is not None:
-            layers.extend(self.fusion.trainable_weights)
-        return layers
+            weights.extend(self.fusion.trainable_weights)
+        return weights
 
 
 @register("sass")

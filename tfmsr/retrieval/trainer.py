@@ -125,8 +125,7 @@ def finetune(model, cfg: dict, data: RetrievalData, scenario: Optional[int] = No
     ds, steps = data.finetune_dataset(batch, model.negatives, seed=t["seed"], scenario=scenario,
                                       with_probability=model.needs_probability)
     label = model.model_name if scenario is None else f"{model.model_name} {data.scenario_names[scenario]}"
-    if hasattr(model, "start_finetune"):   # e.g. SASS: anchors of its scenario_l2 penalty
-        model.start_finetune()
+    model.start_finetune()  # e.g. SASS: the anchors of its scenario_l2 penalty
     rows = _fit(model, ds, steps, t["epochs"], batch, t["optimizer"], t["learning_rate"], f"{label} finetune", log)
     return {"epochs": rows, "steps_per_epoch": steps, "positives": int(steps * batch)}
 
