@@ -459,9 +459,10 @@ LOOP = textwrap.dedent('''
         except Exception as e:  # reported per model, the loop goes on
             results[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:3000]}
         print("MODEL", name, json.dumps(results[name]), flush=True)
-    with open(os.path.join(out, "results.json.tmp"), "w") as fh:
+    tmp = os.path.join(out, f"results.json.{os.getpid()}.tmp")  # every MultiWorkerMirrored worker writes
+    with open(tmp, "w") as fh:
         json.dump(results, fh)
-    os.replace(os.path.join(out, "results.json.tmp"), os.path.join(out, "results.json"))
+    os.replace(tmp, os.path.join(out, "results.json"))
 ''')
 
 
