@@ -93,6 +93,22 @@ def _comparable(cfg: dict) -> dict:
     return c
 
 
+def not_applicable(cfg: dict, pairs: Optional[dict]) -> Optional[str]:
+    """Why a row cannot run on a dataset (its pre-training has no pairs for the tasks it trains), else None.
+
+    E.g. on MovieLens (scenario = the user's age group) no user is in two scenarios, so "Single Item
+    Embedding", which has no item-side task, has nothing to pre-train on."""
+    from tfmsr.retrieval.trainer import pretrain_sides
+
+    if not cfg["pretrain"]["enabled"]:
+        return None
+    sides = pretrain_sides(cfg)
+    if pairs is None or any(pairs[side]["pairs"] for side in sides):
+        return None
+    counts = ", ".join(f"{side} pairs {pairs[side]['pairs']}" for side in sides)
+    return f"no pre-training pairs for its tasks ({counts})"
+
+
 def run_one(cfg: dict, data, data_dir: str, run_dir: str, overwrite: bool, log) -> dict:
     """Train + evaluate one row/seed (or reuse its metrics); returns the metrics with ``seconds``."""
     import yaml
@@ -170,6 +186,8 @@ def markdown(results: dict) -> str:
             lines.append("|---|---|" + "---|" * (len(scen) + 3))
             for name, r in d["rows"].items():
                 a = r["aggregate"]
+                if r.get("not_applicable"):
+                    lines.append(f"| {name} | {r['source']} | n/a: {r['not_applicable']} |" + " |" * (len(scen) + 2))
                 if a is None:
                     continue
                 cells = [_cell(a["scenarios"][s][metric], a["scenarios"][s][metric + "_std"]) for s in scen]
@@ -242,13 +260,17 @@ def main(argv=None) -> dict:
         d["rows"][POPULARITY] = {"source": "reference", "per_seed": [pop], "aggregate": aggregate([pop], scen, k)}
         for row, config, overrides, source in wanted:
             d["rows"][row] = {"source": source, "config": config, "overrides": overrides, "per_seed": [],
-                              "aggregate": None}
+                              "aggregate": None,
+                              "not_applicable": not_applicable(row_config(config, overrides, args.set, 0, pairs_dir,
+                                                                          args.configs), d["pairs"])}
         loaded[name] = (data, data_dir, pairs_dir)
     # seed-major: a complete one-seed table first, then the other seeds
     for seed in seeds:
         for name, (data, data_dir, pairs_dir) in loaded.items():
             d = results["datasets"][name]
             for row, config, overrides, source in wanted:
+                if d["rows"][row]["not_applicable"]:
+                    continue
                 cfg = row_config(config, overrides, args.set, seed, pairs_dir, args.configs)
                 run_dir = os.path.join(args.out, "runs", name, slug(row), f"seed{seed}")
                 if args.only_existing and not os.path.exists(os.path.join(run_dir, "metrics.json")):

@@ -443,3 +443,22 @@ def test_benchmark_aggregate_and_markdown():
     printed = cfgs["SASS-Base eq. 11 as printed + glorot init"]["model"]["params"]
     assert (printed["pairwise_form"], printed["pairwise_scale"], printed["gate_init"]) == ("printed", 1, "glorot")
     assert cfgs["SASS-Base"]["model"]["params"]["gate_init"] == "transfer"
+
+
+@pytest.mark.slow
+def test_benchmark_rows_without_pretraining_pairs_are_not_applicable():
+    """MovieLens has item pairs only: "Single Item Embedding" (no item-side task) is reported n/a, not run."""
+    from pipelines.retrieval_benchmark import VARIANTS, markdown, not_applicable, row_config
+
+    cfgs = {name: row_config(c, o, [], 0, "/pairs") for name, c, o, _ in VARIANTS}
+    items_only = {"user": {"pairs": 0, "keys_in_2plus_scenarios": 0}, "item": {"pairs": 50, "keys_in_2plus_scenarios": 9}}
+    both = {"user": {"pairs": 3, "keys_in_2plus_scenarios": 2}, "item": items_only["item"]}
+    why = not_applicable(cfgs["Single Item Embedding"], items_only)
+    assert why == "no pre-training pairs for its tasks (user pairs 0)"
+    assert not_applicable(cfgs["Single Item Embedding"], both) is None
+    assert not_applicable(cfgs["SASS"], items_only) is None and not_applicable(cfgs["SASS-Base"], None) is None
+    info = {"a": {"train_positives": 7, "test_queries": 5, "corpus": 9, "coverage": 1.0}}
+    md = markdown({"k": 20, "seeds": [0], "datasets": {"ml": {
+        "data": "/d", "scenarios": ["a"], "scenario_info": info, "pairs": items_only,
+        "rows": {"Single Item Embedding": {"source": "Table 5", "aggregate": None, "not_applicable": why}}}}})
+    assert f"| Single Item Embedding | Table 5 | n/a: {why} | | | |" in md

@@ -102,12 +102,18 @@ def _fit(model, ds, steps, epochs, batch, optimizer, lr, label, log):
     return cb.rows
 
 
+def pretrain_sides(cfg: dict) -> list:
+    """The contrastive tasks a config pre-trains: ``pretrain.sides`` without ``item`` when the model has a
+    single item embedding (``item_per_scenario: false``: an item's two views would be identical)."""
+    single_item = not cfg["model"].get("params", {}).get("item_per_scenario", True)
+    return [side for side in cfg["pretrain"]["sides"] if not (side == "item" and single_item)]
+
+
 def pretrain(model, cfg: dict, data: RetrievalData, pairs_dir: str, log=log_line) -> dict:
     """SASS pre-training (Sec. 4.1) on the pair shards of ``pairs_dir``; returns its history."""
     pre = cfg["pretrain"]
-    sides = list(pre["sides"])
-    if not model.params.get("item_per_scenario", True) and "item" in sides:
-        sides.remove("item")
+    sides = pretrain_sides(cfg)
+    if "item" in pre["sides"] and "item" not in sides:
         log(f"[{model.model_name}] single item embedding: no item-side contrastive task (both views are identical)")
     ds, steps, summary = pair_datasets(pairs_dir, data, pre["batch_size"], seed=cfg["train"]["seed"], sides=sides)
     counts = {side: summary.get(side, {}).get("pairs", 0) for side in ("user", "item")}
