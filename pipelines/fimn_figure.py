@@ -19,7 +19,9 @@ Streams ``DATA/<split>`` through ``FIMN.explain`` and writes, atomically, into `
   similarity when ``DATA/stats.json`` records it (the planted generator).
 * ``fimn_figure.json``: per scenario the SEM weight (mean of ``v_se``) with the traffic share it comes from,
   mean intensities / contributions, mean ``theta`` (eq. 18), the mean ``alpha`` matrix and, with a known
-  similarity, the Spearman correlation of mean ``alpha_ij`` with it over ``i != j``. Also printed.
+  similarity, the Spearman correlation of mean ``alpha_ij`` with it over ``i != j``, and (MIE on) each
+  interest's FTA focus: the mean normalised entropy ``H(w) / log n`` of its attention weights over the ``n >= 2``
+  real behaviours of an example (eq. 7; 1 = uniform, i.e. FTA no better than mean pooling). Also printed.
 """
 from __future__ import annotations
 
@@ -63,6 +65,7 @@ def collect(model, files, schema, batch_size: int = 4096, max_examples: Optional
     import tensorflow as tf
 
     from tfmsr.data.pipeline import make_dataset, read_errors
+    from tfmsr.layers import embed_behavior
 
     key = schema.scenario.name
 
@@ -70,10 +73,12 @@ def collect(model, files, schema, batch_size: int = 4096, max_examples: Optional
     def step(x):
         e = model.explain(x)
         s = tf.cast(x[key], tf.int32)
-        return (s, e["intensity"], e["contribution"], tf.gather(e["mutual"], s, batch_dims=1),
-                tf.gather(e["theta"], s, batch_dims=1))
+        out = (s, e["intensity"], e["contribution"], tf.gather(e["mutual"], s, batch_dims=1),
+               tf.gather(e["theta"], s, batch_dims=1))
+        return out + ((attention_entropy(e["attention"], embed_behavior(model.embedding, x, schema).mask),)
+                      if "attention" in e else ())
 
-    names = ("scenario", "intensity", "contribution", "alpha", "theta")
+    names = ("scenario", "intensity", "contribution", "alpha", "theta", "attention_entropy")
     out: Dict[str, List[np.ndarray]] = {k: [] for k in names}
     seen = 0
     with read_errors(files, schema):
@@ -85,7 +90,17 @@ def collect(model, files, schema, batch_size: int = 4096, max_examples: Optional
                 break
     if not seen:
         raise ValueError(f"{files[0]}: the split holds no examples")
-    return {k: np.concatenate(v)[:max_examples or None] for k, v in out.items()}
+    return {k: np.concatenate(v)[:max_examples or None] for k, v in out.items() if v}
+
+
+def attention_entropy(w, mask):
+    """``H(w) / log n`` per example and interest (``w [B, A, L]``, ``mask [B, L]``, ``n`` real behaviours);
+    NaN when ``n < 2``."""
+    import tensorflow as tf
+
+    n = tf.reduce_sum(tf.cast(mask, w.dtype), axis=-1)[:, None]                  # [B, 1]
+    h = -tf.reduce_sum(tf.math.multiply_no_nan(tf.math.log(w), w), axis=-1)     # [B, A]; 0 log 0 = 0
+    return tf.where(n >= 2, h / tf.math.log(tf.maximum(n, 2.0)), float("nan"))
 
 
 def summarize(coef: Dict[str, np.ndarray], names, interests, sem: Optional[dict] = None,
@@ -104,6 +119,9 @@ def summarize(coef: Dict[str, np.ndarray], names, interests, sem: Optional[dict]
                 "intensity": {f: float(v) for f, v in zip(interests, coef["intensity"][sel].mean(0))},
                 "contribution": {f: float(v) for f, v in zip(interests, coef["contribution"][sel].mean(0))},
                 "theta": float(coef["theta"][sel].mean())})
+            if "attention_entropy" in coef:
+                entry["fta_entropy"] = {f: float(v) for f, v in
+                                        zip(interests, np.nanmean(coef["attention_entropy"][sel], axis=0))}
         if sem:
             entry.update(sem[name])
         per[name] = entry

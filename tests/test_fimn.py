@@ -131,8 +131,10 @@ def mie_inputs():
 def test_mie_matches_equations_3_to_7():
     e_s, target, beh, mask = mie_inputs()
     layer = MultiAspectInterestExtractor(A)
-    out = layer([tf.constant(e_s), tf.constant(target), tf.constant(beh)], mask=tf.constant(mask)).numpy()
+    inputs = [tf.constant(e_s), tf.constant(target), tf.constant(beh)]
+    out = layer(inputs, mask=tf.constant(mask)).numpy()
     assert out.shape == (B, A, D)
+    weights = layer.attention(inputs, mask=tf.constant(mask)).numpy()        # [B, A, L]
     e_hat = e_s @ layer.w_e.kernel.numpy()                                    # W_e e~_s
     for j, fta in enumerate(layer.fta):
         t_j = target[:, j * D:(j + 1) * D]                                    # eq. 3
@@ -141,6 +143,7 @@ def test_mie_matches_equations_3_to_7():
         wq, wk, wv, wo = (w.numpy() for w in (fta.wq, fta.wk, fta.wv, fta.wo))
         s = np.einsum("bk,blk->bl", q @ wq, kv @ wk) / np.sqrt(wk.shape[1])   # eq. 7
         head = np.einsum("bl,blk->bk", softmax(s, mask), kv @ wv)
+        np.testing.assert_allclose(weights[:3, j], softmax(s, mask)[:3], rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(out[:, j], head @ wo, rtol=1e-4, atol=1e-5)  # eq. 6
     np.testing.assert_allclose(out[3], 0.0)                                   # no behaviours: no interest
     beh2 = beh.copy()
@@ -210,7 +213,7 @@ SMALL = {"embedding_dim": 8, "sem_hidden": [4], "gate_dim": 16, "attention_dim":
 ABLATIONS = {"FIMN": {}, "FIMN-SEM": {"sem": False}, "FIMN-MIE": {"mie": False}, "FIMN-SIF": {"sif": False},
              "FIMN-SMM": {"smm": False}}
 KEYS = {"sem_weight": "sem", "intra_gate": "sif", "intensity": "sif", "contribution": "sif", "mutual": "smm",
-        "theta": "smm"}
+        "theta": "smm", "attention": "mie"}
 
 
 def batch(synth_dir, schema, split="valid", n=512):
@@ -245,14 +248,20 @@ def test_every_table3_variant_trains_and_explains(variant, synth_dir, synth_sche
     assert set(e) == {k for k, m in KEYS.items() if params.get(m, True)}
     n, a, d, s = len(p), len(model.interest_names), SMALL["embedding_dim"], synth_schema.num_scenarios
     assert model.interest_names == ["item_id", "cate_id"]
+    length = x["hist_item_id"].shape[1]
     shapes = {"sem_weight": (n, d), "intra_gate": (n, a, d), "intensity": (n, a), "contribution": (n, a),
-              "mutual": (n, s, s), "theta": (n, s)}
+              "mutual": (n, s, s), "theta": (n, s), "attention": (n, a, length)}
     for k, v in e.items():
         assert v.shape == shapes[k], k
     if "contribution" in e:
         np.testing.assert_allclose(e["contribution"].sum(-1), 1.0, rtol=1e-5)
         assert ((e["intensity"] > 0) & (e["intensity"] < 2)).all()
         np.testing.assert_allclose(e["intensity"], e["intra_gate"].mean(-1), rtol=1e-6)
+    if "attention" in e:
+        real = (x["hist_item_id"].numpy() > 0)[:, None, :]
+        has = real.any(-1)[:, 0]
+        np.testing.assert_allclose(e["attention"][has].sum(-1), 1.0, rtol=1e-5)
+        assert (e["attention"][~np.broadcast_to(real, e["attention"].shape)] == 0).all()
     if "mutual" in e:
         np.testing.assert_allclose(e["mutual"].sum(-1), 1.0, rtol=1e-5)
         np.testing.assert_allclose(np.diagonal(e["mutual"], axis1=1, axis2=2), 0.0)
@@ -340,6 +349,9 @@ def test_figure_script_trains_then_loads(synth_dir, tmp_path):
     shares = [per[n]["traffic_share"] for n in summary["scenarios"]]
     weights = [per[n]["sem_weight_mean"] for n in summary["scenarios"]]
     assert np.all(np.diff(np.array(weights)[np.argsort(shares)]) < 0)
+    for n in summary["scenarios"]:
+        assert set(per[n]["fta_entropy"]) == {"item_id", "cate_id"}
+        assert all(0.0 <= v <= 1.0 + 1e-5 for v in per[n]["fta_entropy"].values())
     again = fimn_figure.main(args)   # a finished run is loaded, not retrained
     assert again["mean_alpha"] == summary["mean_alpha"]
     with pytest.raises(ValueError, match="needs SIF and SMM"):
@@ -347,3 +359,18 @@ def test_figure_script_trains_then_loads(synth_dir, tmp_path):
         train(quick_config("fimn", {**SMALL, "smm": False}, steps_per_epoch=2, validate=False), synth_dir,
               str(tmp_path / "nosmm"), log=lambda m: None)
         fimn_figure.main(["--model-dir", str(tmp_path / "nosmm"), "--data", synth_dir, "--out-dir", out])
+
+
+def test_attention_entropy_is_one_for_uniform_weights_and_zero_for_one_behaviour():
+    from pipelines.fimn_figure import attention_entropy
+
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], bool)
+    w = np.zeros((3, 2, 4), np.float32)
+    w[0, 0] = 0.25                            # uniform over 4: mean pooling
+    w[0, 1] = [1, 0, 0, 0]                    # all on one behaviour
+    w[1, :, :2] = [[0.5, 0.5], [0.9, 0.1]]
+    w[2, :, 0] = 1.0                          # a single behaviour: undefined
+    h = attention_entropy(tf.constant(w), tf.constant(mask)).numpy()
+    np.testing.assert_allclose(h[:2], [[1.0, 0.0], [1.0, -(0.9 * np.log(0.9) + 0.1 * np.log(0.1)) / np.log(2)]],
+                               rtol=1e-5, atol=1e-6)
+    assert np.isnan(h[2]).all()

@@ -52,7 +52,11 @@ class ScenarioEnhancing(keras.layers.Layer):
     each entry of ``-v_s``: a scenario with less traffic gets a larger ``v_se`` in every dimension, for any
     value of the trained weights. ``W_raw`` starts at ``softplus^-1(1 / fan_in)`` plus Gaussian(0, 0.05)
     noise (``softplus(W_raw)`` of a Gaussian(0, 0.05) ``W_raw`` is ~0.69 and would saturate the sigmoid).
-    ``v_se`` only depends on the scenario, so it is computed for the ``S`` scenarios and gathered.
+    ``v_se`` only depends on the scenario, so it is computed for the ``S`` scenarios and gathered. When
+    ``e_s`` too depends on the scenario only (the scenario id is the only scenario feature, as in the
+    planted data and MovieLens), ``e~_s`` can take exactly the values ``e_s`` can: SEM then changes how the
+    rows of the scenario table learn (each row's gradient is scaled by its ``v_se``), not what the model can
+    express; it can change the function only with example-level scenario features.
 
     ``call([e_s [B, d_s], scenario [B]]) -> (e~_s [B, d_s], v_se [B, d_s])``.
     """
@@ -141,6 +145,13 @@ class MultiAspectInterestExtractor(keras.layers.Layer):
     def call(self, inputs, mask=None):
         e_s, target, behaviors = inputs
         return tf.stack([fta([q, k, k], mask=mask) for q, k, fta in
+                         zip(self.queries(e_s, target), self.split(behaviors), self.fta)], axis=1)
+
+    def attention(self, inputs, mask=None):
+        """The FTA weights ``[B, A, L]`` (the softmax of eq. 7 for every field; the layer must have been
+        called once)."""
+        e_s, target, behaviors = inputs
+        return tf.stack([fta.attention_weights(q, k, mask)[:, 0] for q, k, fta in
                          zip(self.queries(e_s, target), self.split(behaviors), self.fta)], axis=1)
 
 

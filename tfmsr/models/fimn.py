@@ -103,8 +103,9 @@ class FIMN(RankingModel):
             raise (ConfigError if source.startswith("model param") else SchemaError)(str(e)) from None
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x, training=False) -> Dict[str, tf.Tensor]:
-        """``logits [B, S]`` and the explained quantities of the modules that are on (see ``explain``)."""
+    def forward(self, x, training=False, explain=False) -> Dict[str, tf.Tensor]:
+        """``logits [B, S]`` and the explained quantities of the modules that are on (see ``explain``; the
+        FTA weights only with ``explain``)."""
         out = {}
         beh = embed_behavior(self.embedding, x, self.schema)
         e_s = tf.concat([self.embedding.scenario(x)] + self.embedding.group(x, "scenario"), axis=-1)
@@ -113,6 +114,8 @@ class FIMN(RankingModel):
         a, d = len(self.interest_names), self.params["embedding_dim"]
         if self.mie is not None:
             interests = self.mie([e_s, beh.target, beh.keys], mask=beh.mask)
+            if explain:
+                out["attention"] = self.mie.attention([e_s, beh.target, beh.keys], mask=beh.mask)
         else:
             interests = tf.reshape(masked_mean(beh.keys, beh.mask), [-1, a, d])
         if self.sif is not None:
@@ -138,10 +141,13 @@ class FIMN(RankingModel):
         * ``intra_gate [B, A, d]``: ``E_Ia`` (eq. 10/12); ``intensity [B, A]`` its row means, the interest
           intensities of Fig. 4(a)(b); ``contribution [B, A]``: the inter-gate ``v_Ie`` (eq. 11, Fig. 4(c)(d));
         * ``mutual [B, S, S]``: ``alpha[b, i, j]``, the weight scenario ``i``'s head gives scenario ``j``
-          (eq. 16, Fig. 5; 0 on the diagonal) and ``theta [B, S]`` (eq. 18).
+          (eq. 16, Fig. 5; 0 on the diagonal) and ``theta [B, S]`` (eq. 18);
+        * ``attention [B, A, L]``: the FTA weights of interest ``j`` over the behaviours (eq. 7; 0 at padding).
+          Uniform weights mean FTA has learned nothing beyond mean pooling (``pipelines/fimn_figure.py``
+          reports their normalised entropy).
 
         Interest ``j`` is the item field ``self.interest_names[j]``.
         """
-        out = self.forward(x, training=False)
+        out = self.forward(x, training=False, explain=True)
         out.pop("logits")
         return out
