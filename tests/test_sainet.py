@@ -143,6 +143,9 @@ def test_sainet_defaults_and_missing_behaviour_scenarios(synth_schema):
     model = build("sainet", synth_schema)
     assert model.params["blocks"] == 2 and model.params["heads"] == 4 and model.params["gamma"] == 2.0
     assert model.params["tower"] == [512, 256, 128, 64]
+    # SIE keeps the Add of the attention sublayer by default; residual: false is eq. 2 as printed
+    assert [b.sie.residual for b in model.blocks] == [True, True]
+    assert [b.sie.residual for b in build("sainet", synth_schema, {"residual": False}).blocks] == [False, False]
     raw = synth_schema.to_dict()
     raw["features"] = [f for f in raw["features"] if f["name"] != "hist_scenario"]
     no_scen = Schema.from_dict(raw, source="noscen.yaml")

