@@ -21,7 +21,9 @@
   Also, without training: ``popularity`` (each item's smoothed positive rate in train,
   ``(positives + m * p) / (rows + m)`` with ``p`` the train positive rate and ``m = --pop-smoothing``,
   unseen items score ``p``), the floor every model must clear; and ``oracle`` (AUC of the true click
-  probability) when the schema has an oracle.
+  probability) when the schema has an oracle. On planted data the table ends with the generator's premise
+  headroom (``stats.json`` ``generator.premise_headroom``, test split): the oracle's AUC with each planted
+  effect taken out, the most a module built for that premise can win over its ablation.
 * Writes ``OUT/results.json`` (budget, every per-seed number, the aggregates) and ``OUT/results.md`` (the
   Markdown table) atomically after every run. ``--keep-going`` records a run that raises under
   ``rows[spec].failed`` (and leaves it out of the table) instead of stopping.
@@ -247,6 +249,15 @@ def reference_rows(args, schema, scenarios: List[str]) -> Dict[str, dict]:
     return rows
 
 
+def premise_headroom(data_dir: str, split: str) -> Optional[dict]:
+    """``generator.premise_headroom`` of a planted dataset (computed on its test split), else None."""
+    path = os.path.join(data_dir, "stats.json")
+    if split != "test" or not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh).get("generator", {}).get("premise_headroom") or None
+
+
 # ---------------------------------------------------------------------------------------- aggregate
 def _std(values: np.ndarray) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
@@ -305,6 +316,12 @@ def markdown(result: dict) -> str:
               for name, row in rows.items() for f in row.get("failed", [])]
     if failed:
         lines += ["", "Failed runs (not in the table): " + "; ".join(failed) + "."]
+    head = result.get("premise_headroom")
+    if head and "oracle" in head:
+        top = head["oracle"]["auc"]
+        gaps = [f"w/o {name} {v['auc']:.4f} ({v['auc'] - top:+.4f})" for name, v in head.items() if name != "oracle"]
+        lines += ["", f"Premise headroom (planted oracle test AUC {top:.4f} with one effect taken out; "
+                      f"`stats.json` generator.premise_headroom): " + ", ".join(gaps) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -392,6 +409,7 @@ def main(argv=None) -> dict:
         "columns": [f"auc/{s}" for s in scenarios] + ["auc", "gauc", "logloss"],
         "rows": {spec: {"kind": "model", "model": parse_spec(spec)[0], "params": spec_params(spec), "runs": []}
                  for spec in specs},
+        "premise_headroom": premise_headroom(args.data, args.split),
     }
     print(f"== {POPULARITY} row (item popularity from train)")
     result["rows"].update(reference_rows(args, schema, scenarios))

@@ -141,8 +141,15 @@ def test_markdown_table(table):
     header = [c.strip() for c in lines[2].strip("|").split("|")]
     assert header == ["model"] + [f"AUC s{i}" for i in range(5)] + [
         "AUC", "RelaImpr", "GAUC", "RelaImpr (GAUC)", "logloss", "train ex/s"]
-    body = {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in lines[4:])}
+    table_lines = [line for line in lines[4:] if line.startswith("|")]
+    body = {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in table_lines)}
     assert list(body) == [BASE, SB, "popularity", "oracle"]
+    # planted data: the generator's premise headroom closes the table
+    head = saved["premise_headroom"]
+    assert lines[-1].startswith(f"Premise headroom (planted oracle test AUC {head['oracle']['auc']:.4f}")
+    gap = head["behaviour_interest"]["auc"] - head["oracle"]["auc"]
+    assert f"w/o behaviour_interest {head['behaviour_interest']['auc']:.4f} ({gap:+.4f})" in lines[-1] and gap < 0
+    assert float(body["oracle"][6]) == pytest.approx(head["oracle"]["auc"], abs=2e-4)
     sb = saved["rows"][SB]
     assert body[SB][6] == f"{sb['mean']['auc']:.4f} ± {sb['std']['auc']:.4f}"
     assert body[SB][7] == f"{sb['rela_impr']['auc']:+.2f}%" and body[BASE][7] == "+0.00%"

@@ -40,6 +40,13 @@ def test_stats_and_ground_truth(synth_dir, synth_schema):
     np.testing.assert_array_equal(rows["latent_scenario"], (rows["hour"] - 1) // 6)
     search = rows["scenario"] % 2 == 1
     assert (rows["query_cate"][~search] == 0).all() and (rows["query_cate"][search] > 0).all()
+    # premise headroom: the oracle's test AUC, and no premise switched on -> no gap but the interest terms'
+    head, test = gen["premise_headroom"], slice(len(rows["click"]) - 600, None)
+    assert head["oracle"]["auc"] == pytest.approx(metrics.auc(rows["click"][test], rows["oracle_p"][test]), abs=2e-4)
+    assert len(head["oracle"]["scenario_auc"]) == 5
+    for name in ("behaviour_scenario", "local_activation", "aspect_intensity"):
+        assert head[name] == head["oracle"]
+    assert head["behaviour_interest"]["auc"] < head["oracle"]["auc"]
 
 
 def test_histories_are_strictly_earlier_clicks(synth_dir, synth_schema):
@@ -77,18 +84,21 @@ def test_deterministic_by_seed_and_streams_in_chunks(tmp_path):
 
 
 
-@pytest.mark.parametrize("kappa,eta,tau", [(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 2.0, 0.0), (1.0, 0.0, 0.1)])
-def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa, eta, tau):
+@pytest.mark.parametrize("kappa,eta,tau,lam", [(0.0, 0.0, 0.0, 1.0), (1.0, 0.0, 0.0, 1.0), (0.0, 2.0, 0.0, 1.0),
+                                              (1.0, 0.0, 0.1, 1.0), (1.0, 2.0, 0.1, 2.0)])
+def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa, eta, tau, lam):
     """oracle_p re-computed in NumPy from the world and the row (module docstring), with the behaviour weights
     w_h = (1 - kappa) + kappa * sim(s_h, s) (kappa = 1 makes a click from an opposing scenario count against)
     the aspect weights c_s^item = 1 + eta t_s, c_s^cat = 1 - eta t_s (t = +1 feed, -1 search) and, with tau > 0,
-    the history average weighted by softmax_h(cos(g_h, g_i) / tau) instead of 1 / |history|."""
+    the history average weighted by softmax_h(cos(g_h, g_i) / tau) instead of 1 / |history|, both interest
+    terms scaled by lam; and the premise-headroom logits, each the same logit with one effect taken out."""
     rng = np.random.default_rng(3)
     w = synth._World(rng, 5, 300, 200, 20, 60, 8, behaviour_scenario=kappa, aspect_intensity=eta,
-                     local_activation=tau)
+                     local_activation=tau, interest_weight=lam)
     hist = [np.zeros((300, 30), np.int64) for _ in range(3)]
     counts = [np.zeros(300, np.int64), np.zeros(300, np.int64)]
-    rows = [synth._chunk(rng, w, 2000, *hist, *counts) for _ in range(3)][-1]
+    headroom = {}
+    rows = [synth._chunk(rng, w, 2000, *hist, *counts, headroom) for _ in range(3)][-1]
     u, i, s = rows["user_id"] - 1, rows["item_id"] - 1, rows["scenario"]
     hi, hc, hs = rows["hist_item_id"], rows["hist_cate_id"], rows["hist_scenario"]
     sim = w.similarity()
@@ -104,13 +114,35 @@ def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa
     cat = w.cat[i]
     z = rows["latent_scenario"]
     t = np.where(np.arange(5) % 2 == 1, -1.0, 1.0)[s]   # odd scenarios are the search entrances
-    logit = (w.b0 + w.bias_s[s] + (w.g_u[u] * w.g_i[i]).sum(1) / np.sqrt(8)
-             + 2.0 * (w.a_u[u] * w.m[s] * w.b_i[i]).sum(1) / np.sqrt(8)
-             + (1 + eta * t) * (att * w_h * cos).sum(1) + (1 - eta * t) * (att * w_h * (hc == cat[:, None] + 1)).sum(1)
-             + (w.rho[z] + 2.0 * (w.repeat_q[u] - 0.2)) * (hi == i[:, None] + 1).any(1)
-             + 0.8 * w.T[z, cat] + 1.2 * (w.search[s] & (rows["query_cate"] - 1 == cat)) - 0.25 * w.price[i])
+    rest = (w.b0 + w.bias_s[s] + (w.g_u[u] * w.g_i[i]).sum(1) / np.sqrt(8)
+            + 2.0 * (w.a_u[u] * w.m[s] * w.b_i[i]).sum(1) / np.sqrt(8)
+            + (w.rho[z] + 2.0 * (w.repeat_q[u] - 0.2)) * (hi == i[:, None] + 1).any(1)
+            + 0.8 * w.T[z, cat] + 1.2 * (w.search[s] & (rows["query_cate"] - 1 == cat)) - 0.25 * w.price[i])
+    same = hc == cat[:, None] + 1
+
+    def interest(weights, w_h, c_item, c_cat):
+        return lam * (c_item * (weights * w_h * cos).sum(1) + c_cat * (weights * w_h * same).sum(1))
+
+    logit = rest + interest(att, w_h, 1 + eta * t, 1 - eta * t)
     assert (hi > 0).any(1).mean() > 0.5 and ((hs > 0) & (hs - 1 != s[:, None])).any()
     np.testing.assert_allclose(rows["oracle_p"], 1 / (1 + np.exp(-logit)), rtol=1e-5, atol=1e-6)
+    # premise headroom: w_h -> its mean over the traffic mix of behaviour scenarios; attention -> plain mean;
+    # c_s -> its traffic-weighted mean; no interest terms
+    mean = (hi > 0) / np.maximum((hi > 0).sum(1), 1)[:, None]
+    w_mix = np.where(hi > 0, ((1 - kappa) + kappa * (w.traffic @ sim))[s][:, None], 0.0)
+    c_bar = w.traffic @ (np.where(np.arange(5) % 2 == 1, -1.0, 1.0) * eta)
+    expected = {"oracle": logit, "behaviour_scenario": rest + interest(att, w_mix, 1 + eta * t, 1 - eta * t),
+                "local_activation": rest + interest(mean, w_h, 1 + eta * t, 1 - eta * t),
+                "aspect_intensity": rest + interest(att, w_h, 1 + c_bar, 1 - c_bar), "behaviour_interest": rest}
+    assert set(headroom) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(headroom[name], value, rtol=1e-6, atol=1e-6, err_msg=name)
+    if not kappa:
+        np.testing.assert_allclose(headroom["behaviour_scenario"], logit, atol=1e-9)
+    if not tau:
+        np.testing.assert_allclose(headroom["local_activation"], logit, atol=1e-9)
+    if not eta:
+        np.testing.assert_allclose(headroom["aspect_intensity"], logit, atol=1e-9)
     if kappa:
         assert sim.min() < -0.3  # opposing clusters exist, so some behaviours count against the item
     with pytest.raises(ValueError, match="behaviour_scenario"):
@@ -119,3 +151,5 @@ def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa
         synth.generate("unused", rows=1000, aspect_intensity=-1.0, progress=False)
     with pytest.raises(ValueError, match="local_activation"):
         synth.generate("unused", rows=1000, local_activation=-0.1, progress=False)
+    with pytest.raises(ValueError, match="interest_weight"):
+        synth.generate("unused", rows=1000, interest_weight=-1.0, progress=False)

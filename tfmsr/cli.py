@@ -21,7 +21,7 @@ def _data_synth(args):
                      items=args.items, seq_len=args.seq_len, rows_per_shard=args.rows_per_shard,
                      compression="GZIP" if args.gzip else None, overwrite=args.overwrite,
                      behaviour_scenario=args.behaviour_scenario, aspect_intensity=args.aspect_intensity,
-                     local_activation=args.local_activation)
+                     local_activation=args.local_activation, interest_weight=args.interest_weight)
     print(json.dumps({"out": args.out, "splits": {k: v["rows"] for k, v in stats["splits"].items()},
                       "traffic_share": stats["traffic_share"]}))
 
@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--local-activation", type=float, default=0.0, metavar="TAU",
                    help="temperature of the attention over past clicks by likeness to the candidate in the "
                         "interest terms; 0 = plain mean (DIN's premise; see tfmsr/data/synth.py)")
+    s.add_argument("--interest-weight", type=float, default=1.0, metavar="LAMBDA",
+                   help="scale of both behaviour-interest terms, >= 0, where the three premises above live "
+                        "(default 1; see tfmsr/data/synth.py)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=_data_synth)
 

@@ -40,12 +40,24 @@ order, chunk by chunk, so memory is bounded by users x history length, never by 
   a feed favours items like the past clicks and disfavours more of an already clicked category (novelty),
   a search entrance the reverse. eta = 0 (``c = 1``) is the generator without it, row for row.
 
+  **Interest weight** (switch ``interest_weight = lambda >= 0``, default 1): both interest terms are scaled
+  by lambda (``c_s^item = lambda (1 + eta t_s)``, ``c_s^cat = lambda (1 - eta t_s)``), so the premises that
+  live in them (behaviour scenario, aspect intensity, local activation) weigh more against the id-level
+  preferences. lambda = 1 is the generator without it, row for row.
+
   **Local activation** (DIN's premise, which FIMN's field-wise and SAINet's target attention build on: the
   past clicks relevant to the candidate drive the interest; switch ``local_activation = tau > 0``, default 0
   = off): ``mean_h`` in both interest terms becomes the attention average ``sum_h a_h``, ``a_h =
   softmax_h(cos(g_h, g_i) / tau)`` over the user's history, so the most similar past clicks dominate.
 
   ``oracle_p = sigmoid(logit)`` is stored with every row: its AUC is the ceiling of any model.
+  **Premise headroom**: ``stats.json`` records under ``generator.premise_headroom`` the test AUC of the
+  oracle logit and of the same logit with one planted effect taken out, i.e. the best AUC of a model that
+  cannot see that effect: ``behaviour_scenario`` (``w_h`` replaced by its mean over the behaviours' scenario
+  mix, taken as the traffic share: what is known without each behaviour's scenario), ``local_activation``
+  (the plain history mean instead of the attention average), ``aspect_intensity`` (``c_s`` replaced by its
+  traffic-weighted mean over scenarios) and ``behaviour_interest`` (both interest terms dropped). The gap
+  to ``oracle`` bounds what a module built for that premise can win over its ablation.
   Clicked items enter the history after the row (the history a row sees is strictly earlier).
 * **Splits** by time: the first ``1 - valid - test`` of the rows train, then valid, then test.
 
@@ -107,7 +119,7 @@ class _World:
     """The static part of the planted world: users, items, scenario tastes."""
 
     def __init__(self, rng, S, U, I, C, B, d, scenario_weight=2.0, id_noise=0.6, behaviour_scenario=0.0,
-                 aspect_intensity=0.0, local_activation=0.0):
+                 aspect_intensity=0.0, local_activation=0.0, interest_weight=1.0):
         self.scenario_weight, self.id_noise = scenario_weight, id_noise
         self.local_activation = local_activation
         self.behaviour_scenario = behaviour_scenario
@@ -151,7 +163,8 @@ class _World:
         self.search = (np.arange(S) % 2) == 1
         # interest weights (c_s^item, c_s^cat) per scenario
         t = np.where(self.search, -1.0, 1.0)
-        self.aspect_weight = np.stack([1.0 + aspect_intensity * t, 1.0 - aspect_intensity * t], axis=1)
+        self.aspect_weight = interest_weight * np.stack([1.0 + aspect_intensity * t, 1.0 - aspect_intensity * t],
+                                                        axis=1)
         # implicit scenarios
         self.T = n(0, 1, (LATENT_SCENARIOS, C))
         self.rho = np.array([1.5, 0.5, -0.8, 0.0])[:LATENT_SCENARIOS]
@@ -163,6 +176,37 @@ class _World:
 
     def items_of_cat(self, rng, cats):
         return self.items_by_cat[self.cat_start[cats] + (rng.random(len(cats)) * self.cat_count[cats]).astype(int)]
+
+
+HEADROOM = ("behaviour_scenario", "local_activation", "aspect_intensity", "behaviour_interest")
+
+
+def _without_premises(w: _World, s, logit, aspect, att, mean, w_h, real, cos, cat_match) -> dict:
+    """The click logit with one planted effect taken out, for each name of ``HEADROOM`` (module docstring,
+    "Premise headroom"). ``att``: the history weights of the interest terms, ``mean``: the plain mean."""
+    def interest(weights, w_h, c):
+        return c[:, 0] * (weights * w_h * cos).sum(1) + c[:, 1] * (weights * w_h * cat_match).sum(1)
+
+    rest = logit - interest(att, w_h, aspect)
+    k = w.behaviour_scenario
+    w_mix = (1.0 - k) + k * (w.traffic @ w.similarity())  # mean w_h of a target scenario over the mix
+    return {"oracle": logit, "behaviour_scenario": rest + interest(att, real * w_mix[s][:, None], aspect),
+            "local_activation": rest + interest(mean, w_h, aspect),
+            "aspect_intensity": rest + interest(att, w_h, np.broadcast_to(w.traffic @ w.aspect_weight, aspect.shape)),
+            "behaviour_interest": rest}
+
+
+def _headroom(collected: dict) -> dict:
+    """Test AUC (overall and per scenario) of the oracle logit and of each logit without a premise."""
+    from tfmsr.metrics import auc, scenario_auc
+
+    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in collected.items()}
+    y, s = cat.pop("click"), cat.pop("scenario").astype(np.int64)
+    if not len(y) or y.min() == y.max():
+        return {}
+    S = int(s.max()) + 1
+    return {name: {"auc": round(auc(y, v), 4), "scenario_auc": [round(a, 4) for a in scenario_auc(y, v, s, S)]}
+            for name, v in cat.items()}
 
 
 def _softmax(x):
@@ -183,7 +227,8 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
              latent_dim: int = 8, valid: float = 0.1, test: float = 0.1, rows_per_shard: int = 50_000,
              chunk: int = 20_000, compression: Optional[str] = None, overwrite: bool = False,
              scenario_weight: float = 2.0, id_noise: float = 0.6, behaviour_scenario: float = 0.0,
-             aspect_intensity: float = 0.0, local_activation: float = 0.0, progress: bool = True) -> dict:
+             aspect_intensity: float = 0.0, local_activation: float = 0.0, interest_weight: float = 1.0,
+             progress: bool = True) -> dict:
     """Stream ``rows`` planted rows into ``out_dir`` (shards + schema.yaml + stats.json); returns the stats."""
     if rows < 100:
         raise ValueError(f"--rows must be at least 100, got {rows}")
@@ -191,6 +236,8 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
         raise ValueError(f"behaviour_scenario must be in [0, 1], got {behaviour_scenario}")
     if not aspect_intensity >= 0.0:
         raise ValueError(f"aspect_intensity must be >= 0, got {aspect_intensity}")
+    if not interest_weight >= 0.0:
+        raise ValueError(f"interest_weight must be >= 0, got {interest_weight}")
     if not local_activation >= 0.0:
         raise ValueError(f"local_activation must be >= 0 (0 = off), got {local_activation}")
     if not 0 < valid + test < 1:
@@ -200,7 +247,7 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
     C = min(categories, I)
     rng = np.random.default_rng(seed)
     w = _World(rng, scenarios, U, I, C, brands, latent_dim, scenario_weight, id_noise, behaviour_scenario,
-               aspect_intensity, local_activation)
+               aspect_intensity, local_activation, interest_weight)
     schema = synth_schema(scenarios, U, I, C, brands, seq_len)
     L = seq_len
     hist_item = np.zeros((U, L), np.int64)  # ids + 1, 0 = padding; most recent first
@@ -213,20 +260,28 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
     extra = {"generator": {
         "seed": seed, "rows": rows, "scenario_weight": scenario_weight, "id_noise": id_noise,
         "behaviour_scenario": behaviour_scenario, "aspect_intensity": aspect_intensity,
+        "interest_weight": interest_weight,
         "aspect_weight": np.round(w.aspect_weight, 4).tolist(), "local_activation": local_activation, "users": U, "items": I, "categories": C, "brands": brands,
         "latent_scenarios": LATENT_SCENARIOS, "scenario_clusters": w.cluster.tolist(),
         "search_scenarios": np.flatnonzero(w.search).tolist(),
         "scenario_similarity": np.round(w.similarity(), 4).tolist(),
         "implicit_scenario": f"latent_scenario = (hour - 1) // {HOUR_BUCKET}",
     }}
+    headroom = {name: [] for name in ("oracle", "click", "scenario") + HEADROOM}
     report = ProgressLine("synth", rows, "rows")
     with DatasetWriter(out_dir, schema, rows_per_shard=rows_per_shard, compression=compression,
                        overwrite=overwrite, extra_stats=extra) as writer:
         done = 0
         while done < rows:
             n = min(chunk, rows - done)
-            cols = _chunk(rng, w, n, hist_item, hist_cat, hist_sc, clicks, repeat_clicks)
+            alt = {}
+            cols = _chunk(rng, w, n, hist_item, hist_cat, hist_sc, clicks, repeat_clicks, alt)
             start = done
+            a = max(n_train + n_valid, start) - start
+            if a < n:  # test rows: the premise headroom
+                alt |= {"click": cols["click"], "scenario": cols["scenario"]}
+                for name, values in alt.items():
+                    headroom[name].append(values[a:])
             for split, lo, hi in (("train", 0, n_train), ("valid", n_train, n_train + n_valid),
                                   ("test", n_train + n_valid, rows)):
                 a, b = max(lo, start) - start, min(hi, start + n) - start
@@ -235,13 +290,19 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
             done += n
             if progress:
                 report.update(done)
+        # the writer holds ``extra`` (not a copy of its inner dicts) and writes it on exit
+        extra["generator"]["premise_headroom"] = _headroom(headroom)
     if progress:
         report.close()
     return writer.stats.result() | extra
 
 
-def _chunk(rng, w: _World, n, hist_item, hist_cat, hist_sc, clicks, repeat_clicks) -> dict:
-    """n rows in time order; a user's later rows in the chunk see the clicks of its earlier rows."""
+def _chunk(rng, w: _World, n, hist_item, hist_cat, hist_sc, clicks, repeat_clicks, headroom=None) -> dict:
+    """n rows in time order; a user's later rows in the chunk see the clicks of its earlier rows. With
+    ``headroom`` (a dict), also fills ``headroom[name] [n]`` with the logit without each premise (see
+    :func:`_without_premises`); no random draw depends on it."""
+    if headroom is not None:
+        headroom.update({name: np.zeros(n) for name in ("oracle",) + HEADROOM})
     users = rng.choice(w.U, n, p=w.activity)
     # occurrence rank of each row among its user's rows in this chunk: rows of equal rank have
     # distinct users and are processed together (vectorised), ranks in time order.
@@ -293,10 +354,12 @@ def _chunk(rng, w: _World, n, hist_item, hist_cat, hist_sc, clicks, repeat_click
         hvec = w.g_i_unit[np.maximum(hi - 1, 0)]
         cos = (hvec * w.g_i_unit[item][:, None, :]).sum(-1)
         cat_match = hc == (cat + 1)[:, None]
+        mean = (hi > 0) / np.maximum(hlen, 1)[:, None]  # plain history mean, 0 on padding
         if w.local_activation:
             att = _softmax(np.where(hi > 0, cos / w.local_activation, -np.inf))  # 0 on padding
             interest, same_cat = (att * w_h * cos).sum(1), (att * w_h * cat_match).sum(1)
         else:
+            att = mean
             interest = np.where(hlen > 0, (cos * w_h).sum(1) / np.maximum(hlen, 1), 0.0)
             same_cat = np.where(hlen > 0, (cat_match * w_h).sum(1) / np.maximum(hlen, 1), 0.0)
         rep_eff = (w.rho[z] + 2.0 * (w.repeat_q[u] - 0.2)) * is_rep
@@ -307,6 +370,10 @@ def _chunk(rng, w: _World, n, hist_item, hist_cat, hist_sc, clicks, repeat_click
                  + 0.8 * w.T[z, cat] + 1.2 * qmatch - 0.25 * w.price[item])
         p = 1.0 / (1.0 + np.exp(-logit))
         y = rng.random(m) < p
+        if headroom is not None:
+            for name, value in _without_premises(w, s, logit, aspect, att, mean, w_h, hi > 0, cos,
+                                                 cat_match).items():
+                headroom[name][idx] = value
         # write the rows
         o = out
         o["user_id"][idx], o["gender"][idx], o["age"][idx] = u + 1, w.gender[u] + 1, w.age[u] + 1
