@@ -105,16 +105,18 @@ def test_tif_matches_equations_7_8():
     assert mu[2, 1:].sum() == 0 and np.allclose(mu.sum(1), 1)
 
 
-def test_sdt_matches_equation_11():
+@pytest.mark.parametrize("gamma", [1.0, 2.0])
+def test_sdt_matches_equation_11(gamma):
+    """gamma = 1: eq. 11 as printed; gamma = 2: the LHUC gate 2 sigmoid the section builds on."""
     h0 = RNG.normal(size=(B, 7)).astype(np.float32)
     _, _, e_st, _ = inputs()
-    layer = ScenarioAwareDNNTower(hidden=[6, 3])
+    layer = ScenarioAwareDNNTower(hidden=[6, 3], gamma=gamma)
     out = layer([tf.constant(h0), tf.constant(e_st)]).numpy()
     h = h0
     for gate, dense in zip(layer.gates, layer.dense):
         wg, bg = (v.numpy() for v in gate.weights)
         wt, bt = (v.numpy() for v in dense.weights)
-        h = np.maximum((h * sigmoid(np.concatenate([h, e_st], -1) @ wg + bg)) @ wt + bt, 0)
+        h = np.maximum((h * gamma * sigmoid(np.concatenate([h, e_st], -1) @ wg + bg)) @ wt + bt, 0)
     np.testing.assert_allclose(out, h, rtol=1e-4, atol=1e-5)
 
 

@@ -118,17 +118,23 @@ class TargetAwareInterestFusion(keras.layers.Layer):
 
 class ScenarioAwareDNNTower(keras.layers.Layer):
     """SDT, section 4.3, eq. 9-11: each layer scales its input by a scenario-aware gate before the dense map,
-    ``H^{j+1} = ReLU(W_T^j (H^j * sigmoid([H^j, e_st] W_g^j + b_g^j)) + b_T^j)``.
+    ``H^{j+1} = ReLU(W_T^j (H^j * gamma sigmoid([H^j, e_st] W_g^j + b_g^j)) + b_T^j)``.
 
     Eq. 11 writes ``H^j (x) sigma(concat(H^j, e_st))``, whose two sides differ in width (d_j vs d_j + d_s);
     the dimension-consistent reading, used here, projects the concatenation back to d_j with a learned
     ``W_g^j`` (as STM's eq. 4 does) before the sigmoid. The gated layers are the hidden layers; the output
     logit is a plain linear unit on the last one (``sDNN`` in eq. 10 ends in a scalar).
+
+    ``gamma`` scales the gate: eq. 11 prints a plain sigmoid (``gamma = 1``), which halves every layer's input
+    while the gate is untrained; the hidden-unit scaling section 4.3 builds on (LHUC, Swietojanski et al.,
+    the paper's ref. list) uses ``2 sigmoid``, a gate in (0, 2) that starts near the identity, as STM's
+    ``gamma`` (eq. 4) does.
     """
 
-    def __init__(self, hidden: Sequence[int] = (512, 256, 128, 64), kernel_init="glorot_uniform", **kwargs):
+    def __init__(self, hidden: Sequence[int] = (512, 256, 128, 64), kernel_init="glorot_uniform",
+                 gamma: float = 1.0, **kwargs):
         super().__init__(**kwargs)
-        self.hidden, self.kernel_init = list(hidden), kernel_init
+        self.hidden, self.kernel_init, self.gamma = list(hidden), kernel_init, float(gamma)
 
     def build(self, input_shape):
         widths = [int(input_shape[0][-1])] + self.hidden[:-1]
@@ -141,5 +147,5 @@ class ScenarioAwareDNNTower(keras.layers.Layer):
     def call(self, inputs):
         h, e_st = inputs
         for gate, dense in zip(self.gates, self.dense):
-            h = dense(h * gate(tf.concat([h, e_st], axis=-1)))
+            h = dense(h * (self.gamma * gate(tf.concat([h, e_st], axis=-1))))
         return h

@@ -27,11 +27,14 @@ class SAINet(RankingModel):
     sublayer of [21] that eq. 2 cites; ``residual: false`` is eq. 2 as printed (``MultiHead(X)`` alone,
     whose rows after L blocks are mixtures of all behaviours, so TIF cannot pick single ones), see
     :class:`~tfmsr.layers.sainet.ScenarioAwareInterestExtracting`. On the planted data with SAINet's premise
-    (3 seeds) the Add lifts test AUC from 0.8892 to 0.8935.
+    (3 seeds) the Add lifts test AUC from 0.8892 to 0.8935. ``sdt_gamma`` (default 1, eq. 11 as printed)
+    scales SDT's gate as LHUC's ``2 sigmoid`` does with 2, see
+    :class:`~tfmsr.layers.sainet.ScenarioAwareDNNTower`.
     """
 
     defaults = {"blocks": 2, "heads": 4, "gamma": 2.0, "tower": [512, 256, 128, 64], "init": {"normal": 0.05},
-                "sie": True, "stm": True, "tif": True, "sdt": True, "sie_scenario": True, "attention_dim": None, "residual": True}
+                "sie": True, "stm": True, "tif": True, "sdt": True, "sie_scenario": True, "attention_dim": None, "residual": True,
+                "sdt_gamma": 1.0}
 
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
@@ -45,7 +48,7 @@ class SAINet(RankingModel):
         self.blocks = [ScenarioAdaptiveBlock(p["heads"], p["gamma"], p["sie"], p["stm"], p["sie_scenario"], p["init"],
                                              p["residual"], name=f"block_{l}") for l in range(p["blocks"])]
         self.tif = TargetAwareInterestFusion(p["attention_dim"], p["init"], name="tif") if p["tif"] else None
-        self.tower = (ScenarioAwareDNNTower(p["tower"], p["init"], name="sdt") if p["sdt"]
+        self.tower = (ScenarioAwareDNNTower(p["tower"], p["init"], p["sdt_gamma"], name="sdt") if p["sdt"]
                       else MLP(p["tower"], kernel_init=p["init"], name="dnn"))
         self.out = keras.layers.Dense(1, name="logit")
 
