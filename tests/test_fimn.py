@@ -324,6 +324,10 @@ def test_defaults_follow_section_5_1_5(synth_schema):
     assert p["embedding_dim"] == 32 and p["gamma"] == 2.0 and p["init"] == {"normal": 0.05}
     assert p["sem"] and p["mie"] and p["sif"] and p["smm"] and model.multi_head
     assert synth_schema.feature("hist_item_id").length == 30
+    # the Gaussian is for the DNN parameters; MIE's attention projections start as Glorot (attention_init)
+    assert p["attention_init"] == "glorot_uniform" and model.mie.kernel_init == "glorot_uniform"
+    assert build("fimn", synth_schema, {"attention_init": {"normal": 0.05}}).mie.kernel_init == {"normal": 0.05}
+    assert model.sif.kernel_init == {"normal": 0.05}
 
 
 @pytest.mark.slow

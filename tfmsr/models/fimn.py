@@ -41,7 +41,11 @@ class FIMN(RankingModel):
     for SEM and the intra-gate, Gaussian(0, 0.05) initialisation of the dense layers; ``|B| = 30`` is the
     behaviour sequence length of the schema. Not given by the paper: ``sem_hidden``, ``gate_dim`` (``d_g``),
     ``attention_dim`` (``d_h``), ``tower``, ``smm_hidden`` (shared layers of eq. 15's projection, see
-    :class:`~tfmsr.layers.fimn.ScenarioMutual`).
+    :class:`~tfmsr.layers.fimn.ScenarioMutual`). ``attention_init`` initialises MIE's projections (``W_e``,
+    FTA's ``W^Q, W^K, W^V, W^O``): 5.1.5 gives the Gaussian for "the parameters in DNN", so the attention keeps
+    the Glorot initialisation of the Transformer attention FTA modifies (default ``glorot_uniform``). With
+    Gaussian(0, 0.05) projections the FTA score ``(e^_t W^Q) . (E_B W^K)`` starts at ~1e-4 (the query is
+    already a product of two embeddings, eq. 4) and the attention stays uniform, i.e. mean pooling.
 
     Ablations of Table 3 ("FIMN-X" = FIMN without module X) as switches:
 
@@ -57,7 +61,7 @@ class FIMN(RankingModel):
     multi_head = True
     defaults = {"embedding_dim": 32, "init": {"normal": 0.05}, "gamma": 2.0, "sem_hidden": [16], "gate_dim": 64,
                 "attention_dim": 32, "tower": [64, 32], "smm_hidden": [512], "scenario_stats": None,
-                "sem": True, "mie": True, "sif": True, "smm": True}
+                "sem": True, "mie": True, "sif": True, "smm": True, "attention_init": "glorot_uniform"}
 
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
@@ -73,7 +77,8 @@ class FIMN(RankingModel):
         self.sem = (ScenarioEnhancing(self.frequency(), p["sem_hidden"], p["gamma"],
                                       noise=init["normal"] if isinstance(init, dict) else 0.05, name="sem")
                     if p["sem"] else None)
-        self.mie = MultiAspectInterestExtractor(len(pairs), init, name="mie") if p["mie"] else None
+        self.mie = (MultiAspectInterestExtractor(len(pairs), p["attention_init"], name="mie") if p["mie"]
+                    else None)
         self.sif = ScenarioAwareInterestFusion(p["gate_dim"], p["gamma"], init, name="sif") if p["sif"] else None
         self.smm = (ScenarioMutual(self.num_scenarios, p["embedding_dim"], p["attention_dim"], init,
                                    p["smm_hidden"], name="smm") if p["smm"] else None)
