@@ -44,8 +44,9 @@ class FIMN(RankingModel):
     :class:`~tfmsr.layers.fimn.ScenarioMutual`). ``attention_init`` initialises MIE's projections (``W_e``,
     FTA's ``W^Q, W^K, W^V, W^O``): 5.1.5 gives the Gaussian for "the parameters in DNN", so the attention keeps
     the Glorot initialisation of the Transformer attention FTA modifies (default ``glorot_uniform``). With
-    Gaussian(0, 0.05) projections the FTA score ``(e^_t W^Q) . (E_B W^K)`` starts at ~1e-4 (the query is
-    already a product of two embeddings, eq. 4) and the attention stays uniform, i.e. mean pooling.
+    Gaussian(0, 0.05) projections the FTA scores ``(e^_t W^Q) . (E_B W^K) / sqrt(d_k)`` (the query is already
+    a product of two embeddings, eq. 4) stay tiny: after training on the planted premise data they vary by
+    ~5e-4 over an item-id history, i.e. the attention is mean pooling, and test AUC is 0.0092 lower (3 seeds).
 
     Ablations of Table 3 ("FIMN-X" = FIMN without module X) as switches:
 
