@@ -277,11 +277,11 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
             alt = {}
             cols = _chunk(rng, w, n, hist_item, hist_cat, hist_sc, clicks, repeat_clicks, alt)
             start = done
-            a = max(n_train + n_valid, start) - start
-            if a < n:  # test rows: the premise headroom
+            first_test = max(n_train + n_valid, start) - start
+            if first_test < n:  # test rows: the premise headroom
                 alt |= {"click": cols["click"], "scenario": cols["scenario"]}
                 for name, values in alt.items():
-                    headroom[name].append(values[a:])
+                    headroom[name].append(values[first_test:])
             for split, lo, hi in (("train", 0, n_train), ("valid", n_train, n_train + n_valid),
                                   ("test", n_train + n_valid, rows)):
                 a, b = max(lo, start) - start, min(hi, start + n) - start

@@ -27,9 +27,8 @@ class SAINet(RankingModel):
     sublayer of [21] that eq. 2 cites; ``residual: false`` is eq. 2 as printed (``MultiHead(X)`` alone,
     whose rows after L blocks are mixtures of all behaviours, so TIF cannot pick single ones), see
     :class:`~tfmsr.layers.sainet.ScenarioAwareInterestExtracting`. On the planted data with SAINet's premise
-    (3 seeds) the Add lifts test AUC from 0.8892 to 0.8935. ``sdt_gamma`` (default 1, eq. 11 as printed)
-    scales SDT's gate as LHUC's ``2 sigmoid`` does with 2, see
-    :class:`~tfmsr.layers.sainet.ScenarioAwareDNNTower`.
+    (3 seeds) the Add lifts test AUC from 0.8892 to 0.8935. ``sdt_gamma`` scales SDT's gate: 1 (default) is
+    eq. 11 as printed, 2 is LHUC's ``2 sigmoid``, see :class:`~tfmsr.layers.sainet.ScenarioAwareDNNTower`.
     """
 
     defaults = {"blocks": 2, "heads": 4, "gamma": 2.0, "tower": [512, 256, 128, 64], "init": {"normal": 0.05},
