@@ -274,11 +274,11 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
         done = 0
         while done < rows:
             n = min(chunk, rows - done)
-            alt = {}
-            cols = _chunk(rng, w, n, hist_item, hist_cat, hist_sc, clicks, repeat_clicks, alt)
             start = done
             first_test = max(n_train + n_valid, start) - start
-            if first_test < n:  # test rows: the premise headroom
+            alt = {} if first_test < n else None  # the premise headroom is measured on test rows only
+            cols = _chunk(rng, w, n, hist_item, hist_cat, hist_sc, clicks, repeat_clicks, alt)
+            if alt is not None:
                 alt |= {"click": cols["click"], "scenario": cols["scenario"]}
                 for name, values in alt.items():
                     headroom[name].append(values[first_test:])
