@@ -42,6 +42,11 @@ import tfmsr  # noqa: F401  (pins Keras 2 before TensorFlow loads)
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 POPULARITY = "popularity"
 SOFTMAX = "model.params.finetune_loss=softmax"
+# engineering for small data (not in the paper; see tfmsr/retrieval/sass.py): 2 ML-SAT layers with a 64-wide first
+# global layer, and the scenario units held near their pass-through start by L2-SP (W_0 and the auxiliary output
+# start at zero, so the start is the global network's pass-through)
+SMALL_DATA = ["model.params.layers=2", "model.params.global_hidden=[64]", "model.params.scenario_l2=1.0",
+              "model.params.s0_init=zeros", "model.params.aux_init=zeros"]
 PRINTED = ["model.params.pairwise_form=printed", "model.params.pairwise_scale=1", "model.params.gate_init=glorot"]
 
 # (row name, config, overrides, where the row comes from)
@@ -61,6 +66,10 @@ VARIANTS = [
     ("SASS-Base glorot init", "sass_base", ["model.params.gate_init=glorot"], "extra"),
     ("SASS-Base softmax-loss (not in paper)", "sass_base", [SOFTMAX], "extra"),
     ("SASS softmax-loss (not in paper)", "sass", [SOFTMAX], "extra"),
+    ("SASS + L2-SP 2 layers 64-wide global (not in paper)", "sass", SMALL_DATA, "extra"),
+    ("SASS-Base + L2-SP 2 layers 64-wide global (not in paper)", "sass_base", SMALL_DATA, "extra"),
+    ("SASS-Base + L2-SP 2 layers 64-wide global softmax-loss (not in paper)", "sass_base", SMALL_DATA + [SOFTMAX],
+     "extra"),
     ("DSSM single", "dssm", ["train.mode=single"], "Table 2"),
     ("DSSM mix", "dssm", ["train.mode=mix"], "Table 2"),
     ("YoutubeDNN single", "youtubednn", ["train.mode=single"], "Table 2"),
@@ -221,6 +230,7 @@ def main(argv=None) -> dict:
     from tfmsr.retrieval.data import RetrievalData
     from tfmsr.retrieval.evaluation import PopularityScorer, evaluate
     from tfmsr.retrieval.pairs import read_summary, write_pairs
+    from tfmsr.retrieval.trainer import query_splits
     from tfmsr.utils import log
 
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -239,7 +249,8 @@ def main(argv=None) -> dict:
         if not data_dir:
             raise SystemExit(f"--data {spec!r}: expected NAME=DIR")
         t0 = time.time()
-        data = RetrievalData.load(data_dir, eval_splits=[split])
+        data = RetrievalData.load(data_dir, eval_splits=sorted({s for _, c, o, _ in wanted for s in query_splits(
+            row_config(c, o, args.set, 0, None, args.configs))} | {split}))
         log(f"[bench] {name}: loaded {data_dir} in {time.time() - t0:.0f}s")
         scen = data.scenario_names
         info = {}

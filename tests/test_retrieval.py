@@ -222,6 +222,40 @@ def test_models_train_and_reevaluate(synth_dir, tmp_path, data, model, params, m
         trainer.train(cfg, synth_dir, out, data=data)
 
 
+@pytest.mark.parametrize("mode", ["mix", "single"])
+def test_early_stopping_keeps_the_best_validation_epoch(synth_dir, tmp_path, data, mode):
+    cfg = quick("dssm", {"hidden": [16]}, epochs=4, mode=mode, learning_rate=0.05, early_stopping_patience=1)
+    out = str(tmp_path / "run")
+    history = trainer.train(cfg, synth_dir, out, log=lambda m: None, data=data)["history"]
+    valid = trainer.evaluate_run(out, synth_dir, split="valid")["dssm"]
+    units = ["all"] if mode == "mix" else data.scenario_names
+    for unit in units:
+        ft = history[unit]["finetune"]
+        seen = [row["val_hr@20"] for row in ft["epochs"]]
+        es = ft["early_stopping"]
+        assert es["best"] == max(seen) and es["best_epoch"] == int(np.argmax(seen)) + 1
+        assert len(seen) == 4 or len(seen) == es["best_epoch"] + 1      # stopped one epoch after the best
+        assert len(es["scenarios"]) == len(seen) and set(es["scenarios"][0]) == (
+            set(data.scenario_names) if unit == "all" else {unit})
+        # the saved weights are the best epoch's: they score its validation HR again (a single-scenario
+        # model is validated on its own scenario's queries only)
+        again = valid["hr@20"] if unit == "all" else valid["scenarios"][unit]["hr@20"]
+        assert again == pytest.approx(es["best"])
+
+
+def test_early_stopping_needs_validation_positives(synth_dir, tmp_path, data):
+    from dataclasses import replace
+
+    cfg = quick("dssm", {"hidden": [16]}, early_stopping_patience=1)
+    test_only = replace(data, queries={"test": data.queries["test"]})
+    with pytest.raises(ValueError, match=r"split\(s\) \['valid'\] were not loaded"):
+        trainer.train(cfg, synth_dir, str(tmp_path / "a"), data=test_only)
+    no_positives = replace(data, queries={"test": data.queries["test"], "valid": {}})
+    with pytest.raises(ValueError, match="valid: no positive rows to rank"):
+        trainer.train(cfg, synth_dir, str(tmp_path / "b"), data=no_positives)
+    assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
+
+
 def test_sass_scenario_l2_penalises_the_scenario_weights_distance_to_their_start(data):
     """``scenario_l2``: fine-tuning loss = eq. (13) + l2 * sum ||w - w_start||^2 over exactly the stacked
     per-scenario weights of both towers (W_0, b_0, gate units, W_o), anchored when fine-tuning starts."""
@@ -299,6 +333,10 @@ def test_config_errors():
         trainer.build("sass", _schema(), {"scenario_l2": -1.0})
     with pytest.raises(ConfigError, match="unknown retrieval model"):
         quick("mind")
+    with pytest.raises(ConfigError, match="early_stopping_patience must be an integer >= 0"):
+        quick("dssm", early_stopping_patience=-1)
+    with pytest.raises(ConfigError, match="validation_split 'test' must be a held-out split"):
+        quick("dssm", early_stopping_patience=2, validation_split="test")
 
 
 def _schema():

@@ -3,7 +3,9 @@
     model:    {name: sass, params: {dim: 32, layers: 3, gate: sass}}
     data:     {batch_size: 512}
     pretrain: {enabled: true, epochs: 2}          # SASS Sec. 4.1 (false = SASS-Base)
-    train:    {epochs: 5, mode: mix}              # mode single: one model per scenario (Table 2 columns)
+    train:    {epochs: 20, mode: mix, early_stopping_patience: 2}
+              # mode single: one model per scenario (Table 2 columns); fine-tuning stops after 2 epochs
+              # without a better validation HR@K and keeps the best epoch's weights (0: every epoch)
     eval:     {k: 20, split: test}
 
 Keys are checked against ``DEFAULTS`` and model params against the retrieval model's defaults, so a typo
@@ -36,6 +38,8 @@ DEFAULTS = {
         "optimizer": "adam",
         "seed": 0,
         "mode": "mix",                 # mix: one model on all scenarios; single: one model per scenario
+        "early_stopping_patience": 0,  # epochs without a better validation HR@K before fine-tuning stops (0: off)
+        "validation_split": "valid",   # the split early stopping ranks (eval.k, over all its queries)
     },
     "eval": {"k": 20, "split": "test", "exclude_train_positives": True},
 }
@@ -56,6 +60,12 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = (), raw: 
         raise ConfigError(f"{source}: pretrain.enabled: '{cls.model_name}' has no pre-training stage")
     if not set(pre["sides"]) <= {"user", "item"} or not pre["sides"]:
         raise ConfigError(f"{source}: pretrain.sides must be a non-empty subset of [user, item], got {pre['sides']}")
+    patience = t["early_stopping_patience"]
+    if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
+        raise ConfigError(f"{source}: train.early_stopping_patience must be an integer >= 0, got {patience!r}")
+    if patience and t["validation_split"] in ("train", cfg["eval"]["split"]):
+        raise ConfigError(f"{source}: train.validation_split '{t['validation_split']}' must be a held-out split "
+                          f"other than train and eval.split ('{cfg['eval']['split']}')")
     check_values(cfg, source, positive_ints=["data.batch_size", "data.eval_batch_size", "pretrain.batch_size",
                                              "pretrain.epochs", "train.epochs", "eval.k"],
                  positive_numbers=["pretrain.learning_rate", "train.learning_rate"])

@@ -19,7 +19,7 @@ positive is the number of candidates scoring strictly higher. ``tfmsr.metrics.hi
 """
 from __future__ import annotations
 
-from typing import Dict, Union
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -37,6 +37,10 @@ class ModelScorer:
         self._user_fn = tf.function(lambda r: model.user_vectors(r, training=False), reduce_retracing=True, autograph=False)
         self._item_fn = tf.function(lambda items, s: model.item_vectors(items, s, training=False),
                                     reduce_retracing=True, autograph=False)
+
+    def reset(self) -> None:
+        """Forget the cached item vectors (after the model's weights changed, e.g. another epoch)."""
+        self._items = {}
 
     def _norm(self, v: np.ndarray) -> np.ndarray:
         if not self.model.cosine:
@@ -93,12 +97,16 @@ def target_ranks(scores: np.ndarray, target_col: np.ndarray) -> np.ndarray:
 
 
 def evaluate(scorer: Union[object, Dict[int, object]], data: RetrievalData, split: str = "test", k: int = 20,
-             exclude_train_positives: bool = True, chunk: int = 1024) -> dict:
-    """HR@K / NDCG@K per scenario (``scorer``: one for every scenario, or ``{s: scorer}``)."""
+             exclude_train_positives: bool = True, chunk: int = 1024,
+             scenarios: Optional[Sequence[int]] = None) -> dict:
+    """HR@K / NDCG@K per scenario (``scorer``: one for every scenario, or ``{s: scorer}``); ``scenarios``
+    restricts the evaluation (and the overall figures) to those scenario indices."""
     out = {"split": split, "k": k, "exclude_train_positives": exclude_train_positives, "scenarios": {}}
     all_ranks = []
     hr_key, ndcg_key = f"hr@{k}", f"ndcg@{k}"
     for s, name in enumerate(data.scenario_names):
+        if scenarios is not None and s not in scenarios:
+            continue
         sc = scorer[s] if isinstance(scorer, dict) else scorer
         rows = data.positives(split, s)
         corpus = data.corpus(s)

@@ -59,6 +59,10 @@ Not in the paper (engineering switches, default off):
   traffic share, so at the optimum a sparse scenario stays closer to ``w_0`` (with ``gate_init: transfer``:
   to the pass-through of the global network) than a dense one. Adam alone normalises each weight's step,
   so without it a 5 % scenario's weights move as far as a 50 % scenario's, driven by a few examples.
+  Measured on the planted benchmark (SASS-Base, seed 0, trained to the best validation epoch): in the
+  sparsest scenario (3.5 % of the positives) the served scenario vectors score test HR@20 0.295 while the
+  scenario-free global vectors ``g_T`` of the same model score 0.394; with ``scenario_l2: 1`` (and both
+  inits below at zero) the scenario vectors score 0.378 there, and the dense scenarios lose 0.01-0.03.
 * ``s0_init`` / ``aux_init: zeros`` start ``W_0`` (so ``s_0 = 0``) / the auxiliary net's output layer (so
   ``a = 0``) at zero: with ``gate_init: transfer`` the scenario vector then starts as a mix of the global
   layers only, with no random per-scenario projection of ``x_s`` and no random scenario offset ``a`` that

@@ -95,10 +95,54 @@ class _EpochLog(keras.callbacks.Callback):
         self.log(f"[{self.label}] epoch {epoch + 1}/{self.epochs}: {vals}  ({logs['examples_per_sec']:,.0f} ex/s)")
 
 
-def _fit(model, ds, steps, epochs, batch, optimizer, lr, label, log):
+class BestEpoch(keras.callbacks.Callback):
+    """Early stopping on the validation split: after every epoch, HR@K over the split's queries (of
+    ``scenario`` only for a single-scenario model) is logged as ``val_hr@K`` (per scenario in
+    ``summary()["scenarios"]``); training stops after ``patience`` epochs without a better value, and the best
+    epoch's weights are put back at the end."""
+
+    def __init__(self, data: RetrievalData, split: str, k: int, exclude_train_positives: bool, patience: int,
+                 scenario: Optional[int] = None, batch_size: int = 1024):
+        super().__init__()
+        self.data, self.split, self.k, self.exclude = data, split, k, exclude_train_positives
+        self.patience, self.scenario, self.batch = patience, scenario, batch_size
+        self.key = f"val_hr@{k}"
+        self.best, self.best_epoch, self.best_weights, self.wait = -1.0, None, None, 0
+        self.per_scenario = []          # per epoch: {scenario name: validation HR@K}
+        self.scorer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.scorer is None:         # one scorer (its traced functions) for every epoch
+            self.scorer = ModelScorer(self.model, self.data, self.batch)
+        self.scorer.reset()
+        only = None if self.scenario is None else [self.scenario]
+        res = evaluate(self.scorer if only is None else {self.scenario: self.scorer}, self.data, self.split, self.k,
+                       self.exclude, scenarios=only)
+        value = res[f"hr@{self.k}"]
+        self.per_scenario.append({name: v[f"hr@{self.k}"] for name, v in res["scenarios"].items()})
+        if logs is not None:
+            logs[self.key] = value
+        if value > self.best:
+            self.best, self.best_epoch, self.wait = value, epoch + 1, 0
+            self.best_weights = self.model.get_weights()
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+    def summary(self) -> dict:
+        return {"monitor": f"{self.split} hr@{self.k}", "patience": self.patience, "best_epoch": self.best_epoch,
+                "best": self.best, "scenarios": self.per_scenario}
+
+
+def _fit(model, ds, steps, epochs, batch, optimizer, lr, label, log, stopper: Optional[BestEpoch] = None):
     model.compile(optimizer=make_optimizer(optimizer, lr))
     cb = _EpochLog(label, epochs, steps, batch, log)
-    model.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=0, callbacks=[cb])
+    model.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=0, callbacks=[c for c in (stopper, cb) if c])
     return cb.rows
 
 
@@ -132,8 +176,25 @@ def finetune(model, cfg: dict, data: RetrievalData, scenario: Optional[int] = No
                                       with_probability=model.needs_probability)
     label = model.model_name if scenario is None else f"{model.model_name} {data.scenario_names[scenario]}"
     model.start_finetune()  # e.g. SASS: the anchors of its scenario_l2 penalty
-    rows = _fit(model, ds, steps, t["epochs"], batch, t["optimizer"], t["learning_rate"], f"{label} finetune", log)
-    return {"epochs": rows, "steps_per_epoch": steps, "positives": int(steps * batch)}
+    stopper = None
+    if t["early_stopping_patience"]:
+        ev = cfg["eval"]
+        stopper = BestEpoch(data, t["validation_split"], ev["k"], ev["exclude_train_positives"],
+                            t["early_stopping_patience"], scenario, cfg["data"]["eval_batch_size"])
+    rows = _fit(model, ds, steps, t["epochs"], batch, t["optimizer"], t["learning_rate"], f"{label} finetune", log,
+                stopper)
+    out = {"epochs": rows, "steps_per_epoch": steps, "positives": int(steps * batch)}
+    if stopper is not None:
+        out["early_stopping"] = stopper.summary()
+        log(f"[{label}] best epoch {stopper.best_epoch} of {len(rows)}: {stopper.key}={stopper.best:.4f} "
+            "(its weights are kept)")
+    return out
+
+
+def query_splits(cfg: dict) -> list:
+    """The query splits a run needs: eval.split, and the validation split when early stopping is on."""
+    t = cfg["train"]
+    return [cfg["eval"]["split"]] + ([t["validation_split"]] if t["early_stopping_patience"] else [])
 
 
 def _unit_dir(model_dir: str, data: RetrievalData, scenario: Optional[int]) -> str:
@@ -149,7 +210,15 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False, log
             raise FileExistsError(f"{model_dir}: holds a finished run; pass --overwrite to retrain")
         shutil.rmtree(model_dir)
     t0 = time.time()
-    data = data or RetrievalData.load(data_dir, eval_splits=[cfg["eval"]["split"]])
+    data = data or RetrievalData.load(data_dir, eval_splits=query_splits(cfg))
+    missing = [s for s in query_splits(cfg) if s not in data.queries]
+    if missing:
+        raise ValueError(f"{data.data_dir}: split(s) {missing} were not loaded; load the data with "
+                         "eval_splits=trainer.query_splits(cfg)")
+    t = cfg["train"]
+    if t["early_stopping_patience"] and not data.queries[t["validation_split"]]:
+        raise ValueError(f"{data.data_dir}/{t['validation_split']}: no positive rows to rank, so "
+                         "train.early_stopping_patience cannot pick an epoch (set it to 0)")
     os.makedirs(model_dir, exist_ok=True)
     data.schema.save(os.path.join(model_dir, "schema.yaml"))
     with open(os.path.join(model_dir, "run.yaml"), "w") as fh:
