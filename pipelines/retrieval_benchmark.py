@@ -11,7 +11,8 @@
   model per scenario) and mix-scenario (Table 2's columns), ``extra`` rows that isolate this code's
   readings of the paper (SASS-Base with eq. 11 exactly as printed and random gate init; with random
   gate init only) and rows *not in the paper* (SASS and SASS-Base fine-tuned with a softmax instead of
-  the eq. 11 pairwise loss; see ``tfmsr/retrieval/sass.py``), and ``popularity`` (train positives of the
+  the eq. 11 pairwise loss; see ``tfmsr/retrieval/sass.py``; and the small-data rows ``SMALL_DATA``: 2
+  ML-SAT layers, a 64-wide first global layer, L2-SP of the scenario weights), and ``popularity`` (train positives of the
   item in the scenario; no training), the floor.
 * **Config** of a row: ``configs/<sass|sass_base|dssm|youtubednn>.yaml`` + the row's switches + ``--set``
   (shared by every row) + ``train.seed``. Pre-training rows share one pair directory per dataset
