@@ -12,8 +12,9 @@
   readings of the paper (SASS-Base with eq. 11 exactly as printed and random gate init; with random
   gate init only) and rows *not in the paper* (SASS and SASS-Base fine-tuned with a softmax instead of
   the eq. 11 pairwise loss; see ``tfmsr/retrieval/sass.py``; and the small-data rows ``SMALL_DATA``: 2
-  ML-SAT layers, a 64-wide first global layer, L2-SP of the scenario weights), and ``popularity`` (train positives of the
-  item in the scenario; no training), the floor.
+  ML-SAT layers, a 64-wide first global layer, L2-SP of the scenario weights; and the ``IN_BATCH`` rows, whose
+  negatives are the batch's other positives as YoutubeDNN's, with DSSM mix trained the same way as their
+  control), and ``popularity`` (train positives of the item in the scenario; no training), the floor.
 * **Config** of a row: ``configs/<sass|sass_base|dssm|youtubednn>.yaml`` + the row's switches + ``--set``
   (shared by every row) + ``train.seed``. Pre-training rows share one pair directory per dataset
   (``OUT/pairs/<dataset>``, derived from its train split).
@@ -48,6 +49,7 @@ SOFTMAX = "model.params.finetune_loss=softmax"
 # start at zero, so the start is the global network's pass-through)
 SMALL_DATA = ["model.params.layers=2", "model.params.global_hidden=[64]", "model.params.scenario_l2=1.0",
               "model.params.s0_init=zeros", "model.params.aux_init=zeros"]
+IN_BATCH = "model.params.negatives_from=batch"   # the batch's other positives are the negatives (YoutubeDNN's)
 PRINTED = ["model.params.pairwise_form=printed", "model.params.pairwise_scale=1", "model.params.gate_init=glorot"]
 
 # (row name, config, overrides, where the row comes from)
@@ -71,8 +73,18 @@ VARIANTS = [
     ("SASS-Base + L2-SP 2 layers 64-wide global (not in paper)", "sass_base", SMALL_DATA, "extra"),
     ("SASS-Base + L2-SP 2 layers 64-wide global softmax-loss (not in paper)", "sass_base", SMALL_DATA + [SOFTMAX],
      "extra"),
+    ("SASS-Base in-batch negatives (not in paper)", "sass_base", [IN_BATCH], "extra"),
+    ("SASS in-batch softmax (not in paper)", "sass", [SOFTMAX, IN_BATCH], "extra"),
+    ("SASS-Base in-batch softmax (not in paper)", "sass_base", [SOFTMAX, IN_BATCH], "extra"),
+    ("SASS-Base + L2-SP 2 layers 64-wide global in-batch negatives (not in paper)", "sass_base",
+     SMALL_DATA + [IN_BATCH], "extra"),
+    ("SASS-Base + L2-SP 2 layers 64-wide global in-batch softmax (not in paper)", "sass_base",
+     SMALL_DATA + [SOFTMAX, IN_BATCH], "extra"),
+    ("SASS + L2-SP 2 layers 64-wide global in-batch softmax (not in paper)", "sass", SMALL_DATA + [SOFTMAX, IN_BATCH],
+     "extra"),
     ("DSSM single", "dssm", ["train.mode=single"], "Table 2"),
     ("DSSM mix", "dssm", ["train.mode=mix"], "Table 2"),
+    ("DSSM mix in-batch softmax (not in DSSM)", "dssm", ["train.mode=mix", IN_BATCH], "extra"),
     ("YoutubeDNN single", "youtubednn", ["train.mode=single"], "Table 2"),
     ("YoutubeDNN mix", "youtubednn", ["train.mode=mix"], "Table 2"),
 ]
@@ -96,7 +108,12 @@ def row_config(config: str, overrides: List[str], shared: List[str], seed: int, 
 
 
 def _comparable(cfg: dict) -> dict:
+    """The config without the keys that do not change a run's numbers; model params completed with the
+    model's current defaults, so a run from before a new switch (whose default is the old behaviour) is reused."""
+    from tfmsr.retrieval.base import get_class
+
     c = json.loads(json.dumps(cfg))
+    c["model"]["params"] = get_class(c["model"]["name"]).resolve(c["model"].get("params") or {})
     for key in NO_EFFECT:
         section, name = key.split(".")
         c.get(section, {}).pop(name, None)

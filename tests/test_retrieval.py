@@ -203,6 +203,9 @@ def test_finetune_starts_from_pretrained_weights(synth_dir, tmp_path, monkeypatc
               "layers": 1, "seq_pooling": "mean", "finetune_loss": "softmax"}, "mix"),
     ("sass", {"dim": 8, "layers": 2, "global_hidden": [16], "seq_pooling": "mean", "gate_init": "transfer",
               "pairwise_form": "softplus", "pairwise_scale": 10.0}, "mix"),
+    ("sass", {"dim": 8, "layers": 1, "seq_pooling": "mean", "gate_init": "transfer", "negatives_from": "batch",
+              "pairwise_form": "softplus", "pairwise_scale": 10.0}, "mix"),
+    pytest.param("dssm", {"hidden": [16], "negatives_from": "batch"}, "single", marks=pytest.mark.slow),
 ])
 def test_models_train_and_reevaluate(synth_dir, tmp_path, data, model, params, mode):
     cfg = quick(model, params, epochs=3, mode=mode, learning_rate=0.01)
@@ -291,6 +294,43 @@ def test_sass_scenario_l2_penalises_the_scenario_weights_distance_to_their_start
     assert "scenario_l2" not in off.finetune_losses(batch, training=False)
 
 
+@pytest.mark.parametrize("loss", ["pairwise", "softmax"])
+def test_sass_in_batch_negatives(data, loss):
+    """``negatives_from: batch``: the batches carry no sampled negatives; eq. (11) ranks each user's positive
+    against the other positives of the batch *in the user's scenario*, eq. (12) on the global vectors; the
+    same item is never a negative; the softmax loss subtracts log pos_prob (YoutubeDNN's logQ)."""
+    params = {**TINY, "dim": 8, "layers": 2, "aux_hidden": [8], "seq_pooling": "mean", "gate_init": "transfer",
+              "pairwise_form": "softplus", "pairwise_scale": 10.0, "negatives_from": "batch",
+              "finetune_loss": loss, "beta": 0.5}
+    model = trainer.new_model(quick("sass", params), data)
+    assert model.negatives == 0 and model.needs_probability
+    batch = next(iter(data.finetune_dataset(64, model.negatives, seed=0, with_probability=True)[0]))
+    assert "neg" not in batch
+    logs = {k: float(v) for k, v in model.finetune_losses(batch, training=False).items()}
+    e_u, g_u = (t.numpy() for t in model.user_towers(batch["request"]))
+    e_p, g_p = (t.numpy() for t in model.item_towers(batch["pos"]))
+    s, ids = batch["request"]["scenario"].numpy(), batch["pos_id"].numpy()
+    log_q = np.log(batch["pos_prob"].numpy())
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    def np_loss(cos):
+        terms = []
+        for b in range(len(ids)):
+            neg = ids != ids[b]
+            if loss == "pairwise":
+                terms.extend(np.log1p(np.exp(10 * (cos[b, neg] - cos[b, b]))))
+            else:
+                logits = np.concatenate([[10 * cos[b, b] - log_q[b]], 10 * cos[b, neg] - log_q[neg]])
+                terms.append(np.log(np.exp(logits).sum()) - logits[0])
+        return np.mean(terms)
+
+    u = unit(e_u[np.arange(len(s)), s])
+    scen_cos = np.einsum("bd,jbd->bj", u, unit(e_p[:, s]))       # item j in user b's scenario
+    assert logs["scenario_loss"] == pytest.approx(np_loss(scen_cos), rel=1e-4)
+    assert logs["global_loss"] == pytest.approx(np_loss(unit(g_u) @ unit(g_p).T), rel=1e-4)
+    assert logs["loss"] == pytest.approx(logs["scenario_loss"] + 0.5 * logs["global_loss"], rel=1e-5)
+
+
 @pytest.mark.parametrize("on", [False, True])
 def test_sass_global_scenario_input(data, on):
     """``global_scenario_input``: the user-side g_T depends on the request's scenario (embedding + the
@@ -331,6 +371,8 @@ def test_config_errors():
         trainer.build("sass", _schema(), {"aux_init": "ones"})
     with pytest.raises(ConfigError, match="scenario_l2"):
         trainer.build("sass", _schema(), {"scenario_l2": -1.0})
+    with pytest.raises(ConfigError, match="negatives_from 'random'"):
+        trainer.build("dssm", _schema(), {"negatives_from": "random"})
     with pytest.raises(ConfigError, match="unknown retrieval model"):
         quick("mind")
     with pytest.raises(ConfigError, match="early_stopping_patience must be an integer >= 0"):
@@ -500,3 +542,16 @@ def test_benchmark_rows_without_pretraining_pairs_are_not_applicable():
         "data": "/d", "scenarios": ["a"], "scenario_info": info, "pairs": items_only,
         "rows": {"Single Item Embedding": {"source": "Table 5", "aggregate": None, "not_applicable": why}}}}})
     assert f"| Single Item Embedding | Table 5 | n/a: {why} | | | |" in md
+
+
+def test_benchmark_reuses_a_run_from_before_a_new_switch_with_its_default():
+    """A finished run whose config lacks a model param added later (at a default that keeps the old
+    behaviour) is the same run; a non-default value of that param is not."""
+    from pipelines.retrieval_benchmark import _comparable, row_config
+
+    cfg = row_config("dssm", [], [], 0, None)
+    old = json.loads(json.dumps(cfg))
+    del old["model"]["params"]["negatives_from"]
+    assert _comparable(old) == _comparable(cfg)
+    batch = row_config("dssm", ["model.params.negatives_from=batch"], [], 0, None)
+    assert _comparable(batch) != _comparable(cfg)

@@ -4,7 +4,8 @@ import pytest
 import tensorflow as tf
 
 from tfmsr.layers.sass import (MLSAT, NTXentLoss, PairwiseCosineLoss, ScenarioAdaptiveGate, ScenarioAuxiliaryNet,
-                               ScenarioBiasFusion, scenario_deviation, scenario_initializer)
+                               ScenarioBiasFusion, cosine_softmax_loss, in_batch_cosines, in_batch_mask,
+                               scenario_deviation, scenario_initializer)
 
 B, S, D, DA = 6, 3, 4, 5
 rng = np.random.default_rng(0)
@@ -233,6 +234,69 @@ def test_pairwise_softplus_form_matches_numpy(negatives, scale):
     np.testing.assert_allclose(got, want, rtol=1e-5)
     with pytest.raises(ValueError, match="form"):
         PairwiseCosineLoss(1.0, form="hinge")
+
+
+def test_in_batch_cosines_read_each_positive_in_the_users_scenario():
+    u, v = rand(B, D), rand(B, S, D)
+    scen = rng.integers(0, S, B)
+    got = in_batch_cosines(tf.constant(u), tf.constant(v), tf.constant(scen)).numpy()
+    want = np.array([[np_cos(u[b], v[j, scen[b]]) for j in range(B)] for b in range(B)])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    flat = rand(B, D)                                        # one vector per item (no scenario axis)
+    got = in_batch_cosines(tf.constant(u), tf.constant(flat)).numpy()
+    np.testing.assert_allclose(got, np_cos(u[:, None, :], flat[None, :, :]), rtol=1e-5, atol=1e-6)
+
+
+def test_in_batch_mask_drops_the_own_positive_and_accidental_hits():
+    ids = np.array([7, 3, 7, 9, 3, 1])
+    got = in_batch_mask(tf.constant(ids)).numpy()
+    np.testing.assert_array_equal(got, ids[:, None] != ids[None, :])
+    assert not got.diagonal().any() and not got[0, 2] and got[0, 1]
+
+
+@pytest.mark.parametrize("form", ["printed", "softplus"])
+def test_pairwise_loss_over_masked_in_batch_triplets(form):
+    pos, neg = rand(B), rand(B, B)
+    mask = rng.random((B, B)) < 0.6
+    got = float(PairwiseCosineLoss(10.0, form).of_cosines(tf.constant(pos), tf.constant(neg), tf.constant(mask)))
+    x = 10.0 * (neg - pos[:, None])
+    f = np.log1p(np.exp(x)) if form == "softplus" else np.log1p(sig(x))
+    np.testing.assert_allclose(got, f[mask].mean(), rtol=1e-5)
+
+
+def test_cosine_softmax_loss_matches_numpy_with_mask_and_logq():
+    pos, neg = rand(B), rand(B, B)
+    mask = rng.random((B, B)) < 0.6
+    log_q = np.log(rng.dirichlet(np.ones(B))).astype(np.float32)
+    got = float(cosine_softmax_loss(10.0, tf.constant(pos), tf.constant(neg), tf.constant(mask), tf.constant(log_q)))
+    want = []
+    for b in range(B):
+        logits = np.concatenate([[10 * pos[b] - log_q[b]], (10 * neg[b] - log_q)[mask[b]]])
+        want.append(np.log(np.exp(logits).sum()) - logits[0])
+    np.testing.assert_allclose(got, np.mean(want), rtol=1e-5)
+    sampled = rand(B, 3)                                         # sampled negatives: no mask, no correction
+    got = float(cosine_softmax_loss(10.0, tf.constant(pos), tf.constant(sampled)))
+    logits = 10 * np.concatenate([pos[:, None], sampled], 1)
+    np.testing.assert_allclose(got, np.mean(np.log(np.exp(logits).sum(1)) - logits[:, 0]), rtol=1e-5)
+
+
+def test_in_batch_softmax_equals_the_tfrs_retrieval_task():
+    """In-batch negatives + logQ + accidental-hit removal is what ``tfrs.tasks.Retrieval`` (YoutubeDNN's loss)
+    computes on the scores ``scale * cos``."""
+    import tensorflow_recommenders as tfrs
+    import tf_keras as keras
+    u, v = rand(B, D), rand(B, D)
+    ids = np.array([4, 2, 4, 8, 5, 2])
+    prob = rng.dirichlet(np.ones(B)).astype(np.float32)
+    cos = in_batch_cosines(tf.constant(u), tf.constant(v))
+    got = float(cosine_softmax_loss(10.0, tf.linalg.diag_part(cos), cos, in_batch_mask(tf.constant(ids)),
+                                    tf.math.log(tf.constant(prob))))
+    task = tfrs.tasks.Retrieval(loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                                remove_accidental_hits=True)
+    want = float(task(10.0 * tf.math.l2_normalize(u, -1), tf.math.l2_normalize(v, -1),
+                      candidate_sampling_probability=tf.constant(prob), candidate_ids=tf.constant(ids),
+                      compute_metrics=False, compute_batch_metrics=False))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 @pytest.mark.parametrize("variant", ["sass", "none", "product", "sigmoid", "simnet"])

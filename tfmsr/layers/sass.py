@@ -374,11 +374,50 @@ class PairwiseCosineLoss(keras.layers.Layer):
     def call(self, u, p, n):
         pos = cosine(u, p)                                   # [N]
         if len(n.shape) == 3:
-            neg = cosine(u[:, None, :], n)                   # [N, m]
-            pos = pos[:, None]
-        else:
-            neg = cosine(u, n)
-        x = self.scale * (neg - pos)
-        if self.form == "softplus":
-            return tf.reduce_mean(tf.math.softplus(x))
-        return tf.reduce_mean(tf.math.log1p(tf.sigmoid(x)))
+            return self.of_cosines(pos, cosine(u[:, None, :], n))   # [N, m]
+        return self.of_cosines(pos, cosine(u, n)[:, None])
+
+    def of_cosines(self, pos, neg, mask=None):
+        """The loss from the cosines: ``pos [N]``, ``neg [N, m]``; ``mask [N, m]`` (optional, 1 = a triplet,
+        0 = not one) restricts the mean to the marked triplets (in-batch negatives, ``in_batch_mask``)."""
+        x = self.scale * (neg - pos[:, None])
+        loss = tf.math.softplus(x) if self.form == "softplus" else tf.math.log1p(tf.sigmoid(x))
+        if mask is None:
+            return tf.reduce_mean(loss)
+        mask = tf.cast(mask, loss.dtype)
+        return tf.reduce_sum(loss * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+
+def cosine_softmax_loss(scale: float, pos, neg, mask=None, log_q=None) -> tf.Tensor:
+    """Softmax cross-entropy of the positive among itself and the negatives, on smoothed cosines (DSSM eq.
+    5-6), averaged over the N rows: ``-log softmax([scale cos_p, scale cos_1 .. scale cos_m])[0]``.
+    ``pos [N]``, ``neg [N, m]``; ``mask [N, m]`` (optional) drops the unmarked negatives. ``log_q [N]``
+    (optional, in-batch negatives only: ``neg`` is ``[N, N]``, column j the positive of row j) is the logQ
+    correction of sampled softmax: every logit of candidate j (row j's positive, column j) minus the log of
+    its sampling probability ``q_j``, as ``tfrs.tasks.Retrieval(candidate_sampling_probability=...)``."""
+    logits = scale * tf.concat([pos[:, None], neg], axis=1)                     # [N, 1 + m]
+    if log_q is not None:
+        logits -= tf.concat([log_q[:, None], tf.broadcast_to(log_q[None, :], tf.shape(neg))], axis=1)
+    if mask is not None:
+        keep = tf.concat([tf.ones_like(pos[:, None], tf.bool), tf.cast(mask, tf.bool)], axis=1)
+        logits = tf.where(keep, logits, tf.constant(logits.dtype.min / 2, logits.dtype))
+    return tf.reduce_mean(-tf.nn.log_softmax(logits, axis=1)[:, 0])
+
+
+def in_batch_cosines(u: tf.Tensor, v: tf.Tensor, scenario=None) -> tf.Tensor:
+    """``[B, B]``: ``cos(u_b, v_j)`` of every user b against every positive j of the batch; with per-scenario
+    item vectors ``v [B, S, d]``, item j's vector in user b's ``scenario [B]`` (its request's scenario)."""
+    u = tf.math.l2_normalize(u, -1)
+    v = tf.math.l2_normalize(v, -1)
+    if len(v.shape) == 2:
+        return tf.matmul(u, v, transpose_b=True)
+    every = tf.einsum("bd,jsd->bjs", u, v)                                       # [B, B, S]
+    own = tf.one_hot(tf.cast(scenario, tf.int32), v.shape[1], dtype=every.dtype)  # [B, S]
+    return tf.reduce_sum(every * own[:, None, :], axis=-1)
+
+
+def in_batch_mask(ids: tf.Tensor) -> tf.Tensor:
+    """``[B, B]`` bool: which positives j of the batch are negatives of row b: not the same item as b's own
+    positive (which drops the diagonal and the accidental hits, as ``tfrs.tasks.Retrieval(
+    remove_accidental_hits=True)``). ``ids [B]``: the positives' item ids."""
+    return tf.not_equal(ids[:, None], ids[None, :])

@@ -22,6 +22,7 @@ import tf_keras as keras
 from tfmsr.features import Schema
 from tfmsr.layers import FeatureEmbedding, masked_mean
 from tfmsr.layers.behavior import behavior_pairs, behavior_scenario
+from tfmsr.layers.sass import cosine, in_batch_cosines, in_batch_mask
 from tfmsr.models.base import ConfigError, Parametrized, Registry
 
 
@@ -62,6 +63,9 @@ class RetrievalModel(Parametrized, keras.Model):
         self.behaviour = behavior_pairs(schema)
         self.behaviour_scenario = behavior_scenario(schema)
         self._trackers = {k: keras.metrics.Mean(name=k) for k in self.tracked}
+        if self.params.get("negatives_from", "sampled") not in ("sampled", "batch"):
+            raise ConfigError(f"{self.model_name}: negatives_from '{self.params['negatives_from']}' (expected "
+                              f"sampled or batch)")
 
     tracked = ("loss",)             # losses averaged per epoch (keras.metrics.Mean each)
 
@@ -83,12 +87,32 @@ class RetrievalModel(Parametrized, keras.Model):
         return {k: self._trackers[k].result() for k in logs}
 
     @property
+    def in_batch(self) -> bool:
+        """``negatives_from: batch``: the other positives of the batch are the negatives, none are sampled."""
+        return self.params.get("negatives_from", "sampled") == "batch"
+
+    @property
     def negatives(self) -> int:
-        return int(self.params[self.negatives_param]) if self.negatives_param else 0
+        """Sampled negatives per positive the training batches must carry."""
+        return int(self.params[self.negatives_param]) if self.negatives_param and not self.in_batch else 0
 
     @property
     def needs_probability(self) -> bool:
-        return False
+        """Whether training batches carry ``pos_prob`` (the logQ correction of in-batch negatives)."""
+        return self.in_batch
+
+    def ranked_cosines(self, u, p, data, n=None, scenario=None):
+        """What a matching loss ranks: ``(pos [B], neg [B, m], mask, log_q)``, the cosines of each user ``u``
+        with its positive and with its negatives. Sampled negatives: ``n [B, m, d]``, no mask or logQ.
+        In-batch (``negatives_from: batch``): every other positive of the batch (``in_batch_cosines``;
+        ``p [B, S, d]`` is read in each user's ``scenario``), the same item masked out, and ``log_q`` = the log
+        of each positive's share of the training positives (for ``cosine_softmax_loss``)."""
+        if self.in_batch:
+            cos = in_batch_cosines(u, p, scenario)
+            return tf.linalg.diag_part(cos), cos, in_batch_mask(data["pos_id"]), tf.math.log(data["pos_prob"])
+        if len(p.shape) == 3:
+            p = gather_scenario(p, scenario)
+        return cosine(u, p), cosine(u[:, None, :], n), None, None
 
     # ------------------------------------------------------------------ input assembly
     def profile(self, x: Dict[str, tf.Tensor], groups) -> tf.Tensor:

@@ -6,13 +6,15 @@ single-scenario training, over all scenarios for mix-scenario training: one vect
 is the cosine; the loss is DSSM's softmax over the clicked item and ``negatives`` sampled items of the
 smoothed cosine, ``P(p | u) = exp(gamma cos(u, p)) / sum_{d in {p} + negatives} exp(gamma cos(u, d))``
 (DSSM eq. 5-6; negatives from the candidate set by the unigram^0.75 sampler of ``RetrievalData``).
+``negatives_from: batch`` (not in DSSM) takes the batch's other positives as the negatives instead, with the
+logQ correction of sampled softmax (``cosine_softmax_loss``), the negatives YoutubeDNN trains with.
 """
 from __future__ import annotations
 
 import tensorflow as tf
 
 from tfmsr.layers import MLP
-from tfmsr.layers.sass import cosine
+from tfmsr.layers.sass import cosine_softmax_loss
 from tfmsr.retrieval.base import RetrievalModel, register
 
 
@@ -20,7 +22,8 @@ from tfmsr.retrieval.base import RetrievalModel, register
 class DSSM(RetrievalModel):
     """DSSM (CIKM 2013): user/item MLP towers, cosine, softmax over the positive and sampled negatives."""
 
-    defaults = {"hidden": [64, 32], "activation": "tanh", "negatives": 4, "gamma": 10.0}
+    defaults = {"hidden": [64, 32], "activation": "tanh", "negatives": 4, "gamma": 10.0,
+                "negatives_from": "sampled"}   # sampled (DSSM) | batch: the batch's other positives, logQ-corrected
     cosine = True
 
     def __init__(self, schema, params=None, scenario=None, **kwargs):
@@ -42,7 +45,7 @@ class DSSM(RetrievalModel):
         with tf.GradientTape() as tape:
             u = self.user_vectors(data["request"], training=True)
             p = self.item_vectors(data["pos"], training=True)
-            n = tf.reshape(self.item_vectors(data["neg"], training=True), [-1, m, p.shape[-1]])
-            sims = tf.concat([cosine(u, p)[:, None], cosine(u[:, None, :], n)], axis=1)   # [B, 1 + m]
-            loss = tf.reduce_mean(-tf.nn.log_softmax(self.params["gamma"] * sims, axis=1)[:, 0])
+            n = None if self.in_batch else tf.reshape(self.item_vectors(data["neg"], training=True),
+                                                      [-1, m, p.shape[-1]])
+            loss = cosine_softmax_loss(self.params["gamma"], *self.ranked_cosines(u, p, data, n))
         return self.apply_loss(tape, {"loss": loss})
