@@ -120,13 +120,22 @@ def _comparable(cfg: dict) -> dict:
     return c
 
 
-def not_applicable(cfg: dict, pairs: Optional[dict]) -> Optional[str]:
-    """Why a row cannot run on a dataset (its pre-training has no pairs for the tasks it trains), else None.
+def not_applicable(cfg: dict, pairs: Optional[dict], schema=None) -> Optional[str]:
+    """Why a row cannot run on a dataset, else None: the model refuses its config (a ``ConfigError`` when it
+    is built for ``schema``, e.g. the product gate with ``--set model.params.s0_init=zeros``), or its
+    pre-training has no pairs for the tasks it trains.
 
     E.g. on MovieLens (scenario = the user's age group) no user is in two scenarios, so "Single Item
     Embedding", which has no item-side task, has nothing to pre-train on."""
+    from tfmsr.models.base import ConfigError
+    from tfmsr.retrieval.base import build
     from tfmsr.retrieval.trainer import pretrain_sides
 
+    if schema is not None:
+        try:
+            build(cfg["model"]["name"], schema, cfg["model"]["params"])
+        except ConfigError as e:
+            return f"config refused ({e})"
     if not cfg["pretrain"]["enabled"]:
         return None
     sides = pretrain_sides(cfg)
@@ -291,7 +300,7 @@ def main(argv=None) -> dict:
             d["rows"][row] = {"source": source, "config": config, "overrides": overrides, "per_seed": [],
                               "aggregate": None,
                               "not_applicable": not_applicable(row_config(config, overrides, args.set, 0, pairs_dir,
-                                                                          args.configs), d["pairs"])}
+                                                                          args.configs), d["pairs"], data.schema)}
         loaded[name] = (data, data_dir, pairs_dir)
     # seed-major: a complete one-seed table first, then the other seeds
     for seed in seeds:

@@ -113,6 +113,21 @@ def test_hit_rate_and_ndcg():
         M.hit_rate_at_k(ranks, 0)
 
 
+def test_hit_rate_and_ndcg_break_ties_at_random():
+    """Ties: the positive's position is uniform on rank .. rank + ties; the metrics are the expectations,
+    checked against an average over every tie-break."""
+    ranks, ties, k = [0, 3, 2, 9, np.inf], [0, 4, 0, 6, 0], 5
+    hits, gains = [], []
+    for r, t in zip(ranks, ties):
+        pos = np.arange(r, r + t + 1) if np.isfinite(r) else np.array([np.inf])
+        hits.append(np.mean(pos < k))
+        gains.append(np.mean(np.where(pos < k, 1 / np.log2(np.minimum(pos, 1e9) + 2), 0.0)))
+    assert M.hit_rate_at_k(ranks, k, ties) == pytest.approx(np.mean(hits))
+    assert M.ndcg_at_k(ranks, k, ties) == pytest.approx(np.mean(gains))
+    assert M.hit_rate_at_k([0], 20, [999]) == pytest.approx(20 / 1000)   # all 1000 candidates alike
+    assert M.ndcg_at_k(ranks, k, [0] * 5) == pytest.approx(M.ndcg_at_k(ranks, k))
+
+
 def small_case():
     labels = np.array([1, 0, 1, 0, 1, 0, 0, 1])
     probs = np.array([0.9, 0.2, 0.3, 0.6, 0.7, 0.1, 0.4, 0.8])

@@ -105,9 +105,21 @@ def test_pairs_are_all_cross_scenario_combinations(pairs_dir, rows, data):
 
 
 def test_target_ranks_and_exclusions(data):
-    scores = np.array([[0.1, 0.9, 0.5, 0.3], [0.2, 0.2, 0.8, -np.inf]])
-    np.testing.assert_array_equal(target_ranks(scores, np.array([2, 0])), [1, 1])
-    assert np.isinf(target_ranks(scores, np.array([-1, 1]))[0])
+    scores = np.array([[0.1, 0.9, 0.5, 0.3], [0.2, 0.2, 0.8, -np.inf], [0.0, 0.0, 0.0, 0.0]])
+    ranks, ties = target_ranks(scores, np.array([2, 0, 3]))
+    np.testing.assert_array_equal(ranks, [1, 1, 0])
+    np.testing.assert_array_equal(ties, [0, 1, 3])                # the target itself is not its own tie
+    ranks, ties = target_ranks(scores, np.array([-1, 1, 0]))
+    assert np.isinf(ranks[0]) and ties[0] == 0
+    nan = np.array([[np.nan, 0.5, 0.1]])                           # a NaN target is a miss, never rank 0
+    assert np.isinf(target_ranks(nan, np.array([0]))[0][0])
+
+    class Constant:  # a degenerate model (e.g. all-zero vectors): every candidate scores the same
+        def scores(self, s, corpus, rows):
+            return np.zeros((len(rows["item"]), len(corpus)))
+
+    flat = evaluate(Constant(), data, "test", k=20, exclude_train_positives=False)["scenarios"]["s0"]
+    assert flat["hr@20"] == pytest.approx(20 / flat["corpus"] * flat["coverage"])   # k / N, not 1
 
     class Fixed:  # the target scores highest, the user's other train positives just above it
         def scores(self, s, corpus, rows):
@@ -371,6 +383,8 @@ def test_config_errors():
         trainer.build("sass", _schema(), {"aux_init": "ones"})
     with pytest.raises(ConfigError, match="scenario_l2"):
         trainer.build("sass", _schema(), {"scenario_l2": -1.0})
+    with pytest.raises(ConfigError, match="gate 'product' with s0_init 'zeros'"):
+        trainer.build("sass", _schema(), {"gate": "product", "s0_init": "zeros"})
     with pytest.raises(ConfigError, match="negatives_from 'random'"):
         trainer.build("dssm", _schema(), {"negatives_from": "random"})
     with pytest.raises(ConfigError, match="unknown retrieval model"):
@@ -537,6 +551,9 @@ def test_benchmark_rows_without_pretraining_pairs_are_not_applicable():
     assert why == "no pre-training pairs for its tasks (user pairs 0)"
     assert not_applicable(cfgs["Single Item Embedding"], both) is None
     assert not_applicable(cfgs["SASS"], items_only) is None and not_applicable(cfgs["SASS-Base"], None) is None
+    zeros = row_config("sass_base", ["model.params.gate=product"], ["model.params.s0_init=zeros"], 0, None)
+    assert not_applicable(zeros, None, _schema()).startswith("config refused (sass: gate 'product' with s0_init")
+    assert not_applicable(cfgs["SASS*+Production Gate"], None, _schema()) is None
     info = {"a": {"train_positives": 7, "test_queries": 5, "corpus": 9, "coverage": 1.0}}
     md = markdown({"k": 20, "seeds": [0], "datasets": {"ml": {
         "data": "/d", "scenarios": ["a"], "scenario_info": info, "pairs": items_only,

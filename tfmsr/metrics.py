@@ -8,7 +8,8 @@
 - ``logloss``: mean binary cross-entropy, probabilities clipped to ``[eps, 1 - eps]``.
 - ``rela_impr``: RelaImpr in percent (SAML eq. 10): ``((auc_model - 0.5) / (auc_base - 0.5) - 1) * 100``.
 - ``hit_rate_at_k`` / ``ndcg_at_k``: retrieval with one held-out positive per query; ``ranks`` are 0-based
-  positions of the true item; a hit is ``rank < k``, NDCG is ``1 / log2(rank + 2)`` for hits, else 0.
+  positions of the true item; a hit is ``rank < k``, NDCG is ``1 / log2(rank + 2)`` for hits, else 0;
+  candidates tied with the true item (``ties``) are broken uniformly at random (expected hit and NDCG).
 - ``summarize`` / ``format_table``: a JSON-serialisable summary per model and a fixed-width text table.
 
 Labels are 0/1; anything ``> 0.5`` counts as positive. Inputs are flattened to 1-D.
@@ -104,22 +105,34 @@ def rela_impr(auc_model, auc_base) -> float:
     return float(((auc_model - 0.5) / (auc_base - 0.5) - 1.0) * 100.0)
 
 
-def _ranks(ranks, k):
+def _ranks(ranks, k, ties=None):
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    return np.asarray(ranks, dtype=np.float64).ravel()
+    ranks = np.asarray(ranks, dtype=np.float64).ravel()
+    ties = np.zeros_like(ranks) if ties is None else np.asarray(ties, dtype=np.float64).ravel()
+    return ranks, ties
 
 
-def hit_rate_at_k(ranks, k) -> float:
-    ranks = _ranks(ranks, k)
-    return float(np.mean(ranks < k)) if len(ranks) else NAN
-
-
-def ndcg_at_k(ranks, k) -> float:
-    ranks = _ranks(ranks, k)
+def hit_rate_at_k(ranks, k, ties=None) -> float:
+    """Share of queries whose positive is in the top k. ``ties[q]``: other candidates scoring exactly as the
+    positive, broken uniformly at random (its position is uniform on ``rank .. rank + ties``), so the hit
+    is the expected one, ``P(position < k)``: a model scoring every candidate alike gets k / N, not 1."""
+    ranks, ties = _ranks(ranks, k, ties)
     if not len(ranks):
         return NAN
-    return float(np.mean(np.where(ranks < k, 1.0 / np.log2(np.maximum(ranks, 0) + 2), 0.0)))
+    return float(np.mean(np.clip((k - ranks) / (ties + 1.0), 0.0, 1.0)))
+
+
+def ndcg_at_k(ranks, k, ties=None) -> float:
+    """Mean ``1 / log2(position + 2)`` over queries (0 outside the top k), ties as in ``hit_rate_at_k``:
+    the discount averaged over the positions ``rank .. rank + ties``."""
+    ranks, ties = _ranks(ranks, k, ties)
+    if not len(ranks):
+        return NAN
+    cum = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))])   # cum[j] = sum_{p < j}
+    lo = np.minimum(np.maximum(ranks, 0), k).astype(np.int64)
+    hi = np.minimum(np.maximum(ranks, 0) + ties + 1, k).astype(np.int64)
+    return float(np.mean((cum[hi] - cum[lo]) / (ties + 1.0)))
 
 
 def _basic(pos, probs):

@@ -3,8 +3,10 @@
 For every query of the evaluation split -- a (user request, scenario s, positive item) row -- the whole
 corpus of s (the items exposed in s in the train split) is scored by the model (``user_vectors`` against
 ``item_vectors`` in scenario s; cosine or dot product as the model says), and the 0-based rank of the
-positive is the number of candidates scoring strictly higher. ``tfmsr.metrics.hit_rate_at_k`` /
-``ndcg_at_k`` turn the ranks into HR@K and NDCG@K (one relevant item per query).
+positive is the number of candidates scoring strictly higher; candidates scoring exactly the same are ties,
+broken uniformly at random. ``tfmsr.metrics.hit_rate_at_k`` / ``ndcg_at_k`` turn ranks and ties into the
+expected HR@K and NDCG@K (one relevant item per query): a degenerate model that scores every candidate alike
+(e.g. all-zero vectors) gets K / N, not a perfect score.
 
 * **Excluded from the ranking** (``exclude_train_positives``, default on): the items the user clicked in
   the train split (in any scenario), except the query's own positive -- so a repeat consumption on the
@@ -87,13 +89,16 @@ def _exclusions(data: RetrievalData, users: np.ndarray, targets: np.ndarray, cor
     return q[ok], col[ok]
 
 
-def target_ranks(scores: np.ndarray, target_col: np.ndarray) -> np.ndarray:
-    """0-based rank of each row's target column (candidates scoring strictly higher; -inf candidates never
-    count); ``inf`` where the target is not in the corpus (``target_col < 0``)."""
+def target_ranks(scores: np.ndarray, target_col: np.ndarray):
+    """``(rank, ties)`` of each row's target column: the candidates scoring strictly higher (0-based rank;
+    ``inf`` where the target is not in the corpus, ``target_col < 0``, or scores NaN) and the other candidates
+    scoring the same (-inf candidates, the exclusions, never count)."""
     rows = np.arange(len(scores))
     t = scores[rows, np.maximum(target_col, 0)]
     rank = (scores > t[:, None]).sum(axis=1).astype(np.float64)
-    return np.where(target_col >= 0, rank, np.inf)
+    ties = ((scores == t[:, None]) & np.isfinite(scores)).sum(axis=1) - np.isfinite(t)
+    inside = (target_col >= 0) & ~np.isnan(t)          # a NaN score ranks nowhere: a miss
+    return np.where(inside, rank, np.inf), np.where(inside, ties, 0).astype(np.float64)
 
 
 def evaluate(scorer: Union[object, Dict[int, object]], data: RetrievalData, split: str = "test", k: int = 20,
@@ -102,7 +107,7 @@ def evaluate(scorer: Union[object, Dict[int, object]], data: RetrievalData, spli
     """HR@K / NDCG@K per scenario (``scorer``: one for every scenario, or ``{s: scorer}``); ``scenarios``
     restricts the evaluation (and the overall figures) to those scenario indices."""
     out = {"split": split, "k": k, "exclude_train_positives": exclude_train_positives, "scenarios": {}}
-    all_ranks = []
+    all_ranks, all_ties = [], []
     hr_key, ndcg_key = f"hr@{k}", f"ndcg@{k}"
     for s, name in enumerate(data.scenario_names):
         if scenarios is not None and s not in scenarios:
@@ -111,7 +116,7 @@ def evaluate(scorer: Union[object, Dict[int, object]], data: RetrievalData, spli
         rows = data.positives(split, s)
         corpus = data.corpus(s)
         n = len(rows["item"]) if rows else 0
-        ranks = np.zeros(0)
+        ranks = ties = np.zeros(0)
         if n and len(corpus):
             col = np.searchsorted(corpus, rows["item"])
             inside = col < len(corpus)
@@ -125,15 +130,17 @@ def evaluate(scorer: Union[object, Dict[int, object]], data: RetrievalData, spli
                     qi, ci = _exclusions(data, part[data.user_key], part["item"], corpus)
                     scores[qi, ci] = -np.inf
                 parts.append(target_ranks(scores, target_col[lo:lo + chunk]))
-            ranks = np.concatenate(parts)
+            ranks, ties = (np.concatenate(p) for p in zip(*parts))
             coverage = float(inside.mean())
         else:
             coverage = float("nan")
         all_ranks.append(ranks)
+        all_ties.append(ties)
         out["scenarios"][name] = {"queries": int(n), "corpus": int(len(corpus)), "coverage": coverage,
-                                  hr_key: metrics.hit_rate_at_k(ranks, k), ndcg_key: metrics.ndcg_at_k(ranks, k)}
-    ranks = np.concatenate(all_ranks)
-    out[hr_key], out[ndcg_key] = metrics.hit_rate_at_k(ranks, k), metrics.ndcg_at_k(ranks, k)
+                                  hr_key: metrics.hit_rate_at_k(ranks, k, ties),
+                                  ndcg_key: metrics.ndcg_at_k(ranks, k, ties)}
+    ranks, ties = np.concatenate(all_ranks), np.concatenate(all_ties)
+    out[hr_key], out[ndcg_key] = metrics.hit_rate_at_k(ranks, k, ties), metrics.ndcg_at_k(ranks, k, ties)
     per = [v for v in out["scenarios"].values() if v["queries"]]
     out[f"{hr_key}_macro"] = float(np.mean([v[hr_key] for v in per])) if per else float("nan")
     out[f"{ndcg_key}_macro"] = float(np.mean([v[ndcg_key] for v in per])) if per else float("nan")

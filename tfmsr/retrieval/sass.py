@@ -178,6 +178,10 @@ class SASS(RetrievalModel):
         for init in ("s0_init", "aux_init"):
             if p[init] not in ("glorot", "zeros"):
                 raise ConfigError(f"sass: {init} '{p[init]}' (expected glorot or zeros)")
+        if p["gate"] == "product" and p["s0_init"] == "zeros":
+            raise ConfigError("sass: gate 'product' with s0_init 'zeros': the product gate scales g_l by "
+                              "tanh(W_s s_(l-1)), which is 0 at s_0 = 0 and gets no gradient there, so every "
+                              "scenario vector would stay 0 (use s0_init glorot)")
         for key, ok in (("layers", p["layers"] >= 1), ("negatives", p["negatives"] >= 1), ("beta", p["beta"] >= 0),
                         ("scenario_l2", p["scenario_l2"] >= 0),
                         ("tau", p["tau"] > 0), ("dim", p["dim"] >= 1),
