@@ -84,17 +84,20 @@ def test_deterministic_by_seed_and_streams_in_chunks(tmp_path):
 
 
 
-@pytest.mark.parametrize("kappa,eta,tau,lam", [(0.0, 0.0, 0.0, 1.0), (1.0, 0.0, 0.0, 1.0), (0.0, 2.0, 0.0, 1.0),
-                                              (1.0, 0.0, 0.1, 1.0), (1.0, 2.0, 0.1, 2.0)])
-def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa, eta, tau, lam):
+@pytest.mark.parametrize("kappa,eta,tau,lam,search", [
+    (0.0, 0.0, 0.0, 1.0, None), (1.0, 0.0, 0.0, 1.0, None), (0.0, 2.0, 0.0, 1.0, None), (1.0, 0.0, 0.1, 1.0, None),
+    (1.0, 2.0, 0.1, 2.0, None), (0.0, 2.0, 0.1, 2.0, (1, 3, 4))])
+def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa, eta, tau, lam, search):
     """oracle_p re-computed in NumPy from the world and the row (module docstring), with the behaviour weights
     w_h = (1 - kappa) + kappa * sim(s_h, s) (kappa = 1 makes a click from an opposing scenario count against)
     the aspect weights c_s^item = 1 + eta t_s, c_s^cat = 1 - eta t_s (t = +1 feed, -1 search) and, with tau > 0,
     the history average weighted by softmax_h(cos(g_h, g_i) / tau) instead of 1 / |history|, both interest
-    terms scaled by lam; and the premise-headroom logits, each the same logit with one effect taken out."""
+    terms scaled by lam; and the premise-headroom logits, each the same logit with one effect taken out.
+    ``search``: the search entrances (None = the odd scenarios), the only scenarios whose rows carry a query."""
     rng = np.random.default_rng(3)
     w = synth._World(rng, 5, 300, 200, 20, 60, 8, behaviour_scenario=kappa, aspect_intensity=eta,
-                     local_activation=tau, interest_weight=lam)
+                     local_activation=tau, interest_weight=lam, search_scenarios=search)
+    is_search = np.isin(np.arange(5), (1, 3) if search is None else search)
     hist = [np.zeros((300, 30), np.int64) for _ in range(3)]
     counts = [np.zeros(300, np.int64), np.zeros(300, np.int64)]
     headroom = {}
@@ -113,11 +116,12 @@ def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa
         att = (hi > 0) / np.maximum((hi > 0).sum(1), 1)[:, None]
     cat = w.cat[i]
     z = rows["latent_scenario"]
-    t = np.where(np.arange(5) % 2 == 1, -1.0, 1.0)[s]   # odd scenarios are the search entrances
+    np.testing.assert_array_equal(rows["query_cate"] > 0, is_search[s])
+    t = np.where(is_search, -1.0, 1.0)[s]
     rest = (w.b0 + w.bias_s[s] + (w.g_u[u] * w.g_i[i]).sum(1) / np.sqrt(8)
             + 2.0 * (w.a_u[u] * w.m[s] * w.b_i[i]).sum(1) / np.sqrt(8)
             + (w.rho[z] + 2.0 * (w.repeat_q[u] - 0.2)) * (hi == i[:, None] + 1).any(1)
-            + 0.8 * w.T[z, cat] + 1.2 * (w.search[s] & (rows["query_cate"] - 1 == cat)) - 0.25 * w.price[i])
+            + 0.8 * w.T[z, cat] + 1.2 * (is_search[s] & (rows["query_cate"] - 1 == cat)) - 0.25 * w.price[i])
     same = hc == cat[:, None] + 1
 
     def interest(weights, w_h, c_item, c_cat):
@@ -130,7 +134,7 @@ def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa
     # c_s -> its traffic-weighted mean; no interest terms
     mean = (hi > 0) / np.maximum((hi > 0).sum(1), 1)[:, None]
     w_mix = np.where(hi > 0, ((1 - kappa) + kappa * (w.traffic @ sim))[s][:, None], 0.0)
-    c_bar = w.traffic @ (np.where(np.arange(5) % 2 == 1, -1.0, 1.0) * eta)
+    c_bar = w.traffic @ (np.where(is_search, -1.0, 1.0) * eta)
     expected = {"oracle": logit, "behaviour_scenario": rest + interest(att, w_mix, 1 + eta * t, 1 - eta * t),
                 "local_activation": rest + interest(mean, w_h, 1 + eta * t, 1 - eta * t),
                 "aspect_intensity": rest + interest(att, w_h, 1 + c_bar, 1 - c_bar), "behaviour_interest": rest}
@@ -153,3 +157,6 @@ def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa
         synth.generate("unused", rows=1000, local_activation=-0.1, progress=False)
     with pytest.raises(ValueError, match="interest_weight"):
         synth.generate("unused", rows=1000, interest_weight=-1.0, progress=False)
+    for bad in ([1, 5], [1, 1], [-1]):
+        with pytest.raises(ValueError, match="search_scenarios"):
+            synth.generate("unused", rows=1000, search_scenarios=bad, progress=False)

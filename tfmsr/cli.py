@@ -14,6 +14,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide TF's C++ start-up cha
 import tfmsr  # noqa: E402,F401  (pins Keras 2 before TensorFlow loads)
 
 
+def _int_list(text: str) -> list:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def _data_synth(args):
     from tfmsr.data.synth import generate
 
@@ -21,7 +28,8 @@ def _data_synth(args):
                      items=args.items, seq_len=args.seq_len, rows_per_shard=args.rows_per_shard,
                      compression="GZIP" if args.gzip else None, overwrite=args.overwrite,
                      behaviour_scenario=args.behaviour_scenario, aspect_intensity=args.aspect_intensity,
-                     local_activation=args.local_activation, interest_weight=args.interest_weight)
+                     local_activation=args.local_activation, interest_weight=args.interest_weight,
+                     search_scenarios=args.search_scenarios)
     print(json.dumps({"out": args.out, "splits": {k: v["rows"] for k, v in stats["splits"].items()},
                       "traffic_share": stats["traffic_share"]}))
 
@@ -150,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--interest-weight", type=float, default=1.0, metavar="LAMBDA",
                    help="scale of both behaviour-interest terms, >= 0, where the three premises above live "
                         "(default 1; see tfmsr/data/synth.py)")
+    s.add_argument("--search-scenarios", type=_int_list, metavar="LIST",
+                   help="comma-separated scenario indices that are search entrances and carry a query "
+                        "(default: the odd ones, 1,3,...)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=_data_synth)
 

@@ -5,7 +5,9 @@ order, chunk by chunk, so memory is bounded by users x history length, never by 
 
 * **Scenarios** ``s = 0..S-1`` take a long-tail share of traffic (50/25/12/8/5 % for S = 5, Zipf(1.3)
   otherwise). Scenarios come in clusters of two (``cluster(s) = s // 2``): scenarios of one cluster are
-  alike, scenarios of different clusters are not. Odd scenarios are search entrances and carry a query.
+  alike, scenarios of different clusters are not. Odd scenarios are search entrances and carry a query
+  (switch ``search_scenarios``: the list of search entrances, e.g. ``[1, 3, 4]`` makes the long-tail
+  scenario a search entrance too, as FIMN's *Trigger search* #D5).
 * **Users** ``u`` (gender, age band, level, activity) and **items** ``i`` (category, brand, price) are
   shared by all scenarios. Each has a global vector ``g_u, g_i`` and a scenario-taste vector
   ``a_u, b_i`` in R^d, each the sum of an attribute part (age/gender, category) and an id part.
@@ -67,7 +69,7 @@ repeat clicks so far; MuSeNet's auxiliary label).
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -119,7 +121,7 @@ class _World:
     """The static part of the planted world: users, items, scenario tastes."""
 
     def __init__(self, rng, S, U, I, C, B, d, scenario_weight=2.0, id_noise=0.6, behaviour_scenario=0.0,
-                 aspect_intensity=0.0, local_activation=0.0, interest_weight=1.0):
+                 aspect_intensity=0.0, local_activation=0.0, interest_weight=1.0, search_scenarios=None):
         self.scenario_weight, self.id_noise = scenario_weight, id_noise
         self.local_activation = local_activation
         self.behaviour_scenario = behaviour_scenario
@@ -160,7 +162,8 @@ class _World:
         # behaviour weight by (behaviour scenario + 1, target scenario); row 0 is padding
         k = behaviour_scenario
         self.behaviour_weight = np.vstack([np.zeros(S), (1.0 - k) + k * self.similarity()])
-        self.search = (np.arange(S) % 2) == 1
+        self.search = np.zeros(S, bool)
+        self.search[list(range(1, S, 2)) if search_scenarios is None else list(search_scenarios)] = True
         # interest weights (c_s^item, c_s^cat) per scenario
         t = np.where(self.search, -1.0, 1.0)
         self.aspect_weight = interest_weight * np.stack([1.0 + aspect_intensity * t, 1.0 - aspect_intensity * t],
@@ -228,8 +231,9 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
              chunk: int = 20_000, compression: Optional[str] = None, overwrite: bool = False,
              scenario_weight: float = 2.0, id_noise: float = 0.6, behaviour_scenario: float = 0.0,
              aspect_intensity: float = 0.0, local_activation: float = 0.0, interest_weight: float = 1.0,
-             progress: bool = True) -> dict:
-    """Stream ``rows`` planted rows into ``out_dir`` (shards + schema.yaml + stats.json); returns the stats."""
+             search_scenarios: Optional[Sequence[int]] = None, progress: bool = True) -> dict:
+    """Stream ``rows`` planted rows into ``out_dir`` (shards + schema.yaml + stats.json); returns the stats.
+    ``search_scenarios``: the scenarios that are search entrances (default: the odd ones)."""
     if rows < 100:
         raise ValueError(f"--rows must be at least 100, got {rows}")
     if not 0.0 <= behaviour_scenario <= 1.0:
@@ -240,6 +244,11 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
         raise ValueError(f"interest_weight must be >= 0, got {interest_weight}")
     if not local_activation >= 0.0:
         raise ValueError(f"local_activation must be >= 0 (0 = off), got {local_activation}")
+    if search_scenarios is not None:
+        bad = [k for k in search_scenarios if not 0 <= k < scenarios]
+        if bad or len(set(search_scenarios)) != len(search_scenarios):
+            raise ValueError(f"search_scenarios must be distinct scenario indices in 0..{scenarios - 1}, "
+                             f"got {list(search_scenarios)}")
     if not 0 < valid + test < 1:
         raise ValueError(f"valid + test must be in (0, 1), got {valid} + {test}")
     U = users or max(500, min(20_000, rows // 20))
@@ -247,7 +256,7 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
     C = min(categories, I)
     rng = np.random.default_rng(seed)
     w = _World(rng, scenarios, U, I, C, brands, latent_dim, scenario_weight, id_noise, behaviour_scenario,
-               aspect_intensity, local_activation, interest_weight)
+               aspect_intensity, local_activation, interest_weight, search_scenarios)
     schema = synth_schema(scenarios, U, I, C, brands, seq_len)
     L = seq_len
     hist_item = np.zeros((U, L), np.int64)  # ids + 1, 0 = padding; most recent first
