@@ -21,9 +21,10 @@
   Also, without training: ``popularity`` (each item's smoothed positive rate in train,
   ``(positives + m * p) / (rows + m)`` with ``p`` the train positive rate and ``m = --pop-smoothing``,
   unseen items score ``p``), the floor every model must clear; and ``oracle`` (AUC of the true click
-  probability) when the schema has an oracle. On planted data the table ends with the generator's premise
-  headroom (``stats.json`` ``generator.premise_headroom``, test split): the oracle's AUC with each planted
-  effect taken out, the most a module built for that premise can win over its ablation.
+  probability) when the schema has an oracle. On planted data a second table closes the file: the
+  generator's premise headroom (``stats.json`` ``generator.premise_headroom``, test split), the oracle's AUC
+  per scenario and overall with each planted effect taken out, the most a module built for that premise
+  can win over its ablation.
 * Writes ``OUT/results.json`` (budget, every per-seed number, the aggregates) and ``OUT/results.md`` (the
   Markdown table) atomically after every run. ``--keep-going`` records a run that raises under
   ``rows[spec].failed`` (and leaves it out of the table) instead of stopping.
@@ -318,10 +319,16 @@ def markdown(result: dict) -> str:
         lines += ["", "Failed runs (not in the table): " + "; ".join(failed) + "."]
     head = result.get("premise_headroom")
     if head and "oracle" in head:
-        top = head["oracle"]["auc"]
-        gaps = [f"w/o {name} {v['auc']:.4f} ({v['auc'] - top:+.4f})" for name, v in head.items() if name != "oracle"]
-        lines += ["", f"Premise headroom (planted oracle test AUC {top:.4f} with one effect taken out; "
-                      f"`stats.json` generator.premise_headroom): " + ", ".join(gaps) + "."]
+        lines += ["", "Premise headroom (`stats.json` generator.premise_headroom, test split): the oracle's AUC "
+                      "with one planted effect taken out (difference to the oracle), the most a module built for "
+                      "that premise can win over its ablation.", "",
+                  "| logit | " + " | ".join(f"AUC {s}" for s in result["scenarios"]) + " | AUC |",
+                  "|---|" + "---:|" * (len(result["scenarios"]) + 1)]
+        top = head["oracle"]
+        for name, v in head.items():
+            pairs = list(zip(v.get("scenario_auc", []), top.get("scenario_auc", []))) + [(v["auc"], top["auc"])]
+            cells = [f"{a:.4f}" if name == "oracle" else f"{a:.4f} ({a - b:+.4f})" for a, b in pairs]
+            lines.append(f"| {name if name == 'oracle' else 'w/o ' + name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

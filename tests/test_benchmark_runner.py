@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from pipelines import benchmark
 from tfmsr import metrics
+from tfmsr.data import synth
 from tfmsr.models.base import ConfigError
 
 SPECS = "dnn:hidden=[16],shared_bottom:bottom=[16],tower=[8]"
@@ -141,14 +142,24 @@ def test_markdown_table(table):
     header = [c.strip() for c in lines[2].strip("|").split("|")]
     assert header == ["model"] + [f"AUC s{i}" for i in range(5)] + [
         "AUC", "RelaImpr", "GAUC", "RelaImpr (GAUC)", "logloss", "train ex/s"]
-    table_lines = [line for line in lines[4:] if line.startswith("|")]
-    body = {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in table_lines)}
+    cells = lambda rows: {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in rows)}
+    body = cells(lines[4:lines.index("", 4)])
     assert list(body) == [BASE, SB, "popularity", "oracle"]
-    # planted data: the generator's premise headroom closes the table
+    # planted data: a table of the generator's premise headroom, per scenario and overall, closes the file
     head = saved["premise_headroom"]
-    assert lines[-1].startswith(f"Premise headroom (planted oracle test AUC {head['oracle']['auc']:.4f}")
-    gap = head["behaviour_interest"]["auc"] - head["oracle"]["auc"]
-    assert f"w/o behaviour_interest {head['behaviour_interest']['auc']:.4f} ({gap:+.4f})" in lines[-1] and gap < 0
+    start = next(i for i, line in enumerate(lines) if line.startswith("Premise headroom"))
+    assert [c.strip() for c in lines[start + 2].strip("|").split("|")] == (
+        ["logit"] + [f"AUC s{i}" for i in range(5)] + ["AUC"])
+    premises = cells(lines[start + 4:])
+    assert list(premises) == ["oracle"] + [f"w/o {name}" for name in synth.HEADROOM]
+    assert premises["oracle"][1:] == [f"{a:.4f}" for a in head["oracle"]["scenario_auc"] + [head["oracle"]["auc"]]]
+    for name in synth.HEADROOM:
+        got, top = head[name], head["oracle"]
+        gap = got["scenario_auc"][4] - top["scenario_auc"][4]
+        assert premises[f"w/o {name}"][5] == f"{got['scenario_auc'][4]:.4f} ({gap:+.4f})"
+        gap = got["auc"] - top["auc"]
+        assert premises[f"w/o {name}"][6] == f"{got['auc']:.4f} ({gap:+.4f})"
+    assert head["behaviour_interest"]["auc"] < head["oracle"]["auc"]
     assert float(body["oracle"][6]) == pytest.approx(head["oracle"]["auc"], abs=2e-4)
     sb = saved["rows"][SB]
     assert body[SB][6] == f"{sb['mean']['auc']:.4f} ± {sb['std']['auc']:.4f}"

@@ -47,6 +47,7 @@ def test_stats_and_ground_truth(synth_dir, synth_schema):
     for name in ("behaviour_scenario", "local_activation", "aspect_intensity"):
         assert head[name] == head["oracle"]
     assert head["behaviour_interest"]["auc"] < head["oracle"]["auc"]
+    assert head["scenario_taste"]["auc"] < head["oracle"]["auc"]
 
 
 def test_histories_are_strictly_earlier_clicks(synth_dir, synth_schema):
@@ -84,20 +85,24 @@ def test_deterministic_by_seed_and_streams_in_chunks(tmp_path):
 
 
 
-@pytest.mark.parametrize("kappa,eta,tau,lam,search", [
-    (0.0, 0.0, 0.0, 1.0, None), (1.0, 0.0, 0.0, 1.0, None), (0.0, 2.0, 0.0, 1.0, None), (1.0, 0.0, 0.1, 1.0, None),
-    (1.0, 2.0, 0.1, 2.0, None), (0.0, 2.0, 0.1, 2.0, (1, 3, 4))])
-def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa, eta, tau, lam, search):
+TAIL = {"search_scenarios": (1, 3, 4), "clusters": (0, 0, 1, 1, 1)}  # the long-tail scenario: search, opposing cluster
+
+
+@pytest.mark.parametrize("kappa,eta,tau,lam,switches", [
+    (0.0, 0.0, 0.0, 1.0, {}), (1.0, 0.0, 0.0, 1.0, {}), (0.0, 2.0, 0.0, 1.0, {}), (1.0, 0.0, 0.1, 1.0, {}),
+    (1.0, 2.0, 0.1, 2.0, {}), (1.0, 2.0, 0.1, 2.0, TAIL)])
+def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa, eta, tau, lam, switches):
     """oracle_p re-computed in NumPy from the world and the row (module docstring), with the behaviour weights
     w_h = (1 - kappa) + kappa * sim(s_h, s) (kappa = 1 makes a click from an opposing scenario count against)
     the aspect weights c_s^item = 1 + eta t_s, c_s^cat = 1 - eta t_s (t = +1 feed, -1 search) and, with tau > 0,
     the history average weighted by softmax_h(cos(g_h, g_i) / tau) instead of 1 / |history|, both interest
     terms scaled by lam; and the premise-headroom logits, each the same logit with one effect taken out.
-    ``search``: the search entrances (None = the odd scenarios), the only scenarios whose rows carry a query."""
+    ``switches``: other search entrances (default: the odd scenarios; only their rows carry a query) and
+    scenario clusters."""
     rng = np.random.default_rng(3)
     w = synth._World(rng, 5, 300, 200, 20, 60, 8, behaviour_scenario=kappa, aspect_intensity=eta,
-                     local_activation=tau, interest_weight=lam, search_scenarios=search)
-    is_search = np.isin(np.arange(5), (1, 3) if search is None else search)
+                     local_activation=tau, interest_weight=lam, **switches)
+    is_search = np.isin(np.arange(5), switches.get("search_scenarios", (1, 3)))
     hist = [np.zeros((300, 30), np.int64) for _ in range(3)]
     counts = [np.zeros(300, np.int64), np.zeros(300, np.int64)]
     headroom = {}
@@ -131,13 +136,14 @@ def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa
     assert (hi > 0).any(1).mean() > 0.5 and ((hs > 0) & (hs - 1 != s[:, None])).any()
     np.testing.assert_allclose(rows["oracle_p"], 1 / (1 + np.exp(-logit)), rtol=1e-5, atol=1e-6)
     # premise headroom: w_h -> its mean over the traffic mix of behaviour scenarios; attention -> plain mean;
-    # c_s -> its traffic-weighted mean; no interest terms
+    # c_s -> its traffic-weighted mean; no interest terms; the taste m_s -> its traffic-weighted mean
     mean = (hi > 0) / np.maximum((hi > 0).sum(1), 1)[:, None]
     w_mix = np.where(hi > 0, ((1 - kappa) + kappa * (w.traffic @ sim))[s][:, None], 0.0)
     c_bar = w.traffic @ (np.where(is_search, -1.0, 1.0) * eta)
     expected = {"oracle": logit, "behaviour_scenario": rest + interest(att, w_mix, 1 + eta * t, 1 - eta * t),
                 "local_activation": rest + interest(mean, w_h, 1 + eta * t, 1 - eta * t),
-                "aspect_intensity": rest + interest(att, w_h, 1 + c_bar, 1 - c_bar), "behaviour_interest": rest}
+                "aspect_intensity": rest + interest(att, w_h, 1 + c_bar, 1 - c_bar), "behaviour_interest": rest,
+                "scenario_taste": logit + 2.0 * (w.a_u[u] * (w.traffic @ w.m - w.m[s]) * w.b_i[i]).sum(1) / np.sqrt(8)}
     assert set(headroom) == set(expected)
     for name, value in expected.items():
         np.testing.assert_allclose(headroom[name], value, rtol=1e-6, atol=1e-6, err_msg=name)
@@ -160,3 +166,19 @@ def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa
     for bad in ([1, 5], [1, 1], [-1]):
         with pytest.raises(ValueError, match="search_scenarios"):
             synth.generate("unused", rows=1000, search_scenarios=bad, progress=False)
+    for bad in ([0, 0, 1, 1], [0, 0, 1, 1, -1]):
+        with pytest.raises(ValueError, match="clusters"):
+            synth.generate("unused", rows=1000, clusters=bad, progress=False)
+
+
+def test_search_and_cluster_switches_change_no_random_draw():
+    """The world with the long-tail scenario made a search entrance in the opposing cluster is the default world
+    but for s4's taste (now its cluster's) and the search flags; scenarios of one cluster are alike."""
+    default, tail = (synth._World(np.random.default_rng(5), 5, 300, 200, 20, 60, 8, **kw) for kw in ({}, TAIL))
+    for name in ("g_u", "a_u", "g_i", "b_i", "popularity", "bias_s", "T", "cat", "activity"):
+        np.testing.assert_array_equal(getattr(default, name), getattr(tail, name), err_msg=name)
+    np.testing.assert_array_equal(default.m[:4], tail.m[:4])
+    assert tail.cluster.tolist() == [0, 0, 1, 1, 1] and tail.search.tolist() == [False, True, False, True, True]
+    sim = tail.similarity()
+    assert sim[4, 2] > 0.8 and sim[4, 3] > 0.8 and abs(sim[4, 0] - sim[2, 0]) < 0.2  # s4 now sides with s2, s3
+    assert abs(default.similarity()[4, 2]) < 0.8

@@ -29,7 +29,7 @@ def _data_synth(args):
                      compression="GZIP" if args.gzip else None, overwrite=args.overwrite,
                      behaviour_scenario=args.behaviour_scenario, aspect_intensity=args.aspect_intensity,
                      local_activation=args.local_activation, interest_weight=args.interest_weight,
-                     search_scenarios=args.search_scenarios)
+                     search_scenarios=args.search_scenarios, clusters=args.scenario_clusters)
     print(json.dumps({"out": args.out, "splits": {k: v["rows"] for k, v in stats["splits"].items()},
                       "traffic_share": stats["traffic_share"]}))
 
@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--search-scenarios", type=_int_list, metavar="LIST",
                    help="comma-separated scenario indices that are search entrances and carry a query "
                         "(default: the odd ones, 1,3,...)")
+    s.add_argument("--scenario-clusters", type=_int_list, metavar="LIST",
+                   help="comma-separated cluster of each scenario; scenarios of one cluster share a taste, odd "
+                        "clusters oppose cluster 0 (default: s // 2, i.e. 0,0,1,1,2)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=_data_synth)
 

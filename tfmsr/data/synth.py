@@ -5,9 +5,11 @@ order, chunk by chunk, so memory is bounded by users x history length, never by 
 
 * **Scenarios** ``s = 0..S-1`` take a long-tail share of traffic (50/25/12/8/5 % for S = 5, Zipf(1.3)
   otherwise). Scenarios come in clusters of two (``cluster(s) = s // 2``): scenarios of one cluster are
-  alike, scenarios of different clusters are not. Odd scenarios are search entrances and carry a query
-  (switch ``search_scenarios``: the list of search entrances, e.g. ``[1, 3, 4]`` makes the long-tail
-  scenario a search entrance too, as FIMN's *Trigger search* #D5).
+  alike, scenarios of different clusters are not (switch ``scenario_clusters``: each scenario's cluster,
+  e.g. ``[0, 0, 1, 1, 1]`` puts the long-tail scenario, alone in its cluster by default, beside s2 and s3 in
+  the cluster that opposes the head's). Odd scenarios are search entrances and carry a query (switch
+  ``search_scenarios``: the list of search entrances, e.g. ``[1, 3, 4]`` makes the long-tail scenario a
+  search entrance too, as FIMN's *Trigger search* #D5). Neither switch changes any random draw.
 * **Users** ``u`` (gender, age band, level, activity) and **items** ``i`` (category, brand, price) are
   shared by all scenarios. Each has a global vector ``g_u, g_i`` and a scenario-taste vector
   ``a_u, b_i`` in R^d, each the sum of an attribute part (age/gender, category) and an id part.
@@ -58,8 +60,12 @@ order, chunk by chunk, so memory is bounded by users x history length, never by 
   cannot see that effect: ``behaviour_scenario`` (``w_h`` replaced by its mean over the behaviours' scenario
   mix, taken as the traffic share: what is known without each behaviour's scenario), ``local_activation``
   (the plain history mean instead of the attention average), ``aspect_intensity`` (``c_s`` replaced by its
-  traffic-weighted mean over scenarios) and ``behaviour_interest`` (both interest terms dropped). The gap
-  to ``oracle`` bounds what a module built for that premise can win over its ablation.
+  traffic-weighted mean over scenarios), ``behaviour_interest`` (both interest terms dropped) and
+  ``scenario_taste`` (every scenario's taste ``m_s`` replaced by the traffic-weighted mean ``sum_s p_s m_s``:
+  what a model that cannot tell the scenarios' tastes apart sees, the premise of every scenario-specific
+  module; per scenario it shows where training dominated by the head scenario costs most). The gap to
+  ``oracle`` bounds what a module built for that premise can win over its ablation; ``scenario_auc`` gives
+  it per scenario.
   Clicked items enter the history after the row (the history a row sees is strictly earlier).
 * **Splits** by time: the first ``1 - valid - test`` of the rows train, then valid, then test.
 
@@ -121,7 +127,8 @@ class _World:
     """The static part of the planted world: users, items, scenario tastes."""
 
     def __init__(self, rng, S, U, I, C, B, d, scenario_weight=2.0, id_noise=0.6, behaviour_scenario=0.0,
-                 aspect_intensity=0.0, local_activation=0.0, interest_weight=1.0, search_scenarios=None):
+                 aspect_intensity=0.0, local_activation=0.0, interest_weight=1.0, search_scenarios=None,
+                 clusters=None):
         self.scenario_weight, self.id_noise = scenario_weight, id_noise
         self.local_activation = local_activation
         self.behaviour_scenario = behaviour_scenario
@@ -154,8 +161,9 @@ class _World:
         self.cat_count = np.bincount(self.cat, minlength=C)
         # scenarios
         self.traffic = traffic_shares(S)
-        self.cluster = scenario_clusters(S)
-        m_cluster = n(0, 1, (self.cluster.max() + 1, d))
+        self.cluster = scenario_clusters(S) if clusters is None else np.asarray(clusters, np.int64)
+        # as many cluster tastes as the default clusters need at least, so other clusters change no later draw
+        m_cluster = n(0, 1, (max(self.cluster.max(), scenario_clusters(S).max()) + 1, d))
         m_cluster[1::2] = -0.6 * m_cluster[0] + 0.8 * m_cluster[1::2]  # odd clusters oppose the dominant one
         self.m = m_cluster[self.cluster] + 0.25 * n(0, 1, (S, d))
         self.bias_s = n(0, 0.3, S)
@@ -181,12 +189,13 @@ class _World:
         return self.items_by_cat[self.cat_start[cats] + (rng.random(len(cats)) * self.cat_count[cats]).astype(int)]
 
 
-HEADROOM = ("behaviour_scenario", "local_activation", "aspect_intensity", "behaviour_interest")
+HEADROOM = ("behaviour_scenario", "local_activation", "aspect_intensity", "behaviour_interest", "scenario_taste")
 
 
-def _without_premises(w: _World, s, logit, aspect, att, mean, w_h, real, cos, cat_match) -> dict:
+def _without_premises(w: _World, s, logit, aspect, att, mean, w_h, real, cos, cat_match, taste_gap) -> dict:
     """The click logit with one planted effect taken out, for each name of ``HEADROOM`` (module docstring,
-    "Premise headroom"). ``att``: the history weights of the interest terms, ``mean``: the plain mean."""
+    "Premise headroom"). ``att``: the history weights of the interest terms, ``mean``: the plain mean,
+    ``taste_gap``: the scenario-specific term with the mean taste minus the one with the row's taste."""
     def interest(weights, w_h, c):
         return c[:, 0] * (weights * w_h * cos).sum(1) + c[:, 1] * (weights * w_h * cat_match).sum(1)
 
@@ -196,7 +205,7 @@ def _without_premises(w: _World, s, logit, aspect, att, mean, w_h, real, cos, ca
     return {"oracle": logit, "behaviour_scenario": rest + interest(att, real * w_mix[s][:, None], aspect),
             "local_activation": rest + interest(mean, w_h, aspect),
             "aspect_intensity": rest + interest(att, w_h, np.broadcast_to(w.traffic @ w.aspect_weight, aspect.shape)),
-            "behaviour_interest": rest}
+            "behaviour_interest": rest, "scenario_taste": logit + taste_gap}
 
 
 def _headroom(collected: dict) -> dict:
@@ -231,9 +240,11 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
              chunk: int = 20_000, compression: Optional[str] = None, overwrite: bool = False,
              scenario_weight: float = 2.0, id_noise: float = 0.6, behaviour_scenario: float = 0.0,
              aspect_intensity: float = 0.0, local_activation: float = 0.0, interest_weight: float = 1.0,
-             search_scenarios: Optional[Sequence[int]] = None, progress: bool = True) -> dict:
+             search_scenarios: Optional[Sequence[int]] = None, clusters: Optional[Sequence[int]] = None,
+             progress: bool = True) -> dict:
     """Stream ``rows`` planted rows into ``out_dir`` (shards + schema.yaml + stats.json); returns the stats.
-    ``search_scenarios``: the scenarios that are search entrances (default: the odd ones)."""
+    ``search_scenarios``: the scenarios that are search entrances (default: the odd ones); ``clusters``: the
+    cluster of each scenario (default ``s // 2``)."""
     if rows < 100:
         raise ValueError(f"--rows must be at least 100, got {rows}")
     if not 0.0 <= behaviour_scenario <= 1.0:
@@ -249,6 +260,8 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
         if bad or len(set(search_scenarios)) != len(search_scenarios):
             raise ValueError(f"search_scenarios must be distinct scenario indices in 0..{scenarios - 1}, "
                              f"got {list(search_scenarios)}")
+    if clusters is not None and (len(clusters) != scenarios or min(clusters) < 0):
+        raise ValueError(f"clusters must give each of the {scenarios} scenarios a cluster >= 0, got {list(clusters)}")
     if not 0 < valid + test < 1:
         raise ValueError(f"valid + test must be in (0, 1), got {valid} + {test}")
     U = users or max(500, min(20_000, rows // 20))
@@ -256,7 +269,7 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
     C = min(categories, I)
     rng = np.random.default_rng(seed)
     w = _World(rng, scenarios, U, I, C, brands, latent_dim, scenario_weight, id_noise, behaviour_scenario,
-               aspect_intensity, local_activation, interest_weight, search_scenarios)
+               aspect_intensity, local_activation, interest_weight, search_scenarios, clusters)
     schema = synth_schema(scenarios, U, I, C, brands, seq_len)
     L = seq_len
     hist_item = np.zeros((U, L), np.int64)  # ids + 1, 0 = padding; most recent first
@@ -380,8 +393,9 @@ def _chunk(rng, w: _World, n, hist_item, hist_cat, hist_sc, clicks, repeat_click
         p = 1.0 / (1.0 + np.exp(-logit))
         y = rng.random(m) < p
         if headroom is not None:
-            for name, value in _without_premises(w, s, logit, aspect, att, mean, w_h, hi > 0, cos,
-                                                 cat_match).items():
+            mean_taste = (w.a_u[u] * (w.traffic @ w.m) * w.b_i[item]).sum(1) / d
+            for name, value in _without_premises(w, s, logit, aspect, att, mean, w_h, hi > 0, cos, cat_match,
+                                                 w.scenario_weight * (mean_taste - spec)).items():
                 headroom[name][idx] = value
         # write the rows
         o = out
