@@ -10,7 +10,8 @@ from tfmsr.cli import main
 def test_data_synth_and_bench_commands(tmp_path, capsys):
     out = str(tmp_path / "d")
     assert main(["data", "synth", "--out", out, "--rows", "2000", "--users", "100", "--items", "80",
-                 "--rows-per-shard", "500", "--gzip", "--search-scenarios", "1,3,4", "--scenario-clusters", "0,0,1,1,1"]) == 0
+                 "--rows-per-shard", "500", "--gzip", "--search-scenarios", "1,3,4",
+                 "--scenario-clusters", "0,0,1,1,1"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["splits"] == {"train": 1600, "valid": 200, "test": 200}
     generator = json.load(open(os.path.join(out, "stats.json")))["generator"]
