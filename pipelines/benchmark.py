@@ -21,8 +21,9 @@
   Also, without training: ``popularity`` (each item's smoothed positive rate in train,
   ``(positives + m * p) / (rows + m)`` with ``p`` the train positive rate and ``m = --pop-smoothing``,
   unseen items score ``p``), the floor every model must clear; and ``oracle`` (AUC of the true click
-  probability) when the schema has an oracle. On planted data a second table closes the file: the
-  generator's premise headroom (``stats.json`` ``generator.premise_headroom``, test split), the oracle's AUC
+  probability) when the schema has an oracle. A second table gives every model's RelaImpr per scenario
+  (its AUC in a scenario against the base's in that scenario, as Table 2 of the FIMN paper reads per
+  scenario). On planted data a third table closes the file: the generator's premise headroom (``stats.json`` ``generator.premise_headroom``, test split), the oracle's AUC
   per scenario and overall with each planted effect taken out, the most a module built for that premise
   can win over its ablation.
 * Writes ``OUT/results.json`` (budget, every per-seed number, the aggregates) and ``OUT/results.md`` (the
@@ -290,6 +291,22 @@ def _num(x, digits=4) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _rela_impr_table(result: dict) -> List[str]:
+    """Table 2's RelaImpr per scenario: each model's AUC in a scenario against the base's in that scenario."""
+    rows, scen = result["rows"], result["scenarios"]
+    models = [(n, r) for n, r in rows.items() if r["kind"] == "model" and r["runs"] and r["rela_impr"]]
+    if not models:
+        return []
+    cols = [f"auc/{s}" for s in scen] + ["auc"]
+    lines = ["", f"RelaImpr of the AUC per scenario vs `{result['base']}` in that scenario (mean ± std over seeds):",
+             "", "| model | " + " | ".join(scen) + " | all |", "|---|" + "---:|" * len(cols)]
+    for name, row in models:
+        single = len(row["runs"]) == 1
+        cell = lambda c: f"{row['rela_impr'][c]:+.2f}%" + ("" if single else f" ± {row['rela_impr_std'][c]:.2f}")
+        lines.append(f"| {name} | " + " | ".join(cell(c) for c in cols) + " |")
+    return lines
+
+
 def markdown(result: dict) -> str:
     rows, scen, base = result["rows"], result["scenarios"], result["base"]
     b = result["budget"]
@@ -313,6 +330,7 @@ def markdown(result: dict) -> str:
         partial = row["kind"] == "model" and len(row["runs"]) != len(result["seeds"])
         label = f"{name} (n={len(row['runs'])} of {len(result['seeds'])} seeds)" if partial else name
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += _rela_impr_table(result)
     failed = [f"`{name}` seed {f['seed']} ({f['error'].splitlines()[0][:200]})"
               for name, row in rows.items() for f in row.get("failed", [])]
     if failed:

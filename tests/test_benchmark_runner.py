@@ -145,6 +145,22 @@ def test_markdown_table(table):
     cells = lambda rows: {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in rows)}
     body = cells(lines[4:lines.index("", 4)])
     assert list(body) == [BASE, SB, "popularity", "oracle"]
+    # Table 2's RelaImpr per scenario: every trained row against the base's AUC in that scenario
+    start = next(i for i, line in enumerate(lines) if line.startswith("RelaImpr of the AUC per scenario"))
+    assert f"vs `{BASE}`" in lines[start]
+    assert [c.strip() for c in lines[start + 2].strip("|").split("|")] == (
+        ["model"] + [f"s{i}" for i in range(5)] + ["all"])
+    per_scenario = cells(lines[start + 4:lines.index("", start + 4)])
+    assert list(per_scenario) == [BASE, SB]
+    sb = saved["rows"][SB]
+    for i, col in enumerate([f"auc/s{i}" for i in range(5)] + ["auc"]):
+        base_auc = saved["rows"][BASE]["mean"][col]
+        seeds = [(r["metrics"][col] - 0.5) / (base_auc - 0.5) * 100 - 100 for r in sb["runs"]]
+        mean, std = per_scenario[SB][1 + i].split("% ± ")
+        assert float(mean) == pytest.approx(np.mean(seeds), abs=0.006)
+        assert float(std) == pytest.approx(np.std(seeds, ddof=1), abs=0.006)
+        assert per_scenario[BASE][1 + i].startswith("+0.00% ± ")
+    assert per_scenario[SB][6].split("%")[0] == body[SB][7].rstrip("%")
     # planted data: a table of the generator's premise headroom, per scenario and overall, closes the file
     head = saved["premise_headroom"]
     start = next(i for i, line in enumerate(lines) if line.startswith("Premise headroom"))
@@ -161,7 +177,6 @@ def test_markdown_table(table):
         assert premises[f"w/o {name}"][6] == f"{got['auc']:.4f} ({gap:+.4f})"
     assert head["behaviour_interest"]["auc"] < head["oracle"]["auc"]
     assert float(body["oracle"][6]) == pytest.approx(head["oracle"]["auc"], abs=2e-4)
-    sb = saved["rows"][SB]
     assert body[SB][6] == f"{sb['mean']['auc']:.4f} ± {sb['std']['auc']:.4f}"
     assert body[SB][7] == f"{sb['rela_impr']['auc']:+.2f}%" and body[BASE][7] == "+0.00%"
     assert body[SB][11] == f"{sb['examples_per_sec']['mean']:,.0f}"
