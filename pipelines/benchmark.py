@@ -13,7 +13,8 @@
   ``tfmsr.training.evaluation.evaluate`` writes ``metrics.json`` there). A run whose ``metrics.json`` exists
   is reused, a trained run without it is only evaluated, an interrupted one resumes from its backup; so a
   long table is resumed by re-running the same command. A run made with a different config is an error
-  (``--overwrite`` retrains every run).
+  (``--overwrite`` retrains every run). ``--only-existing`` trains nothing: it tabulates the runs already
+  finished (a row with fewer seeds than ``--seeds`` is labelled ``(n=k of m seeds)``).
 * **Rows**: per-scenario AUC, overall AUC, GAUC (by user), logloss as mean ± std over seeds (sample std,
   ddof 1), RelaImpr (SAML eq. 10) of every AUC column against the base's mean AUC in that column
   (``rela_impr`` = RelaImpr of the mean AUC = mean of the per-seed RelaImpr; ``rela_impr_std`` its std),
@@ -291,6 +292,12 @@ def _num(x, digits=4) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _label(name: str, row: dict, result: dict) -> str:
+    """A model row with fewer finished seeds than asked for says so."""
+    partial = row["kind"] == "model" and len(row["runs"]) != len(result["seeds"])
+    return f"{name} (n={len(row['runs'])} of {len(result['seeds'])} seeds)" if partial else name
+
+
 def _rela_impr_table(result: dict) -> List[str]:
     """Table 2's RelaImpr per scenario: each model's AUC in a scenario against the base's in that scenario."""
     rows, scen = result["rows"], result["scenarios"]
@@ -303,7 +310,7 @@ def _rela_impr_table(result: dict) -> List[str]:
     for name, row in models:
         single = len(row["runs"]) == 1
         cell = lambda c: f"{row['rela_impr'][c]:+.2f}%" + ("" if single else f" ± {row['rela_impr_std'][c]:.2f}")
-        lines.append(f"| {name} | " + " | ".join(cell(c) for c in cols) + " |")
+        lines.append(f"| {_label(name, row, result)} | " + " | ".join(cell(c) for c in cols) + " |")
     return lines
 
 
@@ -327,9 +334,7 @@ def markdown(result: dict) -> str:
         eps = row.get("examples_per_sec")
         cells = [cell(f"auc/{s}") for s in scen] + [cell("auc"), ri("auc"), cell("gauc"), ri("gauc"),
                                                     cell("logloss"), f"{eps['mean']:,.0f}" if eps else "-"]
-        partial = row["kind"] == "model" and len(row["runs"]) != len(result["seeds"])
-        label = f"{name} (n={len(row['runs'])} of {len(result['seeds'])} seeds)" if partial else name
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_label(name, row, result)} | " + " | ".join(cells) + " |")
     lines += _rela_impr_table(result)
     failed = [f"`{name}` seed {f['seed']} ({f['error'].splitlines()[0][:200]})"
               for name, row in rows.items() for f in row.get("failed", [])]
@@ -391,6 +396,9 @@ def parse_args(argv=None):
     ap.add_argument("--pop-smoothing", type=float, default=10.0, help="m of the popularity row (default 10)")
     ap.add_argument("--configs", default=CONFIGS, help="folder of <model>.yaml configs")
     ap.add_argument("--overwrite", action="store_true", help="retrain every run instead of reusing finished ones")
+    ap.add_argument("--only-existing", action="store_true",
+                    help="train nothing; tabulate the runs already finished under --out (rows with fewer seeds "
+                         "are marked n=k)")
     ap.add_argument("--keep-going", action="store_true",
                     help="record a run that raises (rows[spec].failed) and go on with the next one")
     return ap.parse_args(argv)
@@ -415,6 +423,9 @@ def main(argv=None) -> dict:
         specs.insert(0, args.base)
     if len(set(specs)) != len(specs) or len(set(map(run_slug, specs))) != len(specs):
         raise ValueError(f"--models: duplicate spec in {specs}")
+    if args.only_existing and args.overwrite:
+        raise ValueError("--only-existing and --overwrite contradict each other: one trains nothing, "
+                         "the other retrains every run")
     for spec in specs:  # fail on a bad spec or a foreign run dir before hours of training
         for seed in seeds:
             cfg = spec_config(spec, seed, args)
@@ -442,6 +453,9 @@ def main(argv=None) -> dict:
     jobs = [(spec, seed) for spec in specs for seed in seeds]
     start, trained_secs, trained = time.time(), 0.0, 0
     for i, (spec, seed) in enumerate(jobs, 1):
+        if args.only_existing and not os.path.exists(os.path.join(run_dir(args.out, spec, seed), "metrics.json")):
+            print(f"== [{i}/{len(jobs)}] {spec} seed {seed}: not finished, left out (--only-existing)", flush=True)
+            continue
         print(f"== [{i}/{len(jobs)}] {spec} seed {seed}", flush=True)
         t0 = time.time()
         try:

@@ -198,6 +198,26 @@ def test_rerun_reuses_finished_runs(table, synth_dir):
         benchmark.main(_args(synth_dir, out, epochs=2))
 
 
+@pytest.mark.slow  # reads the 4 tiny runs of the table fixture, trains nothing
+def test_only_existing_tabulates_finished_runs_and_trains_nothing(table, synth_dir):
+    out, first, saved, md = table
+    argv = _args(synth_dir, out)
+    argv[argv.index("--models") + 1] = SPECS + ",dnn:hidden=[8]"
+    argv[argv.index("--seeds") + 1] = "0,1,2"
+    res = benchmark.main(argv + ["--only-existing"])
+    assert sorted(os.listdir(os.path.join(out, "runs"))) == sorted(benchmark.run_slug(s) for s in (BASE, SB))
+    assert [r["status"] for r in res["rows"][SB]["runs"]] == ["reused", "reused"]
+    assert res["rows"]["dnn:hidden=[8]"]["runs"] == []
+    with open(os.path.join(out, "results.md")) as fh:
+        lines = fh.read().splitlines()
+    labels = [line.split("|")[1].strip() for line in lines if line.startswith("| ")]
+    assert labels.count(f"{SB} (n=2 of 3 seeds)") == 2  # the AUC table and the RelaImpr table
+    assert not any(label.startswith("dnn:hidden=[8]") for label in labels)
+    with pytest.raises(ValueError, match="--only-existing and --overwrite"):
+        benchmark.main(argv + ["--only-existing", "--overwrite"])
+    benchmark.main(_args(synth_dir, out))  # leave the module's results as the table fixture made them
+
+
 def test_keep_going_records_a_failed_run(synth_dir, tmp_path, monkeypatch):
     def fake_run(spec, seed, args, scenarios):
         if spec == "shared_bottom":
