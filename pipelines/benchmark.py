@@ -24,9 +24,9 @@
   unseen items score ``p``), the floor every model must clear; and ``oracle`` (AUC of the true click
   probability) when the schema has an oracle. A second table gives every model's RelaImpr per scenario
   (its AUC in a scenario against the base's in that scenario, as Table 2 of the FIMN paper reads per
-  scenario). On planted data a third table closes the file: the generator's premise headroom (``stats.json`` ``generator.premise_headroom``, test split), the oracle's AUC
-  per scenario and overall with each planted effect taken out, the most a module built for that premise
-  can win over its ablation.
+  scenario). On planted data a third table closes the file: the generator's premise headroom
+  (``stats.json`` ``generator.premise_headroom``, test split), the oracle's AUC per scenario and overall
+  with each planted effect taken out, the most a module built for that premise can win over its ablation.
 * Writes ``OUT/results.json`` (budget, every per-seed number, the aggregates) and ``OUT/results.md`` (the
   Markdown table) atomically after every run. ``--keep-going`` records a run that raises under
   ``rows[spec].failed`` (and leaves it out of the table) instead of stopping.
