@@ -25,8 +25,12 @@
   error unless ``--overwrite``).
 * ``--only-existing`` trains nothing: it tabulates the rows/seeds already finished under ``OUT`` (e.g. the
   main rows with 3 seeds and the ablations with 1, run as two invocations).
-* Writes ``OUT/results.json`` (every per-seed number, the aggregates, per-scenario data sizes and pair
-  counts) and ``OUT/results.md`` atomically after every run. Std is the sample std (ddof 1).
+* **Gain table**: each row's relative gain in HR@K and NDCG@K over ``--base`` in every scenario,
+  ``metric / base's metric - 1`` paired by seed (the seeds both rows have), mean ± std, and the scenario of
+  the largest mean gain; the base is by default the best of the paper's baselines (the DSSM / YoutubeDNN
+  Table 2 rows run, by overall HR@K), ``--base ROW`` picks another (e.g. the loss-matched control).
+* Writes ``OUT/results.json`` (every per-seed number, the aggregates, the gains, per-scenario data sizes and
+  pair counts) and ``OUT/results.md`` atomically after every run. Std is the sample std (ddof 1).
 """
 from __future__ import annotations
 
@@ -189,6 +193,61 @@ def aggregate(per_seed: List[dict], scenarios: List[str], k: int) -> dict:
     return out
 
 
+BEST_BASELINE = "best-baseline"
+
+
+def base_row(d: dict, base: str, k: int) -> Optional[str]:
+    """The row the gains are against: ``base``, or (``best-baseline``) the paper's DSSM / YoutubeDNN Table 2
+    row with the highest overall HR@K among those run; None when it has no finished seed."""
+    rows = d["rows"]
+    if base != BEST_BASELINE:
+        return base if rows.get(base, {}).get("aggregate") else None
+    run = [n for n, r in rows.items() if r.get("config") in ("dssm", "youtubednn") and r.get("source") == "Table 2"
+           and r.get("aggregate")]
+    return max(run, key=lambda n: rows[n]["aggregate"][f"hr@{k}"], default=None)
+
+
+def relative_gains(d: dict, base: str, k: int) -> dict:
+    """``{row: {metric: {scenario | "all": (mean, std, n)}}}``: each row's ``metric / base - 1`` in %, paired by
+    seed over the seeds both rows finished (``n``); the base itself and rows sharing no seed are left out."""
+    by_seed = {r["seed"]: r for r in d["rows"][base]["per_seed"]}
+    out = {}
+    for name, row in d["rows"].items():
+        if name in (base, POPULARITY) or not row.get("aggregate"):
+            continue
+        pairs = [(r, by_seed[r["seed"]]) for r in row["per_seed"] if r.get("seed") in by_seed]
+        if not pairs:
+            continue
+        out[name] = {}
+        for metric in (f"hr@{k}", f"ndcg@{k}"):
+            cells = {}
+            for s in d["scenarios"] + ["all"]:
+                get = (lambda r: r[metric]) if s == "all" else (lambda r, s=s: r["scenarios"][s][metric])
+                gains = [100.0 * (get(m) / get(b) - 1.0) if get(b) > 0 else float("nan") for m, b in pairs]
+                cells[s] = (*_mean_std(gains), len(pairs))
+            out[name][metric] = cells
+    return out
+
+
+def _gain_table(d: dict, k: int) -> List[str]:
+    base, gains = d.get("base"), d.get("gains") or {}
+    if not base or not gains:
+        return []
+    scen, lines = d["scenarios"], []
+    for metric in (f"hr@{k}", f"ndcg@{k}"):
+        lines += [f"Relative gain in {metric.upper()} over `{base}` in each scenario, % (paired by seed: mean ± std; "
+                  "n = seeds both rows have):", "",
+                  "| row | " + " | ".join(scen) + " | all | largest gain in | n |", "|---|" + "---|" * (len(scen) + 3)]
+        for name, g in gains.items():
+            cells = g[metric]
+            fmt = [f"{m:+.1f}" + (f" ± {sd:.1f}" if sd == sd else "") if m == m else "-"
+                   for m, sd, _ in (cells[s] for s in scen + ["all"])]
+            top = max(scen, key=lambda s: cells[s][0] if cells[s][0] == cells[s][0] else -np.inf)
+            lines.append(f"| {name} | " + " | ".join(fmt) + f" | {top} | {cells['all'][2]} |")
+        lines.append("")
+    return lines
+
+
 def _cell(m, s, k=None):
     return "-" if m != m else (f"{m:.4f} ± {s:.4f}" if s == s else f"{m:.4f}")
 
@@ -231,6 +290,7 @@ def markdown(results: dict) -> str:
                 secs = "-" if a.get("seconds") is None else f"{a['seconds']:.0f}"
                 lines.append(f"| {name} | {r['source']} | " + " | ".join(cells) + f" | {secs} | {a['seeds']} |")
             lines.append("")
+        lines += _gain_table(d, k)
     return "\n".join(lines) + "\n"
 
 
@@ -252,6 +312,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--only-existing", action="store_true",
                     help="train nothing; tabulate the rows/seeds already finished under --out")
+    ap.add_argument("--base", default=BEST_BASELINE,
+                    help="row the relative gains are against (default: the best DSSM / YoutubeDNN Table 2 row run)")
     args = ap.parse_args(argv)
 
     from tfmsr.retrieval.data import RetrievalData
@@ -265,6 +327,8 @@ def main(argv=None) -> dict:
     unknown = set(args.variants.split(",")) - {v[0] for v in VARIANTS} - {"all", POPULARITY}
     if unknown:
         raise SystemExit(f"--variants: unknown row(s) {sorted(unknown)} (known: {[v[0] for v in VARIANTS]})")
+    if args.base != BEST_BASELINE and args.base not in {v[0] for v in wanted}:
+        raise SystemExit(f"--base {args.base!r}: not one of the rows of this table ({[v[0] for v in wanted]})")
     os.makedirs(args.out, exist_ok=True)
     results = {"k": None, "seeds": seeds, "set": args.set, "datasets": {}}
     probe = row_config("sass_base", [], args.set, 0, None, args.configs)
@@ -317,6 +381,8 @@ def main(argv=None) -> dict:
                 r = d["rows"][row]
                 r["per_seed"].append(dict(run_one(cfg, data, data_dir, run_dir, args.overwrite, log), seed=seed))
                 r["aggregate"] = aggregate(r["per_seed"], d["scenarios"], k)
+                d["base"] = base_row(d, args.base, k)
+                d["gains"] = relative_gains(d, d["base"], k) if d["base"] else {}
                 _write(os.path.join(args.out, "results.json"), json.dumps(results, indent=2))
                 _write(os.path.join(args.out, "results.md"), markdown(results))
     return results

@@ -539,6 +539,42 @@ def test_benchmark_aggregate_and_markdown():
     assert cfgs["SASS-Base"]["model"]["params"]["gate_init"] == "transfer"
 
 
+def test_benchmark_relative_gains_are_paired_by_seed_against_the_best_baseline():
+    from pipelines.retrieval_benchmark import aggregate, base_row, markdown, relative_gains
+
+    def run(seed, a, b):   # HR@20 in scenarios a and b; overall = their mean; NDCG = HR / 2
+        return {"seed": seed, "hr@20": (a + b) / 2, "ndcg@20": (a + b) / 4, "hr@20_macro": 0, "ndcg@20_macro": 0,
+                "scenarios": {"a": {"hr@20": a, "ndcg@20": a / 2}, "b": {"hr@20": b, "ndcg@20": b / 2}}}
+
+    def row(config, source, runs):
+        return {"config": config, "source": source, "per_seed": runs, "aggregate": aggregate(runs, ["a", "b"], 20)}
+
+    pop = [run(None, .1, .1)]
+    rows = {"popularity": {"source": "reference", "per_seed": pop, "aggregate": aggregate(pop, ["a", "b"], 20)},
+            "SASS": row("sass", "Table 2", [run(0, .44, .22), run(1, .50, .30), run(2, .60, .10)]),
+            "DSSM mix": row("dssm", "Table 2", [run(0, .40, .20), run(1, .40, .20)]),
+            "YoutubeDNN mix": row("youtubednn", "Table 2", [run(0, .20, .10), run(1, .30, .10)]),
+            "DSSM mix in-batch softmax (not in DSSM)": row("dssm", "extra", [run(0, .9, .9)]),
+            "YoutubeDNN single": {"config": "youtubednn", "source": "Table 2", "per_seed": [], "aggregate": None}}
+    d = {"data": "/d", "scenarios": ["a", "b"], "pairs": None, "rows": rows,
+         "scenario_info": {s: {"train_positives": n, "test_queries": 5, "corpus": 9, "coverage": 1.0}
+                           for s, n in (("a", 7), ("b", 3))}}
+    # the best of the paper's baselines run, by overall HR@20 (the extra control is not one of them)
+    assert base_row(d, "best-baseline", 20) == "DSSM mix"
+    assert base_row(d, "YoutubeDNN single", 20) is None and base_row(d, "YoutubeDNN mix", 20) == "YoutubeDNN mix"
+    d["base"] = "DSSM mix"
+    d["gains"] = gains = relative_gains(d, "DSSM mix", 20)
+    assert set(gains) == {"SASS", "YoutubeDNN mix", "DSSM mix in-batch softmax (not in DSSM)"}
+    hr = gains["SASS"]["hr@20"]   # seeds 0 and 1 only (DSSM has no seed 2): a +10 % and +25 %, b +10 % and +50 %
+    assert hr["a"][:3] == pytest.approx((17.5, np.std([10, 25], ddof=1), 2))
+    assert hr["b"][0] == pytest.approx(30.0) and hr["all"][0] == pytest.approx(100 * (0.33 / 0.3 - 1 + 0.4 / 0.3 - 1) / 2)
+    assert gains["SASS"]["ndcg@20"]["b"][0] == pytest.approx(30.0)
+    md = markdown({"k": 20, "seeds": [0, 1, 2], "datasets": {"toy": d}})
+    assert "Relative gain in HR@20 over `DSSM mix`" in md
+    assert "| SASS | +17.5 ± 10.6 | +30.0 ± 28.3 | +21.7 ± 16.5 | b | 2 |" in md
+    assert "| DSSM mix in-batch softmax (not in DSSM) | +125.0 | +350.0 | +200.0 | b | 1 |" in md
+
+
 @pytest.mark.slow
 def test_benchmark_rows_without_pretraining_pairs_are_not_applicable():
     """MovieLens has item pairs only: "Single Item Embedding" (no item-side task) is reported n/a, not run."""
