@@ -11,11 +11,14 @@ def test_data_synth_and_bench_commands(tmp_path, capsys):
     out = str(tmp_path / "d")
     assert main(["data", "synth", "--out", out, "--rows", "2000", "--users", "100", "--items", "80",
                  "--rows-per-shard", "500", "--gzip", "--search-scenarios", "1,3,4",
-                 "--scenario-clusters", "0,0,1,1,1"]) == 0
+                 "--scenario-clusters", "0,0,1,1,1", "--item-scenario", "1.5"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["splits"] == {"train": 1600, "valid": 200, "test": 200}
     generator = json.load(open(os.path.join(out, "stats.json")))["generator"]
     assert generator["search_scenarios"] == [1, 3, 4] and generator["scenario_clusters"] == [0, 0, 1, 1, 1]
+    assert generator["item_scenario"] == 1.5
+    head = generator["premise_headroom"]
+    assert head["item_scenario"]["auc"] < head["oracle"]["auc"]   # one representation per item costs AUC
     assert all(f.endswith(".tfrecord.gz") for f in os.listdir(os.path.join(out, "train")))
 
     assert main(["bench", "input", "--data", out, "--batch", "256", "--steps", "10", "--warmup", "2",

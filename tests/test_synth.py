@@ -44,7 +44,7 @@ def test_stats_and_ground_truth(synth_dir, synth_schema):
     head, test = gen["premise_headroom"], slice(len(rows["click"]) - 600, None)
     assert head["oracle"]["auc"] == pytest.approx(metrics.auc(rows["click"][test], rows["oracle_p"][test]), abs=2e-4)
     assert len(head["oracle"]["scenario_auc"]) == 5
-    for name in ("behaviour_scenario", "local_activation", "aspect_intensity"):
+    for name in ("behaviour_scenario", "local_activation", "aspect_intensity", "item_scenario"):
         assert head[name] == head["oracle"]
     assert head["behaviour_interest"]["auc"] < head["oracle"]["auc"]
     assert head["scenario_taste"]["auc"] < head["oracle"]["auc"]
@@ -90,15 +90,15 @@ TAIL = {"search_scenarios": (1, 3, 4), "clusters": (0, 0, 1, 1, 1)}  # the long-
 
 @pytest.mark.parametrize("kappa,eta,tau,lam,switches", [
     (0.0, 0.0, 0.0, 1.0, {}), (1.0, 0.0, 0.0, 1.0, {}), (0.0, 2.0, 0.0, 1.0, {}), (1.0, 0.0, 0.1, 1.0, {}),
-    (1.0, 2.0, 0.1, 2.0, {}), (1.0, 2.0, 0.1, 2.0, TAIL)])
+    (1.0, 2.0, 0.1, 2.0, {}), (1.0, 2.0, 0.1, 2.0, TAIL), (0.0, 0.0, 0.0, 1.0, {"item_scenario": 1.5})])
 def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa, eta, tau, lam, switches):
     """oracle_p re-computed in NumPy from the world and the row (module docstring), with the behaviour weights
     w_h = (1 - kappa) + kappa * sim(s_h, s) (kappa = 1 makes a click from an opposing scenario count against)
     the aspect weights c_s^item = 1 + eta t_s, c_s^cat = 1 - eta t_s (t = +1 feed, -1 search) and, with tau > 0,
     the history average weighted by softmax_h(cos(g_h, g_i) / tau) instead of 1 / |history|, both interest
     terms scaled by lam; and the premise-headroom logits, each the same logit with one effect taken out.
-    ``switches``: other search entrances (default: the odd scenarios; only their rows carry a query) and
-    scenario clusters."""
+    ``switches``: other search entrances (default: the odd scenarios; only their rows carry a query),
+    scenario clusters, and the item-scenario appeal omega * xi[i, s]."""
     rng = np.random.default_rng(3)
     w = synth._World(rng, 5, 300, 200, 20, 60, 8, behaviour_scenario=kappa, aspect_intensity=eta,
                      local_activation=tau, interest_weight=lam, **switches)
@@ -127,6 +127,8 @@ def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa
             + 2.0 * (w.a_u[u] * w.m[s] * w.b_i[i]).sum(1) / np.sqrt(8)
             + (w.rho[z] + 2.0 * (w.repeat_q[u] - 0.2)) * (hi == i[:, None] + 1).any(1)
             + 0.8 * w.T[z, cat] + 1.2 * (is_search[s] & (rows["query_cate"] - 1 == cat)) - 0.25 * w.price[i])
+    omega = switches.get("item_scenario", 0.0)
+    rest = rest + omega * w.xi[i, s]
     same = hc == cat[:, None] + 1
 
     def interest(weights, w_h, c_item, c_cat):
@@ -143,7 +145,8 @@ def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa
     expected = {"oracle": logit, "behaviour_scenario": rest + interest(att, w_mix, 1 + eta * t, 1 - eta * t),
                 "local_activation": rest + interest(mean, w_h, 1 + eta * t, 1 - eta * t),
                 "aspect_intensity": rest + interest(att, w_h, 1 + c_bar, 1 - c_bar), "behaviour_interest": rest,
-                "scenario_taste": logit + 2.0 * (w.a_u[u] * (w.traffic @ w.m - w.m[s]) * w.b_i[i]).sum(1) / np.sqrt(8)}
+                "scenario_taste": logit + 2.0 * (w.a_u[u] * (w.traffic @ w.m - w.m[s]) * w.b_i[i]).sum(1) / np.sqrt(8),
+                "item_scenario": logit + omega * ((w.xi[i] * w.traffic).sum(1) - w.xi[i, s])}
     assert set(headroom) == set(expected)
     for name, value in expected.items():
         np.testing.assert_allclose(headroom[name], value, rtol=1e-6, atol=1e-6, err_msg=name)
@@ -153,6 +156,10 @@ def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa
         np.testing.assert_allclose(headroom["local_activation"], logit, atol=1e-9)
     if not eta:
         np.testing.assert_allclose(headroom["aspect_intensity"], logit, atol=1e-9)
+    if omega:
+        assert w.xi.shape == (200, 5) and 0.8 < w.xi.std() < 1.2 and np.abs(headroom["item_scenario"] - logit).mean() > 0.5
+    else:
+        np.testing.assert_allclose(headroom["item_scenario"], logit, atol=1e-9)
     if kappa:
         assert sim.min() < -0.3  # opposing clusters exist, so some behaviours count against the item
     with pytest.raises(ValueError, match="behaviour_scenario"):
@@ -163,12 +170,33 @@ def test_click_logit_is_the_documented_one_with_behaviour_scenario_weights(kappa
         synth.generate("unused", rows=1000, local_activation=-0.1, progress=False)
     with pytest.raises(ValueError, match="interest_weight"):
         synth.generate("unused", rows=1000, interest_weight=-1.0, progress=False)
+    with pytest.raises(ValueError, match="item_scenario"):
+        synth.generate("unused", rows=1000, item_scenario=-0.5, progress=False)
     for bad in ([1, 5], [1, 1], [-1]):
         with pytest.raises(ValueError, match="search_scenarios"):
             synth.generate("unused", rows=1000, search_scenarios=bad, progress=False)
     for bad in ([0, 0, 1, 1], [0, 0, 1, 1, -1]):
         with pytest.raises(ValueError, match="clusters"):
             synth.generate("unused", rows=1000, clusters=bad, progress=False)
+
+
+def test_item_scenario_switch_changes_no_other_random_draw():
+    """omega > 0 adds the item-scenario appeal from a stream of its own: the world and the rows' draws (users,
+    items, scenarios, ...) are those of omega = 0; only the clicks can differ."""
+    worlds = [synth._World(np.random.default_rng(5), 5, 300, 200, 20, 60, 8, item_scenario=o) for o in (0.0, 1.0)]
+    for name in ("g_u", "a_u", "g_i", "b_i", "m", "popularity", "bias_s", "T"):
+        np.testing.assert_array_equal(getattr(worlds[0], name), getattr(worlds[1], name), err_msg=name)
+    assert not worlds[0].xi.any() and worlds[1].xi.std() > 0.5
+    rows = []
+    for w in worlds:
+        rng = np.random.default_rng(9)
+        rows.append(synth._chunk(rng, w, 500, *[np.zeros((300, 30), np.int64) for _ in range(3)],
+                                 np.zeros(300, np.int64), np.zeros(300, np.int64)))
+    np.testing.assert_array_equal(rows[0]["user_id"], rows[1]["user_id"])
+    first = np.unique(rows[0]["user_id"], return_index=True)[1]   # each user's first row: an empty history
+    for key in ("item_id", "scenario", "hour", "device"):
+        np.testing.assert_array_equal(rows[0][key][first], rows[1][key][first], err_msg=key)
+    assert not np.allclose(rows[0]["oracle_p"], rows[1]["oracle_p"])
 
 
 def test_search_and_cluster_switches_change_no_random_draw():

@@ -29,7 +29,8 @@ def _data_synth(args):
                      compression="GZIP" if args.gzip else None, overwrite=args.overwrite,
                      behaviour_scenario=args.behaviour_scenario, aspect_intensity=args.aspect_intensity,
                      local_activation=args.local_activation, interest_weight=args.interest_weight,
-                     search_scenarios=args.search_scenarios, clusters=args.scenario_clusters)
+                     search_scenarios=args.search_scenarios, clusters=args.scenario_clusters,
+                     item_scenario=args.item_scenario)
     print(json.dumps({"out": args.out, "splits": {k: v["rows"] for k, v in stats["splits"].items()},
                       "traffic_share": stats["traffic_share"]}))
 
@@ -164,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scenario-clusters", type=_int_list, metavar="LIST",
                    help="comma-separated cluster of each scenario; scenarios of one cluster share a taste, odd "
                         "clusters oppose cluster 0 (default: s // 2, i.e. 0,0,1,1,2)")
+    s.add_argument("--item-scenario", type=float, default=0.0, metavar="OMEGA",
+                   help="weight of each item's own appeal in each scenario, >= 0; 0 = off (SASS's premise: an "
+                        "item needs a representation per scenario; see tfmsr/data/synth.py)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=_data_synth)
 

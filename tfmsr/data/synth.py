@@ -31,6 +31,7 @@ order, chunk by chunk, so memory is bounded by users x history length, never by 
           + c_s^item mean_h w_h cos(g_h, g_i) + c_s^cat mean_h w_h [cat(h) = cat(i)]   interest from behaviour
           + (rho_z + 2 (q_u - 0.2)) * [i in history]           repeat effect
           + 0.8 * T[z, cat(i)] + 1.2 * [query = cat(i)] - 0.25 * price
+          + omega * xi[i, s]                                   item-scenario appeal (0 unless switched on)
 
   **Behaviour-scenario effect** (SAINet's premise, switch ``behaviour_scenario = kappa`` in [0, 1],
   default 0): a behaviour's weight depends on the scenario it happened in, ``w_h = (1 - kappa) + kappa *
@@ -54,6 +55,13 @@ order, chunk by chunk, so memory is bounded by users x history length, never by 
   = off): ``mean_h`` in both interest terms becomes the attention average ``sum_h a_h``, ``a_h =
   softmax_h(cos(g_h, g_i) / tau)`` over the user's history, so the most similar past clicks dominate.
 
+  **Item-scenario appeal** (SASS's premise, its challenge (3): one item is liked differently in different
+  scenarios, so it needs a representation per scenario; switch ``item_scenario = omega >= 0``, default 0 =
+  off): the logit gains ``omega * xi[i, s]``, ``xi ~ N(0, 1)`` per item and scenario, drawn from a stream of its
+  own (spawned from the generator's), so omega = 0 is the generator without it, row for row, and omega > 0
+  changes no other draw. It is item-level, not user-level: a user-independent appeal of the item in the
+  scenario, which the item's click rate in that scenario estimates.
+
   ``oracle_p = sigmoid(logit)`` is stored with every row: its AUC is the ceiling of any model.
   **Premise headroom**: ``stats.json`` records under ``generator.premise_headroom`` the test AUC of the
   oracle logit and of the same logit with one planted effect taken out, i.e. the best AUC of a model that
@@ -63,7 +71,9 @@ order, chunk by chunk, so memory is bounded by users x history length, never by 
   traffic-weighted mean over scenarios), ``behaviour_interest`` (both interest terms dropped) and
   ``scenario_taste`` (every scenario's taste ``m_s`` replaced by the traffic-weighted mean ``sum_s p_s m_s``:
   what a model that cannot tell the scenarios' tastes apart sees, the premise of every scenario-specific
-  module; per scenario it shows where training dominated by the head scenario costs most). The gap to
+  module; per scenario it shows where training dominated by the head scenario costs most) and
+  ``item_scenario`` (``xi[i, s]`` replaced by the item's traffic-weighted mean ``sum_s p_s xi[i, s]``: what a
+  model with one representation per item sees). The gap to
   ``oracle`` bounds what a module built for that premise can win over its ablation; ``scenario_auc`` gives
   it per scenario.
   Clicked items enter the history after the row (the history a row sees is strictly earlier).
@@ -128,7 +138,7 @@ class _World:
 
     def __init__(self, rng, S, U, I, C, B, d, scenario_weight=2.0, id_noise=0.6, behaviour_scenario=0.0,
                  aspect_intensity=0.0, local_activation=0.0, interest_weight=1.0, search_scenarios=None,
-                 clusters=None):
+                 clusters=None, item_scenario=0.0):
         self.scenario_weight, self.id_noise = scenario_weight, id_noise
         self.local_activation = local_activation
         self.behaviour_scenario = behaviour_scenario
@@ -180,6 +190,9 @@ class _World:
         self.T = n(0, 1, (LATENT_SCENARIOS, C))
         self.rho = np.array([1.5, 0.5, -0.8, 0.0])[:LATENT_SCENARIOS]
         self.b0 = -2.9
+        # item-scenario appeal: a stream of its own, so the switch changes no draw above or in the rows
+        self.item_scenario = item_scenario
+        self.xi = rng.spawn(1)[0].normal(0, 1, (I, S)) if item_scenario else np.zeros((I, S))
 
     def similarity(self) -> np.ndarray:
         unit = self.m / np.linalg.norm(self.m, axis=1, keepdims=True)
@@ -189,13 +202,16 @@ class _World:
         return self.items_by_cat[self.cat_start[cats] + (rng.random(len(cats)) * self.cat_count[cats]).astype(int)]
 
 
-HEADROOM = ("behaviour_scenario", "local_activation", "aspect_intensity", "behaviour_interest", "scenario_taste")
+HEADROOM = ("behaviour_scenario", "local_activation", "aspect_intensity", "behaviour_interest", "scenario_taste",
+            "item_scenario")
 
 
-def _without_premises(w: _World, s, logit, aspect, att, mean, w_h, real, cos, cat_match, taste_gap) -> dict:
+def _without_premises(w: _World, s, logit, aspect, att, mean, w_h, real, cos, cat_match, taste_gap,
+                      item_gap) -> dict:
     """The click logit with one planted effect taken out, for each name of ``HEADROOM`` (module docstring,
     "Premise headroom"). ``att``: the history weights of the interest terms, ``mean``: the plain mean,
-    ``taste_gap``: the scenario-specific term with the mean taste minus the one with the row's taste."""
+    ``taste_gap``: the scenario-specific term with the mean taste minus the one with the row's taste,
+    ``item_gap``: the item-scenario appeal with the item's mean appeal minus the one in the row's scenario."""
     def interest(weights, w_h, c):
         return c[:, 0] * (weights * w_h * cos).sum(1) + c[:, 1] * (weights * w_h * cat_match).sum(1)
 
@@ -205,7 +221,7 @@ def _without_premises(w: _World, s, logit, aspect, att, mean, w_h, real, cos, ca
     return {"oracle": logit, "behaviour_scenario": rest + interest(att, real * w_mix[s][:, None], aspect),
             "local_activation": rest + interest(mean, w_h, aspect),
             "aspect_intensity": rest + interest(att, w_h, np.broadcast_to(w.traffic @ w.aspect_weight, aspect.shape)),
-            "behaviour_interest": rest, "scenario_taste": logit + taste_gap}
+            "behaviour_interest": rest, "scenario_taste": logit + taste_gap, "item_scenario": logit + item_gap}
 
 
 def _headroom(collected: dict) -> dict:
@@ -241,7 +257,7 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
              scenario_weight: float = 2.0, id_noise: float = 0.6, behaviour_scenario: float = 0.0,
              aspect_intensity: float = 0.0, local_activation: float = 0.0, interest_weight: float = 1.0,
              search_scenarios: Optional[Sequence[int]] = None, clusters: Optional[Sequence[int]] = None,
-             progress: bool = True) -> dict:
+             item_scenario: float = 0.0, progress: bool = True) -> dict:
     """Stream ``rows`` planted rows into ``out_dir`` (shards + schema.yaml + stats.json); returns the stats.
     ``search_scenarios``: the scenarios that are search entrances (default: the odd ones); ``clusters``: the
     cluster of each scenario (default ``s // 2``)."""
@@ -255,6 +271,8 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
         raise ValueError(f"interest_weight must be >= 0, got {interest_weight}")
     if not local_activation >= 0.0:
         raise ValueError(f"local_activation must be >= 0 (0 = off), got {local_activation}")
+    if not item_scenario >= 0.0:
+        raise ValueError(f"item_scenario must be >= 0 (0 = off), got {item_scenario}")
     if search_scenarios is not None:
         bad = [k for k in search_scenarios if not 0 <= k < scenarios]
         if bad or len(set(search_scenarios)) != len(search_scenarios):
@@ -269,7 +287,7 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
     C = min(categories, I)
     rng = np.random.default_rng(seed)
     w = _World(rng, scenarios, U, I, C, brands, latent_dim, scenario_weight, id_noise, behaviour_scenario,
-               aspect_intensity, local_activation, interest_weight, search_scenarios, clusters)
+               aspect_intensity, local_activation, interest_weight, search_scenarios, clusters, item_scenario)
     schema = synth_schema(scenarios, U, I, C, brands, seq_len)
     L = seq_len
     hist_item = np.zeros((U, L), np.int64)  # ids + 1, 0 = padding; most recent first
@@ -282,7 +300,7 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
     extra = {"generator": {
         "seed": seed, "rows": rows, "scenario_weight": scenario_weight, "id_noise": id_noise,
         "behaviour_scenario": behaviour_scenario, "aspect_intensity": aspect_intensity,
-        "interest_weight": interest_weight,
+        "interest_weight": interest_weight, "item_scenario": item_scenario,
         "aspect_weight": np.round(w.aspect_weight, 4).tolist(), "local_activation": local_activation, "users": U, "items": I, "categories": C, "brands": brands,
         "latent_scenarios": LATENT_SCENARIOS, "scenario_clusters": w.cluster.tolist(),
         "search_scenarios": np.flatnonzero(w.search).tolist(),
@@ -389,13 +407,14 @@ def _chunk(rng, w: _World, n, hist_item, hist_cat, hist_sc, clicks, repeat_click
         aspect = w.aspect_weight[s]
         logit = (w.b0 + w.bias_s[s] + glob + w.scenario_weight * spec + aspect[:, 0] * interest
                  + aspect[:, 1] * same_cat + rep_eff
-                 + 0.8 * w.T[z, cat] + 1.2 * qmatch - 0.25 * w.price[item])
+                 + 0.8 * w.T[z, cat] + 1.2 * qmatch - 0.25 * w.price[item] + w.item_scenario * w.xi[item, s])
         p = 1.0 / (1.0 + np.exp(-logit))
         y = rng.random(m) < p
         if headroom is not None:
             mean_taste = (w.a_u[u] * (w.traffic @ w.m) * w.b_i[item]).sum(1) / d
+            item_gap = w.item_scenario * (w.xi[item] @ w.traffic - w.xi[item, s])
             for name, value in _without_premises(w, s, logit, aspect, att, mean, w_h, hi > 0, cos, cat_match,
-                                                 w.scenario_weight * (mean_taste - spec)).items():
+                                                 w.scenario_weight * (mean_taste - spec), item_gap).items():
                 headroom[name][idx] = value
         # write the rows
         o = out
