@@ -207,6 +207,11 @@ def base_row(d: dict, base: str, k: int) -> Optional[str]:
     return max(run, key=lambda n: rows[n]["aggregate"][f"hr@{k}"], default=None)
 
 
+def _value(run: dict, metric: str, scenario: str) -> float:
+    """A run's ``metric`` over all queries (``scenario`` "all") or in one scenario."""
+    return run[metric] if scenario == "all" else run["scenarios"][scenario][metric]
+
+
 def relative_gains(d: dict, base: str, k: int) -> dict:
     """``{row: {metric: {scenario | "all": (mean, std, n)}}}``: each row's ``metric / base - 1`` in %, paired by
     seed over the seeds both rows finished (``n``); the base itself and rows sharing no seed are left out."""
@@ -222,8 +227,8 @@ def relative_gains(d: dict, base: str, k: int) -> dict:
         for metric in (f"hr@{k}", f"ndcg@{k}"):
             cells = {}
             for s in d["scenarios"] + ["all"]:
-                get = (lambda r: r[metric]) if s == "all" else (lambda r, s=s: r["scenarios"][s][metric])
-                gains = [100.0 * (get(m) / get(b) - 1.0) if get(b) > 0 else float("nan") for m, b in pairs]
+                value = [(_value(m, metric, s), _value(b, metric, s)) for m, b in pairs]
+                gains = [100.0 * (m / b - 1.0) if b > 0 else float("nan") for m, b in value]
                 cells[s] = (*_mean_std(gains), len(pairs))
             out[name][metric] = cells
     return out
