@@ -32,8 +32,7 @@ def _column_kinds(schema: Schema) -> Dict[str, str]:
         if f.kind == "numeric":
             kinds[f.name] = "float"
         else:
-            hashed = schema.table_owner(f).hashed
-            base = "bytes" if hashed else "int"
+            base = "bytes" if schema.raw_dtype(f) == "string" else "int"
             kinds[f.name] = base + "_seq" if f.kind == "sequence" else base
     for name, dtype in schema.extras.items():
         kinds[name] = {"int64": "int", "float32": "float", "string": "bytes"}[dtype]

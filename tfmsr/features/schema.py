@@ -9,6 +9,7 @@ A dataset directory carries ``schema.yaml``::
       - {name: query, kind: categorical, group: query, hash_buckets: 100000}   # raw strings, hashed
       - {name: price, kind: numeric, group: item, mean: 3.1, std: 1.2}
       - {name: hist_item_id, kind: sequence, group: behavior, share: item_id, length: 30}
+      - {name: shop, kind: categorical, group: item, vocab_size: 501, vocab: vocab/shop.txt, raw: string}
     extras: {oracle_p: float32, latent_scenario: int64}        # carried through, never model inputs
     oracle: oracle_p                                            # extra holding the true click probability
 
@@ -18,6 +19,13 @@ and hashes them into 1 .. hash_buckets-1. A sequence shares the table of the fea
 (behaviour item ids share ``item_id``) and is stored most recent first, truncated/padded to ``length``.
 A sequence of behaviour scenarios stores scenario index + 1 (0 is padding) with vocab_size S + 1.
 Models ask for groups, never for names.
+
+Raw values (``tfmsr data ingest``): a table with ``vocab`` (a file of the dataset, relative to the schema's
+folder; line n holds the raw value of id n) stores **raw values** of dtype ``raw`` (``string`` or ``int64``)
+in the shards, and the graph maps them to ids with a lookup built from that file (``vocab_size`` = lines + 1).
+Tables without ``vocab`` store ids, as every dataset written before ingestion does; both kinds may mix in
+one schema. In an int64 vocabulary the raw value 0 (like the empty string) means missing: id 0.
+
 """
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ from typing import Dict, List, Optional
 import yaml
 
 KINDS = ("categorical", "numeric", "sequence")
+RAW_DTYPES = ("string", "int64")
 GROUPS = ("user", "item", "behavior", "context", "query", "scenario")
 EXTRA_DTYPES = ("int64", "float32", "string")
 
@@ -49,6 +58,8 @@ class Feature:
     length: Optional[int] = None
     mean: float = 0.0
     std: float = 1.0
+    vocab: Optional[str] = None
+    raw: Optional[str] = None
 
     @property
     def hashed(self) -> bool:
@@ -101,6 +112,27 @@ class Schema:
         """The feature whose vocabulary/dim define ``f``'s embedding table."""
         return self.feature(f.share) if f.share else f
 
+    def vocab_path(self, f: Feature) -> Optional[str]:
+        """The vocabulary file of ``f``'s table (resolved against the schema's folder), or None."""
+        owner = self.table_owner(f)
+        if not owner.vocab:
+            return None
+        return os.path.join(os.path.dirname(os.path.abspath(self.source)), owner.vocab)
+
+    def raw_dtype(self, f: Feature) -> str:
+        """How ``f`` is stored in the shards and taken by servables: 'float32' (numeric), 'string'
+        (hashed, or a string vocabulary), 'int64' (ids, or an int64 vocabulary)."""
+        if f.kind == "numeric":
+            return "float32"
+        owner = self.table_owner(f)
+        if owner.hashed:
+            return "string"
+        return owner.raw if owner.vocab else "int64"
+
+    def vocab_files(self) -> Dict[str, str]:
+        """Table name -> resolved vocabulary file, for the tables that map raw values."""
+        return {name: self.vocab_path(f) for name, f in self.tables().items() if f.vocab}
+
     def tables(self) -> Dict[str, Feature]:
         """Embedding tables by name -> the feature that owns each (categorical and sequence only)."""
         return {f.name: f for f in self.features if f.kind != "numeric" and not f.share}
@@ -110,7 +142,7 @@ class Schema:
         feats = []
         for f in self.features:
             d = {"name": f.name, "kind": f.kind, "group": f.group}
-            for key in ("vocab_size", "hash_buckets", "share", "length"):
+            for key in ("vocab_size", "hash_buckets", "share", "length", "vocab", "raw"):
                 if getattr(f, key) is not None:
                     d[key] = getattr(f, key)
             if f.kind != "numeric" and not f.share:
@@ -245,6 +277,13 @@ class Schema:
                     fail(f"{where}: vocabulary size must be an integer >= 2 (id 0 is padding/OOV), got {size!r}")
                 if not isinstance(f.dim, int) or f.dim < 1:
                     fail(f"{where}: dim must be a positive integer, got {f.dim!r}")
+            if f.vocab is not None or f.raw is not None:
+                if f.share or f.hash_buckets is not None or not isinstance(f.vocab, str) or not f.vocab:
+                    fail(f"{where}: 'vocab' (a file of raw values) goes on a table with vocab_size, "
+                         "not on a shared or hashed one")
+                if f.raw not in RAW_DTYPES:
+                    fail(f"{where}: a vocabulary table needs 'raw' (the raw values' dtype: "
+                         f"{' or '.join(RAW_DTYPES)}), got {f.raw!r}")
             if f.kind == "sequence":
                 if not isinstance(f.length, int) or f.length < 1:
                     fail(f"{where}: a sequence needs 'length' (a positive integer), got {f.length!r}")
