@@ -71,7 +71,7 @@ def test_each_mistake_has_one_clear_error(tmp_path, path, value, message):
 
 
 def test_unknown_feature_key_and_unreadable_file(tmp_path):
-    raw = broken(("features", 0, "vocab"), 10)
+    raw = broken(("features", 0, "vocabulary"), 10)
     with pytest.raises(SchemaError, match="feature 'user_id': unknown key"):
         Schema.from_dict(raw, source="x.yaml")
     with pytest.raises(SchemaError, match="cannot read the schema"):
