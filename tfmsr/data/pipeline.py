@@ -7,6 +7,12 @@ The model sees a dict of dense tensors (DESIGN section 3): categorical int64 ``[
 string ``[B]``), numeric float32 ``[B]``, sequences int64 ``[B, L]`` padded with 0 (most recent first,
 truncated to L), the scenario int64 ``[B]``, extras as declared; the label is float32 ``[B]``.
 
+Raw values: a table with a vocabulary file (``vocab``/``raw`` in the schema) is stored as raw values
+(string or int64, ``Schema.raw_dtype``) and the parser maps them to ids with ``tfmsr.features.lookup``
+(missing -> 0, unknown -> -1, which the model clamps to 0 and counts as OOV; sequences are mapped on
+their ragged values, then padded with 0), so every consumer of the parser sees ids as before. Tables
+without a vocabulary are stored as ids and parsed unchanged.
+
 Bad data stops the run with the file and the field: ``read_errors`` wraps any loop over a dataset and,
 when TensorFlow reports a parse or read error (which never names the file), re-reads the shards one by
 one to find the file, the record and the field, and raises one ``DataError``.
@@ -22,6 +28,7 @@ from typing import Dict, List, Optional, Sequence
 import tensorflow as tf
 
 from tfmsr.features import Schema
+from tfmsr.features.lookup import VocabLookups, shared_lookups
 
 
 class DataError(ValueError):
@@ -29,6 +36,7 @@ class DataError(ValueError):
 
 
 _TF_DTYPES = {"int64": tf.int64, "float32": tf.float32, "string": tf.string}
+_LIST_OF = {tf.int64: "int64_list", tf.float32: "float_list", tf.string: "bytes_list"}
 
 
 def split_files(data_dir: str, split: str) -> List[str]:
@@ -59,7 +67,7 @@ def parse_spec(schema: Schema, inputs_only: bool = False, with_scenario: bool = 
         if f.kind == "numeric":
             spec[f.name] = tf.io.FixedLenFeature([], tf.float32)
             continue
-        dtype = tf.string if schema.table_owner(f).hashed else tf.int64
+        dtype = _TF_DTYPES[schema.raw_dtype(f)]
         if f.kind == "categorical":
             spec[f.name] = tf.io.FixedLenFeature([], dtype)
         else:  # an absent or empty sequence is a user without behaviour
@@ -70,16 +78,27 @@ def parse_spec(schema: Schema, inputs_only: bool = False, with_scenario: bool = 
 
 
 def make_parser(schema: Schema, with_labels: bool = True, inputs_only: bool = False,
-                with_scenario: bool = True, spec: Optional[Dict[str, object]] = None):
+                with_scenario: bool = True, spec: Optional[Dict[str, object]] = None,
+                lookups: Optional[VocabLookups] = None, raw: bool = False):
     """Batched serialized examples ``[B]`` -> (features dict, label ``[B]``); with ``inputs_only``
     (serving: no labels or extras required) or ``with_labels=False`` -> the features dict only.
-    ``spec`` replaces ``parse_spec`` (sequences are still padded to their length)."""
+    ``spec`` replaces ``parse_spec`` (sequences are still padded to their length). Raw values of the
+    vocabulary tables are mapped to ids by ``lookups`` (default: ``shared_lookups(schema)``, created
+    now, outside the parse function); ``raw=True`` keeps them raw (a SavedModel maps them itself)."""
     with_labels = with_labels and not inputs_only
     spec = spec or parse_spec(schema, inputs_only=inputs_only, with_scenario=with_scenario)
     seqs = {f.name: f for f in schema.of_kind("sequence") if f.name in spec}
+    if raw:
+        lookups = None
+    elif lookups is None and schema.vocab_files():
+        lookups = shared_lookups(schema)
+    mapped = {name: lookups.of(name) for name in spec} if lookups else {}
+    mapped = {name: lookup for name, lookup in mapped.items() if lookup is not None}
 
     def parse(serialized):
         parsed = tf.io.parse_example(serialized, spec)
+        for name, lookup in mapped.items():  # raw values -> ids (sequences: the ragged values)
+            parsed[name] = lookup(parsed[name])
         for name, f in seqs.items():
             rag = parsed[name]
             pad = "" if rag.dtype == tf.string else 0
@@ -146,7 +165,8 @@ _FIELD_RES = (re.compile(r"Key: ([^\s,]+?)[.,]?\s"), re.compile(r"Feature: ([^\s
 
 
 def check_first_record(path: str, schema: Schema) -> None:
-    """Cheap pre-flight on one shard: readable, and its first record has every column of the schema."""
+    """Cheap pre-flight on one shard: readable, and its first record has every column of the schema, each
+    stored as the schema's dtype (e.g. raw strings, not ids, for a string vocabulary)."""
     compression = compression_of([path])
     try:
         first = next(iter(tf.data.TFRecordDataset(path, compression_type=compression).take(1)), None)
@@ -156,9 +176,15 @@ def check_first_record(path: str, schema: Schema) -> None:
         return
     ex = tf.train.Example.FromString(first.numpy())
     have = ex.features.feature
-    for name in parse_spec(schema):
+    for name, want in parse_spec(schema).items():
         if name not in have:
             raise DataError(f"{path}: record 0 has no feature '{name}' required by {schema.source}")
+        kind = have[name].WhichOneof("kind")
+        if kind is not None and kind != _LIST_OF[want.dtype] and len(getattr(have[name], kind).value):
+            vocab = [schema.table_owner(f).vocab for f in schema.features if f.name == name and schema.vocab_path(f)]
+            what = f"raw values of the vocabulary {vocab[0]}" if vocab else "values"
+            raise DataError(f"{path}: record 0 has feature '{name}' as {kind}, but {schema.source} declares "
+                            f"{want.dtype.name} {what} ({_LIST_OF[want.dtype]})")
 
 
 def diagnose(files: Sequence[str], schema: Schema, spec=None) -> Optional[DataError]:
@@ -193,9 +219,12 @@ def _parse_error(path: str, row: int, err, schema: Schema) -> DataError:
         what = f"is missing required feature '{field}'"
     else:
         want = parse_spec(schema).get(field)
-        dtype = getattr(want, "dtype", None)
+        expected = getattr(getattr(want, "dtype", None), "name", "?")
+        if any(f.name == field and schema.vocab_path(f) for f in schema.features):
+            owner = schema.table_owner(schema.feature(field))
+            expected += f": raw values of the vocabulary {owner.vocab}"
         detail = msg.split("}}")[-1].split("[Op:")[0].strip()
-        what = f"has feature '{field}' of the wrong type or shape (expected {getattr(dtype, 'name', '?')}; {detail})"
+        what = f"has feature '{field}' of the wrong type or shape (expected {expected}; {detail})"
     return DataError(f"{path}: record {row} {what}")
 
 
