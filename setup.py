@@ -19,8 +19,8 @@ setup(
     name="tfmsr",
     version="0.1.0",
     description="Industrial TensorFlow/Keras trainer for multi-scenario recommendation",
-    packages=find_packages(include=["tfmsr", "tfmsr.*", "pipelines", "pipelines.*"]),
-    package_data={"tfmsr": ["configs/*.yaml"]},
+    packages=find_packages(include=["tfmsr", "tfmsr.*"]),  # pipelines/ are scripts of a checkout, not shipped
+    package_data={"tfmsr": ["configs/*.yaml", "configs/data/*.yaml"]},  # `--config NAME` finds them installed
     python_requires=">=3.9,<3.13",
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest", "pytest-timeout"]},

@@ -1,1 +1,1 @@
-"""Runnable jobs: the demo, dataset converters, cluster launcher and benchmark runners."""
+"""Runnable jobs (not part of the installed package): benchmark and paper-table runners, figures, k8s templates."""

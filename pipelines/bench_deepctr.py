@@ -7,7 +7,7 @@ The shape is the public baseline's (issue 3): 200,000 rows, batch 1024, categori
 (``price``), behaviour sequences of item and cate ids of length 30 sharing the item/cate tables;
 MLP 256-128-64; MMoE 4 experts 256-128, towers 64 (one per scenario: deepctr gets 4 binary tasks).
 
-tfmsr reads TFRecord shards through its input pipeline (``tfmsr.bench.bench_train``); deepctr is fed the
+tfmsr reads TFRecord shards through its input pipeline (``tfmsr.ranking.bench.bench_train``); deepctr is fed the
 same rows from in-memory NumPy (its usual ``model.fit(dict_of_arrays)``), in its own virtualenv (deepctr
 pins an older TensorFlow and is not a tfmsr dependency), by ``pipelines/bench_deepctr_side.py``. Both time
 ``steps`` steps of ``model.fit`` after ``warmup`` steps. Prints one JSON object: both figures per model and
@@ -80,9 +80,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
 
-    from tfmsr.bench import bench_train
-    from tfmsr.config import load_config
     from tfmsr.data.tfrecord import DatasetWriter
+    from tfmsr.ranking.bench import bench_train
+    from tfmsr.ranking.config import load_config
 
     with tempfile.TemporaryDirectory(prefix="bench_deepctr-") as tmp:
         data, arrays = os.path.join(tmp, "data"), os.path.join(tmp, "rows.npz")

@@ -9,8 +9,8 @@
 * **Config** of a spec: ``configs/<name>.yaml`` when it exists, else the model's defaults; then the budget
   every row shares (``--epochs``, ``--batch``, ``--patience`` = early stopping on validation AUC, ``--set``
   pass-through), ``train.seed = <seed>``, then the spec's params.
-* **Runs** go to ``OUT/runs/<spec>/seed<k>`` (``tfmsr.training.trainer.train``, then
-  ``tfmsr.training.evaluation.evaluate`` writes ``metrics.json`` there). A run whose ``metrics.json`` exists
+* **Runs** go to ``OUT/runs/<spec>/seed<k>`` (``tfmsr.ranking.train.train``, then
+  ``tfmsr.ranking.evaluate.evaluate`` writes ``metrics.json`` there). A run whose ``metrics.json`` exists
   is reused, a trained run without it is only evaluated, an interrupted one resumes from its backup; so a
   long table is resumed by re-running the same command. A run made with a different config is an error
   (``--overwrite`` retrains every run). ``--only-existing`` trains nothing: it tabulates the runs already
@@ -46,7 +46,8 @@ import numpy as np
 
 import tfmsr  # noqa: F401  (pins Keras 2 before TensorFlow loads)
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+from tfmsr.core.config import PACKAGED as CONFIGS  # noqa: E402  (the configs shipped in the package)
+
 POPULARITY, ORACLE = "popularity", "oracle"
 NO_EFFECT = {"train.log_every", "train.checkpoint_every"}  # config keys that do not change a run's result
 
@@ -91,7 +92,7 @@ def parse_spec(spec: str) -> Tuple[str, List[str]]:
 
 def spec_params(spec: str) -> dict:
     """The spec's model params with their YAML values: ``"dnn:hidden=[8]"`` -> ``{"hidden": [8]}``."""
-    from tfmsr.config import parse_overrides
+    from tfmsr.core.config import parse_overrides
 
     return parse_overrides(parse_spec(spec)[1])
 
@@ -106,7 +107,7 @@ def run_dir(out: str, spec: str, seed: int) -> str:
 
 def spec_config(spec: str, seed: int, args) -> dict:
     """The config of one row and seed: configs/<name>.yaml (or defaults) + shared budget + spec params."""
-    from tfmsr.config import load_config
+    from tfmsr.ranking.config import load_config
 
     name, params = parse_spec(spec)
     budget = [f"train.epochs={args.epochs}", f"data.batch_size={args.batch}",
@@ -166,8 +167,8 @@ def check_reusable(model_dir: str, cfg: dict, data_dir: str) -> None:
 
 def run_one(spec: str, seed: int, args, scenarios: List[str]) -> dict:
     """Train (or reuse) and evaluate one spec x seed; returns its per-seed record."""
-    from tfmsr.training.evaluation import evaluate
-    from tfmsr.training.trainer import train
+    from tfmsr.ranking.evaluate import evaluate
+    from tfmsr.ranking.train import train
 
     cfg = spec_config(spec, seed, args)
     model_dir = run_dir(args.out, spec, seed)
@@ -234,7 +235,7 @@ def popularity_scores(train_items, train_labels, items, smoothing: float) -> np.
 
 def reference_rows(args, schema, scenarios: List[str]) -> Dict[str, dict]:
     """The ``popularity`` row (and ``oracle`` when the schema has one), evaluated on the test split."""
-    from tfmsr import metrics
+    from tfmsr.core import metrics
 
     item = item_feature(schema)
     train = read_columns(args.data, "train", schema, [item])
@@ -268,7 +269,7 @@ def _std(values: np.ndarray) -> float:
 
 def aggregate(rows: Dict[str, dict], columns: List[str], base: str) -> None:
     """Adds mean / std / rela_impr / rela_impr_std (per column) and examples_per_sec to every row."""
-    from tfmsr.metrics import rela_impr
+    from tfmsr.core.metrics import rela_impr
 
     for row in rows.values():
         vals = {c: np.array([r["metrics"][c] for r in row["runs"]], np.float64) for c in columns}
@@ -406,7 +407,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     from tfmsr.features import Schema
-    from tfmsr.models import available
+    from tfmsr.ranking.models import available
 
     args = parse_args(argv)
     schema = Schema.load(os.path.join(args.data, "schema.yaml"))
@@ -488,9 +489,9 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    from tfmsr.core.errors import ConfigError
     from tfmsr.data.pipeline import DataError
     from tfmsr.features import SchemaError
-    from tfmsr.models.base import ConfigError
 
     try:
         res = main()

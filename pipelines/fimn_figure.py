@@ -40,10 +40,10 @@ NEEDED = ("intensity", "contribution", "mutual", "theta")
 
 def train_or_load(model_dir: str, data_dir: str, config: Optional[str] = None, overrides=(), log=print):
     """The finished run in ``model_dir``, training it first on ``data_dir`` when there is none."""
-    from tfmsr.config import load_config
     from tfmsr.features import Schema
-    from tfmsr.training.evaluation import load_trained
-    from tfmsr.training.trainer import train
+    from tfmsr.ranking.config import load_config
+    from tfmsr.ranking.evaluate import load_trained
+    from tfmsr.ranking.train import train
 
     if not os.path.exists(os.path.join(model_dir, "final")):
         cfg = load_config(config, overrides) if config else load_config(raw={"model": {"name": "fimn"}},
@@ -278,8 +278,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    from tfmsr.core.errors import ConfigError
     from tfmsr.features import SchemaError
-    from tfmsr.models.base import ConfigError
 
     try:
         main()

@@ -186,7 +186,7 @@ def run(model_dir: str, data_dir: str, out: str, split: str = "test", assignment
         features: Optional[Sequence[str]] = None, truth: Optional[str] = None, batch: int = 4096) -> dict:
     from tfmsr.data.pipeline import split_files
     from tfmsr.features import Schema
-    from tfmsr.training.evaluation import load_trained
+    from tfmsr.ranking.evaluate import load_trained
 
     schema = Schema.load(os.path.join(data_dir, "schema.yaml"))
     model, _, run_cfg = load_trained(model_dir, schema)
@@ -251,9 +251,9 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    from tfmsr.core.errors import ConfigError
     from tfmsr.data.pipeline import DataError
     from tfmsr.features import SchemaError
-    from tfmsr.models.base import ConfigError
 
     try:
         main()

@@ -45,7 +45,8 @@ import numpy as np
 
 import tfmsr  # noqa: F401  (pins Keras 2 before TensorFlow loads)
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+from tfmsr.core.config import PACKAGED as CONFIGS  # noqa: E402  (the configs shipped in the package)
+
 POPULARITY = "popularity"
 SOFTMAX = "model.params.finetune_loss=softmax"
 # engineering for small data (not in the paper; see tfmsr/retrieval/sass.py): 2 ML-SAT layers with a 64-wide first
@@ -113,7 +114,7 @@ def row_config(config: str, overrides: List[str], shared: List[str], seed: int, 
 def _comparable(cfg: dict) -> dict:
     """The config without the keys that do not change a run's numbers; model params completed with the
     model's current defaults, so a run from before a new switch (whose default is the old behaviour) is reused."""
-    from tfmsr.retrieval.base import get_class
+    from tfmsr.retrieval.models.base import get_class
 
     c = json.loads(json.dumps(cfg))
     c["model"]["params"] = get_class(c["model"]["name"]).resolve(c["model"].get("params") or {})
@@ -130,9 +131,9 @@ def not_applicable(cfg: dict, pairs: Optional[dict], schema=None) -> Optional[st
 
     E.g. on MovieLens (scenario = the user's age group) no user is in two scenarios, so "Single Item
     Embedding", which has no item-side task, has nothing to pre-train on."""
-    from tfmsr.models.base import ConfigError
-    from tfmsr.retrieval.base import build
-    from tfmsr.retrieval.trainer import pretrain_sides
+    from tfmsr.core.errors import ConfigError
+    from tfmsr.retrieval.models.base import build
+    from tfmsr.retrieval.train import pretrain_sides
 
     if schema is not None:
         try:
@@ -152,7 +153,7 @@ def run_one(cfg: dict, data, data_dir: str, run_dir: str, overwrite: bool, log) 
     """Train + evaluate one row/seed (or reuse its metrics); returns the metrics with ``seconds``."""
     import yaml
 
-    from tfmsr.retrieval.trainer import train
+    from tfmsr.retrieval.train import train
 
     metrics_path = os.path.join(run_dir, "metrics.json")
     if os.path.exists(metrics_path) and not overwrite:
@@ -320,11 +321,11 @@ def main(argv=None) -> dict:
                     help="row the relative gains are against (default: the best DSSM / YoutubeDNN Table 2 row run)")
     args = ap.parse_args(argv)
 
+    from tfmsr.core.progress import log
     from tfmsr.retrieval.data import RetrievalData
-    from tfmsr.retrieval.evaluation import PopularityScorer, evaluate
+    from tfmsr.retrieval.evaluate import PopularityScorer, evaluate
     from tfmsr.retrieval.pairs import read_summary, write_pairs
-    from tfmsr.retrieval.trainer import query_splits
-    from tfmsr.utils import log
+    from tfmsr.retrieval.train import query_splits
 
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     wanted = [v for v in VARIANTS if args.variants == "all" or v[0] in args.variants.split(",")]

@@ -172,7 +172,7 @@ def main(argv=None) -> dict:
 
     from tfmsr.data.pipeline import split_files
     from tfmsr.features import Schema
-    from tfmsr.training.evaluation import load_trained
+    from tfmsr.ranking.evaluate import load_trained
 
     schema = Schema.load(os.path.join(args.data, "schema.yaml"))
     model, _, run = load_trained(args.model_dir, schema)

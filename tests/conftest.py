@@ -29,7 +29,7 @@ def synth_schema(synth_dir):
 
 def quick_config(model="dnn", params=None, **train):
     """A config that trains in seconds: small batch, one epoch, no early stopping."""
-    from tfmsr.config import load_config
+    from tfmsr.ranking.config import load_config
 
     t = {"epochs": 1, "log_every": 1000, "checkpoint_every": 1000, "early_stopping_patience": 0}
     t.update(train)

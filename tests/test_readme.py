@@ -21,7 +21,7 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
 
 
 def test_readme_lists_every_registered_model():
-    from tfmsr.models import available
+    from tfmsr.ranking.models import available
 
     text = open(os.path.join(ROOT, "README.md")).read()
     listed = set(re.findall(r"^\| `([a-z0-9_]+)` \|", text, flags=re.M))

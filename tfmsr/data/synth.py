@@ -90,7 +90,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tfmsr.data.tfrecord import DatasetWriter
-from tfmsr.utils import ProgressLine
+from tfmsr.core.progress import ProgressLine
 from tfmsr.features import Feature, Scenario, Schema
 
 LATENT_SCENARIOS = 4
@@ -226,7 +226,7 @@ def _without_premises(w: _World, s, logit, aspect, att, mean, w_h, real, cos, ca
 
 def _headroom(collected: dict) -> dict:
     """Test AUC (overall and per scenario) of the oracle logit and of each logit without a premise."""
-    from tfmsr.metrics import auc, scenario_auc
+    from tfmsr.core.metrics import auc, scenario_auc
 
     cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in collected.items()}
     y, s = cat.pop("click"), cat.pop("scenario").astype(np.int64)

@@ -9,17 +9,15 @@
     eval:     {k: 20, split: test}
 
 Keys are checked against ``DEFAULTS`` and model params against the retrieval model's defaults, so a typo
-is an error naming the file and the key (the same rules as ``tfmsr.config`` for ranking models).
+is an error naming the file and the key (the same rules as ``tfmsr.ranking.config`` for ranking models).
 """
 from __future__ import annotations
 
 from typing import Iterable, Optional
 
-import yaml
-
-from tfmsr.config import check_values, read_config
-from tfmsr.models.base import ConfigError
-from tfmsr.retrieval.base import get_class
+from tfmsr.core.config import check_values, read_config
+from tfmsr.core.errors import ConfigError
+from tfmsr.retrieval.models.base import get_class
 
 DEFAULTS = {
     "model": {"name": "sass", "params": {}},
@@ -70,7 +68,3 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = (), raw: 
                                              "pretrain.epochs", "train.epochs", "eval.k"],
                  positive_numbers=["pretrain.learning_rate", "train.learning_rate"])
     return cfg
-
-
-def dump(cfg: dict) -> str:
-    return yaml.safe_dump(cfg, sort_keys=False)

@@ -10,13 +10,13 @@
                                   product; not written with ``k = 0``)
       models.config               TF Serving model_config_list of every servable
 
-It is ``tfmsr export`` (``tfmsr.export.export``) for a retrieval run, and writes the ranking export's
-layout through the same code (``tfmsr.export.saved_model.write_export``): integer versions never
+It is ``tfmsr export`` (``tfmsr.cli.export``) for a retrieval run, and writes the ranking export's
+layout through the same code (``tfmsr.serving.writer.write_export``): integer versions never
 overwritten, everything under ``OUT/.tmp-export-*`` first, ``assets/schema.yaml``, ``assets/export.json``
 and TF Serving warm-up requests in every version, stock TensorFlow ops only (loads with
 ``tf.saved_model.load`` in a process that never imports tfmsr).
 
-Every servable has two signatures (``tfmsr.export.signatures.feature_signatures``): ``serving_default``,
+Every servable has two signatures (``tfmsr.serving.signatures.feature_signatures``): ``serving_default``,
 one named tensor per raw feature (batch-major; categorical int64 ``[None]``, numeric float32 ``[None]``,
 sequences int64 ``[None, None]`` most recent first, right-padded with 0, fitted to the schema length in
 the graph), and ``examples``, serialized ``tf.Example`` s (a training record works: features the tower
@@ -39,11 +39,11 @@ import tensorflow as tf
 import tfmsr  # noqa: F401  (Keras 2 before tensorflow_recommenders)
 import tensorflow_recommenders as tfrs  # noqa: E402
 
-from tfmsr.export.saved_model import ServableSpec, new_version, servable_meta, write_export  # noqa: E402
-from tfmsr.export.signatures import feature_signatures, servable_names  # noqa: E402
-from tfmsr.models.base import ConfigError  # noqa: E402
+from tfmsr.core.errors import ConfigError  # noqa: E402
 from tfmsr.retrieval.data import RetrievalData  # noqa: E402
-from tfmsr.retrieval.evaluation import ModelScorer  # noqa: E402
+from tfmsr.retrieval.evaluate import ModelScorer  # noqa: E402
+from tfmsr.serving.signatures import feature_signatures, servable_names  # noqa: E402
+from tfmsr.serving.writer import ServableSpec, new_version, servable_meta, write_export  # noqa: E402
 
 
 def _inputs(sigs) -> dict:
@@ -56,7 +56,7 @@ def export_retrieval(model_dir: str, out: str, version: Optional[int] = None, k:
     """Export the finished retrieval run in ``model_dir`` to ``out`` (layout in the module docstring).
     ``k``: items of the top-K servables (default the run's ``eval.k``; 0: none); ``scenarios``: the
     scenario names to export (default all)."""
-    from tfmsr.retrieval.trainer import load_trained
+    from tfmsr.retrieval.train import load_trained
 
     start = time.time()
     out = os.path.normpath(out)

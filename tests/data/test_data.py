@@ -1,0 +1,220 @@
+"""TFRecord encoding, the input pipeline, and bad data (file + field in one clear error)."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfmsr.data import wire
+from tfmsr.data.pipeline import DataError, check_first_record, make_dataset, read_errors, split_files
+from tfmsr.data.tfrecord import DatasetWriter, encode_examples
+from tfmsr.features import Schema
+
+SCHEMA = Schema.from_dict({
+    "scenario": {"name": "scenario", "values": ["a", "b", "c"]},
+    "labels": ["click"],
+    "features": [
+        {"name": "user_id", "kind": "categorical", "group": "user", "vocab_size": 50},
+        {"name": "item_id", "kind": "categorical", "group": "item", "vocab_size": 40},
+        {"name": "query", "kind": "categorical", "group": "query", "hash_buckets": 64},
+        {"name": "price", "kind": "numeric", "group": "item"},
+        {"name": "hist_item_id", "kind": "sequence", "group": "behavior", "share": "item_id", "length": 4},
+        {"name": "hist_query", "kind": "sequence", "group": "behavior", "share": "query", "length": 3},
+    ],
+    "extras": {"oracle_p": "float32", "tag": "string", "big": "int64"},
+    "oracle": "oracle_p",
+}, source="test")
+
+
+def columns(n, seed=0):
+    rng = np.random.default_rng(seed)
+    hist = rng.integers(0, 40, (n, 6))
+    hist[:, 3:] *= rng.integers(0, 2, (n, 1))  # some rows shorter
+    return {
+        "scenario": rng.integers(0, 3, n), "click": rng.integers(0, 2, n).astype(np.float32),
+        "user_id": rng.integers(1, 60, n),  # some ids >= vocab 50: OOV
+        "item_id": rng.integers(1, 40, n), "query": [f"q{i % 7}" for i in range(n)],
+        "price": rng.normal(size=n).astype(np.float32), "hist_item_id": hist,
+        "hist_query": [[f"q{j}" for j in range(i % 5)] for i in range(n)],
+        "oracle_p": rng.random(n).astype(np.float32), "tag": [f"t{i}".encode() for i in range(n)],
+        "big": rng.integers(-2**62, 2**62, n),
+    }
+
+
+def test_wire_encoder_matches_protobuf():
+    cols = columns(200)
+    for i, rec in enumerate(encode_examples(cols, SCHEMA)):
+        f = tf.train.Example.FromString(rec).features.feature
+        assert list(f["user_id"].int64_list.value) == [cols["user_id"][i]]
+        assert list(f["big"].int64_list.value) == [cols["big"][i]]  # negative and 9-byte varints
+        assert f["price"].float_list.value[0] == cols["price"][i]
+        assert list(f["hist_item_id"].int64_list.value) == [v for v in cols["hist_item_id"][i] if v]
+        assert [v.decode() for v in f["hist_query"].bytes_list.value] == cols["hist_query"][i]
+        assert f["tag"].bytes_list.value[0] == cols["tag"][i]
+        assert f["query"].bytes_list.value[0] == cols["query"][i].encode()
+        assert len(f) == 11
+
+
+def test_varints_edge_values():
+    values = np.array([0, 1, 127, 128, 16383, 16384, 2**35, 2**63 - 1, -1, -(2**63)])
+    buf, off = wire.varints(values)
+    msg = tf.train.Int64List()
+    for i, v in enumerate(values):
+        payload = buf[off[i]:off[i + 1]].tobytes()
+        msg.ParseFromString(bytes([0x08]) + payload)  # field 1 varint (unpacked)
+        assert msg.value[-1] == v
+
+
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("d") / "data")
+    with DatasetWriter(out, SCHEMA, rows_per_shard=100) as w:
+        w.write("train", columns(450, seed=1))
+        w.write("valid", columns(120, seed=2))
+    return out
+
+
+def test_writer_layout_and_stats(small_dir):
+    assert sorted(os.listdir(small_dir)) == ["schema.yaml", "stats.json", "train", "valid"]
+    assert len(split_files(small_dir, "train")) == 5
+    assert not any(".tmp-" in name for name in os.listdir(os.path.dirname(small_dir)))
+    import json
+
+    stats = json.load(open(os.path.join(small_dir, "stats.json")))
+    train = stats["splits"]["train"]
+    assert train["rows"] == 450 and sum(s["rows"] for s in train["scenarios"].values()) == 450
+    assert 0 < train["scenarios"]["a"]["repeat_rate"] < 1
+
+
+def test_writer_leaves_nothing_on_failure(tmp_path):
+    out = str(tmp_path / "data")
+    bad = columns(10)
+    del bad["price"]
+    with pytest.raises(KeyError, match="price"):
+        with DatasetWriter(out, SCHEMA) as w:
+            w.write("train", columns(10))
+            w.write("train", bad)
+    assert os.listdir(tmp_path) == []
+
+
+def test_parsed_batch_is_dense_and_padded(small_dir):
+    files = split_files(small_dir, "train")
+    x, y = next(iter(make_dataset(files, SCHEMA, 450, training=False)))
+    cols = columns(450, seed=1)
+    np.testing.assert_array_equal(x["user_id"].numpy(), cols["user_id"])
+    np.testing.assert_array_equal(y.numpy(), cols["click"])
+    assert x["hist_item_id"].shape == (450, 4) and x["hist_item_id"].dtype == tf.int64
+    kept = [[v for v in row if v][:4] for row in cols["hist_item_id"]]
+    expect = np.array([k + [0] * (4 - len(k)) for k in kept])
+    np.testing.assert_array_equal(x["hist_item_id"].numpy(), expect)  # most recent first, truncated
+    assert x["hist_query"].shape == (450, 3) and x["hist_query"].dtype == tf.string
+    assert x["hist_query"].numpy()[0, 0] == b""  # row 0 has an empty sequence
+
+
+def test_training_stream_is_deterministic_and_skip_resumes_exactly(small_dir):
+    files = split_files(small_dir, "train")
+
+    def batches(skip, n):
+        ds = make_dataset(files, SCHEMA, 64, training=True, seed=3, shuffle_buffer=200, skip_batches=skip)
+        return [x["user_id"].numpy() for x, _ in ds.take(n)]
+
+    full = batches(0, 12)  # crosses an epoch boundary (8 batches per epoch)
+    resumed = batches(5, 7)
+    for a, b in zip(full[5:], resumed):
+        np.testing.assert_array_equal(a, b)
+    assert not all(np.array_equal(a, b) for a, b in zip(full[:8], full[8:]))  # reshuffled each epoch
+
+
+def test_input_context_gives_disjoint_shards(small_dir):
+    files = split_files(small_dir, "train")
+    seen = []
+    for pid in range(2):
+        ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pid)
+        ds = make_dataset(files, SCHEMA, 1000, training=False, input_context=ctx)
+        seen.append(np.concatenate([x["user_id"].numpy() for x, _ in ds]))
+    assert len(seen[0]) + len(seen[1]) == 450 and len(seen[0]) == 250  # shards 0,2,4 (100+100+50) and 1,3
+
+
+def test_oov_ids_map_to_zero_and_are_counted():
+    from tfmsr.layers import FeatureEmbedding
+
+    emb = FeatureEmbedding(SCHEMA)
+    x = {"user_id": tf.constant([0, 3, 49, 50, 77, -4], tf.int64)}
+    np.testing.assert_array_equal(emb.ids(x, "user_id").numpy(), [0, 3, 49, 0, 0, 0])
+    assert int(emb.oov_count(x)) == 3
+    q = emb.ids({"query": tf.constant(["", "a", "a"])}, "query").numpy()
+    assert q[0] == 0 and q[1] == q[2] and 1 <= q[1] < 64
+
+
+def test_not_a_tfrecord_names_the_file(tmp_path, small_dir):
+    bad = tmp_path / "train"
+    bad.mkdir()
+    (bad / "part-00000.tfrecord").write_bytes(b"this is a csv,not,a,tfrecord\n" * 50)
+    with pytest.raises(DataError, match=r"part-00000.tfrecord: not a readable TFRecord file"):
+        check_first_record(str(bad / "part-00000.tfrecord"), SCHEMA)
+    files = split_files(str(tmp_path), "train")
+    with pytest.raises(DataError, match=r"part-00000.tfrecord: not a readable TFRecord file"):
+        with read_errors(files, SCHEMA):
+            for _ in make_dataset(files, SCHEMA, 10, training=False):
+                pass
+
+
+def _write_records(path, records):
+    with tf.io.TFRecordWriter(str(path)) as w:
+        for r in records:
+            w.write(r)
+
+
+def test_missing_feature_names_file_record_and_field(tmp_path):
+    recs = encode_examples(columns(30), SCHEMA)
+    ex = tf.train.Example.FromString(recs[17])
+    del ex.features.feature["price"]
+    recs[17] = ex.SerializeToString()
+    (tmp_path / "train").mkdir()
+    _write_records(tmp_path / "train" / "part-00001.tfrecord", recs)
+    files = split_files(str(tmp_path), "train")
+    with pytest.raises(DataError) as err:
+        with read_errors(files, SCHEMA):
+            for _ in make_dataset(files, SCHEMA, 8, training=False):
+                pass
+    assert "part-00001.tfrecord: record 17 is missing required feature 'price'" in str(err.value)
+
+
+def test_wrong_dtype_names_file_and_field(tmp_path):
+    recs = encode_examples(columns(10), SCHEMA)
+    ex = tf.train.Example.FromString(recs[3])
+    ex.features.feature["user_id"].Clear()
+    ex.features.feature["user_id"].float_list.value.append(1.5)
+    recs[3] = ex.SerializeToString()
+    (tmp_path / "valid").mkdir()
+    _write_records(tmp_path / "valid" / "part-00000.tfrecord", recs)
+    files = split_files(str(tmp_path), "valid")
+    with pytest.raises(DataError, match=r"part-00000.tfrecord: record 3 has feature 'user_id' of the wrong type"):
+        with read_errors(files, SCHEMA):
+            for _ in make_dataset(files, SCHEMA, 4, training=False):
+                pass
+
+
+def test_first_record_check_and_missing_split(tmp_path):
+    recs = encode_examples(columns(3), SCHEMA)
+    ex = tf.train.Example.FromString(recs[0])
+    del ex.features.feature["hist_query"]
+    (tmp_path / "train").mkdir()
+    _write_records(tmp_path / "train" / "part-00000.tfrecord", [ex.SerializeToString()])
+    with pytest.raises(DataError, match="record 0 has no feature 'hist_query'"):
+        check_first_record(str(tmp_path / "train" / "part-00000.tfrecord"), SCHEMA)
+    with pytest.raises(DataError, match="no shards for split 'test'"):
+        split_files(str(tmp_path), "test")
+
+
+def test_training_counts_every_oov_id_once_per_epoch(small_dir, tmp_path):
+    from conftest import quick_config
+
+    from tfmsr.ranking.train import train
+
+    cfg = quick_config("dnn", {"hidden": [8]}, validate=False)
+    cfg["data"]["batch_size"] = 64
+    summary = train(cfg, small_dir, str(tmp_path / "run"), log=lambda m: None)
+    cols = columns(450, seed=1)
+    expected = int((cols["user_id"] >= 50).sum())  # the only feature with ids outside its vocabulary
+    assert expected > 0 and summary["oov_ids"] == expected

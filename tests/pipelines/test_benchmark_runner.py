@@ -1,0 +1,241 @@
+"""Paper-table runner: specs, end-to-end on planted data (2 tiny models x 2 seeds), aggregates, resume."""
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipelines import benchmark
+from tfmsr.core import metrics
+from tfmsr.core.errors import ConfigError
+from tfmsr.data import synth
+
+SPECS = "dnn:hidden=[16],shared_bottom:bottom=[16],tower=[8]"
+BASE = "dnn:hidden=[16]"
+SB = "shared_bottom:bottom=[16],tower=[8]"
+
+
+def test_model_specs():
+    assert benchmark.split_specs("dnn,saml:mutual_gate=false,k=2,star") == ["dnn", "saml:mutual_gate=false,k=2",
+                                                                          "star"]
+    assert benchmark.split_specs(SPECS) == [BASE, SB]
+    assert benchmark.parse_spec(SB) == ("shared_bottom", ["bottom=[16]", "tower=[8]"])
+    assert benchmark.spec_params("dnn:hidden=[64, 32],dropout=0.1") == {"hidden": [64, 32], "dropout": 0.1}
+    with pytest.raises(ValueError, match="does not follow"):
+        benchmark.split_specs("hidden=[8],dnn")
+
+
+def test_bad_spec_fails_before_training(synth_dir, tmp_path):
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        benchmark.main(["--data", synth_dir, "--models", "dnn:hiden=[8]", "--seeds", "0", "--out", str(tmp_path)])
+    assert not os.path.exists(tmp_path / "runs")
+
+
+def _args(synth_dir, out, epochs=1):
+    return ["--data", synth_dir, "--models", SPECS, "--seeds", "0,1", "--base", BASE, "--out", out,
+            "--epochs", str(epochs), "--batch", "256", "--set", "train.steps_per_epoch=5",
+            "--set", "train.log_every=1000"]
+
+
+def _parse(path, names):
+    cols = {n: [] for n in names}
+    for rec in tf.data.TFRecordDataset(sorted(glob.glob(os.path.join(path, "*.tfrecord")))):
+        f = tf.train.Example.FromString(rec.numpy()).features.feature
+        for n in names:
+            v = f[n]
+            cols[n].append((v.int64_list.value or v.float_list.value)[0])
+    return {n: np.array(v) for n, v in cols.items()}
+
+
+@pytest.fixture(scope="module")
+def table(synth_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("bench"))
+    first = benchmark.main(_args(synth_dir, out))
+    with open(os.path.join(out, "results.json")) as fh:
+        saved = json.load(fh)
+    with open(os.path.join(out, "results.md")) as fh:
+        md = fh.read()
+    return out, first, saved, md
+
+
+@pytest.mark.slow  # trains 4 tiny runs (~30-60 s on 2 shared cores)
+def test_results_structure_and_per_seed_numbers(table):
+    out, first, saved, md = table
+    assert saved["models"] == [BASE, SB] and saved["seeds"] == [0, 1] and saved["base"] == BASE
+    assert list(saved["rows"]) == [BASE, SB, "popularity", "oracle"]
+    assert saved["budget"] == {"epochs": 1, "batch_size": 256, "patience": 2,
+                               "set": ["train.steps_per_epoch=5", "train.log_every=1000"]}
+    cols = saved["columns"]
+    assert cols == [f"auc/s{i}" for i in range(5)] + ["auc", "gauc", "logloss"]
+    assert saved["rows"][SB]["params"] == {"bottom": [16], "tower": [8]}
+    for spec in (BASE, SB):
+        runs = saved["rows"][spec]["runs"]
+        assert [r["seed"] for r in runs] == [0, 1] and all(r["status"] == "trained" for r in runs)
+        for r in runs:
+            with open(os.path.join(r["model_dir"], "metrics.json")) as fh:
+                m = json.load(fh)
+            with open(os.path.join(r["model_dir"], "history.json")) as fh:
+                h = json.load(fh)
+            with open(os.path.join(r["model_dir"], "run.yaml")) as fh:
+                run = fh.read()
+            assert r["model_dir"].startswith(os.path.join(out, "runs"))
+            assert f"seed: {r['seed']}" in run and "steps_per_epoch: 5" in run and "batch_size: 256" in run
+            assert r["metrics"]["auc"] == m["auc"] and r["metrics"]["gauc"] == m["gauc"]
+            assert r["metrics"]["auc/s3"] == m["scenarios"]["s3"]["auc"]
+            assert r["examples_per_sec"] == h["examples_per_sec"] and r["steps"] == 5 and r["epochs"] == 1
+        # the two seeds are different trainings
+        assert runs[0]["metrics"]["auc"] != runs[1]["metrics"]["auc"]
+
+
+@pytest.mark.slow  # trains 4 tiny runs (~30-60 s on 2 shared cores)
+def test_mean_std_and_rela_impr(table):
+    out, first, saved, md = table
+    rows = saved["rows"]
+    base_mean = {}
+    for spec in (BASE, SB):
+        row = rows[spec]
+        for c in saved["columns"]:
+            v = np.array([r["metrics"][c] for r in row["runs"]])
+            assert row["mean"][c] == pytest.approx(v.mean())
+            assert row["std"][c] == pytest.approx(np.sqrt(((v - v.mean()) ** 2).sum() / (len(v) - 1)))
+        eps = [r["examples_per_sec"] for r in row["runs"]]
+        assert row["examples_per_sec"]["mean"] == pytest.approx(np.mean(eps))
+        if spec == BASE:
+            base_mean = row["mean"]
+    for name, row in rows.items():
+        assert "logloss" not in row["rela_impr"]
+        for c in ("auc", "gauc", "auc/s0"):
+            want = ((row["mean"][c] - 0.5) / (base_mean[c] - 0.5) - 1) * 100
+            assert row["rela_impr"][c] == pytest.approx(want), (name, c)
+    assert rows[BASE]["rela_impr"]["auc"] == 0.0
+    per_seed = [((r["metrics"]["auc"] - 0.5) / (base_mean["auc"] - 0.5) - 1) * 100 for r in rows[SB]["runs"]]
+    assert rows[SB]["rela_impr_std"]["auc"] == pytest.approx(np.std(per_seed, ddof=1))
+
+
+@pytest.mark.slow  # trains 4 tiny runs (~30-60 s on 2 shared cores)
+def test_popularity_and_oracle_rows(table, synth_dir):
+    out, first, saved, md = table
+    tr = _parse(os.path.join(synth_dir, "train"), ["item_id", "click"])
+    te = _parse(os.path.join(synth_dir, "test"), ["item_id", "click", "scenario", "oracle_p"])
+    prior, m = tr["click"].mean(), 10.0
+    rate = {}
+    for item in np.unique(tr["item_id"]):
+        sel = tr["item_id"] == item
+        rate[item] = (tr["click"][sel].sum() + m * prior) / (sel.sum() + m)
+    score = np.array([rate.get(i, prior) for i in te["item_id"]])
+    pop = saved["rows"]["popularity"]
+    assert pop["item_feature"] == "item_id" and len(pop["runs"]) == 1 and pop["std"]["auc"] == 0.0
+    assert pop["mean"]["auc"] == pytest.approx(metrics.auc(te["click"], score))
+    s2 = te["scenario"] == 2
+    assert pop["mean"]["auc/s2"] == pytest.approx(metrics.auc(te["click"][s2], score[s2]))
+    assert pop["mean"]["logloss"] == pytest.approx(metrics.logloss(te["click"], score), rel=1e-5)
+    assert pop["mean"]["auc"] > 0.55  # planted clicks depend on item popularity
+    assert saved["rows"]["oracle"]["mean"]["auc"] == pytest.approx(metrics.auc(te["click"], te["oracle_p"]))
+
+
+@pytest.mark.slow  # trains 4 tiny runs (~30-60 s on 2 shared cores)
+def test_markdown_table(table):
+    out, first, saved, md = table
+    lines = md.strip().splitlines()
+    header = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert header == ["model"] + [f"AUC s{i}" for i in range(5)] + [
+        "AUC", "RelaImpr", "GAUC", "RelaImpr (GAUC)", "logloss", "train ex/s"]
+    cells = lambda rows: {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in rows)}
+    body = cells(lines[4:lines.index("", 4)])
+    assert list(body) == [BASE, SB, "popularity", "oracle"]
+    # Table 2's RelaImpr per scenario: every trained row against the base's AUC in that scenario
+    start = next(i for i, line in enumerate(lines) if line.startswith("RelaImpr of the AUC per scenario"))
+    assert f"vs `{BASE}`" in lines[start]
+    assert [c.strip() for c in lines[start + 2].strip("|").split("|")] == (
+        ["model"] + [f"s{i}" for i in range(5)] + ["all"])
+    per_scenario = cells(lines[start + 4:lines.index("", start + 4)])
+    assert list(per_scenario) == [BASE, SB]
+    sb = saved["rows"][SB]
+    for i, col in enumerate([f"auc/s{i}" for i in range(5)] + ["auc"]):
+        base_auc = saved["rows"][BASE]["mean"][col]
+        seeds = [(r["metrics"][col] - 0.5) / (base_auc - 0.5) * 100 - 100 for r in sb["runs"]]
+        mean, std = per_scenario[SB][1 + i].split("% ± ")
+        assert float(mean) == pytest.approx(np.mean(seeds), abs=0.006)
+        assert float(std) == pytest.approx(np.std(seeds, ddof=1), abs=0.006)
+        assert per_scenario[BASE][1 + i].startswith("+0.00% ± ")
+    assert per_scenario[SB][6].split("%")[0] == body[SB][7].rstrip("%")
+    # planted data: a table of the generator's premise headroom, per scenario and overall, closes the file
+    head = saved["premise_headroom"]
+    start = next(i for i, line in enumerate(lines) if line.startswith("Premise headroom"))
+    assert [c.strip() for c in lines[start + 2].strip("|").split("|")] == (
+        ["logit"] + [f"AUC s{i}" for i in range(5)] + ["AUC"])
+    premises = cells(lines[start + 4:])
+    assert list(premises) == ["oracle"] + [f"w/o {name}" for name in synth.HEADROOM]
+    assert premises["oracle"][1:] == [f"{a:.4f}" for a in head["oracle"]["scenario_auc"] + [head["oracle"]["auc"]]]
+    for name in synth.HEADROOM:
+        got, top = head[name], head["oracle"]
+        gap = got["scenario_auc"][4] - top["scenario_auc"][4]
+        assert premises[f"w/o {name}"][5] == f"{got['scenario_auc'][4]:.4f} ({gap:+.4f})"
+        gap = got["auc"] - top["auc"]
+        assert premises[f"w/o {name}"][6] == f"{got['auc']:.4f} ({gap:+.4f})"
+    assert head["behaviour_interest"]["auc"] < head["oracle"]["auc"]
+    assert float(body["oracle"][6]) == pytest.approx(head["oracle"]["auc"], abs=2e-4)
+    assert body[SB][6] == f"{sb['mean']['auc']:.4f} ± {sb['std']['auc']:.4f}"
+    assert body[SB][7] == f"{sb['rela_impr']['auc']:+.2f}%" and body[BASE][7] == "+0.00%"
+    assert body[SB][11] == f"{sb['examples_per_sec']['mean']:,.0f}"
+    pop = saved["rows"]["popularity"]
+    assert body["popularity"][6] == f"{pop['mean']['auc']:.4f}" and body["popularity"][11] == "-"
+    assert "RelaImpr vs `dnn:hidden=[16]`" in lines[0] and "seeds 0,1;" in lines[0]
+
+
+@pytest.mark.slow  # trains 4 tiny runs (~30-60 s on 2 shared cores)
+def test_rerun_reuses_finished_runs(table, synth_dir):
+    out, first, saved, md = table
+    stamps = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(out, "runs", "*", "seed*", "metrics.json"))}
+    assert len(stamps) == 4
+    again = benchmark.main(_args(synth_dir, out))
+    assert all(r["status"] == "reused" for s in (BASE, SB) for r in again["rows"][s]["runs"])
+    assert {p: os.path.getmtime(p) for p in stamps} == stamps
+    assert again["rows"][SB]["mean"] == pytest.approx(saved["rows"][SB]["mean"])
+    with pytest.raises(ValueError, match="train.epochs: 1 there, 2 now"):
+        benchmark.main(_args(synth_dir, out, epochs=2))
+
+
+@pytest.mark.slow  # reads the 4 tiny runs of the table fixture, trains nothing
+def test_only_existing_tabulates_finished_runs_and_trains_nothing(table, synth_dir):
+    out, first, saved, md = table
+    argv = _args(synth_dir, out)
+    argv[argv.index("--models") + 1] = SPECS + ",dnn:hidden=[8]"
+    argv[argv.index("--seeds") + 1] = "0,1,2"
+    res = benchmark.main(argv + ["--only-existing"])
+    assert sorted(os.listdir(os.path.join(out, "runs"))) == sorted(benchmark.run_slug(s) for s in (BASE, SB))
+    assert [r["status"] for r in res["rows"][SB]["runs"]] == ["reused", "reused"]
+    assert res["rows"]["dnn:hidden=[8]"]["runs"] == []
+    with open(os.path.join(out, "results.md")) as fh:
+        lines = fh.read().splitlines()
+    labels = [line.split("|")[1].strip() for line in lines if line.startswith("| ")]
+    assert labels.count(f"{SB} (n=2 of 3 seeds)") == 2  # the AUC table and the RelaImpr table
+    assert not any(label.startswith("dnn:hidden=[8]") for label in labels)
+    with pytest.raises(ValueError, match="--only-existing and --overwrite"):
+        benchmark.main(argv + ["--only-existing", "--overwrite"])
+    benchmark.main(_args(synth_dir, out))  # leave the module's results as the table fixture made them
+
+
+def test_keep_going_records_a_failed_run(synth_dir, tmp_path, monkeypatch):
+    def fake_run(spec, seed, args, scenarios):
+        if spec == "shared_bottom":
+            raise RuntimeError("boom\nin layer towers")
+        cols = [f"auc/{s}" for s in scenarios] + ["auc", "gauc", "logloss"]
+        return {"seed": seed, "status": "trained", "model_dir": "-", "metrics": {c: 0.6 + 0.01 * seed for c in cols},
+                "examples_per_sec": 100.0 * (seed + 1), "seconds": 1.0, "steps": 1, "epochs": 1, "best_val_auc": 0.6}
+
+    monkeypatch.setattr(benchmark, "run_one", fake_run)
+    argv = ["--data", synth_dir, "--models", "dnn,shared_bottom", "--seeds", "0,1", "--out", str(tmp_path)]
+    with pytest.raises(RuntimeError, match="boom"):
+        benchmark.main(argv)
+    res = benchmark.main(argv + ["--keep-going"])
+    assert res["rows"]["shared_bottom"]["failed"] == [{"seed": 0, "error": "RuntimeError: boom\nin layer towers"},
+                                                     {"seed": 1, "error": "RuntimeError: boom\nin layer towers"}]
+    assert res["rows"]["dnn"]["mean"]["auc"] == pytest.approx(0.605)
+    assert res["rows"]["dnn"]["examples_per_sec"] == {"mean": 150.0, "std": pytest.approx(np.std([100, 200], ddof=1))}
+    with open(tmp_path / "results.md") as fh:
+        md = fh.read()
+    assert "| shared_bottom |" not in md and "`shared_bottom` seed 1 (RuntimeError: boom)" in md
+    assert "| dnn | 0.6050 ± 0.0071 |" in md

@@ -1,0 +1,127 @@
+"""Baseline models: each builds from the planted schema, trains a quick epoch, and multi-scenario models
+keep their scenario-specific parameters to their own scenario's examples."""
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from conftest import quick_config
+from tfmsr.data.pipeline import make_dataset, split_files
+from tfmsr.ranking.models import available, build
+from tfmsr.ranking.train import compile_model
+
+BASELINES = ["wdl", "deepfm", "dcnv2", "din", "bst", "mmoe", "ple", "star", "pepnet", "sarnet", "hinet"]
+# small shapes: the point is the wiring, not capacity
+SMALL = {
+    "wdl": {"hidden": [32, 16]},
+    "deepfm": {"hidden": [32, 32]},
+    "dcnv2": {"hidden": [32, 16], "cross_layers": 2},
+    "din": {"hidden": [32, 16]},
+    "bst": {"hidden": [64, 32], "num_heads": 4},
+    "mmoe": {"expert_hidden": [32, 16], "tower": [8]},
+    "ple": {"expert_hidden": [[32], [16]], "tower": [8]},
+    "star": {"hidden": [32, 16]},
+    "pepnet": {"hidden": [32, 16], "gate_hidden": 16},
+    "sarnet": {"expert_hidden": [16], "shared_experts": 2, "tower": [8]},
+    "hinet": {"expert_hidden": [16], "shared_experts": 2, "specific_experts": 2, "san_hidden": [8],
+              "task_expert_hidden": [16], "tower": [8]},
+}
+# models with one tower per scenario (tower_<s> / head_<s> variables), with the params that give them
+TOWER_MODELS = {"mmoe": {}, "ple": {}, "hinet": {}, "shared_bottom": {"bottom": [32], "tower": [8]},
+                "pepnet": {"scenario_towers": True}}
+# models whose scenario-specific parameters are rows of one variable (row s belongs to scenario s)
+ROW_PARTITIONED = {"star": r"/(W_p|b_p|gamma_p|beta_p|moving_mean|moving_var):", "sarnet": r"/(w_s|b_s):"}
+
+
+def batches(data_dir, schema, split, batch, n):
+    ds = make_dataset(split_files(data_dir, split), schema, batch, training=False)
+    return list(ds.take(n))
+
+
+def bce(p, y):
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def test_every_baseline_is_registered():
+    names = set(available())
+    assert set(BASELINES) | {"dnn", "shared_bottom"} <= names
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_trains_one_epoch(name, synth_dir, synth_schema):
+    cfg = quick_config(name, SMALL[name], learning_rate=0.003)
+    keras.utils.set_random_seed(0)
+    model = compile_model(build(name, synth_schema, cfg["model"]["params"]), cfg)
+    (xv, yv), = batches(synth_dir, synth_schema, "valid", 1000, 1)
+    before = bce(model(xv).numpy(), yv.numpy())
+    ds = make_dataset(split_files(synth_dir, "train"), synth_schema, 256, training=True, seed=0)
+    hist = model.fit(ds, epochs=1, steps_per_epoch=19, verbose=0)
+    p = model(xv).numpy()
+    assert np.all(np.isfinite(p)) and p.min() > 0 and p.max() < 1
+    assert np.isfinite(hist.history["loss"][-1])
+    assert bce(p, yv.numpy()) < before
+    # every scenario head answers, and the own-scenario column is the model's output
+    probs = model.scenario_probs(xv).numpy()
+    assert probs.shape == (len(p), synth_schema.num_scenarios)
+    own = probs[np.arange(len(p)), xv[synth_schema.scenario.name].numpy()]
+    np.testing.assert_allclose(own, p, rtol=1e-4, atol=1e-5)
+
+
+def one_scenario_batch(synth_dir, synth_schema, s):
+    (x, y), = batches(synth_dir, synth_schema, "train", 1000, 1)
+    keep = tf.equal(x[synth_schema.scenario.name], s)
+    return {k: tf.boolean_mask(v, keep) for k, v in x.items()}, tf.boolean_mask(y, keep)
+
+
+def sgd_step(name, params, synth_dir, synth_schema, s, lr=0.5):
+    """Build, take one plain-SGD step on a batch of scenario ``s``; (model, before, after) by variable name."""
+    keras.utils.set_random_seed(0)
+    model = build(name, synth_schema, params)
+    x, y = one_scenario_batch(synth_dir, synth_schema, s)
+    model(x)
+    before = {v.name: v.numpy().copy() for v in model.variables}
+    with tf.GradientTape() as tape:
+        loss = keras.losses.BinaryCrossentropy()(y, model(x, training=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    for v, g in zip(model.trainable_variables, grads):
+        if g is not None:
+            v.assign_sub(lr * tf.convert_to_tensor(g))
+    return model, before, {v.name: v.numpy() for v in model.variables}
+
+
+@pytest.mark.parametrize("name", sorted(TOWER_MODELS))
+def test_scenario_towers_only_learn_from_their_scenario(name, synth_dir, synth_schema):
+    S, s = synth_schema.num_scenarios, 1
+    params = {**SMALL.get(name, {}), **TOWER_MODELS[name]}
+    model, before, after = sgd_step(name, params, synth_dir, synth_schema, s)
+    towers = {}
+    for n in before:
+        m = re.search(r"/(?:tower|head)_(\d+)/", n)
+        if m:
+            towers.setdefault(int(m.group(1)), []).append(n)
+    assert sorted(towers) == list(range(S)), f"{name}: expected one tower per scenario, got {sorted(towers)}"
+    for t, names in towers.items():
+        moved = any(not np.array_equal(before[n], after[n]) for n in names)
+        assert moved == (t == s), f"{name}: tower {t} {'moved' if moved else 'did not move'} on a scenario-{s} batch"
+
+
+@pytest.mark.parametrize("name", sorted(ROW_PARTITIONED))
+def test_scenario_parameters_only_learn_from_their_scenario(name, synth_dir, synth_schema):
+    s = 2
+    model, before, after = sgd_step(name, SMALL[name], synth_dir, synth_schema, s)
+    rows = [n for n in before if re.search(ROW_PARTITIONED[name], n)]
+    assert rows, f"{name}: no scenario-partitioned variables found"
+    own_moved = False
+    for n in rows:
+        changed = np.any(before[n] != after[n], axis=tuple(range(1, before[n].ndim)))
+        assert not np.delete(changed, s).any(), f"{name}: {n} changed for another scenario"
+        own_moved |= bool(changed[s])
+    assert own_moved
+    if name == "sarnet":   # the other scenarios' specific experts are untouched, scenario s's move
+        for t in range(synth_schema.num_scenarios):
+            names = [n for n in before if f"/specific_experts_{t}/" in n]
+            assert names
+            assert any(not np.array_equal(before[n], after[n]) for n in names) == (t == s)

@@ -1,0 +1,326 @@
+"""SAML: every module against a NumPy re-computation of its equation, the gradient mask, the auxiliary loss,
+the Table IV ablation switches, training and the alpha/g figure."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+from conftest import quick_config
+
+from tfmsr.core.errors import ConfigError
+from tfmsr.data.pipeline import make_dataset, split_files
+from tfmsr.features import Schema, SchemaError
+from tfmsr.layers.saml import (AuxiliaryNetwork, MultiBranchNetwork, MutualUnit, ScenarioAwareAttention,
+                               ScenarioAwareEmbedding)
+from tfmsr.ranking.models import build
+from tfmsr.ranking.models.saml import AUX_LABEL
+
+RNG = np.random.default_rng(7)
+
+
+def random_batch(schema, b=16, rng=RNG):
+    """Random ids inside each vocabulary (0 = padding included), right-padded sequences, scenarios, numerics."""
+    x = {schema.scenario.name: tf.constant(rng.integers(0, schema.num_scenarios, b), tf.int64)}
+    for f in schema.features:
+        vocab = schema.table_owner(f).vocab_size
+        if f.kind == "numeric":
+            x[f.name] = tf.constant(rng.normal(size=b), tf.float32)
+        elif f.kind == "categorical":
+            x[f.name] = tf.constant(rng.integers(0, vocab, b), tf.int64)
+        else:
+            ids = rng.integers(1, vocab, (b, f.length))
+            lengths = rng.integers(0, f.length + 1, b)
+            ids[np.arange(f.length)[None, :] >= lengths[:, None]] = 0
+            x[f.name] = tf.constant(ids, tf.int64)
+    return x
+
+
+def relu(z):
+    return np.maximum(z, 0.0)
+
+
+def softmax(z, mask=None):
+    if mask is not None:
+        z = np.where(mask, z, -np.inf)
+    e = np.exp(z - np.max(z, axis=-1, keepdims=True))
+    e = e if mask is None else e * mask
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+# ----------------------------------------------------------------------------- III-C-1 embedding
+def test_scenario_aware_embedding_matches_numpy(synth_schema):
+    schema, dg, dl = synth_schema, 6, 3
+    layer = ScenarioAwareEmbedding(schema, global_dim=dg, specific_dim=dl)
+    x = random_batch(schema)
+    f = layer(x)
+    s = x["scenario"].numpy()
+    S = schema.num_scenarios
+    G = {n: t.embeddings.numpy() for n, t in layer.global_embedding.tables.items()}
+    L = {n: t.embeddings.numpy().reshape(t.embeddings.shape[0], S, dl)
+         for n, t in layer.specific_embedding.tables.items()}
+    Gs = layer.global_embedding.scenario_table.embeddings.numpy()
+    Ls = layer.specific_embedding.scenario_table.embeddings.numpy().reshape(S, S, dl)
+
+    def glob(name):
+        return G[schema.feature(name).table][x[name].numpy()]
+
+    def spec(name):
+        ids = x[name].numpy()
+        table = L[schema.feature(name).table]
+        return table[ids, s] if ids.ndim == 1 else table[ids, s[:, None]]
+
+    def mmean(e, name):
+        m = (x[name].numpy() > 0)[..., None].astype(np.float32)
+        return (e * m).sum(1) / np.maximum(m.sum(1), 1.0)
+
+    cats = [f_.name for g in ("user", "item", "context", "query") for f_ in schema.group(g, "categorical")]
+    nums = [f_ for f_ in schema.of_kind("numeric")]
+    indep = np.concatenate([glob(n) for n in cats] + [Gs[s], mmean(glob("hist_scenario"), "hist_scenario")]
+                           + [((x[f_.name].numpy() - f_.mean) / f_.std)[:, None] for f_ in nums], axis=1)
+    dep = np.concatenate([spec(n) for n in cats] + [Ls[s, s], mmean(spec("hist_scenario"), "hist_scenario")], axis=1)
+    np.testing.assert_allclose(f.independent.numpy(), indep, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(f.dependent.numpy(), dep, rtol=1e-5, atol=1e-6)
+    # attention tokens: [candidate, behaviours], item id then category, in both subspaces
+    tok_g = np.concatenate([np.concatenate([glob("item_id"), glob("cate_id")], 1)[:, None],
+                            np.concatenate([glob("hist_item_id"), glob("hist_cate_id")], 2)], axis=1)
+    tok_l = np.concatenate([np.concatenate([spec("item_id"), spec("cate_id")], 1)[:, None],
+                            np.concatenate([spec("hist_item_id"), spec("hist_cate_id")], 2)], axis=1)
+    np.testing.assert_allclose(f.tokens_global.numpy(), tok_g, rtol=1e-6)
+    np.testing.assert_allclose(f.tokens_specific.numpy(), tok_l, rtol=1e-6)
+    mask = np.concatenate([np.ones((len(s), 1), bool), x["hist_item_id"].numpy() > 0], axis=1)
+    np.testing.assert_array_equal(f.mask.numpy(), mask)
+    assert f.tokens_global.shape[-1] == 2 * dg and f.tokens_specific.shape[-1] == 2 * dl
+
+
+def test_embedding_needs_a_behaviour_sequence(synth_schema):
+    d = synth_schema.to_dict()
+    d["features"] = [f for f in d["features"] if f.get("group") != "behavior"]
+    with pytest.raises(SchemaError, match="'saml' needs a user behaviour sequence"):
+        build("saml", Schema.from_dict(d, "nobehaviour.yaml"))
+
+
+# ----------------------------------------------------------------------------- III-C-2 attention
+def multi_head(q, k, v, wq, wk, wv, wo, heads, mask):
+    """eq. 1-2 in NumPy: Concat_h(Softmax(Q W_h^Q (K W_h^K)^T / sqrt(d_k)) V W_h^V) W^O."""
+    d = wv.shape[1]
+    dk = d // heads
+    qp, kp, vp = q @ wq, k @ wk, v @ wv
+    out = []
+    for h in range(heads):
+        sl = slice(h * dk, (h + 1) * dk)
+        scores = qp[..., sl] @ np.swapaxes(kp[..., sl], 1, 2) / np.sqrt(dk)
+        out.append(softmax(scores, mask[:, None, :]) @ vp[..., sl])
+    return np.concatenate(out, axis=-1) @ wo
+
+
+@pytest.mark.parametrize("pooling", ["flatten", "mean", "target"])
+def test_scenario_aware_attention_matches_numpy(pooling):
+    b, l, dg, dl, heads = 4, 5, 8, 4, 2
+    tg = RNG.normal(size=(b, l, dg)).astype(np.float32)
+    tl = RNG.normal(size=(b, l, dl)).astype(np.float32)
+    mask = np.ones((b, l), bool)
+    mask[0, 3:] = False
+    mask[1, 1:] = False
+    layer = ScenarioAwareAttention(heads, length=l, pooling=pooling)
+    a_g, a_l = layer(tf.constant(tg), tf.constant(tl), tf.constant(mask))
+    pg, pl = (p.table.numpy() for p in layer.positions)
+    ga, sa = layer.global_attention, layer.specific_attention
+    assert sa.wq.shape == (dl, dg) and sa.wv.shape == (dg, dg)
+    xg, xl = tg + pg[None], tl + pl[None]
+    ref_g = multi_head(xg, xg, xg, *(w.numpy() for w in (ga.wq, ga.wk, ga.wv, ga.wo)), heads, mask)
+    ref_l = multi_head(xl, xl, xg, *(w.numpy() for w in (sa.wq, sa.wk, sa.wv, sa.wo)), heads, mask)
+    m = mask[..., None].astype(np.float32)
+    pool = {"flatten": lambda t: (t * m).reshape(b, -1), "mean": lambda t: (t * m).sum(1) / m.sum(1),
+            "target": lambda t: t[:, 0]}[pooling]
+    np.testing.assert_allclose(a_g.numpy(), pool(ref_g), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a_l.numpy(), pool(ref_l), rtol=1e-4, atol=1e-5)
+    # the specific attention weighs the *global* values: changing V_g changes A_l, changing Q_l/K_l too
+    a_l2 = layer(tf.constant(tg * 2.0), tf.constant(tl), tf.constant(mask))[1]
+    assert not np.allclose(a_l2.numpy(), a_l.numpy())
+
+
+# ----------------------------------------------------------------------------- III-D-1 / eq. 4
+def test_auxiliary_and_multi_branch_match_eq4():
+    b, d_ind, d_dep, hidden, S = 6, 7, 5, [8, 4], 3
+    v_a0 = RNG.normal(size=(b, d_ind)).astype(np.float32)
+    v_m0 = RNG.normal(size=(b, d_dep)).astype(np.float32)
+    aux = AuxiliaryNetwork(hidden)
+    aux_hidden, aux_logit = aux(tf.constant(v_a0))
+    ref, h = [], v_a0
+    for dense in aux.mlp.dense:
+        h = relu(h @ dense.kernel.numpy() + dense.bias.numpy())          # V_a^l = delta(V_a^{l-1} W_a^l + b_a^l)
+        ref.append(h)
+    for got, want in zip(aux_hidden, ref):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(aux_logit.numpy(), (h @ aux.out.kernel.numpy() + aux.out.bias.numpy())[:, 0],
+                               rtol=1e-5, atol=1e-6)
+
+    branches = MultiBranchNetwork(S, hidden)
+    v = branches(tf.constant(v_m0), aux_hidden)
+    assert v.shape == (b, S, hidden[-1])
+    for i in range(S):
+        h = v_m0
+        for l, dense in enumerate(branches.dense[i]):                   # [V_mi^{l-1}, V_a^l] W_mi^l + b_mi^l
+            h = relu(np.concatenate([h, ref[l]], 1) @ dense.kernel.numpy() + dense.bias.numpy())
+        np.testing.assert_allclose(v[:, i].numpy(), h, rtol=1e-5, atol=1e-6)
+    # w/o aux: a layer reads only the previous layer
+    plain = MultiBranchNetwork(S, hidden)
+    v = plain(tf.constant(v_m0))
+    h = v_m0
+    for dense in plain.dense[1]:
+        h = relu(h @ dense.kernel.numpy() + dense.bias.numpy())
+    np.testing.assert_allclose(v[:, 1].numpy(), h, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="2 layers but 1 auxiliary"):
+        branches(tf.constant(v_m0), aux_hidden[:1])
+
+
+# ----------------------------------------------------------------------------- eq. 6-8
+def mutual_numpy(v, w, bias):
+    b, S, _ = v.shape
+    n = v / np.linalg.norm(v, axis=-1, keepdims=True)
+    alpha, gate, m = np.zeros((b, S, S)), np.zeros((b, S)), np.zeros_like(v)
+    for i in range(S):
+        others = [j for j in range(S) if j != i]
+        cos = np.stack([(n[:, i] * n[:, j]).sum(-1) for j in others], axis=1)  # cos<V_i, V_j>
+        alpha[:, i, others] = softmax(cos / cos.sum(1, keepdims=True))         # eq. 8
+        gate[:, i] = 1 / (1 + np.exp(-(v[:, i] @ w[i] + bias[i])))              # eq. 7
+        m[:, i] = v[:, i] + gate[:, i, None] * np.einsum("bj,bjd->bd", alpha[:, i, others], v[:, others])  # eq. 6
+    return m, alpha, gate
+
+
+def test_mutual_unit_matches_eq6_to_8():
+    v = relu(RNG.normal(size=(8, 4, 6))).astype(np.float32) + 0.01   # ReLU branch outputs, non-zero
+    unit = MutualUnit()
+    m, alpha, gate = unit(tf.constant(v))
+    unit.gate_b.assign(RNG.normal(size=4).astype(np.float32))         # a non-trivial bias too
+    m, alpha, gate = unit(tf.constant(v))
+    rm, ra, rg = mutual_numpy(v, unit.gate_w.numpy(), unit.gate_b.numpy())
+    np.testing.assert_allclose(alpha.numpy(), ra, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gate.numpy(), rg, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m.numpy(), rm, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(alpha.numpy().sum(-1), 1.0, rtol=1e-5)
+    assert np.all(np.diagonal(alpha.numpy(), axis1=1, axis2=2) == 0)
+
+
+def test_mutual_unit_gradient_mask():
+    v = tf.constant(relu(RNG.normal(size=(5, 3, 4))).astype(np.float32) + 0.01)
+    for masked in (True, False):
+        unit = MutualUnit(gradient_mask=masked)
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            m, _, _ = unit(v)
+            loss = tf.reduce_sum(m[:, 0])                                   # only branch 0's output M_0
+        grad = tape.gradient(loss, v).numpy()
+        assert np.abs(grad[:, 0]).sum() > 0
+        assert (np.abs(grad[:, 1:]).sum() == 0) == masked
+
+
+# ----------------------------------------------------------------------------- whole model
+def _batch(synth_dir, schema, n=256):
+    return next(iter(make_dataset(split_files(synth_dir, "train"), schema, n, training=False)))
+
+
+def _weights(model):
+    return {w.name: w.numpy().copy() for w in model.trainable_weights}
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_scenario_batch_leaves_other_branches_unchanged(synth_dir, synth_schema, masked):
+    """eq. 5 + III-D-2: one SGD step on a scenario-1 batch changes branch 1 (and shared parts) only."""
+    model = build("saml", synth_schema, {"hidden": [16, 8], "gradient_mask": masked})
+    x, y = _batch(synth_dir, synth_schema, 64)
+    x = dict(x)
+    x["scenario"] = tf.ones_like(x["scenario"])                          # every example in scenario 1
+    model(x)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss=keras.losses.BinaryCrossentropy())
+    before = _weights(model)
+    model.train_on_batch(x, y)
+    after = _weights(model)
+    changed = {n for n in before if not np.array_equal(before[n], after[n])}
+    branch = lambda i: {n for n in before if f"branch_{i}_" in n}
+    assert branch(1) and branch(1) <= changed                             # own branch: every layer + output
+    assert any("auxiliary" in n for n in changed) and any("specific" in n for n in changed)
+    gate_w = [n for n in before if "mutual_unit" in n and n.endswith("W:0")][0]
+    rows_changed = [i for i in range(5) if not np.array_equal(before[gate_w][i], after[gate_w][i])]
+    assert rows_changed == [1]                                            # g_1 only (eq. 7)
+    others_changed = {n for i in (0, 2, 3, 4) for n in branch(i) & changed}
+    if masked:
+        assert not others_changed
+    else:                                                                 # without the mask they learn too
+        assert {n for n in others_changed if "logit" not in n}
+    # the scenario-specific embedding slices of the other scenarios are untouched (the lookup is scenario 1's)
+    name = [n for n in before if "specific" in n and "emb_item_id" in n][0]
+    delta = np.abs(after[name] - before[name]).reshape(before[name].shape[0], 5, -1).sum(axis=(0, 2))
+    assert delta[1] > 0 and np.all(delta[[0, 2, 3, 4]] == 0)
+
+
+def test_aux_loss_is_bce_of_the_auxiliary_logit(synth_dir, synth_schema):
+    model = build("saml", synth_schema, {"hidden": [16, 8]})
+    x, y = _batch(synth_dir, synth_schema, 128)
+    model({**x, AUX_LABEL: y}, training=True)
+    assert len(model.losses) == 1
+    z = model.forward(x, training=True)["aux_logit"].numpy()
+    p = 1 / (1 + np.exp(-z))
+    yy = y.numpy()
+    want = -np.mean(yy * np.log(p) + (1 - yy) * np.log(1 - p))
+    np.testing.assert_allclose(float(model.losses[0]), want, rtol=1e-4)
+    model(x, training=False)
+    assert not model.losses                                               # inference adds nothing
+
+
+@pytest.mark.parametrize("params,heads,aux", [
+    ({}, True, True), ({"mutual_gate": False}, True, True), ({"aux": False}, True, False),
+    ({"mutual": False}, False, False)])
+def test_ablation_switches(synth_dir, synth_schema, params, heads, aux):
+    model = build("saml", synth_schema, {"hidden": [16, 8], **params})
+    x, _ = _batch(synth_dir, synth_schema, 32)
+    out = model.forward(x)
+    assert model.multi_head is heads
+    assert out["logits"].shape == ((32, 5) if heads else (32,))
+    assert ("aux_logit" in out) is aux
+    assert ("alpha" in out) is (heads and params.get("mutual_gate", True))
+    probs = model.scenario_probs(x).numpy()
+    assert probs.shape == (32, 5)
+    own = probs[np.arange(32), x["scenario"].numpy()]
+    np.testing.assert_allclose(model(x).numpy(), own, rtol=1e-5, atol=1e-6)
+    if "alpha" not in out:
+        with pytest.raises(ConfigError, match="alpha and g exist only"):
+            model.mutual_coefficients(x)
+
+
+def test_config_errors(synth_schema):
+    with pytest.raises(ConfigError, match="cannot be combined with aux=false"):
+        build("saml", synth_schema, {"mutual": False, "aux": False})
+    with pytest.raises(ConfigError, match="pooling must be one of"):
+        build("saml", synth_schema, {"pooling": "max"})
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        build("saml", synth_schema, {"mutual_gates": False})
+
+
+@pytest.mark.slow
+def test_train_evaluate_and_figure(synth_dir, tmp_path):
+    from pipelines import saml_figure
+    from tfmsr.ranking.evaluate import evaluate
+    from tfmsr.ranking.train import train
+
+    model_dir = str(tmp_path / "saml")
+    cfg = quick_config("saml", {"hidden": [32, 16]}, epochs=2, learning_rate=0.003)
+    summary = train(cfg, synth_dir, model_dir, log=lambda _: None)
+    assert np.isfinite(summary["history"]["loss"]).all()
+    res = evaluate(model_dir, synth_dir, "test")
+    assert 0.55 < res["auc"] < res["oracle_auc"]
+    out = str(tmp_path / "fig" / "alpha.png")
+    fig = saml_figure.main(["--model-dir", model_dir, "--data", synth_dir, "--out", out])
+    assert os.path.getsize(out) > 10_000
+    saved = json.load(open(str(tmp_path / "fig" / "alpha.json")))
+    assert saved == fig and saved["examples"] == res["rows"]
+    ma = np.array(fig["mean_alpha"])
+    off = ~np.eye(5, dtype=bool)
+    np.testing.assert_allclose(ma.sum(1), 1.0, rtol=1e-4)
+    assert np.all(ma[~off] == 0) and np.all(ma[off] > 0)
+    assert -1 <= fig["spearman_alpha_vs_similarity"] <= 1
+    assert set(fig["top_alpha_is_most_similar"]) == {"s0", "s1", "s2", "s3", "s4"}
+    for g in fig["gate"].values():
+        assert 0 < g["mean"] < 1

@@ -1,0 +1,152 @@
+"""Trainer: train/evaluate round trip, resume after the process is killed, config errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+from conftest import quick_config
+
+from tfmsr.core.errors import ConfigError
+from tfmsr.ranking.config import load_config
+from tfmsr.ranking.evaluate import Predictor, evaluate, load_trained
+from tfmsr.ranking.models import build
+from tfmsr.ranking.train import train
+
+TFMSR = [sys.executable, "-m", "tfmsr.cli"]
+
+
+def test_train_then_evaluate(synth_dir, tmp_path):
+    model_dir = str(tmp_path / "run")
+    cfg = quick_config("shared_bottom", epochs=2, early_stopping_patience=1, checkpoint_every=5)  # backups written
+    lines = []
+    summary = train(cfg, synth_dir, model_dir, log=lines.append)
+    assert summary["steps"] == 2 * 19  # ceil(4800 / 256) steps per epoch
+    assert len(summary["history"]["val_auc"]) == 2 and "val_auc_s4" in summary["history"]
+    assert any("validation: auc" in l for l in lines)
+    for name in ("final", "best", "checkpoints", "tb", "run.yaml", "schema.yaml", "history.json"):
+        assert os.path.exists(os.path.join(model_dir, name)), name
+    assert not os.path.exists(os.path.join(model_dir, "backup"))  # removed after a finished run
+    res = evaluate(model_dir, synth_dir, "test", predictions=str(tmp_path / "pred.csv"))
+    assert set(res["scenarios"]) == {"s0", "s1", "s2", "s3", "s4"}
+    assert 0.55 < res["auc"] < res["oracle_auc"]
+    assert json.load(open(os.path.join(model_dir, "metrics.json")))["auc"] == res["auc"]
+    # the restored model predicts exactly what the evaluation reported
+    model, schema, _ = load_trained(model_dir)
+    pred = Predictor([os.path.join(synth_dir, "test", f) for f in sorted(os.listdir(os.path.join(synth_dir, "test")))],
+                     schema).run(model)
+    import pandas as pd
+
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "pred.csv")["prob"], pred["prob"], rtol=1e-6)
+    with pytest.raises(FileExistsError, match="holds a finished run"):
+        train(cfg, synth_dir, model_dir)
+
+
+def _train_proc(synth_dir, model_dir, config_path):
+    return subprocess.Popen(TFMSR + ["train", "--config", config_path, "--data", synth_dir, "--model-dir", model_dir],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_resume_after_kill_continues_from_checkpoint_step(synth_dir, tmp_path):
+    cfg = {"model": {"name": "dnn", "params": {"hidden": [32]}}, "data": {"batch_size": 16},
+           "train": {"epochs": 3, "checkpoint_every": 10, "log_every": 50, "early_stopping_patience": 0,
+                     "validate": False}}
+    config_path = str(tmp_path / "cfg.yaml")
+    yaml.safe_dump(cfg, open(config_path, "w"))
+    model_dir = str(tmp_path / "run")
+    backup = os.path.join(model_dir, "backup", "chief", "checkpoint")
+    proc = _train_proc(synth_dir, model_dir, config_path)
+    deadline = time.time() + 120
+    while not os.path.exists(backup) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert proc.poll() is None, "training finished before it could be killed:\n" + proc.stdout.read()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpt = tf.train.latest_checkpoint(os.path.dirname(backup))
+    saved_epoch = int(tf.train.load_variable(ckpt, "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+    saved_batch = int(tf.train.load_variable(ckpt, "ckpt_saved_batch/.ATTRIBUTES/VARIABLE_VALUE"))
+    steps_per_epoch = 300  # 4800 rows / 16
+    expected = saved_epoch * steps_per_epoch + saved_batch + 1
+    assert expected >= 10 and not os.path.exists(os.path.join(model_dir, "final"))
+
+    out, _ = _train_proc(synth_dir, model_dir, config_path).communicate(timeout=600)
+    assert f"resuming from backup at global step {expected}" in out, out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["resumed_from_step"] == expected
+    assert summary["steps"] == 3 * steps_per_epoch  # the optimizer step continued, not restarted
+    assert os.path.exists(os.path.join(model_dir, "final"))
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="unknown model 'dnnn'"):
+        load_config(raw={"model": {"name": "dnnn"}})
+    with pytest.raises(ConfigError, match=r"model 'dnn': unknown parameter\(s\) \['hiden'\]"):
+        load_config(raw={"model": {"name": "dnn", "params": {"hiden": [1]}}})
+    with pytest.raises(ConfigError, match="unknown key 'train.epoch'"):
+        load_config(raw={"train": {"epoch": 1}})
+    with pytest.raises(ConfigError, match="train.optimizer 'adamw'"):
+        load_config(overrides=["train.optimizer=adamw"])
+    with pytest.raises(ConfigError, match="data.batch_size must be a positive integer"):
+        load_config(overrides=["data.batch_size=0"])
+    cfg = load_config(overrides=["model.name=shared_bottom", "model.params.tower=[8]", "train.epochs=4"])
+    assert cfg["model"]["params"]["tower"] == [8] and cfg["train"]["epochs"] == 4
+    bad = tmp_path / "c.yaml"
+    bad.write_text("model: {name: dnn}\ntrain: {learning_rate: -1}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: train.learning_rate must be > 0"):
+        load_config(str(bad))
+
+
+def test_cli_reports_user_errors_in_one_line(synth_dir, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {name: nosuch}\n")
+    r = subprocess.run(TFMSR + ["train", "--config", str(cfg), "--data", synth_dir, "--model-dir", str(tmp_path / "m")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("tfmsr: error: ") and "unknown model 'nosuch'" in r.stderr
+
+
+def test_shared_bottom_tower_trained_only_by_its_scenario(synth_schema):
+    model = build("shared_bottom", synth_schema, {"bottom": [16], "tower": [8]})
+    x = {f.name: tf.ones([4, f.length] if f.kind == "sequence" else [4],
+                         tf.float32 if f.kind == "numeric" else tf.int64) for f in synth_schema.features}
+    x["scenario"] = tf.constant([2, 2, 2, 2], tf.int64)
+    model(x)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(model(x, training=True))
+    grads = dict(zip([v.name for v in model.trainable_variables],
+                     tape.gradient(loss, model.trainable_variables)))
+    towers = {n: g for n, g in grads.items() if "tower_" in n or "head_" in n}
+    assert towers
+    for name, g in towers.items():
+        own = "tower_2" in name or "head_2" in name
+        assert (g is not None and float(tf.reduce_sum(tf.abs(g))) > 0) == own, name
+
+
+def test_scenario_probs_matches_own_scenario_output(synth_dir, synth_schema):
+    files = [os.path.join(synth_dir, "valid", f) for f in sorted(os.listdir(os.path.join(synth_dir, "valid")))]
+    from tfmsr.data.pipeline import make_dataset
+
+    x, _ = next(iter(make_dataset(files, synth_schema, 64, training=False)))
+    for name in ("dnn", "shared_bottom"):
+        model = build(name, synth_schema, {})
+        own = model(x).numpy()
+        allp = model.scenario_probs(x).numpy()
+        np.testing.assert_allclose(allp[np.arange(64), x["scenario"].numpy()], own, rtol=1e-5)
+
+
+def test_unfinished_run_resumes_only_with_the_same_config(synth_dir, tmp_path):
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    other = quick_config("dnn", {"hidden": [4]})
+    (model_dir / "run.yaml").write_text(yaml.safe_dump({"config": other, "data": synth_dir}))
+    with pytest.raises(FileExistsError, match="unfinished run with a different config"):
+        train(quick_config("shared_bottom"), synth_dir, str(model_dir))
+    summary = train(quick_config("dnn", {"hidden": [4]}, validate=False), synth_dir, str(model_dir), overwrite=True,
+                    log=lambda m: None)
+    assert summary["resumed_from_step"] == 0 and os.path.exists(model_dir / "final")

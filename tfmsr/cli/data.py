@@ -1,0 +1,87 @@
+"""``tfmsr data synth|convert``: planted data with a known ground truth, or a public dataset converted."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _int_list(text: str) -> list:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _data_synth(args):
+    from tfmsr.data.synth import generate
+
+    stats = generate(args.out, rows=args.rows, scenarios=args.scenarios, seed=args.seed, users=args.users,
+                     items=args.items, seq_len=args.seq_len, rows_per_shard=args.rows_per_shard,
+                     compression="GZIP" if args.gzip else None, overwrite=args.overwrite,
+                     behaviour_scenario=args.behaviour_scenario, aspect_intensity=args.aspect_intensity,
+                     local_activation=args.local_activation, interest_weight=args.interest_weight,
+                     search_scenarios=args.search_scenarios, clusters=args.scenario_clusters,
+                     item_scenario=args.item_scenario)
+    print(json.dumps({"out": args.out, "splits": {k: v["rows"] for k, v in stats["splits"].items()},
+                      "traffic_share": stats["traffic_share"]}))
+
+
+def _add_premises(s: argparse.ArgumentParser) -> None:
+    """The switches of the planted premises (see ``tfmsr/data/synth.py``)."""
+    s.add_argument("--behaviour-scenario", type=float, default=0.0, metavar="KAPPA",
+                   help="weight of a behaviour's scenario in its interest effect, 0..1 (SAINet's premise; "
+                        "see tfmsr/data/synth.py)")
+    s.add_argument("--aspect-intensity", type=float, default=0.0, metavar="ETA",
+                   help="how differently feed and search scenarios weigh the item and category aspects of "
+                        "interest, >= 0 (FIMN's premise; see tfmsr/data/synth.py)")
+    s.add_argument("--local-activation", type=float, default=0.0, metavar="TAU",
+                   help="temperature of the attention over past clicks by likeness to the candidate in the "
+                        "interest terms; 0 = plain mean (DIN's premise; see tfmsr/data/synth.py)")
+    s.add_argument("--interest-weight", type=float, default=1.0, metavar="LAMBDA",
+                   help="scale of both behaviour-interest terms, >= 0, where the three premises above live "
+                        "(default 1; see tfmsr/data/synth.py)")
+    s.add_argument("--search-scenarios", type=_int_list, metavar="LIST",
+                   help="comma-separated scenario indices that are search entrances and carry a query "
+                        "(default: the odd ones, 1,3,...)")
+    s.add_argument("--scenario-clusters", type=_int_list, metavar="LIST",
+                   help="comma-separated cluster of each scenario; scenarios of one cluster share a taste, odd "
+                        "clusters oppose cluster 0 (default: s // 2, i.e. 0,0,1,1,2)")
+    s.add_argument("--item-scenario", type=float, default=0.0, metavar="OMEGA",
+                   help="weight of each item's own appeal in each scenario, >= 0; 0 = off (SASS's premise: an "
+                        "item needs a representation per scenario; see tfmsr/data/synth.py)")
+
+
+def _add_synth(data) -> None:
+    s = data.add_parser("synth", help="planted multi-scenario data with a known ground truth")
+    s.add_argument("--out", required=True)
+    s.add_argument("--rows", type=int, default=200_000)
+    s.add_argument("--scenarios", type=int, default=5)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--users", type=int)
+    s.add_argument("--items", type=int)
+    s.add_argument("--seq-len", type=int, default=30)
+    s.add_argument("--rows-per-shard", type=int, default=50_000)
+    s.add_argument("--gzip", action="store_true", help="GZIP-compressed shards")
+    _add_premises(s)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=_data_synth)
+
+
+def _add_convert(data) -> None:
+    from tfmsr.data.convert import converters
+
+    conv = data.add_parser("convert", help="convert a public dataset to shards + schema + stats")
+    conv_sub = conv.add_subparsers(dest="converter", required=True)
+    for name, mod in converters().items():
+        c = conv_sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
+        c.add_argument("--src", required=True, help="folder with the original files")
+        c.add_argument("--out", required=True, help="dataset folder to create")
+        c.add_argument("--overwrite", action="store_true")
+        mod.add_arguments(c)
+        c.set_defaults(fn=mod.run)
+
+
+def add_parser(sub) -> None:
+    data = sub.add_parser("data", help="create or convert datasets").add_subparsers(dest="data_verb", required=True)
+    _add_synth(data)
+    _add_convert(data)

@@ -1,0 +1,39 @@
+"""Export of a trained ranking run for TF Serving: ``all/`` (routes by the scenario input; one signature
+per scenario) and one servable per scenario tower, written by ``tfmsr.serving.writer.write_export``."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Optional, Sequence
+
+from tfmsr.core.errors import ConfigError
+from tfmsr.ranking.evaluate import load_trained
+from tfmsr.serving.signatures import ServingFunctions, input_signature
+from tfmsr.serving.writer import ALL, ServableSpec, build_model, new_version, servable_meta, write_export
+
+
+def export(model_dir: str, out: str, version: Optional[int] = None, base_path: Optional[str] = None,
+           log: Callable[[str], None] = print, k: Optional[int] = None,
+           scenarios: Optional[Sequence[str]] = None) -> dict:
+    """Export the finished ranking run in ``model_dir`` to ``out`` (layout in ``tfmsr.serving.writer``).
+
+    ``base_path``: where TF Serving will see ``out`` (e.g. ``/models/NAME`` in a container); default
+    the absolute local path. Returns a summary (version, servable paths, signatures)."""
+    if k is not None or scenarios:
+        raise ConfigError(f"{model_dir}: --k and --scenarios apply to retrieval runs only (this is a ranking run)")
+    start = time.time()
+    version = new_version(os.path.normpath(out), version)
+    model, schema, run = load_trained(model_dir)
+    build_model(model, schema)
+    fns = ServingFunctions(model, schema)
+
+    def servables():
+        for servable, s in {ALL: None, **{n: s for s, n in enumerate(fns.names)}}.items():
+            sigs = fns.signatures(s)
+            meta = servable_meta(schema, run, s, input_signature(schema, with_scenario=s is None))
+            yield ServableSpec(servable, sigs, meta, model.variables)
+
+    summary = write_export(out, version, schema, servables(), base_path, log, model=run["config"]["model"]["name"],
+                           model_dir=os.path.abspath(model_dir))
+    summary["seconds"] = round(time.time() - start, 1)
+    return summary

@@ -1,0 +1,114 @@
+"""Shared base class and registry of ranking models (DESIGN section 4).
+
+A model is built from the schema and a parameter dict. ``logits(x)`` returns either the own-scenario
+logit ``[B]`` (single-tower models, ``multi_head = False``) or one logit per scenario ``[B, S]``
+(``multi_head = True``); ``call`` returns the click probability for the example's own scenario, so the
+loss on it trains a scenario head only with that scenario's examples. Auxiliary objectives go through
+``add_loss`` inside ``call`` so ``fit`` and a cluster run train the same thing.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Type
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfmsr.core.registry import Parametrized, Registry
+from tfmsr.features import Schema
+from tfmsr.layers import FeatureEmbedding, masked_mean
+
+
+def _import_all():
+    import tfmsr.ranking.models  # noqa: F401  (registers every model module)
+
+
+_REGISTRY = Registry("model", _import_all)
+register = _REGISTRY.register
+
+
+def available() -> Dict[str, str]:
+    """Registered model names -> the first line of each model's docstring."""
+    return _REGISTRY.available()
+
+
+def get_class(name: str) -> Type["RankingModel"]:
+    return _REGISTRY.get(name)
+
+
+def build(name: str, schema: Schema, params: Optional[dict] = None) -> "RankingModel":
+    return get_class(name)(schema, params or {})
+
+
+def gather_scenario(logits: tf.Tensor, scenario: tf.Tensor) -> tf.Tensor:
+    """``logits[b, scenario[b]]`` for ``[B, S]`` logits."""
+    idx = tf.cast(tf.reshape(scenario, [-1, 1]), tf.int32)
+    return tf.gather(logits, idx, batch_dims=1)[:, 0]
+
+
+class RankingModel(Parametrized, keras.Model):
+    """Base of every ranking model: schema, params with defaults, embeddings, own-scenario output."""
+
+    model_name = "base"
+    multi_head = False
+    defaults: dict = {"embedding_dim": None}
+
+    def __init__(self, schema: Schema, params: Optional[dict] = None, **kwargs):
+        super().__init__(name=self.model_name, **kwargs)
+        self.schema = schema
+        self.params = self.resolve(params or {})
+        self.num_scenarios = schema.num_scenarios
+        self.embedding = FeatureEmbedding(schema, dim=self.params.get("embedding_dim"), name="embedding")
+        self.oov_ids = keras.metrics.Sum(name="oov_ids")
+
+    # ------------------------------------------------------------------ forward
+    def logits(self, x: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        raise TypeError(f"{type(self).__name__} must define logits()")
+
+    def call(self, x, training=False):
+        z = self.logits(x, training=training)
+        if self.multi_head:
+            z = gather_scenario(z, x[self.schema.scenario.name])
+        return tf.sigmoid(z)
+
+    def scenario_probs(self, x, training=False) -> tf.Tensor:
+        """``[B, S]``: the click probability of the request in every scenario (what each scenario
+        servable answers). Multi-head models evaluate all heads once; others re-run with the scenario set."""
+        if self.multi_head:
+            return tf.sigmoid(self.logits(x, training=training))
+        key = self.schema.scenario.name
+        cols = []
+        for s in range(self.num_scenarios):
+            xs = dict(x)
+            xs[key] = tf.fill(tf.shape(x[key]), tf.constant(s, x[key].dtype))
+            cols.append(tf.sigmoid(self.logits(xs, training=training)))
+        return tf.stack(cols, axis=1)
+
+    # ------------------------------------------------------------------ shared input assembly
+    def flat_inputs(self, x, groups=("user", "item", "context", "query"), with_scenario=True,
+                    with_sequences=True) -> tf.Tensor:
+        """``[B, D]``: categorical embeddings of ``groups``, the scenario embedding, masked-mean pooled
+        sequences and standardised numeric features, concatenated (the classic embedding & MLP input)."""
+        parts = []
+        for g in groups:
+            parts.extend(self.embedding.group(x, g))
+        if with_scenario:
+            parts.append(self.embedding.scenario(x))
+        if with_sequences:
+            for f in self.schema.of_kind("sequence"):
+                parts.append(masked_mean(self.embedding.embed(x, f.name), self.embedding.mask(x, f.name)))
+        num = self.embedding.numeric(x)
+        if num is not None:
+            parts.append(num)
+        return tf.concat(parts, axis=1)
+
+    # ------------------------------------------------------------------ steps
+    def train_step(self, data):
+        self.oov_ids.update_state(self.embedding.oov_count(data[0]))
+        return super().train_step(data)
+
+    def test_step(self, data):
+        self.oov_ids.update_state(self.embedding.oov_count(data[0]))
+        return super().test_step(data)
+
+    def get_config(self):
+        return {"model": self.model_name, "params": dict(self.params)}

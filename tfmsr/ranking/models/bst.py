@@ -1,0 +1,56 @@
+"""BST (Chen et al., "Behavior Sequence Transformer for E-commerce Recommendation in Alibaba", DLP-KDD 2019)."""
+import tensorflow as tf
+import tf_keras as keras
+
+from tfmsr.core.errors import ConfigError
+from tfmsr.layers import (MLP, PositionalEmbedding, TransformerBlock, context_inputs, embed_behavior,
+                          require_behavior)
+from tfmsr.ranking.models.base import RankingModel, register
+
+
+@register("bst")
+class BST(RankingModel):
+    """BST (Chen et al. 2019): candidate + behaviours with position embeddings through a Transformer, MLP.
+
+    Chen et al. 2019, Sec. 2 / Fig. 1: the sequence ``[v_target, v_1, ..., v_L]`` (each token the item id and
+    other item-side embeddings of a behaviour, concatenated) plus a learned position embedding (the paper
+    embeds the time gap to the request; sequences here are most-recent-first, so the position is the recency
+    rank, the candidate 0) goes through ``blocks`` Transformer layers (multi-head self-attention, ``num_heads``
+    heads, add & LayerNorm, LeakyReLU feed-forward; padding keys masked). The outputs of all positions are
+    concatenated (``pooling: flatten``, padding zeroed; ``mean`` / ``target`` pool instead) with the other
+    features and fed to an MLP. Paper defaults: 8 heads, 1 block, dropout 0.2, MLP 1024-512-256, LeakyReLU.
+    """
+
+    defaults = {"num_heads": 8, "blocks": 1, "ff_dim": None, "attention_dropout": 0.2, "pooling": "flatten",
+                "hidden": [1024, 512, 256], "activation": "leaky_relu", "dropout": 0.0, "batch_norm": False}
+
+    def __init__(self, schema, params=None, **kwargs):
+        super().__init__(schema, params, **kwargs)
+        p = self.params
+        if p["pooling"] not in ("flatten", "mean", "target"):
+            raise ConfigError(f"model 'bst': pooling must be flatten, mean or target, got {p['pooling']!r}")
+        pairs = require_behavior(schema, self.model_name)
+        self.length = pairs[0][0].length + 1
+        self.positions = PositionalEmbedding(self.length, name="positions")
+        self.blocks = [TransformerBlock(p["num_heads"], p["ff_dim"], p["attention_dropout"], name=f"transformer_{i}")
+                       for i in range(p["blocks"])]
+        self.mlp = MLP(p["hidden"], activation=p["activation"], dropout=p["dropout"], batch_norm=p["batch_norm"],
+                       name="mlp")
+        self.out = keras.layers.Dense(1, name="logit")
+
+    def logits(self, x, training=False):
+        beh = embed_behavior(self.embedding, x, self.schema)
+        tokens = self.positions(tf.concat([beh.target[:, None], beh.keys], axis=1))      # [B, L+1, d]
+        mask = tf.concat([tf.ones_like(beh.mask[:, :1]), beh.mask], axis=1)
+        for block in self.blocks:
+            tokens = block(tokens, mask, training=training)
+        m = tf.cast(mask, tokens.dtype)[..., None]
+        pooling = self.params["pooling"]
+        if pooling == "flatten":
+            seq = tf.reshape(tokens * m, [-1, self.length * tokens.shape[-1]])
+        elif pooling == "mean":
+            seq = tf.reduce_sum(tokens * m, axis=1) / tf.reduce_sum(m, axis=1)
+        else:
+            seq = tokens[:, 0]
+        h = tf.concat([context_inputs(self, x, beh.features), seq], axis=-1)
+        return self.out(self.mlp(h, training=training))[:, 0]

@@ -1,0 +1,62 @@
+"""DeepFM (Guo et al., "DeepFM: A Factorization-Machine based Neural Network for CTR Prediction", IJCAI 2017)."""
+import tensorflow as tf
+import tf_keras as keras
+
+from tfmsr.core.errors import ConfigError
+from tfmsr.layers import MLP, FeatureEmbedding, WideLinear, fm_second_order, pooled_sequences
+from tfmsr.ranking.models.base import RankingModel, register
+
+
+@register("deepfm")
+class DeepFM(RankingModel):
+    """DeepFM (Guo et al. 2017): FM (first + second order) and a DNN over the same field embeddings.
+
+    Guo et al. 2017, Eq. 1-2: ``y = sigmoid(y_FM + y_DNN)``, ``y_FM = <w, x> + sum_{i<j} <V_i, V_j> x_i x_j``.
+    Fields (all ``embedding_dim`` wide, shared by FM and DNN): every categorical feature of ``groups``,
+    the scenario, each sequence (masked-mean pooled, a multi-hot field) and each numeric feature
+    (``v_j * x_j`` with its own vector ``v_j``). First order: one weight per categorical id and scenario,
+    one per numeric value. The DNN reads the concatenated field embeddings (paper shape 400-400-400).
+    """
+
+    defaults = {"embedding_dim": 16, "embedding_std": 0.01, "hidden": [400, 400, 400], "dropout": 0.0,
+                "batch_norm": False, "groups": ["user", "item", "context", "query"], "fm": True, "dnn": True}
+
+    def __init__(self, schema, params=None, **kwargs):
+        super().__init__(schema, params, **kwargs)
+        p = self.params
+        # FM sums ~F^2/2 inner products: start the field embeddings small, N(0, embedding_std), or the
+        # initial pairwise term saturates the sigmoid. A config (not an instance): one initializer per table.
+        normal = {"class_name": "RandomNormal", "config": {"mean": 0.0, "stddev": p["embedding_std"]}}
+        self.embedding = FeatureEmbedding(schema, dim=p["embedding_dim"], initializer=normal, name="embedding")
+        if not (p["fm"] or p["dnn"]):
+            raise ConfigError("model 'deepfm': at least one of fm / dnn must be true")
+        self.cat_features = [f.name for g in p["groups"] for f in schema.group(g, "categorical")]
+        self.numeric_features = schema.of_kind("numeric")
+        rows = [self.embedding.tables[schema.feature(n).table].input_dim for n in self.cat_features]
+        self.first_order = WideLinear(rows + [self.num_scenarios], len(self.numeric_features), name="first_order")
+        self.numeric_vectors = (self.add_weight(name="numeric_vectors", initializer=keras.initializers.RandomNormal(
+            0.0, p["embedding_std"]), shape=(len(self.numeric_features), p["embedding_dim"]))
+            if self.numeric_features else None)
+        self.dnn = MLP(p["hidden"], dropout=p["dropout"], batch_norm=p["batch_norm"], name="dnn") if p["dnn"] else None
+        self.dnn_out = keras.layers.Dense(1, name="dnn_logit") if p["dnn"] else None
+
+    def fields(self, x):
+        """``[B, F, d]`` field embeddings."""
+        parts = [self.embedding.embed(x, n) for n in self.cat_features] + [self.embedding.scenario(x)]
+        parts += pooled_sequences(self.embedding, x, self.schema)
+        out = tf.stack(parts, axis=1)
+        num = self.embedding.numeric(x)
+        if num is not None:
+            out = tf.concat([out, num[..., None] * self.numeric_vectors[None]], axis=1)
+        return out
+
+    def logits(self, x, training=False):
+        fields = self.fields(x)
+        logit = 0.0
+        if self.params["fm"]:
+            ids = [self.embedding.ids(x, n) for n in self.cat_features] + [x[self.schema.scenario.name]]
+            logit += self.first_order(ids, self.embedding.numeric(x)) + fm_second_order(fields)
+        if self.dnn is not None:
+            flat = tf.reshape(fields, [-1, fields.shape[1] * fields.shape[2]])
+            logit += self.dnn_out(self.dnn(flat, training=training))[:, 0]
+        return logit

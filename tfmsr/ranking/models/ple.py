@@ -1,0 +1,39 @@
+"""PLE (Tang et al., "Progressive Layered Extraction (PLE): A Novel Multi-Task Learning (MTL) Model for
+Personalized Recommendations", RecSys 2020), one task per scenario."""
+from tfmsr.core.errors import ConfigError
+from tfmsr.layers import CGC, ScenarioTowers
+from tfmsr.ranking.models.base import RankingModel, register
+
+
+@register("ple")
+class PLE(RankingModel):
+    """PLE (Tang et al. 2020): stacked CGC levels of scenario-specific and shared experts, scenario towers.
+
+    Tang et al. 2020, Sec. 4.2-4.3: each level (:class:`~tfmsr.layers.CGC`) has ``specific_experts`` per
+    scenario and ``shared_experts``; scenario ``k``'s gate mixes its own and the shared experts, and every
+    level but the last also has a shared gate over all experts feeding the next level's shared experts.
+    ``expert_hidden`` lists one hidden-size list per level (default two levels, ``[[256], [128]]``; a single
+    level is CGC). Towers ``tower`` per scenario, each trained only by its scenario.
+    """
+
+    multi_head = True
+    defaults = {"expert_hidden": [[256], [128]], "specific_experts": 1, "shared_experts": 2, "tower": [64],
+                "dropout": 0.0}
+
+    def __init__(self, schema, params=None, **kwargs):
+        super().__init__(schema, params, **kwargs)
+        p = self.params
+        levels = p["expert_hidden"]
+        if not levels or not all(isinstance(h, (list, tuple)) and h for h in levels):
+            raise ConfigError(f"model 'ple': expert_hidden must be a list of per-level hidden-size lists, e.g. "
+                              f"[[256], [128]], got {levels!r}")
+        S = self.num_scenarios
+        self.levels = [CGC(S, p["specific_experts"], p["shared_experts"], h, shared_output=i < len(levels) - 1,
+                           dropout=p["dropout"], name=f"cgc_{i}") for i, h in enumerate(levels)]
+        self.towers = ScenarioTowers(S, p["tower"], dropout=p["dropout"], name="towers")
+
+    def logits(self, x, training=False):
+        h = self.flat_inputs(x)
+        for level in self.levels:
+            h = level(h, training=training)           # [B, S+1, H] between levels, [B, S, H] at the end
+        return self.towers(h, training=training)

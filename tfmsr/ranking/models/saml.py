@@ -1,0 +1,126 @@
+"""SAML (Chen et al., "Scenario-aware and Mutual-based approach for Multi-scenario Recommendation in
+E-Commerce", ICDMW 2020): scenario-aware feature representation + scenario-mutual network."""
+from __future__ import annotations
+
+from typing import Dict
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfmsr.core.errors import ConfigError
+from tfmsr.layers.saml import (AuxiliaryNetwork, MultiBranchNetwork, MutualUnit, ScenarioAwareAttention,
+                               ScenarioAwareEmbedding)
+from tfmsr.ranking.models.base import RankingModel, gather_scenario, register
+
+AUX_LABEL = "__saml_aux_label"  # the label handed to call() during training only (for L_aux, eq. 5)
+
+
+@register("saml")
+class SAML(RankingModel):
+    """SAML: scenario-aware embedding & attention, auxiliary net, multi-branch net with mutual unit (Sec. III).
+
+    Forward pass (Fig. 1): :class:`~tfmsr.layers.saml.ScenarioAwareEmbedding` (III-C-1) and
+    :class:`~tfmsr.layers.saml.ScenarioAwareAttention` (III-C-2, eq. 1-2) give the scenario-independent
+    features ``[global embeddings, MultiHead(Q_g, K_g, V_g)]`` and the scenario-dependent features
+    ``[scenario-specific embeddings, MultiHead(Q_l, K_l, V_g)]``. The auxiliary network (III-D-1) reads the
+    former, the multi-branch network (III-D-2, eq. 4; one branch per scenario, each layer also reads the
+    auxiliary layer's output) the latter; the mutual unit (III-D-3, eq. 6-8) mixes the branches' last hidden
+    layer, and branch ``i``'s output unit on ``M_i`` is scenario ``i``'s logit (the mutual unit sits before the
+    output layer: the paper has one ``alpha``/``g`` per scenario, Fig. 3). Loss (eq. 5):
+    ``sum_i L_i * I_i + aux_weight * L_aux``: the base class gathers each example's own branch and ``L_aux``
+    (BCE of the auxiliary logit) is added in ``call`` while training. The auxiliary outputs feed the branches
+    forward only ("unidirectionally"); branch gradients still train the auxiliary layers they read.
+
+    Defaults are the paper's public-dataset settings (Table II / Sec. IV-C): global / scenario-specific
+    embedding 12 / 4 per feature, 4 attention heads, hidden 128x64, ReLU (train with Adam, lr 5e-4, batch 128:
+    ``configs/saml.yaml``; industrial 8 / 2, 256x128, lr 1e-4, batch 1024: ``configs/saml_industrial.yaml``).
+
+    Ablations (Table IV), as switches:
+
+    * ``mutual_gate: false`` - SAML w/o gate: no mutual unit (``g = 0``), independent branches.
+    * ``aux: false`` - SAML w/o aux: no auxiliary network; both feature sets concatenated feed the branches.
+    * ``mutual: false`` - SAML w/o gate&mut: no branches; both feature sets feed one unified MLP (the
+      auxiliary network's structure) whose output is the prediction.
+
+    ``positions``/``pooling``: BST's position embedding and sequence pooling for the attention outputs;
+    ``gradient_mask: false`` removes III-D-2's mask (only to show its effect). ``mutual_coefficients(x)``
+    returns ``alpha`` and ``g`` for Fig. 3 (``pipelines/saml_figure.py``).
+    """
+
+    multi_head = True
+    defaults = {"embedding_dim": 12, "specific_dim": 4, "num_heads": 4, "hidden": [128, 64], "activation": "relu",
+                "positions": True, "pooling": "flatten", "aux": True, "aux_weight": 1.0, "mutual": True,
+                "mutual_gate": True, "gradient_mask": True}
+
+    def __init__(self, schema, params=None, **kwargs):
+        super().__init__(schema, params, **kwargs)
+        p = self.params
+        if not p["mutual"] and not p["aux"]:
+            raise ConfigError("model 'saml': mutual=false (w/o gate&mut) feeds the unified auxiliary MLP; "
+                              "it cannot be combined with aux=false")
+        if p["pooling"] not in ScenarioAwareAttention.POOLINGS:
+            raise ConfigError(f"model 'saml': pooling must be one of {ScenarioAwareAttention.POOLINGS}, "
+                              f"got {p['pooling']!r}")
+        if not p["hidden"]:
+            raise ConfigError("model 'saml': hidden must list at least one layer width")
+        self.multi_head = bool(p["mutual"])
+        self.features = ScenarioAwareEmbedding(schema, p["embedding_dim"], p["specific_dim"],
+                                               global_embedding=self.embedding, name="scenario_embedding")
+        length = self.features.pairs[0][0].length + 1
+        self.attention = ScenarioAwareAttention(p["num_heads"], length if p["positions"] else None, p["pooling"],
+                                                name="scenario_attention")
+        self.aux_net = AuxiliaryNetwork(p["hidden"], p["activation"], name="auxiliary") if p["aux"] else None
+        if p["mutual"]:
+            self.branches = MultiBranchNetwork(self.num_scenarios, p["hidden"], p["activation"], name="branches")
+            self.mutual_unit = MutualUnit(p["gradient_mask"], name="mutual_unit") if p["mutual_gate"] else None
+            self.heads = [keras.layers.Dense(1, name=f"branch_{s}_logit") for s in range(self.num_scenarios)]
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x, training=False) -> Dict[str, tf.Tensor]:
+        """``logits`` ([B, S], or [B] for w/o gate&mut), ``aux_logit`` [B] (with the auxiliary loss), and
+        ``alpha`` [B, S, S], ``gate`` [B, S] when the mutual unit is on."""
+        f = self.features(x)
+        a_g, a_l = self.attention(f.tokens_global, f.tokens_specific, f.mask)
+        independent = tf.concat([f.independent, a_g], axis=-1)
+        dependent = tf.concat([f.dependent, a_l], axis=-1)
+        if not self.params["mutual"]:
+            return {"logits": self.aux_net(tf.concat([independent, dependent], -1), training=training)[1]}
+        out = {}
+        if self.aux_net is not None:
+            aux_hidden, out["aux_logit"] = self.aux_net(independent, training=training)
+            v = self.branches(dependent, aux_hidden)
+        else:
+            v = self.branches(tf.concat([independent, dependent], axis=-1))
+        if self.mutual_unit is not None:
+            v, out["alpha"], out["gate"] = self.mutual_unit(v)
+        out["logits"] = tf.concat([head(v[:, s]) for s, head in enumerate(self.heads)], axis=1)
+        return out
+
+    def logits(self, x, training=False):
+        return self.forward(x, training=training)["logits"]
+
+    def call(self, x, training=False):
+        out = self.forward(x, training=training)
+        z = out["logits"]
+        if self.multi_head:
+            z = gather_scenario(z, x[self.schema.scenario.name])
+        if training and "aux_logit" in out and AUX_LABEL in x:
+            y = tf.cast(tf.reshape(x[AUX_LABEL], [-1]), tf.float32)
+            self.add_loss(self.params["aux_weight"] * tf.reduce_mean(
+                tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=out["aux_logit"])))
+        return tf.sigmoid(z)
+
+    def train_step(self, data):
+        """Hands the label to ``call`` (under ``AUX_LABEL``) so the auxiliary loss is part of ``fit``."""
+        if self.aux_net is None or not self.params["mutual"]:
+            return super().train_step(data)
+        x, y = data[0], data[1]
+        return super().train_step(({**x, AUX_LABEL: y}, y) + tuple(data[2:]))
+
+    def mutual_coefficients(self, x) -> Dict[str, tf.Tensor]:
+        """``alpha`` [B, S, S] (eq. 8, ``alpha[b, i, j]``: weight of branch j in branch i, 0 on the diagonal)
+        and ``gate`` [B, S] (eq. 7, ``g_i``) for every example; scenario ``i``'s own prediction reads row i."""
+        if not (self.params["mutual"] and self.params["mutual_gate"]):
+            raise ConfigError("model 'saml': alpha and g exist only with mutual=true and mutual_gate=true")
+        out = self.forward(x, training=False)
+        return {"alpha": out["alpha"], "gate": out["gate"]}

@@ -1,0 +1,58 @@
+"""STAR (Sheng et al., "One Model to Serve All: Star Topology Adaptive Recommender for Multi-Domain CTR
+Prediction", CIKM 2021)."""
+import tensorflow as tf
+import tf_keras as keras
+
+from tfmsr.core.errors import ConfigError
+from tfmsr.layers import MLP, PartitionedNormalization, StarDense
+from tfmsr.ranking.models.base import RankingModel, register
+
+
+@register("star")
+class STAR(RankingModel):
+    """STAR (Sheng et al. 2021): partitioned normalization, star-topology FCN, auxiliary scenario network.
+
+    Sheng et al. 2021, Sec. 3: the pooled, concatenated embeddings are normalised by partitioned
+    normalization (:class:`~tfmsr.layers.PartitionedNormalization`: shared and scenario-specific
+    ``gamma/beta``, per-scenario moving statistics), then go through star-topology fully connected layers
+    (:class:`~tfmsr.layers.StarDense`: ``W*_p = W_p (x) W``, ``b*_p = b_p + b``) ending in a logit ``s_m``.
+    The auxiliary network (Sec. 3.4) reads the scenario embedding and adds its logit: ``p = sigmoid(s_m + s_a)``.
+    The scenario id enters only through these three (``scenario_in_main: true`` also feeds it to the main
+    network). Ablations: ``normalization: batch | none``, ``star_fcn: false`` (shared FCN only),
+    ``auxiliary: false``.
+    """
+
+    defaults = {"hidden": [256, 128, 64], "normalization": "partitioned", "star_fcn": True, "auxiliary": True,
+                "aux_hidden": [32], "scenario_in_main": False}
+
+    def __init__(self, schema, params=None, **kwargs):
+        super().__init__(schema, params, **kwargs)
+        p = self.params
+        S = self.num_scenarios
+        if p["normalization"] not in ("partitioned", "batch", "none"):
+            raise ConfigError(f"model 'star': normalization must be partitioned, batch or none, "
+                              f"got {p['normalization']!r}")
+        self.norm = {"partitioned": lambda: PartitionedNormalization(S, name="pn"),
+                     "batch": lambda: keras.layers.BatchNormalization(name="bn"),
+                     "none": lambda: None}[p["normalization"]]()
+        sizes = list(p["hidden"]) + [1]
+        acts = ["relu"] * len(p["hidden"]) + [None]
+        layer = (lambda i, h, a: StarDense(h, S, a, name=f"star_{i}")) if p["star_fcn"] else \
+            (lambda i, h, a: keras.layers.Dense(h, activation=a, name=f"dense_{i}"))
+        self.fcn = [layer(i, h, a) for i, (h, a) in enumerate(zip(sizes, acts))]
+        self.aux = MLP(p["aux_hidden"], name="aux") if p["auxiliary"] else None
+        self.aux_out = keras.layers.Dense(1, name="aux_logit") if p["auxiliary"] else None
+
+    def logits(self, x, training=False):
+        sc = x[self.schema.scenario.name]
+        h = self.flat_inputs(x, with_scenario=self.params["scenario_in_main"])
+        if isinstance(self.norm, PartitionedNormalization):
+            h = self.norm(h, sc, training=training)
+        elif self.norm is not None:
+            h = self.norm(h, training=training)
+        for layer in self.fcn:
+            h = layer(h, sc) if isinstance(layer, StarDense) else layer(h)
+        logit = h[:, 0]
+        if self.aux is not None:
+            logit += self.aux_out(self.aux(self.embedding.scenario(x), training=training))[:, 0]
+        return logit

@@ -1,0 +1,51 @@
+"""DSSM (Huang et al., CIKM 2013) as a two-tower retrieval baseline (SASS Sec. 5.1.2, Table 2).
+
+User tower: ``MLP(hidden)`` (tanh, as DSSM) over the classic user input (``RetrievalModel.flat_request``);
+item tower: ``MLP(hidden)`` over the item profile and its statistics (in the model's scenario for
+single-scenario training, over all scenarios for mix-scenario training: one vector per item). Relevance
+is the cosine; the loss is DSSM's softmax over the clicked item and ``negatives`` sampled items of the
+smoothed cosine, ``P(p | u) = exp(gamma cos(u, p)) / sum_{d in {p} + negatives} exp(gamma cos(u, d))``
+(DSSM eq. 5-6; negatives from the candidate set by the unigram^0.75 sampler of ``RetrievalData``).
+``negatives_from: batch`` (not in DSSM) takes the batch's other positives as the negatives instead, with the
+logQ correction of sampled softmax (``cosine_softmax_loss``), the negatives YoutubeDNN trains with.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfmsr.layers import MLP
+from tfmsr.layers.sass import cosine_softmax_loss
+from tfmsr.retrieval.models.base import RetrievalModel, register
+
+
+@register("dssm")
+class DSSM(RetrievalModel):
+    """DSSM (CIKM 2013): user/item MLP towers, cosine, softmax over the positive and sampled negatives."""
+
+    defaults = {"hidden": [64, 32], "activation": "tanh", "negatives": 4, "gamma": 10.0,
+                "negatives_from": "sampled"}   # sampled (DSSM) | batch: the batch's other positives, logQ-corrected
+    cosine = True
+
+    def __init__(self, schema, params=None, scenario=None, **kwargs):
+        super().__init__(schema, params, scenario=scenario, **kwargs)
+        p = self.params
+        self.user_tower = MLP(p["hidden"], activation=p["activation"], name="user_tower")
+        self.item_tower = MLP(p["hidden"], activation=p["activation"], name="item_tower")
+
+    def user_vectors(self, request, training=False):
+        return self.user_tower(self.flat_request(request), training=training)
+
+    def item_vectors(self, items, scenario=None, training=False):
+        x = tf.concat([self.item_profile(items), self.item_stats_at(items, self.scenario)], axis=-1)
+        return self.item_tower(x, training=training)
+
+    @tf.autograph.experimental.do_not_convert  # plain Python tracing: autograph would convert every layer
+    def train_step(self, data):
+        m = self.negatives
+        with tf.GradientTape() as tape:
+            u = self.user_vectors(data["request"], training=True)
+            p = self.item_vectors(data["pos"], training=True)
+            n = None if self.in_batch else tf.reshape(self.item_vectors(data["neg"], training=True),
+                                                      [-1, m, p.shape[-1]])
+            loss = cosine_softmax_loss(self.params["gamma"], *self.ranked_cosines(u, p, data, n))
+        return self.apply_loss(tape, {"loss": loss})

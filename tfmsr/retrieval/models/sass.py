@@ -1,0 +1,324 @@
+"""SASS: Scenario-Adaptive and Self-Supervised model (Zhang et al., CIKM 2022), the retrieval model.
+
+Both sides are built the same way (Sec. 4.1, Figure 3/4), with one shared embedding layer:
+
+* **inputs** -- user side: profile (groups user/context/query), behaviour sequence pooled by
+  self-attention (Sec. 4.1.1; ``seq_pooling: mean`` for a masked mean) over all behaviours (the global
+  network's input) and over the behaviours *in each scenario* (the scenario networks' input, the paper's
+  user-scenario cross behaviour features), user statistics overall / in each scenario. Item side: item
+  profile, item statistics overall / in each scenario.
+* **scenario auxiliary network** (eq. 2) on the scenario embedding -> ``a``;
+* **ML-SAT** (eq. 3-6): global shared network ``g_1..g_T`` + per-scenario gate stacks -> ``s_T``;
+* **scenario bias fusion** (eq. 7-8) -> ``e_s``, one vector per scenario: users ``[B, S, d]``, items
+  ``[N, S, d]``, so every item has a representation per scenario (Sec. 4.3 serving).
+
+Training (``tfmsr.retrieval.train``): **pre-training** (Sec. 4.1.4) on cross-scenario pairs
+(``tfmsr.retrieval.pairs``), NT-Xent with temperature ``tau`` on the user pairs plus the same on the
+item pairs (eq. 9-10); **fine-tuning** (Sec. 4.2) from the restored pre-trained weights with
+``L_scenario + beta * L_auxiliary`` (eq. 11-13), the pairwise cosine loss on the own-scenario vectors and
+on the global vectors ``g_T``, with ``negatives`` items per positive drawn from the whole candidate set.
+
+Ablation switches (Tables 3-6): ``gate`` none (SASS*) | product | simnet | sigmoid | sass;
+``item_per_scenario: false`` (Single Item Embedding: the item vector is the item global network's
+``g_T`` in every scenario, and there is no item-side contrastive task since both views would be
+identical); ``bias_fusion: false`` (no scenario bias fusion: ``e_s = s_T``); ``beta: 0`` (no global
+auxiliary task); ``layers`` (number of ML-SAT layers, Figure 6); pre-training on/off is the config's
+``pretrain.enabled`` (SASS vs SASS-Base).
+
+Readings of the paper (switches; the shipped configs ``configs/sass*.yaml`` set the first reading):
+
+* ``pairwise_form`` / ``pairwise_scale`` (eq. 11-12). As printed (``printed``, scale 1),
+  ``log(1 + sigmoid(cos_n - cos_p))`` is nearly linear on the cosine range (see ``PairwiseCosineLoss``):
+  the loss is about ``mean(cos_n) - mean(cos_p)``, so the best move is to put every user of a scenario on
+  the direction of the positives' mean (popular items); on the planted benchmark the fine-tuned user
+  vectors of a scenario collapse (mean of the unit vectors 0.998) and SASS-Base ranks below popularity.
+  The configs read it as the pairwise logistic loss ``log(1 + exp(x))`` (``softplus``) with the cosines
+  at eq. 9's temperature (``pairwise_scale`` 10 = 1 / tau). Neither the exp nor the scale is printed.
+* ``gate_init`` (the paper gives no initialisation): ``glorot`` draws every scenario-specific matrix at
+  random; a scenario's user and item units are then two unrelated random maps of the global vectors that
+  only that scenario's examples can align -- few in a sparse scenario. ``transfer`` starts every unit as a
+  pass-through of the global network (``W_h = [I; 0]``, gate and fusion matrices zero, so r = z = alpha =
+  1/2), the equations unchanged (``ScenarioAdaptiveGate``).
+* ``global_hidden``: widths of the global layers ``g_1 .. g_{T-1}`` (default all ``dim``).
+* ``global_scenario_input`` (default false): what the user-side global shared network reads. Sec. 4.1.2
+  says only that it is trained on the samples of all scenarios (a "whole-scenario model"); Sec. 4.2.1 lists
+  the scenario context feature (scenario ID) and the statistics "in target scenario" among every fine-tuning
+  sample's user features. false: the global network reads the scenario-free features (profile, all
+  behaviours, statistics over all scenarios), so ``g_T`` cannot tell scenarios apart; true: it also reads the
+  request's scenario embedding and the user's statistics in that scenario -- the mix-scenario model of
+  Figure 2(b) (what DSSM mix reads), while the item side's global network stays scenario-free (one ``g_T``
+  per item, as the items of a mix-scenario model). The scenario networks still read every scenario's input
+  (a request's vectors in the other scenarios, never used, then see the request scenario's ``g_l``).
+
+Not in the paper (engineering switches, default off):
+
+* ``scenario_l2`` (L2-SP): fine-tuning adds ``scenario_l2 * sum ||w - w_0||^2`` over every
+  scenario-specific weight (``W_0, b_0``, the gate units, ``W_o``; user and item towers), ``w_0`` = its value
+  when fine-tuning starts (restored pre-trained weights; the initialisation for SASS-Base). A scenario's
+  weights get gradient only from its own examples, whose share of the batch-mean loss is the scenario's
+  traffic share, so at the optimum a sparse scenario stays closer to ``w_0`` (with ``gate_init: transfer``:
+  to the pass-through of the global network) than a dense one. Adam alone normalises each weight's step,
+  so without it a 5 % scenario's weights move as far as a 50 % scenario's, driven by a few examples.
+  Measured on the planted benchmark (SASS-Base, seed 0, trained to the best validation epoch): in the
+  sparsest scenario (3.5 % of the positives) the served scenario vectors score test HR@20 0.295 while the
+  scenario-free global vectors ``g_T`` of the same model score 0.394; with ``scenario_l2: 1`` (and both
+  inits below at zero) the scenario vectors score 0.378 there, and the dense scenarios lose 0.01-0.03.
+* ``s0_init`` / ``aux_init: zeros`` start ``W_0`` (so ``s_0 = 0``) / the auxiliary net's output layer (so
+  ``a = 0``) at zero: with ``gate_init: transfer`` the scenario vector then starts as a mix of the global
+  layers only, with no random per-scenario projection of ``x_s`` and no random scenario offset ``a`` that
+  the user and item towers would draw independently (the paper gives no initialisation).
+
+* ``finetune_loss: softmax`` replaces eq. 11/12 by DSSM's softmax over the positive and the same
+  sampled negatives (logits ``softmax_scale * cos``), to tell the architecture's effect from the loss's.
+* ``negatives_from: batch``: the negatives of eq. 11/12 are the other positives of the batch (each in the
+  user's scenario; the same item is not a negative), not ``negatives`` items per positive from the sampler:
+  B - 1 negatives per user for the cost of none, drawn from the candidate set by their share of the
+  positives -- the negatives YoutubeDNN (Table 2) trains with. The pairwise loss averages over every
+  (user, in-batch negative) triplet; the softmax loss applies YoutubeDNN's logQ correction.
+  Measured (3 seeds, best validation epoch, with ``scenario_l2: 1``, 2 layers, a 64-wide global layer and
+  zero s0/aux init): test HR@20 on the planted benchmark 0.527 with in-batch softmax vs 0.450 with eq. 11
+  on 4 sampled negatives (YoutubeDNN mix 0.508, DSSM mix 0.481, DSSM mix with the same in-batch softmax
+  0.538); on MovieLens-100K 0.165 vs 0.109 (YoutubeDNN 0.159, DSSM 0.119 / 0.162). The pairwise loss
+  gains nothing from in-batch negatives (0.439 planted): most of the B - 1 triplets are already ranked.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfmsr.core.errors import ConfigError
+from tfmsr.layers import MLP
+from tfmsr.layers.attention import MultiHeadSelfAttention
+from tfmsr.layers.embedding import masked_mean
+from tfmsr.layers.sass import (GATE_INITS, GATES, MLSAT, NTXentLoss, PairwiseCosineLoss, ScenarioAuxiliaryNet,
+                               ScenarioBiasFusion, cosine_softmax_loss, per_scenario, scenario_deviation)
+from tfmsr.retrieval.models.base import RetrievalModel, gather_scenario, register
+
+
+class SASSTower(keras.layers.Layer):
+    """One side of SASS: ``a = aux(scenario embeddings)`` (eq. 2), ``s_T, g_T = ML-SAT(x_g, x_s, a)``
+    (eq. 3-6), ``e = fusion(s_T, a)`` (eq. 7-8). ``call([x_g [B, D_g], x_s [B, S, D_s], scen [S, d_s]])
+    -> (e [B, S, dim], g_T [B, dim])``."""
+
+    def __init__(self, num_scenarios, dim, layers, gate, bias_fusion, aux_hidden, activation, gate_init="glorot",
+                 global_hidden=None, s0_init="glorot", aux_init="glorot", **kwargs):
+        super().__init__(**kwargs)
+        self.aux = ScenarioAuxiliaryNet(dim, aux_hidden, out_init=aux_init, name="aux")
+        self.mlsat = MLSAT(num_scenarios, dim, layers, gate, activation, init=gate_init, global_hidden=global_hidden,
+                           s0_init=s0_init, name="ml_sat")
+        self.fusion = ScenarioBiasFusion(num_scenarios, init=gate_init, name="bias_fusion") if bias_fusion else None
+
+    def call(self, inputs):
+        x_g, x_s, scen = inputs
+        a = self.aux(scen)
+        s_t, g_t = self.mlsat([x_g, x_s, a])
+        return (self.fusion([s_t, a]) if self.fusion is not None else s_t), g_t
+
+    def scenario_weights(self):
+        """The scenario-specific (stacked ``[S, ...]``) weights: ``W_0, b_0``, every gate unit, ``W_o``."""
+        weights = [self.mlsat.w0, self.mlsat.b0]
+        for gate in self.mlsat.gates:
+            weights.extend(gate.trainable_weights)
+        if self.fusion is not None:
+            weights.extend(self.fusion.trainable_weights)
+        return weights
+
+
+@register("sass")
+class SASS(RetrievalModel):
+    """SASS (CIKM 2022): ML-SAT user/item towers per scenario, contrastive pre-training, pairwise fine-tuning."""
+
+    defaults = {
+        "dim": 32,                     # width of the global and scenario networks = vector width
+        "layers": 3,                   # ML-SAT layers (Figure 6)
+        "gate": "sass",                # Table 3: sass | none (SASS*) | product | simnet | sigmoid
+        "bias_fusion": True,           # Table 6: eq. 7-8 on/off
+        "item_per_scenario": True,     # Table 5: false = Single Item Embedding
+        "beta": 1.0,                   # eq. 13 weight of the global auxiliary loss (0 = Table 6 "no global aux")
+        "tau": 0.1,                    # eq. 9 temperature
+        "contrastive_symmetric": False,  # eq. 10 as written (one L_ij per pair); true adds L_ji (SimCLR)
+        "negatives": 1,                # sampled negatives per positive (eq. 11 triplets)
+        "finetune_loss": "pairwise",   # pairwise: eq. 11-12 as written; softmax: NOT in the paper, see below
+        "pairwise_form": "printed",    # eq. 11-12: printed log(1 + sigmoid(x)) | softplus log(1 + exp(x)) (see below)
+        "pairwise_scale": 1.0,         # scale of the cosine difference in eq. 11-12 (1 = as printed; see below)
+        "softmax_scale": 10.0,         # gamma of finetune_loss: softmax
+        "negatives_from": "sampled",   # sampled: eq. 11's negatives | batch: the batch's other positives (see below)
+        "aux_hidden": [32],            # eq. 2: widths of W_a and of f's hidden layers
+        "activation": "tanh",          # global shared network
+        "gate_init": "glorot",         # glorot | transfer: starting point of the scenario units (not in the paper)
+        "global_hidden": [],           # widths of g_1..g_{T-1} (layers - 1 entries; g_T has dim); [] = all dim
+        "s0_init": "glorot",           # glorot | zeros: W_0 of s_0 = tanh(W_0 x_s + b_0) (not in the paper)
+        "aux_init": "glorot",          # glorot | zeros: output layer of the auxiliary net, a = 0 at the start
+        "scenario_l2": 0.0,            # L2-SP of the scenario-specific weights during fine-tuning (not in the paper)
+        "global_scenario_input": False,  # user global network also reads the request's scenario context (see below)
+        "seq_pooling": "self_attention",  # Sec. 4.1.1: self_attention | mean
+        "attention_heads": 2,
+    }
+    supports_pretrain = True
+    cosine = True
+    tracked = ("loss", "scenario_loss", "global_loss", "scenario_l2", "user_nt_xent", "item_nt_xent")
+
+    def __init__(self, schema, params=None, scenario=None, **kwargs):
+        super().__init__(schema, params, scenario=scenario, **kwargs)
+        p = self.params
+        if p["gate"] not in GATES:
+            raise ConfigError(f"sass: gate '{p['gate']}' (expected one of {', '.join(GATES)})")
+        if p["finetune_loss"] not in ("pairwise", "softmax"):
+            raise ConfigError(f"sass: finetune_loss '{p['finetune_loss']}' (expected pairwise or softmax)")
+        if p["gate_init"] not in GATE_INITS:
+            raise ConfigError(f"sass: gate_init '{p['gate_init']}' (expected one of {', '.join(GATE_INITS)})")
+        if p["pairwise_form"] not in PairwiseCosineLoss.FORMS:
+            raise ConfigError(f"sass: pairwise_form '{p['pairwise_form']}' (expected one of "
+                              f"{', '.join(PairwiseCosineLoss.FORMS)})")
+        if p["global_hidden"] and len(p["global_hidden"]) != p["layers"] - 1:
+            raise ConfigError(f"sass: global_hidden {p['global_hidden']} gives the widths of g_1..g_(T-1), so it "
+                              f"needs layers - 1 = {p['layers'] - 1} entries")
+        if p["seq_pooling"] not in ("self_attention", "mean"):
+            raise ConfigError(f"sass: seq_pooling '{p['seq_pooling']}' (expected self_attention or mean)")
+        for init in ("s0_init", "aux_init"):
+            if p[init] not in ("glorot", "zeros"):
+                raise ConfigError(f"sass: {init} '{p[init]}' (expected glorot or zeros)")
+        if p["gate"] == "product" and p["s0_init"] == "zeros":
+            raise ConfigError("sass: gate 'product' with s0_init 'zeros': the product gate scales g_l by "
+                              "tanh(W_s s_(l-1)), which is 0 at s_0 = 0 and gets no gradient there, so every "
+                              "scenario vector would stay 0 (use s0_init glorot)")
+        for key, ok in (("layers", p["layers"] >= 1), ("negatives", p["negatives"] >= 1), ("beta", p["beta"] >= 0),
+                        ("scenario_l2", p["scenario_l2"] >= 0),
+                        ("tau", p["tau"] > 0), ("dim", p["dim"] >= 1),
+                        ("pairwise_scale", p["pairwise_scale"] > 0)):
+            if not ok:
+                raise ConfigError(f"sass: parameter {key} = {p[key]!r} is out of range")
+        S = self.num_scenarios
+        tower = dict(num_scenarios=S, dim=p["dim"], layers=p["layers"], gate=p["gate"],
+                     bias_fusion=p["bias_fusion"], aux_hidden=p["aux_hidden"], activation=p["activation"],
+                     gate_init=p["gate_init"], global_hidden=self._global_widths(), s0_init=p["s0_init"],
+                     aux_init=p["aux_init"])
+        self.user_tower = SASSTower(**tower, name="user_tower")
+        if p["item_per_scenario"]:
+            self.item_tower = SASSTower(**tower, name="item_tower")
+        else:
+            self.item_global = MLP(self._global_widths(), activation=p["activation"], name="item_global")
+        self.attention = (MultiHeadSelfAttention(p["attention_heads"], name="seq_self_attention")
+                          if p["seq_pooling"] == "self_attention" and self.behaviour else None)
+        self.nt_xent = NTXentLoss(p["tau"], symmetric=p["contrastive_symmetric"], name="nt_xent")
+        self.pairwise = PairwiseCosineLoss(p["pairwise_scale"], p["pairwise_form"], name="pairwise")
+        self._anchors = None
+
+    def _global_widths(self):
+        """Widths of the global shared network: ``global_hidden + [dim]``, or ``[dim] * layers``."""
+        p = self.params
+        return list(p["global_hidden"]) + [p["dim"]] if p["global_hidden"] else [p["dim"]] * p["layers"]
+
+    # ------------------------------------------------------------------ towers
+    def scenario_embeddings(self) -> tf.Tensor:
+        return self.embedding.scenario_table(tf.range(self.num_scenarios, dtype=tf.int64))
+
+    def _pool(self, keys, mask):
+        if self.attention is not None:
+            keys = self.attention(keys, mask)
+        return masked_mean(keys, mask)
+
+    def user_towers(self, x, training=False):
+        """``(e [B, S, d], g_T [B, d])`` of a request batch."""
+        S = self.num_scenarios
+        prof, st = self.user_profile(x), x["user_stats"]
+        x_g, x_s = [prof, st[:, S]], [per_scenario(prof, S), st[:, :S]]
+        if self.params["global_scenario_input"]:
+            x_g += [self.embedding.scenario(x), gather_scenario(st, self.request_scenario(x))]
+        beh = self.behaviour_keys(x)
+        if beh is not None:
+            keys, mask = beh
+            x_g.append(self._pool(keys, mask))
+            own = self.behaviour_scenario_mask(x, mask)                                   # [B, S, L]
+            L, D = tf.shape(keys)[1], keys.shape[-1]
+            tiled = tf.reshape(tf.tile(keys[:, None], [1, S, 1, 1]), [-1, L, D])
+            x_s.append(tf.reshape(self._pool(tiled, tf.reshape(own, [-1, L])), [-1, S, D]))
+        return self.user_tower([tf.concat(x_g, -1), tf.concat(x_s, -1), self.scenario_embeddings()])
+
+    def item_towers(self, items, training=False):
+        """``(e [N, S, d] or None with a single item embedding, g_T [N, d])``."""
+        S = self.num_scenarios
+        prof, st = self.item_profile(items), items["item_stats"]
+        x_g = tf.concat([prof, st[:, S]], -1)
+        if not self.params["item_per_scenario"]:
+            return None, self.item_global(x_g, training=training)
+        x_s = tf.concat([per_scenario(prof, S), st[:, :S]], -1)
+        return self.item_tower([x_g, x_s, self.scenario_embeddings()])
+
+    def _item_at(self, items, scenario, training=False):
+        """Item vectors ``[N, d]`` in ``scenario`` (``[N]``), and their global vectors."""
+        e, g = self.item_towers(items, training=training)
+        return (g if e is None else gather_scenario(e, scenario)), g
+
+    def user_vectors(self, request, training=False):
+        e, _ = self.user_towers(request, training=training)
+        return gather_scenario(e, self.request_scenario(request))
+
+    def item_vectors(self, items, scenario, training=False):
+        e, g = self.item_towers(items, training=training)
+        return g if e is None else e[:, scenario]
+
+    # ------------------------------------------------------------------ training
+    def scenario_weights(self):
+        """Every scenario-specific weight of the user and item towers (see ``SASSTower.scenario_weights``)."""
+        towers = [self.user_tower] + ([self.item_tower] if self.params["item_per_scenario"] else [])
+        return [w for t in towers for w in t.scenario_weights()]
+
+    def start_finetune(self):
+        """Called by the trainer before fine-tuning: the scenario-specific weights as they are now (the
+        restored pre-trained values, or the initialisation for SASS-Base) become the anchors of
+        ``scenario_l2``."""
+        self._anchors = [tf.constant(w.numpy()) for w in self.scenario_weights()] if self.params["scenario_l2"] else None
+
+    def pretrain_losses(self, data, training=True):
+        """NT-Xent (eq. 9-10) of the user pairs and of the item pairs present in the batch."""
+        logs = {}
+        scen = self.scenario_key
+        if "user_a" in data:
+            a, b = data["user_a"], data["user_b"]
+            logs["user_nt_xent"] = self.nt_xent(self.user_vectors(a, training), self.user_vectors(b, training))
+        if "item_a" in data and self.params["item_per_scenario"]:
+            ea, _ = self._item_at(data["item_a"], data["item_a"][scen], training)
+            eb, _ = self._item_at(data["item_b"], data["item_b"][scen], training)
+            logs["item_nt_xent"] = self.nt_xent(ea, eb)
+        if not logs:
+            raise ValueError("sass pre-training batch has neither user pairs nor (per-scenario) item pairs")
+        logs["loss"] = tf.add_n(list(logs.values()))
+        return logs
+
+    def match_loss(self, pos, neg, mask=None, log_q=None):
+        """Eq. 11 / 12 of the cosines ``ranked_cosines`` returns (the pairwise loss needs no logQ), or with
+        ``finetune_loss: softmax`` (an engineering alternative, not the paper's loss) the cross-entropy of the
+        positive among itself and the negatives, logits ``softmax_scale * cos`` (DSSM's objective)."""
+        if self.params["finetune_loss"] == "pairwise":
+            return self.pairwise.of_cosines(pos, neg, mask)
+        return cosine_softmax_loss(self.params["softmax_scale"], pos, neg, mask, log_q)
+
+    def finetune_losses(self, data, training=True):
+        """``L_scenario + beta * L_auxiliary`` (eq. 11-13)."""
+        req, m = data["request"], self.negatives
+        s = self.request_scenario(req)
+        e_u, g_u = self.user_towers(req, training=training)
+        u = gather_scenario(e_u, s)
+        e_p, g_p = self.item_towers(data["pos"], training=training)
+        n = n_g = None
+        if not self.in_batch:
+            n, n_g = self._item_at(data["neg"], tf.repeat(s, m), training)
+            d = self.params["dim"]
+            n, n_g = tf.reshape(n, [-1, m, d]), tf.reshape(n_g, [-1, m, d])
+        scenario_loss = self.match_loss(*self.ranked_cosines(u, g_p if e_p is None else e_p, data, n, s))  # (11)
+        global_loss = self.match_loss(*self.ranked_cosines(g_u, g_p, data, n_g))                          # (12)
+        logs = {"loss": scenario_loss + self.params["beta"] * global_loss,          # (13)
+                "scenario_loss": scenario_loss, "global_loss": global_loss}
+        if self.params["scenario_l2"] and self._anchors is not None:             # not in the paper
+            reg = scenario_deviation(self.scenario_weights(), self._anchors)
+            logs["scenario_l2"] = reg
+            logs["loss"] = logs["loss"] + self.params["scenario_l2"] * reg
+        return logs
+
+    @tf.autograph.experimental.do_not_convert  # plain Python tracing: autograph would convert every layer
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            pretrain = "user_a" in data or "item_a" in data
+            logs = self.pretrain_losses(data) if pretrain else self.finetune_losses(data)
+        return self.apply_loss(tape, logs)

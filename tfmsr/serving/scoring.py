@@ -1,0 +1,308 @@
+"""Batch scoring: stream TFRecord shards through an exported SavedModel (DESIGN section 6).
+
+    tfmsr score --saved-model saved_models/NAME --input 'data/test/*.tfrecord*' --output scores.parquet \\
+                --keep user_id,scenario,click
+
+The records go through the SavedModel's ``serving_default`` signature (the loaded graph, never the
+Python model code): ``all`` routes each row by its scenario; a scenario servable scores every row as
+its scenario. Shards are read in parallel and in file order (row i of the output is row i of the input,
+shards sorted by name), parsed in parallel in batches, and written as Parquet, CSV or TFRecord
+(a ``tf.train.Example`` per row holding the kept columns and ``prob``) to a temp file renamed at the end.
+
+Rows the model cannot score are counted and written with a null ``prob`` (an empty ``prob`` list in
+TFRecord), never scored silently: a scenario outside [0, S) (``unknown_scenario``, routed servable
+only) and a record missing a required feature (``missing_features``: a scalar feature or the scenario
+absent, or present with a number of values other than one; an absent sequence is an empty history and
+is fine). A kept column absent from a record is written as null and counted in ``missing_keep``.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfmsr.data.pipeline import DataError, compression_of, make_parser, parse_spec, read_errors
+from tfmsr.features import Schema
+
+FORMATS = {".parquet": "parquet", ".csv": "csv", ".tfrecord": "tfrecord"}
+_DEFAULTS = {tf.int64: 0, tf.float32: 0.0, tf.string: b""}
+
+
+def input_files(pattern: str) -> List[str]:
+    """Sorted files matching a glob (or a comma-separated list of globs); a directory means its shards."""
+    files = set()
+    for part in filter(None, (p.strip() for p in pattern.split(","))):
+        if os.path.isdir(part):
+            part = os.path.join(part, "*.tfrecord*")
+        files.update(f for f in glob.glob(part) if os.path.isfile(f))
+    if not files:
+        raise DataError(f"{pattern}: no input files match")
+    return sorted(files)
+
+
+def column_dtypes(schema: Schema) -> Dict[str, tf.DType]:
+    """Every scalar column a record can carry (scenario, labels, non-sequence features, extras)."""
+    spec = parse_spec(schema)
+    return {k: v.dtype for k, v in spec.items() if isinstance(v, tf.io.FixedLenFeature)}
+
+
+def _reader(files: Sequence[str], batch_size: int) -> tf.data.Dataset:
+    """Batches of serialized records. Up to 4 shards are read ahead in parallel, but each shard is
+    emitted whole and in file order (a shard's last batch may be short)."""
+    compression = compression_of(files)
+    return tf.data.Dataset.from_tensor_slices(list(files)).interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type=compression, buffer_size=1 << 20).batch(batch_size),
+        cycle_length=max(1, min(4, len(files))), block_length=1 << 30,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+class _Writer:
+    """Streams column batches to Parquet / CSV / TFRecord at ``path + .tmp``; ``close`` renames."""
+
+    def __init__(self, path: str, fmt: str, columns: Dict[str, tf.DType]):
+        self.path, self.fmt, self.columns = path, fmt, columns
+        self.tmp = f"{path}.tmp-{os.getpid()}"
+        self._out = None
+        if fmt == "tfrecord":
+            self._out = tf.io.TFRecordWriter(self.tmp)
+
+    def _arrow(self, cols):
+        import pyarrow as pa
+
+        arrays = {}
+        for name, (values, present) in cols.items():
+            dtype = self.columns[name]
+            if dtype == tf.string:
+                arr = pa.array(list(values), type=pa.binary(), mask=~present)
+                try:
+                    arr = arr.cast(pa.string())
+                except pa.ArrowInvalid:
+                    pass  # not UTF-8: keep the bytes
+            else:
+                arr = pa.array(values, mask=~present)
+            arrays[name] = arr
+        return pa.table(arrays)
+
+    def write(self, cols: Dict[str, tuple]) -> None:
+        if self.fmt == "tfrecord":
+            from tfmsr.data import wire
+
+            feats = []
+            for name, (values, present) in cols.items():
+                dtype = self.columns[name]
+                lengths = present.astype(np.int64)
+                if dtype == tf.float32:
+                    feats.append((name, _float_ragged(values[present], lengths)))
+                elif dtype == tf.int64:
+                    feats.append((name, wire.int64_feature(values[present], lengths)))
+                else:
+                    feats.append((name, wire.bytes_feature([[v] if p else [] for v, p in zip(values, present)])))
+            for rec in wire.split_rows(wire.examples(feats)):
+                self._out.write(rec)
+            return
+        table = self._arrow(cols)
+        if self._out is None:
+            if self.fmt == "parquet":
+                import pyarrow.parquet as pq
+
+                self._out = pq.ParquetWriter(self.tmp, table.schema)
+            else:
+                import pyarrow.csv as pcsv
+
+                self._out = pcsv.CSVWriter(self.tmp, table.schema)
+        self._out.write_table(table)
+
+    def close(self, empty_cols: Optional[Dict[str, tuple]] = None) -> None:
+        if self._out is None and empty_cols is not None:  # no rows: still write the header / schema
+            self.write(empty_cols)
+        self._out.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        try:
+            if self._out is not None:
+                self._out.close()
+        finally:
+            if os.path.exists(self.tmp):
+                os.remove(self.tmp)
+
+
+def _float_ragged(flat: np.ndarray, lengths: np.ndarray):
+    """FloatList feature with 0 or 1 values per row (the wire module packs one value per row)."""
+    from tfmsr.data import wire
+
+    v = np.ascontiguousarray(np.asarray(flat, "<f4"))
+    off = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths * 4, out=off[1:])
+    return wire.tagged(wire.FLOAT_LIST, wire.tagged(0x0A, (v.view(np.uint8), off)))
+
+
+# Fast-path stand-ins for an absent scalar: values no real record carries (the most negative int64 and
+# float32, a NUL-framed marker string). A record that happens to hold exactly one of them is counted as
+# missing that feature.
+_ABSENT = {tf.int64: np.iinfo(np.int64).min, tf.float32: float(np.finfo(np.float32).min),
+           tf.string: b"\x00tfmsr:absent\x00"}
+
+
+class _RowParser:
+    """Batch parsers returning the model inputs, the kept columns as (values, present), ``ok`` (the row
+    can be scored), ``unknown`` (scenario outside [0, S)) and ``missing`` [B, len(required)]; rows
+    that will not be scored get scenario 0 so the batch still runs.
+
+    ``fast`` parses scalars dense, an absent one as its ``_ABSENT`` stand-in: as cheap as the training
+    parser. A record with a scalar present with zero or several values fails that parse for its whole
+    batch; ``exact`` parses such a batch again with scalars as ragged (present = exactly one value)."""
+
+    def __init__(self, schema: Schema, dtypes, required: List[str], keep: List[str], routed: bool):
+        self.schema, self.required, self.keep, self.routed = schema, required, keep, routed
+        self.scalars = list(dict.fromkeys(required + keep))
+        full = parse_spec(schema)
+        seqs = {f.name: full[f.name] for f in schema.of_kind("sequence")}
+        self.dtypes = {n: dtypes[n] for n in self.scalars}
+        self.spec = {**{n: tf.io.RaggedFeature(t, row_splits_dtype=tf.int64) for n, t in self.dtypes.items()},
+                     **seqs}
+        dense = {**{n: tf.io.FixedLenFeature([], t, default_value=_ABSENT[t]) for n, t in self.dtypes.items()},
+                 **seqs}
+        self._parse_exact = make_parser(schema, with_labels=False, spec=self.spec)
+        self._parse_fast = make_parser(schema, with_labels=False, spec=dense)
+
+    @tf.autograph.experimental.do_not_convert  # no Python control flow on tensors
+    def fast(self, serialized):
+        raw = self._parse_fast(serialized)
+        present = {n: tf.not_equal(raw[n], _ABSENT[t]) for n, t in self.dtypes.items()}
+        values = {n: tf.where(present[n], raw[n], _DEFAULTS[t]) for n, t in self.dtypes.items()}
+        return self._rows(raw, values, present)
+
+    @tf.autograph.experimental.do_not_convert
+    def exact(self, serialized):
+        raw = self._parse_exact(serialized)
+        present = {n: tf.equal(raw[n].row_lengths(), 1) for n in self.scalars}
+        values = {n: raw[n].to_tensor(_DEFAULTS[t], shape=[None, 1])[:, 0] for n, t in self.dtypes.items()}
+        return self._rows(raw, values, present)
+
+    def _rows(self, raw, values, present):
+        key, S = self.schema.scenario.name, self.schema.num_scenarios
+        missing = tf.stack([~present[n] for n in self.required], axis=1)
+        ok = ~tf.reduce_any(missing, axis=1)
+        unknown = tf.zeros_like(ok)
+        if self.routed:
+            unknown = present[key] & ((values[key] < 0) | (values[key] >= S))
+            ok &= ~unknown
+        model_in = {f.name: (raw[f.name] if f.kind == "sequence" else values[f.name]) for f in self.schema.features}
+        if self.routed:
+            model_in[key] = tf.where(ok, values[key], tf.zeros_like(values[key]))
+        return model_in, {n: (values[n], present[n]) for n in self.keep}, ok, unknown, missing
+
+
+def _parsed_batches(files: Sequence[str], batch_size: int, parser: _RowParser):
+    """Parsed batches in input order: the fast parse in parallel; a batch it rejects is read again and
+    parsed exactly (a batch neither parser reads raises from ``exact``)."""
+    ds = _reader(files, batch_size).map(parser.fast, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    it = iter(ds.prefetch(tf.data.AUTOTUNE))
+    index = 0
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except tf.errors.InvalidArgumentError:
+            batch = next(iter(_reader(files, batch_size).skip(index).take(1).map(parser.exact)))
+        index += 1
+        yield batch
+
+
+def score(saved_model: str, inputs: str, output: str, keep: Sequence[str] = (), batch_size: int = 4096,
+          overwrite: bool = False, progress: Callable[[str], None] = None) -> dict:
+    """Score every record of ``inputs`` with the SavedModel at ``saved_model``; returns the summary."""
+    from tfmsr.serving.writer import resolve_servable
+
+    path = resolve_servable(saved_model)
+    schema = Schema.load(os.path.join(path, "assets", "schema.yaml"))
+    with open(os.path.join(path, "assets", "export.json")) as fh:
+        meta = json.load(fh)
+    files = input_files(inputs)
+    fmt = FORMATS.get(os.path.splitext(output)[1].lower())
+    if fmt is None:
+        raise DataError(f"{output}: unknown output format (expected a file ending in {', '.join(FORMATS)})")
+    if os.path.exists(output) and not overwrite:
+        raise FileExistsError(f"{output}: exists; pass --overwrite to replace it")
+    dtypes = column_dtypes(schema)
+    keep = list(dict.fromkeys(keep))
+    for k in keep:
+        if k not in dtypes:
+            seqs = [f.name for f in schema.of_kind("sequence")]
+            why = "is a sequence (only scalar columns can be kept)" if k in seqs else "is not a column of the schema"
+            raise DataError(f"--keep {k}: {why} ({os.path.join(path, 'assets', 'schema.yaml')}; "
+                            f"scalar columns: {', '.join(dtypes)})")
+    if "prob" in keep:
+        raise DataError("--keep prob: 'prob' is the score column the output adds")
+
+    routed = meta["scenario_index"] is None
+    required = ([schema.scenario.name] if routed else []) + [f.name for f in schema.features if f.kind != "sequence"]
+    parser = _RowParser(schema, dtypes, required, keep, routed)
+    loaded = tf.saved_model.load(path)
+    fn = loaded.signatures["serving_default"]
+    columns = {**{k: dtypes[k] for k in keep}, "prob": tf.float32}
+    writer = _Writer(output, fmt, columns)
+    progress = progress or _stderr_progress
+    counts = {"rows": 0, "scored": 0, "unknown_scenario": 0, "missing_features": 0}
+    missing_by = np.zeros(len(required), np.int64)
+    missing_keep = {k: 0 for k in keep}
+    first_unscored: List[dict] = []
+    start = last = time.time()
+    cpu0 = time.process_time()
+    try:
+        with read_errors(files, schema, parser.spec):
+            for model_in, kept, ok, unknown, missing in _parsed_batches(files, batch_size, parser):
+                prob = fn(**model_in)["prob"].numpy()
+                ok, unknown, missing = ok.numpy(), unknown.numpy(), missing.numpy()
+                cols = {k: (v.numpy(), p.numpy()) for k, (v, p) in kept.items()}
+                for k, (_, p) in cols.items():
+                    missing_keep[k] += int((~p).sum())
+                cols["prob"] = (np.where(ok, prob, np.nan).astype(np.float32), ok)
+                writer.write(cols)
+                for i in np.flatnonzero(~ok)[:max(0, 10 - len(first_unscored))]:
+                    why = "unknown_scenario" if unknown[i] else "missing " + ",".join(
+                        required[j] for j in np.flatnonzero(missing[i]))
+                    first_unscored.append({"row": counts["rows"] + int(i), "reason": why})
+                counts["rows"] += len(ok)
+                counts["scored"] += int(ok.sum())
+                counts["unknown_scenario"] += int(unknown.sum())
+                counts["missing_features"] += int(missing.any(axis=1).sum())
+                missing_by += missing.sum(axis=0)
+                if time.time() - last > 2:
+                    last = time.time()
+                    progress(f"[score] {counts['rows']:,} rows, {counts['rows'] / (last - start):,.0f} ex/s")
+        empty = {k: (np.zeros(0, object if t == tf.string else t.as_numpy_dtype), np.zeros(0, bool))
+                 for k, t in columns.items()}
+        writer.close(empty)
+    except BaseException:
+        writer.abort()
+        raise
+    seconds = time.time() - start
+    summary = {
+        "saved_model": path, "servable": meta["servable"], "input_files": len(files), "output": output,
+        **counts,
+        "missing_by_feature": {n: int(c) for n, c in zip(required, missing_by) if c},
+        "missing_keep": {k: v for k, v in missing_keep.items() if v},
+        "first_unscored": first_unscored,
+        "seconds": round(seconds, 3), "examples_per_sec": round(counts["rows"] / max(seconds, 1e-9), 1),
+        "cpu_seconds": round(time.process_time() - cpu0, 3),  # all threads: robust to a busy machine
+    }
+    progress(f"[score] done: {counts['rows']:,} rows ({counts['scored']:,} scored) in {seconds:.1f}s, "
+             f"{summary['examples_per_sec']:,.0f} ex/s -> {output}")
+    if counts["rows"] != counts["scored"]:
+        progress(f"[score] WARNING: {counts['rows'] - counts['scored']:,} row(s) not scored (null prob): "
+                 f"{counts['unknown_scenario']:,} unknown scenario, {counts['missing_features']:,} missing "
+                 f"features {summary['missing_by_feature']}")
+    return summary
+
+
+def _stderr_progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

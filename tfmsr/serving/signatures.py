@@ -1,0 +1,233 @@
+"""Serving functions of a trained model, built from the schema (DESIGN section 6).
+
+Inputs, one named tensor per raw feature, batch-major:
+
+    categorical   int64 [None]          (hashed features: string [None], the raw value)
+    numeric       float32 [None]        (raw value; the graph standardises it like training)
+    sequence      int64 [None, None]    (hashed: string) most recent first, right-padded with 0 ("");
+                                        any width: the graph truncates / pads to the schema length L
+    scenario      int64 [None]          index in [0, S) (only where the servable routes by it)
+
+or ``examples``: string [None] of serialized ``tf.train.Example`` parsed with the schema's spec (labels
+and extras are not required; a missing feature fails the request, naming the feature).
+
+Outputs: ``prob`` float32 [None]; the ``all_scenarios`` signature also gives ``probs`` [None, S].
+
+A scenario servable answers "the click probability of this request in scenario s": the model run with
+the scenario input set to s (for a multi-head model this is head s, for a single-tower model the tower
+fed scenario s). Its inputs are the features without the scenario; an ``examples`` record that carries
+a scenario has it ignored. The routed function checks the scenario with a stock ``Assert`` op: a value
+outside [0, S) fails the request with InvalidArgument naming the valid scenarios.
+
+Everything here is traced into stock TensorFlow ops; the functions capture only the model's variables.
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, List
+
+import numpy as np
+import tensorflow as tf
+
+from tfmsr.data.pipeline import make_parser, parse_spec
+from tfmsr.features import Schema
+
+RESERVED = ("all", "serving_default", "examples", "all_scenarios")
+
+
+def servable_names(schema: Schema) -> List[str]:
+    """One directory / signature name per scenario: the scenario name with characters outside
+    ``[A-Za-z0-9_.-]`` replaced by ``_``; a name that collides with another or with ``RESERVED``
+    gets ``_<index>`` appended."""
+    names: List[str] = []
+    for i, value in enumerate(schema.scenario.values):
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", value).strip(".") or f"scenario{i}"
+        if name in RESERVED or name in names:
+            name = f"{name}_{i}"
+        names.append(name)
+    return names
+
+
+def input_dtype(schema: Schema, name: str) -> tf.DType:
+    if name == schema.scenario.name:
+        return tf.int64
+    f = schema.feature(name)
+    if f.kind == "numeric":
+        return tf.float32
+    return tf.string if schema.table_owner(f).hashed else tf.int64
+
+
+def input_signature(schema: Schema, with_scenario: bool = True) -> Dict[str, tf.TensorSpec]:
+    """Named per-feature input specs (see the module docstring)."""
+    names = ([schema.scenario.name] if with_scenario else []) + [f.name for f in schema.features]
+    out = {}
+    for name in names:
+        seq = name != schema.scenario.name and schema.feature(name).kind == "sequence"
+        out[name] = tf.TensorSpec([None, None] if seq else [None], input_dtype(schema, name), name=name)
+    return out
+
+
+def fit_sequences(x: Dict[str, tf.Tensor], schema: Schema) -> Dict[str, tf.Tensor]:
+    """Sequences of any width -> ``[B, L]``: the first L entries (most recent), right-padded (sequences
+    absent from ``x`` are left out: a servable may read only some features)."""
+    x = dict(x)
+    for f in schema.of_kind("sequence"):
+        if f.name not in x:
+            continue
+        seq = x[f.name][:, :f.length]
+        pad = tf.constant("" if seq.dtype == tf.string else 0, seq.dtype)
+        seq = tf.pad(seq, [[0, 0], [0, f.length - tf.shape(seq)[1]]], constant_values=pad)
+        x[f.name] = tf.reshape(seq, [-1, f.length])
+    return x
+
+
+def trace(fn, signature):
+    """``fn`` traced once into a concrete function. Without AutoGraph first (it would convert all of
+    Keras' call stack: ~6x slower export); a model whose call needs it (Python control flow on tensors)
+    is traced with it."""
+    try:
+        return tf.function(fn, input_signature=signature, autograph=False).get_concrete_function()
+    except (tf.errors.OperatorNotAllowedInGraphError, TypeError):
+        return tf.function(fn, input_signature=signature).get_concrete_function()
+
+
+EXAMPLES_SPEC = tf.TensorSpec([None], tf.string, name="examples")
+
+
+def feature_signatures(schema: Schema, names, fn) -> Dict[str, object]:
+    """``serving_default`` (one named tensor per feature in ``names``, see the module docstring) and
+    ``examples`` (serialized ``tf.Example`` s; only ``names`` are parsed, other features in a record are
+    ignored), both ``-> fn(features)`` with sequences fitted to the schema length. For servables that
+    read a subset of the features (the retrieval user and item towers)."""
+    names = set(names)
+    spec = {k: v for k, v in input_signature(schema, with_scenario=False).items() if k in names}
+    parse = make_parser(schema, inputs_only=True, with_scenario=False,
+                        spec={k: v for k, v in parse_spec(schema, inputs_only=True, with_scenario=False).items()
+                              if k in names})
+    return {"serving_default": trace(lambda x: fn(fit_sequences(x, schema)), [spec]),
+            "examples": trace(lambda examples: fn(parse(examples)), [EXAMPLES_SPEC])}
+
+
+class ServingFunctions:
+    """The ``tf.function`` s exported for one trained model (each traced once, shared by servables)."""
+
+    def __init__(self, model, schema: Schema):
+        self.model, self.schema = model, schema
+        self.key, self.S = schema.scenario.name, schema.num_scenarios
+        self.names = servable_names(schema)
+        self._cache = {}
+
+    # ------------------------------------------------------------------ graph pieces
+    def _checked_scenario(self, x):
+        sc = tf.cast(x[self.key], tf.int64)
+        ok = (sc >= 0) & (sc < self.S)
+        valid = ", ".join(f"{i}={n}" for i, n in enumerate(self.schema.scenario.values))
+        check = tf.debugging.Assert(
+            tf.reduce_all(ok),
+            [f"input '{self.key}' must be a scenario index in [0, {self.S}) ({valid}); got", tf.boolean_mask(sc, ~ok)],
+            summarize=8)
+        with tf.control_dependencies([check]):
+            return tf.identity(sc)
+
+    def _routed(self, x):
+        x = fit_sequences(x, self.schema)
+        x[self.key] = self._checked_scenario(x)
+        return x
+
+    def _fixed(self, x, s):
+        x = fit_sequences(x, self.schema)
+        first = next(iter(x.values()))
+        x[self.key] = tf.fill(tf.shape(first)[:1], tf.constant(s, tf.int64))
+        return x
+
+    def _prob(self, x):
+        return {"prob": tf.reshape(tf.cast(self.model(x, training=False), tf.float32), [-1])}
+
+    def _function(self, key, fn, signature):
+        if key not in self._cache:
+            self._cache[key] = trace(fn, signature)
+        return self._cache[key]
+
+    # ------------------------------------------------------------------ concrete functions
+    def routed(self):
+        """Features incl. the scenario -> own-scenario ``prob`` (serving_default of ``all``)."""
+        return self._function("routed", lambda x: self._prob(self._routed(x)), [input_signature(self.schema)])
+
+    def all_scenarios(self):
+        """Features incl. the scenario -> ``prob`` (own scenario) and ``probs`` [None, S] (every scenario)."""
+        def fn(x):
+            x = self._routed(x)
+            out = self._prob(x)
+            out["probs"] = tf.cast(self.model.scenario_probs(x, training=False), tf.float32)
+            return out
+        return self._function("all_scenarios", fn, [input_signature(self.schema)])
+
+    def scenario(self, s: int):
+        """Features without the scenario -> ``prob`` in scenario ``s``."""
+        return self._function(("scenario", s), lambda x: self._prob(self._fixed(x, s)),
+                              [input_signature(self.schema, with_scenario=False)])
+
+    def routed_examples(self):
+        parse = make_parser(self.schema, inputs_only=True)
+        return self._function("routed_examples", lambda examples: self._prob(self._routed(parse(examples))),
+                              [EXAMPLES_SPEC])
+
+    def scenario_examples(self, s: int):
+        parse = make_parser(self.schema, inputs_only=True, with_scenario=False)
+        return self._function(("scenario_examples", s), lambda examples: self._prob(self._fixed(parse(examples), s)),
+                              [EXAMPLES_SPEC])
+
+    # ------------------------------------------------------------------ signature maps
+    def signatures(self, scenario=None) -> Dict[str, object]:
+        """Signature name -> concrete function of the ``all`` servable (``scenario=None``) or of the
+        servable of scenario index ``scenario``."""
+        if scenario is None:
+            sigs = {"serving_default": self.routed(), "examples": self.routed_examples(),
+                    "all_scenarios": self.all_scenarios()}
+            sigs.update({name: self.scenario(s) for s, name in enumerate(self.names)})
+            return sigs
+        return {"serving_default": self.scenario(scenario), "examples": self.scenario_examples(scenario)}
+
+
+def sample_batch(schema: Schema, n: int = 4, seed: int = 0, with_scenario: bool = True) -> Dict[str, np.ndarray]:
+    """A deterministic batch of valid raw inputs (warm-up requests, building the model's variables)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    if with_scenario:
+        out[schema.scenario.name] = (np.arange(n) % schema.num_scenarios).astype(np.int64)
+    for f in schema.features:
+        owner = schema.table_owner(f)
+        if f.kind == "numeric":
+            out[f.name] = (f.mean + f.std * rng.standard_normal(n)).astype(np.float32)
+            continue
+        shape = (n, f.length) if f.kind == "sequence" else (n,)
+        if owner.hashed:
+            vals = np.array([f"v{v}".encode() for v in rng.integers(0, 1000, size=int(np.prod(shape)))],
+                            dtype=object).reshape(shape)
+        else:
+            vals = rng.integers(1, owner.vocab_size, size=shape).astype(np.int64)
+        if f.kind == "sequence":  # random lengths 0..L, right-padded
+            lengths = rng.integers(0, f.length + 1, size=n)
+            vals[np.arange(f.length)[None, :] >= lengths[:, None]] = b"" if owner.hashed else 0
+        out[f.name] = vals
+    return out
+
+
+def to_examples(batch: Dict[str, np.ndarray], schema: Schema) -> List[bytes]:
+    """Serialized ``tf.train.Example`` s of a raw input batch (padding left out of sequences)."""
+    n = len(next(iter(batch.values())))
+    records = []
+    for i in range(n):
+        feats = {}
+        for name, col in batch.items():
+            vals = col[i] if col.ndim == 2 else col[i:i + 1]
+            if col.ndim == 2:  # drop the padding
+                vals = vals[vals != (b"" if col.dtype == object else 0)]
+            if col.dtype == np.float32:
+                feats[name] = tf.train.Feature(float_list=tf.train.FloatList(value=vals))
+            elif col.dtype == object:
+                feats[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=list(vals)))
+            else:
+                feats[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=vals))
+        records.append(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())
+    return records

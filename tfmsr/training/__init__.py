@@ -1,1 +1,0 @@
-"""Training: the local trainer, evaluation and callbacks."""
