@@ -11,6 +11,7 @@ import tf_keras as keras
 from conftest import quick_config
 
 from tfmsr.core.errors import ConfigError
+from tfmsr.core.rundir import read_stats
 from tfmsr.data.pipeline import make_dataset, split_files
 from tfmsr.features import Schema, SchemaError
 from tfmsr.layers.fimn import (MultiAspectInterestExtractor, ScenarioAwareInterestFusion, ScenarioEnhancing,
@@ -21,6 +22,11 @@ from tfmsr.ranking.train import compile_model
 
 RNG = np.random.default_rng(0)
 B, L, A, D, DS, S = 4, 6, 3, 8, 5, 4
+
+
+def build_fimn(schema, params=None):
+    """FIMN with the statistics of the dataset beside ``schema``, as the trainer passes them."""
+    return build("fimn", schema, params, read_stats(os.path.dirname(schema.source)))
 
 
 def sigmoid(z):
@@ -104,7 +110,7 @@ def test_sem_is_monotone_for_any_weights(trial):
 
 
 def test_sem_default_init_favours_the_long_tail(synth_schema):
-    model = build("fimn", synth_schema)
+    model = build_fimn(synth_schema)
     model(next(iter(make_dataset(split_files(os.path.dirname(synth_schema.source), "valid"), synth_schema, 8,
                                  training=False)))[0])
     stats = json.load(open(os.path.join(os.path.dirname(synth_schema.source), "stats.json")))
@@ -228,7 +234,7 @@ def test_every_table3_variant_trains_and_explains(variant, synth_dir, synth_sche
     that are on gets a gradient and the loss goes down."""
     params = {**SMALL, **ABLATIONS[variant]}
     keras.utils.set_random_seed(0)
-    model = compile_model(build("fimn", synth_schema, params), quick_config("fimn", params, learning_rate=0.01))
+    model = compile_model(build_fimn(synth_schema, params), quick_config("fimn", params, learning_rate=0.01))
     model.run_eagerly = True
     x, y = batch(synth_dir, synth_schema, "train", 256)
     with tf.GradientTape() as tape:
@@ -271,7 +277,7 @@ def test_every_table3_variant_trains_and_explains(variant, synth_dir, synth_sche
 def test_each_tower_learns_only_from_its_scenario(synth_dir, synth_schema):
     s = 3
     keras.utils.set_random_seed(0)
-    model = build("fimn", synth_schema, SMALL)
+    model = build_fimn(synth_schema, SMALL)
     x, y = batch(synth_dir, synth_schema, "train", 1000)
     keep = tf.equal(x[synth_schema.scenario.name], s)
     x, y = {k: tf.boolean_mask(v, keep) for k, v in x.items()}, tf.boolean_mask(y, keep)
@@ -294,14 +300,19 @@ def test_stats_source_param_errors_and_checkpoint(synth_dir, synth_schema, tmp_p
     x, _ = batch(synth_dir, synth_schema, n=16)
     raw = synth_schema.to_dict()
     names = synth_schema.scenario.values
-    # a schema with no stats.json beside it: one clear error, or the statistics as a param
+    # built without the dataset statistics: one clear error, or the statistics as a param
     lone = tmp_path / "lone"
     lone.mkdir()
     Schema.from_dict(raw).save(str(lone / "schema.yaml"))
     schema = Schema.load(str(lone / "schema.yaml"))
-    with pytest.raises(SchemaError, match=r"lone/stats.json: fimn's SEM \(eq. 1\) needs each scenario's impressions"):
+    with pytest.raises(SchemaError, match=r"lone/schema.yaml: fimn's SEM \(eq. 1\) needs each scenario's impressions"):
         build("fimn", schema, SMALL)
     build("fimn", schema, {**SMALL, "sem": False})(x)   # FIMN-SEM needs no statistics
+    # the statistics are a constructor input: no stats.json is opened beside the schema
+    from_input = build("fimn", schema, SMALL, read_stats(synth_dir))
+    from_input(x)
+    np.testing.assert_allclose(from_input.sem.frequency.numpy(), build_fimn(synth_schema, SMALL).frequency(
+        read_stats(synth_dir)), rtol=1e-6)
     given = {n: {"rows": r} for n, r in zip(names, [10, 20, 30, 40, 50])}
     m = build("fimn", schema, {**SMALL, "scenario_stats": given})
     m(x)
@@ -309,9 +320,9 @@ def test_stats_source_param_errors_and_checkpoint(synth_dir, synth_schema, tmp_p
     with pytest.raises(ConfigError, match=r"model param scenario_stats: no 'rows' \(impressions\) for scenario"):
         build("fimn", schema, {**SMALL, "scenario_stats": {"s0": {"rows": 3}}})
     with pytest.raises(ConfigError, match="embedding_dim must be a positive integer"):
-        build("fimn", synth_schema, {**SMALL, "embedding_dim": None})
+        build_fimn(synth_schema, {**SMALL, "embedding_dim": None})
     # the statistics are a checkpointed weight: a restored model keeps the training-time values
-    trained = build("fimn", synth_schema, SMALL)
+    trained = build_fimn(synth_schema, SMALL)
     trained(x)
     path = tf.train.Checkpoint(model=trained).write(str(tmp_path / "ckpt" / "c"))
     tf.train.Checkpoint(model=m).read(path).expect_partial()
@@ -320,14 +331,14 @@ def test_stats_source_param_errors_and_checkpoint(synth_dir, synth_schema, tmp_p
 
 
 def test_defaults_follow_section_5_1_5(synth_schema):
-    model = build("fimn", synth_schema)
+    model = build_fimn(synth_schema)
     p = model.params
     assert p["embedding_dim"] == 32 and p["gamma"] == 2.0 and p["init"] == {"normal": 0.05}
     assert p["sem"] and p["mie"] and p["sif"] and p["smm"] and model.multi_head
     assert synth_schema.feature("hist_item_id").length == 30
     # the Gaussian is for the DNN parameters; MIE's attention projections start as Glorot (attention_init)
     assert p["attention_init"] == "glorot_uniform" and model.mie.kernel_init == "glorot_uniform"
-    assert build("fimn", synth_schema, {"attention_init": {"normal": 0.05}}).mie.kernel_init == {"normal": 0.05}
+    assert build_fimn(synth_schema, {"attention_init": {"normal": 0.05}}).mie.kernel_init == {"normal": 0.05}
     assert model.sif.kernel_init == {"normal": 0.05}
 
 

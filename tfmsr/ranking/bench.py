@@ -7,6 +7,8 @@ import time
 
 import tensorflow as tf
 
+from tfmsr.core.errors import ConfigError
+from tfmsr.core.rundir import read_stats
 from tfmsr.data.pipeline import make_dataset, read_errors, split_files
 from tfmsr.features import Schema
 from tfmsr.ranking.models import build
@@ -63,7 +65,7 @@ def bench_train(cfg: dict, data_dir: str, batch: int = 1024, steps: int = 200, w
         return bench_train_cluster(cluster, cfg, data_dir, batch, steps, warmup)
     schema = Schema.load(os.path.join(data_dir, "schema.yaml"))
     files = split_files(data_dir, "train")
-    model = compile_model(build(cfg["model"]["name"], schema, cfg["model"]["params"]), cfg)
+    model = compile_model(build(cfg["model"]["name"], schema, cfg["model"]["params"], read_stats(data_dir)), cfg)
     ds = make_dataset(files, schema, batch, training=True, seed=cfg["train"]["seed"],
                       shuffle_buffer=cfg["data"]["shuffle_buffer"])
     return _timed_fit(model, ds, files, schema, cfg, data_dir, batch, steps, warmup)
@@ -77,13 +79,13 @@ def bench_train_cluster(cluster, cfg: dict, data_dir: str, batch: int, steps: in
 
     if not cluster.trains:
         if cluster.role == "evaluator":
-            raise dist.ConfigError("bench train has no evaluator role; start the cluster without --evaluator")
+            raise ConfigError("bench train has no evaluator role; start the cluster without --evaluator")
         dist.serve(cluster, print)
         return {}
     strategy = dist.make_strategy(cluster, cfg)  # before any other TensorFlow op
     schema = Schema.load(os.path.join(data_dir, "schema.yaml"))
     files = split_files(data_dir, "train")
-    model = build_in_scope(strategy, cluster, cfg, schema, files)
+    model = build_in_scope(strategy, cluster, cfg, schema, files, read_stats(data_dir))
     ds = dist.per_worker_input(files, lambda f, b, k, ctx: make_dataset(
         f, schema, b, training=True, seed=cfg["train"]["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"],
         input_context=ctx), cluster, batch, 0, lambda line: None)

@@ -52,12 +52,13 @@ def summarize(pred: Dict[str, np.ndarray], schema: Schema) -> dict:
 
 def load_trained(model_dir: str, schema: Optional[Schema] = None):
     """Rebuild the model of a finished run from ``run.yaml`` and read its ``final`` weights."""
-    run = RunDir(model_dir).read()
+    run_dir = RunDir(model_dir)
+    run = run_dir.read()
     schema = schema or Schema.load(os.path.join(model_dir, "schema.yaml"))
     final = tf.train.latest_checkpoint(os.path.join(model_dir, "final"))
     if final is None:
         raise FileNotFoundError(f"{model_dir}/final: no finished checkpoint (training did not complete)")
-    model = build(run["config"]["model"]["name"], schema, run["config"]["model"]["params"])
+    model = build(run["config"]["model"]["name"], schema, run["config"]["model"]["params"], run_dir.stats())
     tf.train.Checkpoint(model=model).read(final).expect_partial()
     return model, schema, run
 

@@ -21,6 +21,7 @@ from typing import Callable, Optional
 import tensorflow as tf
 
 from tfmsr.core.progress import log as log_line
+from tfmsr.core.rundir import read_stats
 from tfmsr.data.pipeline import make_dataset, split_files
 from tfmsr.features import Schema
 from tfmsr.ranking.evaluate import Predictor, summarize
@@ -46,7 +47,7 @@ def run_evaluator(cfg: dict, data_dir: str, model_dir: str, log: Callable[[str],
     schema = Schema.load(os.path.join(data_dir, "schema.yaml"))
     split = cfg["cluster"]["evaluator_split"]
     files = split_files(data_dir, split)
-    model = build(cfg["model"]["name"], schema, cfg["model"]["params"])
+    model = build(cfg["model"]["name"], schema, cfg["model"]["params"], read_stats(data_dir))
     model(next(iter(make_dataset(files[:1], schema, 8, training=False)))[0])  # variables exist before restores
     predictor = Predictor(files, schema, cfg["data"]["eval_batch_size"])
     out_dir = os.path.join(model_dir, "eval")

@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import tensorflow as tf
 import tf_keras as keras
@@ -115,9 +115,9 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
     spe = t["steps_per_epoch"] or math.ceil(split_rows(data_dir, "train", stats) / batch)
     keras.utils.set_random_seed(t["seed"])
     if strategy is None:
-        model = compile_model(build(cfg["model"]["name"], schema, cfg["model"]["params"]), cfg)
+        model = compile_model(build(cfg["model"]["name"], schema, cfg["model"]["params"], stats), cfg)
     else:
-        model = build_in_scope(strategy, cluster, cfg, schema, train_files)
+        model = build_in_scope(strategy, cluster, cfg, schema, train_files, stats)
     backup_dir = os.path.join(model_dir, "backup")
     epoch0, step0 = resume_point(backup_dir, spe)
     skip = epoch0 * spe + step0
@@ -178,7 +178,7 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
     return summary
 
 
-def build_in_scope(strategy, cluster, cfg: dict, schema: Schema, files):
+def build_in_scope(strategy, cluster, cfg: dict, schema: Schema, files, stats: Optional[dict] = None):
     """The model and optimizer under ``strategy``: variables created now by one call on a few rows (on
     the parameter servers, partitioned; or mirrored on every worker), so fit only runs steps. The
     optimizer slots exist before a backup is restored: under ParameterServerStrategy a deferred restore
@@ -186,7 +186,7 @@ def build_in_scope(strategy, cluster, cfg: dict, schema: Schema, files):
     check_model(get_class(cfg["model"]["name"]), cluster)
     x, _ = next(iter(make_dataset(files[:1], schema, 8, training=False)))
     with strategy.scope():
-        model = build(cfg["model"]["name"], schema, cfg["model"]["params"])
+        model = build(cfg["model"]["name"], schema, cfg["model"]["params"], stats)
         model(x)
         compile_model(model, cfg)
         model.optimizer.build(model.trainable_variables)

@@ -35,8 +35,10 @@ def get_class(name: str) -> Type["RankingModel"]:
     return _REGISTRY.get(name)
 
 
-def build(name: str, schema: Schema, params: Optional[dict] = None) -> "RankingModel":
-    return get_class(name)(schema, params or {})
+def build(name: str, schema: Schema, params: Optional[dict] = None, stats: Optional[dict] = None) -> "RankingModel":
+    """Model ``name`` on ``schema``; ``stats``: the dataset's statistics (``stats.json``) for the models that
+    take them as a constructor input (FIMN's SEM). Models never open files themselves."""
+    return get_class(name)(schema, params or {}, stats=stats)
 
 
 def gather_scenario(logits: tf.Tensor, scenario: tf.Tensor) -> tf.Tensor:
@@ -52,7 +54,8 @@ class RankingModel(Parametrized, keras.Model):
     multi_head = False
     defaults: dict = {"embedding_dim": None}
 
-    def __init__(self, schema: Schema, params: Optional[dict] = None, **kwargs):
+    def __init__(self, schema: Schema, params: Optional[dict] = None, stats: Optional[dict] = None, **kwargs):
+        """``stats``: the dataset statistics, read by a model that needs them in its own ``__init__``."""
         super().__init__(name=self.model_name, **kwargs)
         self.schema = schema
         self.params = self.resolve(params or {})

@@ -1,9 +1,7 @@
 """FIMN (Fusing Multi-Interest and Scenario-Mutual Network, ../shared/papers/FIMN.md)."""
 from __future__ import annotations
 
-import json
-import os
-from typing import Dict
+from typing import Dict, Optional
 
 import tensorflow as tf
 
@@ -24,9 +22,9 @@ class FIMN(RankingModel):
     * ``e_s``: the scenario embedding (+ any categorical feature of group ``scenario``), ``d_s = |A_s| d``.
     * SEM (eq. 1-2): ``e~_s = e_s * gamma sigmoid(Monotonic_MLP(-v_s))``. ``v_s`` = the scenario's
       impression share and log impression count (:func:`~tfmsr.layers.fimn.frequency_features`) of the
-      ``train`` split, read when the model is built from ``stats.json`` beside the schema's
-      ``schema.yaml`` (every dataset has one, and ``tfmsr train`` copies it into the model dir next to
-      ``schema.yaml``), or given as the param ``scenario_stats: {scenario: {rows: N}}``. The values live
+      ``train`` split, from the dataset statistics the model is built with (``stats``, the dataset's
+      ``stats.json``: the trainer reads it and keeps a copy in the run dir, so a restored model gets the
+      same input), or given as the param ``scenario_stats: {scenario: {rows: N}}``. The values live
       in a non-trainable weight, so checkpoints and exports keep the training statistics.
     * MIE (eq. 3-7): the item fields ``A_i`` are the item features a behaviour sequence shares a table with
       (e.g. ``item_id`` and ``cate_id`` with ``hist_item_id`` / ``hist_cate_id``), one interest each: FTA
@@ -65,7 +63,7 @@ class FIMN(RankingModel):
                 "attention_dim": 32, "tower": [64, 32], "smm_hidden": [512], "scenario_stats": None,
                 "sem": True, "mie": True, "sif": True, "smm": True, "attention_init": "glorot_uniform"}
 
-    def __init__(self, schema, params=None, **kwargs):
+    def __init__(self, schema, params=None, stats: Optional[dict] = None, **kwargs):
         super().__init__(schema, params, **kwargs)
         p = self.params
         if not isinstance(p["embedding_dim"], int) or p["embedding_dim"] < 1:
@@ -76,7 +74,7 @@ class FIMN(RankingModel):
         pairs = require_behavior(schema, self.model_name)
         self.interest_names = [item.name for _, item in pairs]
         init = p["init"]
-        self.sem = (ScenarioEnhancing(self.frequency(), p["sem_hidden"], p["gamma"],
+        self.sem = (ScenarioEnhancing(self.frequency(stats), p["sem_hidden"], p["gamma"],
                                       noise=init["normal"] if isinstance(init, dict) else 0.05, name="sem")
                     if p["sem"] else None)
         self.mie = (MultiAspectInterestExtractor(len(pairs), p["attention_init"], name="mie") if p["mie"]
@@ -86,22 +84,20 @@ class FIMN(RankingModel):
                                    p["smm_hidden"], name="smm") if p["smm"] else None)
         self.towers = ScenarioTowers(self.num_scenarios, p["tower"], kernel_init=init, name="towers")
 
-    def frequency(self):
-        """``v_s [S, 2]`` from ``scenario_stats`` or ``stats.json`` beside the schema (see the class doc)."""
+    def frequency(self, stats: Optional[dict]):
+        """``v_s [S, 2]`` from ``scenario_stats`` or the dataset statistics ``stats`` (see the class doc)."""
         names = list(self.schema.scenario.values)
         if self.params["scenario_stats"] is not None:
             per, source = self.params["scenario_stats"], "model param scenario_stats"
             if not isinstance(per, dict):
                 raise ConfigError(f"model 'fimn': scenario_stats must map scenario -> {{rows: N}}, got {per!r}")
         else:
-            source = os.path.join(os.path.dirname(os.path.abspath(self.schema.source)), "stats.json")
-            if not os.path.isfile(source):
+            if not stats:
                 raise SchemaError(
-                    f"{source}: fimn's SEM (eq. 1) needs each scenario's impressions: the stats.json written next "
-                    f"to {self.schema.source} with every dataset (or set model param scenario_stats: "
-                    "{scenario: {rows: N}}, or sem: false)")
-            with open(source) as fh:
-                stats = json.load(fh)
+                    f"{self.schema.source}: fimn's SEM (eq. 1) needs each scenario's impressions: build it with the "
+                    "dataset's statistics (build(..., stats=...) from the stats.json written with every dataset; "
+                    "the trainer passes them), or set model param scenario_stats: {scenario: {rows: N}}, or sem: false")
+            source = "stats.json"
             train = stats.get("splits", {}).get("train", {}).get("scenarios")
             per = train if train is not None else {n: {"rows": r} for n, r in stats.get("scenario_rows", {}).items()}
         try:
