@@ -1,14 +1,23 @@
 """Paper-table benchmark: train every model spec x seed with one budget, evaluate on test, tabulate.
 
     python -m pipelines.benchmark --data DIR --models dnn,shared_bottom,saml,saml:mutual_gate=false \\
-        --seeds 0,1,2 --base dnn --out DIR [--epochs 3 --batch 1024 --patience 2 --set train.learning_rate=0.002]
+        --seeds 0,1,2 --base dnn --out DIR [--epochs 3 --patience 2 --batch 1024 --lr-scaling linear --set ...]
 
 * A **model spec** is ``name[:key=value,key=value]``; the values are YAML (``dnn:hidden=[64,32]``) and
   set ``model.params``, so ablation variants are rows of their own. ``--models all`` = every registered
   model. The base model (``--base``, RelaImpr's reference) is added when it is not listed.
 * **Config** of a spec: ``configs/<name>.yaml`` when it exists, else the model's defaults; then the budget
-  every row shares (``--epochs``, ``--batch``, ``--patience`` = early stopping on validation AUC, ``--set``
-  pass-through), ``train.seed = <seed>``, then the spec's params.
+  every row shares (``--epochs``, ``--patience``, ``--set`` pass-through), ``train.seed = <seed>``, then the
+  spec's params.
+* **Budget** (the same for every row): ``--epochs`` passes over the training split, i.e. ``epochs x train
+  rows`` examples seen (``train.steps_per_epoch`` is reset to one pass unless ``--set`` says otherwise),
+  with early stopping on validation AUC (``--patience``) and the weights of each model's best validation
+  epoch evaluated. Each model trains at **its own config's batch and learning rate** (the paper settings the
+  configs carry). ``--batch N`` forces one batch size on every row and rescales each row's learning rate by
+  the linear scaling rule (Goyal et al. 2017), ``lr = lr_config * N / batch_config``, so a model keeps its
+  step size per example; ``--lr-scaling none`` keeps the config's rate. ``results.json`` records the budget
+  (``budget``: epochs, train rows, examples, patience, batch rule) and each run's batch, learning rate,
+  epochs run and best epoch.
 * **Runs** go to ``OUT/runs/<spec>/seed<k>`` (``tfmsr.ranking.train.train``, then
   ``tfmsr.ranking.evaluate.evaluate`` writes ``metrics.json`` there). A run whose ``metrics.json`` exists
   is reused, a trained run without it is only evaluated, an interrupted one resumes from its backup; so a
@@ -106,20 +115,49 @@ def run_dir(out: str, spec: str, seed: int) -> str:
 
 
 def spec_config(spec: str, seed: int, args) -> dict:
-    """The config of one row and seed: configs/<name>.yaml (or defaults) + shared budget + spec params."""
+    """The config of one row and seed: configs/<name>.yaml (or defaults) + shared budget + spec params;
+    with ``--batch`` the forced batch and the learning rate rescaled by :func:`scaled_learning_rate`."""
     from tfmsr.ranking.config import load_config
 
     name, params = parse_spec(spec)
-    budget = [f"train.epochs={args.epochs}", f"data.batch_size={args.batch}",
+    budget = [f"train.epochs={args.epochs}", "train.steps_per_epoch=null",
               f"train.early_stopping_patience={args.patience}", f"train.seed={seed}"]
     overrides = budget + list(args.set) + [f"model.params.{p}" for p in params]
     path = os.path.join(args.configs, f"{name}.yaml")
-    if os.path.exists(path):
-        cfg = load_config(path, overrides)
-        if cfg["model"]["name"] != name:
-            raise ValueError(f"{path}: model.name is '{cfg['model']['name']}', expected '{name}'")
+    load = (lambda extra: load_config(path, overrides + extra)) if os.path.exists(path) else (
+        lambda extra: load_config(raw={"model": {"name": name}}, overrides=overrides + extra))
+    cfg = load([])
+    if cfg["model"]["name"] != name:
+        raise ValueError(f"{path}: model.name is '{cfg['model']['name']}', expected '{name}'")
+    if args.batch is None:
         return cfg
-    return load_config(raw={"model": {"name": name}}, overrides=overrides)
+    lr = scaled_learning_rate(cfg["train"]["learning_rate"], cfg["data"]["batch_size"], args.batch, args.lr_scaling)
+    return load([f"data.batch_size={args.batch}", f"train.learning_rate={lr!r}"])
+
+
+def scaled_learning_rate(lr: float, batch: int, new_batch: int, rule: str) -> float:
+    """The learning rate at ``new_batch`` of a config tuned at ``batch``: ``linear`` = Goyal et al. 2017's
+    linear scaling rule ``lr * new_batch / batch`` (same step size per example); ``none`` = unchanged."""
+    if rule == "none":
+        return float(lr)
+    if rule != "linear":
+        raise ValueError(f"--lr-scaling must be linear or none, got {rule!r}")
+    return float(lr) * new_batch / batch
+
+
+def train_rows(data_dir: str) -> int:
+    """Rows of the training split (stats.json, else counted)."""
+    from tfmsr.ranking.train import split_rows
+
+    return split_rows(data_dir, "train", _read_json(os.path.join(data_dir, "stats.json")) or {})
+
+
+def budget_of(args, train_rows: int) -> dict:
+    """The budget every row shares, as results.json records it."""
+    return {"epochs": args.epochs, "train_rows": train_rows, "examples": args.epochs * train_rows,
+            "patience": args.patience, "early_stopping": "validation AUC, best epoch's weights evaluated",
+            "batch_size": args.batch if args.batch is not None else "per config",
+            "lr_scaling": (args.lr_scaling if args.batch is not None else "per config"), "set": args.set}
 
 
 # ---------------------------------------------------------------------------------------- one run
@@ -188,9 +226,14 @@ def run_one(spec: str, seed: int, args, scenarios: List[str]) -> dict:
         evaluate(model_dir, args.data, args.split, out=metrics_path)
     res, hist = _read_json(metrics_path), _read_json(history_path) or {}
     epochs = len(hist.get("history", {}).get("loss", []))
+    val = hist.get("history", {}).get("val_auc") or []
+    batch = cfg["data"]["batch_size"]
     return {"seed": seed, "status": status, "model_dir": model_dir, "metrics": _columns_of(res, scenarios),
             "examples_per_sec": hist.get("examples_per_sec"), "seconds": hist.get("seconds"),
-            "steps": hist.get("steps"), "epochs": epochs, "best_val_auc": hist.get("best_val_auc")}
+            "steps": hist.get("steps"), "epochs": epochs, "best_val_auc": hist.get("best_val_auc"),
+            "best_epoch": int(np.argmax(val)) + 1 if val else None, "batch_size": batch,
+            "learning_rate": cfg["train"]["learning_rate"],
+            "examples_seen": hist["steps"] * batch if hist.get("steps") is not None else None}
 
 
 # ---------------------------------------------------------------------------------------- floor / ceiling
@@ -315,15 +358,34 @@ def _rela_impr_table(result: dict) -> List[str]:
     return lines
 
 
-def markdown(result: dict) -> str:
-    rows, scen, base = result["rows"], result["scenarios"], result["base"]
+def _head(result: dict) -> str:
+    """The first line of results.md: data, seeds and the budget."""
     b = result["budget"]
-    head = (f"Split `{result['split']}` of `{result['data']}`; seeds {','.join(map(str, result['seeds']))}; budget: "
-            f"{b['epochs']} epochs, batch {b['batch_size']}, early stopping patience {b['patience']}"
-            + (f", {' '.join(b['set'])}" if b["set"] else "")
-            + f". Mean ± std over seeds; RelaImpr vs `{base}` (SAML eq. 10); train ex/s = examples / wall "
-            "time of fit (validation included); `popularity` = item's smoothed positive rate in train.")
-    cols = [f"AUC {s}" for s in scen] + ["AUC", "RelaImpr", "GAUC", "RelaImpr (GAUC)", "logloss", "train ex/s"]
+    batch = ("each config's own batch and learning rate" if b["batch_size"] == "per config" else
+             f"batch {b['batch_size']} for every row, learning rate scaling {b['lr_scaling']}")
+    examples = f" ({b['examples']:,} examples)" if b.get("examples") else ""
+    return (f"Split `{result['split']}` of `{result['data']}`; seeds {','.join(map(str, result['seeds']))}; budget: "
+            f"{b['epochs']} epochs{examples}, {batch}, early stopping on validation AUC with patience "
+            f"{b['patience']} (best epoch evaluated)" + (f", {' '.join(b['set'])}" if b["set"] else "")
+            + f". Mean ± std over seeds; RelaImpr vs `{result['base']}` (SAML eq. 10); train ex/s = examples / "
+            "wall time of fit (validation included); best epoch per seed; `popularity` = item's smoothed positive "
+            "rate in train.")
+
+
+def _run_cells(row: dict) -> List[str]:
+    """batch, learning rate (the first seed's; every seed shares them) and best epoch of each seed."""
+    runs = [r for r in row["runs"] if r.get("batch_size") is not None]
+    if not runs:
+        return ["-", "-", "-"]
+    best = "/".join("-" if r.get("best_epoch") is None else str(r["best_epoch"]) for r in runs)
+    return [str(runs[0]["batch_size"]), f"{runs[0]['learning_rate']:.3g}", best]
+
+
+def markdown(result: dict) -> str:
+    rows, scen = result["rows"], result["scenarios"]
+    head = _head(result)
+    cols = [f"AUC {s}" for s in scen] + ["AUC", "RelaImpr", "GAUC", "RelaImpr (GAUC)", "logloss", "train ex/s",
+                                         "batch", "lr", "best epoch"]
     lines = [head, "", "| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for name, row in rows.items():
         if not row["runs"]:
@@ -335,6 +397,7 @@ def markdown(result: dict) -> str:
         eps = row.get("examples_per_sec")
         cells = [cell(f"auc/{s}") for s in scen] + [cell("auc"), ri("auc"), cell("gauc"), ri("gauc"),
                                                     cell("logloss"), f"{eps['mean']:,.0f}" if eps else "-"]
+        cells += _run_cells(row)
         lines.append(f"| {_label(name, row, result)} | " + " | ".join(cells) + " |")
     lines += _rela_impr_table(result)
     failed = [f"`{name}` seed {f['seed']} ({f['error'].splitlines()[0][:200]})"
@@ -389,7 +452,11 @@ def parse_args(argv=None):
     ap.add_argument("--base", default="dnn", help="spec (or 'popularity') RelaImpr is measured against (default dnn)")
     ap.add_argument("--out", required=True, help="output folder (runs/, results.json, results.md)")
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=None,
+                    help="force this batch size on every row (default: each config's own batch and learning rate)")
+    ap.add_argument("--lr-scaling", choices=("linear", "none"), default="linear",
+                    help="with --batch: rescale each config's learning rate by batch / config batch (linear, "
+                         "Goyal et al. 2017; default) or keep it (none)")
     ap.add_argument("--patience", type=int, default=2, help="early stopping patience in epochs (0: off)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every run, e.g. train.learning_rate=0.002")
@@ -442,7 +509,7 @@ def main(argv=None) -> dict:
     result = {
         "data": os.path.abspath(args.data), "split": args.split, "scenarios": scenarios, "base": args.base,
         "seeds": seeds, "models": specs,
-        "budget": {"epochs": args.epochs, "batch_size": args.batch, "patience": args.patience, "set": args.set},
+        "budget": budget_of(args, train_rows(args.data)),
         "columns": [f"auc/{s}" for s in scenarios] + ["auc", "gauc", "logloss"],
         "rows": {spec: {"kind": "model", "model": parse_spec(spec)[0], "params": spec_params(spec), "runs": []}
                  for spec in specs},

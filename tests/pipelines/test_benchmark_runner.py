@@ -33,10 +33,29 @@ def test_bad_spec_fails_before_training(synth_dir, tmp_path):
     assert not os.path.exists(tmp_path / "runs")
 
 
+def test_budget_own_config_or_forced_batch_with_linear_scaling(synth_dir, tmp_path):
+    """Without --batch every row keeps its config's batch and rate; --batch rescales the rate linearly."""
+    base = ["--data", synth_dir, "--models", "saml", "--out", str(tmp_path), "--set", "train.steps_per_epoch=7"]
+    own = benchmark.spec_config("saml", 3, benchmark.parse_args(base))
+    assert (own["data"]["batch_size"], own["train"]["learning_rate"]) == (128, 0.0005)  # configs/saml.yaml
+    assert own["train"]["seed"] == 3 and own["train"]["steps_per_epoch"] == 7
+    assert benchmark.spec_config("saml", 0, benchmark.parse_args(base[:-2]))["train"]["steps_per_epoch"] is None
+    forced = benchmark.spec_config("saml", 0, benchmark.parse_args(base + ["--batch", "1024"]))
+    assert (forced["data"]["batch_size"], forced["train"]["learning_rate"]) == (1024, pytest.approx(0.004))
+    kept = benchmark.spec_config("saml", 0, benchmark.parse_args(base + ["--batch", "1024", "--lr-scaling", "none"]))
+    assert (kept["data"]["batch_size"], kept["train"]["learning_rate"]) == (1024, 0.0005)
+    told = benchmark.spec_config("dnn", 0, benchmark.parse_args(base + ["--set", "train.learning_rate=0.01"]))
+    assert told["train"]["learning_rate"] == 0.01  # --set wins over the config
+    budget = benchmark.budget_of(benchmark.parse_args(base + ["--epochs", "2"]), 1000)
+    assert (budget["examples"], budget["batch_size"], budget["lr_scaling"]) == (2000, "per config", "per config")
+    with pytest.raises(ValueError, match="linear or none"):
+        benchmark.scaled_learning_rate(0.1, 128, 256, "sqrt")
+
+
 def _args(synth_dir, out, epochs=1):
     return ["--data", synth_dir, "--models", SPECS, "--seeds", "0,1", "--base", BASE, "--out", out,
             "--epochs", str(epochs), "--batch", "256", "--set", "train.steps_per_epoch=5",
-            "--set", "train.log_every=1000"]
+            "--set", "train.log_every=1000", "--set", "train.learning_rate=0.004"]
 
 
 def _parse(path, names):
@@ -65,8 +84,11 @@ def test_results_structure_and_per_seed_numbers(table):
     out, first, saved, md = table
     assert saved["models"] == [BASE, SB] and saved["seeds"] == [0, 1] and saved["base"] == BASE
     assert list(saved["rows"]) == [BASE, SB, "popularity", "oracle"]
-    assert saved["budget"] == {"epochs": 1, "batch_size": 256, "patience": 2,
-                               "set": ["train.steps_per_epoch=5", "train.log_every=1000"]}
+    rows = saved["budget"]["train_rows"]
+    assert rows > 1000 and saved["budget"] == {
+        "epochs": 1, "train_rows": rows, "examples": rows, "patience": 2, "batch_size": 256, "lr_scaling": "linear",
+        "early_stopping": "validation AUC, best epoch's weights evaluated",
+        "set": ["train.steps_per_epoch=5", "train.log_every=1000", "train.learning_rate=0.004"]}
     cols = saved["columns"]
     assert cols == [f"auc/s{i}" for i in range(5)] + ["auc", "gauc", "logloss"]
     assert saved["rows"][SB]["params"] == {"bottom": [16], "tower": [8]}
@@ -82,6 +104,9 @@ def test_results_structure_and_per_seed_numbers(table):
                 run = fh.read()
             assert r["model_dir"].startswith(os.path.join(out, "runs"))
             assert f"seed: {r['seed']}" in run and "steps_per_epoch: 5" in run and "batch_size: 256" in run
+            # the configs' batch 1024 with lr 0.004 (--set) -> linear scaling to batch 256: lr 0.001
+            assert "learning_rate: 0.001" in run and r["learning_rate"] == 0.001 and r["batch_size"] == 256
+            assert r["examples_seen"] == 5 * 256 and r["best_epoch"] == 1
             assert r["metrics"]["auc"] == m["auc"] and r["metrics"]["gauc"] == m["gauc"]
             assert r["metrics"]["auc/s3"] == m["scenarios"]["s3"]["auc"]
             assert r["examples_per_sec"] == h["examples_per_sec"] and r["steps"] == 5 and r["epochs"] == 1
@@ -141,7 +166,7 @@ def test_markdown_table(table):
     lines = md.strip().splitlines()
     header = [c.strip() for c in lines[2].strip("|").split("|")]
     assert header == ["model"] + [f"AUC s{i}" for i in range(5)] + [
-        "AUC", "RelaImpr", "GAUC", "RelaImpr (GAUC)", "logloss", "train ex/s"]
+        "AUC", "RelaImpr", "GAUC", "RelaImpr (GAUC)", "logloss", "train ex/s", "batch", "lr", "best epoch"]
     cells = lambda rows: {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in rows)}
     body = cells(lines[4:lines.index("", 4)])
     assert list(body) == [BASE, SB, "popularity", "oracle"]
@@ -181,7 +206,9 @@ def test_markdown_table(table):
     assert body[SB][7] == f"{sb['rela_impr']['auc']:+.2f}%" and body[BASE][7] == "+0.00%"
     assert body[SB][11] == f"{sb['examples_per_sec']['mean']:,.0f}"
     pop = saved["rows"]["popularity"]
-    assert body["popularity"][6] == f"{pop['mean']['auc']:.4f}" and body["popularity"][11] == "-"
+    assert body["popularity"][6] == f"{pop['mean']['auc']:.4f}" and body["popularity"][11:] == ["-"] * 4
+    assert body[SB][12:] == ["256", "0.001", "1/1"]
+    assert "batch 256 for every row, learning rate scaling linear" in lines[0]
     assert "RelaImpr vs `dnn:hidden=[16]`" in lines[0] and "seeds 0,1;" in lines[0]
 
 
