@@ -1,4 +1,5 @@
-"""``tfmsr data synth|convert``: planted data with a known ground truth, or a public dataset converted."""
+"""``tfmsr data synth|convert|ingest``: planted data with a known ground truth, a public dataset converted, or
+your own files ingested by a spec (``tfmsr/data/ingest``)."""
 from __future__ import annotations
 
 import argparse
@@ -81,7 +82,18 @@ def _add_convert(data) -> None:
         c.set_defaults(fn=mod.run)
 
 
+def _add_ingest(data) -> None:
+    from tfmsr.data.ingest import add_ingest_arguments, run_cli
+
+    i = data.add_parser("ingest", help="your own files (CSV/TSV, Parquet, JSON lines) -> a dataset, by a YAML spec "
+                                       "(see tfmsr/data/ingest and tfmsr/configs/data)")
+    add_ingest_arguments(i)
+    i.set_defaults(fn=run_cli)
+
+
 def add_parser(sub) -> None:
-    data = sub.add_parser("data", help="create or convert datasets").add_subparsers(dest="data_verb", required=True)
+    data = sub.add_parser("data", help="create, convert or ingest datasets").add_subparsers(dest="data_verb",
+                                                                                            required=True)
     _add_synth(data)
     _add_convert(data)
+    _add_ingest(data)

@@ -134,11 +134,13 @@ class DatasetWriter:
         os.makedirs(self.tmp_dir)
         return self
 
-    def write(self, split: str, columns: Mapping[str, object]) -> None:
+    def write(self, split: str, columns: Mapping[str, object], records: Optional[List[bytes]] = None) -> None:
+        """``records``: the rows already serialised (then ``columns`` needs only what the stats read: the
+        scenario, the label and the repeat pair)."""
         if split not in self._writers:
             self._writers[split] = ShardWriter(os.path.join(self.tmp_dir, split), self.rows_per_shard,
                                                self.compression)
-        self._writers[split].write(encode_examples(columns, self.schema))
+        self._writers[split].write(records if records is not None else encode_examples(columns, self.schema))
         self.stats.update(split, columns)
 
     def __exit__(self, exc_type, exc, tb):

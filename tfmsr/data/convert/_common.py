@@ -61,10 +61,11 @@ def print_summary(out: str, stats: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------ progress
 class Progress:
-    """Throttled progress line on stderr: ``label: rows, rows/s, % of input, ETA``."""
+    """Throttled progress line on stderr (or to ``log``): ``label: rows, rows/s, % of input, ETA``."""
 
-    def __init__(self, label: str, quiet: bool = False, every: float = 2.0):
+    def __init__(self, label: str, quiet: bool = False, every: float = 2.0, log=None):
         self.label, self.quiet, self.every = label, quiet, every
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.t0 = self._last = time.time()
         self.rows = 0
 
@@ -78,14 +79,13 @@ class Progress:
         msg = f"{self.label}: {rows:,} rows  {rate:,.0f} rows/s"
         if fraction is not None and 0 < fraction <= 1:
             msg += f"  {100 * fraction:.0f}%  ETA {(now - self.t0) * (1 - fraction) / fraction:,.0f}s"
-        print(msg, file=sys.stderr, flush=True)
+        self.log(msg)
 
     def close(self) -> float:
         """Print the final line; returns the elapsed seconds."""
         sec = time.time() - self.t0
         if not self.quiet:
-            print(f"{self.label}: {self.rows:,} rows in {sec:,.1f}s ({self.rows / max(sec, 1e-9):,.0f} rows/s)",
-                  file=sys.stderr, flush=True)
+            self.log(f"{self.label}: {self.rows:,} rows in {sec:,.1f}s ({self.rows / max(sec, 1e-9):,.0f} rows/s)")
         return sec
 
 
