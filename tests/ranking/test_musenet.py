@@ -406,6 +406,8 @@ def test_config_errors(synth_schema):
         build("musenet", synth_schema, {"assignment": "fuzzy"})
     with pytest.raises(ConfigError, match="learner_inputs"):
         build("musenet", synth_schema, {"learner_inputs": ["weather"]})
+    with pytest.raises(ConfigError, match="embedding_init_scope must be one of context, learner"):
+        build("musenet", synth_schema, {"embedding_init_scope": "all"})
     no_context = copy.deepcopy(synth_schema)
     no_context.features = [f for f in no_context.features if f.group not in ("context", "query")]
     with pytest.raises(ConfigError, match="has no context features"):
@@ -444,9 +446,12 @@ def test_adjusted_rand_index_and_purity():
 
 
 @pytest.mark.parametrize("params,small", [({}, {"hour", "device"}), ({"assignment": "none"}, set()),
-                                          ({"learner_inputs": ["user", "context"]},
+                                          ({"learner_inputs": ["user", "context"]}, {"hour", "device"}),
+                                          ({"learner_inputs": ["user", "behavior"]}, set()),
+                                          ({"learner_inputs": ["user", "context"], "embedding_init_scope": "learner"},
                                            {"hour", "device", "user_id", "gender", "age", "user_level"})])
-def test_embedding_init_applies_to_the_learner_tables_only(params, small, synth_dir, synth_schema):
+def test_embedding_init_applies_to_the_learner_context_tables_only(params, small, synth_dir, synth_schema):
+    """The small init reaches the context tables the learner reads (scope ``learner``: every table it reads)."""
     model = build("musenet", synth_schema, params)
     x, _ = batch(synth_dir, synth_schema, 8)
     model(x)

@@ -154,3 +154,24 @@ def test_sainet_defaults_and_missing_behaviour_scenarios(synth_schema):
     with pytest.raises(SchemaError, match="noscen.yaml: sainet's SIE needs the scenario of each behaviour"):
         build("sainet", no_scen)
     assert build("sainet", no_scen, {"sie_scenario": False}).params["sie_scenario"] is False
+
+
+@pytest.mark.parametrize("attention_init,gaussian", [(None, False), ({"normal": 0.05}, True)])
+def test_attention_projections_start_glorot_unless_gaussian(synth_dir, synth_schema, attention_init, gaussian):
+    """SIE's and TIF's projections follow ``attention_init`` (default Glorot), STM's gate and the tower ``init``."""
+    from tfmsr.data.pipeline import make_dataset, split_files
+
+    params = {"tower": [16], "blocks": 1} if attention_init is None else {
+        "tower": [16], "blocks": 1, "attention_init": attention_init}
+    model = build("sainet", synth_schema, params)
+    model(next(iter(make_dataset(split_files(synth_dir, "valid"), synth_schema, 8, training=False)))[0])
+    mha, tif = model.blocks[0].sie.mha, model.tif
+    attention = [mha.wq, mha.wk, mha.wv, mha.wo, tif.w_q.kernel, tif.w_k.kernel, tif.w_v.kernel]
+    for w in attention:
+        fan_in, fan_out = w.shape
+        glorot = np.sqrt(2.0 / (fan_in + fan_out))  # std of Glorot uniform
+        want = 0.05 if gaussian else glorot
+        assert np.std(w.numpy()) == pytest.approx(want, rel=0.25), (w.name, glorot)
+        assert abs(glorot - 0.05) > 0.25 * 0.05  # the two readings are told apart
+    for w in (model.blocks[0].stm.gate.kernel, model.tower.dense[0].kernel):
+        assert np.std(w.numpy()) == pytest.approx(0.05, rel=0.25), w.name

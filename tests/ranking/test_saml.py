@@ -141,6 +141,47 @@ def test_scenario_aware_attention_matches_numpy(pooling):
     assert not np.allclose(a_l2.numpy(), a_l.numpy())
 
 
+def layer_norm(x, ln):
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + ln.epsilon) * ln.gamma.numpy() + ln.beta.numpy()
+
+
+def transformer_numpy(q, k, v, block, heads, mask):
+    """BST's layer around eq. 1-2: S' = LN(V + MH(Q, K, V)), LN(S' + LeakyReLU(S' W1 + b1) W2 + b2)."""
+    mha = block.mha
+    s1 = layer_norm(v + multi_head(q, k, v, *(w.numpy() for w in (mha.wq, mha.wk, mha.wv, mha.wo)), heads, mask),
+                    block.norm1)
+    h = s1 @ block.ff1.kernel.numpy() + block.ff1.bias.numpy()
+    h = np.where(h > 0, h, 0.2 * h) @ block.ff2.kernel.numpy() + block.ff2.bias.numpy()
+    return layer_norm(s1 + h, block.norm2)
+
+
+def test_scenario_aware_attention_transformer_block_matches_numpy():
+    """attention_block: transformer: residual + LayerNorm + feed-forward around both attentions; the specific
+    one's residual stream is the global tokens (its values)."""
+    b, l, dg, dl, heads = 4, 5, 8, 4, 2
+    tg = RNG.normal(size=(b, l, dg)).astype(np.float32)
+    tl = RNG.normal(size=(b, l, dl)).astype(np.float32)
+    mask = np.ones((b, l), bool)
+    mask[2, 2:] = False
+    layer = ScenarioAwareAttention(heads, length=None, pooling="target", block="transformer")
+    layer(tf.constant(tg), tf.constant(tl), tf.constant(mask))
+    for blk in (layer.global_attention, layer.specific_attention):   # non-trivial LayerNorm scales and shifts
+        for ln in (blk.norm1, blk.norm2):
+            ln.gamma.assign(RNG.normal(1.0, 0.3, dg).astype(np.float32))
+            ln.beta.assign(RNG.normal(0.0, 0.3, dg).astype(np.float32))
+    a_g, a_l = layer.attend(tf.constant(tg), tf.constant(tl), tf.constant(mask))
+    assert layer.specific_attention.mha.wq.shape == (dl, dg)
+    ref_g = transformer_numpy(tg, tg, tg, layer.global_attention, heads, mask)
+    ref_l = transformer_numpy(tl, tl, tg, layer.specific_attention, heads, mask)
+    np.testing.assert_allclose(a_g.numpy(), ref_g, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(a_l.numpy(), ref_l, rtol=1e-4, atol=1e-4)
+    pooled = layer(tf.constant(tg), tf.constant(tl), tf.constant(mask))
+    np.testing.assert_allclose(pooled[1].numpy(), ref_l[:, 0], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="block must be one of"):
+        ScenarioAwareAttention(heads, block="post")
+
+
 # ----------------------------------------------------------------------------- III-D-1 / eq. 4
 def test_auxiliary_and_multi_branch_match_eq4():
     b, d_ind, d_dep, hidden, S = 6, 7, 5, [8, 4], 3
@@ -256,6 +297,22 @@ def test_scenario_batch_leaves_other_branches_unchanged(synth_dir, synth_schema,
     assert delta[1] > 0 and np.all(delta[[0, 2, 3, 4]] == 0)
 
 
+@pytest.mark.parametrize("aux_gradient", [True, False])
+def test_aux_gradient_switch(synth_dir, synth_schema, aux_gradient):
+    """aux_gradient: false = the auxiliary network learns from L_aux alone: the branch loss gives it no gradient."""
+    model = build("saml", synth_schema, {"hidden": [16, 8], "aux_gradient": aux_gradient})
+    x, y = _batch(synth_dir, synth_schema, 64)
+    with tf.GradientTape() as tape:
+        out = model.forward(x, training=True)                             # the branches' loss only, no L_aux
+        loss = tf.reduce_mean(keras.losses.binary_crossentropy(y[:, None], tf.sigmoid(out["logits"][:, :1])))
+    aux = [w for w in model.trainable_weights if "auxiliary" in w.name and "logit" not in w.name]
+    grads = tape.gradient(loss, aux)
+    assert aux and all((g is None or not np.any(g.numpy())) != aux_gradient for g in grads)
+    with tf.GradientTape() as tape:                                       # L_aux still trains it either way
+        aux_loss = tf.reduce_mean(model.forward(x, training=True)["aux_logit"])
+    assert all(g is not None and np.any(g.numpy()) for g in tape.gradient(aux_loss, aux))
+
+
 def test_aux_loss_is_bce_of_the_auxiliary_logit(synth_dir, synth_schema):
     model = build("saml", synth_schema, {"hidden": [16, 8]})
     x, y = _batch(synth_dir, synth_schema, 128)
@@ -272,7 +329,8 @@ def test_aux_loss_is_bce_of_the_auxiliary_logit(synth_dir, synth_schema):
 
 @pytest.mark.parametrize("params,heads,aux", [
     ({}, True, True), ({"mutual_gate": False}, True, True), ({"aux": False}, True, False),
-    ({"mutual": False}, False, False)])
+    ({"mutual": False}, False, False), ({"attention_block": "transformer", "pooling": "target"}, True, True),
+    ({"attention_block": "bare", "pooling": "flatten", "aux_gradient": False}, True, True)])
 def test_ablation_switches(synth_dir, synth_schema, params, heads, aux):
     model = build("saml", synth_schema, {"hidden": [16, 8], **params})
     x, _ = _batch(synth_dir, synth_schema, 32)
@@ -295,6 +353,8 @@ def test_config_errors(synth_schema):
         build("saml", synth_schema, {"mutual": False, "aux": False})
     with pytest.raises(ConfigError, match="pooling must be one of"):
         build("saml", synth_schema, {"pooling": "max"})
+    with pytest.raises(ConfigError, match="attention_block must be one of"):
+        build("saml", synth_schema, {"attention_block": "pre_norm"})
     with pytest.raises(ConfigError, match="unknown parameter"):
         build("saml", synth_schema, {"mutual_gates": False})
 

@@ -69,6 +69,12 @@ class TargetAttention(keras.layers.Layer):
         return tf.reduce_sum(w[..., None] * (keys if values is None else values), axis=1)
 
 
+def _three_sources(input_shape) -> bool:
+    """Whether a layer is called on ``[query, key, value]`` (three shapes) rather than one sequence."""
+    return isinstance(input_shape, (list, tuple)) and len(input_shape) == 3 and not isinstance(
+        input_shape[0], (int, type(None)))
+
+
 def _split_heads(x: tf.Tensor, heads: int) -> tf.Tensor:
     """``[B, L, H*k] -> [B, H, L, k]``."""
     b, l = tf.shape(x)[0], tf.shape(x)[1]
@@ -152,9 +158,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.drop = keras.layers.Dropout(dropout) if dropout else None
 
     def build(self, input_shape):
-        separate = isinstance(input_shape, (list, tuple)) and len(input_shape) == 3 and not isinstance(
-            input_shape[0], (int, type(None)))
-        widths = [int(tf.TensorShape(s)[-1]) for s in (input_shape if separate else [input_shape] * 3)]
+        shapes = input_shape if _three_sources(input_shape) else [input_shape] * 3
+        widths = [int(tf.TensorShape(s)[-1]) for s in shapes]
         d = self.units or widths[2]
         if d % self.num_heads:
             raise ValueError(f"MultiHeadSelfAttention: width {d} does not divide by {self.num_heads} heads")
@@ -183,6 +188,8 @@ class TransformerBlock(keras.layers.Layer):
 
     ``S' = LayerNorm(S + Dropout(MH(S)))``, ``F = LayerNorm(S' + Dropout(LeakyReLU(S' W1 + b1) W2 + b2))``.
     ``ff_dim`` defaults to the input width. ``call(x [B, L, d], mask [B, L]) -> [B, L, d]``.
+    ``call([query, key, value], mask)`` attends with separate sources (SAML's ``MultiHead(Q_l, K_l, V_g)``);
+    the residual stream is then the value tokens ``V`` (the output lives in their space, width ``d``).
     """
 
     def __init__(self, num_heads: int = 8, ff_dim: Optional[int] = None, dropout: float = 0.0,
@@ -196,7 +203,7 @@ class TransformerBlock(keras.layers.Layer):
         self.norm2 = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_2")
 
     def build(self, input_shape):
-        d = int(input_shape[-1])
+        d = int(tf.TensorShape(input_shape[2] if _three_sources(input_shape) else input_shape)[-1])
         self.ff1 = keras.layers.Dense(self.ff_dim or d, activation=self.activation,
                                       kernel_initializer=fresh(self.kernel_init),
                                       name="ff_1")
@@ -204,7 +211,8 @@ class TransformerBlock(keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, x, mask=None, training=False):
-        s = self.norm1(x + self.drop1(self.mha(x, mask, training=training), training=training))
+        residual = x[2] if isinstance(x, (list, tuple)) else x
+        s = self.norm1(residual + self.drop1(self.mha(x, mask, training=training), training=training))
         return self.norm2(s + self.drop2(self.ff2(self.ff1(s)), training=training))
 
 

@@ -69,12 +69,15 @@ class ScenarioTailoring(keras.layers.Layer):
 
 class ScenarioAdaptiveBlock(keras.layers.Layer):
     """Scenario-adaptive Block, section 4.1: ``X^l = STM(SIE(X^{l-1}, M_S), e_st)``. ``sie=False`` is
-    Table 3's "w/o SIE" (``X^ = X``), ``stm=False`` its "w/o STM" (``X^l = X^``)."""
+    Table 3's "w/o SIE" (``X^ = X``), ``stm=False`` its "w/o STM" (``X^l = X^``). ``kernel_init``
+    initialises STM's gate, ``attention_init`` SIE's projections (default: ``kernel_init``)."""
 
     def __init__(self, num_heads: int = 4, gamma: float = 2.0, sie: bool = True, stm: bool = True,
-                 sie_scenario: bool = True, kernel_init="glorot_uniform", residual: bool = False, **kwargs):
+                 sie_scenario: bool = True, kernel_init="glorot_uniform", residual: bool = False,
+                 attention_init=None, **kwargs):
         super().__init__(**kwargs)
-        self.sie = (ScenarioAwareInterestExtracting(num_heads, sie_scenario, kernel_init, residual, name="sie")
+        att_init = kernel_init if attention_init is None else attention_init
+        self.sie = (ScenarioAwareInterestExtracting(num_heads, sie_scenario, att_init, residual, name="sie")
                     if sie else None)
         self.stm = ScenarioTailoring(gamma, kernel_init, name="stm") if stm else None
 

@@ -19,7 +19,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmsr.features import Schema
-from tfmsr.layers.attention import MultiHeadSelfAttention, PositionalEmbedding, masked_softmax
+from tfmsr.layers.attention import MultiHeadSelfAttention, PositionalEmbedding, TransformerBlock, masked_softmax
 from tfmsr.layers.behavior import embed_behavior, require_behavior
 from tfmsr.layers.embedding import FeatureEmbedding, masked_mean
 from tfmsr.layers.mlp import MLP
@@ -116,18 +116,29 @@ class ScenarioAwareAttention(keras.layers.Layer):
     ``None`` = none). ``pooling`` turns ``[B, L+1, d]`` into one vector as BST does: ``flatten`` (padding
     zeroed), ``mean`` (over real tokens) or ``target`` (the candidate's output).
 
+    ``block``: ``bare`` is eq. 1-2 as printed (the multi-head output alone); ``transformer`` wraps each
+    multi-head attention in the Transformer layer of BST, which III-A-2 says it follows
+    (:class:`~tfmsr.layers.attention.TransformerBlock`: ``S' = LN(T + MH)``, ``LN(S' + FFN(S'))``, LeakyReLU
+    feed-forward of width ``d``). The residual stream of ``A_l`` is the global tokens ``T_g`` (its values;
+    ``Q_l`` has another width), so the candidate and behaviours survive the mixing in both outputs.
+
     ``call(tokens_global, tokens_specific, mask) -> (A_g, A_l)``, each ``[B, (L+1)*d]`` or ``[B, d]``.
     """
 
     POOLINGS = ("flatten", "mean", "target")
+    BLOCKS = ("transformer", "bare")
 
-    def __init__(self, num_heads: int = 4, length: Optional[int] = None, pooling: str = "flatten", **kwargs):
+    def __init__(self, num_heads: int = 4, length: Optional[int] = None, pooling: str = "flatten",
+                 block: str = "bare", **kwargs):
         super().__init__(**kwargs)
         if pooling not in self.POOLINGS:
             raise ValueError(f"ScenarioAwareAttention: pooling must be one of {self.POOLINGS}, got {pooling!r}")
-        self.pooling = pooling
-        self.global_attention = MultiHeadSelfAttention(num_heads, name="global")
-        self.specific_attention = MultiHeadSelfAttention(num_heads, name="specific")
+        if block not in self.BLOCKS:
+            raise ValueError(f"ScenarioAwareAttention: block must be one of {self.BLOCKS}, got {block!r}")
+        self.pooling, self.block = pooling, block
+        layer = MultiHeadSelfAttention if block == "bare" else TransformerBlock
+        self.global_attention = layer(num_heads, name="global")
+        self.specific_attention = layer(num_heads, name="specific")
         self.positions = ([PositionalEmbedding(length, name=f"positions_{n}") for n in ("global", "specific")]
                           if length else None)
 

@@ -16,6 +16,7 @@ from tfmsr.ranking.models.base import RankingModel, register
 
 ASSIGNMENTS = ("soft", "hard", "predefined", "none")
 PARTS = ("user", "behavior", "item", "context", "query", "scenario")
+INIT_SCOPES = ("context", "learner")  # embedding_init: the learner's context / scenario tables, or all it reads
 
 
 @register("musenet")
@@ -56,11 +57,15 @@ class MuSeNet(RankingModel):
       temperature, so the spread of ``f_w(x)`` decides everything: too small and eq. 14 merges the
       prototypes for good (soft k-means below its critical temperature), too large and eq. 3 saturates at
       the random initial partition and ``w`` gets no gradient.
-    * ``embedding_init: {normal: 0.01}`` for the tables the learner reads (the baselines and every other
-      table: Glorot uniform): with large random embeddings of small vocabularies (hour, device) the clusters
-      follow that noise; small ones let the learned geometry decide. Only those tables: small embeddings
-      everywhere slow the prediction network down (planted data, 2 epochs, "w/o M1&M2": AUC 0.765 with
-      all tables at N(0, 0.01), 0.817 with Glorot). ``null`` keeps the shared default.
+    * ``embedding_init: {normal: 0.01}`` for the context tables the learner reads (``embedding_init_scope:
+      context``: features of the ``context`` and ``scenario`` parts; the baselines and every other table:
+      Glorot uniform): with large random embeddings of small vocabularies (hour, device) the clusters follow
+      that noise; small ones let the learned geometry decide. Only those tables: small embeddings everywhere
+      slow the prediction network down (planted data, 2 epochs, "w/o M1&M2": AUC 0.765 with all tables at
+      N(0, 0.01), 0.817 with Glorot). ``embedding_init_scope: learner`` (the old default) reaches every table
+      the learner reads, with ``learner_inputs: [user, behavior]`` also the item and user tables the
+      prediction reads (MovieLens-100K: see ``configs/musenet_movielens.yaml``). ``null`` keeps the shared
+      default everywhere.
 
     Variants (Table 3) as switches: ``assignment`` = ``soft`` | ``hard`` | ``predefined`` ("on predefined
     scenarios": ``a`` = one-hot of the schema's scenario field, one module per scenario) | ``none`` (one
@@ -75,6 +80,7 @@ class MuSeNet(RankingModel):
     defaults = {"assignment": "soft", "repeat_module": True, "K": 4, "metric_dim": 16, "tau": 0.1, "alpha": 0.2,
                 "beta": 0.5, "kl_weight": 0.0, "repeat_label": "user_repeat_rate", "learner_inputs": ["context"],
                 "learner_standardize": "layer", "metric_scale": 4.0, "embedding_init": {"normal": 0.01},
+                "embedding_init_scope": "context",
                 "explicit_scenario": True, "hidden": [200, 80], "activation": "relu", "dropout": 0.0,
                 "attention_hidden": [80, 40], "attention_activation": "sigmoid"}
 
@@ -90,8 +96,13 @@ class MuSeNet(RankingModel):
             self._check_learner_inputs(p["learner_inputs"])
         if self.repeat:
             self._check_repeat(p["repeat_label"])
+        if p["embedding_init_scope"] not in INIT_SCOPES:
+            raise ConfigError(f"model 'musenet': embedding_init_scope must be one of {', '.join(INIT_SCOPES)}, "
+                              f"got {p['embedding_init_scope']!r}")
         if p["embedding_init"] is not None and self.assignment in ("soft", "hard"):
-            for t in self._learner_tables(p["learner_inputs"]):
+            scope = p["learner_inputs"] if p["embedding_init_scope"] == "learner" else [
+                v for v in p["learner_inputs"] if v in ("context", "scenario")]
+            for t in self._learner_tables(scope):
                 t.embeddings_initializer = initializer(p["embedding_init"])  # before the lazy build
         if self.assignment in ("soft", "hard"):
             self.K = int(p["K"])

@@ -21,7 +21,12 @@ class SAINet(RankingModel):
     SDT tower (eq. 10-11). Scenario embeddings of behaviours and of the target share one table.
 
     Defaults follow section 5.1 / 5.4: L = 2 blocks, h = 4 heads, gamma = 2, tower 512-256-128-64,
-    Gaussian(0, 0.05) initialisation. Table 3's ablations are switches: ``sie: false`` (w/o SIE),
+    Gaussian(0, 0.05) initialisation of the DNN parameters (``init``: STM's and SDT's gates, the tower).
+    ``attention_init`` initialises the attention projections of SIE (``W^Q, W^K, W^V, W^O``) and TIF
+    (``W_Q, W_K, W_V``); default Glorot, as FIMN's ``attention_init``: 5.1 gives the Gaussian for "the
+    parameters in DNN", and with Gaussian(0, 0.05) projections TIF's unscaled scores start near 0 (uniform
+    weights, mean pooling). ``attention_init: {normal: 0.05}`` is the Gaussian everywhere.
+    Table 3's ablations are switches: ``sie: false`` (w/o SIE),
     ``stm: false`` (w/o STM), ``tif: false`` (w/o TIF, mean pooling), ``sdt: false`` (w/o SDT, plain DNN).
     ``residual`` (default true) makes SIE return ``X + MultiHead(X)``, the Add of the multi-head attention
     sublayer of [21] that eq. 2 cites; ``residual: false`` is eq. 2 as printed (``MultiHead(X)`` alone,
@@ -33,7 +38,7 @@ class SAINet(RankingModel):
 
     defaults = {"blocks": 2, "heads": 4, "gamma": 2.0, "tower": [512, 256, 128, 64], "init": {"normal": 0.05},
                 "sie": True, "stm": True, "tif": True, "sdt": True, "sie_scenario": True, "attention_dim": None, "residual": True,
-                "sdt_gamma": 1.0}
+                "sdt_gamma": 1.0, "attention_init": "glorot_uniform"}
 
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
@@ -45,8 +50,10 @@ class SAINet(RankingModel):
                 f"{schema.source}: sainet's SIE needs the scenario of each behaviour: a 'behavior' sequence with its "
                 f"own table of {schema.num_scenarios + 1} rows storing scenario index + 1 (or set sie_scenario: false)")
         self.blocks = [ScenarioAdaptiveBlock(p["heads"], p["gamma"], p["sie"], p["stm"], p["sie_scenario"], p["init"],
-                                             p["residual"], name=f"block_{l}") for l in range(p["blocks"])]
-        self.tif = TargetAwareInterestFusion(p["attention_dim"], p["init"], name="tif") if p["tif"] else None
+                                             p["residual"], p["attention_init"], name=f"block_{l}")
+                       for l in range(p["blocks"])]
+        self.tif = (TargetAwareInterestFusion(p["attention_dim"], p["attention_init"], name="tif") if p["tif"]
+                    else None)
         self.tower = (ScenarioAwareDNNTower(p["tower"], p["init"], p["sdt_gamma"], name="sdt") if p["sdt"]
                       else MLP(p["tower"], kernel_init=p["init"], name="dnn"))
         self.out = keras.layers.Dense(1, name="logit")

@@ -29,7 +29,9 @@ class SAML(RankingModel):
     output layer: the paper has one ``alpha``/``g`` per scenario, Fig. 3). Loss (eq. 5):
     ``sum_i L_i * I_i + aux_weight * L_aux``: the base class gathers each example's own branch and ``L_aux``
     (BCE of the auxiliary logit) is added in ``call`` while training. The auxiliary outputs feed the branches
-    forward only ("unidirectionally"); branch gradients still train the auxiliary layers they read.
+    forward only ("unidirectionally"); ``aux_gradient`` decides whether the branch losses also train the
+    auxiliary layers they read (``true``) or the auxiliary network learns from ``L_aux`` alone (``false``: a
+    ``stop_gradient`` where the branches read ``V_a^l``, the strict reading of "unidirectional").
 
     Defaults are the paper's public-dataset settings (Table II / Sec. IV-C): global / scenario-specific
     embedding 12 / 4 per feature, 4 attention heads, hidden 128x64, ReLU (train with Adam, lr 5e-4, batch 128:
@@ -43,14 +45,16 @@ class SAML(RankingModel):
       auxiliary network's structure) whose output is the prediction.
 
     ``positions``/``pooling``: BST's position embedding and sequence pooling for the attention outputs;
-    ``gradient_mask: false`` removes III-D-2's mask (only to show its effect). ``mutual_coefficients(x)``
+    ``attention_block``: ``transformer`` (BST's Transformer layer around each attention, residual + LayerNorm +
+    feed-forward, as III-A-2 "follows BST") or ``bare`` (eq. 1-2 as printed), see
+    :class:`~tfmsr.layers.saml.ScenarioAwareAttention`; ``gradient_mask: false`` removes III-D-2's mask (only to show its effect). ``mutual_coefficients(x)``
     returns ``alpha`` and ``g`` for Fig. 3 (``pipelines/saml_figure.py``).
     """
 
     multi_head = True
     defaults = {"embedding_dim": 12, "specific_dim": 4, "num_heads": 4, "hidden": [128, 64], "activation": "relu",
-                "positions": True, "pooling": "flatten", "aux": True, "aux_weight": 1.0, "mutual": True,
-                "mutual_gate": True, "gradient_mask": True}
+                "positions": True, "pooling": "flatten", "attention_block": "bare", "aux": True, "aux_weight": 1.0,
+                "aux_gradient": True, "mutual": True, "mutual_gate": True, "gradient_mask": True}
 
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
@@ -61,6 +65,9 @@ class SAML(RankingModel):
         if p["pooling"] not in ScenarioAwareAttention.POOLINGS:
             raise ConfigError(f"model 'saml': pooling must be one of {ScenarioAwareAttention.POOLINGS}, "
                               f"got {p['pooling']!r}")
+        if p["attention_block"] not in ScenarioAwareAttention.BLOCKS:
+            raise ConfigError(f"model 'saml': attention_block must be one of {ScenarioAwareAttention.BLOCKS}, "
+                              f"got {p['attention_block']!r}")
         if not p["hidden"]:
             raise ConfigError("model 'saml': hidden must list at least one layer width")
         self.multi_head = bool(p["mutual"])
@@ -68,7 +75,7 @@ class SAML(RankingModel):
                                                global_embedding=self.embedding, name="scenario_embedding")
         length = self.features.pairs[0][0].length + 1
         self.attention = ScenarioAwareAttention(p["num_heads"], length if p["positions"] else None, p["pooling"],
-                                                name="scenario_attention")
+                                                p["attention_block"], name="scenario_attention")
         self.aux_net = AuxiliaryNetwork(p["hidden"], p["activation"], name="auxiliary") if p["aux"] else None
         if p["mutual"]:
             self.branches = MultiBranchNetwork(self.num_scenarios, p["hidden"], p["activation"], name="branches")
@@ -88,6 +95,8 @@ class SAML(RankingModel):
         out = {}
         if self.aux_net is not None:
             aux_hidden, out["aux_logit"] = self.aux_net(independent, training=training)
+            if not self.params["aux_gradient"]:  # the branch losses do not reach the auxiliary network
+                aux_hidden = [tf.stop_gradient(h) for h in aux_hidden]
             v = self.branches(dependent, aux_hidden)
         else:
             v = self.branches(tf.concat([independent, dependent], axis=-1))
