@@ -27,6 +27,7 @@ import tempfile
 import numpy as np
 
 import tfmsr  # noqa: F401  (pins Keras 2 before TensorFlow loads)
+from tfmsr.core.io import write_text  # noqa: E402
 from tfmsr.features import Schema
 
 SEQ_LEN, DIM = 30, 16
@@ -121,9 +122,7 @@ def main(argv=None) -> dict:
            "warmup": args.warmup, "cpus": os.cpu_count(), "models": results}
     text = json.dumps(res, indent=1)
     if args.out:
-        with open(args.out + ".tmp", "w") as fh:
-            fh.write(text)
-        os.replace(args.out + ".tmp", args.out)
+        write_text(args.out, text)
     print(text)
     return res
 

@@ -34,6 +34,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 import tfmsr  # noqa: F401  (pins Keras 2 before TensorFlow loads)
+from tfmsr.core.io import write_atomic, write_json  # noqa: E402
 
 NEEDED = ("intensity", "contribution", "mutual", "theta")
 
@@ -145,10 +146,8 @@ def kde(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
 def _save(fig, path: str) -> None:
     import matplotlib.pyplot as plt
 
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def draw_interests(coef: Dict[str, np.ndarray], names, interests, path: str) -> None:
@@ -252,11 +251,7 @@ def run(model_dir: str, data_dir: str, out_dir: str, split: str = "test", batch:
     draw_mutual(summary, figures["mutual"], truth)
     summary.update({"model_dir": os.path.abspath(model_dir), "split": split,
                     "figures": {k: os.path.abspath(v) for k, v in figures.items()}})
-    path = os.path.join(out_dir, "fimn_figure.json")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(summary, fh, indent=2)
-    os.replace(tmp, path)
+    write_json(os.path.join(out_dir, "fimn_figure.json"), summary)
     return summary
 
 

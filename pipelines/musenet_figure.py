@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 import tfmsr  # noqa: F401  (pins Keras 2 before TensorFlow loads)
+from tfmsr.core.io import write_atomic, write_json  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------- agreement
@@ -165,21 +166,17 @@ def draw(prof, out: str, features: Sequence[str], truth_table: Optional[np.ndarr
         ax.axis("off")
     fig.suptitle(title or "MuSeNet learned scenarios")
     fig.tight_layout()
-    tmp = f"{out}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110)
+    write_atomic(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    os.replace(tmp, out)
 
 
 def _write_table(df, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
     if path.endswith(".parquet"):
-        df.to_parquet(tmp, index=False)
+        write_atomic(path, lambda tmp: df.to_parquet(tmp, index=False))
     elif path.endswith(".csv"):
-        df.to_csv(tmp, index=False)
+        write_atomic(path, lambda tmp: df.to_csv(tmp, index=False))
     else:
         raise ValueError(f"--assignments {path}: expected a .parquet or .csv file name")
-    os.replace(tmp, path)
 
 
 def run(model_dir: str, data_dir: str, out: str, split: str = "test", assignments: Optional[str] = None,
@@ -221,10 +218,7 @@ def run(model_dir: str, data_dir: str, out: str, split: str = "test", assignment
     if truth is not None:
         title += f": ARI {summary['vs_truth']['ari']:.3f}, purity {summary['vs_truth']['purity']:.3f} vs {truth}"
     draw(prof, out, features, table, truth, title)
-    tmp = f"{os.path.splitext(out)[0]}.json.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(summary, fh, indent=2)
-    os.replace(tmp, os.path.splitext(out)[0] + ".json")
+    write_json(os.path.splitext(out)[0] + ".json", summary)
     return summary
 
 

@@ -46,6 +46,7 @@ import numpy as np
 import tfmsr  # noqa: F401  (pins Keras 2 before TensorFlow loads)
 
 from tfmsr.core.config import PACKAGED as CONFIGS  # noqa: E402  (the configs shipped in the package)
+from tfmsr.core.io import write_text  # noqa: E402
 
 POPULARITY = "popularity"
 SOFTMAX = "model.params.finetune_loss=softmax"
@@ -299,13 +300,6 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", action="append", required=True, metavar="NAME=DIR", help="a dataset (repeatable)")
@@ -388,8 +382,8 @@ def main(argv=None) -> dict:
                 r["aggregate"] = aggregate(r["per_seed"], d["scenarios"], k)
                 d["base"] = base_row(d, args.base, k)
                 d["gains"] = relative_gains(d, d["base"], k) if d["base"] else {}
-                _write(os.path.join(args.out, "results.json"), json.dumps(results, indent=2))
-                _write(os.path.join(args.out, "results.md"), markdown(results))
+                write_text(os.path.join(args.out, "results.json"), json.dumps(results, indent=2))
+                write_text(os.path.join(args.out, "results.md"), markdown(results))
     return results
 
 

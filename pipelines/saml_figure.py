@@ -24,6 +24,7 @@ from typing import Dict, Optional
 import numpy as np
 
 import tfmsr  # noqa: F401  (pins Keras 2 before TensorFlow loads)
+from tfmsr.core.io import write_atomic, write_json  # noqa: E402
 
 
 def collect(model, files, schema, batch_size: int = 4096) -> Dict[str, np.ndarray]:
@@ -155,10 +156,8 @@ def draw(coef: Dict[str, np.ndarray], summary: dict, out_png: str, truth: Option
         ax.axis("off")
     fig.suptitle("SAML mutual unit: similarity alpha (eq. 8) and gate g (eq. 7)")
     fig.tight_layout()
-    tmp = f"{out_png}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110)
+    write_atomic(out_png, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    os.replace(tmp, out_png)
 
 
 def main(argv=None) -> dict:
@@ -189,10 +188,7 @@ def main(argv=None) -> dict:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     draw(coef, summary, args.out, truth)
     json_path = os.path.splitext(args.out)[0] + ".json"
-    tmp = f"{json_path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(summary, fh, indent=2)
-    os.replace(tmp, json_path)
+    write_json(json_path, summary)
     print(json.dumps(summary, indent=2))
     return summary
 

@@ -13,13 +13,13 @@ path when the chief runs with ``train.validate: false``.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Callable, Optional
 
 import tensorflow as tf
 
+from tfmsr.core.io import write_json
 from tfmsr.core.progress import log as log_line
 from tfmsr.core.rundir import read_stats
 from tfmsr.data.pipeline import make_dataset, split_files
@@ -70,9 +70,7 @@ def run_evaluator(cfg: dict, data_dir: str, model_dir: str, log: Callable[[str],
             res.update({"checkpoint": path, "step": step, "split": split, "model": cfg["model"]["name"]})
             os.makedirs(out_dir, exist_ok=True)
             target = os.path.join(out_dir, f"{split}-{tag}.json")
-            with open(f"{target}.tmp-{os.getpid()}", "w") as fh:
-                json.dump(res, fh, indent=2)
-            os.replace(f"{target}.tmp-{os.getpid()}", target)
+            write_json(target, res)
             writer = writer or tf.summary.create_file_writer(os.path.join(model_dir, "tb", "evaluator"))
             with writer.as_default(step=step or 0):
                 tf.summary.scalar(f"{split}/auc", res["auc"])

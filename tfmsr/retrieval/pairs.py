@@ -30,12 +30,12 @@ import glob
 import json
 import math
 import os
-import shutil
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from tfmsr.core.io import atomic_dir, write_json
 from tfmsr.data import wire
 from tfmsr.data.pipeline import DataError, parse_spec
 from tfmsr.data.tfrecord import ShardWriter
@@ -111,48 +111,44 @@ def write_pairs(data_dir: str, out_dir: str, split: str = "train", rows_per_shar
     if os.path.exists(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir} already exists (pass --overwrite to replace it)")
     schema, snap, seen_u, items, seen_i = scan_views(data_dir, split, batch)
-    S, scen = schema.num_scenarios, schema.scenario.name
-    cols = request_names(schema) + [scen]
-    tmp = f"{out_dir}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    cols = request_names(schema) + [schema.scenario.name]
     summary = {"source": os.path.abspath(data_dir), "split": split, "scenarios": list(schema.scenario.values),
                "user_key": schema.user_key, "item_key": item_key(schema),
                "user_columns": cols, "item_columns": item_names(schema)}
-    try:
+    with atomic_dir(out_dir, replace=True) as tmp:
         for side, seen in (("user", seen_u), ("item", seen_i)):
-            writer = ShardWriter(os.path.join(tmp, side), rows_per_shard)
-            by_pair, total = {}, 0
-            for a in range(S):
-                for b in range(a + 1, S):
-                    keys = np.flatnonzero(seen[:, a] & seen[:, b])
-                    by_pair[f"{schema.scenario.values[a]}-{schema.scenario.values[b]}"] = int(len(keys))
-                    total += len(keys)
-                    for lo in range(0, len(keys), rows_per_shard):
-                        k = keys[lo:lo + rows_per_shard]
-                        columns = {"key": k}
-                        if side == "user":
-                            for p, s in ((A, a), (B, b)):
-                                columns.update({f"{p}.{c}": snap[c][k * S + s] for c in cols})
-                        else:
-                            columns[f"{A}.{scen}"] = np.full(len(k), a, np.int64)
-                            columns[f"{B}.{scen}"] = np.full(len(k), b, np.int64)
-                            columns.update({c: items[c][k] for c in item_names(schema)})
-                        writer.write(_encode(columns))
-            writer.close()
-            keys_multi, expected = _pair_counts(seen)
-            if expected != total:  # the C(k, 2) rule, checked
-                raise AssertionError(f"{side} pairs: wrote {total}, expected sum C(k,2) = {expected}")
-            summary[side] = {"keys": int(seen.any(axis=1).sum()), "keys_in_2plus_scenarios": keys_multi,
-                             "pairs": total, "by_scenario_pair": by_pair,
-                             "scenarios_per_key": np.bincount(seen.sum(axis=1), minlength=S + 1)[1:].tolist()}
-        with open(os.path.join(tmp, "pairs.json"), "w") as fh:
-            json.dump(summary, fh, indent=2)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            def columns(k, a, b, side=side):
+                if side == "user":
+                    S = schema.num_scenarios
+                    return {f"{p}.{c}": snap[c][k * S + s] for p, s in ((A, a), (B, b)) for c in cols}
+                out = {f"{p}.{schema.scenario.name}": np.full(len(k), s, np.int64) for p, s in ((A, a), (B, b))}
+                return {**out, **{c: items[c][k] for c in item_names(schema)}}
+
+            summary[side] = _write_side(os.path.join(tmp, side), side, seen, schema, rows_per_shard, columns)
+        write_json(os.path.join(tmp, "pairs.json"), summary)
     return summary
+
+
+def _write_side(out: str, side: str, seen: np.ndarray, schema: Schema, rows_per_shard: int, columns) -> dict:
+    """The pairs of one side: for each scenario pair (a, b), the keys seen in both, as shards of
+    ``{"key": k, **columns(k, a, b)}``; returns the side's counts (checked against sum C(k, 2))."""
+    S = schema.num_scenarios
+    writer = ShardWriter(out, rows_per_shard)
+    by_pair, total = {}, 0
+    for a in range(S):
+        for b in range(a + 1, S):
+            keys = np.flatnonzero(seen[:, a] & seen[:, b])
+            by_pair[f"{schema.scenario.values[a]}-{schema.scenario.values[b]}"] = int(len(keys))
+            total += len(keys)
+            for lo in range(0, len(keys), rows_per_shard):
+                k = keys[lo:lo + rows_per_shard]
+                writer.write(_encode({"key": k, **columns(k, a, b)}))
+    writer.close()
+    keys_multi, expected = _pair_counts(seen)
+    if expected != total:  # the C(k, 2) rule, checked
+        raise AssertionError(f"{side} pairs: wrote {total}, expected sum C(k,2) = {expected}")
+    return {"keys": int(seen.any(axis=1).sum()), "keys_in_2plus_scenarios": keys_multi, "pairs": total,
+            "by_scenario_pair": by_pair, "scenarios_per_key": np.bincount(seen.sum(axis=1), minlength=S + 1)[1:].tolist()}
 
 
 def read_summary(pairs_dir: str) -> dict:

@@ -2,8 +2,9 @@
 (``tensorflow_model_server --model_config_file=.../models.config``)."""
 from __future__ import annotations
 
-import os
 from typing import Sequence, Tuple
+
+from tfmsr.core.io import write_text
 
 
 def model_config_text(servables: Sequence[Tuple[str, str]]) -> str:
@@ -19,7 +20,4 @@ def model_config_text(servables: Sequence[Tuple[str, str]]) -> str:
 
 
 def write_model_config(path: str, servables: Sequence[Tuple[str, str]]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(model_config_text(servables))
-    os.replace(tmp, path)
+    write_text(path, model_config_text(servables))
