@@ -300,7 +300,7 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> dict:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", action="append", required=True, metavar="NAME=DIR", help="a dataset (repeatable)")
     ap.add_argument("--seeds", default="0,1,2")
@@ -313,57 +313,74 @@ def main(argv=None) -> dict:
                     help="train nothing; tabulate the rows/seeds already finished under --out")
     ap.add_argument("--base", default=BEST_BASELINE,
                     help="row the relative gains are against (default: the best DSSM / YoutubeDNN Table 2 row run)")
-    args = ap.parse_args(argv)
+    return ap
 
-    from tfmsr.core.progress import log
-    from tfmsr.retrieval.data import RetrievalData
-    from tfmsr.retrieval.evaluate import PopularityScorer, evaluate
-    from tfmsr.retrieval.pairs import read_summary, write_pairs
-    from tfmsr.retrieval.train import query_splits
 
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+def _wanted_rows(args) -> list:
+    """The VARIANTS rows of ``--variants``, checked, with ``--base`` one of them (or the default)."""
     wanted = [v for v in VARIANTS if args.variants == "all" or v[0] in args.variants.split(",")]
     unknown = set(args.variants.split(",")) - {v[0] for v in VARIANTS} - {"all", POPULARITY}
     if unknown:
         raise SystemExit(f"--variants: unknown row(s) {sorted(unknown)} (known: {[v[0] for v in VARIANTS]})")
     if args.base != BEST_BASELINE and args.base not in {v[0] for v in wanted}:
         raise SystemExit(f"--base {args.base!r}: not one of the rows of this table ({[v[0] for v in wanted]})")
+    return wanted
+
+
+def _load_dataset(name: str, data_dir: str, args, wanted: list, eval_cfg: dict, log):
+    """Load one dataset, write its pairs if a row pre-trains, and start its table (popularity row, rows
+    marked not applicable); returns (table, data, pairs_dir)."""
+    from tfmsr.retrieval.data import RetrievalData
+    from tfmsr.retrieval.evaluate import PopularityScorer, evaluate
+    from tfmsr.retrieval.pairs import read_summary, write_pairs
+    from tfmsr.retrieval.train import query_splits
+
+    k, split, exclude = eval_cfg["k"], eval_cfg["split"], eval_cfg["exclude_train_positives"]
+    t0 = time.time()
+    data = RetrievalData.load(data_dir, eval_splits=sorted({s for _, c, o, _ in wanted for s in query_splits(
+        row_config(c, o, args.set, 0, None, args.configs))} | {split}))
+    log(f"[bench] {name}: loaded {data_dir} in {time.time() - t0:.0f}s")
+    scen = data.scenario_names
+    info = {}
+    for s, sn in enumerate(scen):
+        q = data.positives(split, s)
+        corpus = data.corpus(s)
+        info[sn] = {"train_positives": int((data.train[data.schema.scenario.name] == s).sum()),
+                    "test_queries": int(len(q["item"])) if q else 0, "corpus": int(len(corpus)),
+                    "coverage": float(np.isin(q["item"], corpus).mean()) if q else float("nan")}
+    pairs_dir = os.path.join(args.out, "pairs", name)
+    needs_pairs = any(row_config(c, o, args.set, 0, pairs_dir, args.configs)["pretrain"]["enabled"]
+                      for _, c, o, _ in wanted)
+    if needs_pairs and not os.path.exists(os.path.join(pairs_dir, "pairs.json")):
+        write_pairs(data_dir, pairs_dir, overwrite=True)
+    d = {"data": os.path.abspath(data_dir), "scenarios": scen, "scenario_info": info,
+         "pairs": read_summary(pairs_dir) if needs_pairs else None, "rows": {}}
+    pop = evaluate(PopularityScorer(data), data, split, k, exclude)
+    d["rows"][POPULARITY] = {"source": "reference", "per_seed": [pop], "aggregate": aggregate([pop], scen, k)}
+    for row, config, overrides, source in wanted:
+        d["rows"][row] = {"source": source, "config": config, "overrides": overrides, "per_seed": [],
+                          "aggregate": None,
+                          "not_applicable": not_applicable(row_config(config, overrides, args.set, 0, pairs_dir,
+                                                                      args.configs), d["pairs"], data.schema)}
+    return d, data, pairs_dir
+
+
+def main(argv=None) -> dict:
+    args = _parser().parse_args(argv)
+    from tfmsr.core.progress import log
+
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    wanted = _wanted_rows(args)
     os.makedirs(args.out, exist_ok=True)
-    results = {"k": None, "seeds": seeds, "set": args.set, "datasets": {}}
-    probe = row_config("sass_base", [], args.set, 0, None, args.configs)
-    k, split, exclude = probe["eval"]["k"], probe["eval"]["split"], probe["eval"]["exclude_train_positives"]
-    results["k"] = k
+    eval_cfg = row_config("sass_base", [], args.set, 0, None, args.configs)["eval"]
+    k = eval_cfg["k"]
+    results = {"k": k, "seeds": seeds, "set": args.set, "datasets": {}}
     loaded = {}
     for spec in args.data:
         name, _, data_dir = spec.partition("=")
         if not data_dir:
             raise SystemExit(f"--data {spec!r}: expected NAME=DIR")
-        t0 = time.time()
-        data = RetrievalData.load(data_dir, eval_splits=sorted({s for _, c, o, _ in wanted for s in query_splits(
-            row_config(c, o, args.set, 0, None, args.configs))} | {split}))
-        log(f"[bench] {name}: loaded {data_dir} in {time.time() - t0:.0f}s")
-        scen = data.scenario_names
-        info = {}
-        for s, sn in enumerate(scen):
-            q = data.positives(split, s)
-            corpus = data.corpus(s)
-            info[sn] = {"train_positives": int((data.train[data.schema.scenario.name] == s).sum()),
-                        "test_queries": int(len(q["item"])) if q else 0, "corpus": int(len(corpus)),
-                        "coverage": float(np.isin(q["item"], corpus).mean()) if q else float("nan")}
-        pairs_dir = os.path.join(args.out, "pairs", name)
-        needs_pairs = any(row_config(c, o, args.set, 0, pairs_dir, args.configs)["pretrain"]["enabled"]
-                          for _, c, o, _ in wanted)
-        if needs_pairs and not os.path.exists(os.path.join(pairs_dir, "pairs.json")):
-            write_pairs(data_dir, pairs_dir, overwrite=True)
-        d = results["datasets"][name] = {"data": os.path.abspath(data_dir), "scenarios": scen, "scenario_info": info,
-                                         "pairs": read_summary(pairs_dir) if needs_pairs else None, "rows": {}}
-        pop = evaluate(PopularityScorer(data), data, split, k, exclude)
-        d["rows"][POPULARITY] = {"source": "reference", "per_seed": [pop], "aggregate": aggregate([pop], scen, k)}
-        for row, config, overrides, source in wanted:
-            d["rows"][row] = {"source": source, "config": config, "overrides": overrides, "per_seed": [],
-                              "aggregate": None,
-                              "not_applicable": not_applicable(row_config(config, overrides, args.set, 0, pairs_dir,
-                                                                          args.configs), d["pairs"], data.schema)}
+        results["datasets"][name], data, pairs_dir = _load_dataset(name, data_dir, args, wanted, eval_cfg, log)
         loaded[name] = (data, data_dir, pairs_dir)
     # seed-major: a complete one-seed table first, then the other seeds
     for seed in seeds:
@@ -385,7 +402,6 @@ def main(argv=None) -> dict:
                 write_text(os.path.join(args.out, "results.json"), json.dumps(results, indent=2))
                 write_text(os.path.join(args.out, "results.md"), markdown(results))
     return results
-
 
 if __name__ == "__main__":
     main()
