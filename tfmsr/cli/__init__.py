@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from tfmsr.core.errors import ConfigError
     from tfmsr.data.pipeline import DataError
+    from tfmsr.distribute.accounting import NonFiniteLoss
     from tfmsr.features import SchemaError
 
     parser = build_parser()
@@ -37,7 +38,7 @@ def main(argv=None) -> int:
         parser.error("bench train needs --config")
     try:
         args.fn(args)
-    except (ConfigError, SchemaError, DataError, FileExistsError, FileNotFoundError) as e:
+    except (ConfigError, SchemaError, DataError, FileExistsError, FileNotFoundError, NonFiniteLoss) as e:
         print(f"tfmsr: error: {e}", file=sys.stderr)
         return 2
     return 0

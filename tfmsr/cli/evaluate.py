@@ -16,5 +16,5 @@ def add_parser(sub) -> None:
     e.add_argument("--data", required=True)
     e.add_argument("--split", default="test")
     e.add_argument("--out", help="metrics JSON (default MODEL_DIR/metrics.json)")
-    e.add_argument("--predictions", help="also write per-row predictions (CSV)")
+    e.add_argument("--predictions", help="also write per-row predictions: FILE.parquet or FILE.csv")
     e.set_defaults(fn=_evaluate)

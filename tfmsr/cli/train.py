@@ -12,7 +12,8 @@ def _train(args):
     cfg = load_config(args.config, args.set)
     summary = train(cfg, args.data, args.model_dir, overwrite=args.overwrite)
     print(json.dumps({k: summary[k] for k in ("model", "steps", "examples_per_sec", "best_val_auc",
-                                              "resumed_from_step", "role", "evaluated") if k in summary}))
+                                              "best_epoch", "resumed_from_step", "examples", "non_finite", "oov_ids",
+                                              "role", "evaluated") if k in summary}))
 
 
 def add_train_arguments(p: argparse.ArgumentParser, fn) -> None:

@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import yaml
 
+from tfmsr.core.checks import origin
 from tfmsr.core.errors import ConfigError
 
 PACKAGED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -88,32 +89,39 @@ def read_config(path: Optional[str], overrides: Iterable[str], raw: Optional[dic
     raw = copy.deepcopy(raw or {})
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with sections {', '.join(defaults)}")
+    _merge(defaults, parse_overrides(overrides), "", "--set")  # an unknown key given by --set names --set
     _deep_update(raw, parse_overrides(overrides))
     cfg = _merge(defaults, raw, "", source)
     cls = get_model_class(cfg["model"]["name"])
     try:
         cfg["model"]["params"] = cls.resolve(cfg["model"]["params"] or {})
     except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
+        raise ConfigError(f"{origin(source, overrides, 'model.params.' + getattr(e, 'key', ''))}: {e}") from None
     return cfg, source, cls
 
 
 def check_values(cfg: dict, source: str, choices: Sequence[Tuple[str, Sequence[str]]] = (),
                  positive_ints: Sequence[str] = (), positive_numbers: Sequence[str] = (),
-                 optional: Sequence[str] = ()) -> None:
-    """Check ``section.key`` values: one of the ``choices``, positive integers, numbers > 0; a key in
-    ``optional`` may also be None. The first bad value raises a ConfigError naming the file and key."""
+                 optional: Sequence[str] = (), non_negative_ints: Sequence[str] = (),
+                 booleans: Sequence[str] = (), overrides: Iterable[str] = ()) -> None:
+    """Check ``section.key`` values: one of the ``choices``, positive integers, numbers > 0, integers >= 0,
+    true/false; a key in ``optional`` may also be None. The first bad value raises a ConfigError naming the
+    file (or the ``--set`` of ``overrides`` that gave it) and the key."""
     def value(dotted):
         section, key = dotted.split(".")
         return cfg[section][key]
 
     for dotted, allowed in choices:
         if value(dotted) not in allowed:
-            raise ConfigError(f"{source}: {dotted} '{value(dotted)}' (expected one of {', '.join(allowed)})")
+            raise ConfigError(f"{origin(source, overrides, dotted)}: {dotted} '{value(dotted)}' "
+                              f"(expected one of {', '.join(allowed)})")
     for keys, ok, want in ((positive_ints, lambda v: isinstance(v, int) and v >= 1, "a positive integer"),
-                           (positive_numbers, lambda v: isinstance(v, (int, float)) and v > 0, "> 0")):
+                           (positive_numbers, lambda v: isinstance(v, (int, float)) and v > 0, "> 0"),
+                           (non_negative_ints, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+                           (booleans, None, "true or false")):
         for dotted in keys:
             v = value(dotted)
-            if (v is None and dotted in optional) or (ok(v) and not isinstance(v, bool)):
+            if (v is None and dotted in optional) or (isinstance(v, bool) if ok is None else
+                                                      (ok(v) and not isinstance(v, bool))):
                 continue
-            raise ConfigError(f"{source}: {dotted} must be {want}, got {v!r}")
+            raise ConfigError(f"{origin(source, overrides, dotted)}: {dotted} must be {want}, got {v!r}")

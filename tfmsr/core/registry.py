@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict
 
+from tfmsr.core.checks import check_param_types
 from tfmsr.core.errors import ConfigError
 
 
@@ -58,4 +59,5 @@ class Parametrized:
         if unknown:
             raise ConfigError(f"{cls.kind} '{cls.model_name}': unknown parameter(s) {unknown} "
                               f"(known: {', '.join(sorted(defaults))})")
+        check_param_types(cls.kind, cls.model_name, defaults, params)
         return {**defaults, **params}

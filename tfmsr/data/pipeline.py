@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
+from tfmsr.data.guards import first_bad_value, guard_batch
 from tfmsr.features import Schema
 from tfmsr.features.lookup import VocabLookups, shared_lookups
 
@@ -79,12 +80,14 @@ def parse_spec(schema: Schema, inputs_only: bool = False, with_scenario: bool = 
 
 def make_parser(schema: Schema, with_labels: bool = True, inputs_only: bool = False,
                 with_scenario: bool = True, spec: Optional[Dict[str, object]] = None,
-                lookups: Optional[VocabLookups] = None, raw: bool = False):
+                lookups: Optional[VocabLookups] = None, raw: bool = False, non_finite: Optional[str] = "error"):
     """Batched serialized examples ``[B]`` -> (features dict, label ``[B]``); with ``inputs_only``
     (serving: no labels or extras required) or ``with_labels=False`` -> the features dict only.
     ``spec`` replaces ``parse_spec`` (sequences are still padded to their length). Raw values of the
     vocabulary tables are mapped to ids by ``lookups`` (default: ``shared_lookups(schema)``, created
-    now, outside the parse function); ``raw=True`` keeps them raw (a SavedModel maps them itself)."""
+    now, outside the parse function); ``raw=True`` keeps them raw (a SavedModel maps them itself).
+    Guards (``tfmsr.data.guards``): numeric values by the ``non_finite`` policy (None: unchecked), and with
+    labels also the labels and the scenario."""
     with_labels = with_labels and not inputs_only
     spec = spec or parse_spec(schema, inputs_only=inputs_only, with_scenario=with_scenario)
     seqs = {f.name: f for f in schema.of_kind("sequence") if f.name in spec}
@@ -96,7 +99,8 @@ def make_parser(schema: Schema, with_labels: bool = True, inputs_only: bool = Fa
     mapped = {name: lookup for name, lookup in mapped.items() if lookup is not None}
 
     def parse(serialized):
-        parsed = tf.io.parse_example(serialized, spec)
+        parsed = guard_batch(tf.io.parse_example(serialized, spec), schema, non_finite, labels=with_labels,
+                             scenario=with_labels)
         for name, lookup in mapped.items():  # raw values -> ids (sequences: the ragged values)
             parsed[name] = lookup(parsed[name])
         for name, f in seqs.items():
@@ -124,10 +128,12 @@ def make_dataset(
     input_context: Optional[tf.distribute.InputContext] = None,
     cycle_length: int = 4,
     parser=None,
+    non_finite: str = "error",
 ) -> tf.data.Dataset:
     """Training: files and rows shuffled (deterministically by ``seed``), repeated forever,
     ``skip_batches`` batches skipped (resume) before parsing. Evaluation: one pass, rows in file order
-    (files read one after another; parsing stays parallel)."""
+    (files read one after another; parsing stays parallel). ``non_finite``: the parser's policy for
+    non-finite numeric values (``tfmsr.data.guards``) when no ``parser`` is given."""
     files = list(files)
     compression = compression_of(files)
     ds = tf.data.Dataset.from_tensor_slices(files)
@@ -152,7 +158,7 @@ def make_dataset(
         ds = ds.repeat()
         if skip_batches:
             ds = ds.skip(skip_batches)
-    ds = ds.map(parser or make_parser(schema), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(parser or make_parser(schema, non_finite=non_finite), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()
     options.experimental_optimization.map_parallelization = True
     if input_context is not None:
@@ -164,9 +170,10 @@ def make_dataset(
 _FIELD_RES = (re.compile(r"Key: ([^\s,]+?)[.,]?\s"), re.compile(r"Feature: ([^\s,]+?)[.,]?\s"))
 
 
-def check_first_record(path: str, schema: Schema) -> None:
+def check_first_record(path: str, schema: Schema, non_finite: str = "error") -> None:
     """Cheap pre-flight on one shard: readable, and its first record has every column of the schema, each
-    stored as the schema's dtype (e.g. raw strings, not ids, for a string vocabulary)."""
+    stored as the schema's dtype (e.g. raw strings, not ids, for a string vocabulary); then the first 1,024
+    records parse and pass the value guards (so a bad label or value stops the run before its first step)."""
     compression = compression_of([path])
     try:
         first = next(iter(tf.data.TFRecordDataset(path, compression_type=compression).take(1)), None)
@@ -185,19 +192,27 @@ def check_first_record(path: str, schema: Schema) -> None:
             what = f"raw values of the vocabulary {vocab[0]}" if vocab else "values"
             raise DataError(f"{path}: record 0 has feature '{name}' as {kind}, but {schema.source} declares "
                             f"{want.dtype.name} {what} ({_LIST_OF[want.dtype]})")
+    found = diagnose([path], schema, non_finite=non_finite, limit=1024)
+    if found is not None:
+        raise found
 
 
-def diagnose(files: Sequence[str], schema: Schema, spec=None) -> Optional[DataError]:
+def diagnose(files: Sequence[str], schema: Schema, spec=None, non_finite: str = "error",
+             limit: Optional[int] = None) -> Optional[DataError]:
     """Find the first shard / record / field TensorFlow cannot read or parse (with ``spec``, default
-    ``parse_spec(schema)``); None if all are fine."""
+    ``parse_spec(schema)``), or, with the default spec, whose values fail the guards (``tfmsr.data.guards``);
+    None if all are fine. ``limit``: look at the first records of each file only."""
+    values = spec is None
     spec = spec or parse_spec(schema)
     for path in files:
         compression = compression_of([path])
         row = 0
         try:
-            for batch in tf.data.TFRecordDataset(path, compression_type=compression).batch(4096):
+            for batch in tf.data.TFRecordDataset(path, compression_type=compression).take(limit or -1).batch(4096):
                 try:
-                    tf.io.parse_example(batch, spec)
+                    bad = first_bad_value(tf.io.parse_example(batch, spec), schema, non_finite) if values else None
+                    if bad is not None:
+                        return DataError(f"{path}: record {row + bad[0]} {bad[1]}")
                 except tf.errors.InvalidArgumentError:
                     for j in range(int(batch.shape[0])):
                         try:
@@ -206,9 +221,20 @@ def diagnose(files: Sequence[str], schema: Schema, spec=None) -> Optional[DataEr
                             return _parse_error(path, row + j, e, schema)
                 row += int(batch.shape[0])
         except (tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.InvalidArgumentError) as e:
-            return DataError(f"{path}: not a readable TFRecord file (failed after {row} records: "
-                             f"{e.message.splitlines()[0]})")
+            return DataError(f"{path}: not a readable TFRecord file (failed after {readable_records(path)} "
+                             f"readable records: {e.message.splitlines()[0]})")
     return None
+
+
+def readable_records(path: str) -> int:
+    """How many records of ``path`` can be read before the first read error (a truncated shard)."""
+    n = 0
+    try:
+        for _ in tf.data.TFRecordDataset(path, compression_type=compression_of([path])):
+            n += 1
+    except (tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.InvalidArgumentError):
+        pass
+    return n
 
 
 def _parse_error(path: str, row: int, err, schema: Schema) -> DataError:
@@ -229,12 +255,12 @@ def _parse_error(path: str, row: int, err, schema: Schema) -> DataError:
 
 
 @contextlib.contextmanager
-def read_errors(files: Sequence[str], schema: Schema, spec=None):
-    """Turn TensorFlow's file-less read/parse errors raised inside the block into one DataError."""
+def read_errors(files: Sequence[str], schema: Schema, spec=None, non_finite: str = "error"):
+    """Turn TensorFlow's file-less read/parse/guard errors raised inside the block into one DataError."""
     try:
         yield
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-        found = diagnose(files, schema, spec)
+        found = diagnose(files, schema, spec, non_finite)
         if found is None:
             raise
         raise found from e

@@ -10,7 +10,8 @@ from tfmsr.core.progress import log as log_line
 
 
 class Progress(keras.callbacks.Callback):
-    """Every ``every`` steps: global step, examples/s, loss, AUC and ETA on one line."""
+    """Every ``every`` steps: global step, examples/s, loss, AUC, the epoch's counts so far (non-finite
+    values, out-of-vocabulary ids) and ETA on one line."""
 
     def __init__(self, batch_size: int, steps_per_epoch: int, epochs: int, every: int, log=log_line):
         super().__init__()
@@ -30,6 +31,7 @@ class Progress(keras.callbacks.Callback):
             rate = (step - self._step) * self.batch_size / max(now - self._t, 1e-9)
             left = (self.epochs * self.spe - step) * self.batch_size / max(rate, 1e-9)
             vals = "  ".join(f"{k} {float(v):.4f}" for k, v in (logs or {}).items() if k in ("loss", "auc"))
-            self.log(f"[{self.model.model_name}] epoch {step // self.spe + 1}/{self.epochs}  step {step}/"
+            vals += "".join(f"  {k} {int(v)}" for k, v in (logs or {}).items() if k in ("non_finite", "oov_ids"))
+            self.log(f"[{self.model.model_name}] epoch {(step - 1) // self.spe + 1}/{self.epochs}  step {step}/"
                      f"{self.epochs * self.spe}  {rate:,.0f} ex/s  {vals}  ETA {datetime.timedelta(seconds=int(left))}")
         self._t, self._step = now, step

@@ -275,16 +275,3 @@ class ClusterProgress(Progress):
             logs = None
         super().on_train_batch_end(batch, logs)
 
-
-class DataLog(keras.callbacks.Callback):
-    """``[data] epoch N: S steps x B = n examples`` at each epoch end, against the split's rows."""
-
-    def __init__(self, batch: int, rows: int, log: Callable[[str], None]):
-        super().__init__()
-        self.batch, self.rows, self.log, self.epochs = batch, rows, log, []
-
-    def on_epoch_end(self, epoch, logs=None):
-        steps = self.params["steps"]
-        self.epochs.append({"epoch": epoch + 1, "steps": steps, "batch": self.batch, "examples": steps * self.batch})
-        self.log(f"[data] epoch {epoch + 1}: {steps} steps x {self.batch} = {steps * self.batch:,} examples "
-                 f"(train split: {self.rows:,} rows)")

@@ -255,7 +255,11 @@ class Schema:
             if f.kind == "numeric":
                 if f.vocab_size or f.hash_buckets or f.share:
                     fail(f"{where}: a numeric feature has no vocabulary, hash_buckets or share")
-                if not f.std or f.std <= 0:
+                for key in ("mean", "std"):  # numbers, or the model's standardisation is NaN / a TypeError
+                    v = getattr(f, key)
+                    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or abs(v) == float("inf"):
+                        fail(f"{where}: {key} must be a finite number, got {v!r}")
+                if f.std <= 0:
                     fail(f"{where}: std must be > 0, got {f.std}")
                 continue
             if f.share:

@@ -12,12 +12,13 @@ from __future__ import annotations
 from typing import Iterable, Optional
 
 from tfmsr.core.config import check_values, read_config
-from tfmsr.core.errors import ConfigError
+from tfmsr.data.guards import POLICIES
 from tfmsr.ranking.models.base import get_class
 
 DEFAULTS = {
     "model": {"name": "dnn", "params": {}},
-    "data": {"batch_size": 1024, "shuffle_buffer": 20_000, "eval_batch_size": 4096},
+    "data": {"batch_size": 1024, "shuffle_buffer": 20_000, "eval_batch_size": 4096,
+             "non_finite": "error"},      # a NaN / inf numeric value: error | zero (replace, count) | count (skip, count)
     "train": {
         "epochs": 3,
         "steps_per_epoch": None,      # default: ceil(train rows / batch_size)
@@ -47,11 +48,12 @@ OPTIMIZERS = ("adam", "adagrad", "sgd", "rmsprop")
 def load_config(path: Optional[str] = None, overrides: Iterable[str] = (), raw: Optional[dict] = None) -> dict:
     """Read ``path`` (or ``raw``), apply ``--set`` overrides, validate, fill defaults."""
     cfg, source, _ = read_config(path, overrides, raw, DEFAULTS, get_class)
-    check_values(cfg, source, choices=[("train.optimizer", OPTIMIZERS)],
-                 positive_ints=["data.batch_size", "train.epochs", "train.checkpoint_every", "train.log_every"],
-                 positive_numbers=["train.learning_rate"])
-    if cfg["data"]["shuffle_buffer"] < 1:
-        raise ConfigError(f"{source}: data.shuffle_buffer must be >= 1")
+    check_values(cfg, source, choices=[("train.optimizer", OPTIMIZERS), ("data.non_finite", POLICIES)],
+                 positive_ints=["data.batch_size", "data.shuffle_buffer", "data.eval_batch_size", "train.epochs",
+                                "train.steps_per_epoch", "train.checkpoint_every", "train.log_every"],
+                 positive_numbers=["train.learning_rate"], non_negative_ints=["train.seed", "train.early_stopping_patience"],
+                 booleans=["train.validate"], optional=["train.steps_per_epoch"], overrides=overrides)
     check_values(cfg, source, choices=[("cluster.strategy", STRATEGIES), ("cluster.partitioner", PARTITIONERS)],
-                 positive_ints=["cluster.partitions", "cluster.min_shard_bytes"], optional=["cluster.partitions"])
+                 positive_ints=["cluster.partitions", "cluster.min_shard_bytes"], optional=["cluster.partitions"],
+                 overrides=overrides)
     return cfg

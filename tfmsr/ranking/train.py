@@ -34,14 +34,18 @@ from tfmsr.core.optim import make_optimizer
 from tfmsr.core.progress import log as log_line
 from tfmsr.core.rundir import RunDir, read_stats
 from tfmsr.data.pipeline import check_first_record, make_dataset, read_errors, split_files
+from tfmsr.data.guards import pop_count
+from tfmsr.distribute.accounting import EpochAccounting, LossGuard
 from tfmsr.distribute.progress import Progress
-from tfmsr.distribute.strategy import (ClusterBackupAndRestore, ClusterProgress, DataLog, check_model,
+from tfmsr.distribute.strategy import (ClusterBackupAndRestore, ClusterProgress, check_model,
                                        cluster_from_env, make_strategy, per_worker_input, serve, sharded_variables)
 from tfmsr.features import Schema
 from tfmsr.ranking.callbacks import EpochCheckpoint, ScenarioValidation
 from tfmsr.ranking.evaluate import Predictor
 from tfmsr.ranking.evaluator import run_evaluator
 from tfmsr.ranking.models import build, get_class
+from tfmsr.ranking.preflight import check_buildable, differences
+from tfmsr.ranking.resume import RunState
 
 
 def split_rows(data_dir: str, split: str, stats: dict) -> int:
@@ -94,7 +98,8 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
     train_files = split_files(data_dir, "train")
     valid_files = split_files(data_dir, "valid") if cfg["train"]["validate"] else []
     for f in (train_files[0], *valid_files[:1]):
-        check_first_record(f, schema)
+        check_first_record(f, schema, cfg["data"]["non_finite"])
+    check_buildable(cfg, schema, stats)  # a model's own parameter checks, before the run dir is written
     if os.path.exists(os.path.join(model_dir, "final")):
         if not overwrite:
             raise FileExistsError(f"{model_dir}: holds a finished run (final/); pass --overwrite to retrain")
@@ -126,32 +131,33 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
             f"step {step0} of {spe})")
     if strategy is None:
         ds = make_dataset(train_files, schema, batch, training=True, seed=t["seed"],
-                          shuffle_buffer=cfg["data"]["shuffle_buffer"], skip_batches=skip)
+                          shuffle_buffer=cfg["data"]["shuffle_buffer"], skip_batches=skip,
+                          non_finite=cfg["data"]["non_finite"])
     else:  # each worker its own shards, batch share and share of the skipped steps
         ds = per_worker_input(train_files, lambda files, b, k, ctx: make_dataset(
             files, schema, b, training=True, seed=t["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"],
-            skip_batches=k, input_context=ctx), cluster, batch, skip, log)
-    callbacks = []
+            skip_batches=k, input_context=ctx, non_finite=cfg["data"]["non_finite"]), cluster, batch, skip, log)
+    callbacks, stopper = [LossGuard(model_dir, 1 if strategy is None else t["log_every"])], None
     if valid_files:
-        callbacks.append(ScenarioValidation(Predictor(valid_files, schema, cfg["data"]["eval_batch_size"]), log))
+        callbacks.append(ScenarioValidation(Predictor(valid_files, schema, cfg["data"]["eval_batch_size"],
+                                                      non_finite=cfg["data"]["non_finite"]), log))
         if t["early_stopping_patience"]:
-            callbacks.append(keras.callbacks.EarlyStopping("val_auc", mode="max",
-                                                           patience=t["early_stopping_patience"]))
+            stopper = keras.callbacks.EarlyStopping("val_auc", mode="max", patience=t["early_stopping_patience"])
+            callbacks.append(stopper)
     epochs_ckpt = EpochCheckpoint(out_dir)
+    run_state = RunState(backup_dir, epoch0, epochs_ckpt, stopper, write=cluster.is_chief, log=log)
+    accounting = EpochAccounting(batch, split_rows(data_dir, "train", stats), log)
     backup_cb, progress_cb = ((keras.callbacks.BackupAndRestore, Progress) if strategy is None
                               else (ClusterBackupAndRestore, ClusterProgress))
     callbacks += [
-        epochs_ckpt,
+        epochs_ckpt, run_state, accounting,
         backup_cb(backup_dir, save_freq=t["checkpoint_every"], delete_checkpoint=True),
         keras.callbacks.TensorBoard(os.path.join(out_dir, "tb"), write_graph=False, profile_batch=0),
         progress_cb(batch, spe, t["epochs"], t["log_every"], log),
     ]
-    if strategy is not None:
-        data_log = DataLog(batch, split_rows(data_dir, "train", stats), log)
-        callbacks.append(data_log)
     start = time.time()
-    with read_errors(train_files + valid_files, schema):
-        hist = model.fit(ds, epochs=t["epochs"], steps_per_epoch=spe, callbacks=callbacks, verbose=0)
+    with read_errors(train_files + valid_files, schema, non_finite=cfg["data"]["non_finite"]):
+        model.fit(ds, epochs=t["epochs"], steps_per_epoch=spe, callbacks=callbacks, verbose=0)
     seconds = time.time() - start
     if strategy is None:  # Keras deletes the backup's checkpoints but leaves the folder they were in
         shutil.rmtree(backup_dir, ignore_errors=True)
@@ -161,15 +167,14 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
     _write_final(model, out_dir)
     summary = {
         "model": model.model_name, "steps": steps, "steps_per_epoch": spe, "seconds": seconds,
-        "examples_per_sec": (steps - skip) * batch / max(seconds, 1e-9), "resumed_from_step": skip,
-        "best_val_auc": epochs_ckpt.best if epochs_ckpt.best_path else None,
-        "history": {k: [float(v) for v in vals] for k, vals in hist.history.items()},
-        "oov_ids": float(hist.history.get("oov_ids", [0])[-1]) if hist.history.get("oov_ids") else 0.0,
+        "examples_per_sec": accounting.examples_per_sec, "resumed_from_step": skip,
+        "best_val_auc": epochs_ckpt.best if epochs_ckpt.best_path else None, "best_epoch": run_state.best_epoch,
+        "history": run_state.history(), **accounting.totals(), "data_epochs": accounting.epochs,
     }
     if strategy is not None:
         summary["cluster"] = {"kind": cluster.kind, "role": cluster.role, "index": cluster.index,
                               "workers": cluster.num_workers, "ps": cluster.num_ps,
-                              "sharded_variables": sharded_variables(model), "data_epochs": data_log.epochs}
+                              "sharded_variables": sharded_variables(model), "data_epochs": accounting.epochs}
     write_json(os.path.join(out_dir, "history.json"), summary)
     log(f"[{model.model_name}] done: {steps} steps in {seconds:.1f}s "
         f"({summary['examples_per_sec']:,.0f} ex/s); weights in {os.path.join(model_dir, 'final')}")
@@ -184,7 +189,8 @@ def build_in_scope(strategy, cluster, cfg: dict, schema: Schema, files, stats: O
     optimizer slots exist before a backup is restored: under ParameterServerStrategy a deferred restore
     of slots created later leaves them at zero."""
     check_model(get_class(cfg["model"]["name"]), cluster)
-    x, _ = next(iter(make_dataset(files[:1], schema, 8, training=False)))
+    x, _ = next(iter(make_dataset(files[:1], schema, 8, training=False, non_finite=cfg["data"]["non_finite"])))
+    pop_count(x)
     with strategy.scope():
         model = build(cfg["model"]["name"], schema, cfg["model"]["params"], stats)
         model(x)
@@ -204,8 +210,8 @@ def _check_resumable(model_dir: str, cfg: dict, data_dir: str, overwrite: bool) 
     for what, old, new in (("config", before.get("config"), cfg), ("data", before.get("data"),
                                                                     os.path.abspath(data_dir))):
         if old != new:
-            raise FileExistsError(f"{model_dir}: holds an unfinished run with a different {what}; resume it with "
-                                  "the same config and data, or pass --overwrite to start afresh")
+            raise FileExistsError(f"{model_dir}: holds an unfinished run with a different {differences(what, old, new)}; "
+                                  "resume it with the same config and data, or pass --overwrite to start afresh")
 
 
 def _write_final(model, model_dir: str) -> None:

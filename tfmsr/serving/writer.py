@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmsr.core.errors import ConfigError
+from tfmsr.core.tempfiles import sweep
 from tfmsr.features import Schema
 from tfmsr.serving.serving_config import write_model_config
 from tfmsr.serving.signatures import sample_batch, to_examples
@@ -139,6 +140,7 @@ def write_export(out: str, version: int, schema: Schema, servables: Iterable[Ser
     name = os.path.basename(os.path.abspath(out))
     summary = {"name": name, "version": version, **summary, "servables": {}, "signatures": {}}
     os.makedirs(out, exist_ok=True)
+    sweep(out, r"\.tmp-export-\d+-(\d+)", log)  # what a killed export left behind
     tmp = os.path.join(out, f".tmp-export-{version}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     done = []

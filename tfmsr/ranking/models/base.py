@@ -14,6 +14,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmsr.core.registry import Parametrized, Registry
+from tfmsr.data.guards import pop_count
 from tfmsr.features import Schema
 from tfmsr.layers import FeatureEmbedding, masked_mean
 
@@ -62,6 +63,8 @@ class RankingModel(Parametrized, keras.Model):
         self.num_scenarios = schema.num_scenarios
         self.embedding = FeatureEmbedding(schema, dim=self.params.get("embedding_dim"), name="embedding")
         self.oov_ids = keras.metrics.Sum(name="oov_ids")
+        self.non_finite = keras.metrics.Sum(name="non_finite")  # numeric values replaced / examples left out
+        self.examples = keras.metrics.Sum(name="examples")      # examples consumed, counted in the graph
 
     # ------------------------------------------------------------------ forward
     def logits(self, x: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
@@ -105,12 +108,19 @@ class RankingModel(Parametrized, keras.Model):
         return tf.concat(parts, axis=1)
 
     # ------------------------------------------------------------------ steps
+    def count_batch(self, x) -> None:
+        """The per-batch counts of the epoch logs: OOV ids, non-finite values (``tfmsr.data.guards``; the
+        parser's count is popped here, the layers never see it) and examples."""
+        self.non_finite.update_state(pop_count(x))
+        self.oov_ids.update_state(self.embedding.oov_count(x))
+        self.examples.update_state(tf.shape(x[self.schema.scenario.name])[0])
+
     def train_step(self, data):
-        self.oov_ids.update_state(self.embedding.oov_count(data[0]))
+        self.count_batch(data[0])
         return super().train_step(data)
 
     def test_step(self, data):
-        self.oov_ids.update_state(self.embedding.oov_count(data[0]))
+        self.count_batch(data[0])
         return super().test_step(data)
 
     def get_config(self):

@@ -1,0 +1,461 @@
+"""Bad input and faults, one at a time, on tiny planted data (issue 29, "Nothing silent").
+
+Every case asserts the message a user sees and that nothing is lost or half-written (no final/ from a
+failed run, no run dir from a refused config, no temp files left). Messages (copied from real output;
+FILE is the shard, RUN the model dir):
+
+data guards (tfmsr.data.guards, through the parser and read_errors)
+  1  NaN numeric value, first shard      FILE: record 37 has a non-finite value (nan) in numeric feature 'price'
+                                          (data.non_finite: zero replaces such values by 0, count leaves the example
+                                          out; both count them) -- before the run dir is written
+  2  +inf numeric value, a later shard   FILE: record 120 has a non-finite value (inf) in numeric feature
+                                          'user_activity' ... -- in-graph guard, no final/
+  3  data.non_finite: zero               trains; "[data] epoch 1: 1,200 examples read ...; non-finite values 2"; progress
+                                          lines "non_finite 2"; history.json / tfmsr train JSON "non_finite": 2
+  4  data.non_finite: count              the two examples are left out: 1,198 examples read per epoch, non_finite 2
+  5  label 3                             FILE: record 5 has label 'click' = 3.0 (expected 0 or 1)
+  6  NaN label                           FILE: record 9 has label 'click' = nan (expected 0 or 1)
+  7  scenario 7 of 5 (train)             FILE: record 11 has scenario 7 in field 'scenario' (expected 0..4: s0, s1,
+                                          s2, s3, s4)
+  8  scenario -1 in the test split       tfmsr evaluate: the same message for the test shard; no metrics.json
+  9  NaN numeric in the test split       tfmsr evaluate: FILE: record 3 has a non-finite value (nan) in numeric ...
+ 10  loss goes non-finite (3e38 values)  tfmsr train exits 2: "tfmsr: error: RUN: the training loss is nan at step N;
+                                          training stopped and no final/ was written ..."; no final/
+ 11  export of that run                  tfmsr export exits 2: "RUN/final: no finished checkpoint (training did not
+                                          complete)"; no export folder content
+ 12  truncated shard                     FILE: not a readable TFRecord file (failed after 289 readable records: ...)
+config values (checked before anything is written)
+ 13  model.params.hidden: "abc"          CFG: model 'dnn': parameter 'hidden' must be a list of integers (like its
+                                          default [256, 128, 64]), got 'abc'
+ 14  model.params.dropout: "high"        CFG: model 'dnn': parameter 'dropout' must be a number (like its default 0.0),
+                                          got 'high'
+ 15  train.seed: abc                     CFG: train.seed must be an integer >= 0, got 'abc'
+ 16  data.eval_batch_size: -5            CFG: data.eval_batch_size must be a positive integer, got -5
+ 17  train.early_stopping_patience: abc  CFG: train.early_stopping_patience must be an integer >= 0, got 'abc'
+ 18  train.validate: maybe               CFG: train.validate must be true or false, got 'maybe'
+ 19  --set train.seed=abc (CLI)          tfmsr: error: --set train.seed=abc: train.seed must be an integer >= 0, got
+                                          'abc' (exit 2, no model dir)
+ 20  --set train.epoch=2 (unknown key)   --set: unknown key 'train.epoch' (known: ...)
+ 21  a model's own check (star)          CFG: model 'star': normalization must be partitioned, batch or none, ... --
+                                          raised before the run dir is written
+ 22  re-run with another config          RUN: holds an unfinished run with a different config (train.learning_rate:
+                                          0.001 -> 0.01); resume it with the same config and data, or pass --overwrite
+ 23  schema numeric std: abc / mean: xyz SCHEMA: feature 'price': std must be a finite number, got 'abc' (mean: the same)
+resume, accounting, temp files, outputs
+ 24  resume restores the training state  a run interrupted in epoch 3 of 4 resumes with "[resume] restored 2 epoch(s)
+                                          of history, best val_auc ... (epoch E)"; history.json holds 4 epochs,
+                                          best_val_auc = max over all 4 epochs, best/ holds that epoch, early-stopping
+                                          wait carried over; examples/s counted from the first step
+ 25  best/ is never replaced by a worse epoch after a resume (RunState + EpochCheckpoint on a real model)
+ 26  a killed export's temp dir          the next export removes OUT/.tmp-export-1-<dead pid>; a live pid's is kept
+ 27  score into a missing folder         the folder is created; a killed score's OUT.tmp-<dead pid> is removed
+ 28  score a NaN numeric row             counted in "non_finite" and left unscored (null prob), the rest scored
+ 29  evaluate --predictions              x.parquet is Parquet, x.csv is CSV; x.txt: "--predictions x.txt: unknown
+                                          format '.txt' (expected a file ending in .parquet or .csv)" before any write
+"""
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+
+from tfmsr.core.errors import ConfigError
+from tfmsr.data.pipeline import DataError
+from tfmsr.ranking.config import load_config
+
+TFMSR = [sys.executable, "-m", "tfmsr.cli"]
+QUIET = dict(log=lambda line: None)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """1,500 planted rows: train 1,200 in 3 shards of 400, valid 150, test 150."""
+    from tfmsr.data.synth import generate
+
+    out = str(tmp_path_factory.mktemp("tiny") / "data")
+    generate(out, rows=1500, users=100, items=80, categories=10, brands=20, seed=0, rows_per_shard=400,
+             progress=False)
+    return out
+
+
+def copy_of(tiny, tmp_path, name="data"):
+    dst = str(tmp_path / name)
+    shutil.copytree(tiny, dst)
+    return dst
+
+
+def shard(data, split, i=0):
+    return sorted(glob.glob(os.path.join(data, split, "*.tfrecord*")))[i]
+
+
+def plant(path, row, name, value):
+    """Rewrite one value of record ``row`` of the shard ``path`` (a real TFRecord written again)."""
+    recs = [bytes(r.numpy()) for r in tf.data.TFRecordDataset(path)]
+    ex = tf.train.Example.FromString(recs[row])
+    feat = ex.features.feature[name]
+    getattr(feat, feat.WhichOneof("kind")).value[0] = value
+    recs[row] = ex.SerializeToString()
+    with tf.io.TFRecordWriter(path) as w:
+        for r in recs:
+            w.write(r)
+
+
+def config(**sections):
+    raw = {"model": {"name": "dnn", "params": {"hidden": [8]}}, "data": {"batch_size": 128},
+           "train": {"epochs": 1, "log_every": 1000, "checkpoint_every": 1000, "early_stopping_patience": 0}}
+    for section, values in sections.items():
+        raw[section].update(values)
+    return raw
+
+
+def train_raw(raw, data, model_dir, **kw):
+    from tfmsr.ranking.train import train
+
+    return train(load_config(raw=raw), data, str(model_dir), **{**QUIET, **kw})
+
+
+def cli(*args, cwd=None):
+    r = subprocess.run(TFMSR + [str(a) for a in args], capture_output=True, text=True, cwd=cwd)
+    return r.returncode, r.stdout, r.stderr
+
+
+def no_temp_left(*dirs):
+    for d in dirs:
+        left = [os.path.join(root, n) for root, ds, fs in os.walk(d) for n in ds + fs if ".tmp-" in n]
+        assert not left, left
+
+
+def dead_pid():
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    """One finished dnn run on the tiny data (export, score and evaluate cases)."""
+    model_dir = str(tmp_path_factory.mktemp("trained") / "run")
+    train_raw(config(), tiny, model_dir)
+    return model_dir
+
+
+# ---------------------------------------------------------------------------------------- data guards
+def test_01_nan_numeric_in_first_shard_stops_before_the_run_dir(tiny, tmp_path):
+    data = copy_of(tiny, tmp_path)
+    plant(shard(data, "train", 0), 37, "price", float("nan"))
+    with pytest.raises(DataError) as e:
+        train_raw(config(), data, tmp_path / "run")
+    assert str(e.value) == (f"{shard(data, 'train', 0)}: record 37 has a non-finite value (nan) in numeric feature "
+                            "'price' (data.non_finite: zero replaces such values by 0, count leaves the example out; "
+                            "both count them)")
+    assert not os.path.exists(tmp_path / "run")  # pre-flight: nothing written
+
+
+def test_02_inf_numeric_in_a_later_shard_is_caught_in_the_graph(tiny, tmp_path):
+    data = copy_of(tiny, tmp_path)
+    plant(shard(data, "train", 2), 120, "user_activity", float("inf"))
+    with pytest.raises(DataError, match=r"part-00002.tfrecord: record 120 has a non-finite value \(inf\) in numeric "
+                                        r"feature 'user_activity'"):
+        train_raw(config(), data, tmp_path / "run")
+    assert not os.path.exists(tmp_path / "run" / "final")
+    no_temp_left(tmp_path / "run")
+
+
+@pytest.mark.parametrize("policy,examples", [("zero", 1200), ("count", 1198)])
+def test_03_04_non_finite_policies_replace_or_skip_and_count(tiny, tmp_path, policy, examples):
+    data = copy_of(tiny, tmp_path)
+    plant(shard(data, "train", 1), 10, "price", float("nan"))
+    plant(shard(data, "train", 2), 20, "user_activity", float("-inf"))
+    lines = []
+    raw = config(data={"non_finite": policy}, train={"epochs": 2, "log_every": 5})
+    summary = train_raw(raw, data, tmp_path / "run", log=lines.append)
+    assert [(e["examples"], e["non_finite"]) for e in summary["data_epochs"]] == [(examples, 2)] * 2
+    assert summary["non_finite"] == 4 and summary["examples"] == 2 * examples
+    assert np.isfinite(summary["history"]["loss"]).all() and summary["history"]["non_finite"] == [2.0, 2.0]
+    assert any(f"[data] epoch 1: {examples:,} examples read (counted in the graph" in l
+               and "non-finite values 2;" in l for l in lines), lines
+    assert any("  non_finite " in l and " ex/s " in l for l in lines)  # the progress line carries the count
+    history = json.load(open(tmp_path / "run" / "history.json"))
+    assert history["non_finite"] == 4 and os.path.exists(tmp_path / "run" / "final")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("click", 3.0, "has label 'click' = 3.0 (expected 0 or 1)"),
+    ("click", float("nan"), "has label 'click' = nan (expected 0 or 1)"),
+    ("scenario", 7, "has scenario 7 in field 'scenario' (expected 0..4: s0, s1, s2, s3, s4)"),
+])
+def test_05_06_07_bad_labels_and_scenarios_name_file_record_field(tiny, tmp_path, field, value, message):
+    data = copy_of(tiny, tmp_path)
+    plant(shard(data, "train", 0), 11, field, value)
+    with pytest.raises(DataError) as e:
+        train_raw(config(), data, tmp_path / "run")
+    assert str(e.value) == f"{shard(data, 'train', 0)}: record 11 {message}"
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_07b_bad_scenario_in_a_later_shard_stops_training_with_the_record(tiny, tmp_path):
+    data = copy_of(tiny, tmp_path)
+    plant(shard(data, "train", 1), 399, "scenario", 5)
+    with pytest.raises(DataError, match=r"part-00001.tfrecord: record 399 has scenario 5 in field 'scenario'"):
+        train_raw(config(), data, tmp_path / "run")
+    assert not os.path.exists(tmp_path / "run" / "final")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("scenario", -1, "record 3 has scenario -1 in field 'scenario' (expected 0..4: s0, s1, s2, s3, s4)"),
+    ("price", float("nan"), "record 3 has a non-finite value (nan) in numeric feature 'price'"),
+])
+def test_08_09_evaluate_names_the_bad_test_record(tiny, trained, tmp_path, field, value, message):
+    data = copy_of(tiny, tmp_path)
+    plant(shard(data, "test"), 3, field, value)
+    out = tmp_path / "metrics.json"
+    rc, _, err = cli("evaluate", "--model-dir", trained, "--data", data, "--out", out)
+    assert rc == 2 and err.strip().splitlines()[-1].startswith(f"tfmsr: error: {shard(data, 'test')}: {message}"), err
+    assert not os.path.exists(out)
+
+
+def test_10_11_diverged_loss_stops_without_final_and_export_refuses(tiny, tmp_path):
+    data = copy_of(tiny, tmp_path)
+    for row in range(0, 400, 9):  # finite, but they overflow the first layer: inf - inf = NaN
+        plant(shard(data, "train", 1), row, "price", 3e38)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config(train={"epochs": 1, "checkpoint_every": 2})))
+    rc, out, err = cli("train", "--config", cfg, "--data", data, "--model-dir", tmp_path / "run")
+    last = err.strip().splitlines()[-1]
+    assert rc == 2 and last.startswith(f"tfmsr: error: {tmp_path / 'run'}: the training loss is nan at step "), err
+    assert "training stopped and no final/ was written" in last
+    assert not os.path.exists(tmp_path / "run" / "final") and not out.strip()
+    rc, out, err = cli("export", "--model-dir", tmp_path / "run", "--out", tmp_path / "export")
+    assert rc == 2 and f"{tmp_path / 'run'}/final: no finished checkpoint (training did not complete)" in err
+    assert not glob.glob(str(tmp_path / "export" / "*" / "*"))
+    no_temp_left(tmp_path / "run", tmp_path)
+
+
+def test_12_truncated_shard_counts_the_readable_records(tiny, tmp_path):
+    from tfmsr.data.pipeline import diagnose
+    from tfmsr.features import Schema
+
+    data = copy_of(tiny, tmp_path)
+    path = shard(data, "train", 1)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as fh:
+        fh.truncate(int(size * 0.73))
+    readable = sum(1 for _ in _records_until_error(path))
+    assert 250 < readable < 300
+    err = diagnose([path], Schema.load(os.path.join(data, "schema.yaml")))
+    assert str(err).startswith(f"{path}: not a readable TFRecord file (failed after {readable} readable records: ")
+    with pytest.raises(DataError, match=f"failed after {readable} readable records"):
+        train_raw(config(), data, tmp_path / "run")
+    assert not os.path.exists(tmp_path / "run" / "final")
+
+
+def _records_until_error(path):
+    it = iter(tf.data.TFRecordDataset(path))
+    while True:
+        try:
+            yield next(it)
+        except (StopIteration, tf.errors.DataLossError):
+            return
+
+
+# ---------------------------------------------------------------------------------------- config values
+@pytest.mark.parametrize("section,key,value,message", [
+    ("model", "hidden", "abc", "model 'dnn': parameter 'hidden' must be a list of integers (like its default "
+                               "[256, 128, 64]), got 'abc'"),
+    ("model", "dropout", "high", "model 'dnn': parameter 'dropout' must be a number (like its default 0.0), got 'high'"),
+    ("train", "seed", "abc", "train.seed must be an integer >= 0, got 'abc'"),
+    ("data", "eval_batch_size", -5, "data.eval_batch_size must be a positive integer, got -5"),
+    ("train", "early_stopping_patience", "abc", "train.early_stopping_patience must be an integer >= 0, got 'abc'"),
+    ("train", "validate", "maybe", "train.validate must be true or false, got 'maybe'"),
+])
+def test_13_to_18_config_values_are_checked_naming_the_file(tmp_path, section, key, value, message):
+    raw = {"model": {"name": "dnn", "params": {}}} if section == "model" else {}
+    if section == "model":
+        raw["model"]["params"][key] = value
+    else:
+        raw[section] = {key: value}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as e:
+        load_config(str(path))
+    assert str(e.value) == f"{path}: {message}"
+
+
+def test_19_20_set_errors_name_set(tiny, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config()))
+    rc, out, err = cli("train", "--config", cfg, "--data", tiny, "--model-dir", tmp_path / "run",
+                       "--set", "train.seed=abc")
+    assert rc == 2 and err.strip().splitlines()[-1] == ("tfmsr: error: --set train.seed=abc: train.seed must be an "
+                                                        "integer >= 0, got 'abc'")
+    assert not os.path.exists(tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"^--set: unknown key 'train.epoch' \(known: "):
+        load_config(str(cfg), ["train.epoch=2"])
+    with pytest.raises(ConfigError, match=r"^--set model.params.hidden=abc: model 'dnn': parameter 'hidden'"):
+        load_config(str(cfg), ["model.params.hidden=abc"])
+
+
+def test_21_a_models_own_check_fails_before_the_run_dir(tiny, tmp_path):
+    raw = config()
+    raw["model"] = {"name": "star", "params": {"normalization": "layer"}}
+    with pytest.raises(ConfigError, match="model 'star': normalization must be partitioned, batch or none"):
+        train_raw(raw, tiny, tmp_path / "run")
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_22_refused_rerun_names_the_key_that_differs(tiny, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.yaml").write_text(yaml.safe_dump({"kind": "ranking", "config": load_config(raw=config()),
+                                                  "data": os.path.abspath(tiny)}))
+    with pytest.raises(FileExistsError) as e:
+        train_raw(config(train={"learning_rate": 0.01}), tiny, run)
+    assert str(e.value) == (f"{run}: holds an unfinished run with a different config (train.learning_rate: 0.001 -> "
+                            "0.01); resume it with the same config and data, or pass --overwrite to start afresh")
+
+
+@pytest.mark.parametrize("key,value", [("std", "abc"), ("mean", "xyz"), ("mean", float("nan"))])
+def test_23_schema_numeric_statistics_must_be_numbers(tiny, key, value):
+    from tfmsr.features import Schema, SchemaError
+
+    raw = yaml.safe_load(open(os.path.join(tiny, "schema.yaml")))
+    [f for f in raw["features"] if f["name"] == "price"][0][key] = value
+    with pytest.raises(SchemaError) as e:
+        Schema.from_dict(raw, source="schema.yaml")
+    assert str(e.value) == f"schema.yaml: feature 'price': {key} must be a finite number, got {value!r}"
+
+
+# ---------------------------------------------------------------------------------------- resume
+def test_24_resume_restores_best_history_and_early_stopping(tiny, tmp_path):
+    from tfmsr.ranking.train import train
+
+    raw = config(data={"batch_size": 16}, train={"epochs": 4, "checkpoint_every": 10, "early_stopping_patience": 3})
+    cfg, run = tmp_path / "c.yaml", tmp_path / "run"
+    cfg.write_text(yaml.safe_dump(raw))
+    proc = subprocess.Popen(TFMSR + ["train", "--config", str(cfg), "--data", tiny, "--model-dir", str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_path = run / "backup" / "state.json"
+    while proc.poll() is None and not (state_path.exists() and len(json.load(open(state_path))["epochs"]) >= 2):
+        time.sleep(0.02)
+    proc.kill()  # SIGKILL in epoch 3: the callbacks' state exists only in backup/state.json
+    assert proc.wait() == -9, "training finished before it could be killed"
+    state = json.load(open(state_path))
+    assert [e["epoch"] for e in state["epochs"]] == [1, 2] and not os.path.exists(run / "final")
+    lines = []
+    summary = train(load_config(raw=raw), tiny, str(run), log=lines.append)
+    skip = summary["resumed_from_step"]  # the backup at the end of epoch 2 (2 x 75 steps) or a little later
+    assert 150 <= skip < 225 and skip % 10 == 0
+    restored = [l for l in lines if l.startswith("[resume] restored 2 epoch(s) of history")]
+    assert restored and f"(epoch {state['best']['epoch']})" in restored[0], lines
+    assert f"early-stopping wait {state['early_stopping']['wait']}" in restored[0]
+    val = summary["history"]["val_auc"]
+    assert len(val) == 4 and val[:2] == [e["val_auc"] for e in state["epochs"]]
+    best = int(np.argmax(val)) + 1
+    assert summary["best_val_auc"] == max(val) and summary["best_epoch"] == best
+    assert os.path.basename(tf.train.latest_checkpoint(str(run / "best"))) == f"best-{best}"
+    assert json.load(open(run / "history.json"))["history"]["val_auc"] == val
+    assert [e["examples"] for e in summary["data_epochs"]] == [(225 - skip) * 16, 1200]  # what this process read
+    assert summary["examples_per_sec"] >= (300 - skip - 1) * 16 / summary["seconds"]  # from the first step on
+    assert not os.path.exists(run / "backup")
+    no_temp_left(run)
+
+
+def test_25_best_is_not_replaced_by_a_worse_epoch_after_resume(synth_schema, tmp_path):
+    import tf_keras as keras
+
+    from tfmsr.ranking.callbacks import EpochCheckpoint
+    from tfmsr.ranking.models import build
+    from tfmsr.ranking.resume import RunState
+
+    model = build("dnn", synth_schema, {"hidden": [4]})
+    backup = str(tmp_path / "backup")
+    first = EpochCheckpoint(str(tmp_path))
+    stop1 = keras.callbacks.EarlyStopping("val_auc", mode="max", patience=3)
+    state1 = RunState(backup, 0, first, stop1)
+    for cb in (first, stop1, state1):
+        cb.set_model(model)
+        cb.on_train_begin()
+    for epoch, auc in enumerate([0.70, 0.75]):
+        for cb in (first, stop1, state1):
+            cb.on_epoch_end(epoch, {"val_auc": auc, "loss": 0.5})
+    # the process dies; a new one resumes at epoch 3 (index 2) with fresh callbacks
+    again = EpochCheckpoint(str(tmp_path))
+    stop2 = keras.callbacks.EarlyStopping("val_auc", mode="max", patience=3)
+    state2 = RunState(backup, 2, again, stop2)
+    for cb in (again, stop2, state2):
+        cb.set_model(model)
+        cb.on_train_begin()
+    assert (again.best, state2.best_epoch, stop2.best, stop2.wait) == (0.75, 2, 0.75, 0)
+    for cb in (again, stop2, state2):
+        cb.on_epoch_end(2, {"val_auc": 0.72, "loss": 0.4})
+    assert again.best == 0.75 and again.best_path.endswith("best-2") and stop2.wait == 1
+    assert os.path.basename(tf.train.latest_checkpoint(str(tmp_path / "best"))) == "best-2"
+    assert state2.history()["val_auc"] == [0.70, 0.75, 0.72]
+
+
+# ---------------------------------------------------------------------------------------- temp files, outputs
+def test_26_a_killed_exports_temp_dir_is_swept_by_the_next_export(trained, tmp_path):
+    out = tmp_path / "export"
+    dead, live = out / f".tmp-export-1-{dead_pid()}", out / f".tmp-export-1-{os.getppid()}"
+    for d in (dead, live):
+        (d / "all" / "1").mkdir(parents=True)
+    rc, stdout, err = cli("export", "--model-dir", trained, "--out", out)
+    assert rc == 0, err
+    assert f"removed {dead} (a temp file of process" in err
+    assert not dead.exists() and live.exists()  # a live process's temp dir is never touched
+    assert json.loads(stdout)["version"] == 1 and (out / "all" / "1" / "saved_model.pb").exists()
+
+
+def test_27_28_score_creates_its_folder_sweeps_temps_and_counts_non_finite(tiny, trained, tmp_path):
+    from tfmsr.ranking.export import export
+    from tfmsr.serving.scoring import score
+
+    saved = tmp_path / "saved"
+    export(trained, str(saved), **QUIET)
+    data = copy_of(tiny, tmp_path)
+    plant(shard(data, "test"), 4, "price", float("nan"))
+    output = tmp_path / "new" / "folder" / "scores.parquet"  # the folder does not exist yet
+    stale = tmp_path / "new" / "folder" / f"scores.parquet.tmp-{dead_pid()}"
+    lines = []
+    summary = score(str(saved), shard(data, "test"), str(output), progress=lines.append)
+    assert output.exists() and summary["rows"] == 150 and summary["scored"] == 149 and summary["non_finite"] == 1
+    assert summary["first_unscored"] == [{"row": 4, "reason": "non_finite"}]
+    import pandas as pd
+
+    prob = pd.read_parquet(output)["prob"]
+    assert prob.isna().tolist() == [i == 4 for i in range(150)]
+    # a killed score of the same output left its temp file: the next run removes it
+    stale.write_text("half a file")
+    score(str(saved), shard(data, "test"), str(output), overwrite=True, progress=lines.append)
+    assert not stale.exists() and any(f"removed {stale}" in l for l in lines)
+    no_temp_left(tmp_path / "new")
+
+
+@pytest.mark.parametrize("name", ["pred.parquet", "pred.csv", "pred.txt"])
+def test_29_evaluate_predictions_format_follows_the_extension(tiny, trained, tmp_path, name):
+    import pandas as pd
+
+    from tfmsr.ranking.evaluate import evaluate
+
+    path = str(tmp_path / name)
+    if name.endswith(".txt"):
+        with pytest.raises(DataError) as e:
+            evaluate(trained, tiny, "test", out=str(tmp_path / "m.json"), predictions=path)
+        assert str(e.value) == (f"--predictions {path}: unknown format '.txt' (expected a file ending in .parquet "
+                                "or .csv)")
+        assert os.listdir(tmp_path) == []
+        return
+    res = evaluate(trained, tiny, "test", out=str(tmp_path / "m.json"), predictions=path)
+    frame = pd.read_parquet(path) if name.endswith(".parquet") else pd.read_csv(path)
+    assert len(frame) == 150 and res["non_finite"] == 0
+    with open(path, "rb") as fh:
+        assert (fh.read(4) == b"PAR1") == name.endswith(".parquet")
+    no_temp_left(tmp_path)

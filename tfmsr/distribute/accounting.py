@@ -1,0 +1,100 @@
+"""What a training run consumed, counted in the graph, and the guard that stops a diverged run (DESIGN
+section 7: every example read once per epoch, nothing silent).
+
+``EpochAccounting`` logs, at each epoch end, the examples the epoch actually consumed -- the model's
+``examples`` metric, summed in ``train_step`` from the batches themselves (under ParameterServerStrategy
+a variable on the parameter servers, under MultiWorkerMirroredStrategy summed over the workers when the
+epoch's logs are read) -- next to the plan (steps x batch) and the split's rows, with the epoch's
+non-finite values (``data.non_finite``) and out-of-vocabulary ids; a count that differs from the split's
+rows is said so. Throughput is counted from the end of the first step (start-up and tracing excluded).
+
+``LossGuard`` stops a run whose loss is NaN or infinite with ``NonFiniteLoss`` naming the step; raised
+from inside ``fit``, so the trainer never reaches the code that writes ``final/`` (a TerminateOnNaN that
+cannot be mistaken for a finished run). It reads the loss every step locally (the step has finished
+anyway) and on the progress steps under ParameterServerStrategy (each read waits for a remote step).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, List, Optional
+
+import tf_keras as keras
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss went NaN or infinite; the run stopped without writing final weights."""
+
+
+def _value(logs, key: str) -> Optional[float]:
+    if logs is None:
+        return None
+    if hasattr(logs, "fetch"):  # a ParameterServerStrategy RemoteValue
+        logs = logs.fetch()
+    v = logs.get(key) if hasattr(logs, "get") else None
+    return None if v is None else float(v)
+
+
+class LossGuard(keras.callbacks.Callback):
+    """Raise ``NonFiniteLoss`` at the first step (checked every ``every`` steps) whose loss is not finite."""
+
+    def __init__(self, model_dir: str, every: int = 1):
+        super().__init__()
+        self._supports_tf_logs = True  # logs stay tensors / remote values; read only on the checked steps
+        self.model_dir, self.every = model_dir, every
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (batch + 1) % self.every == 0:
+            self._check(_value(logs, "loss"), f"step {int(self.model.optimizer.iterations.numpy())}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(_value(logs, "loss"), f"the end of epoch {epoch + 1}")
+
+    def _check(self, loss: Optional[float], where: str) -> None:
+        if loss is not None and not math.isfinite(loss):
+            raise NonFiniteLoss(
+                f"{self.model_dir}: the training loss is {loss} at {where}; training stopped and no final/ was "
+                "written (backups hold only earlier steps). Check the data for extreme values or lower "
+                "train.learning_rate, then re-run (it resumes from the last backup) or pass --overwrite")
+
+
+class EpochAccounting(keras.callbacks.Callback):
+    """``[data] epoch N: n examples read ...`` at each epoch end from the graph's counts; ``epochs`` holds
+    them (epoch, steps, batch, examples, non_finite, oov_ids); ``examples_per_sec`` from the first step on."""
+
+    def __init__(self, batch: int, rows: int, log: Callable[[str], None], note: str = ""):
+        super().__init__()
+        self.batch, self.rows, self.log, self.note = batch, rows, log, note
+        self.epochs: List[dict] = []
+        self._t0 = self._t1 = None
+        self._steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps += 1
+        if self._t0 is None:
+            self._t0 = time.time()
+        self._t1 = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        steps = self.params["steps"]
+        row = {"epoch": epoch + 1, "steps": steps, "batch": self.batch,
+               "examples": int(logs.get("examples", 0)), "non_finite": int(logs.get("non_finite", 0)),
+               "oov_ids": int(logs.get("oov_ids", 0))}
+        self.epochs.append(row)
+        planned = self.rows if steps == math.ceil(self.rows / self.batch) else steps * self.batch
+        off = row["examples"] - planned
+        said = f" -- {off:+,} against the plan" if off else ""
+        self.log(f"[data] epoch {epoch + 1}: {row['examples']:,} examples read (counted in the graph; plan {steps} "
+                 f"steps x {self.batch}, train split {self.rows:,} rows){said}; non-finite values "
+                 f"{row['non_finite']:,}; oov ids {row['oov_ids']:,}{self.note}")
+
+    @property
+    def examples_per_sec(self) -> float:
+        """Examples per second from the end of the first step to the end of the last (start-up excluded)."""
+        if self._t0 is None or self._steps < 2:
+            return 0.0
+        return (self._steps - 1) * self.batch / max(self._t1 - self._t0, 1e-9)
+
+    def totals(self) -> dict:
+        return {k: sum(e[k] for e in self.epochs) for k in ("examples", "non_finite", "oov_ids")}
