@@ -39,8 +39,9 @@ from __future__ import annotations
 import os
 import re
 import threading
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from tfmsr.features import Schema, SchemaError
@@ -193,3 +194,54 @@ def shared_lookups(schema: Schema) -> VocabLookups:
                     _SHARED[key] = (VocabLookup(path, raw, name=f"vocab_{table}"), strategy)
                 made[table] = _SHARED[key][0]
     return VocabLookups(schema, made=made)
+
+
+def read_vocabulary(path: str, raw_dtype: str, limit: Optional[int] = None) -> np.ndarray:
+    """The raw values of ids 1, 2, ... (the first ``limit`` lines) as NumPy (object bytes or int64)."""
+    values = []
+    with tf.io.gfile.GFile(path, "rb") as fh:
+        for line in fh:
+            if limit is not None and len(values) >= limit:
+                break
+            values.append(line.rstrip(b"\n"))
+    if raw_dtype == "int64":
+        return np.array([int(v) for v in values], np.int64)
+    return np.array(values, dtype=object)
+
+
+def copy_vocabularies(schema: Schema, directory: str) -> List[str]:
+    """Copy the vocabulary files of ``schema`` to the same relative paths under ``directory`` (a run dir
+    beside its ``schema.yaml``, so a model restored from it finds them), each atomically; returns the copies.
+    A vocabulary given by an absolute path stays where it is."""
+    copies = []
+    for table, src in schema.vocab_files().items():
+        rel = schema.feature(table).vocab
+        if os.path.isabs(rel):
+            continue
+        dst = os.path.join(directory, rel)
+        if os.path.abspath(dst) == os.path.abspath(src):
+            continue
+        tf.io.gfile.makedirs(os.path.dirname(dst))
+        tmp = f"{dst}.tmp-{os.getpid()}"
+        try:
+            tf.io.gfile.copy(src, tmp, overwrite=True)
+        except tf.errors.OpError as e:
+            raise _vocab_error(src, e) from None
+        tf.io.gfile.rename(tmp, dst, overwrite=True)
+        copies.append(dst)
+    return copies
+
+
+def asset_schema(schema: Schema) -> Schema:
+    """A copy of ``schema`` whose vocabularies are the file names a SavedModel stores them under (its
+    ``assets/`` folder is flat), so ``Schema.load(<export>/assets/schema.yaml)`` finds them."""
+    out = Schema.from_dict(schema.to_dict(), source=schema.source)
+    names = {}
+    for table, path in schema.vocab_files().items():
+        base = os.path.basename(path)
+        if base in names or base in ("schema.yaml", "export.json"):
+            raise VocabError(f"{path}: vocabulary file name '{base}' is not unique among the assets of an export "
+                             f"(tables '{names.get(base, base)}' and '{table}'); name each file after its table")
+        names[base] = table
+        out.feature(table).vocab = base
+    return out

@@ -31,7 +31,7 @@ def export(model_dir: str, out: str, version: Optional[int] = None, base_path: O
         for servable, s in {ALL: None, **{n: s for s, n in enumerate(fns.names)}}.items():
             sigs = fns.signatures(s)
             meta = servable_meta(schema, run, s, input_signature(schema, with_scenario=s is None))
-            yield ServableSpec(servable, sigs, meta, model.variables)
+            yield ServableSpec(servable, sigs, meta, model.variables, tracked={"vocab": fns.lookups})
 
     summary = write_export(out, version, schema, servables(), base_path, log, model=run["config"]["model"]["name"],
                            model_dir=os.path.abspath(model_dir))

@@ -40,6 +40,7 @@ from tfmsr.distribute.progress import Progress
 from tfmsr.distribute.strategy import (ClusterBackupAndRestore, ClusterProgress, check_model,
                                        cluster_from_env, make_strategy, per_worker_input, serve, sharded_variables)
 from tfmsr.features import Schema
+from tfmsr.features.lookup import copy_vocabularies, shared_lookups
 from tfmsr.ranking.callbacks import EpochCheckpoint, ScenarioValidation
 from tfmsr.ranking.evaluate import Predictor
 from tfmsr.ranking.evaluator import run_evaluator
@@ -114,6 +115,7 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
     run = RunDir(out_dir)
     schema.save(run.file("schema.yaml"))
     run.write_stats(stats)  # a model rebuilt from the run dir gets the same data statistics (FIMN's SEM)
+    copy_vocabularies(schema, out_dir)  # beside schema.yaml: a restored model and its export map raw values
     run.write_run("ranking", cfg, data_dir)
 
     t, batch = cfg["train"], cfg["data"]["batch_size"]
@@ -196,6 +198,7 @@ def build_in_scope(strategy, cluster, cfg: dict, schema: Schema, files, stats: O
         model(x)
         compile_model(model, cfg)
         model.optimizer.build(model.trainable_variables)
+        shared_lookups(schema)  # the input pipeline's vocabulary tables: under ps, one copy on every worker
     if cluster.kind == "multi_worker":  # step logs: this worker's metrics, not a per-step all-reduce summing them
         model.distribute_reduction_method = "first"
     return model

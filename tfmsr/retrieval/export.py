@@ -4,10 +4,13 @@
       user_<scenario>/<version>/  the user tower of scenario s: request -> {"vector": float32 [B, d]}
       item_<scenario>/<version>/  the item tower of scenario s: item features -> {"vector": float32 [B, d]};
                                   ``assets/corpus.npz``: ``item_ids [C]``, ``vectors [C, d]``, the item-vector
-                                  corpus of s (the items exposed in s in the train split)
-      topk_<scenario>/<version>/  request -> {"item_ids": int64 [B, K], "scores": float32 [B, K]}: the user
+                                  corpus of s (the items exposed in s in the train split), and
+                                  ``raw_item_ids [C]`` when the item table has a vocabulary
+      topk_<scenario>/<version>/  request -> {"item_ids": [B, K], "scores": float32 [B, K]}: the user
                                   tower + a ``tfrs`` BruteForce index over that corpus (exact top-K by dot
-                                  product; not written with ``k = 0``)
+                                  product; not written with ``k = 0``); ``item_ids`` are the raw item ids
+                                  (string or int64, mapped back through the vocabulary in the graph) when
+                                  the item table has a vocabulary, else int64 ids
       models.config               TF Serving model_config_list of every servable
 
 It is ``tfmsr export`` (``tfmsr.cli.export``) for a retrieval run, and writes the ranking export's
@@ -19,13 +22,14 @@ and TF Serving warm-up requests in every version, stock TensorFlow ops only (loa
 Every servable has two signatures (``tfmsr.serving.signatures.feature_signatures``): ``serving_default``,
 one named tensor per raw feature (batch-major; categorical int64 ``[None]``, numeric float32 ``[None]``,
 sequences int64 ``[None, None]`` most recent first, right-padded with 0, fitted to the schema length in
-the graph), and ``examples``, serialized ``tf.Example`` s (a training record works: features the tower
-does not read are ignored). The request servables read the user-side features (groups user, context,
-query, behavior) without the scenario, which the servable fixes; the item servable reads the item
-features. The user and item statistics (``tfmsr.retrieval.data``) are looked up by the user / item id in
-tables of the training run stored in the SavedModel. Vectors are L2-normalised for cosine models, so a
-dot product is the model's score. The top-K servable does not exclude the user's earlier positives (the
-offline evaluation does).
+the graph; a table with a vocabulary takes its raw values, string or int64, mapped to ids in the graph
+from ``assets/<file>``, unknown values scored like id 0), and ``examples``, serialized ``tf.Example`` s (a
+training record works: features the tower does not read are ignored). The request servables read the
+user-side features (groups user, context, query, behavior) without the scenario, which the servable fixes;
+the item servable reads the item features. The user and item statistics (``tfmsr.retrieval.data``) are
+looked up by the user / item id in tables of the training run stored in the SavedModel. Vectors are
+L2-normalised for cosine models, so a dot product is the model's score. The top-K servable does not
+exclude the user's earlier positives (the offline evaluation does).
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ import tfmsr  # noqa: F401  (Keras 2 before tensorflow_recommenders)
 import tensorflow_recommenders as tfrs  # noqa: E402
 
 from tfmsr.core.errors import ConfigError  # noqa: E402
+from tfmsr.features.lookup import VocabLookups, read_vocabulary  # noqa: E402
 from tfmsr.retrieval.data import RetrievalData  # noqa: E402
 from tfmsr.retrieval.evaluate import ModelScorer  # noqa: E402
 from tfmsr.serving.signatures import feature_signatures, servable_names  # noqa: E402
@@ -48,6 +53,14 @@ from tfmsr.serving.writer import ServableSpec, new_version, servable_meta, write
 
 def _inputs(sigs) -> dict:
     return sigs["serving_default"].structured_input_signature[0][0]
+
+
+def _raw_ids(schema, data: RetrievalData, corpus: np.ndarray) -> dict:
+    """``{"raw_item_ids": ...}``: the raw values of the corpus ids when the item table has a vocabulary."""
+    path = schema.vocab_path(schema.feature(data.item_key))
+    if path is None:
+        return {}
+    return {"raw_item_ids": read_vocabulary(path, schema.table_owner(schema.feature(data.item_key)).raw)[corpus - 1]}
 
 
 def export_retrieval(model_dir: str, out: str, version: Optional[int] = None, k: Optional[int] = None,
@@ -75,6 +88,8 @@ def export_retrieval(model_dir: str, out: str, version: Optional[int] = None, k:
     user_stats = tf.Variable(data.user_stats, trainable=False, name="user_stats")
     item_stats = tf.Variable(data.item_stats, trainable=False, name="item_stats")
     corpora = {}
+    lookups = VocabLookups(schema)  # raw values -> ids in every servable; item ids -> raw values in top-K
+    items = lookups.of(data.item_key)
 
     def servables():
         for s in chosen:
@@ -97,13 +112,15 @@ def export_retrieval(model_dir: str, out: str, version: Optional[int] = None, k:
             def meta_of(kind, sigs, s=s, meta=meta, **more):
                 return servable_meta(schema, run, s, _inputs(sigs), kind=kind, **meta, **more)
 
-            sigs = feature_signatures(schema, data.request_names, lambda x, f=user_vector: {"vector": f(x)})
+            sigs = feature_signatures(schema, data.request_names, lambda x, f=user_vector: {"vector": f(x)}, lookups)
             yield ServableSpec(f"user_{names[s]}", sigs, meta_of("user", sigs), model.variables,
-                               tracked={"user_stats": user_stats})
-            sigs = feature_signatures(schema, data.item_names, item_vector)
-            corpus_file = {"corpus.npz": lambda p, c=corpus, v=vectors: np.savez(p, item_ids=c, vectors=v)}
+                               tracked={"user_stats": user_stats, "vocab": lookups})
+            sigs = feature_signatures(schema, data.item_names, item_vector, lookups)
+            corpus_file = {"corpus.npz": lambda p, c=corpus, v=vectors: np.savez(p, item_ids=c, vectors=v,
+                                                                                   **_raw_ids(schema, data, c))}
             yield ServableSpec(f"item_{names[s]}", sigs, meta_of("item", sigs), model.variables,
-                               tracked={"item_stats": item_stats}, files=corpus_file if len(corpus) else {})
+                               tracked={"item_stats": item_stats, "vocab": lookups},
+                               files=corpus_file if len(corpus) else {})
             log(f"[export] scenario {names[s]}: corpus of {len(corpus)} items")
             if not k or not len(corpus):
                 continue
@@ -112,11 +129,11 @@ def export_retrieval(model_dir: str, out: str, version: Optional[int] = None, k:
 
             def topk(x, f=user_vector, index=index):
                 scores, ids = index(f(x))
-                return {"item_ids": ids, "scores": scores}
+                return {"item_ids": ids if items is None else items.raw_values(ids), "scores": scores}
 
-            sigs = feature_signatures(schema, data.request_names, topk)
+            sigs = feature_signatures(schema, data.request_names, topk, lookups)
             yield ServableSpec(f"topk_{names[s]}", sigs, meta_of("topk", sigs, k=min(k, len(corpus))),
-                               model.variables, tracked={"user_stats": user_stats, "index": index})
+                               model.variables, tracked={"user_stats": user_stats, "index": index, "vocab": lookups})
 
     summary = write_export(out, version, schema, servables(), base_path, log, k=k, model=cfg["model"]["name"],
                            model_dir=os.path.abspath(model_dir), scenarios=[schema.scenario.values[s] for s in chosen],

@@ -32,6 +32,7 @@ from tfmsr.core.optim import make_optimizer
 from tfmsr.core.progress import log as log_line
 from tfmsr.core.rundir import RunDir
 from tfmsr.features import Schema
+from tfmsr.features.lookup import copy_vocabularies
 from tfmsr.retrieval.data import RetrievalData
 from tfmsr.retrieval.evaluate import ModelScorer, PopularityScorer, evaluate
 from tfmsr.retrieval.models.base import build
@@ -214,6 +215,7 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False, log
                          "train.early_stopping_patience cannot pick an epoch (set it to 0)")
     os.makedirs(model_dir, exist_ok=True)
     data.schema.save(os.path.join(model_dir, "schema.yaml"))
+    copy_vocabularies(data.schema, model_dir)  # beside schema.yaml, as in a ranking run
     RunDir(model_dir).write_run("retrieval", cfg, data_dir)
     keras.utils.set_random_seed(cfg["train"]["seed"])
     name = cfg["model"]["name"]

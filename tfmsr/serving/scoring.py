@@ -14,6 +14,12 @@ TFRecord), never scored silently: a scenario outside [0, S) (``unknown_scenario`
 only) and a record missing a required feature (``missing_features``: a scalar feature or the scenario
 absent, or present with a number of values other than one; an absent sequence is an empty history and
 is fine). A kept column absent from a record is written as null and counted in ``missing_keep``.
+
+The records hold what the dataset's shards hold: raw values (string or int64) for the tables with a
+vocabulary (the ingested format; the SavedModel maps them with its own ``assets/`` vocabularies) and ids
+for the others. Out-of-vocabulary values of the scored rows (a raw value not in the vocabulary, an id
+outside ``[0, vocab_size)``) are scored like id 0, as in training, and counted: ``oov_values`` and
+``oov_by_feature`` (sequence entries included).
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ import tensorflow as tf
 
 from tfmsr.data.pipeline import DataError, compression_of, make_parser, parse_spec, read_errors
 from tfmsr.features import Schema
+from tfmsr.features.lookup import VocabLookups
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".tfrecord": "tfrecord"}
 _DEFAULTS = {tf.int64: 0, tf.float32: 0.0, tf.string: b""}
@@ -169,8 +176,10 @@ class _RowParser:
                      **seqs}
         dense = {**{n: tf.io.FixedLenFeature([], t, default_value=_ABSENT[t]) for n, t in self.dtypes.items()},
                  **seqs}
-        self._parse_exact = make_parser(schema, with_labels=False, spec=self.spec)
-        self._parse_fast = make_parser(schema, with_labels=False, spec=dense)
+        self._parse_exact = make_parser(schema, with_labels=False, spec=self.spec, raw=True)
+        self._parse_fast = make_parser(schema, with_labels=False, spec=dense, raw=True)
+        self.lookups = VocabLookups(schema)  # from the SavedModel's assets: counts what the graph maps to OOV
+        self.tables = [f for f in schema.features if f.kind != "numeric" and not schema.table_owner(f).hashed]
 
     @tf.autograph.experimental.do_not_convert  # no Python control flow on tensors
     def fast(self, serialized):
@@ -197,7 +206,19 @@ class _RowParser:
         model_in = {f.name: (raw[f.name] if f.kind == "sequence" else values[f.name]) for f in self.schema.features}
         if self.routed:
             model_in[key] = tf.where(ok, values[key], tf.zeros_like(values[key]))
-        return model_in, {n: (values[n], present[n]) for n in self.keep}, ok, unknown, missing
+        return model_in, {n: (values[n], present[n]) for n in self.keep}, ok, unknown, missing, self._oov(model_in, ok)
+
+    def _oov(self, model_in, ok):
+        """``[len(tables)]`` out-of-vocabulary values per id feature in the rows that are scored: raw values
+        not in the vocabulary, or ids outside ``[0, vocab_size)`` (what the model counts as OOV)."""
+        ids = self.lookups({f.name: model_in[f.name] for f in self.tables})
+        counts = []
+        for f in self.tables:
+            x = tf.cast(ids[f.name], tf.int64)
+            bad = tf.cast((x < 0) | (x >= self.schema.table_owner(f).vocab_size), tf.int64)
+            bad = tf.reshape(bad, [tf.shape(bad)[0], -1])  # [B, 1] or [B, L]
+            counts.append(tf.reduce_sum(tf.boolean_mask(bad, ok)))
+        return tf.stack(counts) if counts else tf.zeros([0], tf.int64)
 
 
 def _parsed_batches(files: Sequence[str], batch_size: int, parser: _RowParser):
@@ -252,14 +273,14 @@ def score(saved_model: str, inputs: str, output: str, keep: Sequence[str] = (), 
     writer = _Writer(output, fmt, columns)
     progress = progress or _stderr_progress
     counts = {"rows": 0, "scored": 0, "unknown_scenario": 0, "missing_features": 0}
-    missing_by = np.zeros(len(required), np.int64)
+    missing_by, oov_by = np.zeros(len(required), np.int64), np.zeros(len(parser.tables), np.int64)
     missing_keep = {k: 0 for k in keep}
     first_unscored: List[dict] = []
     start = last = time.time()
     cpu0 = time.process_time()
     try:
         with read_errors(files, schema, parser.spec):
-            for model_in, kept, ok, unknown, missing in _parsed_batches(files, batch_size, parser):
+            for model_in, kept, ok, unknown, missing, oov in _parsed_batches(files, batch_size, parser):
                 prob = fn(**model_in)["prob"].numpy()
                 ok, unknown, missing = ok.numpy(), unknown.numpy(), missing.numpy()
                 cols = {k: (v.numpy(), p.numpy()) for k, (v, p) in kept.items()}
@@ -276,6 +297,7 @@ def score(saved_model: str, inputs: str, output: str, keep: Sequence[str] = (), 
                 counts["unknown_scenario"] += int(unknown.sum())
                 counts["missing_features"] += int(missing.any(axis=1).sum())
                 missing_by += missing.sum(axis=0)
+                oov_by += oov.numpy()
                 if time.time() - last > 2:
                     last = time.time()
                     progress(f"[score] {counts['rows']:,} rows, {counts['rows'] / (last - start):,.0f} ex/s")
@@ -291,6 +313,8 @@ def score(saved_model: str, inputs: str, output: str, keep: Sequence[str] = (), 
         **counts,
         "missing_by_feature": {n: int(c) for n, c in zip(required, missing_by) if c},
         "missing_keep": {k: v for k, v in missing_keep.items() if v},
+        "oov_values": int(oov_by.sum()),
+        "oov_by_feature": {f.name: int(c) for f, c in zip(parser.tables, oov_by) if c},
         "first_unscored": first_unscored,
         "seconds": round(seconds, 3), "examples_per_sec": round(counts["rows"] / max(seconds, 1e-9), 1),
         "cpu_seconds": round(time.process_time() - cpu0, 3),  # all threads: robust to a busy machine

@@ -1,12 +1,18 @@
 """Serving functions of a trained model, built from the schema (DESIGN section 6).
 
-Inputs, one named tensor per raw feature, batch-major:
+Inputs, one named tensor per raw feature, batch-major, in the dtype of ``Schema.raw_dtype``:
 
-    categorical   int64 [None]          (hashed features: string [None], the raw value)
+    categorical   int64 [None]          an id; a table with a vocabulary: its raw value, string or int64;
+                                        hashed features: string [None], the raw value
     numeric       float32 [None]        (raw value; the graph standardises it like training)
-    sequence      int64 [None, None]    (hashed: string) most recent first, right-padded with 0 ("");
-                                        any width: the graph truncates / pads to the schema length L
+    sequence      int64 [None, None]    (string for a string vocabulary or hashed) most recent first,
+                                        right-padded with 0 (""); any width: the graph truncates / pads
+                                        to the schema length L
     scenario      int64 [None]          index in [0, S) (only where the servable routes by it)
+
+Raw values of a table with a vocabulary are mapped to ids inside the graph (``tfmsr.features.lookup``: a
+stock hash table built from the vocabulary file, which the SavedModel carries under ``assets/``): the
+missing value ("" or 0) is id 0, an unknown value is out-of-vocabulary and scored like id 0, as in training.
 
 or ``examples``: string [None] of serialized ``tf.train.Example`` parsed with the schema's spec (labels
 and extras are not required; a missing feature fails the request, naming the feature).
@@ -31,6 +37,7 @@ import tensorflow as tf
 
 from tfmsr.data.pipeline import make_parser, parse_spec
 from tfmsr.features import Schema
+from tfmsr.features.lookup import VocabLookups, read_vocabulary
 
 RESERVED = ("all", "serving_default", "examples", "all_scenarios")
 
@@ -51,10 +58,7 @@ def servable_names(schema: Schema) -> List[str]:
 def input_dtype(schema: Schema, name: str) -> tf.DType:
     if name == schema.scenario.name:
         return tf.int64
-    f = schema.feature(name)
-    if f.kind == "numeric":
-        return tf.float32
-    return tf.string if schema.table_owner(f).hashed else tf.int64
+    return {"float32": tf.float32, "string": tf.string, "int64": tf.int64}[schema.raw_dtype(schema.feature(name))]
 
 
 def input_signature(schema: Schema, with_scenario: bool = True) -> Dict[str, tf.TensorSpec]:
@@ -94,25 +98,28 @@ def trace(fn, signature):
 EXAMPLES_SPEC = tf.TensorSpec([None], tf.string, name="examples")
 
 
-def feature_signatures(schema: Schema, names, fn) -> Dict[str, object]:
+def feature_signatures(schema: Schema, names, fn, lookups: VocabLookups) -> Dict[str, object]:
     """``serving_default`` (one named tensor per feature in ``names``, see the module docstring) and
     ``examples`` (serialized ``tf.Example`` s; only ``names`` are parsed, other features in a record are
-    ignored), both ``-> fn(features)`` with sequences fitted to the schema length. For servables that
-    read a subset of the features (the retrieval user and item towers)."""
+    ignored), both ``-> fn(features)`` with sequences fitted to the schema length and raw values mapped
+    to ids by ``lookups`` (which the servable must track). For servables that read a subset of the
+    features (the retrieval user and item towers)."""
     names = set(names)
     spec = {k: v for k, v in input_signature(schema, with_scenario=False).items() if k in names}
-    parse = make_parser(schema, inputs_only=True, with_scenario=False,
+    parse = make_parser(schema, inputs_only=True, with_scenario=False, lookups=lookups,
                         spec={k: v for k, v in parse_spec(schema, inputs_only=True, with_scenario=False).items()
                               if k in names})
-    return {"serving_default": trace(lambda x: fn(fit_sequences(x, schema)), [spec]),
+    return {"serving_default": trace(lambda x: fn(lookups(fit_sequences(x, schema))), [spec]),
             "examples": trace(lambda examples: fn(parse(examples)), [EXAMPLES_SPEC])}
 
 
 class ServingFunctions:
-    """The ``tf.function`` s exported for one trained model (each traced once, shared by servables)."""
+    """The ``tf.function`` s exported for one trained model (each traced once, shared by servables);
+    ``lookups``: the vocabulary tables they read (every servable tracks them: assets/<file>)."""
 
     def __init__(self, model, schema: Schema):
         self.model, self.schema = model, schema
+        self.lookups = VocabLookups(schema)
         self.key, self.S = schema.scenario.name, schema.num_scenarios
         self.names = servable_names(schema)
         self._cache = {}
@@ -129,13 +136,13 @@ class ServingFunctions:
         with tf.control_dependencies([check]):
             return tf.identity(sc)
 
-    def _routed(self, x):
-        x = fit_sequences(x, self.schema)
+    def _routed(self, x, parsed=False):
+        x = x if parsed else self.lookups(fit_sequences(x, self.schema))
         x[self.key] = self._checked_scenario(x)
         return x
 
-    def _fixed(self, x, s):
-        x = fit_sequences(x, self.schema)
+    def _fixed(self, x, s, parsed=False):
+        x = x if parsed else self.lookups(fit_sequences(x, self.schema))
         first = next(iter(x.values()))
         x[self.key] = tf.fill(tf.shape(first)[:1], tf.constant(s, tf.int64))
         return x
@@ -168,14 +175,14 @@ class ServingFunctions:
                               [input_signature(self.schema, with_scenario=False)])
 
     def routed_examples(self):
-        parse = make_parser(self.schema, inputs_only=True)
-        return self._function("routed_examples", lambda examples: self._prob(self._routed(parse(examples))),
+        parse = make_parser(self.schema, inputs_only=True, lookups=self.lookups)
+        return self._function("routed_examples", lambda examples: self._prob(self._routed(parse(examples), True)),
                               [EXAMPLES_SPEC])
 
     def scenario_examples(self, s: int):
-        parse = make_parser(self.schema, inputs_only=True, with_scenario=False)
-        return self._function(("scenario_examples", s), lambda examples: self._prob(self._fixed(parse(examples), s)),
-                              [EXAMPLES_SPEC])
+        parse = make_parser(self.schema, inputs_only=True, with_scenario=False, lookups=self.lookups)
+        return self._function(("scenario_examples", s),
+                              lambda examples: self._prob(self._fixed(parse(examples), s, True)), [EXAMPLES_SPEC])
 
     # ------------------------------------------------------------------ signature maps
     def signatures(self, scenario=None) -> Dict[str, object]:
@@ -189,8 +196,10 @@ class ServingFunctions:
         return {"serving_default": self.scenario(scenario), "examples": self.scenario_examples(scenario)}
 
 
-def sample_batch(schema: Schema, n: int = 4, seed: int = 0, with_scenario: bool = True) -> Dict[str, np.ndarray]:
-    """A deterministic batch of valid raw inputs (warm-up requests, building the model's variables)."""
+def sample_batch(schema: Schema, n: int = 4, seed: int = 0, with_scenario: bool = True,
+                 raw: bool = False) -> Dict[str, np.ndarray]:
+    """A deterministic batch of valid inputs: ids (building the model's variables), or with ``raw`` what a
+    servable takes (warm-up requests): tables with a vocabulary get raw values from their file."""
     rng = np.random.default_rng(seed)
     out = {}
     if with_scenario:
@@ -206,9 +215,12 @@ def sample_batch(schema: Schema, n: int = 4, seed: int = 0, with_scenario: bool 
                             dtype=object).reshape(shape)
         else:
             vals = rng.integers(1, owner.vocab_size, size=shape).astype(np.int64)
+            if raw and owner.vocab:  # the raw values of those ids (of the first 1024 lines: big files stay unread)
+                values = read_vocabulary(schema.vocab_path(f), owner.raw, limit=1024)
+                vals = values[(vals - 1) % len(values)]
         if f.kind == "sequence":  # random lengths 0..L, right-padded
             lengths = rng.integers(0, f.length + 1, size=n)
-            vals[np.arange(f.length)[None, :] >= lengths[:, None]] = b"" if owner.hashed else 0
+            vals[np.arange(f.length)[None, :] >= lengths[:, None]] = b"" if vals.dtype == object else 0
         out[f.name] = vals
     return out
 

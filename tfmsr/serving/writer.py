@@ -8,10 +8,12 @@
 
 Every version directory is a SavedModel of a ``tf.Module`` that holds only the model's variables and
 the traced signatures (stock TensorFlow ops; loads without tfmsr), with ``assets/schema.yaml``,
-``assets/export.json`` (servable, scenario, signatures, model and params) and
-``assets.extra/tf_serving_warmup_requests``. Versions are integers; the default is one more than the
-highest existing version, and an existing version is never overwritten. Everything is written under
-``OUT/.tmp-export-*`` and each version directory is renamed into place at the end.
+``assets/export.json`` (servable, scenario, signatures, model and params, vocabularies), the vocabulary
+file of every table that takes raw values (``assets/<file>``, read by the graph's lookup tables; the
+exported schema names them there) and ``assets.extra/tf_serving_warmup_requests`` (raw values).
+Versions are integers; the default is one more than the highest existing version, and an existing
+version is never overwritten. Everything is written under ``OUT/.tmp-export-*`` and each version
+directory is renamed into place at the end.
 
 ``write_export`` does all of that for any list of servables: a ranking run goes through it from
 ``tfmsr.ranking.export`` (all/ + one servable per scenario), a retrieval run from
@@ -31,6 +33,7 @@ import tensorflow as tf
 from tfmsr.core.errors import ConfigError
 from tfmsr.core.tempfiles import sweep
 from tfmsr.features import Schema
+from tfmsr.features.lookup import asset_schema
 from tfmsr.serving.serving_config import write_model_config
 from tfmsr.serving.signatures import sample_batch, to_examples
 from tfmsr.serving.warmup import write_warmup
@@ -113,13 +116,17 @@ def servable_meta(schema: Schema, run: dict, s: Optional[int], inputs: Dict[str,
             "trained_on": run.get("data"), "scenario_input": schema.scenario.name,
             "scenarios": schema.scenario.values,
             "inputs": {k: [v.dtype.name, v.shape.as_list()] for k, v in inputs.items()},
-            "sequences": "int64 (hashed: string) [None, None], most recent first, right-padded with 0 (''); "
-                         "truncated / padded to the schema length in the graph", **extra}
+            "sequences": "[None, None] in the feature's dtype, most recent first, right-padded with 0 (''); "
+                         "truncated / padded to the schema length in the graph",
+            "vocabularies": {table: {"asset": os.path.basename(path), "raw": schema.feature(table).raw,
+                                     "values": schema.feature(table).vocab_size - 1, "missing_id": 0,
+                                     "unknown": "out-of-vocabulary: scored like id 0"}
+                             for table, path in schema.vocab_files().items()}, **extra}
 
 
 def _warmup_requests(schema: Schema, sigs) -> list:
     """One request of 4 valid rows per signature: the named inputs it takes, or their ``tf.Example`` s."""
-    batch = sample_batch(schema, 4, seed=1)
+    batch = sample_batch(schema, 4, seed=1, raw=True)
     requests = []
     for name, fn in sigs.items():
         inputs = fn.structured_input_signature[0][0]
@@ -128,6 +135,15 @@ def _warmup_requests(schema: Schema, sigs) -> list:
         else:
             requests.append((name, {k: batch[k] for k in inputs}))
     return requests
+
+
+def _check_vocab_assets(target: str, schema: Schema) -> None:
+    """Every vocabulary file is an asset of the SavedModel (its lookups are tracked by the servable)."""
+    missing = [p for p in schema.vocab_files().values()
+               if not os.path.isfile(os.path.join(target, "assets", os.path.basename(p)))]
+    if missing:
+        raise RuntimeError(f"{target}: the vocabularies {missing} are not among its assets: the servable must track "
+                           "the VocabLookups its signatures read (ServableSpec.tracked)")
 
 
 def write_export(out: str, version: int, schema: Schema, servables: Iterable[ServableSpec],
@@ -147,7 +163,7 @@ def write_export(out: str, version: int, schema: Schema, servables: Iterable[Ser
     try:
         staging = os.path.join(tmp, "_assets")
         os.makedirs(staging)
-        schema.save(os.path.join(staging, "schema.yaml"))
+        asset_schema(schema).save(os.path.join(staging, "schema.yaml"))  # its vocabularies: assets/<file>
         for spec in servables:
             os.makedirs(os.path.join(staging, spec.name))
             meta_path = os.path.join(staging, spec.name, "export.json")
@@ -160,6 +176,7 @@ def write_export(out: str, version: int, schema: Schema, servables: Iterable[Ser
                 write(assets[-1])
             target = os.path.join(tmp, spec.name, str(version))
             tf.saved_model.save(_Servable(spec.variables, assets, **spec.tracked), target, signatures=spec.signatures)
+            _check_vocab_assets(target, schema)
             write_warmup(target, f"{name}_{spec.name}", _warmup_requests(schema, spec.signatures))
             summary["signatures"][spec.name] = sorted(spec.signatures)
             done.append(spec.name)

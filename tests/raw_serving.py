@@ -1,0 +1,143 @@
+"""Raw values through an export, for any dataset directory whose tables have vocabularies (the small one of
+``raw_dataset``, or a real dataset written by ``tfmsr data ingest``):
+
+* ``check_raw_parity(data_dir, work)``: train a ranking model, export it, ``tfmsr score`` a split's raw
+  TFRecords, and call ``serving_default`` / ``examples`` of ``all/1`` with the same rows' raw values in a
+  python that never imports tfmsr: the probabilities must agree.
+* ``check_raw_topk(data_dir, work)``: train a retrieval model, export it, and call ``topk_<scenario>`` with
+  raw requests in such a python: every returned item id is a raw value of the item vocabulary, and the
+  top-K equals the user tower's vector against the corpus (``corpus.npz`` ``raw_item_ids``).
+
+Both return figures for a report and assert as they go."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import tensorflow as tf
+from conftest import quick_config
+
+from tfmsr.data.pipeline import make_parser, split_files
+from tfmsr.features import Schema
+from tfmsr.features.lookup import read_vocabulary
+
+FRESH = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.python.framework import op_def_registry
+args = json.loads(sys.argv[1])
+out = {}
+for i, (path, signature, inputs) in enumerate(args["calls"]):
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString(open(path + "/saved_model.pb", "rb").read())
+    g = sm.meta_graphs[0].graph_def
+    ops = {n.op for n in g.node} | {n.op for f in g.library.function for n in f.node_def}
+    unknown = sorted(op for op in ops if op_def_registry.get(op) is None)
+    assert not unknown and not ops & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}, unknown
+    data = np.load(inputs, allow_pickle=True)
+    fn = tf.saved_model.load(path).signatures[signature]
+    for k, v in fn(**{k: tf.constant(data[k]) for k in data.files}).items():
+        out[f"{i}/{k}"] = v.numpy()
+assert not any(m.startswith("tfmsr") for m in sys.modules), "tfmsr was imported"
+np.savez(args["out"], **out)
+"""
+
+
+def serve_fresh(calls, work):
+    """``calls``: [(SavedModel dir, signature, {input: array})] -> [{output: array}], each run in a python
+    that imports only TensorFlow (asserting the graphs hold stock ops only)."""
+    os.makedirs(work, exist_ok=True)
+    spec = []
+    for i, (path, signature, inputs) in enumerate(calls):
+        np.savez(os.path.join(work, f"in{i}.npz"), **inputs)
+        spec.append((os.path.abspath(path), signature, os.path.join(work, f"in{i}.npz")))
+    out = os.path.join(work, "out.npz")
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    proc = subprocess.run([sys.executable, "-c", FRESH, json.dumps({"calls": spec, "out": out})],
+                          capture_output=True, text=True, env=env, cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = dict(np.load(out, allow_pickle=True))
+    return [{k.split("/", 1)[1]: v for k, v in got.items() if k.startswith(f"{i}/")} for i in range(len(calls))]
+
+
+def raw_requests(data_dir, split="test", n=200):
+    """The first ``n`` records of a split: (raw inputs as a servable takes them, the serialized records)."""
+    schema = Schema.load(os.path.join(data_dir, "schema.yaml"))
+    records = next(iter(tf.data.TFRecordDataset(split_files(data_dir, split)).take(n).batch(n)))
+    x = make_parser(schema, inputs_only=True, raw=True)(records)
+    return {k: v.numpy() for k, v in x.items()}, records.numpy()
+
+
+def score_split(servable, data_dir, split, output):
+    """``tfmsr score`` of a split's shards through ``servable``: (prob per row in file order, summary)."""
+    import pyarrow.parquet as pq
+
+    from tfmsr.serving.scoring import score
+
+    summary = score(servable, os.path.join(data_dir, split), output, progress=lambda m: None)
+    return pq.read_table(output).column("prob").to_numpy(), summary
+
+
+def check_raw_parity(data_dir, work, model="dnn", split="test", n=200, before_export=None, **train):
+    """Train ``model`` on ``data_dir``, (call ``before_export()``,) export, and compare ``tfmsr score``
+    with a fresh process's ``serving_default`` and ``examples`` on the first ``n`` raw rows of ``split``;
+    returns the figures."""
+    from tfmsr.ranking.export import export
+    from tfmsr.ranking.train import train as train_ranking
+
+    model_dir, out = os.path.join(work, "run"), os.path.join(work, "export")
+    train_ranking(quick_config(model, validate=False, **train), data_dir, model_dir, log=lambda m: None)
+    if before_export is not None:
+        before_export()
+    export(model_dir, out, log=lambda m: None)
+    scored, summary = score_split(os.path.join(out, "all"), data_dir, split, os.path.join(work, "scores.parquet"))
+    x, records = raw_requests(data_dir, split, n)
+    all1 = os.path.join(out, "all", "1")
+    named, examples = serve_fresh([(all1, "serving_default", x),
+                                   (all1, "examples", {"examples": np.array(list(records), dtype=object)})],
+                                  os.path.join(work, "fresh"))
+    n = len(records)
+    diff = max(np.abs(named["prob"] - scored[:n]).max(), np.abs(examples["prob"] - scored[:n]).max())
+    assert diff < 1e-5, f"serving_default / examples vs tfmsr score: max |diff| {diff}"
+    assert scored.std() > 1e-3  # a trained model, not a constant
+    return {"model_dir": model_dir, "export": out, "rows_compared": n, "max_abs_diff": float(diff),
+            "scored": summary["scored"], "oov_values": summary["oov_values"],
+            "oov_by_feature": summary["oov_by_feature"]}
+
+
+def check_raw_topk(data_dir, work, model="dssm", split="test", n=50, k=5):
+    """Train a retrieval ``model``, export, and call ``user_<s>`` and ``topk_<s>`` of every scenario with
+    the first ``n`` raw requests of ``split`` in a fresh process; returns the figures."""
+    from tfmsr.retrieval.config import load_config
+    from tfmsr.retrieval.data import item_key
+    from tfmsr.retrieval.export import export_retrieval
+    from tfmsr.retrieval.train import train as train_retrieval
+    from tfmsr.serving.signatures import servable_names
+
+    cfg = load_config(raw={"model": {"name": model, "params": {"embedding_dim": 8}}, "data": {"batch_size": 128},
+                           "pretrain": {"enabled": False}, "train": {"epochs": 1}})
+    model_dir, out = os.path.join(work, "run"), os.path.join(work, "export")
+    train_retrieval(cfg, data_dir, model_dir, log=lambda m: None)
+    res = export_retrieval(model_dir, out, k=k, log=lambda m: None)
+    schema = Schema.load(os.path.join(data_dir, "schema.yaml"))
+    items = schema.table_owner(schema.feature(item_key(schema)))
+    vocab = read_vocabulary(schema.vocab_path(items), items.raw)
+    x, _ = raw_requests(data_dir, split, n)
+    calls, names = [], [s for s in servable_names(schema) if f"topk_{s}" in res["servables"]]
+    for s in names:
+        calls.append((res["servables"][f"user_{s}"], "serving_default",
+                      {c: x[c] for c in json.load(open(os.path.join(res["servables"][f"user_{s}"], "assets",
+                                                                      "export.json")))["inputs"]}))
+        calls.append((res["servables"][f"topk_{s}"], "serving_default", calls[-1][2]))
+    got = serve_fresh(calls, os.path.join(work, "fresh"))
+    for i, s in enumerate(names):
+        vectors, top = got[2 * i]["vector"], got[2 * i + 1]
+        corpus = np.load(os.path.join(res["servables"][f"item_{s}"], "assets", "corpus.npz"), allow_pickle=True)
+        assert set(top["item_ids"].ravel().tolist()) <= set(vocab.tolist()), f"topk_{s}: ids not in the vocabulary"
+        order = np.argsort(-(vectors @ corpus["vectors"].T), axis=1, kind="stable")[:, :top["item_ids"].shape[1]]
+        np.testing.assert_array_equal(top["item_ids"], corpus["raw_item_ids"][order], err_msg=f"topk_{s}")
+    return {"model_dir": model_dir, "export": out, "scenarios": names, "requests": len(x[schema.scenario.name]),
+            "k": k, "vocabulary": len(vocab)}
