@@ -24,7 +24,7 @@ def _train(args):
     from tfmsr.retrieval.train import train
 
     cfg = load_config(args.config, args.set)
-    summary = train(cfg, args.data, args.model_dir, overwrite=args.overwrite)
+    summary = train(cfg, args.data, args.model_dir, overwrite=args.overwrite, warm_start=args.warm_start)
     m, k = summary["metrics"], cfg["eval"]["k"]
     print(json.dumps({"model": summary["model"], "mode": summary["mode"], "seconds": round(summary["seconds"], 1),
                       f"hr@{k}": m[f"hr@{k}"], f"ndcg@{k}": m[f"ndcg@{k}"],

@@ -39,6 +39,7 @@ from tfmsr.distribute.accounting import EpochAccounting, LossGuard
 from tfmsr.distribute.progress import Progress
 from tfmsr.distribute.strategy import (ClusterBackupAndRestore, ClusterProgress, check_model,
                                        cluster_from_env, make_strategy, per_worker_input, serve, sharded_variables)
+from tfmsr.distribute.warm_start import start_ranking
 from tfmsr.features import Schema
 from tfmsr.features.lookup import copy_vocabularies, shared_lookups
 from tfmsr.ranking.callbacks import EpochCheckpoint, ScenarioValidation
@@ -78,13 +79,15 @@ def resume_point(backup_dir: str, steps_per_epoch: int) -> Tuple[int, int]:
 
 
 def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
-          log: Callable[[str], None] = log_line) -> dict:
+          log: Callable[[str], None] = log_line, warm_start: Optional[str] = None) -> dict:
     """Train ``cfg`` on ``data_dir`` into ``model_dir``; returns the summary written to ``history.json``.
 
     Under ``TF_CONFIG`` this process plays its role in the cluster (``tfmsr.distribute.strategy``): the chief
     of ParameterServerStrategy and every worker of MultiWorkerMirroredStrategy train here under the
     strategy, the workers and parameter servers of ParameterServerStrategy serve until they are stopped,
-    and the evaluator scores each checkpoint as it appears (``tfmsr.ranking.evaluator``)."""
+    and the evaluator scores each checkpoint as it appears (``tfmsr.ranking.evaluator``).
+    ``warm_start``: a finished run whose weights this one starts from, tables grown by raw value
+    (``tfmsr.distribute.warm_start``); a run resuming from its own backup does not read it again."""
     cluster, strategy = cluster_from_env(cfg), None
     if cluster.kind != "local":
         if cluster.role == "evaluator":
@@ -128,6 +131,7 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
     backup_dir = os.path.join(model_dir, "backup")
     epoch0, step0 = resume_point(backup_dir, spe)
     skip = epoch0 * spe + step0
+    warm = start_ranking(warm_start, model, cfg, schema, train_files, out_dir, bool(skip), log)  # RUN1's weights
     if skip:
         log(f"[{model.model_name}] resuming from backup at global step {skip} (epoch {epoch0 + 1}, "
             f"step {step0} of {spe})")
@@ -172,6 +176,7 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
         "examples_per_sec": accounting.examples_per_sec, "resumed_from_step": skip,
         "best_val_auc": epochs_ckpt.best if epochs_ckpt.best_path else None, "best_epoch": run_state.best_epoch,
         "history": run_state.history(), **accounting.totals(), "data_epochs": accounting.epochs,
+        "warm_start": warm,
     }
     if strategy is not None:
         summary["cluster"] = {"kind": cluster.kind, "role": cluster.role, "index": cluster.index,

@@ -29,6 +29,7 @@ DEFAULTS = {
         "learning_rate": 0.001,
         "pairs": None,                 # pair shards dir (default: MODEL_DIR/pairs, derived from the train split)
         "sides": ["user", "item"],     # contrastive tasks: user pairs and/or item pairs
+        "on_warm_start": False,       # with --warm-start: pre-train again (default: fine-tune the warm weights only)
     },
     "train": {
         "epochs": 5,

@@ -31,6 +31,7 @@ from tfmsr.core.io import atomic_dir, write_json
 from tfmsr.core.optim import make_optimizer
 from tfmsr.core.progress import log as log_line
 from tfmsr.core.rundir import RunDir
+from tfmsr.distribute.warm_start import start_retrieval
 from tfmsr.features import Schema
 from tfmsr.features.lookup import copy_vocabularies
 from tfmsr.retrieval.data import RetrievalData
@@ -196,9 +197,11 @@ def _unit_dir(model_dir: str, data: RetrievalData, scenario: Optional[int]) -> s
 
 
 def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False, log: Callable[[str], None] = log_line,
-          data: Optional[RetrievalData] = None) -> dict:
+          data: Optional[RetrievalData] = None, warm_start: Optional[str] = None) -> dict:
     """Train ``cfg`` on ``data_dir`` into ``model_dir`` (pre-train if enabled, fine-tune, evaluate);
-    returns the summary written to ``history.json`` (with the metrics)."""
+    returns the summary written to ``history.json`` (with the metrics). ``warm_start``: a finished retrieval
+    run each model starts from (``tfmsr.distribute.warm_start``); it skips pre-training unless
+    ``pretrain.on_warm_start``."""
     if os.path.exists(os.path.join(model_dir, "metrics.json")) or os.path.exists(os.path.join(model_dir, "final")):
         if not overwrite:
             raise FileExistsError(f"{model_dir}: holds a finished run; pass --overwrite to retrain")
@@ -227,7 +230,9 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False, log
         key = "all" if unit is None else data.scenario_names[unit]
         h = history[key] = {}
         model = new_model(cfg, data, unit)
-        if cfg["pretrain"]["enabled"]:
+        h["warm_start"] = start_retrieval(warm_start, model, weights_checkpoint(model), cfg, data.schema,
+                                          os.path.relpath(out, model_dir), log)
+        if cfg["pretrain"]["enabled"] and (not warm_start or cfg["pretrain"]["on_warm_start"]):
             pairs_dir = cfg["pretrain"]["pairs"] or os.path.join(model_dir, "pairs")
             if not os.path.exists(os.path.join(pairs_dir, "pairs.json")):
                 summary = write_pairs(data_dir, pairs_dir, overwrite=True)
