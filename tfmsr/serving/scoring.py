@@ -13,7 +13,8 @@ Rows the model cannot score are counted and written with a null ``prob`` (an emp
 TFRecord), never scored silently: a scenario outside [0, S) (``unknown_scenario``, routed servable
 only) and a record missing a required feature (``missing_features``: a scalar feature or the scenario
 absent, or present with a number of values other than one; an absent sequence is an empty history and
-is fine). A kept column absent from a record is written as null and counted in ``missing_keep``.
+is fine), and a NaN or infinite numeric value (``non_finite``). A kept column absent from a record is
+written as null and counted in ``missing_keep``.
 
 The records hold what the dataset's shards hold: raw values (string or int64) for the tables with a
 vocabulary (the ingested format; the SavedModel maps them with its own ``assets/`` vocabularies) and ids
@@ -33,6 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfmsr.core.tempfiles import sweep_beside
 from tfmsr.data.pipeline import DataError, compression_of, make_parser, parse_spec, read_errors
 from tfmsr.features import Schema
 from tfmsr.features.lookup import VocabLookups
@@ -176,8 +178,8 @@ class _RowParser:
                      **seqs}
         dense = {**{n: tf.io.FixedLenFeature([], t, default_value=_ABSENT[t]) for n, t in self.dtypes.items()},
                  **seqs}
-        self._parse_exact = make_parser(schema, with_labels=False, spec=self.spec, raw=True)
-        self._parse_fast = make_parser(schema, with_labels=False, spec=dense, raw=True)
+        self._parse_exact = make_parser(schema, with_labels=False, spec=self.spec, raw=True, non_finite=None)
+        self._parse_fast = make_parser(schema, with_labels=False, spec=dense, raw=True, non_finite=None)
         self.lookups = VocabLookups(schema)  # from the SavedModel's assets: counts what the graph maps to OOV
         self.tables = [f for f in schema.features if f.kind != "numeric" and not schema.table_owner(f).hashed]
 
@@ -206,7 +208,14 @@ class _RowParser:
         model_in = {f.name: (raw[f.name] if f.kind == "sequence" else values[f.name]) for f in self.schema.features}
         if self.routed:
             model_in[key] = tf.where(ok, values[key], tf.zeros_like(values[key]))
-        return model_in, {n: (values[n], present[n]) for n in self.keep}, ok, unknown, missing, self._oov(model_in, ok)
+        non_finite = tf.zeros_like(ok)  # a NaN / inf numeric value: counted, not scored
+        for f in self.schema.of_kind("numeric"):
+            finite = tf.math.is_finite(model_in[f.name])
+            non_finite |= ~finite
+            model_in[f.name] = tf.where(finite, model_in[f.name], tf.zeros_like(model_in[f.name]))
+        ok &= ~non_finite
+        return (model_in, {n: (values[n], present[n]) for n in self.keep}, ok, unknown, missing,
+                self._oov(model_in, ok), non_finite)
 
     def _oov(self, model_in, ok):
         """``[len(tables)]`` out-of-vocabulary values per id feature in the rows that are scored: raw values
@@ -270,9 +279,11 @@ def score(saved_model: str, inputs: str, output: str, keep: Sequence[str] = (), 
     loaded = tf.saved_model.load(path)
     fn = loaded.signatures["serving_default"]
     columns = {**{k: dtypes[k] for k in keep}, "prob": tf.float32}
-    writer = _Writer(output, fmt, columns)
     progress = progress or _stderr_progress
-    counts = {"rows": 0, "scored": 0, "unknown_scenario": 0, "missing_features": 0}
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)  # score into a new folder
+    sweep_beside(output, progress)  # the temp file of a killed score of the same output
+    writer = _Writer(output, fmt, columns)
+    counts = {"rows": 0, "scored": 0, "unknown_scenario": 0, "missing_features": 0, "non_finite": 0}
     missing_by, oov_by = np.zeros(len(required), np.int64), np.zeros(len(parser.tables), np.int64)
     missing_keep = {k: 0 for k in keep}
     first_unscored: List[dict] = []
@@ -280,7 +291,7 @@ def score(saved_model: str, inputs: str, output: str, keep: Sequence[str] = (), 
     cpu0 = time.process_time()
     try:
         with read_errors(files, schema, parser.spec):
-            for model_in, kept, ok, unknown, missing, oov in _parsed_batches(files, batch_size, parser):
+            for model_in, kept, ok, unknown, missing, oov, non_finite in _parsed_batches(files, batch_size, parser):
                 prob = fn(**model_in)["prob"].numpy()
                 ok, unknown, missing = ok.numpy(), unknown.numpy(), missing.numpy()
                 cols = {k: (v.numpy(), p.numpy()) for k, (v, p) in kept.items()}
@@ -290,11 +301,12 @@ def score(saved_model: str, inputs: str, output: str, keep: Sequence[str] = (), 
                 writer.write(cols)
                 for i in np.flatnonzero(~ok)[:max(0, 10 - len(first_unscored))]:
                     why = "unknown_scenario" if unknown[i] else "missing " + ",".join(
-                        required[j] for j in np.flatnonzero(missing[i]))
+                        required[j] for j in np.flatnonzero(missing[i])) if missing[i].any() else "non_finite"
                     first_unscored.append({"row": counts["rows"] + int(i), "reason": why})
                 counts["rows"] += len(ok)
                 counts["scored"] += int(ok.sum())
                 counts["unknown_scenario"] += int(unknown.sum())
+                counts["non_finite"] += int((non_finite.numpy() & ~unknown & ~missing.any(axis=1)).sum())
                 counts["missing_features"] += int(missing.any(axis=1).sum())
                 missing_by += missing.sum(axis=0)
                 oov_by += oov.numpy()
@@ -324,7 +336,7 @@ def score(saved_model: str, inputs: str, output: str, keep: Sequence[str] = (), 
     if counts["rows"] != counts["scored"]:
         progress(f"[score] WARNING: {counts['rows'] - counts['scored']:,} row(s) not scored (null prob): "
                  f"{counts['unknown_scenario']:,} unknown scenario, {counts['missing_features']:,} missing "
-                 f"features {summary['missing_by_feature']}")
+                 f"features {summary['missing_by_feature']}, {counts['non_finite']:,} non-finite numeric value(s)")
     return summary
 
 
