@@ -53,8 +53,8 @@ def test_movielens_spec_reproduces_the_converter(tmp_path):
     for s in SPLITS:
         for scen in conv["scenarios"]:
             assert mine["splits"][s]["scenarios"][scen]["rows"] == conv["splits"][s]["scenarios"][scen]["rows"]
-            assert mine["splits"][s]["scenarios"][scen]["positives"] == \
-                conv["splits"][s]["scenarios"][scen]["positives"]
+            for key in ("positives", "repeat_rate"):
+                assert mine["splits"][s]["scenarios"][scen][key] == conv["splits"][s]["scenarios"][scen][key]
         a, b = read_split(out, s), read_split(str(tmp_path / "conv"), s)
         for f in ("user_id", "item_id", "genre", "gender", "occupation", "zip3"):
             b[f] = [maps[f][i - 1] for i in b[f]]
@@ -326,9 +326,11 @@ def test_encoder_bytes_parse_with_protobuf():
     nums = encode.Dictionary([5, 300, -2, 2 ** 40], "int64")
     codes = np.array([0, 1, -1, 3])
     seq = np.array([[0, 1, -1], [-1, -1, -1], [3, 3, 2], [1, -1, -1]])
+    keep = seq >= 0
+    lists = [("q", seq[keep], keep.sum(1), words), ("k" * 200, seq[keep], keep.sum(1), nums)]
     rows = encode.split_records(encode.examples(
         4, [("i", "int", np.array([1, -5, 300, 2 ** 40])), ("f", "float", np.array([0.5, 1, 2, 3]))],
-        [("s", codes, words), ("n", codes, nums)], [("q", seq, words), ("k" * 200, seq, nums)]))
+        [("s", codes, words), ("n", codes, nums)], lists))
     vals = [b"a", b"bbb", "\u00fc".encode(), b"x" * 300]
     ints = [5, 300, -2, 2 ** 40]
     for r, c, q, i, f in zip(rows, codes, seq, [1, -5, 300, 2 ** 40], [0.5, 1, 2, 3]):

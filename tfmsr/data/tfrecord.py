@@ -91,13 +91,18 @@ class ShardWriter:
         os.makedirs(directory, exist_ok=True)
 
     def write(self, records: List[bytes]) -> None:
-        for rec in records:
+        i = 0
+        while i < len(records):
             if self._writer is None:
                 path = os.path.join(self.directory, f"part-{len(self.files):05d}{self.suffix}")
                 self._writer = self._tf.io.TFRecordWriter(path, options=self.compression or "")
                 self.files.append(path)
-            self._writer.write(rec)
-            self._rows_in_shard += 1
+            take = min(len(records) - i, self.rows_per_shard - self._rows_in_shard)
+            write = self._writer.write
+            for rec in records[i:i + take]:
+                write(rec)
+            i += take
+            self._rows_in_shard += take
             if self._rows_in_shard >= self.rows_per_shard:
                 self.close()
 

@@ -5,10 +5,11 @@ the wire bytes of a value need to be built once per distinct value, not once per
 
 * a scalar string or int64 feature's whole map entry (``key``, lengths, value) depends on the value only:
   ``Dictionary.entries(name)`` holds it per code and a row takes it with one ``pc.take``;
-* a list (behaviour sequence) is the rows' elements gathered from the dictionary (``pc.take``) and joined
-  per row (``pc.binary_join``), behind a header computed from the body lengths alone;
-* plain numeric scalars (label, scenario, numeric features, extras) are written column by column into a
-  ``[rows, width]`` byte matrix (``RowBytes``) that starts with the ``Example`` header;
+* a list (behaviour sequence) is its rows' elements gathered from the dictionary in one ``pc.take``; the
+  gathered bytes are already the rows' bodies back to back, so each row is a run of them (no copy),
+  behind a header computed from the body lengths alone;
+* plain numeric scalars (label, scenario, numeric features, extras) and the headers are written column by
+  column into small ``[rows, width]`` byte matrices (``RowBytes``);
 * one ``binary_join_element_wise`` over these few pieces gives the serialised rows.
 
 The format is the one documented in ``tfmsr/data/wire.py``; the tests parse the bytes with protobuf.
@@ -42,7 +43,11 @@ def lengths(arr: pa.Array) -> np.ndarray:
 
 
 def varint_length(v: np.ndarray) -> np.ndarray:
-    u = np.asarray(v, np.int64).view(np.uint64)
+    """Bytes of each int64's varint (negative: 10)."""
+    v = np.asarray(v, np.int64)
+    if v.size and v.min() >= 0 and v.max() < 128:
+        return np.ones(v.shape, np.int64)
+    u = v.view(np.uint64)
     nb = np.ones(u.shape, np.int64)
     for k in range(1, 10):
         big = u >= np.uint64(1 << (7 * k))
@@ -52,73 +57,97 @@ def varint_length(v: np.ndarray) -> np.ndarray:
     return nb
 
 
+def _uniform(a: np.ndarray):
+    """The single value of ``a`` when all entries are equal, else None."""
+    return int(a[0]) if len(a) and (a == a[0]).all() else None
+
+
 class RowBytes:
-    """Per-row byte strings assembled column by column (constants, varints, fixed-width byte blocks) in a
-    ``[n, width]`` matrix; ``lengths()`` is known before ``build()``."""
+    """Per-row byte strings assembled block by block in a ``[n, width]`` matrix: each piece (a constant,
+    varints, a fixed-width block) owns the columns of its widest row; a row's unused bytes (short varints)
+    are masked out in one compaction at the end. ``lengths()`` is known before ``build()``."""
 
     def __init__(self, n: int):
         self.n, self.ops = n, []
 
     def const(self, b: bytes) -> "RowBytes":
-        self.ops.append(("c", np.frombuffer(b, np.uint8), len(b)))
+        if self.ops and self.ops[-1][0] == "c":  # consecutive constants are one block
+            b = self.ops.pop()[1].tobytes() + b
+        self.ops.append(("c", np.frombuffer(b, np.uint8), None, len(b)))
         return self
 
-    def varint(self, values) -> "RowBytes":
+    def varint(self, values, nb: np.ndarray = None) -> "RowBytes":
         v = np.asarray(values, np.int64)
-        self.ops.append(("v", v, varint_length(v)))
+        nb = varint_length(v) if nb is None else nb
+        width = int(nb.max(initial=1))
+        self.ops.append(("v", v, None if (nb == width).all() else nb, width))
         return self
 
     def fixed(self, block: np.ndarray) -> "RowBytes":
-        self.ops.append(("m", block, block.shape[1]))
+        self.ops.append(("m", block, None, block.shape[1]))
         return self
 
     def lengths(self) -> np.ndarray:
         out = np.zeros(self.n, np.int64)
-        for _, _, w in self.ops:
-            out += w
+        for _, _, w, width in self.ops:
+            out += width if w is None else w
         return out
 
     def build(self) -> pa.Array:
-        width = sum(int(np.max(w, initial=0)) if isinstance(w, np.ndarray) else w for _, _, w in self.ops)
+        width = sum(op[3] for op in self.ops)
         mat = np.zeros((self.n, width), np.uint8)
-        rows = np.arange(self.n)
-        pos = 0  # a scalar while every row has the same layout so far, else an [n] array
-        for kind, data, w in self.ops:
+        mask = np.ones((self.n, width), bool) if any(op[2] is not None for op in self.ops) else None
+        col = 0
+        for kind, data, w, wd in self.ops:
             if kind == "v":
-                if np.isscalar(pos) and len(w) and not (w == w[0]).all():
-                    pos = np.full(self.n, pos, np.int64)
                 u = data.view(np.uint64)
-                for k in range(int(np.max(w, initial=0))):
+                nb = varint_length(data) if w is None else w
+                for k in range(wd):
                     byte = ((u >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8)
-                    byte |= (w > k + 1).astype(np.uint8) << 7
-                    if np.isscalar(pos):
-                        mat[:, pos + k] = byte
-                    else:
-                        m = w > k
-                        mat[rows[m], pos[m] + k] = byte[m]
-                pos = pos + (int(w[0]) if np.isscalar(pos) and len(w) else 0 if np.isscalar(pos) else w)
-            elif np.isscalar(pos):
-                mat[:, pos:pos + w] = data
-                pos += w
+                    mat[:, col + k] = byte | ((nb > k + 1).astype(np.uint8) << 7)
+                    if w is not None:
+                        mask[:, col + k] = w > k
             else:
-                mat[rows[:, None], pos[:, None] + np.arange(w)] = data
-                pos = pos + w
-        if np.isscalar(pos):
-            return binary(mat.ravel(), np.arange(self.n + 1, dtype=np.int64) * pos)
-        return binary(mat[np.arange(width)[None, :] < pos[:, None]], wire._offsets(pos))
+                mat[:, col:col + wd] = data
+            col += wd
+        if mask is None:
+            return binary(mat.ravel(), np.arange(self.n + 1, dtype=np.int64) * width)
+        return binary(mat[mask], wire._offsets(self.lengths()))
 
 
 def _entry_header(rb: RowBytes, name: str, tag: int, body_len: np.ndarray, packed: bool) -> np.ndarray:
-    """Append a map entry's header for bodies of ``body_len`` bytes to ``rb``; returns the entry lengths."""
+    """Append a map entry's header for bodies of ``body_len`` bytes to ``rb``; returns the entry lengths.
+    Bodies of one length (floats, small ints) make the whole header one constant."""
     key = name.encode()
-    len_l = body_len + (1 + varint_length(body_len) if packed else 0)
-    len_f = 1 + varint_length(len_l) + len_l
-    key_part = bytes([0x0A]) + bytes(wire.varints(np.array([len(key)]))[0]) + key + bytes([0x12])
-    len_e = len(key_part) + varint_length(len_f) + len_f
-    rb.const(b"\x0a").varint(len_e).const(key_part).varint(len_f).const(bytes([tag])).varint(len_l)
+    key_part = bytes([0x0A]) + _varint_bytes(len(key)) + key + bytes([0x12])
+    same = _uniform(body_len)
+    if same is not None:
+        lens = _lengths(len(key_part), np.array([same]), packed)
+        hdr = b"\x0a" + _varint_bytes(lens[2][0]) + key_part + _varint_bytes(lens[1][0]) + bytes([tag]) + \
+            _varint_bytes(lens[0][0]) + ((b"\x0a" + _varint_bytes(same)) if packed else b"")
+        rb.const(hdr)
+        return np.full(len(body_len), len(hdr) + same, np.int64)
+    len_l, len_f, len_e, nbs = _lengths(len(key_part), body_len, packed)
+    rb.const(b"\x0a").varint(len_e, nbs[2]).const(key_part).varint(len_f, nbs[1]).const(bytes([tag]))
+    rb.varint(len_l, nbs[0])
     if packed:
-        rb.const(b"\x0a").varint(body_len)
-    return 1 + varint_length(len_e) + len_e
+        rb.const(b"\x0a").varint(body_len, nbs[3])
+    return 1 + nbs[2] + len_e
+
+
+def _lengths(key_part: int, body_len: np.ndarray, packed: bool):
+    """(len of the list, of the Feature, of the map entry, their varint lengths + the body's)."""
+    nb_b = varint_length(body_len)
+    len_l = body_len + (1 + nb_b if packed else 0)
+    nb_l = varint_length(len_l)
+    len_f = 1 + nb_l + len_l
+    nb_f = varint_length(len_f)
+    len_e = key_part + nb_f + len_f
+    return len_l, len_f, len_e, (nb_l, nb_f, varint_length(len_e), nb_b)
+
+
+def _varint_bytes(n: int) -> bytes:
+    return wire.varints(np.array([int(n)]))[0].tobytes()
 
 
 class Dictionary:
@@ -139,6 +168,7 @@ class Dictionary:
             self.elements = pc.binary_join_element_wise(rb.build(), raw, b"")
         self.element_length = lengths(self.elements)
         self._entries: Dict[str, Tuple[pa.Array, np.ndarray]] = {}
+        self._padded = None
 
     def __len__(self):
         return len(self.elements) - 1
@@ -152,52 +182,78 @@ class Dictionary:
             self._entries[name] = (arr, lengths(arr))
         return self._entries[name]
 
-    def take(self, codes: np.ndarray) -> pa.Array:
-        idx = np.where(codes < 0, len(self.elements) - 1, codes).astype(np.int64)
-        return pc.take(self.elements, pa.array(idx))
+    def padded(self) -> np.ndarray:
+        """The elements as a zero-padded ``[codes + 1, max length]`` byte matrix."""
+        if self._padded is None:
+            self._padded = _padded(self.elements, self.element_length)
+        return self._padded
+
+    def fixed_width(self) -> int:
+        """The common byte length of every element, or 0 when they differ."""
+        ln = self.element_length
+        return int(ln[0]) if len(ln) and (ln == ln[0]).all() else 0
 
 
-def _index(codes: np.ndarray, d: Dictionary) -> pa.Array:
-    return pa.array(np.where(codes < 0, len(d.elements) - 1, codes).astype(np.int64))
+
+def _padded(arr: pa.Array, ln: np.ndarray) -> np.ndarray:
+    """A BinaryArray as a zero-padded ``[len, max length]`` uint8 matrix."""
+    off = np.frombuffer(arr.buffers()[1], np.int32, len(arr) + 1, offset=arr.offset * 4).astype(np.int64)
+    data = np.frombuffer(arr.buffers()[2], np.uint8)
+    width = int(ln.max(initial=0))
+    out = np.zeros((len(arr), width), np.uint8)
+    cols = np.arange(width)[None, :]
+    keep = cols < ln[:, None]
+    out[keep] = data[(off[:-1, None] + cols)[keep]]
+    return out
 
 
-def _list_body(codes: np.ndarray, d: Dictionary) -> pa.Array:
-    """Rows of ``codes`` [n, L] (entries < 0 dropped) joined from the dictionary's elements."""
-    keep = codes >= 0
-    items = pc.take(d.elements, pa.array(codes[keep].astype(np.int64)))
-    offs = pa.array(wire._offsets(keep.sum(axis=1)).astype(np.int32))
-    return pc.binary_join(pa.ListArray.from_arrays(offs, items), b"")
+def _regroup(items: pa.Array, row_lengths: np.ndarray) -> pa.Array:
+    """Consecutive runs of ``items`` (``row_lengths`` elements per row) as one BinaryArray row each, sharing
+    ``items``' bytes (no copy)."""
+    off = np.frombuffer(items.buffers()[1], np.int32, len(items) + 1, offset=items.offset * 4)
+    rows = off[wire._offsets(row_lengths)]
+    return pa.Array.from_buffers(pa.binary(), len(row_lengths), [None, pa.py_buffer(rows.astype(np.int32)),
+                                                                 items.buffers()[2]])
+
+
+def _list_body(flat: np.ndarray, row_lengths: np.ndarray, d: Dictionary) -> pa.Array:
+    """Each row's elements (``flat`` codes, ``row_lengths`` per row) from the dictionary's elements: one
+    gather; the rows are runs of the gathered bytes."""
+    w = d.fixed_width()
+    if w:  # every element has the same length: one NumPy gather of whole rows
+        return binary(d.padded()[flat].ravel(), wire._offsets(row_lengths) * w)
+    return _regroup(pc.take(d.elements, pa.array(flat.astype(np.int64))), row_lengths)
 
 
 def examples(n: int, numeric: Sequence[Tuple[str, str, np.ndarray]],
              coded: Sequence[Tuple[str, np.ndarray, Dictionary]],
-             lists: Sequence[Tuple[str, np.ndarray, Dictionary]]) -> pa.Array:
+             lists: Sequence[Tuple[str, np.ndarray, np.ndarray, Dictionary]]) -> pa.Array:
     """Serialised ``Example`` rows: ``numeric`` (name, 'int'|'float', [n]), ``coded`` scalars (name, codes [n],
-    Dictionary) and ``lists`` (name, codes [n, L] with -1 padding, Dictionary)."""
+    Dictionary; -1 = missing) and ``lists`` (name, flat codes, row lengths [n], Dictionary)."""
     head = RowBytes(n)
-    total = np.zeros(n, np.int64)
     for name, kind, values in numeric:
         if kind == "int":
             v = np.asarray(values, np.int64)
-            total += _entry_header(head, name, wire.INT64_LIST, varint_length(v), True)
+            _entry_header(head, name, wire.INT64_LIST, varint_length(v), True)
             head.varint(v)
         else:
-            total += _entry_header(head, name, wire.FLOAT_LIST, np.full(n, 4, np.int64), True)
+            _entry_header(head, name, wire.FLOAT_LIST, np.full(n, 4, np.int64), True)
             head.fixed(np.ascontiguousarray(np.asarray(values, "<f4")).view(np.uint8).reshape(n, 4))
-    pieces: List[pa.Array] = []
+    pieces: List[pa.Array] = [head.build()] if head.ops else []
+    total = head.lengths()
     for name, codes, d in coded:
         arr, ln = d.entries(name)
-        idx = _index(codes, d)
-        pieces.append(pc.take(arr, idx))
-        total += ln[idx.to_numpy()]
-    for name, codes, d in lists:
-        body = _list_body(codes, d)
-        rb = RowBytes(n)
-        total += _entry_header(rb, name, d.tag, lengths(body), d.packed)
-        pieces += [rb.build(), body]
-    top = RowBytes(n).const(b"\x0a").varint(total)
-    top.ops += head.ops
-    return pc.binary_join_element_wise(top.build(), *pieces, b"")
+        idx = np.where(codes < 0, len(d.elements) - 1, codes).astype(np.int64)
+        pieces.append(pc.take(arr, pa.array(idx)))
+        total = total + ln[idx]
+    for name, flat, row_lengths, d in lists:
+        body = _list_body(flat, row_lengths, d)
+        hdr = RowBytes(n)
+        body_len = lengths(body)
+        total = total + _entry_header(hdr, name, d.tag, body_len, d.packed)
+        pieces += [hdr.build(), body]
+    top = RowBytes(n).const(b"\x0a").varint(total).build()
+    return pc.binary_join_element_wise(top, *pieces, b"")
 
 
 def split_records(records: pa.Array) -> List[bytes]:

@@ -6,7 +6,7 @@ are spilled, as fixed-width binary records, into files partitioned by user (``_c
 by the user's code), so that all of a user's rows land in one partition. Pass 2 (write) reads back groups
 of partitions (about ``output.group_rows`` rows each): per-key values, the scenario, the split, behaviour
 sequences (``sequences.Timeline``), numeric transforms; rows are written in a fixed pseudo-random order
-(by a hash of their input row) as raw values (``encode``) while the train counts of every table and the
+(a permutation seeded per group) as raw values (``encode``) while the train counts of every table and the
 train moments of standardised features accumulate. The vocabularies, ``schema.yaml`` and ``stats.json``
 follow, all inside ``OUT.tmp-<pid>``, renamed to ``OUT`` only when complete. Memory is bounded by the
 distinct values (codes, vocabularies, per-key counts) and one group of rows, never by the input's size.
@@ -30,13 +30,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tfmsr.data.convert._common import MISSING, Moments, Progress, SpillDir, TimeBuckets, hash_unit, peak_rss_mb
+from tfmsr.data.convert._common import MISSING, Moments, Progress, SpillDir, TimeBuckets, peak_rss_mb
 from tfmsr.data.ingest import derive, encode, splits
 from tfmsr.data.ingest.readers import expand_paths, read_chunks, read_table
-from tfmsr.data.ingest.sequences import Timeline, delimited, gather
+from tfmsr.data.ingest.sequences import Timeline, delimited
 from tfmsr.data.ingest.spec import KEY_OPS, SPLITS, Spec, load_spec
 from tfmsr.data.ingest.vocab import Coder, build_vocab, read_vocab, write_vocab
 from tfmsr.data.pipeline import DataError
+from tfmsr.data.stats import repeat_pair
 from tfmsr.features import Feature, Scenario, Schema
 
 ENCODE_ROWS = 32_768  # rows serialised per call (bounds the encoder's temporaries)
@@ -386,6 +387,7 @@ class Ingest:
         from tfmsr.data.tfrecord import DatasetWriter
 
         self.schema = self._schema()
+        self.pair = repeat_pair(self.schema)
         self.train_counts = {t: np.zeros(len(c), np.int64) for t, c in self.coders.items()}
         self.use_counts = {t: {sp: np.zeros(len(c), np.int64) for sp in SPLITS} for t, c in self.coders.items()}
         self.moments = {f.name: Moments() for f in self.spec.features.values() if f.policy == "numeric"}
@@ -394,11 +396,12 @@ class Ingest:
                                compression="GZIP" if out["gzip"] else None, overwrite=self.overwrite)
         prog = Progress("write", quiet=self.log is None, log=self.log)
         with writer:
-            done = 0
-            for rec in self._groups():
-                self._group(rec, writer)
-                done += len(rec)
-                prog.update(done, done / self.rows_kept)
+            with BackgroundWriter(writer) as bg:
+                done = 0
+                for rec in self._groups():
+                    self._group(rec, bg)
+                    done += len(rec)
+                    prog.update(done, done / self.rows_kept)
             prog.close()
             self._finish(writer)
         return writer.stats.result() | writer.extra_stats
@@ -432,7 +435,7 @@ class Ingest:
         tl = None
         if s.user:
             time_ = nums[s.time] if s.time else rec["row"]
-            tl = Timeline(codes[s.features[s.user].source], derive.as_float(time_), rec["row"])
+            tl = Timeline(codes[s.features[s.user].source], derive.as_float(time_))  # spilled in input order
             order = tl.order
         else:
             order = np.argsort(rec["row"], kind="stable")
@@ -441,9 +444,9 @@ class Ingest:
         nums = {k: v[order] for k, v in nums.items()}
         scen = self._scenario_index(rec, codes, nums)
         split = self._split(tl, rec, codes, nums)
+        shuffle = np.random.default_rng(int(rec["row"][0]) if len(rec) else 0)  # fixed per group
         for k, name in enumerate(SPLITS):
-            rows = np.flatnonzero(split == k)
-            rows = rows[np.argsort(hash_unit(rec["row"][rows], 7), kind="stable")]
+            rows = shuffle.permutation(np.flatnonzero(split == k))
             for lo in range(0, len(rows), ENCODE_ROWS):
                 sub = rows[lo:lo + ENCODE_ROWS]
                 self._emit(writer, name, sub, rec, codes, nums, scen, tl)
@@ -479,28 +482,22 @@ class Ingest:
         numeric = [(s.label.name, "float", rec["label"][sub].astype(np.float32)),
                    (s.scenario.name, "int", scen[sub])]
         coded, lists = [], []
+        stats_cols = {s.scenario.name: scen[sub], s.label.name: rec["label"][sub]}
         for f in s.features.values():
             if f.policy in ("numeric", "boundaries", "ids"):
                 numeric.append((f.name, *self._number(f, nums[f.source][sub], split)))
             elif f.kind == "sequence":
                 c = rec[f"s:{f.name}"][sub]
-                lists.append((f.name, c, self.dicts[s.owner(f).name]))
+                keep = c >= 0
+                lists.append((f.name, c[keep], keep.sum(axis=1), self.dicts[s.owner(f).name]))
                 self._count(s.owner(f).name, split, c, True)
             else:
                 c = codes[(f.source, s.owner(f).name)][sub]
                 coded.append((f.name, c, self.dicts[s.owner(f).name]))
                 self._count(s.owner(f).name, split, c, True)
-        stats_cols = {s.scenario.name: scen[sub], s.label.name: rec["label"][sub]}
+                stats_cols[f.name] = c + 1
         if s.behaviour:
-            pos = tl.history(sub, rec["where"].astype(bool), s.behaviour.length)
-            for name, src in s.behaviour.features.items():
-                if src == "scenario":
-                    lists.append((name, gather(scen, pos), self.scenario_dict))
-                else:
-                    owner = s.owner(s.features[src])
-                    hist = gather(codes[(s.features[src].source, owner.name)], pos)
-                    lists.append((name, hist, self.dicts[owner.name]))
-                    stats_cols[name] = hist + 1
+            lists += self._behaviour(sub, rec, codes, scen, tl, stats_cols)
         for name, (value, dtype) in s.extras.items():
             if dtype == "string":
                 coded.append((name, codes[value][sub], self.dicts[self.spaces[value][0]]))
@@ -508,11 +505,35 @@ class Ingest:
                 x = nums[value][sub]
                 numeric.append((name, "int" if dtype == "int64" else "float",
                                 np.where(x == MISSING, 0, x) if x.dtype.kind == "i" else np.nan_to_num(x)))
-        for f in s.features.values():
-            if f.kind == "categorical" and f.policy in ("vocab", "hash", "share"):
-                stats_cols[f.name] = codes[(f.source, s.owner(f).name)][sub] + 1
         records = encode.examples(len(sub), numeric, coded, lists)
         writer.write(split, stats_cols, encode.split_records(records))
+
+    def _behaviour(self, sub, rec, codes, scen, tl, stats_cols) -> list:
+        """(name, flat codes, row lengths, Dictionary) of each behaviour sequence of rows ``sub``; events
+        share one history, so only a missing value (dropped) makes a sequence's rows differ."""
+        s = self.spec
+        flat_pos, lens = tl.history(sub, rec["where"].astype(bool), s.behaviour.length)
+        row_of = None
+        out = []
+        for name, src in s.behaviour.features.items():
+            if src == "scenario":
+                values, d = scen, self.scenario_dict
+            else:
+                owner = s.owner(s.features[src])
+                values, d = codes[(s.features[src].source, owner.name)], self.dicts[owner.name]
+            flat, ln = values[flat_pos], lens
+            if self.pair and name == self.pair[1]:
+                row_of = np.repeat(np.arange(len(sub)), lens) if row_of is None else row_of
+                target = stats_cols[self.pair[0]]
+                hit = (flat + 1 == target[row_of]) & (target[row_of] != 0)
+                repeat = np.bincount(row_of[hit], minlength=len(sub)) > 0
+                stats_cols[name] = np.where(repeat, target, 0)[:, None]  # [n, 1]: is_repeat == repeat
+            if (flat < 0).any():
+                row_of = np.repeat(np.arange(len(sub)), lens) if row_of is None else row_of
+                ok = flat >= 0
+                flat, ln = flat[ok], np.bincount(row_of[ok], minlength=len(sub))
+            out.append((name, flat, ln, d))
+        return out
 
     def _number(self, f, x: np.ndarray, split: str):
         """('float'|'int', column) of a numeric / bucketised / id feature."""
@@ -624,6 +645,47 @@ class Ingest:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+class BackgroundWriter:
+    """``write(split, columns, records)`` handed to a thread that calls the ``DatasetWriter`` (whose native
+    TFRecord writes release the GIL), so the next rows are serialised while these are written. At most
+    ``depth`` chunks wait; an error in the thread is raised by the next ``write`` or on exit."""
+
+    def __init__(self, writer, depth: int = 2):
+        import queue
+        import threading
+
+        self.writer, self.error = writer, None
+        self.queue = queue.Queue(maxsize=depth)
+        self.thread = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is None:
+                try:
+                    self.writer.write(*item)
+                except BaseException as e:  # re-raised in the caller's thread
+                    self.error = e
+
+    def write(self, split: str, columns, records) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((split, columns, records))
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.queue.put(None)
+        self.thread.join()
+        if exc_type is None and self.error is not None:
+            raise self.error
+        return False
+
+
 def _size(path: str) -> int:
     import tensorflow as tf
 
@@ -637,11 +699,9 @@ def _grow(a: np.ndarray, n: int) -> np.ndarray:
 def _dictionary(coder: Coder, spec: Spec) -> encode.Dictionary:
     """Wire elements of a code space's raw values (hashed tables store strings, also of int columns)."""
     owner = spec.features.get(coder.name)
-    values = coder.values()
     if coder.dtype == "int64" and not (owner is not None and owner.policy == "hash"):
-        return encode.Dictionary(values, "int64")
-    text = pa.array([str(v) for v in values.tolist()] if coder.dtype == "int64" else values.tolist(), pa.string())
-    return encode.Dictionary(text, "string")
+        return encode.Dictionary(coder.values(), "int64")
+    return encode.Dictionary(pc.cast(coder.array, pa.string()), "string")
 
 
 def _previous(path: str, spec: Spec) -> dict:

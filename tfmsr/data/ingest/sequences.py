@@ -20,11 +20,12 @@ from tfmsr.data.ingest.vocab import Coder
 
 
 class Timeline:
-    """Rows sorted by (user code, time, input row); per row: ``ustart`` (first row of its user), ``tie``
-    (first row of its (user, time) block), ``rank`` within the user and the user's ``count``."""
+    """Rows sorted by (user code, time, input order); per row: ``ustart`` (first row of its user), ``tie``
+    (first row of its (user, time) block), ``rank`` within the user and the user's ``count``. The rows
+    must come in input order within each user (the sort is stable)."""
 
-    def __init__(self, user: np.ndarray, time: np.ndarray, row: np.ndarray):
-        self.order = np.lexsort((row, time, user))
+    def __init__(self, user: np.ndarray, time: np.ndarray):
+        self.order = np.lexsort((time, user))
         u, t = user[self.order], time[self.order]
         n = len(u)
         idx = np.arange(n)
@@ -36,23 +37,16 @@ class Timeline:
         starts = np.flatnonzero(new_user)
         self.count = np.repeat(np.diff(np.r_[starts, n]), np.diff(np.r_[starts, n]))
 
-    def history(self, rows: np.ndarray, eligible: np.ndarray, length: int) -> np.ndarray:
-        """[len(rows), length] positions (in sorted order) of each row's history, -1 = padding.
+    def history(self, rows: np.ndarray, eligible: np.ndarray, length: int):
+        """Each row's history as (flat positions in sorted order, most recent first per row; lengths [n]).
         ``rows`` and ``eligible`` are in sorted order."""
         csum = np.concatenate([[0], np.cumsum(eligible, dtype=np.int64)])
         epos = np.flatnonzero(eligible)
         hi = csum[self.tie[rows]]
         count = np.minimum(hi - csum[self.ustart[rows]], length)
-        j = np.arange(length)
-        keep = j[None, :] < count[:, None]
-        if not len(epos):
-            return np.full((len(rows), length), -1, np.int64)
-        return np.where(keep, epos[np.where(keep, hi[:, None] - 1 - j[None, :], 0)], -1)
-
-
-def gather(values: np.ndarray, positions: np.ndarray, pad=-1) -> np.ndarray:
-    """``values[positions]`` with padding where ``positions < 0``."""
-    return np.where(positions >= 0, values[np.maximum(positions, 0)], pad)
+        start = np.concatenate([[0], np.cumsum(count)])
+        k = np.arange(start[-1]) - np.repeat(start[:-1], count)  # position within the row
+        return epos[np.repeat(hi - 1, count) - k], count
 
 
 def delimited(arr: pa.Array, sep: str, length: int, oldest_first: bool, coder: Coder) -> np.ndarray:

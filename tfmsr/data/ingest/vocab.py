@@ -27,36 +27,34 @@ from tfmsr.data.pipeline import DataError
 class Coder:
     """Dense codes of the raw values of one code space (``dtype`` 'string' or 'int64').
 
-    ``zero_missing``: an int64 0 is missing (the raw-id contract of int64 vocabularies). ``first`` records
-    where each value first appeared ((file index, line)) for error messages."""
+    The known values are one pyarrow array (code = position); a chunk is dictionary-encoded and only its
+    distinct values are looked up (``pc.index_in``), so coding costs O(chunk + distinct values) in C++.
+    ``zero_missing``: an int64 0 is missing (the raw-id contract of int64 vocabularies). With ``track``,
+    where each value first appeared ((file index, line)) is kept for error messages."""
 
     def __init__(self, name: str, dtype: str, zero_missing: bool = False, track: bool = False):
         self.name, self.dtype, self.zero_missing, self.track = name, dtype, zero_missing, track
-        self._index = {}
-        self._values: list = []
+        self._known = pa.array([], pa.int64() if dtype == "int64" else pa.string())
         self.first_file: List[int] = []
         self.first_line: List[int] = []
 
     def __len__(self) -> int:
-        return len(self._values)
+        return len(self._known)
 
     def encode(self, arr: pa.Array, file_index: int = -1, lines: Optional[np.ndarray] = None) -> np.ndarray:
         """int32 codes of a column (new values get new codes); missing -> -1. ``lines`` [n] = each row's
         line in its file, to remember where a value first appeared."""
         if self.zero_missing:
             arr = pc.if_else(pc.equal(arr, 0), pa.scalar(None, arr.type), arr)
-        enc = pc.dictionary_encode(arr)
-        local = enc.dictionary.to_pylist()
-        get = self._index.get
-        m = np.fromiter((get(v, -1) for v in local), np.int64, len(local))
+        enc = pc.dictionary_encode(arr.cast(self._known.type))
+        local = enc.dictionary
+        m = self.codes_of(local)
         new = np.flatnonzero(m < 0)
         idx = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
         if len(new):
-            base = len(self._values)
+            base = len(self._known)
             m[new] = np.arange(base, base + len(new))
-            for k in new.tolist():
-                self._index[local[k]] = int(m[k])
-                self._values.append(local[k])
+            self._known = pa.concat_arrays([self._known, local.take(pa.array(new))])
             if self.track:
                 self._remember(idx, new, file_index, lines)
         return np.append(m, -1)[idx].astype(np.int32)
@@ -69,14 +67,22 @@ class Coder:
         self.first_file += [file_index] * len(new)
         self.first_line += (lines[first[new]] if lines is not None else first[new]).tolist()
 
+    def codes_of(self, values) -> np.ndarray:
+        """Codes (int64, -1 = unknown) of raw values (a list or pyarrow array)."""
+        values = values if isinstance(values, pa.Array) else pa.array(values, self._known.type)
+        if not len(self._known) or not len(values):
+            return np.full(len(values), -1, np.int64)
+        return pc.fill_null(pc.index_in(values, value_set=self._known), -1).to_numpy(
+            zero_copy_only=False).astype(np.int64)
+
+    @property
+    def array(self) -> pa.Array:
+        """Raw values by code as a pyarrow array."""
+        return self._known
+
     def values(self) -> np.ndarray:
         """Raw values by code (object array of str, or int64)."""
-        if self.dtype == "int64":
-            return np.asarray(self._values, np.int64)
-        return np.asarray(self._values, dtype=object)
-
-    def code_of(self, value) -> int:
-        return self._index.get(value, -1)
+        return self._known.to_numpy(zero_copy_only=False)
 
     def where(self, code: int, files: List[str]) -> str:
         """'FILE line N' of the first row holding ``code``."""
@@ -119,7 +125,7 @@ def build_vocab(table: str, coder: Coder, train_counts: np.ndarray, min_count: i
     keep = seen[counts[seen] >= min_count]
     below = len(seen) - len(keep)
     prev_lines = list(previous or [])
-    prev_codes = np.array([coder.code_of(v) for v in prev_lines], np.int64)
+    prev_codes = coder.codes_of(prev_lines)
     new = np.setdiff1d(keep, prev_codes[prev_codes >= 0])
     new = _ranked(new, counts, values)
     truncated = 0
