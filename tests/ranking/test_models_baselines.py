@@ -125,3 +125,22 @@ def test_scenario_parameters_only_learn_from_their_scenario(name, synth_dir, syn
             names = [n for n in before if f"/specific_experts_{t}/" in n]
             assert names
             assert any(not np.array_equal(before[n], after[n]) for n in names) == (t == s)
+
+
+@pytest.mark.parametrize("pooling", ["target", "flatten", "mean"])
+def test_bst_pooling_default_target(pooling, synth_dir, synth_schema):
+    """BST pools the Transformer outputs by the candidate's token (default), all slots (flatten) or their mean."""
+    from tfmsr.layers import context_inputs, embed_behavior
+
+    params = {**SMALL["bst"], **({} if pooling == "target" else {"pooling": pooling})}
+    model = build("bst", synth_schema, params)
+    assert model.params["pooling"] == pooling
+    (x, _), = batches(synth_dir, synth_schema, "valid", 64, 1)
+    z = model.logits(x).numpy()
+    beh = embed_behavior(model.embedding, x, synth_schema)
+    mask = tf.concat([tf.ones_like(beh.mask[:, :1]), beh.mask], axis=1)
+    t = model.blocks[0](model.positions(tf.concat([beh.target[:, None], beh.keys], axis=1)), mask).numpy()
+    m = mask.numpy()[..., None].astype(np.float32)
+    seq = {"target": t[:, 0], "flatten": (t * m).reshape(len(t), -1), "mean": (t * m).sum(1) / m.sum(1)}[pooling]
+    h = np.concatenate([context_inputs(model, x, beh.features).numpy(), seq], axis=-1)
+    np.testing.assert_allclose(z, model.out(model.mlp(tf.constant(h))).numpy()[:, 0], rtol=1e-4, atol=1e-5)
