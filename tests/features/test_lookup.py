@@ -162,3 +162,28 @@ def test_shards_holding_ids_for_a_string_vocabulary_are_refused_with_the_field(t
     with pytest.raises(DataError, match=r"record 0 has feature 'user_id' as int64_list, but .* declares string "
                                         r"raw values of the vocabulary vocab/user_id.txt"):
         check_first_record(split_files(out, "train")[0], schema)
+
+
+@pytest.mark.slow
+def test_parameter_server_workers_map_raw_values_with_their_own_tables(raw_data, tmp_path):
+    """``tfmsr cluster --workers 2 --ps 1`` on raw values: the trainer creates the tables under the strategy's
+    scope (one copy per worker); a table first created inside the workers' dataset_fn would be refused, so a
+    finished run shows the input pipelines used the per-worker copies."""
+    from tfmsr.distribute.cluster import LocalCluster
+
+    data_dir, _ = raw_data
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {name: dnn, params: {hidden: [16]}}\ndata: {batch_size: 64}\n"
+                   "train: {epochs: 1, checkpoint_every: 1000, log_every: 10, early_stopping_patience: 0, "
+                   "validate: false}\n")
+    run = str(tmp_path / "run")
+    c = LocalCluster(["train", "--config", str(cfg), "--data", data_dir, "--model-dir", run], workers=2, ps=1,
+                     threads=1, log=lambda line: None)
+    try:
+        c.start()
+        rc = c.wait(timeout=900)
+    finally:
+        c.stop()
+    assert rc == 0, "\n".join(c.lines[-60:])
+    assert os.path.isdir(os.path.join(run, "final"))
+    assert sorted(os.listdir(os.path.join(run, "vocab"))) == ["item_id.txt", "user_id.txt"]
