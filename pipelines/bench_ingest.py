@@ -10,7 +10,9 @@ peak RSS is its own; users and items are fixed (``--users``, ``--items``), so co
 with ``--rows 3000000`` shows memory bounded by the vocabularies, not the rows.
 
 JSON: rows, input MB, seconds, rows/s (rows read per wall-clock second, start-up included and excluded),
-peak RSS MB, output MB, vocabulary sizes.
+CPU seconds of the ingestion (both threads) and rows per CPU second, peak RSS MB and the RSS after the
+imports (TensorFlow alone is most of it), output MB, vocabulary sizes, the 1-minute load average before
+and after (the machine is shared: wall-clock rates fall when other jobs run).
 """
 from __future__ import annotations
 
@@ -100,12 +102,18 @@ def _dir_mb(path: str) -> float:
 
 def run_ingest(folder: str, out: str) -> dict:
     """Ingest in this process (the child of ``main``); the JSON summary plus start-up time."""
+    import resource
+
     t0 = time.time()
     from tfmsr.data.ingest import ingest
+    import tensorflow  # noqa: F401  (imported by the first read anyway: its memory is the baseline)
 
     startup = time.time() - t0
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cpu0 = time.process_time()
     summary = ingest(os.path.join(folder, "spec.yaml"), out, log=None)
-    summary["startup_seconds"] = round(startup, 2)
+    summary.update(startup_seconds=round(startup, 2), baseline_rss_mb=round(base, 1),
+                   ingest_cpu_seconds=round(time.process_time() - cpu0, 2))
     return summary
 
 
@@ -126,6 +134,7 @@ def main(argv=None) -> dict:
     gen = time.time() - t0
     shutil.rmtree(os.path.join(args.dir, "out"), ignore_errors=True)  # not part of the measured run
     cmd = [sys.executable, "-m", "pipelines.bench_ingest", "--child", folder, "--dir", args.dir]
+    load = os.getloadavg()[0]
     t0 = time.time()
     res = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.time() - t0
@@ -135,8 +144,11 @@ def main(argv=None) -> dict:
     out = {"rows": s["rows_read"], "input_mb": round(_dir_mb(folder), 1), "generate_seconds": round(gen, 1),
            "ingest_seconds": s["seconds"], "rows_per_second": s["rows_per_second"],
            "process_seconds": round(wall, 2), "rows_per_second_with_startup": round(s["rows_read"] / wall),
-           "peak_rss_mb": s["peak_rss_mb"], "output_mb": round(_dir_mb(os.path.join(args.dir, "out")), 1),
-           "splits": s["splits"], "vocab": s["vocab"], "cpus": os.cpu_count()}
+           "ingest_cpu_seconds": s["ingest_cpu_seconds"],
+           "rows_per_cpu_second": round(s["rows_read"] / max(s["ingest_cpu_seconds"], 1e-9)),
+           "peak_rss_mb": s["peak_rss_mb"], "rss_after_imports_mb": s["baseline_rss_mb"],
+           "output_mb": round(_dir_mb(os.path.join(args.dir, "out")), 1), "splits": s["splits"],
+           "vocab": s["vocab"], "cpus": os.cpu_count(), "load_average": [round(load, 2), round(os.getloadavg()[0], 2)]}
     print(json.dumps(out))
     return out
 

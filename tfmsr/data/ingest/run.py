@@ -16,12 +16,11 @@ removes such folders when their process no longer exists.
 """
 from __future__ import annotations
 
-import glob
 import math
 import os
 import re
-import shutil
 import sys
+import threading
 import time
 from collections import Counter
 from typing import Callable, Dict, List, Optional
@@ -30,8 +29,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tfmsr.core.tempfiles import sweep
 from tfmsr.data.convert._common import MISSING, Moments, Progress, SpillDir, TimeBuckets, peak_rss_mb
-from tfmsr.data.ingest import derive, encode, splits
+from tfmsr.data.ingest import derive, encode, scenarios, splits
 from tfmsr.data.ingest.readers import expand_paths, read_chunks, read_table
 from tfmsr.data.ingest.sequences import Timeline, delimited
 from tfmsr.data.ingest.spec import KEY_OPS, SPLITS, Spec, load_spec
@@ -77,27 +77,9 @@ def run_cli(args) -> dict:
 
 
 def clean_stale(out: str, log) -> List[str]:
-    """Remove ``OUT.tmp-<pid>[-spill]`` folders whose process is gone (a killed run); returns them."""
-    removed = []
-    for path in glob.glob(glob.escape(out) + ".tmp-*"):
-        m = re.fullmatch(re.escape(out) + r"\.tmp-(\d+)(-spill)?", path)
-        if not m or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-        if log:
-            log(f"ingest: removed {path} (left by a run that no longer exists)")
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Remove ``OUT.tmp-<pid>`` and ``OUT.tmp-<pid>-spill`` folders whose process is gone (a killed run)."""
+    directory, base = os.path.split(os.path.abspath(out))
+    return sweep(directory, re.escape(base) + r"\.tmp-(\d+)(?:-spill)?", log)
 
 
 class Ingest:
@@ -120,6 +102,7 @@ class Ingest:
         self.rows_read = self.rows_kept = self.positives = 0
         self.label_range = {}
         self.spill: Optional[TimeBuckets] = None
+        self.lock = threading.Lock()
         self.parts = 1
         self.block = 1
         self.dtype = None
@@ -245,7 +228,10 @@ class Ingest:
             keep = pc.fill_null(rule.evaluate(values), False).to_numpy(zero_copy_only=False)
             self._drop(drop, ~keep, f"filter: {rule.text}")
         for name, what in self._required_values():
-            self._drop(drop, values[name].is_null().to_numpy(zero_copy_only=False), f"{what}: missing {name}")
+            miss = values[name].is_null().to_numpy(zero_copy_only=False)
+            if what == "user" and self.coders[self.spaces[name][0]].zero_missing:  # int64 0 = missing
+                miss |= pc.fill_null(pc.equal(values[name], 0), False).to_numpy(zero_copy_only=False)
+            self._drop(drop, miss, f"{what}: missing {name}")
         keep = ~drop
         self.rows_read += n
         rows = np.arange(self.rows_read - n, self.rows_read)[keep]
@@ -345,42 +331,13 @@ class Ingest:
         self.scenario_dict = encode.Dictionary(np.arange(1, len(self.scenario_names) + 1), "int64")
 
     def _scenarios(self):
-        """(names, code -> scenario index) from the spec, the previous dataset and the values seen."""
+        """(names, code -> scenario index or None) from the spec, the previous dataset and the values seen."""
         sc = self.spec.scenario
-        if sc.source is None:
-            return list(sc.values), None
-        if sc.names:
-            return list(sc.names), None
+        if sc.source is None or sc.names:
+            return list(sc.values or sc.names), None
         coder = self.coders[self.spaces[sc.source][0]]
-        values = [str(v) for v in coder.values().tolist()]
-        counts = self.keys.counts.get(sc.source, np.zeros(0, np.int64))
-        counts = np.concatenate([counts, np.zeros(max(0, len(values) - len(counts)), np.int64)])[:len(values)]
-        listed = sc.values or (self.prev and [v for v in self.prev["scenarios"] if v != sc.other])
-        if listed:
-            names = list(listed)
-            unknown = [c for c, v in enumerate(values) if v not in set(names)]
-            if unknown and not sc.other:
-                c = unknown[0]
-                raise DataError(f"{coder.where(c, self.files)}: column '{sc.source}' value {values[c]!r} is not "
-                                f"a listed scenario ({', '.join(names)}); add it or set scenario.other")
-        else:
-            order = np.argsort(coder.values(), kind="stable")
-            names = [values[c] for c in order]
-            if sc.max_scenarios and len(names) > sc.max_scenarios:
-                if not sc.other:
-                    c = sc.max_scenarios  # codes follow first appearance: the first value beyond the limit
-                    raise DataError(f"{coder.where(c, self.files)}: column '{sc.source}' value {values[c]!r} is "
-                                    f"scenario value number {c + 1}, more than max_scenarios "
-                                    f"{sc.max_scenarios} allows; set scenario.other (a bucket for the rest) or "
-                                    "raise max_scenarios")
-                top = set(np.argsort(-counts, kind="stable")[:sc.max_scenarios - 1].tolist())
-                names = [values[c] for c in order if c in top]
-        if sc.other and sc.other not in names:
-            names.append(sc.other)  # always present when configured: tomorrow's new values need it
-        index = {v: i for i, v in enumerate(names)}
-        other = index.get(sc.other, -1)
-        table = np.array([index.get(v, other) for v in values], np.int64)
-        return names, table
+        return scenarios.resolve(sc, coder, self.keys.counts.get(sc.source, np.zeros(0, np.int64)),
+                                 self.prev["scenarios"] if self.prev else None, self.files)
 
     # ------------------------------------------------------------------------------------------ pass 2
     def _write(self) -> dict:
@@ -396,10 +353,10 @@ class Ingest:
                                compression="GZIP" if out["gzip"] else None, overwrite=self.overwrite)
         prog = Progress("write", quiet=self.log is None, log=self.log)
         with writer:
-            with BackgroundWriter(writer) as bg:
+            with BackgroundWriter(writer) as bg, OrderedPool(bg.write, min(4, os.cpu_count() or 1)) as pool:
                 done = 0
                 for rec in self._groups():
-                    self._group(rec, bg)
+                    self._group(rec, pool)
                     done += len(rec)
                     prog.update(done, done / self.rows_kept)
             prog.close()
@@ -429,7 +386,8 @@ class Ingest:
                 nums[d.name] = derive.key_op(d, src, self.keys, rec)
         return codes, nums
 
-    def _group(self, rec: np.ndarray, writer) -> None:
+    def _group(self, rec: np.ndarray, pool) -> None:
+        """Sort a group's rows by (user, time), then serialise each split's rows in chunks on ``pool``."""
         s = self.spec
         codes, nums = self._late(rec)
         tl = None
@@ -442,14 +400,15 @@ class Ingest:
         rec = rec[order]
         codes = {k: v[order] for k, v in codes.items()}
         nums = {k: v[order] for k, v in nums.items()}
+        if s.behaviour:
+            tl.events(rec["where"].astype(bool))
         scen = self._scenario_index(rec, codes, nums)
         split = self._split(tl, rec, codes, nums)
         shuffle = np.random.default_rng(int(rec["row"][0]) if len(rec) else 0)  # fixed per group
         for k, name in enumerate(SPLITS):
             rows = shuffle.permutation(np.flatnonzero(split == k))
             for lo in range(0, len(rows), ENCODE_ROWS):
-                sub = rows[lo:lo + ENCODE_ROWS]
-                self._emit(writer, name, sub, rec, codes, nums, scen, tl)
+                pool.submit(self._encode, name, rows[lo:lo + ENCODE_ROWS], rec, codes, nums, scen, tl)
 
     def _scenario_index(self, rec, codes, nums) -> np.ndarray:
         sc = self.spec.scenario
@@ -476,8 +435,9 @@ class Ingest:
             return splits.by_hash(self.hash_units, codes[sp.key], sp)
         return self.split_of[codes[sp.source]]
 
-    def _emit(self, writer, split: str, sub, rec, codes, nums, scen, tl) -> None:
-        """Serialise and write rows ``sub`` (positions in the sorted group) of one split."""
+    def _encode(self, split: str, sub, rec, codes, nums, scen, tl):
+        """(split, stats columns, serialised rows) of rows ``sub`` (positions in the sorted group) of one
+        split; runs on a worker thread."""
         s = self.spec
         numeric = [(s.label.name, "float", rec["label"][sub].astype(np.float32)),
                    (s.scenario.name, "int", scen[sub])]
@@ -506,13 +466,13 @@ class Ingest:
                 numeric.append((name, "int" if dtype == "int64" else "float",
                                 np.where(x == MISSING, 0, x) if x.dtype.kind == "i" else np.nan_to_num(x)))
         records = encode.examples(len(sub), numeric, coded, lists)
-        writer.write(split, stats_cols, encode.split_records(records))
+        return split, stats_cols, encode.split_records(records)
 
     def _behaviour(self, sub, rec, codes, scen, tl, stats_cols) -> list:
         """(name, flat codes, row lengths, Dictionary) of each behaviour sequence of rows ``sub``; events
         share one history, so only a missing value (dropped) makes a sequence's rows differ."""
         s = self.spec
-        flat_pos, lens = tl.history(sub, rec["where"].astype(bool), s.behaviour.length)
+        flat_pos, lens = tl.history(sub, s.behaviour.length)
         row_of = None
         out = []
         for name, src in s.behaviour.features.items():
@@ -525,8 +485,8 @@ class Ingest:
             if self.pair and name == self.pair[1]:
                 row_of = np.repeat(np.arange(len(sub)), lens) if row_of is None else row_of
                 target = stats_cols[self.pair[0]]
-                hit = (flat + 1 == target[row_of]) & (target[row_of] != 0)
-                repeat = np.bincount(row_of[hit], minlength=len(sub)) > 0
+                t = target[row_of]
+                repeat = np.bincount(row_of[(flat + 1 == t) & (t != 0)], minlength=len(sub)) > 0
                 stats_cols[name] = np.where(repeat, target, 0)[:, None]  # [n, 1]: is_repeat == repeat
             if (flat < 0).any():
                 row_of = np.repeat(np.arange(len(sub)), lens) if row_of is None else row_of
@@ -548,17 +508,19 @@ class Ingest:
             return "int", np.where(x == MISSING, 0, x)
         y = derive.transform(x, f.transform, f.name)
         if split == "train" and any(t[0] == "standardize" for t in f.transform):
-            self.moments[f.name].add(y)
+            with self.lock:
+                self.moments[f.name].add(y)
         return "float", np.where(np.isnan(y), f.fill, y).astype(np.float32)
 
     def _count(self, table: str, split: str, codes: np.ndarray, for_vocab: bool) -> None:
         c = codes[codes >= 0].astype(np.int64)
         n = len(self.coders[table])
         counts = np.bincount(c, minlength=n)
-        self.use_counts[table][split] = _grow(self.use_counts[table][split], n) + counts
-        self.missing[f"table:{table}"] += int((codes < 0).sum()) if codes.ndim == 1 else 0
-        if split == "train" and for_vocab:
-            self.train_counts[table] = _grow(self.train_counts[table], n) + counts
+        with self.lock:  # workers of the pool share these totals
+            self.use_counts[table][split] = _grow(self.use_counts[table][split], n) + counts
+            self.missing[f"table:{table}"] += int((codes < 0).sum()) if codes.ndim == 1 else 0
+            if split == "train" and for_vocab:
+                self.train_counts[table] = _grow(self.train_counts[table], n) + counts
 
     # ------------------------------------------------------------------------------------------ schema, vocab, stats
     def _schema(self) -> Schema:
@@ -645,6 +607,38 @@ class Ingest:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+class OrderedPool:
+    """Runs jobs on ``workers`` threads (NumPy and pyarrow release the GIL in their kernels) and hands each
+    result to ``sink`` in submission order, so the output does not depend on timing; at most
+    ``workers + 1`` jobs are in flight (bounded memory). An error in a job is raised by the next call."""
+
+    def __init__(self, sink, workers: int = 2):
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.sink, self.limit = sink, workers + 1
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-encode")
+        self.pending = deque()
+
+    def submit(self, fn, *args) -> None:
+        self.pending.append(self.pool.submit(fn, *args))
+        while len(self.pending) > self.limit:
+            self.sink(*self.pending.popleft().result())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            while exc_type is None and self.pending:
+                self.sink(*self.pending.popleft().result())
+        finally:
+            for f in self.pending:
+                f.cancel()
+            self.pool.shutdown(wait=True)
+        return False
+
+
 class BackgroundWriter:
     """``write(split, columns, records)`` handed to a thread that calls the ``DatasetWriter`` (whose native
     TFRecord writes release the GIL), so the next rows are serialised while these are written. At most

@@ -37,16 +37,19 @@ class Timeline:
         starts = np.flatnonzero(new_user)
         self.count = np.repeat(np.diff(np.r_[starts, n]), np.diff(np.r_[starts, n]))
 
-    def history(self, rows: np.ndarray, eligible: np.ndarray, length: int):
+    def events(self, eligible: np.ndarray) -> None:
+        """Which rows (in sorted order) are behaviour events (``behaviour.where``)."""
+        self._csum = np.concatenate([[0], np.cumsum(eligible, dtype=np.int64)])
+        self._epos = np.flatnonzero(eligible)
+
+    def history(self, rows: np.ndarray, length: int):
         """Each row's history as (flat positions in sorted order, most recent first per row; lengths [n]).
-        ``rows`` and ``eligible`` are in sorted order."""
-        csum = np.concatenate([[0], np.cumsum(eligible, dtype=np.int64)])
-        epos = np.flatnonzero(eligible)
-        hi = csum[self.tie[rows]]
-        count = np.minimum(hi - csum[self.ustart[rows]], length)
+        ``rows`` are positions in sorted order; call ``events`` first."""
+        hi = self._csum[self.tie[rows]]
+        count = np.minimum(hi - self._csum[self.ustart[rows]], length)
         start = np.concatenate([[0], np.cumsum(count)])
         k = np.arange(start[-1]) - np.repeat(start[:-1], count)  # position within the row
-        return epos[np.repeat(hi - 1, count) - k], count
+        return self._epos[np.repeat(hi - 1, count) - k], count
 
 
 def delimited(arr: pa.Array, sep: str, length: int, oldest_first: bool, coder: Coder) -> np.ndarray:
