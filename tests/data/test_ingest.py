@@ -11,7 +11,7 @@ import yaml
 from conftest import datasets_dir
 
 from tfmsr.data.ingest import ingest
-from tfmsr.data.ingest.rows import read_split
+from tfmsr.data.ingest.rows import read_columns, read_split
 
 SPECS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                      "tfmsr", "configs", "data")
@@ -41,13 +41,21 @@ def stats_of(out):
 
 
 # ---------------------------------------------------------------------------------------------- MovieLens
+def reorder(flat, lens, order):
+    """Ragged rows (flat values, lengths) taken in ``order``."""
+    start = np.concatenate([[0], np.cumsum(lens)])[order]
+    n = lens[order]
+    idx = np.repeat(start - np.concatenate([[0], np.cumsum(n)])[:-1], n) + np.arange(n.sum())
+    return flat[idx], n
+
+
 def test_movielens_spec_reproduces_the_converter(tmp_path):
     from tfmsr.data.convert.movielens import convert
 
     src = datasets_dir("ml-100k")
     out, summary = run_spec("movielens_100k", tmp_path, "ml-100k")
     conv = convert(src, str(tmp_path / "conv"))
-    maps = conv["id_maps"]
+    maps = {k: np.asarray(v, dtype=object) for k, v in conv["id_maps"].items()}
     assert summary["splits"] == {s: conv["splits"][s]["rows"] for s in SPLITS}
     mine = stats_of(out)
     for s in SPLITS:
@@ -55,16 +63,19 @@ def test_movielens_spec_reproduces_the_converter(tmp_path):
             assert mine["splits"][s]["scenarios"][scen]["rows"] == conv["splits"][s]["scenarios"][scen]["rows"]
             for key in ("positives", "repeat_rate"):
                 assert mine["splits"][s]["scenarios"][scen][key] == conv["splits"][s]["scenarios"][scen][key]
-        a, b = read_split(out, s), read_split(str(tmp_path / "conv"), s)
+        a, b = read_columns(out, s), read_columns(str(tmp_path / "conv"), s)
         for f in ("user_id", "item_id", "genre", "gender", "occupation", "zip3"):
-            b[f] = [maps[f][i - 1] for i in b[f]]
+            b[f] = maps[f][b[f] - 1]                                   # converter ids -> raw values
         for f, table in (("hist_item_id", "item_id"), ("hist_genre", "genre")):
-            b[f] = [[maps[table][i - 1] for i in h] for h in b[f]]
-        key = ["user_id", "item_id", "timestamp"]
-        a, b = a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
-        for col in ("user_id", "item_id", "genre", "gender", "occupation", "zip3", "scenario", "label", "rating",
-                    "hist_item_id", "hist_genre", "hist_scenario"):
-            assert a[col].tolist() == b[col].tolist(), (s, col)
+            b[f] = (maps[table][b[f][0] - 1], b[f][1])
+        oa = np.lexsort((a["timestamp"], a["item_id"].astype(np.int64), a["user_id"].astype(np.int64)))
+        ob = np.lexsort((b["timestamp"], b["item_id"].astype(np.int64), b["user_id"].astype(np.int64)))
+        for col in ("user_id", "item_id", "genre", "gender", "occupation", "zip3", "scenario", "label", "rating"):
+            assert (a[col][oa] == b[col][ob]).all(), (s, col)
+        for col in ("hist_item_id", "hist_genre", "hist_scenario"):
+            fa, na = reorder(*a[col], oa)
+            fb, nb = reorder(*b[col], ob)
+            assert (na == nb).all() and (fa == fb).all(), (s, col)
 
 
 # ---------------------------------------------------------------------------------------------- Douban

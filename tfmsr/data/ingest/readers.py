@@ -46,6 +46,10 @@ class Chunk:
     def line(self, i: int) -> int:
         return self.line_offset + self.first_row + int(i)
 
+    def at(self, i: int) -> str:
+        """'line N' of row i (text formats), 'row N' (Parquet, 0-based)."""
+        return f"{'row' if self.line_offset == 0 else 'line'} {self.line(i)}"
+
 
 def _gfile():
     import tensorflow as tf

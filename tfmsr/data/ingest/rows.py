@@ -1,12 +1,14 @@
-"""Read an ingested split back as raw values (a pandas DataFrame): for tests, debugging and spot checks.
+"""Read an ingested split back as raw values: for tests, debugging and spot checks.
 
-Scalars come back as numbers or ``str``; sequences as Python lists (most recent first). This reads the
-shards with a plain ``tf.io.parse_example`` spec built from the schema's ``raw_dtype`` of each column, so
-it shows exactly what was written, before any vocabulary lookup.
+``read_columns`` gives NumPy columns (sequences as ``(flat values, row lengths)``, most recent first);
+``read_split`` a pandas DataFrame (scalars as numbers or ``str``, sequences as Python lists). Both parse
+the shards with a plain ``tf.io.parse_example`` spec built from each column's ``raw_dtype`` in the schema,
+so they show exactly what was written, before any vocabulary lookup.
 """
 from __future__ import annotations
 
 import os
+from typing import Dict
 
 import numpy as np
 import pandas as pd
@@ -14,7 +16,7 @@ import pandas as pd
 from tfmsr.features import Schema
 
 
-def read_split(data_dir: str, split: str, batch: int = 8192) -> pd.DataFrame:
+def read_columns(data_dir: str, split: str, batch: int = 8192) -> Dict[str, object]:
     import tensorflow as tf
 
     from tfmsr.data.pipeline import compression_of, split_files
@@ -28,23 +30,31 @@ def read_split(data_dir: str, split: str, batch: int = 8192) -> pd.DataFrame:
         spec[f.name] = tf.io.RaggedFeature(dt) if f.kind == "sequence" else tf.io.FixedLenFeature([], dt)
     spec.update({n: tf.io.FixedLenFeature([], dtypes[d]) for n, d in schema.extras.items()})
     files = split_files(data_dir, split)
-    ds = tf.data.TFRecordDataset(files, compression_type=compression_of(files)).batch(batch)
-    cols = {k: [] for k in spec}
-    for raw in ds:
-        parsed = tf.io.parse_example(raw, spec)
-        for k, v in parsed.items():
-            cols[k].extend(_python(v))
+    parts = {k: [] for k in spec}
+    for raw in tf.data.TFRecordDataset(files, compression_type=compression_of(files)).batch(batch):
+        for k, v in tf.io.parse_example(raw, spec).items():
+            parts[k].append((v.flat_values.numpy(), np.diff(v.row_splits.numpy())) if isinstance(v, tf.RaggedTensor)
+                            else v.numpy())
+    out = {}
+    for k, p in parts.items():
+        if isinstance(spec[k], tf.io.RaggedFeature):
+            out[k] = (_text(np.concatenate([x[0] for x in p])), np.concatenate([x[1] for x in p]))
+        else:
+            out[k] = _text(np.concatenate(p))
+    return out
+
+
+def read_split(data_dir: str, split: str, batch: int = 8192) -> pd.DataFrame:
+    cols = {}
+    for k, v in read_columns(data_dir, split, batch).items():
+        if isinstance(v, tuple):
+            flat, lens = v[0].tolist(), np.concatenate([[0], np.cumsum(v[1])]).tolist()
+            cols[k] = [flat[a:b] for a, b in zip(lens[:-1], lens[1:])]
+        else:
+            cols[k] = v
     return pd.DataFrame(cols)
 
 
-def _python(v) -> list:
-    import tensorflow as tf
-
-    if isinstance(v, tf.RaggedTensor):
-        flat, splits = v.flat_values.numpy(), v.row_splits.numpy().tolist()
-        vals = [x.decode() for x in flat.tolist()] if flat.dtype == object else flat.tolist()
-        return [vals[a:b] for a, b in zip(splits[:-1], splits[1:])]
-    arr = v.numpy()
-    if arr.dtype == object:
-        return [x.decode() for x in arr.tolist()]
-    return arr.tolist() if arr.dtype.kind != "f" else list(arr.astype(np.float64))
+def _text(a: np.ndarray) -> np.ndarray:
+    """Bytes -> str (object array); numbers unchanged."""
+    return np.array([x.decode() for x in a.tolist()], dtype=object) if a.dtype == object else a

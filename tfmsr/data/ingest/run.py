@@ -211,7 +211,7 @@ class Ingest:
         values = dict(chunk.columns)
         for k, v in constants.items():
             values[k] = pa.repeat(pa.scalar(v), n)
-        where = lambda i, col: f"{chunk.file} line {chunk.line(i)}: column '{col}'"  # noqa: E731
+        where = lambda i, col: f"{chunk.file} {chunk.at(i)}: column '{col}'"  # noqa: E731
         drop = np.zeros(n, bool)
         for j in self.joins:
             miss = j.apply(values)
@@ -461,10 +461,10 @@ class Ingest:
         for name, (value, dtype) in s.extras.items():
             if dtype == "string":
                 coded.append((name, codes[value][sub], self.dicts[self.spaces[value][0]]))
-            else:
+            else:  # missing -> 0
                 x = nums[value][sub]
-                numeric.append((name, "int" if dtype == "int64" else "float",
-                                np.where(x == MISSING, 0, x) if x.dtype.kind == "i" else np.nan_to_num(x)))
+                x = np.where(x == MISSING, 0, x) if x.dtype.kind == "i" else np.nan_to_num(x)
+                numeric.append((name, "int", x.astype(np.int64)) if dtype == "int64" else (name, "float", x))
         records = encode.examples(len(sub), numeric, coded, lists)
         return split, stats_cols, encode.split_records(records)
 
