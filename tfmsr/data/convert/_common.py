@@ -15,12 +15,14 @@ values, not rows) and its per-user history buffers (users x L), never by the num
 * ``HistoryBuffer``: per-user ring buffers of the last L events; answers "the last L events strictly
   before time t" for a batch of queries while events stream in time order (behaviour sequences).
 * ``SplitWriter``: buffers rows per split and writes them to a ``DatasetWriter`` in bounded chunks.
-* ``add_common_arguments`` / ``writer_options``: the options every converter shares; ``print_summary``: the
-  JSON line every converter's CLI run prints.
+* ``add_common_arguments`` / ``writer_options``: the options every converter shares; ``ConvertOptions``: them
+  as a dataclass a converter's own options extend; ``Conversion``: one run of a converter (options, start
+  time); ``print_summary``: the JSON line every converter's CLI run prints.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -50,6 +52,63 @@ def writer_options(args) -> dict:
     """``DatasetWriter`` keyword arguments from the common options."""
     return {"rows_per_shard": args.rows_per_shard, "compression": "GZIP" if args.gzip else None,
             "overwrite": args.overwrite}
+
+
+@dataclasses.dataclass
+class ConvertOptions:
+    """The options every streaming converter shares (``add_common_arguments`` + the schema's embedding dim).
+    A converter's options subclass it with its own fields and check them in ``check`` (run on construction)."""
+
+    chunk_rows: int = 200_000
+    rows_per_shard: int = 100_000
+    compression: Optional[str] = None
+    overwrite: bool = False
+    quiet: bool = False
+    dim: int = 16
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Raise a ValueError naming the flag of a bad value (a subclass's own fields)."""
+
+    @classmethod
+    def from_args(cls, args, **values) -> "ConvertOptions":
+        """From parsed flags: a flag whose dest is a field sets it, ``--gzip`` the compression; ``values`` win."""
+        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+        return cls(**{**given, **writer_options(args), **values})
+
+    @classmethod
+    def of(cls, options: Optional["ConvertOptions"] = None, **values) -> "ConvertOptions":
+        """``options`` (default: the defaults) with ``values`` replaced, so ``convert(src, out, seq_len=15)`` works."""
+        if options is None:
+            return cls(**values)
+        if not isinstance(options, cls):
+            raise TypeError(f"expected {cls.__module__}.{cls.__name__} options, got {type(options).__name__}")
+        return dataclasses.replace(options, **values)
+
+    def writer_kwargs(self) -> dict:
+        """``DatasetWriter`` keyword arguments."""
+        return {"rows_per_shard": self.rows_per_shard, "compression": self.compression, "overwrite": self.overwrite}
+
+    def refuse_existing(self, out: str) -> None:
+        if os.path.exists(out) and not self.overwrite:
+            raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
+
+
+class Conversion:
+    """One run of a converter: ``src``, ``out``, the options (``options_class``, checked; an existing ``out``
+    refused unless --overwrite) and the start time ``t0``. A converter's subclass implements ``run``."""
+
+    options_class = ConvertOptions
+
+    def __init__(self, src: str, out: str, options: Optional[ConvertOptions] = None, **values):
+        self.o = self.options_class.of(options, **values)
+        self.o.refuse_existing(out)
+        self.src, self.out, self.t0 = src, out, time.time()
+
+    def run(self) -> dict:
+        raise NotImplementedError
 
 
 def print_summary(out: str, stats: dict) -> dict:

@@ -32,6 +32,7 @@ rows to valid), as the public preprocessing splits the official test set into va
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import re
@@ -41,9 +42,9 @@ from typing import Dict, List, Optional
 import numpy as np
 import pandas as pd
 
-from tfmsr.data.convert._common import (MISSING, CsvStream, DataError, Moments, SplitWriter, Vocab,
+from tfmsr.data.convert._common import (MISSING, ConvertOptions, CsvStream, DataError, Moments, SplitWriter, Vocab,
                                         add_common_arguments, csv_header, floats, hash_unit, ints,
-                                        peak_rss_mb, require_columns, print_summary, writer_options)
+                                        peak_rss_mb, require_columns, print_summary)
 from tfmsr.data.tfrecord import DatasetWriter
 from tfmsr.features import Feature, Scenario, Schema
 
@@ -73,10 +74,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> dict:
-    stats = convert(args.src, args.out, layout=args.layout, missing_scenario=args.missing_scenario,
-                    valid_fraction=args.valid_fraction, min_count=args.min_count, chunk_rows=args.chunk_rows,
-                    quiet=args.quiet, **writer_options(args))
-    return print_summary(args.out, stats)
+    return print_summary(args.out, convert(args.src, args.out, Options.from_args(args)))
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -198,39 +196,44 @@ def _finish(schema: Schema, w: _Writer) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- convert
-def convert(src: str, out: str, layout: str = "auto", missing_scenario: str = "unknown",
-            valid_fraction: float = 0.5, min_count: int = 10, chunk_rows: int = 200_000,
-            rows_per_shard: int = 100_000, compression=None, overwrite: bool = False, quiet: bool = False,
-            dim: int = 16) -> dict:
-    """Convert Ali-CCP files in ``src`` (preprocessed or raw layout) into a dataset at ``out``."""
-    if missing_scenario not in ("unknown", "drop"):
-        raise ValueError(f"--missing-scenario must be unknown or drop, got {missing_scenario!r}")
-    if not 0 <= valid_fraction < 1:
-        raise ValueError(f"--valid-fraction must be in [0, 1), got {valid_fraction}")
-    if os.path.exists(out) and not overwrite:
-        raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
-    raw = _raw_files(src) if layout in ("auto", "raw") and os.path.isdir(src) else None
-    if layout == "raw" and raw is None:
+@dataclasses.dataclass
+class Options(ConvertOptions):
+    """The options of ``convert`` (the flags of ``add_arguments``, same names and defaults)."""
+
+    layout: str = "auto"
+    missing_scenario: str = "unknown"
+    valid_fraction: float = 0.5
+    min_count: int = 10
+
+    def check(self) -> None:
+        if self.missing_scenario not in ("unknown", "drop"):
+            raise ValueError(f"--missing-scenario must be unknown or drop, got {self.missing_scenario!r}")
+        if not 0 <= self.valid_fraction < 1:
+            raise ValueError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
+
+
+def convert(src: str, out: str, options: Optional[Options] = None, **values) -> dict:
+    """Convert Ali-CCP files in ``src`` (preprocessed or raw layout) into a dataset at ``out``. ``options`` is an
+    ``Options``, or its fields are given as keywords (``convert(src, out, min_count=1)``)."""
+    o = Options.of(options, **values)
+    o.refuse_existing(out)
+    raw = _raw_files(src) if o.layout in ("auto", "raw") and os.path.isdir(src) else None
+    if o.layout == "raw" and raw is None:
         raise DataError(f"{src}: no raw Ali-CCP files (expected sample_skeleton_train.csv, common_features_train.csv, "
                         "sample_skeleton_test.csv, common_features_test.csv)")
     t0 = time.time()
-    kw = dict(missing_scenario=missing_scenario, valid_fraction=valid_fraction, chunk_rows=chunk_rows,
-              rows_per_shard=rows_per_shard, compression=compression, overwrite=overwrite, quiet=quiet, dim=dim)
     if raw is not None:
-        stats = _convert_raw(raw, out, min_count=min_count, **kw)
+        stats = _convert_raw(raw, out, o)
     else:
-        stats = _convert_preprocessed(_preprocessed_files(src), out, **kw)
+        stats = _convert_preprocessed(_preprocessed_files(src), out, o)
     conv = stats["conversion"]
     conv.update(source=os.path.abspath(src), seconds=round(time.time() - t0, 2), peak_rss_mb=round(peak_rss_mb(), 1))
     conv["rows_per_sec"] = round(conv["counts"]["rows_read"] / max(conv["seconds"], 1e-9), 1)
     return stats
 
 
-def _convert_preprocessed(files, out, missing_scenario, valid_fraction, chunk_rows, rows_per_shard,
-                          compression, overwrite, quiet, dim) -> dict:
-    for path in files.values():
-        require_columns(path, csv_header(path), LAYOUT)
-    # pass 1 (one column): the scenario values
+def _preprocessed_scenarios(files: Dict[str, str], chunk_rows: int) -> tuple:
+    """Pass 1 (one column): the sorted field-301 values and the number of rows without one."""
     sv = Vocab(SCENARIO_FIELD)
     missing_rows = 0
     for path in files.values():
@@ -240,43 +243,55 @@ def _convert_preprocessed(files, out, missing_scenario, valid_fraction, chunk_ro
             v = np.where(v == 0, MISSING, v)  # 0 = unknown id in this layout
             missing_rows += int((v == MISSING).sum())
             sv.add(v)
-    values = sv.freeze().keys
-    names = _scenario_names(values, missing_rows, missing_scenario)
+    return sv.freeze().keys, missing_rows
+
+
+def _preprocessed_columns(df, path: str, s0: int, values: np.ndarray, largest: Dict[str, int],
+                          counts: Dict[str, int]) -> Dict[str, np.ndarray]:
+    """One chunk of a preprocessed file as columns; ids checked, the largest id per field tracked."""
+    click, purchase = _labels(df, path, s0)
+    cols = {"click": click.astype(np.float32), "purchase": purchase.astype(np.float32)}
+    for f in SPARSE:
+        v = ints(df[f], path, f, allow_missing=False, start=s0)
+        if v.min(initial=0) < 0:
+            i = int(np.flatnonzero(v < 0)[0])
+            raise DataError(f"{os.path.basename(path)}: column '{f}' row {s0 + i:,} has id {v[i]} "
+                            "(expected ids >= 0)")
+        largest[f] = max(largest[f], int(v.max(initial=0)))
+        if f == SCENARIO_FIELD:
+            cols["scenario"] = _scenario_index(np.where(v == 0, MISSING, v), values)
+        else:
+            cols[f"f{f}"] = v
+    for f, d in zip(DENSE_FIELDS, DENSE):
+        x = floats(df[d], path, d, start=s0)
+        counts["dense_missing_values"] += int(np.isnan(x).sum())
+        cols[f"d{f}"] = np.nan_to_num(x, nan=0.0).astype(np.float32)
+    return cols
+
+
+def _convert_preprocessed(files: Dict[str, str], out: str, o: Options) -> dict:
+    for path in files.values():
+        require_columns(path, csv_header(path), LAYOUT)
+    values, missing_rows = _preprocessed_scenarios(files, o.chunk_rows)
+    names = _scenario_names(values, missing_rows, o.missing_scenario)
     # the vocabulary sizes (largest id + 1) are known after the pass; the schema is saved at the end
-    schema = _schema(names, {f: 2 for f in SPARSE}, dim)
+    schema = _schema(names, {f: 2 for f in SPARSE}, o.dim)
     largest = {f: 0 for f in SPARSE}
     conv = {"layout": "preprocessed", "files": {k: os.path.basename(v) for k, v in files.items()},
             "ids": "as in the files (already 1..V-1, 0 = unknown); vocab_size = largest id + 1",
-            "missing_scenario": missing_scenario}
+            "missing_scenario": o.missing_scenario}
     counts = {"rows_read": 0, "missing_scenario_rows": missing_rows, "dense_missing_values": 0}
-    with DatasetWriter(out, schema, rows_per_shard=rows_per_shard, compression=compression,
-                       overwrite=overwrite, extra_stats={"conversion": conv}) as writer:
-        w = _Writer(writer, len(values), missing_scenario)
+    with DatasetWriter(out, schema, **o.writer_kwargs(), extra_stats={"conversion": conv}) as writer:
+        w = _Writer(writer, len(values), o.missing_scenario)
         for part in ("train", "valid", "test"):
             if part not in files:
                 continue
             path = files[part]
-            stream = CsvStream(path, LAYOUT, chunk_rows, quiet=quiet)
+            stream = CsvStream(path, LAYOUT, o.chunk_rows, quiet=o.quiet)
             for df in stream:
-                s0 = stream.start
-                click, purchase = _labels(df, path, s0)
-                cols = {"click": click.astype(np.float32), "purchase": purchase.astype(np.float32)}
-                for f in SPARSE:
-                    v = ints(df[f], path, f, allow_missing=False, start=s0)
-                    if v.min(initial=0) < 0:
-                        i = int(np.flatnonzero(v < 0)[0])
-                        raise DataError(f"{os.path.basename(path)}: column '{f}' row {s0 + i:,} has id {v[i]} "
-                                        "(expected ids >= 0)")
-                    largest[f] = max(largest[f], int(v.max(initial=0)))
-                    if f == SCENARIO_FIELD:
-                        cols["scenario"] = _scenario_index(np.where(v == 0, MISSING, v), values)
-                    else:
-                        cols[f"f{f}"] = v
-                for f, d in zip(DENSE_FIELDS, DENSE):
-                    x = floats(df[d], path, d, start=s0)
-                    counts["dense_missing_values"] += int(np.isnan(x).sum())
-                    cols[f"d{f}"] = np.nan_to_num(x, nan=0.0).astype(np.float32)
-                w.add(_split_names(part, s0 + np.arange(len(df)), "valid" in files, valid_fraction), cols)
+                cols = _preprocessed_columns(df, path, stream.start, values, largest, counts)
+                rows = stream.start + np.arange(len(df))
+                w.add(_split_names(part, rows, "valid" in files, o.valid_fraction), cols)
             counts["rows_read"] += stream.rows_read
         _finish(schema, w)
         for f in SPARSE:
@@ -384,42 +399,40 @@ def _skeleton_chunks(path: str, common: _CommonTable, chunk_rows: int, quiet: bo
     counts["rows_read"] = counts.get("rows_read", 0) + stream.rows_read
 
 
-def _convert_raw(files, out, min_count, missing_scenario, valid_fraction, chunk_rows, rows_per_shard,
-                 compression, overwrite, quiet, dim) -> dict:
+def _convert_raw(files: Dict[str, str], out: str, o: Options) -> dict:
     for key in ("skeleton_train", "skeleton_test"):
         _check_skeleton(files[key])
     counts: Dict[str, int] = {}
-    common = _CommonTable(files["common_train"], chunk_rows, quiet)
+    common = _CommonTable(files["common_train"], o.chunk_rows, o.quiet)
     # pass 1: vocabularies from the train skeleton (joined with its common features)
     vocabs = {f: Vocab(f) for f in SPARSE}
-    for _, _, _, ids, _ in _skeleton_chunks(files["skeleton_train"], common, chunk_rows, quiet, {},
+    for _, _, _, ids, _ in _skeleton_chunks(files["skeleton_train"], common, o.chunk_rows, o.quiet, {},
                                               "pass 1: vocabularies"):
         for f in SPARSE:
             vocabs[f].add(ids[f])
     for f in SPARSE:
-        vocabs[f].freeze(min_count)
+        vocabs[f].freeze(o.min_count)
     values = vocabs[SCENARIO_FIELD].keys
     # rows without a (frequent) 301 value are only all counted after writing the test file: in unknown
     # mode 'unknown' is declared while writing and removed before the schema is saved if no row needed it
     schema_names = [f"{SCENARIO_FIELD}_{int(v)}" for v in values]
     if not schema_names:
         raise DataError(f"{os.path.basename(files['skeleton_train'])}: no field-{SCENARIO_FIELD} value seen "
-                        f"{min_count}+ times (the scenario field)")
-    if missing_scenario == "unknown":
+                        f"{o.min_count}+ times (the scenario field)")
+    if o.missing_scenario == "unknown":
         schema_names.append("unknown")
-    schema = _schema(schema_names, {f: vocabs[f].size for f in SPARSE}, dim)
+    schema = _schema(schema_names, {f: vocabs[f].size for f in SPARSE}, o.dim)
     conv = {"layout": "raw (sample_skeleton + common_features)", "files": {k: os.path.basename(v) for k, v in files.items()},
-            "ids": f"feature ids seen >= {min_count} times in train, remapped to 1..V-1 in sorted order (0 = rare/unknown)",
-            "min_count": min_count, "missing_scenario": missing_scenario}
-    with DatasetWriter(out, schema, rows_per_shard=rows_per_shard, compression=compression,
-                       overwrite=overwrite, extra_stats={"conversion": conv}) as writer:
-        w = _Writer(writer, len(values), missing_scenario)
+            "ids": f"feature ids seen >= {o.min_count} times in train, remapped to 1..V-1 in sorted order (0 = rare/unknown)",
+            "min_count": o.min_count, "missing_scenario": o.missing_scenario}
+    with DatasetWriter(out, schema, **o.writer_kwargs(), extra_stats={"conversion": conv}) as writer:
+        w = _Writer(writer, len(values), o.missing_scenario)
         missing_rows = 0
         for part in ("train", "test"):
             if part == "test":
-                common = _CommonTable(files["common_test"], chunk_rows, quiet)
+                common = _CommonTable(files["common_test"], o.chunk_rows, o.quiet)
             for rows, click, purchase, ids, vals in _skeleton_chunks(files[f"skeleton_{part}"], common,
-                                                                     chunk_rows, quiet, counts, "write"):
+                                                                     o.chunk_rows, o.quiet, counts, "write"):
                 cols = {"click": click.astype(np.float32), "purchase": purchase.astype(np.float32),
                         "scenario": _scenario_index(ids[SCENARIO_FIELD], values)}
                 missing_rows += int((cols["scenario"] == len(values)).sum())
@@ -428,9 +441,9 @@ def _convert_raw(files, out, min_count, missing_scenario, valid_fraction, chunk_
                         cols[f"f{f}"] = vocabs[f].lookup(ids[f])
                 for f in DENSE_FIELDS:
                     cols[f"d{f}"] = vals[f].astype(np.float32)
-                w.add(_split_names(part, rows, False, valid_fraction), cols)
+                w.add(_split_names(part, rows, False, o.valid_fraction), cols)
         _finish(schema, w)
-        if missing_scenario == "unknown" and not missing_rows:
+        if o.missing_scenario == "unknown" and not missing_rows:
             schema.scenario.values.pop()
         counts.update(missing_scenario_rows=missing_rows, dropped_missing_scenario=w.dropped_missing_scenario,
                       common_feature_rows_test=common.rows)

@@ -58,16 +58,16 @@ rows never enters. Disk: spill files of 29 B per kept behaviour and 45 B per imp
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
-from tfmsr.data.convert._common import (MISSING, CsvStream, DataError, HistoryBuffer, Moments, Progress,
-                                        SpillDir,
-                                        SplitWriter, StringCodes, TimeBuckets, Vocab, add_common_arguments,
-                                        find_input, floats, ints, peak_rss_mb, print_summary, writer_options)
+from tfmsr.data.convert._common import (MISSING, Conversion, ConvertOptions, CsvStream, DataError, HistoryBuffer,
+                                        Moments, Progress, SpillDir, SplitWriter, StringCodes, TimeBuckets, Vocab,
+                                        add_common_arguments, find_input, floats, ints, peak_rss_mb, print_summary)
 from tfmsr.data.tfrecord import DatasetWriter
 from tfmsr.features import Feature, Scenario, Schema
 
@@ -109,13 +109,35 @@ def add_arguments(p) -> None:
     add_common_arguments(p)
 
 
+@dataclasses.dataclass
+class Options(ConvertOptions):
+    """The options of ``convert`` (the flags of ``add_arguments``, same names and defaults)."""
+
+    scenario: str = "city_level"
+    missing_scenario: str = "unknown"
+    seq_len: int = 30
+    split: str = "days"
+    test_periods: int = 1
+    valid_periods: int = 1
+    tz_offset_hours: float = 8.0
+    bucket_seconds: int = 3600
+    tmp_dir: Optional[str] = None
+
+    def check(self) -> None:
+        if self.scenario not in SCENARIO_COLUMNS:
+            raise ValueError(f"--scenario must be one of {sorted(SCENARIO_COLUMNS)}, got {self.scenario!r}")
+        if self.missing_scenario not in ("unknown", "drop"):
+            raise ValueError(f"--missing-scenario must be unknown or drop, got {self.missing_scenario!r}")
+        if self.seq_len < 1 or self.test_periods < 1 or self.valid_periods < 0:
+            raise ValueError("--seq-len and --test-periods must be >= 1 and --valid-periods >= 0")
+        if self.split not in ("days", "sevenths"):
+            raise ValueError(f"--split must be days or sevenths, got {self.split!r}")
+        if self.split == "sevenths" and self.test_periods + self.valid_periods >= 7:
+            raise ValueError("--split sevenths: --test-periods + --valid-periods must be < 7")
+
+
 def run(args) -> dict:
-    stats = convert(args.src, args.out, scenario=args.scenario, missing_scenario=args.missing_scenario,
-                    seq_len=args.seq_len, split=args.split, test_periods=args.test_periods,
-                    valid_periods=args.valid_periods, tz_offset_hours=args.tz_offset_hours,
-                    bucket_seconds=args.bucket_seconds, tmp_dir=args.tmp_dir, chunk_rows=args.chunk_rows,
-                    quiet=args.quiet, **writer_options(args))
-    return print_summary(args.out, stats)
+    return print_summary(args.out, convert(args.src, args.out, Options.from_args(args)))
 
 
 class _Table:
@@ -145,98 +167,111 @@ class _Table:
         return idx, found
 
 
-def convert(src: str, out: str, scenario: str = "city_level", missing_scenario: str = "unknown",
-            seq_len: int = 30, split: str = "days", test_periods: int = 1, valid_periods: int = 1,
-            tz_offset_hours: float = 8.0, bucket_seconds: int = 3600, tmp_dir=None, chunk_rows: int = 200_000,
-            rows_per_shard: int = 100_000, compression=None, overwrite: bool = False, quiet: bool = False,
-            dim: int = 16) -> dict:
-    """Convert the four Alimama CSVs in ``src`` into a dataset at ``out``; returns its stats."""
-    if scenario not in SCENARIO_COLUMNS:
-        raise ValueError(f"--scenario must be one of {sorted(SCENARIO_COLUMNS)}, got {scenario!r}")
-    if missing_scenario not in ("unknown", "drop"):
-        raise ValueError(f"--missing-scenario must be unknown or drop, got {missing_scenario!r}")
-    if seq_len < 1 or test_periods < 1 or valid_periods < 0:
-        raise ValueError("--seq-len and --test-periods must be >= 1 and --valid-periods >= 0")
-    if split not in ("days", "sevenths"):
-        raise ValueError(f"--split must be days or sevenths, got {split!r}")
-    if split == "sevenths" and test_periods + valid_periods >= 7:
-        raise ValueError("--split sevenths: --test-periods + --valid-periods must be < 7")
-    if os.path.exists(out) and not overwrite:
-        raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
-    t_start = time.time()
-    tz = int(round(tz_offset_hours * 3600))
-    paths = {stem: find_input(src, [f"{stem}.csv"], f"Alimama {stem}")
-             for stem in ("raw_sample", "ad_feature", "user_profile", "behavior_log")}
-    counts: Dict[str, int] = {}
+def convert(src: str, out: str, options: Optional[Options] = None, **values) -> dict:
+    """Convert the four Alimama CSVs in ``src`` into a dataset at ``out``; returns its stats. ``options`` is an
+    ``Options``, or its fields are given as keywords (``convert(src, out, seq_len=15)``)."""
+    return _Conversion(src, out, options, **values).run()
+
+
+class _Conversion(Conversion):
+    """One conversion: the steps of the module docstring's algorithm, sharing tables, vocabularies and counts."""
+
+    options_class = Options
+
+    def __init__(self, src: str, out: str, options: Optional[Options] = None, **values):
+        super().__init__(src, out, options, **values)
+        self.tz = int(round(self.o.tz_offset_hours * 3600))
+        self.paths = {stem: find_input(src, [f"{stem}.csv"], f"Alimama {stem}")
+                      for stem in ("raw_sample", "ad_feature", "user_profile", "behavior_log")}
+        self.counts: Dict[str, int] = {}
+        self.sc_col = SCENARIO_COLUMNS[self.o.scenario]
+        self.missing_no_profile = self.missing_value = 0
+
+    def run(self) -> dict:
+        o = self.o
+        self._read_tables()
+        spill_dir = (os.path.join(o.tmp_dir, f"tfmsr-alimama-spill-{os.getpid()}") if o.tmp_dir
+                     else f"{os.path.abspath(self.out)}.spill-{os.getpid()}")
+        with SpillDir(spill_dir) as spill:
+            imp = TimeBuckets(spill, "imp", IMP_DTYPE, o.bucket_seconds)
+            beh = TimeBuckets(spill, "beh", BEH_DTYPE, o.bucket_seconds)
+            self._spill_impressions(imp)
+            self._spill_behaviours(beh)
+            self._scenarios()
+            return self._merge(imp, beh)
 
     # 1. item and user tables ----------------------------------------------------------------------------
-    ads = _Table(paths["ad_feature"], AD_FEATURE, "adgroup_id", ("price",), chunk_rows, quiet)
-    prof = _Table(paths["user_profile"], USER_PROFILE, "userid", (), chunk_rows, quiet)
-    counts.update(ad_feature_rows=len(ads.keys), ad_feature_duplicate_keys=ads.duplicates,
-                  user_profile_rows=len(prof.keys), user_profile_duplicate_keys=prof.duplicates)
-    vocabs = {c: Vocab(c).add(prof.cols[c]).freeze() for c in PROFILE_FEATURES}
-    for c in ("campaign_id", "customer"):
-        vocabs[c] = Vocab(c).add(ads.cols[c]).freeze()
-    cate_vocab, brand_vocab = Vocab("cate_id").add(ads.cols["cate_id"]), Vocab("brand_id").add(ads.cols["brand"])
-    user_vocab, item_vocab, time_vocab, sv_vocab = Vocab("user"), Vocab("adgroup_id"), Vocab("time"), Vocab("sv")
-    pid_codes = StringCodes("pid")
-    sc_col = SCENARIO_COLUMNS[scenario]
-    missing_no_profile = missing_value = 0
+    def _read_tables(self) -> None:
+        o = self.o
+        ads = self.ads = _Table(self.paths["ad_feature"], AD_FEATURE, "adgroup_id", ("price",), o.chunk_rows, o.quiet)
+        prof = self.prof = _Table(self.paths["user_profile"], USER_PROFILE, "userid", (), o.chunk_rows, o.quiet)
+        self.counts.update(ad_feature_rows=len(ads.keys), ad_feature_duplicate_keys=ads.duplicates,
+                           user_profile_rows=len(prof.keys), user_profile_duplicate_keys=prof.duplicates)
+        self.vocabs = {c: Vocab(c).add(prof.cols[c]).freeze() for c in PROFILE_FEATURES}
+        for c in ("campaign_id", "customer"):
+            self.vocabs[c] = Vocab(c).add(ads.cols[c]).freeze()
+        self.cate_vocab = Vocab("cate_id").add(ads.cols["cate_id"])
+        self.brand_vocab = Vocab("brand_id").add(ads.cols["brand"])
+        self.user_vocab, self.item_vocab = Vocab("user"), Vocab("adgroup_id")
+        self.time_vocab, self.sv_vocab = Vocab("time"), Vocab("sv")
+        self.pid_codes = StringCodes("pid")
 
-    spill_dir = (os.path.join(tmp_dir, f"tfmsr-alimama-spill-{os.getpid()}") if tmp_dir
-                 else f"{os.path.abspath(out)}.spill-{os.getpid()}")
-    with SpillDir(spill_dir) as spill:
-        imp = TimeBuckets(spill, "imp", IMP_DTYPE, bucket_seconds)
-        beh = TimeBuckets(spill, "beh", BEH_DTYPE, bucket_seconds)
-
-        # 2. impressions -> time buckets ---------------------------------------------------------------------
-        path = paths["raw_sample"]
-        stream = CsvStream(path, ["user", "time_stamp", "adgroup_id", "pid", "clk"], chunk_rows,
-                           dtype={"pid": str}, layout=RAW_SAMPLE, quiet=quiet)
+    # 2. impressions -> time buckets ---------------------------------------------------------------------
+    def _spill_impressions(self, imp: TimeBuckets) -> None:
+        o, path = self.o, self.paths["raw_sample"]
+        stream = CsvStream(path, ["user", "time_stamp", "adgroup_id", "pid", "clk"], o.chunk_rows,
+                           dtype={"pid": str}, layout=RAW_SAMPLE, quiet=o.quiet)
+        vocabs = {"user": self.user_vocab, "ad": self.item_vocab, "t": self.time_vocab, "sv": self.sv_vocab}
         for df in stream:
-            s0 = stream.start
-            t = ints(df["time_stamp"], path, "time_stamp", allow_missing=False, start=s0)
-            user = ints(df["user"], path, "user", allow_missing=False, start=s0)
-            ad = ints(df["adgroup_id"], path, "adgroup_id", allow_missing=False, start=s0)
-            clk = ints(df["clk"], path, "clk", allow_missing=False, start=s0)
-            bad = (clk != 0) & (clk != 1)
-            if bad.any():
-                i = int(np.flatnonzero(bad)[0])
-                raise DataError(f"{os.path.basename(path)}: column 'clk' row {s0 + i:,} has value {clk[i]} "
-                                "(expected 0 or 1)")
-            pid = pid_codes.codes(df["pid"])
-            if scenario == "pid":
-                sv = pid
-                missing_value += int((sv == MISSING).sum())
-            else:
-                idx, found = prof.find(user)
-                sv = np.where(found, prof.cols[sc_col][idx], MISSING)
-                missing_no_profile += int((~found).sum())
-                missing_value += int((found & (sv == MISSING)).sum())
-            keep = (sv != MISSING) if missing_scenario == "drop" else np.ones(len(sv), bool)
-            rec = np.empty(int(keep.sum()), IMP_DTYPE)
-            rec["t"], rec["row"], rec["user"], rec["ad"] = t[keep], s0 + np.flatnonzero(keep), user[keep], ad[keep]
-            rec["sv"], rec["pid"], rec["click"] = sv[keep], np.where(pid[keep] == MISSING, -1, pid[keep]), clk[keep]
+            rec = self._impressions(df, path, stream.start)
             imp.add(rec["t"], rec)
-            for v, col in ((user_vocab, user), (item_vocab, ad), (time_vocab, t), (sv_vocab, sv)):
-                v.add(col[keep])
-        counts["impressions_read"] = stream.rows_read
-        counts["impressions_kept"] = imp.rows
+            for field, v in vocabs.items():
+                v.add(rec[field])
+        self.counts["impressions_read"] = stream.rows_read
+        self.counts["impressions_kept"] = imp.rows
         if not imp.rows:
-            raise DataError(f"{os.path.basename(path)}: no impressions to convert "
-                            f"({stream.rows_read} rows read, {missing_no_profile + missing_value} without scenario)")
-        for v in (user_vocab, item_vocab, time_vocab, sv_vocab):
+            raise DataError(f"{os.path.basename(path)}: no impressions to convert ({stream.rows_read} rows read, "
+                            f"{self.missing_no_profile + self.missing_value} without scenario)")
+        for v in vocabs.values():
             v.freeze()
-        t_last = int(time_vocab.keys[-1])
 
-        # 3. behaviours -> time buckets ----------------------------------------------------------------------
-        path = paths["behavior_log"]
-        stream = CsvStream(path, BEHAVIOR_LOG, chunk_rows, dtype={"btag": "category"}, quiet=quiet)
+    def _impressions(self, df, path: str, s0: int) -> np.ndarray:
+        """One raw_sample chunk as ``IMP_DTYPE`` records (without a scenario value: kept, or dropped by
+        --missing-scenario drop; counted either way)."""
+        t = ints(df["time_stamp"], path, "time_stamp", allow_missing=False, start=s0)
+        user = ints(df["user"], path, "user", allow_missing=False, start=s0)
+        ad = ints(df["adgroup_id"], path, "adgroup_id", allow_missing=False, start=s0)
+        clk = ints(df["clk"], path, "clk", allow_missing=False, start=s0)
+        bad = (clk != 0) & (clk != 1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{os.path.basename(path)}: column 'clk' row {s0 + i:,} has value {clk[i]} "
+                            "(expected 0 or 1)")
+        pid = self.pid_codes.codes(df["pid"])
+        if self.o.scenario == "pid":
+            sv = pid
+            self.missing_value += int((sv == MISSING).sum())
+        else:
+            idx, found = self.prof.find(user)
+            sv = np.where(found, self.prof.cols[self.sc_col][idx], MISSING)
+            self.missing_no_profile += int((~found).sum())
+            self.missing_value += int((found & (sv == MISSING)).sum())
+        keep = (sv != MISSING) if self.o.missing_scenario == "drop" else np.ones(len(sv), bool)
+        rec = np.empty(int(keep.sum()), IMP_DTYPE)
+        rec["t"], rec["row"], rec["user"], rec["ad"] = t[keep], s0 + np.flatnonzero(keep), user[keep], ad[keep]
+        rec["sv"], rec["pid"], rec["click"] = sv[keep], np.where(pid[keep] == MISSING, -1, pid[keep]), clk[keep]
+        return rec
+
+    # 3. behaviours -> time buckets ----------------------------------------------------------------------
+    def _spill_behaviours(self, beh: TimeBuckets) -> None:
+        o, path = self.o, self.paths["behavior_log"]
+        t_last = int(self.time_vocab.keys[-1])
+        stream = CsvStream(path, BEHAVIOR_LOG, o.chunk_rows, dtype={"btag": "category"}, quiet=o.quiet)
         dropped_user = dropped_late = 0
         for df in stream:
             s0 = stream.start
             t = ints(df["time_stamp"], path, "time_stamp", allow_missing=False, start=s0)
-            uid = user_vocab.lookup(ints(df["user"], path, "user", allow_missing=False, start=s0))
+            uid = self.user_vocab.lookup(ints(df["user"], path, "user", allow_missing=False, start=s0))
             btag = _btags(df["btag"], path, s0)
             keep = (uid > 0) & (t < t_last)
             dropped_user += int((uid == 0).sum())
@@ -246,99 +281,129 @@ def convert(src: str, out: str, scenario: str = "city_level", missing_scenario: 
             rec = np.empty(len(cate), BEH_DTYPE)
             rec["t"], rec["user"], rec["cate"], rec["brand"], rec["btag"] = t[keep], uid[keep], cate, brand, btag[keep]
             beh.add(rec["t"], rec)
-            cate_vocab.add(cate)
-            brand_vocab.add(brand)
-        counts.update(behaviours_read=stream.rows_read, behaviours_kept=beh.rows,
-                      behaviours_dropped_user_without_impressions=dropped_user,
-                      behaviours_dropped_not_before_last_impression=dropped_late)
-        cate_vocab.freeze()
-        brand_vocab.freeze()
+            self.cate_vocab.add(cate)
+            self.brand_vocab.add(brand)
+        self.counts.update(behaviours_read=stream.rows_read, behaviours_kept=beh.rows,
+                           behaviours_dropped_user_without_impressions=dropped_user,
+                           behaviours_dropped_not_before_last_impression=dropped_late)
+        self.cate_vocab.freeze()
+        self.brand_vocab.freeze()
 
-        # scenarios, schema, splits --------------------------------------------------------------------------
-        sv_keys = sv_vocab.keys  # raw scenario values (pid: codes) that occur, sorted
-        labels = [pid_codes.values[int(k)] for k in sv_keys] if scenario == "pid" else [str(int(k)) for k in sv_keys]
+    # scenarios, schema, splits --------------------------------------------------------------------------
+    def _scenarios(self) -> None:
+        """Scenario names (``<scenario>_<value>`` sorted, then ``unknown``) and the index of each raw value."""
+        scenario = self.o.scenario
+        sv_keys = self.sv_keys = self.sv_vocab.keys  # raw scenario values (pid: codes) that occur, sorted
+        labels = ([self.pid_codes.values[int(k)] for k in sv_keys] if scenario == "pid"
+                  else [str(int(k)) for k in sv_keys])
         order = np.argsort(np.array(labels, dtype=str), kind="stable") if scenario == "pid" else np.arange(len(labels))
-        names = [f"{scenario}_{labels[i]}" for i in order]
-        sv_index = np.empty(len(sv_keys), np.int64)
-        sv_index[order] = np.arange(len(order))
-        n_missing = missing_no_profile + missing_value
-        if missing_scenario == "unknown" and n_missing:
-            names.append("unknown")
-        if not names:
-            raise DataError(f"{os.path.basename(paths['raw_sample'])}: no impression has a {scenario} value")
-        schema = _schema(scenario, names, vocabs, cate_vocab, brand_vocab, user_vocab, item_vocab,
-                         pid_codes.vocab(), seq_len, dim)
-        split_of = _splitter(split, time_vocab, tz, test_periods, valid_periods, paths["raw_sample"])
-        pid_ids = pid_codes.ids_of_codes(pid_codes.vocab())
-        ad_ids = {"cate_id": cate_vocab.lookup(ads.cols["cate_id"]), "brand_id": brand_vocab.lookup(ads.cols["brand"]),
-                  "campaign_id": vocabs["campaign_id"].lookup(ads.cols["campaign_id"]),
-                  "customer_id": vocabs["customer"].lookup(ads.cols["customer"])}
-        ad_price = np.log1p(np.maximum(np.nan_to_num(ads.cols["price"], nan=0.0), 0.0))
-        prof_ids = {PROFILE_FEATURES[c]: vocabs[c].lookup(prof.cols[c]) for c in PROFILE_FEATURES if c != sc_col}
-        conv = {"source": os.path.abspath(src), "layout": "alimama raw (raw_sample, ad_feature, user_profile, behavior_log)",
-                "scenario_column": scenario, "missing_scenario": missing_scenario,
-                "missing_scenario_rows": {"user_without_profile": missing_no_profile, "empty_value": missing_value,
-                                          "action": "dropped" if missing_scenario == "drop" else "scenario 'unknown'"},
-                "ids": "remapped to 1..V-1 in sorted order of raw values (0 = padding/missing/unknown)",
-                "split": split, "seq_len": seq_len, "bucket_seconds": bucket_seconds}
+        self.names = [f"{scenario}_{labels[i]}" for i in order]
+        self.sv_index = np.empty(len(sv_keys), np.int64)
+        self.sv_index[order] = np.arange(len(order))
+        if self.o.missing_scenario == "unknown" and self.missing_no_profile + self.missing_value:
+            self.names.append("unknown")
+        if not self.names:
+            raise DataError(f"{os.path.basename(self.paths['raw_sample'])}: no impression has a {scenario} value")
 
-        # 4. merge behaviours and impressions in time order -----------------------------------------------
-        hist = HistoryBuffer(user_vocab.size, seq_len, {"hist_cate_id": np.int32, "hist_brand_id": np.int32,
-                                                        "hist_btag": np.int8})
-        price_moments = Moments()
-        no_ad = 0
-        with DatasetWriter(out, schema, rows_per_shard=rows_per_shard, compression=compression,
-                           overwrite=overwrite, extra_stats={"conversion": conv}) as writer:
+    def _joined_ids(self) -> None:
+        """The ids each impression takes from its ad, its user's profile and its pid."""
+        ads, prof, vocabs = self.ads, self.prof, self.vocabs
+        self.pid_ids = self.pid_codes.ids_of_codes(self.pid_codes.vocab())
+        self.ad_ids = {"cate_id": self.cate_vocab.lookup(ads.cols["cate_id"]),
+                       "brand_id": self.brand_vocab.lookup(ads.cols["brand"]),
+                       "campaign_id": vocabs["campaign_id"].lookup(ads.cols["campaign_id"]),
+                       "customer_id": vocabs["customer"].lookup(ads.cols["customer"])}
+        self.ad_price = np.log1p(np.maximum(np.nan_to_num(ads.cols["price"], nan=0.0), 0.0))
+        self.prof_ids = {PROFILE_FEATURES[c]: vocabs[c].lookup(prof.cols[c])
+                         for c in PROFILE_FEATURES if c != self.sc_col}
+
+    def _conversion_record(self) -> dict:
+        o = self.o
+        return {"source": os.path.abspath(self.src),
+                "layout": "alimama raw (raw_sample, ad_feature, user_profile, behavior_log)",
+                "scenario_column": o.scenario, "missing_scenario": o.missing_scenario,
+                "missing_scenario_rows": {
+                    "user_without_profile": self.missing_no_profile, "empty_value": self.missing_value,
+                    "action": "dropped" if o.missing_scenario == "drop" else "scenario 'unknown'"},
+                "ids": "remapped to 1..V-1 in sorted order of raw values (0 = padding/missing/unknown)",
+                "split": o.split, "seq_len": o.seq_len, "bucket_seconds": o.bucket_seconds}
+
+    # 4. merge behaviours and impressions in time order -----------------------------------------------
+    def _merge(self, imp: TimeBuckets, beh: TimeBuckets) -> dict:
+        o = self.o
+        schema = _schema(o.scenario, self.names, self.vocabs, self.cate_vocab, self.brand_vocab, self.user_vocab,
+                         self.item_vocab, self.pid_codes.vocab(), o.seq_len, o.dim)
+        self.split_of = _splitter(o.split, self.time_vocab, self.tz, o.test_periods, o.valid_periods,
+                                  self.paths["raw_sample"])
+        self._joined_ids()
+        conv = self._conversion_record()
+        hist = HistoryBuffer(self.user_vocab.size, o.seq_len, {"hist_cate_id": np.int32, "hist_brand_id": np.int32,
+                                                               "hist_btag": np.int8})
+        self.price_moments, self.no_ad = Moments(), 0
+        buckets = sorted(set(imp.buckets()) | set(beh.buckets()))
+        with DatasetWriter(self.out, schema, **o.writer_kwargs(), extra_stats={"conversion": conv}) as writer:
             sw = SplitWriter(writer)
-            prog = Progress("alimama: merge + write", quiet)
+            prog = Progress("alimama: merge + write", o.quiet)
             done = 0
-            for b in sorted(set(imp.buckets()) | set(beh.buckets())):
+            for b in buckets:
                 ev, qb = beh.load(b), imp.load(b)
-                hist.begin(ev["user"], ev["t"], {"hist_cate_id": cate_vocab.lookup(ev["cate"]),
-                                                 "hist_brand_id": brand_vocab.lookup(ev["brand"]),
+                hist.begin(ev["user"], ev["t"], {"hist_cate_id": self.cate_vocab.lookup(ev["cate"]),
+                                                 "hist_brand_id": self.brand_vocab.lookup(ev["brand"]),
                                                  "hist_btag": ev["btag"]})
                 del ev
                 qb = qb[np.lexsort((qb["row"], qb["t"]))]
                 for lo in range(0, len(qb), hist.batch):  # impressions in batches: memory O(batch x L)
                     q = qb[lo:lo + hist.batch]
-                    uq = user_vocab.lookup(q["user"])
-                    arow, afound = ads.find(q["ad"])
-                    no_ad += int((~afound).sum())
-                    prow, pfound = prof.find(q["user"])
-                    si = np.searchsorted(sv_keys, q["sv"])
-                    si_c = np.minimum(si, len(sv_keys) - 1)
-                    known = (q["sv"] != MISSING) & (si < len(sv_keys))
-                    cols = {"scenario": np.where(known, sv_index[si_c] if len(sv_keys) else 0, len(names) - 1),
-                            "click": q["click"].astype(np.float32), "user_id": uq,
-                            "item_id": item_vocab.lookup(q["ad"]),
-                            "price": np.where(afound, ad_price[arow], 0.0).astype(np.float32),
-                            "hour": ((q["t"] + tz) // 3600) % 24 + 1, "time_stamp": q["t"]}
-                    for name, ids in prof_ids.items():
-                        cols[name] = np.where(pfound, ids[prow], 0)
-                    for name, ids in ad_ids.items():
-                        cols[name] = np.where(afound, ids[arow], 0)
-                    if scenario != "pid":
-                        cols["pid"] = np.where(q["pid"] >= 0, pid_ids[np.maximum(q["pid"], 0)] if len(pid_ids) else 0, 0)
-                    cols.update(hist.query(uq, q["t"]))
-                    splits = split_of(q["t"])
-                    price_moments.add(cols["price"][splits == "train"])
-                    sw.add_split(splits, cols)
+                    self._write_rows(q, hist, sw)
                     done += len(q)
                     prog.update(done, done / imp.rows)
                 hist.commit()
             sw.flush()
             prog.close()
             f = schema.feature("price")
-            f.mean, f.std = price_moments.mean, price_moments.std
-            sec = time.time() - t_start
-            counts.update(impressions_without_ad_feature=no_ad, impressions_written=sum(sw.counts.values()),
-                          spill_buckets=len(set(imp.buckets()) | set(beh.buckets())),
-                          max_bucket_impressions=imp.max_bucket_rows, max_bucket_behaviours=beh.max_bucket_rows)
-            conv.update(counts=counts, vocab_sizes={f.name: f.vocab_size for f in schema.features if f.vocab_size},
-                        history_buffer_mb=round(hist.nbytes / 2 ** 20, 1), seconds=round(sec, 2),
-                        rows_per_sec=round(counts["impressions_read"] / max(sec, 1e-9), 1),
-                        peak_rss_mb=round(peak_rss_mb(), 1))
-    return writer.stats.result() | {"conversion": conv}
+            f.mean, f.std = self.price_moments.mean, self.price_moments.std
+            self._finish(conv, schema, hist, sw, imp, beh, len(buckets))
+        return writer.stats.result() | {"conversion": conv}
+
+    def _write_rows(self, q: np.ndarray, hist: HistoryBuffer, sw: SplitWriter) -> None:
+        """A batch of one bucket's impressions joined with its ad, profile and history -> rows of its split."""
+        uq = self.user_vocab.lookup(q["user"])
+        arow, afound = self.ads.find(q["ad"])
+        self.no_ad += int((~afound).sum())
+        prow, pfound = self.prof.find(q["user"])
+        sv_keys = self.sv_keys
+        si = np.searchsorted(sv_keys, q["sv"])
+        si_c = np.minimum(si, len(sv_keys) - 1)
+        known = (q["sv"] != MISSING) & (si < len(sv_keys))
+        cols = {"scenario": np.where(known, self.sv_index[si_c] if len(sv_keys) else 0, len(self.names) - 1),
+                "click": q["click"].astype(np.float32), "user_id": uq,
+                "item_id": self.item_vocab.lookup(q["ad"]),
+                "price": np.where(afound, self.ad_price[arow], 0.0).astype(np.float32),
+                "hour": ((q["t"] + self.tz) // 3600) % 24 + 1, "time_stamp": q["t"]}
+        for name, ids in self.prof_ids.items():
+            cols[name] = np.where(pfound, ids[prow], 0)
+        for name, ids in self.ad_ids.items():
+            cols[name] = np.where(afound, ids[arow], 0)
+        if self.o.scenario != "pid":
+            pid_ids = self.pid_ids
+            cols["pid"] = np.where(q["pid"] >= 0, pid_ids[np.maximum(q["pid"], 0)] if len(pid_ids) else 0, 0)
+        cols.update(hist.query(uq, q["t"]))
+        splits = self.split_of(q["t"])
+        self.price_moments.add(cols["price"][splits == "train"])
+        sw.add_split(splits, cols)
+
+    def _finish(self, conv: dict, schema: Schema, hist: HistoryBuffer, sw: SplitWriter, imp: TimeBuckets,
+                beh: TimeBuckets, buckets: int) -> None:
+        """The counts and resource figures of ``stats.json["conversion"]``."""
+        counts = self.counts
+        sec = time.time() - self.t0
+        counts.update(impressions_without_ad_feature=self.no_ad, impressions_written=sum(sw.counts.values()),
+                      spill_buckets=buckets, max_bucket_impressions=imp.max_bucket_rows,
+                      max_bucket_behaviours=beh.max_bucket_rows)
+        conv.update(counts=counts, vocab_sizes={f.name: f.vocab_size for f in schema.features if f.vocab_size},
+                    history_buffer_mb=round(hist.nbytes / 2 ** 20, 1), seconds=round(sec, 2),
+                    rows_per_sec=round(counts["impressions_read"] / max(sec, 1e-9), 1),
+                    peak_rss_mb=round(peak_rss_mb(), 1))
 
 
 def _btags(col, path, start) -> np.ndarray:

@@ -33,18 +33,19 @@ empty tab are counted and go to ``unknown`` (or ``--missing-scenario drop``).
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import re
 import time
-from typing import Dict, Iterator, List, Optional
+from typing import Iterator, List, Optional
 
 import numpy as np
 import pandas as pd
 
-from tfmsr.data.convert._common import (MISSING, CsvStream, DataError, Moments, SplitWriter, Vocab,
-                                        add_common_arguments, csv_header, floats, hash_split, ints,
-                                        peak_rss_mb, require_columns, print_summary, writer_options)
+from tfmsr.data.convert._common import (MISSING, Conversion, ConvertOptions, CsvStream, DataError, Moments,
+                                        SplitWriter, Vocab, add_common_arguments, csv_header, floats, hash_split,
+                                        ints, peak_rss_mb, require_columns, print_summary)
 from tfmsr.data.tfrecord import DatasetWriter
 from tfmsr.features import Feature, Scenario, Schema
 
@@ -79,13 +80,30 @@ def add_arguments(p) -> None:
     add_common_arguments(p)
 
 
+@dataclasses.dataclass
+class Options(ConvertOptions):
+    """The options of ``convert`` (the flags of ``add_arguments``, same names and defaults; ``tabs`` parsed)."""
+
+    layout: str = "auto"
+    tabs: Optional[List[int]] = None
+    missing_scenario: str = "unknown"
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    valid_days: int = 1
+    test_days: int = 1
+
+    def check(self) -> None:
+        if self.missing_scenario not in ("unknown", "drop"):
+            raise ValueError(f"--missing-scenario must be unknown or drop, got {self.missing_scenario!r}")
+        if not (0 <= self.valid_fraction and 0 <= self.test_fraction and self.valid_fraction + self.test_fraction < 1):
+            raise ValueError("--valid-fraction and --test-fraction must be >= 0 with a sum < 1")
+        if self.test_days < 1 or self.valid_days < 0:
+            raise ValueError("--test-days must be >= 1 and --valid-days >= 0")
+
+
 def run(args) -> dict:
     tabs = [int(t) for t in args.tabs.split(",")] if args.tabs else None
-    stats = convert(args.src, args.out, layout=args.layout, tabs=tabs, missing_scenario=args.missing_scenario,
-                    valid_fraction=args.valid_fraction, test_fraction=args.test_fraction,
-                    valid_days=args.valid_days, test_days=args.test_days, chunk_rows=args.chunk_rows,
-                    quiet=args.quiet, **writer_options(args))
-    return print_summary(args.out, stats)
+    return print_summary(args.out, convert(args.src, args.out, Options.from_args(args, tabs=tabs)))
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -183,130 +201,156 @@ def _categorical(df, col, path, start) -> np.ndarray:
     return ints(df[col], path, col, True, start)
 
 
-def convert(src: str, out: str, layout: str = "auto", tabs: Optional[List[int]] = None,
-            missing_scenario: str = "unknown", valid_fraction: float = 0.1, test_fraction: float = 0.1,
-            valid_days: int = 1, test_days: int = 1, chunk_rows: int = 200_000, rows_per_shard: int = 100_000,
-            compression=None, overwrite: bool = False, quiet: bool = False, dim: int = 16) -> dict:
-    """Convert KuaiRand (joined or raw layout) in ``src`` into a dataset at ``out``; returns its stats."""
-    if missing_scenario not in ("unknown", "drop"):
-        raise ValueError(f"--missing-scenario must be unknown or drop, got {missing_scenario!r}")
-    if not (0 <= valid_fraction and 0 <= test_fraction and valid_fraction + test_fraction < 1):
-        raise ValueError("--valid-fraction and --test-fraction must be >= 0 with a sum < 1")
-    if test_days < 1 or valid_days < 0:
-        raise ValueError("--test-days must be >= 1 and --valid-days >= 0")
-    if os.path.exists(out) and not overwrite:
-        raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
-    t0 = time.time()
-    source = _Source(src, layout, chunk_rows, quiet)
-    present = set(source.columns)
-    cats_user = ["user_id"] + [c for c in USER_CATEGORICAL if c in present]
-    cats_item = ["video_id"] + [c for c in ITEM_CATEGORICAL if c in present]
-    cats_ctx = ["hour"] if source.layout == "raw" else []
-    nums_user = [c for c in USER_NUMERIC if c in present]
-    nums_item = [c for c in ITEM_NUMERIC if c in present]
-    cats = cats_user + cats_item + cats_ctx
-    ignored = sorted(c for c in present if c not in KNOWN and c != "hour")
-    keep_tabs = None if tabs is None else np.array(sorted(set(tabs)), np.int64)
+def convert(src: str, out: str, options: Optional[Options] = None, **values) -> dict:
+    """Convert KuaiRand (joined or raw layout) in ``src`` into a dataset at ``out``; returns its stats.
+    ``options`` is an ``Options``, or its fields are given as keywords (``convert(src, out, tabs=[0, 1])``)."""
+    return _Conversion(src, out, options, **values).run()
+
+
+class _Conversion(Conversion):
+    """One conversion: the columns present, pass 1 (vocabularies, tabs, dates) and pass 2 (write)."""
+
+    options_class = Options
+
+    def __init__(self, src: str, out: str, options: Optional[Options] = None, **values):
+        super().__init__(src, out, options, **values)
+        o = self.o
+        source = self.source = _Source(src, o.layout, o.chunk_rows, o.quiet)
+        present = set(source.columns)
+        self.cats_user = ["user_id"] + [c for c in USER_CATEGORICAL if c in present]
+        self.cats_item = ["video_id"] + [c for c in ITEM_CATEGORICAL if c in present]
+        self.cats_ctx = ["hour"] if source.layout == "raw" else []
+        self.nums_user = [c for c in USER_NUMERIC if c in present]
+        self.nums_item = [c for c in ITEM_NUMERIC if c in present]
+        self.cats = self.cats_user + self.cats_item + self.cats_ctx
+        self.ignored = sorted(c for c in present if c not in KNOWN and c != "hour")
+        self.keep_tabs = None if o.tabs is None else np.array(sorted(set(o.tabs)), np.int64)
+        self.raw = source.layout == "raw"
+
+    def run(self) -> dict:
+        self._vocabularies()
+        return self._write(self._schema())
 
     # pass 1: vocabularies, tabs, dates ---------------------------------------------------------------------
-    vocabs = {c: Vocab(c) for c in cats}
-    tab_vocab, date_vocab = Vocab("tab"), Vocab("date")
-    counts = {"rows_read": 0, "dropped_other_tabs": 0, "missing_tab_rows": 0}
-    if source.layout == "raw":
-        counts.update(rows_without_user_features=0, rows_without_video_features=0)
-    for path, start, df in source.chunks(quiet, "pass 1: vocabularies"):
-        tab = ints(df["tab"], path, "tab", True, start)
-        keep = _tab_keep(tab, keep_tabs, missing_scenario)
-        tab_vocab.add(tab[keep])
-        for c in cats:
-            vocabs[c].add(_categorical(df, c, path, start)[keep])
-        if source.layout == "raw":
-            date_vocab.add(ints(df["date"], path, "date", False, start)[keep])
-    for v in (*vocabs.values(), tab_vocab, date_vocab):
-        v.freeze()
-    tab_values = tab_vocab.keys
-    names = [f"tab_{int(v)}" for v in tab_values]
-    if missing_scenario == "unknown":
-        names.append("unknown")  # removed before the schema is saved if no row needed it
-    if not len(tab_values):
-        raise DataError(f"{src}: no row with a tab{'' if tabs is None else ' in --tabs ' + ','.join(map(str, tabs))}")
-    split_dates = _date_split(date_vocab.keys, valid_days, test_days, src) if source.layout == "raw" else None
+    def _vocabularies(self) -> None:
+        o = self.o
+        vocabs = self.vocabs = {c: Vocab(c) for c in self.cats}
+        tab_vocab, date_vocab = Vocab("tab"), Vocab("date")
+        for path, start, df in self.source.chunks(o.quiet, "pass 1: vocabularies"):
+            tab = ints(df["tab"], path, "tab", True, start)
+            keep = _tab_keep(tab, self.keep_tabs, o.missing_scenario)
+            tab_vocab.add(tab[keep])
+            for c in self.cats:
+                vocabs[c].add(_categorical(df, c, path, start)[keep])
+            if self.raw:
+                date_vocab.add(ints(df["date"], path, "date", False, start)[keep])
+        for v in (*vocabs.values(), tab_vocab, date_vocab):
+            v.freeze()
+        self.tab_values = tab_vocab.keys
+        self.names = [f"tab_{int(v)}" for v in self.tab_values]
+        if o.missing_scenario == "unknown":
+            self.names.append("unknown")  # removed before the schema is saved if no row needed it
+        if not len(self.tab_values):
+            tabs = "" if o.tabs is None else " in --tabs " + ",".join(map(str, o.tabs))
+            raise DataError(f"{self.src}: no row with a tab{tabs}")
+        self.split_dates = _date_split(date_vocab.keys, o.valid_days, o.test_days, self.src) if self.raw else None
 
-    feats = [Feature(c, "categorical", g, vocab_size=vocabs[c].size, dim=dim)
-             for g, cs in (("user", cats_user), ("item", cats_item), ("context", cats_ctx)) for c in cs]
-    feats += [Feature(c, "numeric", g) for g, cs in (("user", nums_user), ("item", nums_item)) for c in cs]
-    feats.sort(key=lambda f: ("user", "item", "context").index(f.group))
-    extras = {"date": "int64"} if source.layout == "raw" else {}
-    schema = Schema(scenario=Scenario("scenario", names), labels=["click"], features=feats, extras=extras,
-                    user_key="user_id", source="kuairand")
-    schema.validate()
-    conv = {"layout": source.layout, "files": [os.path.basename(f) for f in source.files],
-            "ids": "remapped to 1..V-1 in sorted order of raw values (0 = missing)",
-            "tabs_kept": "all" if tabs is None else [int(t) for t in keep_tabs],
-            "missing_scenario": missing_scenario, "ignored_columns": ignored,
-            "numeric": "log1p(max(x, 0)), standardised with the train split's mean/std",
-            "split": "by date" if source.layout == "raw" else
-            f"row-number hash: valid {valid_fraction}, test {test_fraction}"}
+    def _schema(self) -> Schema:
+        dim, vocabs = self.o.dim, self.vocabs
+        feats = [Feature(c, "categorical", g, vocab_size=vocabs[c].size, dim=dim)
+                 for g, cs in (("user", self.cats_user), ("item", self.cats_item), ("context", self.cats_ctx))
+                 for c in cs]
+        feats += [Feature(c, "numeric", g)
+                  for g, cs in (("user", self.nums_user), ("item", self.nums_item)) for c in cs]
+        feats.sort(key=lambda f: ("user", "item", "context").index(f.group))
+        extras = {"date": "int64"} if self.raw else {}
+        schema = Schema(scenario=Scenario("scenario", self.names), labels=["click"], features=feats, extras=extras,
+                        user_key="user_id", source="kuairand")
+        schema.validate()
+        return schema
+
+    def _conversion_record(self) -> dict:
+        o = self.o
+        return {"layout": self.source.layout, "files": [os.path.basename(f) for f in self.source.files],
+                "ids": "remapped to 1..V-1 in sorted order of raw values (0 = missing)",
+                "tabs_kept": "all" if o.tabs is None else [int(t) for t in self.keep_tabs],
+                "missing_scenario": o.missing_scenario, "ignored_columns": self.ignored,
+                "numeric": "log1p(max(x, 0)), standardised with the train split's mean/std",
+                "split": "by date" if self.raw else
+                f"row-number hash: valid {o.valid_fraction}, test {o.test_fraction}"}
 
     # pass 2: write ------------------------------------------------------------------------------------------
-    moments = {c: Moments() for c in nums_user + nums_item}
-    numeric_missing = 0
-    with DatasetWriter(out, schema, rows_per_shard=rows_per_shard, compression=compression,
-                       overwrite=overwrite, extra_stats={"conversion": conv}) as writer:
-        sw = SplitWriter(writer)
-        for path, start, df in source.chunks(quiet, "pass 2: write"):
-            n = len(df)
-            counts["rows_read"] += n
-            tab = ints(df["tab"], path, "tab", True, start)
-            missing = tab == MISSING
-            counts["missing_tab_rows"] += int(missing.sum())
-            if keep_tabs is not None:
-                counts["dropped_other_tabs"] += int((~missing & ~np.isin(tab, keep_tabs)).sum())
-            keep = _tab_keep(tab, keep_tabs, missing_scenario)
-            click = ints(df["is_click"], path, "is_click", False, start)
-            bad = (click != 0) & (click != 1)
-            if bad.any():
-                i = int(np.flatnonzero(bad)[0])
-                raise DataError(f"{os.path.basename(path)}: column 'is_click' row {start + i:,} has value "
-                                f"{click[i]} (expected 0 or 1)")
-            idx = np.searchsorted(tab_values, tab)
-            known = ~missing & (idx < len(tab_values))
-            known[known] = tab_values[idx[known]] == tab[known]
-            cols = {"scenario": np.where(known, idx, len(tab_values)), "click": click.astype(np.float32)}
-            for c in cats:
-                cols[c] = vocabs[c].lookup(_categorical(df, c, path, start))
-            for c in nums_user + nums_item:
-                x = floats(df[c], path, c, start)
-                numeric_missing += int(np.isnan(x).sum())
-                cols[c] = np.log1p(np.maximum(np.nan_to_num(x, nan=0.0), 0.0)).astype(np.float32)
-            if source.layout == "raw":
-                date = ints(df["date"], path, "date", False, start)
-                cols["date"] = date
-                splits = np.where(date >= split_dates[1], "test", np.where(date >= split_dates[0], "valid", "train"))
-            else:
-                splits = hash_split(start + np.arange(n), valid_fraction, test_fraction)
-            if source.layout == "raw":
-                counts["rows_without_user_features"] += int(df["_no_user"].to_numpy()[keep].sum())
-                counts["rows_without_video_features"] += int(df["_no_video"].to_numpy()[keep].sum())
-            cols = {k: v[keep] for k, v in cols.items()}
-            splits = splits[keep]
-            for c in moments:
-                moments[c].add(cols[c][splits == "train"])
-            sw.add_split(splits, cols)
-        sw.flush()
-        for c, m in moments.items():
+    def _write(self, schema: Schema) -> dict:
+        o = self.o
+        conv = self._conversion_record()
+        self.counts = {"rows_read": 0, "dropped_other_tabs": 0, "missing_tab_rows": 0}
+        if self.raw:
+            self.counts.update(rows_without_user_features=0, rows_without_video_features=0)
+        self.moments = {c: Moments() for c in self.nums_user + self.nums_item}
+        self.numeric_missing = 0
+        with DatasetWriter(self.out, schema, **o.writer_kwargs(), extra_stats={"conversion": conv}) as writer:
+            sw = SplitWriter(writer)
+            for path, start, df in self.source.chunks(o.quiet, "pass 2: write"):
+                splits, cols = self._rows(path, start, df)
+                for c in self.moments:
+                    self.moments[c].add(cols[c][splits == "train"])
+                sw.add_split(splits, cols)
+            sw.flush()
+            self._finish(schema, conv, sw)
+        return writer.stats.result() | {"conversion": conv}
+
+    def _rows(self, path: str, start: int, df) -> tuple:
+        """(split of each kept row, columns of the kept rows) of one chunk; the drops and gaps counted."""
+        counts, o = self.counts, self.o
+        counts["rows_read"] += len(df)
+        tab = ints(df["tab"], path, "tab", True, start)
+        missing = tab == MISSING
+        counts["missing_tab_rows"] += int(missing.sum())
+        if self.keep_tabs is not None:
+            counts["dropped_other_tabs"] += int((~missing & ~np.isin(tab, self.keep_tabs)).sum())
+        keep = _tab_keep(tab, self.keep_tabs, o.missing_scenario)
+        click = ints(df["is_click"], path, "is_click", False, start)
+        bad = (click != 0) & (click != 1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{os.path.basename(path)}: column 'is_click' row {start + i:,} has value "
+                            f"{click[i]} (expected 0 or 1)")
+        idx = np.searchsorted(self.tab_values, tab)
+        known = ~missing & (idx < len(self.tab_values))
+        known[known] = self.tab_values[idx[known]] == tab[known]
+        cols = {"scenario": np.where(known, idx, len(self.tab_values)), "click": click.astype(np.float32)}
+        for c in self.cats:
+            cols[c] = self.vocabs[c].lookup(_categorical(df, c, path, start))
+        for c in self.nums_user + self.nums_item:
+            x = floats(df[c], path, c, start)
+            self.numeric_missing += int(np.isnan(x).sum())
+            cols[c] = np.log1p(np.maximum(np.nan_to_num(x, nan=0.0), 0.0)).astype(np.float32)
+        if self.raw:
+            date = ints(df["date"], path, "date", False, start)
+            cols["date"] = date
+            first_valid, first_test = self.split_dates
+            splits = np.where(date >= first_test, "test", np.where(date >= first_valid, "valid", "train"))
+            counts["rows_without_user_features"] += int(df["_no_user"].to_numpy()[keep].sum())
+            counts["rows_without_video_features"] += int(df["_no_video"].to_numpy()[keep].sum())
+        else:
+            splits = hash_split(start + np.arange(len(df)), o.valid_fraction, o.test_fraction)
+        return splits[keep], {k: v[keep] for k, v in cols.items()}
+
+    def _finish(self, schema: Schema, conv: dict, sw: SplitWriter) -> None:
+        """Numeric mean/std, the 'unknown' scenario only if a row needed it, and the counts."""
+        o, counts = self.o, self.counts
+        for c, m in self.moments.items():
             f = schema.feature(c)
             f.mean, f.std = m.mean, m.std
-        unknown_rows = counts["missing_tab_rows"] if missing_scenario == "unknown" else 0
-        if missing_scenario == "unknown" and not unknown_rows:
+        unknown_rows = counts["missing_tab_rows"] if o.missing_scenario == "unknown" else 0
+        if o.missing_scenario == "unknown" and not unknown_rows:
             schema.scenario.values.pop()
-        sec = time.time() - t0
-        counts.update(rows_written=sum(sw.counts.values()), numeric_missing_values=numeric_missing,
-                      dropped_missing_tab=counts["missing_tab_rows"] if missing_scenario == "drop" else 0)
+        sec = time.time() - self.t0
+        counts.update(rows_written=sum(sw.counts.values()), numeric_missing_values=self.numeric_missing,
+                      dropped_missing_tab=counts["missing_tab_rows"] if o.missing_scenario == "drop" else 0)
         conv.update(counts=counts, vocab_sizes={f.name: f.vocab_size for f in schema.features if f.vocab_size},
                     seconds=round(sec, 2), rows_per_sec=round(counts["rows_read"] / max(sec, 1e-9), 1),
-                    peak_rss_mb=round(peak_rss_mb(), 1), source=os.path.abspath(src))
-    return writer.stats.result() | {"conversion": conv}
+                    peak_rss_mb=round(peak_rss_mb(), 1), source=os.path.abspath(self.src))
 
 
 def _tab_keep(tab: np.ndarray, keep_tabs: Optional[np.ndarray], missing_scenario: str) -> np.ndarray:

@@ -34,7 +34,7 @@ import io
 import json
 import os
 import re
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -289,6 +289,74 @@ def schema_for(names: List[str], vocab: Dict[str, int], seq_len: int, with_age_b
     return schema
 
 
+class _Ids(NamedTuple):
+    """New ids: ``maps[feature][id - 1]`` = raw value, ``vocab[feature]`` = table size, ``user_ids[feature][row
+    of users]`` and ``item_ids[row of items]``."""
+    maps: Dict[str, list]
+    vocab: Dict[str, int]
+    user_ids: Dict[str, np.ndarray]
+    item_ids: np.ndarray
+
+
+def _remap_ids(users: pd.DataFrame, items: pd.DataFrame, with_age_band: bool) -> _Ids:
+    """Ids by rank among the metadata's sorted distinct values."""
+    maps, vocab, user_ids = {}, {}, {}
+    cols_u = {"user_id": users["user"], "gender": users["gender"], "occupation": users["occupation"],
+              "zip3": users["zip"].str.strip().str[:3].str.upper()}
+    for name, values in cols_u.items():
+        user_ids[name], maps[name] = _remap(values.to_numpy())
+        vocab[name] = len(maps[name]) + 1
+    if with_age_band:  # band ids follow the bands' order
+        maps["age_band"] = ["under18", "18_24", "25_34", "35_44", "45_49", "50_55", "56plus"]
+        user_ids["age_band"], vocab["age_band"] = _age_band(users) + 1, len(maps["age_band"]) + 1
+    item_ids, maps["item_id"] = _remap(items["item"].to_numpy())
+    vocab["item_id"], vocab["genre"], maps["genre"] = len(maps["item_id"]) + 1, len(GENRES) + 1, list(GENRES)
+    return _Ids(maps, vocab, user_ids, item_ids)
+
+
+class _Rows:
+    """The ratings in new ids, split by time within each user (``build``), as the columns of each split."""
+
+    def __init__(self, ratings, users, items, ids: _Ids, user_scen: np.ndarray, valid: float, test: float):
+        maps, self.user_ids, item_ids = ids.maps, ids.user_ids, ids.item_ids
+        # row of each user / item id (new id - 1 indexes these arrays)
+        self.urow = np.empty(len(users), np.int64)
+        self.urow[self.user_ids["user_id"] - 1] = np.arange(len(users))
+        irow = np.empty(len(items), np.int64)
+        irow[item_ids - 1] = np.arange(len(items))
+        new_user = np.searchsorted(maps["user_id"], ratings["user"].to_numpy()) + 1
+        new_item = np.searchsorted(maps["item_id"], ratings["item"].to_numpy()) + 1
+        r = pd.DataFrame({"user": new_user, "item": new_item, "rating": ratings["rating"].to_numpy(),
+                          "ts": ratings["ts"].to_numpy(), "line": ratings["line"].to_numpy()})
+        self.scen_of_user = user_scen[self.urow]                   # by new user id - 1
+        self.genre_of_item = items["genre"].to_numpy()[irow] + 1   # genre id by new item id - 1
+        self.b = build(r, valid, test)
+        self.srt = {c: r[c].to_numpy()[self.b["pos"]] for c in ("user", "item", "rating", "ts")}
+
+    def chunks(self, k: int, chunk: int, seq_len: int, threshold: int) -> Iterator[Dict[str, np.ndarray]]:
+        """Columns of split ``k`` (0 train, 1 valid, 2 test), ``chunk`` rows at a time, in global time order."""
+        b, srt, L = self.b, self.srt, seq_len
+        steps = np.arange(L)
+        rows = b["out"][b["split"][b["out"]] == k]
+        for lo in range(0, len(rows), chunk):
+            p = rows[lo:lo + chunk]
+            hidx = b["start"][p][:, None] - 1 - steps[None, :]
+            keep = steps[None, :] < np.minimum(b["hist_len"][p], L)[:, None]
+            hidx = np.where(keep, hidx, 0)
+            h_item = np.where(keep, srt["item"][hidx], 0)
+            u = srt["user"][p] - 1
+            cols = {f: ids[self.urow[u]] for f, ids in self.user_ids.items()}
+            cols.update({
+                "user_id": srt["user"][p], "item_id": srt["item"][p],
+                "genre": self.genre_of_item[srt["item"][p] - 1],
+                "hist_item_id": h_item, "hist_genre": np.where(keep, self.genre_of_item[h_item - 1], 0),
+                "hist_scenario": np.where(keep, self.scen_of_user[u][:, None] + 1, 0),
+                "scenario": self.scen_of_user[u], "label": (srt["rating"][p] >= threshold).astype(np.float32),
+                "rating": srt["rating"][p], "timestamp": srt["ts"][p],
+            })
+            yield cols
+
+
 def convert(src: str, out: str, scenario: str = "age", age_bins: str = "25,35", threshold: int = 4,
             seq_len: int = 30, valid: float = 0.1, test: float = 0.1, dim: int = 16, rows_per_shard: int = 50_000,
             compression=None, overwrite: bool = False, chunk: int = 50_000) -> dict:
@@ -303,35 +371,9 @@ def convert(src: str, out: str, scenario: str = "age", age_bins: str = "25,35", 
         raise DataError(f"--valid {valid} / --test {test}: fractions in [0, 1) with valid + test < 1")
     variant, ratings, users, items, paths = read_movielens(src)
     user_scen, names = SCENARIO_RULES[scenario](users, {"age_bins": age_bins}, variant)
-
-    # remap ids (rank among the metadata's sorted distinct values); user_ids[f][row] = id of users row
-    maps, vocab, user_ids = {}, {}, {}
-    cols_u = {"user_id": users["user"], "gender": users["gender"], "occupation": users["occupation"],
-              "zip3": users["zip"].str.strip().str[:3].str.upper()}
-    for name, values in cols_u.items():
-        user_ids[name], maps[name] = _remap(values.to_numpy())
-        vocab[name] = len(maps[name]) + 1
-    with_age_band = scenario != "age"
-    if with_age_band:  # band ids follow the bands' order
-        maps["age_band"] = ["under18", "18_24", "25_34", "35_44", "45_49", "50_55", "56plus"]
-        user_ids["age_band"], vocab["age_band"] = _age_band(users) + 1, len(maps["age_band"]) + 1
-    item_ids, maps["item_id"] = _remap(items["item"].to_numpy())
-    vocab["item_id"], vocab["genre"], maps["genre"] = len(maps["item_id"]) + 1, len(GENRES) + 1, list(GENRES)
-    # row of each user / item id (new id - 1 indexes these arrays)
-    urow = np.empty(len(users), np.int64)
-    urow[user_ids["user_id"] - 1] = np.arange(len(users))
-    irow = np.empty(len(items), np.int64)
-    irow[item_ids - 1] = np.arange(len(items))
-    new_user = np.searchsorted(maps["user_id"], ratings["user"].to_numpy()) + 1
-    new_item = np.searchsorted(maps["item_id"], ratings["item"].to_numpy()) + 1
-    r = pd.DataFrame({"user": new_user, "item": new_item, "rating": ratings["rating"].to_numpy(),
-                      "ts": ratings["ts"].to_numpy(), "line": ratings["line"].to_numpy()})
-    scen_of_user = user_scen[urow]                       # by new user id - 1
-    genre_of_item = items["genre"].to_numpy()[irow] + 1  # genre id by new item id - 1
-    b = build(r, valid, test)
-    srt = {c: r[c].to_numpy()[b["pos"]] for c in ("user", "item", "rating", "ts")}
-
-    schema = schema_for(names, vocab, seq_len, with_age_band, dim)
+    ids = _remap_ids(users, items, with_age_band=scenario != "age")
+    rows = _Rows(ratings, users, items, ids, user_scen, valid, test)
+    schema = schema_for(names, ids.vocab, seq_len, scenario != "age", dim)
     extra = {
         "converter": {
             "name": NAME, "variant": variant, "src": os.path.abspath(src), "files": paths,
@@ -340,31 +382,14 @@ def convert(src: str, out: str, scenario: str = "age", age_bins: str = "25,35", 
             "split": "by time within each user: last floor(n*test) test, floor(n*valid) before valid, "
                      "rest train (>= 1 train row per user); ties by file order",
             "behaviour": "earlier ratings strictly before the target's timestamp, most recent first",
-            "users": len(users), "items": len(items), "ratings": len(r),
+            "users": len(users), "items": len(items), "ratings": len(ratings),
         },
-        "id_maps": {k: [v if isinstance(v, str) else int(v) for v in vals] for k, vals in maps.items()},
+        "id_maps": {k: [v if isinstance(v, str) else int(v) for v in vals] for k, vals in ids.maps.items()},
     }
-    L = seq_len
-    steps = np.arange(L)
     with DatasetWriter(out, schema, rows_per_shard=rows_per_shard, compression=compression, overwrite=overwrite,
                        extra_stats=extra) as writer:
         for k, split in enumerate(("train", "valid", "test")):
-            rows = b["out"][b["split"][b["out"]] == k]
-            for lo in range(0, len(rows), chunk):
-                p = rows[lo:lo + chunk]
-                hidx = b["start"][p][:, None] - 1 - steps[None, :]
-                keep = steps[None, :] < np.minimum(b["hist_len"][p], L)[:, None]
-                hidx = np.where(keep, hidx, 0)
-                h_item = np.where(keep, srt["item"][hidx], 0)
-                u = srt["user"][p] - 1
-                cols = {f: ids[urow[u]] for f, ids in user_ids.items()}
-                cols.update({
-                    "user_id": srt["user"][p], "item_id": srt["item"][p], "genre": genre_of_item[srt["item"][p] - 1],
-                    "hist_item_id": h_item, "hist_genre": np.where(keep, genre_of_item[h_item - 1], 0),
-                    "hist_scenario": np.where(keep, scen_of_user[u][:, None] + 1, 0),
-                    "scenario": scen_of_user[u], "label": (srt["rating"][p] >= threshold).astype(np.float32),
-                    "rating": srt["rating"][p], "timestamp": srt["ts"][p],
-                })
+            for cols in rows.chunks(k, chunk, seq_len, threshold):
                 writer.write(split, cols)
     return writer.stats.result() | extra
 
