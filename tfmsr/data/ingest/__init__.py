@@ -37,7 +37,7 @@ Spec keys (an unknown key anywhere is an error naming it; relative paths start a
       genre2: {first_flag: [g0, g1], values: [Action, Comedy], default: unknown}  # first 0/1 column set
       age_group: {bucketize: age, boundaries: [25, 35]}    # index 0..len(boundaries) (value >= b: past b)
       year: {time_part: ts, part: year, unit: s}           # year|month|day|weekday|hour of unix times (UTC)
-      n_events: {count_per: user}                          # per key: the key's number of rows (all files)
+      n_events: {count_per: user}                          # per key: the key's number of kept rows (all files)
       position: {position_in_file: user}                   # per key: (rank + 0.5) / count among the key's
                                                             # rows of the same file (a time without timestamps)
     filter: ["price > 0", "country in [\\"DE\\", \\"FR\\"]"]   # rows failing a rule are dropped, counted per rule
@@ -97,7 +97,8 @@ Semantics worth knowing:
   that does not parse, an empty file, a wrong separator, a label rule matching no row, too many scenario
   values without ``other``, an unknown spec key. No output and no temp folder is left behind.
 * **Atomic and bounded**: everything is written to ``OUT.tmp-<pid>`` and renamed; folders of a killed run
-  are removed by the next one (``run.py``). Memory is bounded by the distinct values, not by the rows.
+  are removed by the next one (``run.py``). Memory is bounded by the distinct values and one group of
+  rows (``output.group_rows``; all of a user's rows are in one group), not by the number of rows.
 
 Converters as presets: ``tfmsr data convert movielens`` is reproduced by ``configs/data/movielens_100k.yaml``
 (same rows per split and scenario, positives and histories; ids differ: raw values with vocab files instead
