@@ -85,6 +85,7 @@ repeat clicks so far; MuSeNet's auxiliary label).
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -250,17 +251,9 @@ def _zipf(n, a):
     return p / p.sum()
 
 
-def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 0, users: Optional[int] = None,
-             items: Optional[int] = None, categories: int = 50, brands: int = 400, seq_len: int = 30,
-             latent_dim: int = 8, valid: float = 0.1, test: float = 0.1, rows_per_shard: int = 50_000,
-             chunk: int = 20_000, compression: Optional[str] = None, overwrite: bool = False,
-             scenario_weight: float = 2.0, id_noise: float = 0.6, behaviour_scenario: float = 0.0,
-             aspect_intensity: float = 0.0, local_activation: float = 0.0, interest_weight: float = 1.0,
-             search_scenarios: Optional[Sequence[int]] = None, clusters: Optional[Sequence[int]] = None,
-             item_scenario: float = 0.0, progress: bool = True) -> dict:
-    """Stream ``rows`` planted rows into ``out_dir`` (shards + schema.yaml + stats.json); returns the stats.
-    ``search_scenarios``: the scenarios that are search entrances (default: the odd ones); ``clusters``: the
-    cluster of each scenario (default ``s // 2``)."""
+def _check_arguments(rows, scenarios, valid, test, behaviour_scenario, aspect_intensity, interest_weight,
+                     local_activation, item_scenario, search_scenarios, clusters) -> None:
+    """ValueError naming the first bad argument of ``generate``."""
     if rows < 100:
         raise ValueError(f"--rows must be at least 100, got {rows}")
     if not 0.0 <= behaviour_scenario <= 1.0:
@@ -282,6 +275,37 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
         raise ValueError(f"clusters must give each of the {scenarios} scenarios a cluster >= 0, got {list(clusters)}")
     if not 0 < valid + test < 1:
         raise ValueError(f"valid + test must be in (0, 1), got {valid} + {test}")
+
+
+def _generator_info(w: _World, seed, rows, brands, scenario_weight, id_noise, behaviour_scenario, aspect_intensity,
+                    interest_weight, item_scenario, local_activation) -> dict:
+    """``stats.json["generator"]``: the settings and the planted truth (premise_headroom is added at the end)."""
+    return {"generator": {
+        "seed": seed, "rows": rows, "scenario_weight": scenario_weight, "id_noise": id_noise,
+        "behaviour_scenario": behaviour_scenario, "aspect_intensity": aspect_intensity,
+        "interest_weight": interest_weight, "item_scenario": item_scenario,
+        "aspect_weight": np.round(w.aspect_weight, 4).tolist(), "local_activation": local_activation, "users": w.U,
+        "items": w.I, "categories": w.C, "brands": brands,
+        "latent_scenarios": LATENT_SCENARIOS, "scenario_clusters": w.cluster.tolist(),
+        "search_scenarios": np.flatnonzero(w.search).tolist(),
+        "scenario_similarity": np.round(w.similarity(), 4).tolist(),
+        "implicit_scenario": f"latent_scenario = (hour - 1) // {HOUR_BUCKET}",
+    }}
+
+
+def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 0, users: Optional[int] = None,
+             items: Optional[int] = None, categories: int = 50, brands: int = 400, seq_len: int = 30,
+             latent_dim: int = 8, valid: float = 0.1, test: float = 0.1, rows_per_shard: int = 50_000,
+             chunk: int = 20_000, compression: Optional[str] = None, overwrite: bool = False,
+             scenario_weight: float = 2.0, id_noise: float = 0.6, behaviour_scenario: float = 0.0,
+             aspect_intensity: float = 0.0, local_activation: float = 0.0, interest_weight: float = 1.0,
+             search_scenarios: Optional[Sequence[int]] = None, clusters: Optional[Sequence[int]] = None,
+             item_scenario: float = 0.0, progress: bool = True) -> dict:
+    """Stream ``rows`` planted rows into ``out_dir`` (shards + schema.yaml + stats.json); returns the stats.
+    ``search_scenarios``: the scenarios that are search entrances (default: the odd ones); ``clusters``: the
+    cluster of each scenario (default ``s // 2``)."""
+    _check_arguments(rows, scenarios, valid, test, behaviour_scenario, aspect_intensity, interest_weight,
+                     local_activation, item_scenario, search_scenarios, clusters)
     U = users or max(500, min(20_000, rows // 20))
     I = items or max(200, min(20_000, rows // 40))
     C = min(categories, I)
@@ -289,70 +313,92 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
     w = _World(rng, scenarios, U, I, C, brands, latent_dim, scenario_weight, id_noise, behaviour_scenario,
                aspect_intensity, local_activation, interest_weight, search_scenarios, clusters, item_scenario)
     schema = synth_schema(scenarios, U, I, C, brands, seq_len)
-    L = seq_len
-    hist_item = np.zeros((U, L), np.int64)  # ids + 1, 0 = padding; most recent first
-    hist_cat = np.zeros((U, L), np.int64)
-    hist_sc = np.zeros((U, L), np.int64)
-    clicks = np.zeros(U, np.int64)
-    repeat_clicks = np.zeros(U, np.int64)
-    n_train = int(rows * (1 - valid - test))
-    n_valid = int(rows * valid)
-    extra = {"generator": {
-        "seed": seed, "rows": rows, "scenario_weight": scenario_weight, "id_noise": id_noise,
-        "behaviour_scenario": behaviour_scenario, "aspect_intensity": aspect_intensity,
-        "interest_weight": interest_weight, "item_scenario": item_scenario,
-        "aspect_weight": np.round(w.aspect_weight, 4).tolist(), "local_activation": local_activation, "users": U, "items": I, "categories": C, "brands": brands,
-        "latent_scenarios": LATENT_SCENARIOS, "scenario_clusters": w.cluster.tolist(),
-        "search_scenarios": np.flatnonzero(w.search).tolist(),
-        "scenario_similarity": np.round(w.similarity(), 4).tolist(),
-        "implicit_scenario": f"latent_scenario = (hour - 1) // {HOUR_BUCKET}",
-    }}
-    headroom = {name: [] for name in ("oracle", "click", "scenario") + HEADROOM}
-    report = ProgressLine("synth", rows, "rows")
+    extra = _generator_info(w, seed, rows, brands, scenario_weight, id_noise, behaviour_scenario, aspect_intensity,
+                            interest_weight, item_scenario, local_activation)
     with DatasetWriter(out_dir, schema, rows_per_shard=rows_per_shard, compression=compression,
                        overwrite=overwrite, extra_stats=extra) as writer:
-        done = 0
-        while done < rows:
-            n = min(chunk, rows - done)
-            start = done
-            first_test = max(n_train + n_valid, start) - start
-            alt = {} if first_test < n else None  # the premise headroom is measured on test rows only
-            cols = _chunk(rng, w, n, hist_item, hist_cat, hist_sc, clicks, repeat_clicks, alt)
-            if alt is not None:
-                alt |= {"click": cols["click"], "scenario": cols["scenario"]}
-                for name, values in alt.items():
-                    headroom[name].append(values[first_test:])
-            for split, lo, hi in (("train", 0, n_train), ("valid", n_train, n_train + n_valid),
-                                  ("test", n_train + n_valid, rows)):
-                a, b = max(lo, start) - start, min(hi, start + n) - start
-                if a < b:
-                    writer.write(split, {k: v[a:b] for k, v in cols.items()})
-            done += n
-            if progress:
-                report.update(done)
+        headroom = _write_rows(writer, rng, w, rows, seq_len, valid, test, chunk, progress)
         # the writer holds ``extra`` (not a copy of its inner dicts) and writes it on exit
-        extra["generator"]["premise_headroom"] = _headroom(headroom)
-    if progress:
-        report.close()
+        extra["generator"]["premise_headroom"] = headroom
     return writer.stats.result() | extra
 
 
-def _chunk(rng, w: _World, n, hist_item, hist_cat, hist_sc, clicks, repeat_clicks, headroom=None) -> dict:
-    """n rows in time order; a user's later rows in the chunk see the clicks of its earlier rows. With
-    ``headroom`` (a dict), also fills ``headroom[name] [n]`` with the logit without each premise (see
-    :func:`_without_premises`); no random draw depends on it."""
-    if headroom is not None:
-        headroom.update({name: np.zeros(n) for name in ("oracle",) + HEADROOM})
-    users = rng.choice(w.U, n, p=w.activity)
-    # occurrence rank of each row among its user's rows in this chunk: rows of equal rank have
-    # distinct users and are processed together (vectorised), ranks in time order.
+def _write_rows(writer, rng, w: _World, rows: int, seq_len: int, valid: float, test: float, chunk: int,
+                progress: bool) -> dict:
+    """The rows in time order, ``chunk`` at a time, to their splits (the first train, then valid, then test);
+    returns the premise headroom measured on the test rows."""
+    history = _History.empty(w.U, seq_len)
+    n_train = int(rows * (1 - valid - test))
+    n_valid = int(rows * valid)
+    headroom = {name: [] for name in ("oracle", "click", "scenario") + HEADROOM}
+    report = ProgressLine("synth", rows, "rows")
+    done = 0
+    while done < rows:
+        n = min(chunk, rows - done)
+        start = done
+        first_test = max(n_train + n_valid, start) - start
+        alt = {} if first_test < n else None  # the premise headroom is measured on test rows only
+        cols = _chunk(rng, w, n, *history.arrays(), alt)
+        if alt is not None:
+            alt |= {"click": cols["click"], "scenario": cols["scenario"]}
+            for name, values in alt.items():
+                headroom[name].append(values[first_test:])
+        for split, lo, hi in (("train", 0, n_train), ("valid", n_train, n_train + n_valid),
+                              ("test", n_train + n_valid, rows)):
+            a, b = max(lo, start) - start, min(hi, start + n) - start
+            if a < b:
+                writer.write(split, {k: v[a:b] for k, v in cols.items()})
+        done += n
+        if progress:
+            report.update(done)
+    result = _headroom(headroom)
+    if progress:
+        report.close()
+    return result
+
+
+class _History:
+    """Per-user state across chunks: the last L clicked items, categories and scenarios (ids + 1, 0 = padding,
+    most recent first) and the click / repeat-click counts."""
+
+    def __init__(self, item: np.ndarray, cat: np.ndarray, sc: np.ndarray, clicks: np.ndarray,
+                 repeat_clicks: np.ndarray):
+        self.item, self.cat, self.sc, self.clicks, self.repeat_clicks = item, cat, sc, clicks, repeat_clicks
+
+    @classmethod
+    def empty(cls, users: int, length: int) -> "_History":
+        return cls(*[np.zeros((users, length), np.int64) for _ in range(3)], np.zeros(users, np.int64),
+                   np.zeros(users, np.int64))
+
+    def arrays(self) -> tuple:
+        """The arrays in the order ``_chunk`` takes them (updated in place)."""
+        return self.item, self.cat, self.sc, self.clicks, self.repeat_clicks
+
+    def add_clicks(self, r: SimpleNamespace, y: np.ndarray) -> None:
+        """Clicked items enter the history (after the row)."""
+        cu = r.u[y]
+        if len(cu):
+            self.item[cu] = np.concatenate([(r.item[y] + 1)[:, None], self.item[cu, :-1]], axis=1)
+            self.cat[cu] = np.concatenate([(r.cat[y] + 1)[:, None], self.cat[cu, :-1]], axis=1)
+            self.sc[cu] = np.concatenate([(r.s[y] + 1)[:, None], self.sc[cu, :-1]], axis=1)
+            self.clicks[cu] += 1
+            self.repeat_clicks[cu] += r.is_rep[y]
+
+
+def _ranks(users: np.ndarray) -> np.ndarray:
+    """Occurrence rank of each row among its user's rows in this chunk: rows of equal rank have distinct users
+    and are processed together (vectorised), ranks in time order."""
+    n = len(users)
     order = np.argsort(users, kind="stable")
     su = users[order]
     first = np.r_[True, su[1:] != su[:-1]]
     rank_sorted = np.arange(n) - np.maximum.accumulate(np.where(first, np.arange(n), 0))
     rank = np.empty(n, np.int64)
     rank[order] = rank_sorted
-    L = hist_item.shape[1]
+    return rank
+
+
+def _empty_rows(n: int, L: int) -> dict:
     out = {k: np.zeros(n, np.int64) for k in ("user_id", "gender", "age", "user_level", "item_id", "cate_id",
                                               "brand_id", "hour", "device", "query_cate", "scenario",
                                               "latent_scenario")}
@@ -360,79 +406,105 @@ def _chunk(rng, w: _World, n, hist_item, hist_cat, hist_sc, clicks, repeat_click
         out[k] = np.zeros(n, np.float32)
     for k in ("hist_item_id", "hist_cate_id", "hist_scenario"):
         out[k] = np.zeros((n, L), np.int64)
+    return out
+
+
+def _chunk(rng, w: _World, n, hist_item, hist_cat, hist_sc, clicks, repeat_clicks, headroom=None) -> dict:
+    """n rows in time order; a user's later rows in the chunk see the clicks of its earlier rows (the user
+    state arrays of ``_History``, updated in place). With ``headroom`` (a dict), also fills ``headroom[name]
+    [n]`` with the logit without each premise (see :func:`_without_premises`); no random draw depends on it."""
+    history = _History(hist_item, hist_cat, hist_sc, clicks, repeat_clicks)
+    if headroom is not None:
+        headroom.update({name: np.zeros(n) for name in ("oracle",) + HEADROOM})
+    users = rng.choice(w.U, n, p=w.activity)
+    rank = _ranks(users)
+    out = _empty_rows(n, history.item.shape[1])
     for r in range(int(rank.max()) + 1):
         idx = np.flatnonzero(rank == r)
-        u = users[idx]
-        m = len(idx)
-        s = rng.choice(w.S, m, p=w.traffic)
-        hour = rng.integers(0, 24, m)
-        z = hour // HOUR_BUCKET
-        device = rng.integers(0, 3, m)
-        hi, hc, hs = hist_item[u], hist_cat[u], hist_sc[u]
-        hlen = (hi != 0).sum(axis=1)
-        # query: search scenarios ask for a category, often one from the user's history
-        search = w.search[s]
-        fav = np.where(hlen > 0, hc[np.arange(m), (rng.random(m) * np.maximum(hlen, 1)).astype(int)] - 1, -1)
-        qcat = np.where(fav >= 0, fav, rng.integers(0, w.C, m))
-        qcat = np.where(rng.random(m) < 0.5, qcat, rng.integers(0, w.C, m))
-        # candidate item
-        item = rng.choice(w.I, m, p=w.popularity)
-        from_cat = (rng.random(m) < 0.3) & (fav >= 0)
-        item = np.where(from_cat, w.items_of_cat(rng, np.maximum(fav, 0)), item)
-        from_query = search & (rng.random(m) < 0.6)
-        item = np.where(from_query, w.items_of_cat(rng, qcat), item)
-        rep_draw = (rng.random(m) < w.repeat_q[u]) & (hlen > 0)
-        rep_item = hi[np.arange(m), (rng.random(m) * np.maximum(hlen, 1)).astype(int)] - 1
-        item = np.where(rep_draw, rep_item, item)
-        cat = w.cat[item]
-        is_rep = ((hi == (item + 1)[:, None]).any(axis=1))
-        # click probability (see the module docstring)
-        d = math.sqrt(w.d)
-        glob = (w.g_u[u] * w.g_i[item]).sum(1) / d
-        spec = (w.a_u[u] * w.m[s] * w.b_i[item]).sum(1) / d
-        w_h = w.behaviour_weight[hs, s[:, None]]  # 0 on padding
-        hvec = w.g_i_unit[np.maximum(hi - 1, 0)]
-        cos = (hvec * w.g_i_unit[item][:, None, :]).sum(-1)
-        cat_match = hc == (cat + 1)[:, None]
-        mean = (hi > 0) / np.maximum(hlen, 1)[:, None]  # plain history mean, 0 on padding
-        if w.local_activation:
-            att = _softmax(np.where(hi > 0, cos / w.local_activation, -np.inf))  # 0 on padding
-            interest, same_cat = (att * w_h * cos).sum(1), (att * w_h * cat_match).sum(1)
-        else:
-            att = mean
-            interest = np.where(hlen > 0, (cos * w_h).sum(1) / np.maximum(hlen, 1), 0.0)
-            same_cat = np.where(hlen > 0, (cat_match * w_h).sum(1) / np.maximum(hlen, 1), 0.0)
-        rep_eff = (w.rho[z] + 2.0 * (w.repeat_q[u] - 0.2)) * is_rep
-        qmatch = search & (qcat == cat)
-        aspect = w.aspect_weight[s]
-        logit = (w.b0 + w.bias_s[s] + glob + w.scenario_weight * spec + aspect[:, 0] * interest
-                 + aspect[:, 1] * same_cat + rep_eff
-                 + 0.8 * w.T[z, cat] + 1.2 * qmatch - 0.25 * w.price[item] + w.item_scenario * w.xi[item, s])
-        p = 1.0 / (1.0 + np.exp(-logit))
-        y = rng.random(m) < p
+        rows = _draw_rows(rng, w, history, users[idx])
+        _click_logit(w, rows)
+        p = 1.0 / (1.0 + np.exp(-rows.logit))
+        y = rng.random(len(idx)) < p
         if headroom is not None:
-            mean_taste = (w.a_u[u] * (w.traffic @ w.m) * w.b_i[item]).sum(1) / d
-            item_gap = w.item_scenario * (w.xi[item] @ w.traffic - w.xi[item, s])
-            for name, value in _without_premises(w, s, logit, aspect, att, mean, w_h, hi > 0, cos, cat_match,
-                                                 w.scenario_weight * (mean_taste - spec), item_gap).items():
+            for name, value in _headroom_logits(w, rows).items():
                 headroom[name][idx] = value
-        # write the rows
-        o = out
-        o["user_id"][idx], o["gender"][idx], o["age"][idx] = u + 1, w.gender[u] + 1, w.age[u] + 1
-        o["user_level"][idx], o["user_activity"][idx] = w.level[u] + 1, w.user_activity[u]
-        o["item_id"][idx], o["cate_id"][idx], o["brand_id"][idx] = item + 1, cat + 1, w.brand[item] + 1
-        o["price"][idx], o["hour"][idx], o["device"][idx] = w.price[item], hour + 1, device + 1
-        o["query_cate"][idx] = np.where(search, qcat + 1, 0)
-        o["scenario"][idx], o["latent_scenario"][idx] = s, z
-        o["hist_item_id"][idx], o["hist_cate_id"][idx], o["hist_scenario"][idx] = hi, hc, hs
-        o["click"][idx], o["oracle_p"][idx] = y, p
-        o["user_repeat_rate"][idx] = repeat_clicks[u] / np.maximum(clicks[u], 1)
-        # clicked items enter the history (after the row)
-        cu = u[y]
-        if len(cu):
-            hist_item[cu] = np.concatenate([(item[y] + 1)[:, None], hist_item[cu, :-1]], axis=1)
-            hist_cat[cu] = np.concatenate([(cat[y] + 1)[:, None], hist_cat[cu, :-1]], axis=1)
-            hist_sc[cu] = np.concatenate([(s[y] + 1)[:, None], hist_sc[cu, :-1]], axis=1)
-            clicks[cu] += 1
-            repeat_clicks[cu] += is_rep[y]
+        _store(out, idx, w, rows, history, y, p)
+        history.add_clicks(rows, y)
     return out
+
+
+def _draw_rows(rng, w: _World, history: _History, u: np.ndarray) -> SimpleNamespace:
+    """The scenario, context, query and candidate item of one row per user ``u``."""
+    m = len(u)
+    s = rng.choice(w.S, m, p=w.traffic)
+    hour = rng.integers(0, 24, m)
+    z = hour // HOUR_BUCKET
+    device = rng.integers(0, 3, m)
+    hi, hc, hs = history.item[u], history.cat[u], history.sc[u]
+    hlen = (hi != 0).sum(axis=1)
+    # query: search scenarios ask for a category, often one from the user's history
+    search = w.search[s]
+    fav = np.where(hlen > 0, hc[np.arange(m), (rng.random(m) * np.maximum(hlen, 1)).astype(int)] - 1, -1)
+    qcat = np.where(fav >= 0, fav, rng.integers(0, w.C, m))
+    qcat = np.where(rng.random(m) < 0.5, qcat, rng.integers(0, w.C, m))
+    # candidate item
+    item = rng.choice(w.I, m, p=w.popularity)
+    from_cat = (rng.random(m) < 0.3) & (fav >= 0)
+    item = np.where(from_cat, w.items_of_cat(rng, np.maximum(fav, 0)), item)
+    from_query = search & (rng.random(m) < 0.6)
+    item = np.where(from_query, w.items_of_cat(rng, qcat), item)
+    rep_draw = (rng.random(m) < w.repeat_q[u]) & (hlen > 0)
+    rep_item = hi[np.arange(m), (rng.random(m) * np.maximum(hlen, 1)).astype(int)] - 1
+    item = np.where(rep_draw, rep_item, item)
+    cat = w.cat[item]
+    is_rep = ((hi == (item + 1)[:, None]).any(axis=1))
+    return SimpleNamespace(u=u, s=s, hour=hour, z=z, device=device, hi=hi, hc=hc, hs=hs, hlen=hlen, search=search,
+                           qcat=qcat, item=item, cat=cat, is_rep=is_rep)
+
+
+def _click_logit(w: _World, r: SimpleNamespace) -> None:
+    """The click logit of the rows (see the module docstring) and its terms, set on ``r``."""
+    u, s, hi, hc, hlen, item, cat = r.u, r.s, r.hi, r.hc, r.hlen, r.item, r.cat
+    r.d = d = math.sqrt(w.d)
+    glob = (w.g_u[u] * w.g_i[item]).sum(1) / d
+    r.spec = (w.a_u[u] * w.m[s] * w.b_i[item]).sum(1) / d
+    r.w_h = w_h = w.behaviour_weight[r.hs, s[:, None]]  # 0 on padding
+    hvec = w.g_i_unit[np.maximum(hi - 1, 0)]
+    r.cos = cos = (hvec * w.g_i_unit[item][:, None, :]).sum(-1)
+    r.cat_match = cat_match = hc == (cat + 1)[:, None]
+    r.mean = (hi > 0) / np.maximum(hlen, 1)[:, None]  # plain history mean, 0 on padding
+    if w.local_activation:
+        r.att = att = _softmax(np.where(hi > 0, cos / w.local_activation, -np.inf))  # 0 on padding
+        interest, same_cat = (att * w_h * cos).sum(1), (att * w_h * cat_match).sum(1)
+    else:
+        r.att = r.mean
+        interest = np.where(hlen > 0, (cos * w_h).sum(1) / np.maximum(hlen, 1), 0.0)
+        same_cat = np.where(hlen > 0, (cat_match * w_h).sum(1) / np.maximum(hlen, 1), 0.0)
+    rep_eff = (w.rho[r.z] + 2.0 * (w.repeat_q[u] - 0.2)) * r.is_rep
+    qmatch = r.search & (r.qcat == cat)
+    r.aspect = aspect = w.aspect_weight[s]
+    r.logit = (w.b0 + w.bias_s[s] + glob + w.scenario_weight * r.spec + aspect[:, 0] * interest
+               + aspect[:, 1] * same_cat + rep_eff
+               + 0.8 * w.T[r.z, cat] + 1.2 * qmatch - 0.25 * w.price[item] + w.item_scenario * w.xi[item, s])
+
+
+def _headroom_logits(w: _World, r: SimpleNamespace) -> dict:
+    """The logit without each premise (``_without_premises``) for the rows ``r``."""
+    mean_taste = (w.a_u[r.u] * (w.traffic @ w.m) * w.b_i[r.item]).sum(1) / r.d
+    item_gap = w.item_scenario * (w.xi[r.item] @ w.traffic - w.xi[r.item, r.s])
+    return _without_premises(w, r.s, r.logit, r.aspect, r.att, r.mean, r.w_h, r.hi > 0, r.cos, r.cat_match,
+                             w.scenario_weight * (mean_taste - r.spec), item_gap)
+
+
+def _store(o: dict, idx: np.ndarray, w: _World, r: SimpleNamespace, history: _History, y, p) -> None:
+    """The rows ``r`` into the chunk's columns ``o`` at ``idx``."""
+    u, item = r.u, r.item
+    o["user_id"][idx], o["gender"][idx], o["age"][idx] = u + 1, w.gender[u] + 1, w.age[u] + 1
+    o["user_level"][idx], o["user_activity"][idx] = w.level[u] + 1, w.user_activity[u]
+    o["item_id"][idx], o["cate_id"][idx], o["brand_id"][idx] = item + 1, r.cat + 1, w.brand[item] + 1
+    o["price"][idx], o["hour"][idx], o["device"][idx] = w.price[item], r.hour + 1, r.device + 1
+    o["query_cate"][idx] = np.where(r.search, r.qcat + 1, 0)
+    o["scenario"][idx], o["latent_scenario"][idx] = r.s, r.z
+    o["hist_item_id"][idx], o["hist_cate_id"][idx], o["hist_scenario"][idx] = r.hi, r.hc, r.hs
+    o["click"][idx], o["oracle_p"][idx] = y, p
+    o["user_repeat_rate"][idx] = history.repeat_clicks[u] / np.maximum(history.clicks[u], 1)
