@@ -1,4 +1,4 @@
-"""``tfmsr <verb>``: data, train, evaluate, export, score, models, bench, cluster, retrieval, demo.
+"""``tfmsr <verb>``: data, train, evaluate, export, serving, score, models, bench, cluster, retrieval, demo.
 
 One module per verb, each with its parser beside its handler (``add_parser(sub)``); this is the only
 package that sees both the ranking and the retrieval family. Errors a user can cause (bad config or
@@ -13,9 +13,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide TF's C++ start-up chatter; errors still raise
 import tfmsr  # noqa: E402,F401  (pins Keras 2 before TensorFlow loads)
-from tfmsr.cli import bench, cluster, data, demo, evaluate, export, models, retrieval, score, train  # noqa: E402
+from tfmsr.cli import (bench, cluster, data, demo, evaluate, export, models, retrieval, score, serving,  # noqa: E402
+                       train)
 
-VERBS = (data, train, evaluate, models, bench, export, score, cluster, retrieval, demo)  # the order of --help
+VERBS = (data, train, evaluate, models, bench, export, serving, score, cluster, retrieval, demo)  # the order of --help
 
 
 def build_parser() -> argparse.ArgumentParser:

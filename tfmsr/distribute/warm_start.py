@@ -33,8 +33,9 @@ Under ParameterServerStrategy a partitioned table is one ``ShardedVariable`` in 
 whole tensor in a checkpoint): it is grown as a whole and assigned back across its shards.
 
 The report (what was restored, grown and initialised, per table) is logged and returned; the trainers put
-it in ``history.json``. ``start_ranking`` is the ranking trainer's entry point: it writes the report to
-``RUN2/warm_start.json`` and, when RUN2 resumes from its own backup, reads that file instead of RUN1.
+it in ``history.json``. The ranking trainer checks RUN1 before it writes RUN2's directory
+(``plan_ranking``), then restores (``start_ranking``) and writes the report to ``RUN2/warm_start.json``;
+a RUN2 that resumes from its own backup reads that file and never RUN1.
 """
 from __future__ import annotations
 
@@ -463,33 +464,51 @@ def sample_batch(files: Sequence[str], schema: Schema, n: int = 8):
     return x
 
 
-def start_ranking(source: Optional[str], model, cfg: dict, schema: Schema, files: Sequence[str], out_dir: str,
-                  resuming: bool, log: Callable[[str], None]) -> Optional[dict]:
-    """The ranking trainer's warm start: RUN1's ``final/`` into ``model`` (compiled; built here when it is
-    not yet), the report written to ``out_dir/warm_start.json``. A run that resumes from its own backup
-    (``resuming``) never reads RUN1 again: it returns the report it wrote when it started."""
+@dataclass
+class Plan:
+    """What a ranking run does with ``--warm-start``: resume its own backup (``src`` None), or start from
+    RUN1 (``src``, with the checked row maps)."""
+
+    source: str
+    src: Optional[Source]
+    maps: Dict[str, RowMap]
+
+
+def plan_ranking(source: Optional[str], cfg: dict, schema: Schema, model_dir: str) -> Optional[Plan]:
+    """Checked before the run dir is written, so a refused RUN1 leaves nothing behind. A run with a backup
+    of its own resumes from it and never reads RUN1 again (the report it wrote at its start is kept)."""
     if not source:
         return None
+    if tf.train.latest_checkpoint(os.path.join(model_dir, "backup", "chief")):
+        return Plan(source, None, {})
+    src = Source.read(source)
+    return Plan(source, src, check(src, "ranking", cfg, schema))
+
+
+def start_ranking(plan: Optional[Plan], model, schema: Schema, files: Sequence[str], out_dir: str,
+                  log: Callable[[str], None]) -> Optional[dict]:
+    """The ranking trainer's warm start: RUN1's ``final/`` into ``model`` (compiled; built here when it is
+    not yet), the report written to ``out_dir/warm_start.json``; or, resuming, that report read back."""
+    if plan is None:
+        return None
     path = os.path.join(out_dir, REPORT)
-    if resuming:
+    if plan.src is None:
         if not os.path.isfile(path):
-            raise WarmStartError(f"{out_dir}: resumes a run that did not start from --warm-start {source}")
+            raise WarmStartError(f"{out_dir}: resumes a run that did not start from --warm-start {plan.source}")
         with open(path) as fh:
             report = json.load(fh)
-        if report["from"] != os.path.abspath(source):
-            raise WarmStartError(f"{out_dir}: started from --warm-start {report['from']}, not {source}; resume it "
-                                 "with the same --warm-start, or pass --overwrite to start afresh")
+        if report["from"] != os.path.abspath(plan.source):
+            raise WarmStartError(f"{out_dir}: started from --warm-start {report['from']}, not {plan.source}; "
+                                 "resume it with the same --warm-start, or pass --overwrite to start afresh")
         log(f"[warm start] resuming from this run's own backup; RUN1 ({report['from']}) is not read again")
         return report
-    src = Source.read(source)
-    maps = check(src, "ranking", cfg, schema)
     if not model.built:
         model(sample_batch(files, schema))
     if not getattr(model.optimizer, "_built", False):
         model.optimizer.build(model.trainable_variables)
-    root = tf.train.Checkpoint(model=model)
-    report = warm_start(model, root, src, tf.train.latest_checkpoint(os.path.join(source, "final")) or
-                        os.path.join(source, "final", "ckpt"), maps, log)
+    final = tf.train.latest_checkpoint(os.path.join(plan.source, "final"))
+    report = warm_start(model, tf.train.Checkpoint(model=model), plan.src,
+                        final or os.path.join(plan.source, "final", "ckpt"), plan.maps, log)
     write_json(path, report)
     return report
 

@@ -39,7 +39,7 @@ from tfmsr.distribute.accounting import EpochAccounting, LossGuard
 from tfmsr.distribute.progress import Progress
 from tfmsr.distribute.strategy import (ClusterBackupAndRestore, ClusterProgress, check_model,
                                        cluster_from_env, make_strategy, per_worker_input, serve, sharded_variables)
-from tfmsr.distribute.warm_start import start_ranking
+from tfmsr.distribute.warm_start import plan_ranking, start_ranking
 from tfmsr.features import Schema
 from tfmsr.features.lookup import copy_vocabularies, shared_lookups
 from tfmsr.ranking.callbacks import EpochCheckpoint, ScenarioValidation
@@ -113,6 +113,7 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
         _check_resumable(model_dir, cfg, data_dir, overwrite)
     # the chief writes the model dir; other multi-worker workers save too (saving reads synced variables
     # on every worker) but into a temp dir removed at the end, as Keras does
+    plan = plan_ranking(warm_start, cfg, schema, model_dir)  # RUN1 checked before the run dir is written
     out_dir = model_dir if cluster.is_chief else tempfile.mkdtemp(prefix=f"tfmsr-{cluster.role}{cluster.index}-")
     os.makedirs(out_dir, exist_ok=True)
     run = RunDir(out_dir)
@@ -131,7 +132,7 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
     backup_dir = os.path.join(model_dir, "backup")
     epoch0, step0 = resume_point(backup_dir, spe)
     skip = epoch0 * spe + step0
-    warm = start_ranking(warm_start, model, cfg, schema, train_files, out_dir, bool(skip), log)  # RUN1's weights
+    warm = start_ranking(plan, model, schema, train_files, out_dir, log)  # RUN1's weights, or resuming: its report
     if skip:
         log(f"[{model.model_name}] resuming from backup at global step {skip} (epoch {epoch0 + 1}, "
             f"step {step0} of {spe})")
