@@ -235,69 +235,83 @@ class Schema:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise one SchemaError for the first mistake found, naming the file and the field."""
+        self._check_names()
+        by_name = {f.name: f for f in self.features}
+        for f in self.features:
+            self._check_feature(f, by_name)
+        for name, dtype in self.extras.items():
+            if dtype not in EXTRA_DTYPES:
+                self._fail(f"extra '{name}': unknown dtype '{dtype}' (expected one of {', '.join(EXTRA_DTYPES)})")
+        if self.oracle and self.oracle not in self.extras:
+            self._fail(f"oracle '{self.oracle}' must name one of the extras {sorted(self.extras)}")
+        if self.user_key not in by_name and self.user_key not in self.extras:
+            # GAUC needs a user column; a schema without one simply has no GAUC.
+            self.user_key = ""
 
-        def fail(msg):
-            raise SchemaError(f"{self.source}: {msg}")
+    def _fail(self, msg: str):
+        raise SchemaError(f"{self.source}: {msg}")
 
+    def _check_names(self) -> None:
         names = [self.scenario.name] + list(self.labels) + [f.name for f in self.features] + list(self.extras)
         seen = set()
         for n in names:
             if n in seen:
-                fail(f"duplicate name '{n}' (scenario, labels, features and extras share one namespace)")
+                self._fail(f"duplicate name '{n}' (scenario, labels, features and extras share one namespace)")
             seen.add(n)
-        by_name = {f.name: f for f in self.features}
-        for f in self.features:
-            where = f"feature '{f.name}'"
-            if f.kind not in KINDS:
-                fail(f"{where}: unknown kind '{f.kind}' (expected one of {', '.join(KINDS)})")
-            if f.group not in GROUPS:
-                fail(f"{where}: unknown group '{f.group}' (expected one of {', '.join(GROUPS)})")
-            if f.kind == "numeric":
-                if f.vocab_size or f.hash_buckets or f.share:
-                    fail(f"{where}: a numeric feature has no vocabulary, hash_buckets or share")
-                for key in ("mean", "std"):  # numbers, or the model's standardisation is NaN / a TypeError
-                    v = getattr(f, key)
-                    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or abs(v) == float("inf"):
-                        fail(f"{where}: {key} must be a finite number, got {v!r}")
-                if f.std <= 0:
-                    fail(f"{where}: std must be > 0, got {f.std}")
-                continue
-            if f.share:
-                owner = by_name.get(f.share)
-                if owner is None:
-                    fail(f"{where}: shares the table of '{f.share}', which does not exist")
-                if owner.kind == "numeric" or owner.share:
-                    fail(f"{where}: shares '{f.share}', which owns no embedding table "
-                         "(share a categorical or sequence feature that has its own vocabulary)")
-                if f.vocab_size is not None or f.hash_buckets is not None:
-                    fail(f"{where}: takes its vocabulary from '{f.share}'; do not set vocab_size/hash_buckets")
-            else:
-                if f.vocab_size is None and f.hash_buckets is None:
-                    fail(f"{where}: missing vocabulary: set vocab_size (ids 1..vocab_size-1) or hash_buckets")
-                if f.vocab_size is not None and f.hash_buckets is not None:
-                    fail(f"{where}: set either vocab_size or hash_buckets, not both")
-                size = f.vocab_size if f.vocab_size is not None else f.hash_buckets
-                if not isinstance(size, int) or size < 2:
-                    fail(f"{where}: vocabulary size must be an integer >= 2 (id 0 is padding/OOV), got {size!r}")
-                if not isinstance(f.dim, int) or f.dim < 1:
-                    fail(f"{where}: dim must be a positive integer, got {f.dim!r}")
-            if f.vocab is not None or f.raw is not None:
-                if f.share or f.hash_buckets is not None or not isinstance(f.vocab, str) or not f.vocab:
-                    fail(f"{where}: 'vocab' (a file of raw values) goes on a table with vocab_size, "
-                         "not on a shared or hashed one")
-                if f.raw not in RAW_DTYPES:
-                    fail(f"{where}: a vocabulary table needs 'raw' (the raw values' dtype: "
-                         f"{' or '.join(RAW_DTYPES)}), got {f.raw!r}")
-            if f.kind == "sequence":
-                if not isinstance(f.length, int) or f.length < 1:
-                    fail(f"{where}: a sequence needs 'length' (a positive integer), got {f.length!r}")
-            elif f.length is not None:
-                fail(f"{where}: only sequences have a length")
-        for name, dtype in self.extras.items():
-            if dtype not in EXTRA_DTYPES:
-                fail(f"extra '{name}': unknown dtype '{dtype}' (expected one of {', '.join(EXTRA_DTYPES)})")
-        if self.oracle and self.oracle not in self.extras:
-            fail(f"oracle '{self.oracle}' must name one of the extras {sorted(self.extras)}")
-        if self.user_key not in by_name and self.user_key not in self.extras:
-            # GAUC needs a user column; a schema without one simply has no GAUC.
-            self.user_key = ""
+
+    def _check_feature(self, f: Feature, by_name: Dict[str, Feature]) -> None:
+        where = f"feature '{f.name}'"
+        if f.kind not in KINDS:
+            self._fail(f"{where}: unknown kind '{f.kind}' (expected one of {', '.join(KINDS)})")
+        if f.group not in GROUPS:
+            self._fail(f"{where}: unknown group '{f.group}' (expected one of {', '.join(GROUPS)})")
+        if f.kind == "numeric":
+            self._check_numeric(f, where)
+            return
+        if f.share:
+            self._check_share(f, where, by_name)
+        else:
+            self._check_table(f, where)
+        if f.vocab is not None or f.raw is not None:
+            if f.share or f.hash_buckets is not None or not isinstance(f.vocab, str) or not f.vocab:
+                self._fail(f"{where}: 'vocab' (a file of raw values) goes on a table with vocab_size, "
+                           "not on a shared or hashed one")
+            if f.raw not in RAW_DTYPES:
+                self._fail(f"{where}: a vocabulary table needs 'raw' (the raw values' dtype: "
+                           f"{' or '.join(RAW_DTYPES)}), got {f.raw!r}")
+        if f.kind == "sequence":
+            if not isinstance(f.length, int) or f.length < 1:
+                self._fail(f"{where}: a sequence needs 'length' (a positive integer), got {f.length!r}")
+        elif f.length is not None:
+            self._fail(f"{where}: only sequences have a length")
+
+    def _check_numeric(self, f: Feature, where: str) -> None:
+        if f.vocab_size or f.hash_buckets or f.share:
+            self._fail(f"{where}: a numeric feature has no vocabulary, hash_buckets or share")
+        for key in ("mean", "std"):  # numbers, or the model's standardisation is NaN / a TypeError
+            v = getattr(f, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or abs(v) == float("inf"):
+                self._fail(f"{where}: {key} must be a finite number, got {v!r}")
+        if f.std <= 0:
+            self._fail(f"{where}: std must be > 0, got {f.std}")
+
+    def _check_share(self, f: Feature, where: str, by_name: Dict[str, Feature]) -> None:
+        owner = by_name.get(f.share)
+        if owner is None:
+            self._fail(f"{where}: shares the table of '{f.share}', which does not exist")
+        if owner.kind == "numeric" or owner.share:
+            self._fail(f"{where}: shares '{f.share}', which owns no embedding table "
+                       "(share a categorical or sequence feature that has its own vocabulary)")
+        if f.vocab_size is not None or f.hash_buckets is not None:
+            self._fail(f"{where}: takes its vocabulary from '{f.share}'; do not set vocab_size/hash_buckets")
+
+    def _check_table(self, f: Feature, where: str) -> None:
+        if f.vocab_size is None and f.hash_buckets is None:
+            self._fail(f"{where}: missing vocabulary: set vocab_size (ids 1..vocab_size-1) or hash_buckets")
+        if f.vocab_size is not None and f.hash_buckets is not None:
+            self._fail(f"{where}: set either vocab_size or hash_buckets, not both")
+        size = f.vocab_size if f.vocab_size is not None else f.hash_buckets
+        if not isinstance(size, int) or size < 2:
+            self._fail(f"{where}: vocabulary size must be an integer >= 2 (id 0 is padding/OOV), got {size!r}")
+        if not isinstance(f.dim, int) or f.dim < 1:
+            self._fail(f"{where}: dim must be a positive integer, got {f.dim!r}")
