@@ -1,0 +1,102 @@
+"""Expert banks, gates, PLE's CGC, HiNet's scenario extraction and the scenario MoE (tfmsr/layers/experts.py),
+each against a NumPy re-computation of its equation."""
+import numpy as np
+import tensorflow as tf
+
+from layer_reference import RNG, TOL, rand, relu, softmax, dense
+
+from tfmsr.layers import CGC, ExpertBank, ExpertGates, ScenarioExtraction, ScenarioMoE
+
+
+def np_bank(bank, x):
+    """ExpertBank in NumPy: x [B, D] or [B, E, D] -> [B, E, H]."""
+    h = x if x.ndim == 3 else np.broadcast_to(x[:, None], (x.shape[0], bank.num_experts, x.shape[1]))
+    for k, b in zip(bank.kernels, bank.biases):
+        h = relu(np.einsum("bed,edh->beh", h, k.numpy()) + b.numpy())
+    return h
+
+
+def test_expert_bank_is_independent_mlps():
+    bank = ExpertBank(3, [5, 4])
+    x = rand(6, 7)
+    got = bank(tf.constant(x)).numpy()
+    for e in range(3):                                   # expert e alone, as a plain MLP
+        h = x
+        for k, b in zip(bank.kernels, bank.biases):
+            h = relu(h @ k.numpy()[e] + b.numpy()[e])
+        np.testing.assert_allclose(got[:, e], h, **TOL)
+    k0 = bank.kernels[0].numpy()
+    assert not np.allclose(k0[0], k0[1])                 # experts start different
+    xe = rand(6, 3, 7)
+    np.testing.assert_allclose(bank(tf.constant(xe)).numpy(), np_bank(bank, xe), **TOL)
+
+
+def test_expert_gates_softmax_mixture():
+    gates = ExpertGates(2, 3)
+    x, experts = rand(4, 5), rand(4, 3, 6)
+    got = gates(tf.constant(x), tf.constant(experts)).numpy()
+    g = softmax(np.einsum("bd,gde->bge", x, gates.kernel.numpy()) + gates.bias.numpy())
+    np.testing.assert_allclose(got, np.einsum("bge,beh->bgh", g, experts), **TOL)
+    per_gate_x, per_gate_e = rand(4, 2, 5), rand(4, 2, 3, 6)
+    got = gates(tf.constant(per_gate_x), tf.constant(per_gate_e)).numpy()
+    g = softmax(np.einsum("bgd,gde->bge", per_gate_x, gates.kernel.numpy()) + gates.bias.numpy())
+    np.testing.assert_allclose(got, np.einsum("bge,bgeh->bgh", g, per_gate_e), **TOL)
+
+
+def np_gate(gates, x, experts):
+    k, b = gates.kernel.numpy(), gates.bias.numpy()
+    g = softmax(np.einsum("bd,gde->bge" if x.ndim == 2 else "bgd,gde->bge", x, k) + b)
+    return np.einsum("bge,beh->bgh" if experts.ndim == 3 else "bge,bgeh->bgh", g, experts)
+
+
+def np_cgc(layer, x):
+    t, m = layer.num_tasks, layer.specific
+    x_tasks, x_shared = (x[:, :t], x[:, t]) if x.ndim == 3 else (x, x)
+    spec = np_bank(layer.specific_experts, np.repeat(x_tasks, m, axis=1) if x.ndim == 3 else x_tasks)
+    shared = np_bank(layer.shared_experts, x_shared)
+    per_task = [np.concatenate([spec[:, k * m:(k + 1) * m], shared], 1) for k in range(t)]
+    out = np.stack([np_gate(layer.task_gates, x_tasks, np.stack(per_task, 1))[:, k] for k in range(t)], 1)
+    if layer.shared_gate is None:
+        return out
+    every = np.concatenate([spec, shared], 1)
+    return np.concatenate([out, np_gate(layer.shared_gate, x_shared, every)], 1)
+
+
+def test_cgc_levels_ple():
+    x = rand(5, 6)
+    first = CGC(num_tasks=3, specific=2, shared=1, hidden=[4], shared_output=True)
+    h = first(tf.constant(x))
+    assert h.shape == (5, 4, 4)
+    np.testing.assert_allclose(h.numpy(), np_cgc(first, x), **TOL)
+    last = CGC(num_tasks=3, specific=2, shared=1, hidden=[3])
+    out = last(h).numpy()
+    assert out.shape == (5, 3, 3)
+    np.testing.assert_allclose(out, np_cgc(last, h.numpy()), **TOL)
+
+
+def test_scenario_extraction_hinet():
+    S, b = 3, 6
+    layer = ScenarioExtraction(S, shared=2, specific=2, hidden=[4], san_hidden=[5])
+    x, sc, emb = rand(b, 7), RNG.integers(0, S, b), rand(b, 4)
+    got = layer(tf.constant(x), tf.constant(sc), tf.constant(emb)).numpy()
+    shared = np_gate(layer.shared_gate, x, np_bank(layer.shared_experts, x))[:, 0]
+    spec = np_bank(layer.specific_experts, x).reshape(b, S, 2, 4)
+    every = np_gate(layer.specific_gates, x, spec)                        # [B, S, H]
+    own = every[np.arange(b), sc]
+    h = emb
+    for dl in layer.san_mlp.dense:
+        h = dense(dl, h, relu)
+    w = softmax(dense(layer.san_out, h)) * (1 - np.eye(S)[sc])           # own scenario zeroed
+    transfer = np.einsum("bs,bsh->bh", w, every)
+    np.testing.assert_allclose(got, np.concatenate([transfer, own, shared], 1), **TOL)
+
+
+def test_scenario_moe_uses_own_specific_and_shared_experts():
+    S, b = 3, 8
+    layer = ScenarioMoE(S, shared=2, specific=1, hidden=[4])
+    x, sc = rand(b, 5), np.array([0, 1, 2, 0, 1, 2, 2, 0])
+    got = layer(tf.constant(x), tf.constant(sc)).numpy()
+    shared = np_bank(layer.shared_experts, x)
+    spec = np.stack([np_bank(layer.specific_experts[s], x[i:i + 1])[0] for i, s in enumerate(sc)])
+    want = np_gate(layer.gate, x, np.concatenate([spec, shared], 1))[:, 0]
+    np.testing.assert_allclose(got, want, **TOL)

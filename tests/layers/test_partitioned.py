@@ -1,0 +1,70 @@
+"""STAR's partitioned normalization, star dense and scenario affine layers (tfmsr/layers/partitioned.py),
+each against a NumPy re-computation of its equation."""
+import numpy as np
+import tensorflow as tf
+
+from layer_reference import RNG, TOL, rand, relu
+
+from tfmsr.layers import partition_apply, PartitionedNormalization, ScenarioAffine, StarDense
+
+
+def test_partition_apply_restores_row_order():
+    x, sc = rand(7, 2), np.array([2, 0, 1, 2, 2, 0, 1])
+    got = partition_apply(tf.constant(x), tf.constant(sc), 3, lambda s, r: r * (s + 1)).numpy()
+    np.testing.assert_allclose(got, x * (sc[:, None] + 1), **TOL)
+
+
+def test_partitioned_normalization_train_and_inference():
+    S = 3
+    layer = PartitionedNormalization(S, momentum=0.9, epsilon=1e-3)
+    z, sc = rand(9, 4), np.array([0, 0, 0, 1, 1, 1, 1, 0, 1])     # scenario 2 absent
+    layer.build(z.shape)
+    for w in (layer.gamma, layer.beta, layer.gamma_p, layer.beta_p):
+        w.assign(rand(*w.shape))
+    got = layer(tf.constant(z), tf.constant(sc), training=True).numpy()
+    want = np.zeros_like(z)
+    mm, mv = np.zeros((S, 4)), np.ones((S, 4))      # bias-corrected moving statistics; unseen: 0 / 1
+    for s in (0, 1):
+        rows = sc == s
+        mu, var = z[rows].mean(0), z[rows].var(0)
+        scale = layer.gamma.numpy() * layer.gamma_p.numpy()[s]
+        shift = layer.beta.numpy() + layer.beta_p.numpy()[s]
+        want[rows] = scale * (z[rows] - mu) / np.sqrt(var + 1e-3) + shift
+        mm[s], mv[s] = mu, var                         # (0.1 * mu) / (1 - 0.9) after one update
+    np.testing.assert_allclose(got, want, **TOL)
+    stats = [t.numpy() for t in layer.statistics()]
+    np.testing.assert_allclose(stats[0], mm, **TOL)
+    np.testing.assert_allclose(stats[1], mv, **TOL)
+    np.testing.assert_allclose(layer.moving_mean.numpy()[2], 0.0)      # scenario 2 absent: untouched
+    got = layer(tf.constant(z), tf.constant(sc), training=False).numpy()
+    scale = layer.gamma.numpy() * layer.gamma_p.numpy()[sc]
+    shift = layer.beta.numpy() + layer.beta_p.numpy()[sc]
+    np.testing.assert_allclose(got, scale * (z - mm[sc]) / np.sqrt(mv[sc] + 1e-3) + shift, **TOL)
+    z2 = rand(9, 4)
+    layer(tf.constant(z2), tf.constant(sc), training=True)
+    rows = sc == 0
+    ema = 0.9 * 0.1 * z[rows].mean(0) + 0.1 * z2[rows].mean(0)
+    np.testing.assert_allclose(layer.statistics()[0].numpy()[0], ema / (1 - 0.9 ** 2), **TOL)
+
+
+def test_star_dense_uses_elementwise_product_of_shared_and_scenario_weights():
+    S = 3
+    layer = StarDense(4, S, activation="relu")
+    x, sc = rand(8, 5), RNG.integers(0, S, 8)
+    layer.build(x.shape)
+    layer.kernel_p.assign(rand(S, 5, 4))
+    layer.bias_p.assign(rand(S, 4))
+    got = layer(tf.constant(x), tf.constant(sc)).numpy()
+    W, b, Wp, bp = layer.kernel.numpy(), layer.bias.numpy(), layer.kernel_p.numpy(), layer.bias_p.numpy()
+    want = np.stack([relu(x[i] @ (W * Wp[s]) + b + bp[s]) for i, s in enumerate(sc)])
+    np.testing.assert_allclose(got, want, **TOL)
+
+
+def test_scenario_affine():
+    layer = ScenarioAffine(3)
+    x, sc = rand(5, 4), np.array([0, 2, 1, 2, 0])
+    layer.build(x.shape)
+    layer.scale.assign(rand(3, 4))
+    layer.shift.assign(rand(3, 4))
+    got = layer(tf.constant(x), tf.constant(sc)).numpy()
+    np.testing.assert_allclose(got, x * layer.scale.numpy()[sc] + layer.shift.numpy()[sc], **TOL)
