@@ -29,6 +29,33 @@ PIDS = np.array(["430548_1007", "430539_1007"])
 BTAGS = np.array(["pv", "cart", "fav", "buy"])
 
 
+def _write_ads(out_dir: str, rng, ads: int, categories: int) -> tuple:
+    """ad_feature.csv (a quarter of the brands NULL); returns the raw ad ids and their categories."""
+    ad_id = 1 + rng.choice(10 * ads, ads, replace=False)
+    ad_cate = 1000 + rng.integers(0, categories, ads)
+    ad_brand = np.where(rng.random(ads) < 0.25, -1, 5000 + ad_cate * 7 + rng.integers(0, 7, ads))
+    pd.DataFrame({"adgroup_id": ad_id, "cate_id": ad_cate, "campaign_id": 1 + rng.integers(0, max(2, ads // 3), ads),
+                  "customer": 1 + rng.integers(0, max(2, ads // 5), ads),
+                  "brand": pd.array(np.where(ad_brand < 0, None, ad_brand), dtype="Int64"),
+                  "price": np.round(rng.lognormal(4.0, 1.2, ads), 2)}) \
+        .to_csv(os.path.join(out_dir, "ad_feature.csv"), index=False, na_rep="NULL")
+    return ad_id, ad_cate
+
+
+def _write_profiles(out_dir: str, rng, uid: np.ndarray, profile_missing: float) -> None:
+    """user_profile.csv: some users have none; pvalue_level is often empty, as in the real file (and the
+    header's trailing space)."""
+    has = rng.random(len(uid)) >= profile_missing
+    n = int(has.sum())
+    prof = pd.DataFrame({
+        "userid": uid[has], "cms_segid": rng.integers(0, 97, n), "cms_group_id": rng.integers(0, 13, n),
+        "final_gender_code": rng.integers(1, 3, n), "age_level": rng.integers(0, 7, n),
+        "pvalue_level": pd.array(np.where(rng.random(n) < 0.3, None, rng.integers(1, 4, n)), dtype="Int64"),
+        "shopping_level": rng.integers(1, 4, n), "occupation": rng.integers(0, 2, n),
+        "new_user_class_level ": pd.array(np.where(rng.random(n) < 0.1, None, rng.integers(1, 5, n)), dtype="Int64")})
+    prof.to_csv(os.path.join(out_dir, "user_profile.csv"), index=False)
+
+
 def write_alimama(out_dir: str, impressions: int, users: int = None, ads: int = None, categories: int = 60,
                   behaviours_per_impression: float = 3.0, days: int = 8, history_days: int = 14,
                   profile_missing: float = 0.08, seed: int = 0, chunk: int = 500_000) -> dict:
@@ -41,24 +68,8 @@ def write_alimama(out_dir: str, impressions: int, users: int = None, ads: int = 
     os.makedirs(out_dir, exist_ok=True)
     uid = 1 + rng.choice(10 * users, users, replace=False)  # sparse raw ids, as in the real files
     fav = rng.integers(0, categories, (users, 3))
-    ad_id = 1 + rng.choice(10 * ads, ads, replace=False)
-    ad_cate = 1000 + rng.integers(0, categories, ads)
-    ad_brand = np.where(rng.random(ads) < 0.25, -1, 5000 + ad_cate * 7 + rng.integers(0, 7, ads))
-    pd.DataFrame({"adgroup_id": ad_id, "cate_id": ad_cate, "campaign_id": 1 + rng.integers(0, max(2, ads // 3), ads),
-                  "customer": 1 + rng.integers(0, max(2, ads // 5), ads),
-                  "brand": pd.array(np.where(ad_brand < 0, None, ad_brand), dtype="Int64"),
-                  "price": np.round(rng.lognormal(4.0, 1.2, ads), 2)}) \
-        .to_csv(os.path.join(out_dir, "ad_feature.csv"), index=False, na_rep="NULL")
-    # profiles: some users have none; pvalue_level is often empty, as in the real file
-    has = rng.random(users) >= profile_missing
-    n = int(has.sum())
-    prof = pd.DataFrame({
-        "userid": uid[has], "cms_segid": rng.integers(0, 97, n), "cms_group_id": rng.integers(0, 13, n),
-        "final_gender_code": rng.integers(1, 3, n), "age_level": rng.integers(0, 7, n),
-        "pvalue_level": pd.array(np.where(rng.random(n) < 0.3, None, rng.integers(1, 4, n)), dtype="Int64"),
-        "shopping_level": rng.integers(1, 4, n), "occupation": rng.integers(0, 2, n),
-        "new_user_class_level ": pd.array(np.where(rng.random(n) < 0.1, None, rng.integers(1, 5, n)), dtype="Int64")})
-    prof.to_csv(os.path.join(out_dir, "user_profile.csv"), index=False)
+    ad_id, ad_cate = _write_ads(out_dir, rng, ads, categories)
+    _write_profiles(out_dir, rng, uid, profile_missing)
     user_p = rng.zipf(1.6, users * 4)
     user_p = np.bincount(np.minimum(user_p, users) - 1, minlength=users) + 1.0
     user_p /= user_p.sum()
