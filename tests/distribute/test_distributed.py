@@ -341,15 +341,19 @@ def test_ps_largest_table_is_split_across_both_parameter_servers(ps_run, dist_da
 
 
 @pytest.mark.slow
-def test_ps_workers_read_disjoint_shards_and_epochs_are_one_pass(ps_run, dist_data):
+def test_ps_workers_share_one_stream_and_epochs_are_one_pass(ps_run, dist_data):
     c, rc, model_dir = ps_run
     finished(c, rc)
-    split = shard_lines(c)
+    assert any(l.startswith("[chief:0] [data] tf.data service on the chief at ") for l in c.lines)
+    assert not shard_lines(c)  # no worker owns a part of the shards (tfmsr.distribute.shared_input)
     files = sorted(os.listdir(os.path.join(dist_data, "train")))
-    assert set(split) == {0, 1} and all(of == 2 and n == len(files) for of, n, _ in split.values())
-    assert sorted(split[0][2] + split[1][2]) == files and not set(split[0][2]) & set(split[1][2])
     epochs = json.load(open(os.path.join(model_dir, "history.json")))["cluster"]["data_epochs"]
-    assert [e["examples"] for e in epochs] == [8000, 8000]  # steps x batch = the split's rows, each epoch
+    assert [e["examples"] for e in epochs] == [8000, 8000]  # counted in the graph: the split's rows, each epoch
+    assert all(sorted(e["shards"]) == files and sum(e["shards"].values()) == 8000 for e in epochs)
+    # each batch of the one stream went to one worker: every shard once per pass, up to the batch each
+    # worker had fetched ahead at an epoch's end (2 workers x 64 rows)
+    for f in files:
+        assert abs(sum(e["shards"][f] for e in epochs) - 2 * 2000) <= 2 * 64, [e["shards"] for e in epochs]
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ from tfmsr.features import Schema
 
 POLICIES = ("error", "zero", "count")
 COUNT_KEY = "__non_finite__"
+SHARD_KEY = "__shard__"  # per-row index of a training row's shard (``make_dataset(tag_shards=True)``), also popped
 PREFIX = "tfmsr guard:"
 
 

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
-from tfmsr.data.guards import first_bad_value, guard_batch
+from tfmsr.data.guards import SHARD_KEY, first_bad_value, guard_batch
 from tfmsr.features import Schema
 from tfmsr.features.lookup import VocabLookups, shared_lookups
 
@@ -129,14 +129,19 @@ def make_dataset(
     cycle_length: int = 4,
     parser=None,
     non_finite: str = "error",
+    tag_shards: bool = False,
+    service=None,
 ) -> tf.data.Dataset:
     """Training: files and rows shuffled (deterministically by ``seed``), repeated forever,
     ``skip_batches`` batches skipped (resume) before parsing. Evaluation: one pass, rows in file order
     (files read one after another; parsing stays parallel). ``non_finite``: the parser's policy for
-    non-finite numeric values (``tfmsr.data.guards``) when no ``parser`` is given."""
+    non-finite numeric values (``tfmsr.data.guards``) when no ``parser`` is given. ``tag_shards``: the
+    features also hold ``SHARD_KEY``, each row's index in ``files`` (rows read per shard, counted by the
+    model). ``service``: applied to the serialized batches before they are parsed (the shared tf.data
+    service job of ``tfmsr.distribute.shared_input``); those batches are parsed one at a time, when a step asks."""
     files = list(files)
     compression = compression_of(files)
-    ds = tf.data.Dataset.from_tensor_slices(files)
+    ds = tf.data.Dataset.from_tensor_slices((files, tf.range(len(files), dtype=tf.int64)) if tag_shards else files)
     if input_context is not None and input_context.num_input_pipelines > 1:
         if len(files) < input_context.num_input_pipelines:
             raise DataError(f"{os.path.dirname(files[0])}: {len(files)} shard(s) cannot be split across "
@@ -144,8 +149,12 @@ def make_dataset(
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if training:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    def read(f, *shard):  # a file's records (with the file's index when tagged)
+        records = tf.data.TFRecordDataset(f, compression_type=compression, buffer_size=1 << 20)
+        return records.map(lambda r: (r, shard[0])) if shard else records
+
     ds = ds.interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type=compression, buffer_size=1 << 20),
+        read,
         cycle_length=max(1, min(cycle_length, len(files))) if training else 1,  # evaluation: file order
         block_length=16,
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -158,12 +167,28 @@ def make_dataset(
         ds = ds.repeat()
         if skip_batches:
             ds = ds.skip(skip_batches)
-    ds = ds.map(parser or make_parser(schema, non_finite=non_finite), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if service is not None:
+        ds = service(ds)
+    parse = parser or make_parser(schema, non_finite=non_finite)
+    ahead = service is None  # a shared stream is parsed as each step asks: a worker holds no batch it does not train
+    ds = ds.map(_with_shards(parse) if tag_shards else parse, num_parallel_calls=tf.data.AUTOTUNE if ahead else None,
+                deterministic=True)
     options = tf.data.Options()
-    options.experimental_optimization.map_parallelization = True
+    options.experimental_optimization.map_parallelization = ahead
+    options.experimental_optimization.inject_prefetch = ahead
     if input_context is not None:
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE) if ahead else ds.with_options(options)
+
+
+def _with_shards(parse):
+    """``parse`` of (serialized, shard index) batches: the indices go into the features as ``SHARD_KEY``."""
+    def parse_tagged(serialized, shard):
+        out = parse(serialized)
+        (out[0] if isinstance(out, tuple) else out)[SHARD_KEY] = shard
+        return out
+
+    return parse_tagged
 
 
 # ---------------------------------------------------------------------------------------- bad data

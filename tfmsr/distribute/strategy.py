@@ -22,15 +22,18 @@ Input: each worker reads a disjoint part of the training shards, ``files[i::W]``
 captured at call time, as ``experimental_get_current_worker_index`` documents). Under
 MultiWorkerMirroredStrategy a global batch B is B/W rows from each worker, so an epoch of
 ``rows / B`` steps reads each row once when shards divide evenly. Under ParameterServerStrategy each step
-is one batch of B on whichever worker is free: an epoch is ``rows / B`` batches in total, but a faster
-worker can run more of them than its share (asynchronous training); the split is logged, not enforced.
+is one batch of B on whichever worker is free, so the trainer does not split the files: every worker
+takes the next batch of one stream of all shards served from the chief (``per_worker_input(shared=True)``,
+``tfmsr.distribute.shared_input``), and a faster worker, or the survivors of a lost one, simply take more
+batches of it; the files[i::W] split is kept for ``tfmsr bench`` (its split is logged, not enforced).
 
 Fault tolerance: Keras' BackupAndRestore skips its step-level backups under ParameterServerStrategy, so
 ``ClusterBackupAndRestore`` waits for the scheduled steps (``coordinator.join``) every
 ``train.checkpoint_every`` steps and at each epoch end and writes the same backup (model, optimizer,
 epoch, batch); a restarted chief restores it and continues at the step after it (Keras reads the
 saved epoch and batch). A worker lost under ParameterServerStrategy is tolerated by the coordinator (its
-steps are re-run on the others; a restarted worker rejoins).
+steps are re-run on the others; a restarted worker rejoins): its share of the shared stream goes to the
+others, and the epoch's log line says which worker ran no step (``tfmsr.distribute.accounting``).
 """
 from __future__ import annotations
 
@@ -205,10 +208,12 @@ class _WorkerContext:
 
 
 def per_worker_input(files: Sequence[str], make: Callable, cluster: Cluster, batch: int, skip: int,
-                     log: Callable[[str], None]) -> keras.utils.experimental.DatasetCreator:
+                     log: Callable[[str], None], shared: bool = False) -> keras.utils.experimental.DatasetCreator:
     """``DatasetCreator`` whose function gives each worker its own shards (``files[i::W]``) and batch
     (``B / W`` under multi-worker, ``B`` under ps), skipping its share of ``skip`` global steps.
-    ``make(files, batch, skip, context)`` builds the dataset (``make_dataset`` with the run's settings)."""
+    ``make(files, batch, skip, context)`` builds the dataset (``make_dataset`` with the run's settings).
+    ``shared`` (ps): every worker reads the one stream of all shards that ``make`` sends through the
+    chief's tf.data service job (``tfmsr.distribute.shared_input``): batch B, ``skip`` global steps."""
     files, w = list(files), cluster.num_workers
     if len(files) < w:
         raise ConfigError(f"{os.path.dirname(files[0])}: {len(files)} training shard(s) for {w} workers; "
@@ -221,6 +226,8 @@ def per_worker_input(files: Sequence[str], make: Callable, cluster: Cluster, bat
                 + ", ".join(os.path.basename(f) for f in mine))
 
     def fn(ctx: tf.distribute.InputContext):
+        if cluster.kind == "ps" and shared:  # one stream, each batch to one worker
+            return make(files, batch, skip, None)
         if cluster.kind == "ps":  # traced once on the chief, run on every worker with its own index
             log_split(range(w))
             return make(files, batch, skip // w, _WorkerContext(w))

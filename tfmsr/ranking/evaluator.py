@@ -49,7 +49,7 @@ def run_evaluator(cfg: dict, data_dir: str, model_dir: str, log: Callable[[str],
     files = split_files(data_dir, split)
     model = build(cfg["model"]["name"], schema, cfg["model"]["params"], read_stats(data_dir))
     model(next(iter(make_dataset(files[:1], schema, 8, training=False)))[0])  # variables exist before restores
-    predictor = Predictor(files, schema, cfg["data"]["eval_batch_size"])
+    predictor = Predictor(files, schema, cfg["data"]["eval_batch_size"], non_finite=cfg["data"]["non_finite"])
     out_dir = os.path.join(model_dir, "eval")
     writer = None
     done, results, start = set(), {}, time.time()

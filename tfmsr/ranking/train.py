@@ -32,11 +32,13 @@ import tf_keras as keras
 from tfmsr.core.io import atomic_dir, write_json
 from tfmsr.core.optim import make_optimizer
 from tfmsr.core.progress import log as log_line
+from tfmsr.core.tempfiles import sweep
 from tfmsr.core.rundir import RunDir, read_stats
 from tfmsr.data.pipeline import check_first_record, make_dataset, read_errors, split_files
 from tfmsr.data.guards import pop_count
-from tfmsr.distribute.accounting import EpochAccounting, LossGuard
+from tfmsr.distribute.accounting import EpochAccounting, LossGuard, attach_counters
 from tfmsr.distribute.progress import Progress
+from tfmsr.distribute.shared_input import SharedStream, chief_host, job_name
 from tfmsr.distribute.strategy import (ClusterBackupAndRestore, ClusterProgress, check_model,
                                        cluster_from_env, make_strategy, per_worker_input, serve, sharded_variables)
 from tfmsr.distribute.warm_start import plan_ranking, start_ranking
@@ -116,6 +118,7 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
     plan = plan_ranking(warm_start, cfg, schema, model_dir)  # RUN1 checked before the run dir is written
     out_dir = model_dir if cluster.is_chief else tempfile.mkdtemp(prefix=f"tfmsr-{cluster.role}{cluster.index}-")
     os.makedirs(out_dir, exist_ok=True)
+    sweep(out_dir, r".+\.tmp-(\d+)", log)  # temp files of a killed run of this model dir (final/, history.json)
     run = RunDir(out_dir)
     schema.save(run.file("schema.yaml"))
     run.write_stats(stats)  # a model rebuilt from the run dir gets the same data statistics (FIMN's SEM)
@@ -136,14 +139,17 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
     if skip:
         log(f"[{model.model_name}] resuming from backup at global step {skip} (epoch {epoch0 + 1}, "
             f"step {step0} of {spe})")
+    counters = attach_counters(model, train_files, strategy, cluster.num_workers if cluster.kind == "ps" else 0)
     if strategy is None:
         ds = make_dataset(train_files, schema, batch, training=True, seed=t["seed"],
                           shuffle_buffer=cfg["data"]["shuffle_buffer"], skip_batches=skip,
-                          non_finite=cfg["data"]["non_finite"])
-    else:  # each worker its own shards, batch share and share of the skipped steps
+                          non_finite=cfg["data"]["non_finite"], tag_shards=True)
+    else:  # multi-worker: each worker its own shards and batch share; ps: one shared stream (shared_input)
+        stream = SharedStream(chief_host(cluster.spec), job_name(model_dir, skip), log) if cluster.kind == "ps" else None
         ds = per_worker_input(train_files, lambda files, b, k, ctx: make_dataset(
             files, schema, b, training=True, seed=t["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"],
-            skip_batches=k, input_context=ctx, non_finite=cfg["data"]["non_finite"]), cluster, batch, skip, log)
+            skip_batches=k, input_context=ctx, non_finite=cfg["data"]["non_finite"], tag_shards=True,
+            service=stream.apply if stream else None), cluster, batch, skip, log, shared=stream is not None)
     callbacks, stopper = [LossGuard(model_dir, 1 if strategy is None else t["log_every"])], None
     if valid_files:
         callbacks.append(ScenarioValidation(Predictor(valid_files, schema, cfg["data"]["eval_batch_size"],
@@ -153,7 +159,7 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
             callbacks.append(stopper)
     epochs_ckpt = EpochCheckpoint(out_dir)
     run_state = RunState(backup_dir, epoch0, epochs_ckpt, stopper, write=cluster.is_chief, log=log)
-    accounting = EpochAccounting(batch, split_rows(data_dir, "train", stats), log)
+    accounting = EpochAccounting(batch, split_rows(data_dir, "train", stats), log, counters)
     backup_cb, progress_cb = ((keras.callbacks.BackupAndRestore, Progress) if strategy is None
                               else (ClusterBackupAndRestore, ClusterProgress))
     callbacks += [

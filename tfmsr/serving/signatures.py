@@ -35,6 +35,7 @@ from typing import Dict, List
 import numpy as np
 import tensorflow as tf
 
+from tfmsr.data.guards import guard_batch
 from tfmsr.data.pipeline import make_parser, parse_spec
 from tfmsr.features import Schema
 from tfmsr.features.lookup import VocabLookups, read_vocabulary
@@ -136,13 +137,19 @@ class ServingFunctions:
         with tf.control_dependencies([check]):
             return tf.identity(sc)
 
+    def _named(self, x):
+        """Named raw inputs -> the model's inputs: numeric values checked finite (``tfmsr.data.guards``, as
+        the examples signatures' parser does), sequences fitted, raw values mapped to ids."""
+        x = guard_batch(x, self.schema, "error", labels=False, scenario=False)
+        return self.lookups(fit_sequences(x, self.schema))
+
     def _routed(self, x, parsed=False):
-        x = x if parsed else self.lookups(fit_sequences(x, self.schema))
+        x = x if parsed else self._named(x)
         x[self.key] = self._checked_scenario(x)
         return x
 
     def _fixed(self, x, s, parsed=False):
-        x = x if parsed else self.lookups(fit_sequences(x, self.schema))
+        x = x if parsed else self._named(x)
         first = next(iter(x.values()))
         x[self.key] = tf.fill(tf.shape(first)[:1], tf.constant(s, tf.int64))
         return x

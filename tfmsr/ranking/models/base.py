@@ -15,6 +15,7 @@ import tf_keras as keras
 
 from tfmsr.core.registry import Parametrized, Registry
 from tfmsr.data.guards import pop_count
+from tfmsr.distribute.accounting import count_inputs
 from tfmsr.features import Schema
 from tfmsr.layers import FeatureEmbedding, masked_mean
 
@@ -110,7 +111,9 @@ class RankingModel(Parametrized, keras.Model):
     # ------------------------------------------------------------------ steps
     def count_batch(self, x) -> None:
         """The per-batch counts of the epoch logs: OOV ids, non-finite values (``tfmsr.data.guards``; the
-        parser's count is popped here, the layers never see it) and examples."""
+        parser's count is popped here, the layers never see it), examples, and the rows per shard (and steps
+        per worker) when the trainer attached ``tfmsr.distribute.accounting.Counters``."""
+        count_inputs(self, x)
         self.non_finite.update_state(pop_count(x))
         self.oov_ids.update_state(self.embedding.oov_count(x))
         self.examples.update_state(tf.shape(x[self.schema.scenario.name])[0])

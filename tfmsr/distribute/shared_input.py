@@ -1,0 +1,62 @@
+"""One training stream for every ParameterServerStrategy worker: a tf.data service job (issue 29, item 3).
+
+Before: worker i read ``files[i::W]`` on its own, so the shards of a worker that died and was not restarted
+were never read again (and a faster worker re-read its own shards while a slower one's went short) while
+the log reported full epochs. Now the chief runs a tf.data service dispatcher and one tf.data worker in
+its own process; that worker reads the shards (all of them, shuffled by the seed, batched, repeated, the
+resumed steps skipped: the same stream a single process trains on) and every training worker consumes
+the serialized batches of one shared job, first come first served. Each batch goes to exactly one worker,
+so a lost worker's share goes to the others without any re-planning, and every shard is read once per
+pass over the data.
+
+Measured against the alternative of re-planning each epoch's files over the live workers: a re-plan needs
+the chief to know which workers are alive and new per-worker datasets each epoch (one ``fit`` per epoch),
+and still reads a fast worker's shards more than once per epoch, since ParameterServerStrategy schedules
+each step on whichever worker is free; the shared job needs neither and is exact whatever the speeds.
+What it cannot give back is what a killed worker held when it died: the batch of its step in flight and
+its (one) prefetched batch were read but never trained; the log and ``history.json`` say how many.
+
+Parsing stays on the training workers (after the job), so the vocabulary tables of raw-valued datasets
+are the workers' own copies, as before; the service carries serialized records and their shard index.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import tensorflow as tf
+
+_SERVERS: dict = {}
+
+
+class SharedStream:
+    """The chief's tf.data service (dispatcher + one worker, started once per process) and the job the
+    training workers share. ``apply(ds)`` sends ``ds`` (serialized batches) through the job."""
+
+    def __init__(self, host: str, job: str, log: Optional[Callable[[str], None]] = None):
+        if host not in _SERVERS:
+            dispatcher = tf.data.experimental.service.DispatchServer(
+                tf.data.experimental.service.DispatcherConfig(port=0))
+            address = f"{host}:{dispatcher.target.rsplit(':', 1)[1]}"
+            worker = tf.data.experimental.service.WorkerServer(tf.data.experimental.service.WorkerConfig(
+                dispatcher_address=address, worker_address=f"{host}:%port%"))
+            _SERVERS[host] = (dispatcher, worker, address)
+        self.address, self.job = _SERVERS[host][2], job
+        if log:
+            log(f"[data] tf.data service on the chief at {self.address} (job {job}): every worker takes the next "
+                "batch of one shared stream, each batch goes to one worker; a lost worker's share goes to the others")
+
+    def apply(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+        return ds.apply(tf.data.experimental.service.distribute(
+            processing_mode="parallel_epochs", service=f"grpc://{self.address}", job_name=self.job,
+            max_outstanding_requests=1))
+
+
+def chief_host(spec: dict) -> str:
+    """The chief's host name in the cluster spec (the workers reach the service there)."""
+    return spec["chief"][0].rsplit(":", 1)[0]
+
+
+def job_name(model_dir: str, skip: int) -> str:
+    """A job name unique to this run and start (a restarted chief starts a new job from its resume step)."""
+    return f"tfmsr-{abs(hash(os.path.abspath(model_dir))) % 10**8}-{skip}-{os.getpid()}"
