@@ -95,6 +95,46 @@ def summarize(coef: Dict[str, np.ndarray], names, truth: Optional[dict] = None) 
     return out
 
 
+def _cdf(ax, values, label):
+    v = np.sort(values)
+    ax.plot(v, np.arange(1, len(v) + 1) / len(v), label=label)
+
+
+def _cdf_panels(axes, coef: Dict[str, np.ndarray], names) -> None:
+    """A panel per scenario: the CDF of its alpha to each other scenario; then one of the gate g per scenario."""
+    for i, name in enumerate(names):
+        ax = axes[i]
+        sel = coef["scenario"] == i
+        for j, other in enumerate(names):
+            if j != i and sel.any():
+                _cdf(ax, coef["alpha"][sel, j], f"alpha({name},{other})")
+        ax.set_title(f"alpha of scenario {name} (n={int(sel.sum())})", fontsize=9)
+        ax.set_xlabel("alpha")
+        ax.set_ylabel("accumulated probability")
+        ax.legend(fontsize=7)
+    ax = axes[len(names)]
+    for i, name in enumerate(names):
+        sel = coef["scenario"] == i
+        if sel.any():
+            _cdf(ax, coef["gate"][sel], f"g({name})")
+    ax.set_title("gate g per scenario", fontsize=9)
+    ax.set_xlabel("g")
+    ax.set_ylabel("accumulated probability")
+    ax.legend(fontsize=7)
+
+
+def _heat(fig, ax, m, names, title) -> None:
+    """A scenario x scenario matrix with its values written in the cells (NaN cells blank)."""
+    im = ax.imshow(m, cmap="viridis")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yticks(range(len(names)), names)
+    for (r, c), v in np.ndenumerate(m):
+        if not np.isnan(v):
+            ax.text(c, r, f"{v:.3f}", ha="center", va="center", fontsize=7, color="w")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+
+
 def draw(coef: Dict[str, np.ndarray], summary: dict, out_png: str, truth: Optional[dict] = None) -> None:
     import matplotlib
 
@@ -109,49 +149,16 @@ def draw(coef: Dict[str, np.ndarray], summary: dict, out_png: str, truth: Option
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
     axes = axes.ravel()
 
-    def cdf(ax, values, label):
-        v = np.sort(values)
-        ax.plot(v, np.arange(1, len(v) + 1) / len(v), label=label)
-
-    for i, name in enumerate(names):
-        ax = axes[i]
-        sel = coef["scenario"] == i
-        for j, other in enumerate(names):
-            if j != i and sel.any():
-                cdf(ax, coef["alpha"][sel, j], f"alpha({name},{other})")
-        ax.set_title(f"alpha of scenario {name} (n={int(sel.sum())})", fontsize=9)
-        ax.set_xlabel("alpha")
-        ax.set_ylabel("accumulated probability")
-        ax.legend(fontsize=7)
-    ax = axes[s_count]
-    for i, name in enumerate(names):
-        sel = coef["scenario"] == i
-        if sel.any():
-            cdf(ax, coef["gate"][sel], f"g({name})")
-    ax.set_title("gate g per scenario", fontsize=9)
-    ax.set_xlabel("g")
-    ax.set_ylabel("accumulated probability")
-    ax.legend(fontsize=7)
-
-    def heat(ax, m, title):
-        im = ax.imshow(m, cmap="viridis")
-        ax.set_xticks(range(s_count), names)
-        ax.set_yticks(range(s_count), names)
-        for (r, c), v in np.ndenumerate(m):
-            if not np.isnan(v):
-                ax.text(c, r, f"{v:.3f}", ha="center", va="center", fontsize=7, color="w")
-        ax.set_title(title, fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.046)
-
+    _cdf_panels(axes, coef, names)
     ma = np.array(summary["mean_alpha"], dtype=float)
     np.fill_diagonal(ma, np.nan)
     rho = summary.get("spearman_alpha_vs_similarity")
-    heat(axes[s_count + 1], ma, "mean alpha_ij (row i = scenario)" + (f"\nSpearman vs truth {rho:.2f}" if rho is not None
-                                                                      else ""))
+    _heat(fig, axes[s_count + 1], ma, names, "mean alpha_ij (row i = scenario)"
+          + (f"\nSpearman vs truth {rho:.2f}" if rho is not None else ""))
     if panels > s_count + 2:
         sim = np.array(truth["scenario_similarity"], dtype=float)
         np.fill_diagonal(sim, np.nan)
-        heat(axes[s_count + 2], sim, "true scenario similarity (generator)")
+        _heat(fig, axes[s_count + 2], sim, names, "true scenario similarity (generator)")
     for ax in axes[panels:]:
         ax.axis("off")
     fig.suptitle("SAML mutual unit: similarity alpha (eq. 8) and gate g (eq. 7)")
