@@ -472,13 +472,10 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def main(argv=None) -> dict:
-    from tfmsr.features import Schema
+def _specs_and_seeds(args) -> tuple:
+    """The model specs (the base added when missing) and seeds of the flags; ValueError on a bad one."""
     from tfmsr.ranking.models import available
 
-    args = parse_args(argv)
-    schema = Schema.load(os.path.join(args.data, "schema.yaml"))
-    scenarios = list(schema.scenario.values)
     specs = list(available()) if args.models.strip() == "all" else split_specs(args.models)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -494,7 +491,12 @@ def main(argv=None) -> dict:
     if args.only_existing and args.overwrite:
         raise ValueError("--only-existing and --overwrite contradict each other: one trains nothing, "
                          "the other retrains every run")
-    for spec in specs:  # fail on a bad spec or a foreign run dir before hours of training
+    return specs, seeds
+
+
+def _prepare_runs(args, specs, seeds) -> None:
+    """Fail on a bad spec or a foreign run dir before hours of training; --overwrite removes the old runs."""
+    for spec in specs:
         for seed in seeds:
             cfg = spec_config(spec, seed, args)
             if not args.overwrite:
@@ -506,20 +508,12 @@ def main(argv=None) -> dict:
         for spec in specs:
             for seed in seeds:
                 shutil.rmtree(run_dir(args.out, spec, seed), ignore_errors=True)
-    result = {
-        "data": os.path.abspath(args.data), "split": args.split, "scenarios": scenarios, "base": args.base,
-        "seeds": seeds, "models": specs,
-        "budget": budget_of(args, train_rows(args.data)),
-        "columns": [f"auc/{s}" for s in scenarios] + ["auc", "gauc", "logloss"],
-        "rows": {spec: {"kind": "model", "model": parse_spec(spec)[0], "params": spec_params(spec), "runs": []}
-                 for spec in specs},
-        "premise_headroom": premise_headroom(args.data, args.split),
-    }
-    print(f"== {POPULARITY} row (item popularity from train)")
-    result["rows"].update(reference_rows(args, schema, scenarios))
-    write_results(result, args.out)
+
+
+def _run_jobs(args, result: dict, specs, seeds, scenarios) -> None:
+    """Train (or reuse) every spec x seed, rewriting the results after each; --keep-going records failures."""
     jobs = [(spec, seed) for spec in specs for seed in seeds]
-    start, trained_secs, trained = time.time(), 0.0, 0
+    trained_secs, trained = 0.0, 0
     for i, (spec, seed) in enumerate(jobs, 1):
         if args.only_existing and not os.path.exists(os.path.join(run_dir(args.out, spec, seed), "metrics.json")):
             print(f"== [{i}/{len(jobs)}] {spec} seed {seed}: not finished, left out (--only-existing)", flush=True)
@@ -547,6 +541,30 @@ def main(argv=None) -> dict:
         m = rec["metrics"]
         print(f"== [{i}/{len(jobs)}] {spec} seed {seed}: {rec['status']} in {took:.0f}s  test auc "
               f"{_num(m['auc'])} gauc {_num(m['gauc'])} logloss {_num(m['logloss'])}{eta}", flush=True)
+
+
+def main(argv=None) -> dict:
+    from tfmsr.features import Schema
+
+    args = parse_args(argv)
+    schema = Schema.load(os.path.join(args.data, "schema.yaml"))
+    scenarios = list(schema.scenario.values)
+    specs, seeds = _specs_and_seeds(args)
+    _prepare_runs(args, specs, seeds)
+    result = {
+        "data": os.path.abspath(args.data), "split": args.split, "scenarios": scenarios, "base": args.base,
+        "seeds": seeds, "models": specs,
+        "budget": budget_of(args, train_rows(args.data)),
+        "columns": [f"auc/{s}" for s in scenarios] + ["auc", "gauc", "logloss"],
+        "rows": {spec: {"kind": "model", "model": parse_spec(spec)[0], "params": spec_params(spec), "runs": []}
+                 for spec in specs},
+        "premise_headroom": premise_headroom(args.data, args.split),
+    }
+    print(f"== {POPULARITY} row (item popularity from train)")
+    result["rows"].update(reference_rows(args, schema, scenarios))
+    write_results(result, args.out)
+    start = time.time()
+    _run_jobs(args, result, specs, seeds, scenarios)
     failed = [f"{spec} seed {f['seed']}" for spec, row in result["rows"].items() for f in row.get("failed", [])]
     if failed:
         print(f"== FAILED runs (not in the table): {', '.join(failed)}")
