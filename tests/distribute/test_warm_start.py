@@ -294,3 +294,32 @@ def test_export_writes_the_next_version_beside_and_pin_rolls_back(days, run1, tm
     p1, p2 = got[0]["prob"].reshape(-1), got[1]["prob"].reshape(-1)
     np.testing.assert_allclose(p1[:4], p1[4:], atol=1e-7)       # version 1: the new user is out of vocabulary
     assert np.abs(p2[:4] - p2[4:]).min() > 1e-6                  # version 2: its own (fresh, trained) row
+
+
+# ---------------------------------------------------------------------------------------------- PS cluster
+@pytest.mark.slow
+def test_partitioned_tables_grow_across_parameter_servers(days, run1, tmp_path):
+    """`tfmsr cluster --ps 2 -- train --warm-start RUN1` on localhost: the user and item tables are split
+    across both parameter servers and grown there by raw value; at a learning rate of 1e-9 the run's final
+    weights are the warm-started ones, so DAY1's rows score as RUN1 scores them."""
+    day1, day2 = days
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump({"model": {"name": "dnn"}, "data": {"batch_size": 64},
+                                        "train": {"epochs": 1, "steps_per_epoch": 2, "learning_rate": 1e-9,
+                                                  "early_stopping_patience": 0, "validate": False},
+                                        "cluster": {"min_shard_bytes": 1024}}))
+    run2 = str(tmp_path / "run2")
+    done = subprocess.run([sys.executable, "-m", "tfmsr.cli", "cluster", "--workers", "2", "--ps", "2", "--threads",
+                           "1", "--", "train", "--config", str(cfg_path), "--data", day2, "--model-dir", run2,
+                           "--warm-start", run1], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    hist = json.load(open(os.path.join(run2, "history.json")))
+    assert hist["warm_start"]["tables"]["user_id"]["rows"] == [41, 51]
+    parts = {k: v for k, v in hist["cluster"]["sharded_variables"].items() if "emb_user_id" in k}
+    assert parts and all(len({p["device"] for p in v}) == 2 for v in parts.values())
+    m1, s1, _ = load_trained(run1)
+    m2, s2, _ = load_trained(run2)
+    p1 = Predictor(split_files(day1, "valid"), s1, keep=["category"]).run(m1)
+    p2 = Predictor(split_files(day2, "valid"), s2).run(m2)
+    same = (p1["category"] >= 0) & (p1["category"] < 6)
+    np.testing.assert_allclose(p1["prob"][same], p2["prob"][same], atol=1e-5)
