@@ -133,11 +133,14 @@ def check_raw_topk(data_dir, work, model="dssm", split="test", n=50, k=5):
                                                                       "export.json")))["inputs"]}))
         calls.append((res["servables"][f"topk_{s}"], "serving_default", calls[-1][2]))
     got = serve_fresh(calls, os.path.join(work, "fresh"))
+    returned = set()
     for i, s in enumerate(names):
         vectors, top = got[2 * i]["vector"], got[2 * i + 1]
         corpus = np.load(os.path.join(res["servables"][f"item_{s}"], "assets", "corpus.npz"), allow_pickle=True)
         assert set(top["item_ids"].ravel().tolist()) <= set(vocab.tolist()), f"topk_{s}: ids not in the vocabulary"
         order = np.argsort(-(vectors @ corpus["vectors"].T), axis=1, kind="stable")[:, :top["item_ids"].shape[1]]
         np.testing.assert_array_equal(top["item_ids"], corpus["raw_item_ids"][order], err_msg=f"topk_{s}")
-    return {"model_dir": model_dir, "export": out, "scenarios": names, "requests": len(x[schema.scenario.name]),
+        returned |= {v.decode() if isinstance(v, bytes) else v for v in top["item_ids"].ravel().tolist()}
+    return {"returned_item_ids": sorted(returned), "model_dir": model_dir, "export": out, "scenarios": names,
+            "requests": len(x[schema.scenario.name]),
             "k": k, "vocabulary": len(vocab)}
