@@ -242,8 +242,12 @@ def test_vocab_from_keeps_every_old_id_and_the_warm_start_scores_day1_as_run1(tm
     train(cfg, days[0], run, log=lambda m: None)
     m2, s2, report = warm_model(cfg, run, days[1], str(tmp_path / "run2"))
     m1, s1, _ = load_trained(run)
-    np.testing.assert_array_equal(Predictor(split_files(days[0], "test"), s1).run(m1)["prob"],
-                                  Predictor(split_files(days[0], "test"), s2).run(m2)["prob"])
+    p1 = Predictor(split_files(days[0], "test"), s1, keep=["item_id", "hist_item_id"]).run(m1)
+    p2 = Predictor(split_files(days[0], "test"), s2).run(m2)
+    # rows holding an item out of DAY1's vocabulary (below min_count there) are left out: DAY2 may know it
+    known = (p1["item_id"] > 0) & (p1["hist_item_id"] >= 0).all(axis=1)
+    assert known.sum() > 300                                    # 37 % of the 1,424 test rows
+    np.testing.assert_array_equal(p1["prob"][known], p2["prob"][known])
     assert report["tables"]["user_id"]["initialised"] > 0 and report["tables"]["item_id"]["initialised"] > 0
 
 
