@@ -113,8 +113,9 @@ class ScenarioAwareAttention(keras.layers.Layer):
     **shared global values** ``V_g``. Every projection maps into the value width ``d = P*d_g`` (``W^Q`` of the
     specific head is ``P*d_l x d``), ``d_k = d / H``; both outputs are ``[B, L+1, d]``. Padding keys get no
     weight. ``length``: add learned position embeddings to both token sets first (BST's recency position;
-    ``None`` = none). ``pooling`` turns ``[B, L+1, d]`` into one vector as BST does: ``flatten`` (padding
-    zeroed), ``mean`` (over real tokens) or ``target`` (the candidate's output).
+    ``None`` = none). ``pooling`` turns ``[B, L+1, d]`` into one vector as BST does: ``target`` (the
+    candidate's output; default, see :class:`~tfmsr.ranking.models.saml.SAML`), ``flatten`` (padding zeroed)
+    or ``mean`` (over real tokens).
 
     ``block``: ``bare`` is eq. 1-2 as printed (the multi-head output alone); ``transformer`` wraps each
     multi-head attention in the Transformer layer of BST, which III-A-2 says it follows
@@ -128,7 +129,7 @@ class ScenarioAwareAttention(keras.layers.Layer):
     POOLINGS = ("flatten", "mean", "target")
     BLOCKS = ("transformer", "bare")
 
-    def __init__(self, num_heads: int = 4, length: Optional[int] = None, pooling: str = "flatten",
+    def __init__(self, num_heads: int = 4, length: Optional[int] = None, pooling: str = "target",
                  block: str = "bare", **kwargs):
         super().__init__(**kwargs)
         if pooling not in self.POOLINGS:
