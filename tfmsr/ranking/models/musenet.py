@@ -64,8 +64,8 @@ class MuSeNet(RankingModel):
       slow the prediction network down (planted data, 2 epochs, "w/o M1&M2": AUC 0.765 with all tables at
       N(0, 0.01), 0.817 with Glorot). ``embedding_init_scope: learner`` (the old default) reaches every table
       the learner reads, with ``learner_inputs: [user, behavior]`` also the item and user tables the
-      prediction reads (MovieLens-100K: see ``configs/musenet_movielens.yaml``). ``null`` keeps the shared
-      default everywhere.
+      prediction reads (MovieLens-100K age, ``configs/musenet_movielens.yaml``, 3 seeds: test AUC 0.7767 ±
+      0.0044 with ``context``, 0.7626 ± 0.0028 with ``learner``). ``null`` keeps the shared default everywhere.
 
     Variants (Table 3) as switches: ``assignment`` = ``soft`` | ``hard`` | ``predefined`` ("on predefined
     scenarios": ``a`` = one-hot of the schema's scenario field, one module per scenario) | ``none`` (one
