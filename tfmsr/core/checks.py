@@ -3,8 +3,9 @@ value came from (the config file or ``--set``), and what differs between two con
 
 A model parameter is checked against the type of its default: a boolean default takes only true/false, a
 number any number (not a boolean), a list of numbers a list of numbers (of integers when the default's
-are integers), a list of names a list of strings, a string a string (or null: "off"). Defaults that are
-null or mappings take any value (the model checks them itself).
+are integers), a list of names a list of strings, a string a string (or null: "off"; or a mapping, the
+spelled-out form of a named choice such as an initializer ``{normal: 0.05}``). Defaults that are null or
+mappings take any value (the model checks them itself).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _expected(default) -> Optional[str]:
     if _integer(default) or _number(default):
         return "a number"
     if isinstance(default, str):
-        return "a string"
+        return "a string (or a mapping)"
     if isinstance(default, (list, tuple)):
         if default and all(_integer(v) for v in default):
             return "a list of integers"
@@ -44,7 +45,7 @@ def _expected(default) -> Optional[str]:
 _OK = {
     "true or false": lambda v: isinstance(v, bool),
     "a number": _number,
-    "a string": lambda v: v is None or isinstance(v, str),
+    "a string (or a mapping)": lambda v: v is None or isinstance(v, (str, dict)),
     "a list of integers": lambda v: isinstance(v, (list, tuple)) and all(_integer(x) for x in v),
     "a list of numbers": lambda v: isinstance(v, (list, tuple)) and all(_number(x) for x in v),
     "a list of strings": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),

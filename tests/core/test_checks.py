@@ -1,0 +1,17 @@
+"""Parameter type checks (tfmsr/core/checks.py) accept every documented form of a value: a named choice
+given as a string or spelled out as a mapping (an initializer ``{normal: 0.05}``), and refuse the rest."""
+import pytest
+
+from tfmsr.core.errors import ConfigError
+from tfmsr.ranking.config import load_config
+
+
+@pytest.mark.parametrize("model", ["sainet", "fimn"])
+def test_gaussian_attention_init_switch_is_accepted(model):
+    cfg = load_config(raw={"model": {"name": model, "params": {"attention_init": {"normal": 0.05}}}})
+    assert cfg["model"]["params"]["attention_init"] == {"normal": 0.05}
+
+
+def test_a_list_for_a_named_choice_is_refused():
+    with pytest.raises(ConfigError, match=r"parameter 'attention_init' must be a string \(or a mapping\)"):
+        load_config(raw={"model": {"name": "sainet", "params": {"attention_init": [1]}}})
