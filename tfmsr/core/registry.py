@@ -1,6 +1,7 @@
 """Registries of model classes by name, and the ``defaults`` / ``resolve`` mixin of a registered class."""
 from __future__ import annotations
 
+import copy
 from typing import Callable, Dict
 
 from tfmsr.core.checks import check_param_types
@@ -60,4 +61,6 @@ class Parametrized:
             raise ConfigError(f"{cls.kind} '{cls.model_name}': unknown parameter(s) {unknown} "
                               f"(known: {', '.join(sorted(defaults))})")
         check_param_types(cls.kind, cls.model_name, defaults, params)
-        return {**defaults, **params}
+        # copies: Keras wraps the lists of a model's params in place, which must never reach the class
+        # defaults (nor the caller's config, written to run.yaml)
+        return copy.deepcopy({**defaults, **params})
