@@ -60,3 +60,15 @@ def atomic_dir(path: str, replace: bool = False, tmp: Optional[str] = None) -> I
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_yaml(path: str, what: str, error: Callable[[str], Exception]):
+    """The parsed YAML file ``path``; an unreadable file or invalid YAML raises ``error(message)`` naming the
+    file (and ``what`` it should have been)."""
+    try:
+        with open(path) as fh:
+            return yaml.safe_load(fh)
+    except OSError as e:
+        raise error(f"{path}: cannot read the {what} ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML ({e})") from None

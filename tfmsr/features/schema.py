@@ -36,6 +36,8 @@ from typing import Dict, List, Optional
 
 import yaml
 
+from tfmsr.core.io import read_yaml
+
 KINDS = ("categorical", "numeric", "sequence")
 RAW_DTYPES = ("string", "int64")
 GROUPS = ("user", "item", "behavior", "context", "query", "scenario")
@@ -170,14 +172,7 @@ class Schema:
 
     @classmethod
     def load(cls, path: str) -> "Schema":
-        try:
-            with open(path) as fh:
-                raw = yaml.safe_load(fh)
-        except OSError as e:
-            raise SchemaError(f"{path}: cannot read the schema ({e.strerror})") from None
-        except yaml.YAMLError as e:
-            raise SchemaError(f"{path}: not valid YAML ({e})") from None
-        return cls.from_dict(raw, source=path)
+        return cls.from_dict(read_yaml(path, "schema", SchemaError), source=path)
 
     @classmethod
     def from_dict(cls, raw, source: str = "<schema>") -> "Schema":

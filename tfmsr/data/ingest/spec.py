@@ -14,8 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-import yaml
-
+from tfmsr.core.io import read_yaml
 from tfmsr.data.ingest.expr import Rule, RuleError, parse_rule
 from tfmsr.data.pipeline import DataError
 
@@ -306,14 +305,7 @@ TOP_KEYS = ("root", "inputs", "tables", "derive", "filter", "label", "scenario",
 
 def load_spec(path: str, root: Optional[str] = None) -> Spec:
     """Read and validate a spec file; ``root`` (a folder) overrides the spec's ``root``."""
-    try:
-        with open(path) as fh:
-            raw = yaml.safe_load(fh)
-    except OSError as e:
-        raise SpecError(f"{path}: cannot read the spec ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML ({e})") from None
-    return parse_spec(raw, path, root)
+    return parse_spec(read_yaml(path, "spec", SpecError), path, root)
 
 
 def parse_spec(raw, path: str = "<spec>", root: Optional[str] = None) -> Spec:
