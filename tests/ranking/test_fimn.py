@@ -319,7 +319,7 @@ def test_stats_source_param_errors_and_checkpoint(synth_dir, synth_schema, tmp_p
     np.testing.assert_allclose(m.sem.frequency.numpy()[:, 0], np.arange(1, 6) / 15, rtol=1e-6)
     with pytest.raises(ConfigError, match=r"model param scenario_stats: no 'rows' \(impressions\) for scenario"):
         build("fimn", schema, {**SMALL, "scenario_stats": {"s0": {"rows": 3}}})
-    with pytest.raises(ConfigError, match="embedding_dim must be a positive integer"):
+    with pytest.raises(ConfigError, match="parameter .embedding_dim. must be a number"):
         build_fimn(synth_schema, {**SMALL, "embedding_dim": None})
     # the statistics are a checkpointed weight: a restored model keeps the training-time values
     trained = build_fimn(synth_schema, SMALL)
