@@ -235,7 +235,8 @@ def diagnose(files: Sequence[str], schema: Schema, spec=None, non_finite: str = 
         try:
             for batch in tf.data.TFRecordDataset(path, compression_type=compression).take(limit or -1).batch(4096):
                 try:
-                    bad = first_bad_value(tf.io.parse_example(batch, spec), schema, non_finite) if values else None
+                    parsed = tf.io.parse_example(batch, spec)  # parse errors first, with any spec
+                    bad = first_bad_value(parsed, schema, non_finite) if values else None
                     if bad is not None:
                         return DataError(f"{path}: record {row + bad[0]} {bad[1]}")
                 except tf.errors.InvalidArgumentError:
