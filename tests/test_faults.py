@@ -63,6 +63,7 @@ resume, accounting, temp files, outputs
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -515,9 +516,12 @@ def test_30_a_killed_ps_worker_leaves_no_shard_unread(tmp_path):
         assert c.wait(timeout=900) == 0, "\n".join(c.lines[-60:])
     assert "[cluster] training continues on 1 worker(s)" in c.lines
     epochs = json.load(open(tmp_path / "run" / "history.json"))["cluster"]["data_epochs"]
-    assert [e["examples"] for e in epochs] == [4000, 4000] and epochs[1]["worker_steps"][1] == 0
-    assert any("[data] epoch 2: 4,000 examples read" in l and "-- worker:1 ran no step this epoch (lost?): the others "
-               "took its share of the shared stream" in l for l in c.lines), "\n".join(c.lines[-30:])
+    # each epoch's count is exact up to the one batch each of the 2 workers may have fetched ahead when the
+    # worker died (the known limit of issue 29 item 3)
+    assert all(abs(e["examples"] - 4000) <= 2 * 32 for e in epochs), [e["examples"] for e in epochs]
+    assert epochs[1]["worker_steps"][1] == 0
+    assert any(re.search(r"\[data\] epoch 2: [34],\d\d\d examples read", l) and "-- worker:1 ran no step this epoch "
+               "(lost?): the others took its share of the shared stream" in l for l in c.lines), "\n".join(c.lines[-30:])
     for name in epochs[0]["shards"]:  # each shard once per pass, up to the batch each worker fetched ahead
         assert abs(sum(e["shards"][name] for e in epochs) - 2 * 1000) <= 3 * 32, [e["shards"] for e in epochs]
     assert os.path.exists(tmp_path / "run" / "final")
