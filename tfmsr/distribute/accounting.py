@@ -6,7 +6,8 @@ section 7: every example read once per epoch, nothing silent).
 a variable on the parameter servers, under MultiWorkerMirroredStrategy summed over the workers when the
 epoch's logs are read) -- next to the plan (steps x batch) and the split's rows, with the epoch's
 non-finite values (``data.non_finite``) and out-of-vocabulary ids; a count that differs from the split's
-rows is said so. Throughput is counted from the end of the first step (start-up and tracing excluded).
+rows is said so. Throughput is counted from the end of the first step (start-up and tracing excluded), in
+training-step time only (``progress.TrainClock``: the epochs' validation excluded).
 
 ``LossGuard`` stops a run whose loss is NaN or infinite with ``NonFiniteLoss`` naming the step; raised
 from inside ``fit``, so the trainer never reaches the code that writes ``final/`` (a TerminateOnNaN that
@@ -25,6 +26,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmsr.data.guards import SHARD_KEY
+from tfmsr.distribute.progress import TrainClock, last_step_of_epoch
 
 _COUNTERS = "_tfmsr_counters"
 
@@ -126,25 +128,29 @@ def count_inputs(model, x) -> None:
 
 class EpochAccounting(keras.callbacks.Callback):
     """``[data] epoch N: n examples read ...`` at each epoch end from the graph's counts; ``epochs`` holds
-    them (epoch, steps, batch, examples, non_finite, oov_ids); ``examples_per_sec`` from the first step on."""
+    them (epoch, steps, batch, examples, non_finite, oov_ids); ``examples_per_sec`` from the first step on,
+    in training-step time (``clock``: the time source)."""
 
-    def __init__(self, batch: int, rows: int, log: Callable[[str], None], counters: Optional[Counters] = None):
+    def __init__(self, batch: int, rows: int, log: Callable[[str], None], counters: Optional[Counters] = None,
+                 clock: Callable[[], float] = time.time):
         super().__init__()
         self._supports_tf_logs = True  # the step hook reads no logs (allowed under ParameterServerStrategy)
         self.batch, self.rows, self.log, self.counters = batch, rows, log, counters
         self.epochs: List[dict] = []
-        self._t0 = self._t1 = None
+        self.clock = TrainClock(clock)
         self._steps = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.counters is not None:
             self.counters.reset()
+        if self._steps:  # the clock starts at the end of the first step
+            self.clock.start()
 
     def on_train_batch_end(self, batch, logs=None):
         self._steps += 1
-        if self._t0 is None:
-            self._t0 = time.time()
-        self._t1 = time.time()
+        self.clock.start()
+        if last_step_of_epoch(self, batch):
+            self.clock.stop()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -179,10 +185,11 @@ class EpochAccounting(keras.callbacks.Callback):
 
     @property
     def examples_per_sec(self) -> float:
-        """Examples per second from the end of the first step to the end of the last (start-up excluded)."""
-        if self._t0 is None or self._steps < 2:
+        """Examples per second from the end of the first step to the end of the last (start-up excluded),
+        over training-step time (epoch-end work excluded)."""
+        if self._steps < 2:
             return 0.0
-        return (self._steps - 1) * self.batch / max(self._t1 - self._t0, 1e-9)
+        return (self._steps - 1) * self.batch / max(self.clock.elapsed(), 1e-9)
 
     def totals(self) -> dict:
         return {k: sum(e[k] for e in self.epochs) for k in ("examples", "non_finite", "oov_ids")}

@@ -1,32 +1,75 @@
-"""The training progress line of ``model.fit``, local or under a distribution strategy."""
+"""The training progress line of ``model.fit``, local or under a distribution strategy, and the clock of
+its rate: training-step time only (an epoch's validation, checkpoints and other epoch-end work excluded)."""
 from __future__ import annotations
 
 import datetime
 import time
+from typing import Callable, Optional
 
 import tf_keras as keras
 
 from tfmsr.core.progress import log as log_line
 
 
+class TrainClock:
+    """Seconds spent training: runs from ``start`` (an epoch's begin) to ``stop`` (the end of its last step)
+    and is paused in between, so whatever runs at an epoch's end -- the per-scenario validation, checkpoints,
+    the accounting -- is never in a rate, whatever the callbacks' order. ``clock``: the time source."""
+
+    def __init__(self, clock: Callable[[], float] = time.time):
+        self.clock, self.total, self._since = clock, 0.0, None
+
+    @property
+    def running(self) -> bool:
+        return self._since is not None
+
+    def start(self) -> None:
+        if self._since is None:
+            self._since = self.clock()
+
+    def stop(self) -> None:
+        if self._since is not None:
+            self.total += self.clock() - self._since
+            self._since = None
+
+    def elapsed(self) -> float:
+        """Training seconds so far (the running part included)."""
+        return self.total + (self.clock() - self._since if self._since is not None else 0.0)
+
+
+def last_step_of_epoch(callback: keras.callbacks.Callback, batch: int) -> bool:
+    """True at the end of an epoch's last step (``batch`` counts from 0 in the epoch)."""
+    steps: Optional[int] = (callback.params or {}).get("steps")
+    return steps is not None and batch + 1 >= steps
+
+
 class Progress(keras.callbacks.Callback):
     """Every ``every`` steps: global step, examples/s, loss, AUC, the epoch's counts so far (non-finite
-    values, out-of-vocabulary ids) and ETA on one line."""
+    values, out-of-vocabulary ids) and ETA on one line. The rate counts training-step time only
+    (``TrainClock``: an epoch's validation is not in it); ``clock`` is its time source."""
 
-    def __init__(self, batch_size: int, steps_per_epoch: int, epochs: int, every: int, log=log_line):
+    def __init__(self, batch_size: int, steps_per_epoch: int, epochs: int, every: int, log=log_line,
+                 clock: Callable[[], float] = time.time):
         super().__init__()
         self._supports_tf_logs = True  # logs stay tensors; only read every `every` steps
         self.batch_size, self.spe, self.epochs, self.every, self.log = batch_size, steps_per_epoch, epochs, every, log
+        self.clock = TrainClock(clock)
 
     def on_train_begin(self, logs=None):
-        self._t = time.time()
+        self._t = self.clock.elapsed()
         self._step = None
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self.clock.start()
+
     def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy()) if (batch + 1) % self.every == 0 else None
-        if step is None:
-            return
-        now = time.time()
+        if (batch + 1) % self.every == 0:
+            self._line(int(self.model.optimizer.iterations.numpy()), logs)
+        if last_step_of_epoch(self, batch):
+            self.clock.stop()
+
+    def _line(self, step: int, logs) -> None:
+        now = self.clock.elapsed()
         if self._step is not None:
             rate = (step - self._step) * self.batch_size / max(now - self._t, 1e-9)
             left = (self.epochs * self.spe - step) * self.batch_size / max(rate, 1e-9)
