@@ -1,6 +1,7 @@
 """Keras layers: shared building blocks and one layer per paper module (docstrings cite the equations)."""
 from tfmsr.layers.embedding import FeatureEmbedding, masked_mean
 from tfmsr.layers.mlp import MLP, initializer
+from tfmsr.layers.scenario import ScenarioDense, ScenarioMLP, StackedInit, all_matmul, own_matmul, own_rows
 from tfmsr.layers.towers import ScenarioTowers
 from tfmsr.layers.attention import (MultiHeadSelfAttention, MultiHeadTargetAttention, PositionalEmbedding,
                                     TargetAttention, TransformerBlock, masked_softmax)
@@ -11,7 +12,8 @@ from tfmsr.layers.gates import EPNet, GateNU, PPNet
 from tfmsr.layers.interaction import CrossNetV2, FMInteraction, WideLinear, fm_second_order
 from tfmsr.layers.partitioned import PartitionedNormalization, ScenarioAffine, StarDense, partition_apply
 
-__all__ = ["FeatureEmbedding", "masked_mean", "MLP", "initializer", "ScenarioTowers",
+__all__ = ["FeatureEmbedding", "masked_mean", "MLP", "initializer", "ScenarioTowers", "ScenarioDense", "ScenarioMLP", "StackedInit",
+           "all_matmul", "own_matmul", "own_rows",
            # baselines' shared layers
            "MultiHeadSelfAttention", "MultiHeadTargetAttention", "PositionalEmbedding", "TargetAttention",
            "TransformerBlock", "masked_softmax", "Behavior", "behavior_pairs", "behavior_scenario",

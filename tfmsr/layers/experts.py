@@ -12,17 +12,7 @@ import tf_keras as keras
 
 from tfmsr.layers._init import fresh
 from tfmsr.layers.mlp import MLP
-from tfmsr.layers.partitioned import partition_apply
-
-
-class _PerExpertInit(keras.initializers.Initializer):
-    """Initialise a ``[E, D, H]`` kernel as E independent ``[D, H]`` kernels (keeps Glorot fans per expert)."""
-
-    def __init__(self, spec):
-        self.spec = spec
-
-    def __call__(self, shape, dtype=None, **kwargs):
-        return tf.stack([fresh(self.spec)(shape[1:], dtype=dtype) for _ in range(shape[0])])
+from tfmsr.layers.scenario import StackedInit, partition_apply
 
 
 class ExpertBank(keras.layers.Layer):
@@ -40,7 +30,7 @@ class ExpertBank(keras.layers.Layer):
             raise ValueError(f"ExpertBank: need >= 1 expert and >= 1 layer, got {num_experts}, {list(hidden)}")
         self.num_experts, self.hidden = int(num_experts), [int(h) for h in hidden]
         self.act = keras.activations.get(activation)
-        self.kernel_init = _PerExpertInit(kernel_init)
+        self.kernel_init = StackedInit(kernel_init)
         self.drop = keras.layers.Dropout(dropout) if dropout else None
 
     def build(self, input_shape):
@@ -86,7 +76,7 @@ class ExpertGates(keras.layers.Layer):
                  **kwargs):
         super().__init__(**kwargs)
         self.num_gates, self.num_experts, self.use_bias = int(num_gates), int(num_experts), use_bias
-        self.kernel_init = _PerExpertInit(kernel_init)
+        self.kernel_init = StackedInit(kernel_init)
 
     def build(self, input_shape):
         d = int(input_shape[-1])

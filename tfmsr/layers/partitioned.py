@@ -5,25 +5,11 @@ other scenarios' parameters untouched).
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import tensorflow as tf
 import tf_keras as keras
 
 from tfmsr.layers._init import fresh
-
-
-def partition_apply(x: tf.Tensor, scenario: tf.Tensor, num_scenarios: int,
-                    fn: Callable[[int, tf.Tensor], tf.Tensor]) -> tf.Tensor:
-    """Apply ``fn(s, rows of x with scenario s)`` per scenario and put the results back in row order.
-
-    ``x`` is ``[B, ...]``, ``scenario`` int ``[B]`` in ``[0, S)``; ``fn`` maps ``[n_s, ...]`` to
-    ``[n_s, ...]``. Compute is exactly one pass per example (``tf.dynamic_partition``/``dynamic_stitch``).
-    """
-    sc = tf.cast(tf.reshape(scenario, [-1]), tf.int32)
-    parts = tf.dynamic_partition(x, sc, num_scenarios)
-    rows = tf.dynamic_partition(tf.range(tf.shape(x)[0]), sc, num_scenarios)
-    return tf.dynamic_stitch(rows, [fn(s, p) for s, p in enumerate(parts)])
+from tfmsr.layers.scenario import partition_apply  # noqa: F401  (re-exported: its historical home)
 
 
 class PartitionedNormalization(keras.layers.Layer):

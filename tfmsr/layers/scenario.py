@@ -1,0 +1,203 @@
+"""Per-scenario parameters stored stacked (``[S, ...]``: one variable per kind of weight, not S layers).
+
+Two ways to use a stacked ``[S, D, H]`` kernel on a batch ``x [B, D]`` whose rows carry a scenario id:
+
+* ``own``: each row through its own scenario's weights only, ``y_b = x_b W_{s_b} + b_{s_b}``; the FLOPs are
+  those of one dense layer (``B D H``) whatever ``S``. Two implementations, chosen by :func:`own_method`:
+  ``partition`` (rows split by scenario, one GEMM per scenario, rows stitched back: ``O(S)`` small ops) and
+  ``gather`` (each row's ``[D, H]`` kernel gathered, one batched matmul: no ``O(S)`` op count but ``B D H``
+  memory traffic forward and a ``[B, D, H]`` sparse gradient backward).
+* ``all``: every scenario's output ``[B, S, H]`` in one einsum (``B S D H`` FLOPs): for ``scenario_probs``
+  and the ``all_scenarios`` servable, or where the math needs every branch.
+
+Measured (forward + backward, ``tf.function``, examples per CPU-second, B = 1024, 2 loaded cores):
+
+    D x H       S      partition    gather    all + gather
+    128 x 64    5        605,311    69,739        288,014
+    128 x 64    100      213,454    61,029         19,585
+    128 x 64    300       87,613    75,760          5,480
+    64 x 32     300      124,045   226,500
+    64 x 32     1000      45,718   155,737
+
+so ``partition`` wins until ``S`` is large against ``D H`` (:func:`own_method`). Variables are created with
+``add_weight`` and split along axis 0 (the scenario axis) by a parameter-server partitioner like any other.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfmsr.layers._init import fresh
+
+
+def partition_apply(x: tf.Tensor, scenario: tf.Tensor, num_scenarios: int,
+                    fn: Callable[[int, tf.Tensor], tf.Tensor]) -> tf.Tensor:
+    """Apply ``fn(s, rows of x with scenario s)`` per scenario and put the results back in row order.
+
+    ``x`` is ``[B, ...]``, ``scenario`` int ``[B]`` in ``[0, S)``; ``fn`` maps ``[n_s, ...]`` to
+    ``[n_s, ...]``. Compute is exactly one pass per example (``tf.dynamic_partition``/``dynamic_stitch``).
+    """
+    sc = tf.cast(tf.reshape(scenario, [-1]), tf.int32)
+    parts = tf.dynamic_partition(x, sc, num_scenarios)
+    rows = tf.dynamic_partition(tf.range(tf.shape(x)[0]), sc, num_scenarios)
+    return tf.dynamic_stitch(rows, [fn(s, p) for s, p in enumerate(parts)])
+
+
+def own_method(num_scenarios: int, weights_per_scenario: int) -> str:
+    """``"partition"`` or ``"gather"`` for ``own`` (the table in the module docstring): gather once the
+    per-scenario op overhead of partitioning (``O(S)``) exceeds the per-row cost of gathering ``D H``
+    weights, i.e. ``S > max(64, D H / 24)`` (crossover ~300 at 128 x 64, ~100 at 64 x 32)."""
+    return "gather" if num_scenarios > max(64, weights_per_scenario // 24) else "partition"
+
+
+def scenario_ids(scenario: tf.Tensor) -> tf.Tensor:
+    """Scenario ids as int32 ``[B]``."""
+    return tf.cast(tf.reshape(scenario, [-1]), tf.int32)
+
+
+def own_matmul(x: tf.Tensor, scenario: tf.Tensor, kernel, bias=None, method: str = "auto") -> tf.Tensor:
+    """``x_b W_{s_b} (+ b_{s_b})``: ``x [B, D]``, ``kernel [S, D, H]``, ``bias [S, H]`` -> ``[B, H]``.
+    Cost: one dense layer's FLOPs; ``O(S)`` small ops (partition) or ``B D H`` gathered weights (gather)."""
+    s, d, h = (int(n) for n in kernel.shape)
+    method = own_method(s, d * h) if method == "auto" else method
+    sc = scenario_ids(scenario)
+    if method == "gather":
+        y = tf.matmul(x[:, None, :], tf.gather(kernel, sc))[:, 0]
+        return y if bias is None else y + tf.gather(bias, sc)
+    kernels = tf.unstack(tf.convert_to_tensor(kernel))
+    biases = tf.unstack(tf.convert_to_tensor(bias)) if bias is not None else None
+
+    def one(i, rows):
+        y = tf.matmul(rows, kernels[i])
+        return y if biases is None else y + biases[i]
+
+    return partition_apply(x, sc, s, one)
+
+
+def all_matmul(x: tf.Tensor, kernel, bias=None) -> tf.Tensor:
+    """Every scenario's ``x W_s (+ b_s)`` in one einsum: ``x [B, D]`` (shared input) or ``[B, S, D]``
+    (scenario ``s`` reads ``x[:, s]``) -> ``[B, S, H]``. Cost ``B S D H``."""
+    y = tf.einsum("bd,sdh->bsh" if len(x.shape) == 2 else "bsd,sdh->bsh", x, kernel)
+    return y if bias is None else y + bias
+
+
+def own_rows(x: tf.Tensor, scenario: tf.Tensor) -> tf.Tensor:
+    """``x[b, scenario[b]]`` of a per-scenario input ``[B, S, ...]`` -> ``[B, ...]``."""
+    return tf.gather(x, scenario_ids(scenario)[:, None], batch_dims=1)[:, 0]
+
+
+class StackedInit(keras.initializers.Initializer):
+    """Initialise an ``[S, ...]`` weight as S independent ``[...]`` weights (keeps e.g. Glorot's fans per
+    scenario or expert, and S different starting points)."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def __call__(self, shape, dtype=None, **kwargs):
+        return tf.stack([fresh(self.spec)(shape[1:], dtype=dtype) for _ in range(shape[0])])
+
+    def get_config(self):
+        return {"spec": self.spec}
+
+
+class ScenarioDense(keras.layers.Layer):
+    """One dense layer per scenario, stacked: kernel ``[S, D, H]``, bias ``[S, H]``.
+
+    ``own(x [B, D], scenario [B]) -> [B, H]`` (each row through its own scenario: one dense layer's FLOPs,
+    see :func:`own_matmul`); ``all(x) -> [B, S, H]`` (``x [B, D]`` or ``[B, S, D]``; one einsum, ``S`` times
+    the FLOPs). ``call(x, scenario=None)``: ``own`` with a scenario, else ``all``.
+    """
+
+    def __init__(self, num_scenarios: int, units: int, activation=None, use_bias: bool = True,
+                 kernel_init="glorot_uniform", method: str = "auto", **kwargs):
+        super().__init__(**kwargs)
+        if num_scenarios < 1 or units < 1:
+            raise ValueError(f"ScenarioDense: need >= 1 scenario and unit, got {num_scenarios}, {units}")
+        if method not in ("auto", "partition", "gather"):
+            raise ValueError(f"ScenarioDense: method must be auto, partition or gather, got {method!r}")
+        self.num_scenarios, self.units, self.use_bias, self.method = int(num_scenarios), int(units), use_bias, method
+        self.act = keras.activations.get(activation)
+        self.kernel_init = kernel_init
+
+    def build(self, input_shape):
+        d, s = int(input_shape[-1]), self.num_scenarios
+        self.kernel = self.add_weight(name="kernel", shape=(s, d, self.units), initializer=StackedInit(self.kernel_init))
+        self.bias = (self.add_weight(name="bias", shape=(s, self.units), initializer="zeros")
+                     if self.use_bias else None)
+        super().build(input_shape)
+
+    def call(self, x, scenario=None):
+        return self.all(x) if scenario is None else self.own(x, scenario)
+
+    def own(self, x, scenario):
+        return self.act(own_matmul(x, scenario, self.kernel, self.bias, self.method))
+
+    def all(self, x):
+        return self.act(all_matmul(x, self.kernel, self.bias))
+
+
+class ScenarioMLP(keras.layers.Layer):
+    """One MLP per scenario, stacked: ``hidden`` layers with ``activation`` (and dropout), then an optional
+    linear head of ``out_units`` (e.g. 1: a scenario tower's logit). Variables ``dense/<i>/kernel [S, D_i, H_i]``.
+
+    ``own(x [B, D], scenario) -> [B, H_last]``: each row through its own scenario's MLP only (the FLOPs of one
+    MLP; with ``partition`` the rows are split once for the whole stack: ``O(S)`` small GEMMs per layer).
+    ``all(x) -> [B, S, H_last]`` (``x [B, D]`` or ``[B, S, D]``): every scenario's MLP, one einsum per layer
+    (``S`` times the FLOPs).
+    """
+
+    def __init__(self, num_scenarios: int, hidden: Sequence[int], out_units: Optional[int] = None,
+                 activation="relu", dropout: float = 0.0, kernel_init="glorot_uniform", method: str = "auto",
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.num_scenarios, self.method = int(num_scenarios), method
+        sizes = [(int(h), activation) for h in hidden] + ([(int(out_units), None)] if out_units else [])
+        if not sizes:
+            raise ValueError("ScenarioMLP: no layer (empty hidden and no out_units)")
+        self.dense = [ScenarioDense(num_scenarios, h, a, kernel_init=kernel_init, method=method, name=f"dense_{i}")
+                      for i, (h, a) in enumerate(sizes)]
+        self.num_hidden = len(hidden)
+        self.drop = keras.layers.Dropout(dropout) if dropout else None
+
+    def build(self, input_shape):
+        d = int(input_shape[-1])
+        for layer in self.dense:
+            layer.build((None, d))
+            d = layer.units
+        super().build(input_shape)
+
+    def _layer(self, i, h, apply, training):
+        h = apply(self.dense[i], h)
+        if i < self.num_hidden and self.drop is not None:
+            h = self.drop(h, training=training)
+        return h
+
+    def call(self, x, scenario=None, training=False):
+        return self.all(x, training=training) if scenario is None else self.own(x, scenario, training=training)
+
+    def all(self, x, training=False):
+        for i in range(len(self.dense)):
+            x = self._layer(i, x, lambda layer, h: layer.all(h), training)
+        return x
+
+    def own(self, x, scenario, training=False):
+        method = self.method
+        if method == "auto":
+            method = own_method(self.num_scenarios, max(int(l.kernel.shape[1]) * l.units for l in self.dense))
+        if method == "gather":
+            for i in range(len(self.dense)):
+                x = self._layer(i, x, lambda layer, h: layer.act(own_matmul(h, scenario, layer.kernel, layer.bias,
+                                                                            "gather")), training)
+            return x
+        weights = [(tf.unstack(tf.convert_to_tensor(l.kernel)),
+                    tf.unstack(tf.convert_to_tensor(l.bias)) if l.bias is not None else None) for l in self.dense]
+
+        def one(s, rows):
+            for i, (k, b) in enumerate(weights):
+                rows = self._layer(i, rows, lambda layer, h: layer.act(
+                    tf.matmul(h, k[s]) + (b[s] if b is not None else 0.0)), training)
+            return rows
+
+        return partition_apply(x, scenario, self.num_scenarios, one)
