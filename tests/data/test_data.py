@@ -218,3 +218,68 @@ def test_training_counts_every_oov_id_once_per_epoch(small_dir, tmp_path):
     cols = columns(450, seed=1)
     expected = int((cols["user_id"] >= 50).sum())  # the only feature with ids outside its vocabulary
     assert expected > 0 and summary["oov_ids"] == expected
+
+
+# ---------------------------------------------------------------------------------------- data.cache
+def _by_key(x, y):
+    """Rows of a parsed batch keyed by the unique extra ``big``: {big: (features..., label)}."""
+    cols = {k: v.numpy() for k, v in x.items()}
+    return {int(b): tuple(repr(np.asarray(cols[k][i]).tolist()) for k in sorted(cols)) + (float(y[i]),)
+            for i, b in enumerate(cols["big"])}
+
+
+def test_cached_stream_serves_each_parsed_row_once_per_epoch_and_resumes_exactly(small_dir):
+    from tfmsr.data.pipeline import SHARD_KEY
+
+    files = split_files(small_dir, "train")
+    x, y = next(iter(make_dataset(files, SCHEMA, 1000, training=False, tag_shards=True)))
+    rows = _by_key(x, y)  # the uncached parse of every row (with its shard index)
+
+    def batches(skip, n, seed=3):
+        ds = make_dataset(files, SCHEMA, 64, training=True, seed=seed, skip_batches=skip, tag_shards=True,
+                          cache=True)
+        return [(bx, by) for bx, by in ds.take(n)]
+
+    full = batches(0, 16)  # two epochs of 8 batches (the last one 450 - 7 * 64 = 2 rows)
+    assert [int(by.shape[0]) for _, by in full[:8]] == [64] * 7 + [2]
+    for epoch in (full[:8], full[8:]):
+        seen = {}
+        for bx, by in epoch:
+            seen.update(_by_key(bx, by))
+        assert sum(int(by.shape[0]) for _, by in epoch) == 450 and seen == rows  # every row once, values as parsed
+    assert sorted(set(full[0][0][SHARD_KEY].numpy())) != [0]  # shard tags travel with the cached rows
+    order = lambda bs: np.concatenate([bx["big"].numpy() for bx, _ in bs])
+    assert not np.array_equal(order(full[:8]), order(full[8:]))  # reshuffled each epoch
+    np.testing.assert_array_equal(order(full[5:]), order(batches(5, 11)))  # resume: the same continuation
+    np.testing.assert_array_equal(order(full), order(batches(0, 16)))  # deterministic by seed
+    assert not np.array_equal(order(full[:8]), order(batches(0, 8, seed=4)))
+
+
+def test_cache_choice(small_dir, tmp_path):
+    from tfmsr.core.errors import ConfigError
+    from tfmsr.data.pipeline import cache_fits, use_cache
+    from tfmsr.ranking.config import load_config
+
+    files = split_files(small_dir, "train")
+    size = sum(os.path.getsize(f) for f in files)
+    assert cache_fits(files, available=16 * size) and not cache_fits(files, available=15 * size)
+    assert use_cache(True, files, "error") and not use_cache(False, files, "error")
+    assert not use_cache("auto", files, "zero")  # counted per epoch as rows are read
+    with pytest.raises(ValueError, match="data.non_finite is 'count'"):
+        use_cache(True, files, "count")
+    with pytest.raises(ValueError, match="tf.data service"):
+        use_cache(True, files, "error", service=lambda ds: ds)
+    assert load_config(raw={"data": {"cache": False}})["data"]["cache"] is False
+    assert load_config()["data"]["cache"] == "auto"
+    with pytest.raises(ConfigError, match="data.cache must be true, false or auto, got 'yes'"):
+        load_config(raw={"data": {"cache": "yes"}})
+
+
+def test_cache_load_names_the_bad_record(tmp_path):
+    bad = columns(30, seed=5)
+    bad["click"][17] = 2.0
+    out = str(tmp_path / "bad")
+    with DatasetWriter(out, SCHEMA, rows_per_shard=20) as w:
+        w.write("train", bad)
+    with pytest.raises(DataError, match=r"part-00000.tfrecord: record 17 has label 'click' = 2.0"):
+        make_dataset(split_files(out, "train"), SCHEMA, 8, training=True, cache=True)

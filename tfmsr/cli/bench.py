@@ -7,12 +7,13 @@ import json
 def _bench(args):
     from tfmsr.ranking import bench
 
-    if args.what == "input":
-        res = bench.bench_input(args.data, args.batch, args.steps, args.warmup)
-    else:
-        from tfmsr.ranking.config import load_config
+    from tfmsr.ranking.config import load_config
 
-        cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set)
+    if args.what == "input":  # the config's data.cache, shuffle_buffer and seed
+        res = bench.bench_input(args.data, args.batch, args.steps, args.warmup, cache=cfg["data"]["cache"],
+                                seed=cfg["train"]["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"])
+    else:
         res = bench.bench_train(cfg, args.data, args.batch, args.steps, args.warmup)
     print(json.dumps(res) if args.json else "\n".join(f"{k}: {v}" for k, v in res.items()))
 

@@ -116,6 +116,10 @@ def make_parser(schema: Schema, with_labels: bool = True, inputs_only: bool = Fa
     return parse
 
 
+CACHE_CHOICES = (True, False, "auto")
+CACHE_BUDGET = 0.25  # data.cache auto: the parsed rows may take this share of the memory available now
+
+
 def make_dataset(
     files: Sequence[str],
     schema: Schema,
@@ -131,6 +135,7 @@ def make_dataset(
     non_finite: str = "error",
     tag_shards: bool = False,
     service=None,
+    cache=False,
 ) -> tf.data.Dataset:
     """Training: files and rows shuffled (deterministically by ``seed``), repeated forever,
     ``skip_batches`` batches skipped (resume) before parsing. Evaluation: one pass, rows in file order
@@ -138,28 +143,50 @@ def make_dataset(
     non-finite numeric values (``tfmsr.data.guards``) when no ``parser`` is given. ``tag_shards``: the
     features also hold ``SHARD_KEY``, each row's index in ``files`` (rows read per shard, counted by the
     model). ``service``: applied to the serialized batches before they are parsed (the shared tf.data
-    service job of ``tfmsr.distribute.shared_input``); those batches are parsed one at a time, when a step asks."""
+    service job of ``tfmsr.distribute.shared_input``); those batches are parsed one at a time, when a step asks.
+    ``cache`` (training only; ``data.cache``): True / "auto" (when the parsed rows fit in memory, see
+    ``cache_fits``) parse every row once now and serve the epochs from memory (``cached_dataset``)."""
     files = list(files)
-    compression = compression_of(files)
+    if training and use_cache(cache, files, non_finite, parser, service):
+        parse = parser or make_parser(schema, non_finite=non_finite)
+        return cached_dataset(load_parsed(files, schema, parse, tag_shards, input_context), batch_size,
+                              seed=seed, skip_batches=skip_batches)
+    ds = _serialized_batches(files, batch_size, training, seed, shuffle_buffer, skip_batches, input_context,
+                             cycle_length, tag_shards)
+    if service is not None:
+        ds = service(ds)
+    parse = parser or make_parser(schema, non_finite=non_finite)
+    return _parsed(ds, _with_shards(parse) if tag_shards else parse, ahead=service is None,
+                   distributed=input_context is not None)
+
+
+def _file_list(files: List[str], training: bool, seed: int, input_context, tag_shards: bool) -> tf.data.Dataset:
+    """The shard paths (with their index when tagged): this input pipeline's share, shuffled for training."""
     ds = tf.data.Dataset.from_tensor_slices((files, tf.range(len(files), dtype=tf.int64)) if tag_shards else files)
     if input_context is not None and input_context.num_input_pipelines > 1:
         if len(files) < input_context.num_input_pipelines:
             raise DataError(f"{os.path.dirname(files[0])}: {len(files)} shard(s) cannot be split across "
                             f"{input_context.num_input_pipelines} input pipelines; write more shards")
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    if training:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    def read(f, *shard):  # a file's records (with the file's index when tagged)
+    return ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True) if training else ds
+
+
+def _records(ds: tf.data.Dataset, compression: str, cycle_length: int) -> tf.data.Dataset:
+    """The records of the files of ``ds`` (with the file's index when tagged), ``cycle_length`` files at once."""
+    def read(f, *shard):
         records = tf.data.TFRecordDataset(f, compression_type=compression, buffer_size=1 << 20)
         return records.map(lambda r: (r, shard[0])) if shard else records
 
-    ds = ds.interleave(
-        read,
-        cycle_length=max(1, min(cycle_length, len(files))) if training else 1,  # evaluation: file order
-        block_length=16,
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
+    return ds.interleave(read, cycle_length=cycle_length, block_length=16, num_parallel_calls=tf.data.AUTOTUNE,
+                         deterministic=True)
+
+
+def _serialized_batches(files, batch_size, training, seed, shuffle_buffer, skip_batches, input_context,
+                        cycle_length, tag_shards) -> tf.data.Dataset:
+    """Batches of serialized records: training shuffled, repeated and past ``skip_batches``; else one pass."""
+    ds = _file_list(files, training, seed, input_context, tag_shards)
+    # evaluation: one file at a time (file order)
+    ds = _records(ds, compression_of(files), max(1, min(cycle_length, len(files))) if training else 1)
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=False)
@@ -167,18 +194,92 @@ def make_dataset(
         ds = ds.repeat()
         if skip_batches:
             ds = ds.skip(skip_batches)
-    if service is not None:
-        ds = service(ds)
-    parse = parser or make_parser(schema, non_finite=non_finite)
-    ahead = service is None  # a shared stream is parsed as each step asks: a worker holds no batch it does not train
-    ds = ds.map(_with_shards(parse) if tag_shards else parse, num_parallel_calls=tf.data.AUTOTUNE if ahead else None,
-                deterministic=True)
+    return ds
+
+
+def _parsed(ds: tf.data.Dataset, parse, ahead: bool, distributed: bool) -> tf.data.Dataset:
+    """``parse`` mapped over the serialized batches: in parallel and prefetched when ``ahead``, else one at a
+    time as each step asks (a shared stream: a worker holds no batch it does not train)."""
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE if ahead else None, deterministic=True)
     options = tf.data.Options()
     options.experimental_optimization.map_parallelization = ahead
     options.experimental_optimization.inject_prefetch = ahead
-    if input_context is not None:
+    if distributed:
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE) if ahead else ds.with_options(options)
+
+
+# ---------------------------------------------------------------------------------------- data.cache
+def use_cache(cache, files: Sequence[str], non_finite: str, parser=None, service=None) -> bool:
+    """Whether ``make_dataset`` serves training from memory: ``cache`` True, False or "auto" (when
+    ``cache_fits``). Only where the parsed rows can be kept whole: an eagerly built local or per-worker
+    stream (not a shared tf.data service stream, not inside a ``dataset_fn`` traced for ParameterServerStrategy),
+    with the ``error`` policy for non-finite values (``zero`` / ``count`` count them per epoch, as they are read)."""
+    if cache not in CACHE_CHOICES:
+        raise ValueError(f"data.cache {cache!r} (expected true, false or auto)")
+    if cache is False:
+        return False
+    why = ("the training stream is shared through the tf.data service" if service is not None else
+           "the dataset is built inside a traced dataset_fn" if not tf.executing_eagerly() else
+           f"data.non_finite is '{non_finite}' (counted per epoch as rows are read; cache with 'error')"
+           if parser is None and non_finite != "error" else None)
+    if why is not None:
+        if cache is True:
+            raise ValueError(f"data.cache true: cannot cache the training rows: {why}; set data.cache: auto or false")
+        return False
+    return cache is True or cache_fits(files)
+
+
+def _available_bytes() -> int:
+    """Memory available now (Linux ``/proc/meminfo`` MemAvailable), else 0 (nothing is cached by "auto")."""
+    try:
+        with open("/proc/meminfo") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
+def cache_fits(files: Sequence[str], available: Optional[int] = None) -> bool:
+    """data.cache auto: the parsed rows, estimated as 4x the shards' bytes (GZIP shards 4x more: padded
+    sequences and 8-byte ids take more than their varints), fit in ``CACHE_BUDGET`` of the memory available."""
+    size = sum(os.path.getsize(f) * (16 if f.endswith(".gz") else 4) for f in files)
+    return size <= CACHE_BUDGET * (_available_bytes() if available is None else available)
+
+
+def load_parsed(files: Sequence[str], schema: Schema, parse, tag_shards: bool = False,
+                input_context: Optional[tf.distribute.InputContext] = None, chunk: int = 8192):
+    """Every row of ``files`` (this input pipeline's share under ``input_context``), parsed by ``parse``
+    (guards and vocabulary lookups included) in file order, as one structure of tensors (rows on axis 0).
+    A bad record stops here with its file and field (``read_errors``)."""
+    files = list(files)
+    ds = _records(_file_list(files, False, 0, input_context, tag_shards), compression_of(files), 2)
+    ds = _parsed(ds.batch(chunk), _with_shards(parse) if tag_shards else parse, ahead=True, distributed=False)
+    with read_errors(files, schema):
+        parts = list(ds)
+    if not parts:
+        raise DataError(f"{os.path.dirname(files[0])}: no rows to train on in {len(files)} shard(s)")
+    return tf.nest.map_structure(lambda *x: tf.concat(x, axis=0), *parts)
+
+
+def cached_dataset(rows, batch_size: int, seed: int = 0, skip_batches: int = 0) -> tf.data.Dataset:
+    """Training batches from parsed ``rows`` held in memory (``load_parsed``): epoch e visits every row once
+    in the order of a permutation of seed (``seed``, e), in ``ceil(rows / batch_size)`` batches (the last one
+    short), repeated forever; ``skip_batches`` of that deterministic stream skipped (resume). A batch costs one
+    gather per feature, no TFRecord read or parse."""
+    n = int(tf.nest.flatten(rows)[0].shape[0])
+    per_epoch = -(-n // batch_size)
+
+    def epoch(e):
+        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64),
+                                                         seed=tf.stack([tf.constant(seed, tf.int64), e]))
+        return tf.data.Dataset.range(per_epoch).map(
+            lambda i: order[i * batch_size:tf.minimum((i + 1) * batch_size, n)])
+
+    ds = tf.data.Dataset.counter().flat_map(epoch).skip(skip_batches)
+    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensors(rows).repeat()))
+    ds = ds.map(lambda idx, held: tf.nest.map_structure(lambda v: tf.gather(v, idx), held),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def _with_shards(parse):

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
+from tfmsr.core.checks import origin
 from tfmsr.core.config import check_values, read_config
+from tfmsr.core.errors import ConfigError
 from tfmsr.data.guards import POLICIES
 from tfmsr.ranking.models.base import get_class
 
 DEFAULTS = {
     "model": {"name": "dnn", "params": {}},
     "data": {"batch_size": 1024, "shuffle_buffer": 20_000, "eval_batch_size": 4096,
-             "non_finite": "error"},      # a NaN / inf numeric value: error | zero (replace, count) | count (skip, count)
+             "non_finite": "error",       # a NaN / inf numeric value: error | zero (replace, count) | count (skip, count)
+             "cache": "auto"},            # local training: parse the rows once, epochs from memory: true | false
+                                          # | auto (when they fit: tfmsr.data.pipeline.cache_fits)
     "train": {
         "epochs": 3,
         "steps_per_epoch": None,      # default: ceil(train rows / batch_size)
@@ -53,6 +57,9 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = (), raw: 
                                 "train.steps_per_epoch", "train.checkpoint_every", "train.log_every"],
                  positive_numbers=["train.learning_rate"], non_negative_ints=["train.seed", "train.early_stopping_patience"],
                  booleans=["train.validate"], optional=["train.steps_per_epoch"], overrides=overrides)
+    if not (isinstance(cfg["data"]["cache"], bool) or cfg["data"]["cache"] == "auto"):
+        raise ConfigError(f"{origin(source, overrides, 'data.cache')}: data.cache must be true, false or auto, "
+                          f"got {cfg['data']['cache']!r}")
     check_values(cfg, source, choices=[("cluster.strategy", STRATEGIES), ("cluster.partitioner", PARTITIONERS)],
                  positive_ints=["cluster.partitions", "cluster.min_shard_bytes"], optional=["cluster.partitions"],
                  overrides=overrides)
