@@ -143,7 +143,7 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
     if strategy is None:
         ds = make_dataset(train_files, schema, batch, training=True, seed=t["seed"],
                           shuffle_buffer=cfg["data"]["shuffle_buffer"], skip_batches=skip,
-                          non_finite=cfg["data"]["non_finite"], tag_shards=True)
+                          non_finite=cfg["data"]["non_finite"], tag_shards=True, cache=cfg["data"]["cache"])
     else:  # multi-worker: each worker its own shards and batch share; ps: one shared stream (shared_input)
         stream = SharedStream(chief_host(cluster.spec), job_name(model_dir, skip), log) if cluster.kind == "ps" else None
         ds = per_worker_input(train_files, lambda files, b, k, ctx: make_dataset(
