@@ -34,6 +34,7 @@ from tfmsr.core.rundir import RunDir
 from tfmsr.distribute.warm_start import start_retrieval
 from tfmsr.features import Schema
 from tfmsr.features.lookup import copy_vocabularies
+from tfmsr.retrieval.config import refused_rerun
 from tfmsr.retrieval.data import RetrievalData
 from tfmsr.retrieval.evaluate import ModelScorer, PopularityScorer, evaluate
 from tfmsr.retrieval.models.base import build
@@ -204,7 +205,7 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False, log
     ``pretrain.on_warm_start``."""
     if os.path.exists(os.path.join(model_dir, "metrics.json")) or os.path.exists(os.path.join(model_dir, "final")):
         if not overwrite:
-            raise FileExistsError(f"{model_dir}: holds a finished run; pass --overwrite to retrain")
+            raise FileExistsError(refused_rerun(model_dir, cfg, data_dir))
         shutil.rmtree(model_dir)
     t0 = time.time()
     data = data or RetrievalData.load(data_dir, eval_splits=query_splits(cfg))
@@ -216,6 +217,8 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False, log
     if t["early_stopping_patience"] and not data.queries[t["validation_split"]]:
         raise ValueError(f"{data.data_dir}/{t['validation_split']}: no positive rows to rank, so "
                          "train.early_stopping_patience cannot pick an epoch (set it to 0)")
+    with tf.Graph().as_default():  # the model's own checks (its parameter values) before anything is written
+        build(cfg["model"]["name"], data.schema, cfg["model"]["params"])
     os.makedirs(model_dir, exist_ok=True)
     data.schema.save(os.path.join(model_dir, "schema.yaml"))
     copy_vocabularies(data.schema, model_dir)  # beside schema.yaml, as in a ranking run
