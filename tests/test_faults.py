@@ -52,13 +52,35 @@ resume, accounting, temp files, outputs
  28  score a NaN numeric row             counted in "non_finite" and left unscored (null prob), the rest scored
  29  evaluate --predictions              x.parquet is Parquet, x.csv is CSV; x.txt: "--predictions x.txt: unknown
                                           format '.txt' (expected a file ending in .parquet or .csv)" before any write
- 30  a PS worker SIGKILLed, not restarted (slow; a real localhost cluster, 2 workers + 1 ps): "[data] epoch 2: 4,000
-                                          examples read (counted in the graph; ...); rows per shard ..; steps per
-                                          worker [125, 0] -- worker:1 ran no step this epoch (lost?): the others took
-                                          its share of the shared stream"; every shard's rows over the run = 2 x 1,000
-                                          up to the batch each worker had fetched ahead (measured: 1,991..2,004)
+ 30  a PS worker SIGKILLed, not restarted (slow; a real localhost cluster, 2 workers + 1 ps), counted exactly:
+                                          "[data] epoch 2: 4,000 examples read (...); steps per worker [125, 0] --
+                                          worker:1 ran no step this epoch (lost?): the others took its share of the
+                                          shared stream; 5 batch(es), 160 rows, fetched by a lost worker and never
+                                          trained (global batches [104, 106, 108, 110, 112]: its steps in flight and
+                                          the batch it had fetched ahead)"; epoch 1: "4,032 examples read ... -- +32
+                                          against the plan; ...; 1 step(s) run again: a lost worker finished them but
+                                          could not report it, ..."; "[data] pass 1 over the train split (4,000 rows):
+                                          3,840 rows trained + 160 lost with a worker (batches [104, ...]) + 0 fetched,
+                                          untrained at the end (batches [])"; each pass = trained + lost rows exactly,
+                                          no batch trained twice; rows per shard in the graph = those of the trained
+                                          batches rebuilt from the same seeded stream
  31  a servable given a NaN numeric      InvalidArgumentError "tfmsr guard: non-finite value in numeric feature
                                           'price'; first offending value: [nan]" (fresh process, no tfmsr)
+retrieval configs (tfmsr.retrieval.config: every value checked against its default's kind before anything is written)
+ 32  pretrain.enabled: yes, train.seed: abc, eval.k: 0, pretrain.learning_rate: fast, pretrain.sides: user,
+     eval.split: 5, train.mode: both, model.params.gamma: abc
+                                          CFG: pretrain.enabled must be true or false, got 'yes' / ... / pretrain.sides
+                                          must be a non-empty list of user, item, got 'user' / eval.split must be a
+                                          non-empty string, got 5 / train.mode 'both' (expected one of mix, single) /
+                                          retrieval model 'dssm': parameter 'gamma' must be a number (like its default
+                                          10.0), got 'abc'; 32b: every key of DEFAULTS has a check (KINDS)
+ 33  --set eval.k=-1 (CLI)               tfmsr: error: --set eval.k=-1: eval.k must be a positive integer, got -1
+                                          (exit 2, no model dir); --set pretrain.sides=[user, x] / model.params.hidden=abc
+                                          / an unknown key name --set
+ 34  a retrieval model's own check       sass: gate 'sum' (expected one of sass, none, product, sigmoid, simnet) --
+                                          raised before the run dir is written
+ 35  re-run of a finished retrieval run  RUN: holds a finished run with a different config (train.epochs: 1 -> 3);
+                                          pass --overwrite to retrain (the same config: "of the same config and data")
 """
 import glob
 import json
@@ -492,36 +514,144 @@ def test_29_evaluate_predictions_format_follows_the_extension(tiny, trained, tmp
 @pytest.mark.slow
 def test_30_a_killed_ps_worker_leaves_no_shard_unread(tmp_path):
     """ParameterServerStrategy, 2 workers, worker 1 SIGKILLed in epoch 1 and not restarted: its share of the
-    shared stream (tfmsr.distribute.shared_input) goes to worker 0, so every shard is still read once per
-    pass. (With the former files[i::W] split, its 2 shards were not read again: 2 x 1,000 rows short in epoch 2.)"""
-    import re
+    shared stream (tfmsr.distribute.shared_input) goes to worker 0. Counted exactly, per pass over the split:
+    every batch of the stream is trained once or is one the dead worker had fetched (lost, named in the log);
+    the rows per shard counted in the graph equal those of the trained batches, rebuilt from the same
+    seeded stream; each epoch's examples = the plan + the steps the coordinator ran again. (With the former
+    files[i::W] split, worker 1's 2 shards were not read again: 2 x 1,000 rows short in epoch 2.)"""
     import signal
 
+    from tfmsr.data.pipeline import make_dataset, split_files
     from tfmsr.data.synth import generate
     from tfmsr.distribute.cluster import LocalCluster
+    from tfmsr.features import Schema
 
     data = str(tmp_path / "data")
     generate(data, rows=5000, users=200, items=100, seed=0, rows_per_shard=1000, progress=False)  # train: 4 x 1,000
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(config(data={"batch_size": 32}, train={"epochs": 2, "log_every": 25,
+    cfg.write_text(yaml.safe_dump(config(data={"batch_size": 32}, train={"epochs": 2, "log_every": 5,
                                                                           "validate": False})))
     with LocalCluster(["train", "--config", str(cfg), "--data", data, "--model-dir", str(tmp_path / "run")], 2, 1,
                       threads=1, log=lambda line: None) as c:
         c.start()
         deadline = time.time() + 900
-        while not any((m := re.search(r"step (\d+)/", l)) and int(m.group(1)) >= 40 for l in list(c.lines)):
+        while not any((m := re.search(r"step (\d+)/", l)) and int(m.group(1)) >= 90 for l in list(c.lines)):
             assert time.time() < deadline and c.procs[("chief", 0)].poll() is None, "\n".join(c.lines[-40:])
             time.sleep(0.1)
         os.kill(c.pid("worker", 1), signal.SIGKILL)
         assert c.wait(timeout=900) == 0, "\n".join(c.lines[-60:])
     assert "[cluster] training continues on 1 worker(s)" in c.lines
-    epochs = json.load(open(tmp_path / "run" / "history.json"))["cluster"]["data_epochs"]
-    # each epoch's count is exact up to the one batch each of the 2 workers may have fetched ahead when the
-    # worker died (the known limit of issue 29 item 3)
-    assert all(abs(e["examples"] - 4000) <= 2 * 32 for e in epochs), [e["examples"] for e in epochs]
-    assert epochs[1]["worker_steps"][1] == 0
-    assert any(re.search(r"\[data\] epoch 2: [34],\d\d\d examples read", l) and "-- worker:1 ran no step this epoch "
-               "(lost?): the others took its share of the shared stream" in l for l in c.lines), "\n".join(c.lines[-30:])
-    for name in epochs[0]["shards"]:  # each shard once per pass, up to the batch each worker fetched ahead
-        assert abs(sum(e["shards"][name] for e in epochs) - 2 * 1000) <= 3 * 32, [e["shards"] for e in epochs]
+    summary = json.load(open(tmp_path / "run" / "history.json"))
+    epochs, passes = summary["data_epochs"], summary["passes"]
+    assert epochs[0]["worker_steps"][1] > 0 and epochs[1]["worker_steps"][1] == 0, [e["worker_steps"] for e in epochs]
+    for e in epochs:  # the plan, plus a step the dead worker finished but could not report (run again)
+        assert e["examples"] == 4000 + 32 * (sum(e["worker_steps"]) - 125), e
+    lost = [q for e in epochs for q in e["lost_batches"] + e.get("ahead_batches", [])]
+    assert lost and summary["lost_rows"] + summary["ahead_rows"] == 32 * len(lost), epochs
+    assert [p["pass"] for p in passes][:2] == [1, 2], passes
+    for p in passes[:2]:  # each pass: every row trained once, or fetched by the dead worker and named
+        assert p["trained_rows"] + p["lost_rows"] + p["ahead_rows"] == 4000 and p["trained_twice"] == 0, p
+    assert any(f"[data] pass {p['pass']} over the train split (4,000 rows): {p['trained_rows']:,} rows trained + "
+               f"{p['lost_rows']:,} lost with a worker (batches {p['lost_batches']})" in l for l in c.lines for p in passes)
+    assert any(re.search(r"\[data\] epoch 2: .* -- worker:1 ran no step this epoch \(lost\?\): the others took its "
+                         r"share of the shared stream; \d+ batch\(es\), [\d,]+ rows, fetched by a lost worker and "
+                         r"never trained \(global batches \[", l) for l in c.lines), "\n".join(c.lines[-30:])
+    # the rows per shard counted in the graph = those of the trained batches of the same seeded stream
+    streams = []
+    tf.random.set_seed(0)  # train.seed, set by the trainer before it builds the stream
+    make_dataset(split_files(data, "train"), Schema.load(os.path.join(data, "schema.yaml")), 32, training=True,
+                 seed=0, shuffle_buffer=20_000, tag_shards=True, service=lambda ds: streams.append(ds) or ds)
+    trained = sum(p["trained_rows"] for p in passes) // 32
+    shards = [np.bincount(s.numpy(), minlength=4) for _, s in streams[0].take(trained + len(lost))]
+    want = sum(shards[i] for i in range(trained + len(lost)) if i not in lost)
+    names = sorted(epochs[0]["shards"])
+    assert [sum(e["shards"][n] for e in epochs) for n in names] == want.tolist(), (want, [e["shards"] for e in epochs])
     assert os.path.exists(tmp_path / "run" / "final")
+
+
+# ---------------------------------------------------------------------------------------- retrieval configs
+def retrieval_raw(**sections):
+    raw = {"model": {"name": "dssm", "params": {"embedding_dim": 8}}, "data": {"batch_size": 128},
+           "train": {"epochs": 1}, "eval": {"k": 5}}
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return raw
+
+
+@pytest.mark.parametrize("section,key,value,message", [
+    ("pretrain", "enabled", "yes", "pretrain.enabled must be true or false, got 'yes'"),
+    ("train", "seed", "abc", "train.seed must be an integer >= 0, got 'abc'"),
+    ("eval", "k", 0, "eval.k must be a positive integer, got 0"),
+    ("pretrain", "learning_rate", "fast", "pretrain.learning_rate must be > 0, got 'fast'"),
+    ("pretrain", "sides", "user", "pretrain.sides must be a non-empty list of user, item, got 'user'"),
+    ("eval", "split", 5, "eval.split must be a non-empty string, got 5"),
+    ("train", "mode", "both", "train.mode 'both' (expected one of mix, single)"),
+    ("model", "gamma", "abc", "retrieval model 'dssm': parameter 'gamma' must be a number (like its default 10.0), "
+                               "got 'abc'"),
+])
+def test_32_retrieval_config_values_are_checked_naming_the_file(tmp_path, section, key, value, message):
+    from tfmsr.retrieval.config import load_config as load_retrieval
+
+    raw = retrieval_raw()
+    (raw["model"]["params"] if section == "model" else raw.setdefault(section, {}))[key] = value
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as e:
+        load_retrieval(str(path))
+    assert str(e.value) == f"{path}: {message}"
+
+
+def test_32b_every_retrieval_value_has_a_check():
+    from tfmsr.retrieval.config import DEFAULTS, KINDS
+
+    keys = {f"{s}.{k}" for s, section in DEFAULTS.items() for k in section if (s, k) != ("model", "params")}
+    checked = {k if isinstance(k, str) else k[0] for kind in KINDS.values() for k in kind}
+    assert checked == keys, keys ^ checked
+
+
+def test_33_retrieval_set_errors_name_set(tiny, tmp_path):
+    from tfmsr.retrieval.config import load_config as load_retrieval
+
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(yaml.safe_dump(retrieval_raw()))
+    rc, out, err = cli("retrieval", "train", "--config", cfg, "--data", tiny, "--model-dir", tmp_path / "run",
+                       "--set", "eval.k=-1")
+    assert rc == 2 and err.strip().splitlines()[-1] == ("tfmsr: error: --set eval.k=-1: eval.k must be a positive "
+                                                        "integer, got -1"), err
+    assert not os.path.exists(tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"^--set pretrain.sides=\[user, x\]: pretrain.sides must be a non-empty "
+                                          r"list of user, item, got \['user', 'x'\]$"):
+        load_retrieval(str(cfg), ["pretrain.sides=[user, x]"])
+    with pytest.raises(ConfigError, match=r"^--set model.params.hidden=abc: retrieval model 'dssm': parameter 'hidden'"):
+        load_retrieval(str(cfg), ["model.params.hidden=abc"])
+    with pytest.raises(ConfigError, match=r"^--set: unknown key 'eval.kk'"):
+        load_retrieval(str(cfg), ["eval.kk=3"])
+
+
+def test_34_a_retrieval_models_own_check_fails_before_the_run_dir(tiny, tmp_path):
+    from tfmsr.retrieval.config import load_config as load_retrieval
+    from tfmsr.retrieval.train import train
+
+    cfg = load_retrieval(raw=retrieval_raw(model={"name": "sass", "params": {"gate": "sum"}}))
+    with pytest.raises(ConfigError, match=r"^sass: gate 'sum' \(expected one of "):
+        train(cfg, tiny, str(tmp_path / "run"), **QUIET)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_35_refused_retrieval_rerun_names_the_key_that_differs(tiny, tmp_path):
+    from tfmsr.retrieval.config import load_config as load_retrieval
+    from tfmsr.retrieval.train import train
+
+    run = tmp_path / "run"
+    run.mkdir()
+    first = load_retrieval(raw=retrieval_raw())
+    (run / "run.yaml").write_text(yaml.safe_dump({"kind": "retrieval", "config": first, "data": os.path.abspath(tiny)}))
+    (run / "metrics.json").write_text("{}")
+    with pytest.raises(FileExistsError) as e:
+        train(load_retrieval(raw=retrieval_raw(train={"epochs": 3})), tiny, str(run), **QUIET)
+    assert str(e.value) == (f"{run}: holds a finished run with a different config (train.epochs: 1 -> 3); pass "
+                            "--overwrite to retrain")
+    with pytest.raises(FileExistsError) as e:
+        train(first, tiny, str(run), **QUIET)
+    assert str(e.value) == f"{run}: holds a finished run of the same config and data; pass --overwrite to retrain"
+    assert sorted(os.listdir(run)) == ["metrics.json", "run.yaml"]  # nothing touched

@@ -22,6 +22,7 @@ import os
 import time
 from typing import Callable, List, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -29,6 +30,7 @@ from tfmsr.data.guards import SHARD_KEY
 from tfmsr.distribute.progress import TrainClock, last_step_of_epoch
 
 _COUNTERS = "_tfmsr_counters"
+SEQ = 1 << 24  # the shared stream tags each row with shard + SEQ x its batch's sequence number (shared_input)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -95,6 +97,14 @@ class Counters:
         self.names = [os.path.basename(f) for f in files]
         self.shards = _Counts(len(files), "rows_per_shard")
         self.workers = _Counts(workers, "steps_per_worker") if workers else None
+        self.batches: Optional[_Counts] = None  # rows trained per batch of the shared stream (never reset)
+
+    def track_batches(self, capacity: int, strategy=None) -> None:
+        """Count the rows trained per batch of the shared stream, by its sequence number (``SEQ``), for the
+        first ``capacity`` batches (later ones share the last slot); created before the step is traced."""
+        if self.batches is None:
+            with strategy.scope() if strategy is not None else contextlib.nullcontext():
+                self.batches = _Counts(capacity, "rows_per_batch")
 
     def attach(self, model) -> "Counters":
         object.__setattr__(model, _COUNTERS, self)
@@ -121,15 +131,81 @@ def count_inputs(model, x) -> None:
     if counters is None:
         return
     if shards is not None:
-        counters.shards.update_state(shards)
+        counters.shards.update_state(shards % SEQ)
+        if counters.batches is not None:
+            counters.batches.update_state(tf.minimum(shards // SEQ, counters.batches.n - 1))
     if counters.workers is not None:
         counters.workers.update_state(tf.reshape(tf.distribute.coordinator.experimental_get_current_worker_index(), [1]))
+
+
+class BatchLedger:
+    """Which batches of the shared stream were trained (ParameterServerStrategy): from the rows counted per
+    batch sequence number (``Counters.batches``, relative to ``start``, the stream's first batch), the
+    batches fetched by a worker and never trained and, per pass over the train split (``ceil(rows / batch)``
+    batches, the last one short), the rows trained and untrained -- all counted, none estimated.
+
+    A live worker trains the batch it fetched ahead at its next step, so a batch still untrained one epoch end
+    after a later batch was trained went with a dead worker (``lost``: the steps in flight on it when it died,
+    and its fetched-ahead batch). Those untrained when training ends are ``ahead``: fetched ahead by a live
+    worker, or lost in the last epoch."""
+
+    def __init__(self, rows: int, batch: int, start: int = 0):
+        self.rows, self.batch, self.start = rows, batch, start
+        self.per_pass = max(1, math.ceil(rows / batch))
+        self.lost: List[int] = []   # global batch numbers, in the order they were found lost
+        self.ahead: List[int] = []  # untrained when training ended
+        self._open: set = set()
+
+    def batch_rows(self, seq: int) -> int:
+        """Rows in global batch ``seq`` (each pass's last batch holds the remainder)."""
+        return self.rows - (self.per_pass - 1) * self.batch if (seq + 1) % self.per_pass == 0 else self.batch
+
+    def untrained(self, counts) -> List[int]:
+        """Global numbers of the batches with no trained row before the last trained one."""
+        trained = np.flatnonzero(np.asarray(counts)[:-1])  # the last slot holds the overflow
+        last = int(trained[-1]) if len(trained) else -1
+        return [self.start + i for i in range(last) if counts[i] == 0]
+
+    def settle(self, counts, final: bool = False) -> List[int]:
+        """The batches found lost now (untrained at two epoch ends in a row), or with ``final`` (training
+        ended) the ones still untrained, recorded as ``ahead``."""
+        holes = set(self.untrained(counts)) - set(self.lost)
+        new = sorted(holes if final else holes & self._open)
+        (self.ahead if final else self.lost).extend(new)
+        self._open = holes - set(new)
+        return new
+
+    def passes(self, counts) -> List[dict]:
+        """Per pass touched: batches, rows trained, lost and untrained at the end (and those batches), batches
+        trained twice."""
+        counts = np.asarray(counts)[:-1]
+        out: dict = {}
+        for i in np.flatnonzero(counts):
+            seq = self.start + int(i)
+            p = out.setdefault(seq // self.per_pass, {"trained_rows": 0, "trained_twice": 0})
+            p["trained_rows"] += int(counts[i])
+            p["trained_twice"] += int(counts[i] > self.batch_rows(seq))
+        for key, seqs in (("lost", self.lost), ("ahead", self.ahead)):
+            for seq in seqs:
+                out.setdefault(seq // self.per_pass, {"trained_rows": 0, "trained_twice": 0}).setdefault(
+                    f"{key}_batches", []).append(seq)
+        return [self._pass(k, v) for k, v in sorted(out.items())]
+
+    def _pass(self, k: int, v: dict) -> dict:
+        record = {"pass": k + 1, "batches": self.per_pass, "trained_rows": v["trained_rows"],
+                  "trained_twice": v["trained_twice"]}
+        for key in ("lost", "ahead"):
+            seqs = v.get(f"{key}_batches", [])
+            record.update({f"{key}_rows": sum(self.batch_rows(q) for q in seqs), f"{key}_batches": seqs})
+        return record
 
 
 class EpochAccounting(keras.callbacks.Callback):
     """``[data] epoch N: n examples read ...`` at each epoch end from the graph's counts; ``epochs`` holds
     them (epoch, steps, batch, examples, non_finite, oov_ids); ``examples_per_sec`` from the first step on,
-    in training-step time (``clock``: the time source)."""
+    in training-step time (``clock``: the time source). Under ParameterServerStrategy also the steps run
+    again after a lost worker, the batches it fetched and never trained (``BatchLedger``: counted, per
+    epoch, and per pass over the split in ``passes`` at the end of training)."""
 
     def __init__(self, batch: int, rows: int, log: Callable[[str], None], counters: Optional[Counters] = None,
                  clock: Callable[[], float] = time.time):
@@ -139,10 +215,19 @@ class EpochAccounting(keras.callbacks.Callback):
         self.epochs: List[dict] = []
         self.clock = TrainClock(clock)
         self._steps = 0
+        self.ledger: Optional[BatchLedger] = None
+        self.passes: List[dict] = []
+
+    def on_train_begin(self, logs=None):
+        if self.counters is not None and self.counters.workers is not None:  # the shared stream's batches
+            steps = self.params["steps"]
+            self.counters.track_batches(self.params["epochs"] * steps + max(64, steps), self.model.distribute_strategy)
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.counters is not None:
             self.counters.reset()
+        if self.ledger is None and self.counters is not None and self.counters.batches is not None:
+            self.ledger = BatchLedger(self.rows, self.batch, int(self.model.optimizer.iterations.numpy()))
         if self._steps:  # the clock starts at the end of the first step
             self.clock.start()
 
@@ -181,7 +266,44 @@ class EpochAccounting(keras.callbacks.Callback):
                 if n == 0 and (before is None or before[i] > 0):
                     text += (f" -- worker:{i} ran no step this epoch (lost?): the others took its share of the "
                              "shared stream")
-        return text
+            again = sum(row["worker_steps"]) - row["steps"]
+            if again > 0:
+                text += (f"; {again} step(s) run again: a lost worker finished them but could not report it, so "
+                         f"the coordinator ran them on another worker with the next batch")
+        return text + self._lost(row)
+
+    def _lost(self, row: dict, final: bool = False) -> str:
+        """Adds the batches found lost now (``BatchLedger.settle``; ``final``: untrained when training ended)
+        to ``row``; their part of the log line."""
+        if self.ledger is None:
+            return ""
+        new = self.ledger.settle(self.counters.batches.result().numpy(), final)
+        key = "ahead" if final else "lost"
+        row[f"{key}_batches"] = row.get(f"{key}_batches", []) + new
+        row[f"{key}_rows"] = sum(self.ledger.batch_rows(q) for q in row[f"{key}_batches"])
+        if not new:
+            return ""
+        rows = sum(self.ledger.batch_rows(q) for q in new)
+        if final:
+            return (f"{len(new)} batch(es), {rows:,} rows, fetched and never trained (global batches {new}): "
+                    "fetched ahead by a live worker, or lost with one in the last epoch")
+        return (f"; {len(new)} batch(es), {rows:,} rows, fetched by a lost worker and never trained (global "
+                f"batches {new}: its steps in flight and the batch it had fetched ahead)")
+
+    def on_train_end(self, logs=None):
+        if self.ledger is None or not self.epochs:
+            return
+        said = self._lost(self.epochs[-1], final=True)
+        if said:
+            self.log(f"[data] training ended: {said}")
+        self.passes = self.ledger.passes(self.counters.batches.result().numpy())
+        for p in self.passes:
+            untrained = p["lost_rows"] + p["ahead_rows"]
+            partial = "" if p["trained_rows"] + untrained == self.rows else " -- a partial pass"
+            twice = f"; {p['trained_twice']} batch(es) trained twice" if p["trained_twice"] else ""
+            self.log(f"[data] pass {p['pass']} over the train split ({self.rows:,} rows): {p['trained_rows']:,} rows "
+                     f"trained + {p['lost_rows']:,} lost with a worker (batches {p['lost_batches']}) + "
+                     f"{p['ahead_rows']:,} fetched, untrained at the end (batches {p['ahead_batches']}){partial}{twice}")
 
     @property
     def examples_per_sec(self) -> float:
@@ -192,4 +314,10 @@ class EpochAccounting(keras.callbacks.Callback):
         return (self._steps - 1) * self.batch / max(self.clock.elapsed(), 1e-9)
 
     def totals(self) -> dict:
-        return {k: sum(e[k] for e in self.epochs) for k in ("examples", "non_finite", "oov_ids")}
+        """Examples, non-finite values and OOV ids over the epochs; with the shared stream also the rows lost
+        with a worker and the ``passes`` over the split."""
+        out = {k: sum(e[k] for e in self.epochs) for k in ("examples", "non_finite", "oov_ids")}
+        if self.ledger is not None:
+            out.update({k: sum(e.get(k, 0) for e in self.epochs) for k in ("lost_rows", "ahead_rows")},
+                       passes=self.passes)
+        return out
