@@ -203,11 +203,11 @@ def test_model_train_step_moves_prototypes_by_eq14_not_by_gradient(synth_dir, sy
     np.testing.assert_allclose(L.prototypes.numpy(), want, rtol=1e-4, atol=1e-5)
     assert not np.allclose(L.omega.numpy(), omega_before)   # omega is trained by back-propagation
     with tf.GradientTape() as tape:
-        p = model(x, training=True)
-        loss = tf.reduce_mean(tf.keras.losses.binary_crossentropy(y[:, None], p[:, None])) + tf.add_n(model.losses)
+        losses = model.compute_losses(x, y, training=True)
+        loss = model.total_loss(losses)
     g_proto, g_omega = tape.gradient(loss, [L.prototypes, L.omega])
     assert g_proto is None and g_omega is not None
-    assert len(model.losses) == 2                           # KL (eq. 12) and beta * L_A (eq. 10)
+    assert set(losses) == {"bce", "kl", "repeat"}           # BCE, KL (eq. 12) and L_A (eq. 10, weighted by beta)
 
 
 def test_prototype_update_under_two_replica_mirrored_strategy():

@@ -15,7 +15,6 @@ from tfmsr.features import Schema, SchemaError
 from tfmsr.layers.saml import (AuxiliaryNetwork, MultiBranchNetwork, MutualUnit, ScenarioAwareAttention,
                                ScenarioAwareEmbedding)
 from tfmsr.ranking.models import build
-from tfmsr.ranking.models.saml import AUX_LABEL
 
 RNG = np.random.default_rng(7)
 
@@ -275,7 +274,7 @@ def test_scenario_batch_leaves_other_branches_unchanged(synth_dir, synth_schema,
     x = dict(x)
     x["scenario"] = tf.ones_like(x["scenario"])                          # every example in scenario 1
     model(x)
-    model.compile(optimizer=keras.optimizers.SGD(0.5), loss=keras.losses.BinaryCrossentropy())
+    model.compile(optimizer=keras.optimizers.SGD(0.5))                     # the model's own losses (eq. 5)
     before = _weights(model)
     model.train_on_batch(x, y)
     after = _weights(model)
@@ -314,17 +313,22 @@ def test_aux_gradient_switch(synth_dir, synth_schema, aux_gradient):
 
 
 def test_aux_loss_is_bce_of_the_auxiliary_logit(synth_dir, synth_schema):
-    model = build("saml", synth_schema, {"hidden": [16, 8]})
+    """Eq. 5: ``compute_losses`` = the own branch's BCE and L_aux, the BCE of the auxiliary logit; the total
+    weights L_aux by aux_weight; nothing goes through add_loss."""
+    model = build("saml", synth_schema, {"hidden": [16, 8], "aux_weight": 0.3})
     x, y = _batch(synth_dir, synth_schema, 128)
-    model({**x, AUX_LABEL: y}, training=True)
-    assert len(model.losses) == 1
-    z = model.forward(x, training=True)["aux_logit"].numpy()
-    p = 1 / (1 + np.exp(-z))
+    losses = model.compute_losses(x, y, training=False)
+    assert set(losses) == {"bce", "aux"} and not model.losses
+    bce = lambda p, t: -np.mean(t * np.log(p) + (1 - t) * np.log(1 - p))
+    out = model.forward(x, training=False)
     yy = y.numpy()
-    want = -np.mean(yy * np.log(p) + (1 - yy) * np.log(1 - p))
-    np.testing.assert_allclose(float(model.losses[0]), want, rtol=1e-4)
-    model(x, training=False)
-    assert not model.losses                                               # inference adds nothing
+    want_aux = bce(1 / (1 + np.exp(-out["aux_logit"].numpy())), yy)
+    own = out["logits"].numpy()[np.arange(len(yy)), x["scenario"].numpy()]
+    want_bce = bce(1 / (1 + np.exp(-own)), yy)
+    np.testing.assert_allclose(float(losses["aux"]), want_aux, rtol=1e-4)
+    np.testing.assert_allclose(float(losses["bce"]), want_bce, rtol=1e-4)
+    np.testing.assert_allclose(float(model.total_loss(losses)), want_bce + 0.3 * want_aux, rtol=1e-4)
+    assert model.compute_losses(x, y, training=False, outputs=model.step_outputs(x)).keys() == losses.keys()
 
 
 @pytest.mark.parametrize("params,heads,aux", [

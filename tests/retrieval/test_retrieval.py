@@ -297,10 +297,12 @@ def test_sass_scenario_l2_penalises_the_scenario_weights_distance_to_their_start
     start = [v.numpy() for v in sw]
     for v, m in zip(sw, moved):
         v.assign(m)
-    logs = {k: float(v) for k, v in model.finetune_losses(batch, training=False).items()}
+    losses = model.compute_losses(batch, training=False)
+    logs = {k: float(v) for k, v in losses.items()}
     want = sum(((m.astype(np.float64) - a) ** 2).sum() for m, a in zip(moved, start))
     assert logs["scenario_l2"] == pytest.approx(want, rel=1e-4)
-    assert logs["loss"] == pytest.approx(logs["scenario_loss"] + logs["global_loss"] + 0.5 * want, rel=1e-4)
+    assert float(model.total_loss(losses)) == pytest.approx(
+        logs["scenario_loss"] + logs["global_loss"] + 0.5 * want, rel=1e-4)
     off = trainer.new_model(quick("sass", {**params, "scenario_l2": 0.0}), data)
     off.start_finetune()
     assert "scenario_l2" not in off.finetune_losses(batch, training=False)

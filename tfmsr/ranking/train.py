@@ -63,7 +63,9 @@ def split_rows(data_dir: str, split: str, stats: dict) -> int:
 
 
 def compile_model(model, cfg: dict):
-    model.compile(optimizer=make_optimizer(cfg["train"]["optimizer"], cfg["train"]["learning_rate"]), loss=keras.losses.BinaryCrossentropy(),
+    """The optimizer of ``cfg`` and the AUC of the predictions; the losses are the model's own
+    (``compute_losses``, :class:`tfmsr.core.model.TrainableModel`)."""
+    model.compile(optimizer=make_optimizer(cfg["train"]["optimizer"], cfg["train"]["learning_rate"]),
                   metrics=[keras.metrics.AUC(name="auc", num_thresholds=1000)])
     return model
 

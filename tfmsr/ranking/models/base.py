@@ -54,6 +54,7 @@ class RankingModel(Parametrized, keras.Model):
 
     model_name = "base"
     multi_head = False
+    own_head = False    # multi-head models whose logits(x, own=True) compute only the own scenario's head [B]
     defaults: dict = {"embedding_dim": None}
 
     def __init__(self, schema: Schema, params: Optional[dict] = None, stats: Optional[dict] = None, **kwargs):
@@ -72,6 +73,8 @@ class RankingModel(Parametrized, keras.Model):
         raise TypeError(f"{type(self).__name__} must define logits()")
 
     def call(self, x, training=False):
+        if self.own_head:
+            return tf.sigmoid(self.logits(x, training=training, own=True))
         z = self.logits(x, training=training)
         if self.multi_head:
             z = gather_scenario(z, x[self.schema.scenario.name])

@@ -33,7 +33,7 @@ class MuSeNet(RankingModel):
     mean-pooled behaviours.
 
     * **Scenario learner** (:class:`~tfmsr.layers.musenet.ScenarioLearner`, eq. 3/4/7; prototypes by eq. 14
-      inside ``train_step``) over the parts in ``learner_inputs``.
+      in ``post_step``, after each optimizer step) over the parts in ``learner_inputs``.
     * **Repeat intention** (:class:`~tfmsr.layers.musenet.RepeatIntention`, eq. 9), one module per scenario,
       with the indicator "target item is in the behaviour sequence" for the item feature whose table a
       behaviour sequence shares (:func:`tfmsr.data.stats.repeat_pair`).
@@ -72,7 +72,7 @@ class MuSeNet(RankingModel):
     module, no scenario learning); ``repeat_module: false`` is "w/o M2"; ``assignment: none`` with
     ``repeat_module: false`` is "w/o M1&M2" (a DIN-style network).
 
-    Trains under every strategy (``cluster.strategy``): eq. 14 runs inside ``train_step``, on the global
+    Trains under every strategy (``cluster.strategy``): eq. 14 runs in ``post_step``, on the global
     batch of all replicas under MultiWorkerMirroredStrategy and as an asynchronous assign on the parameter
     server's prototypes under ParameterServerStrategy (see :class:`~tfmsr.layers.musenet.ScenarioLearner`).
     """
@@ -201,16 +201,37 @@ class MuSeNet(RankingModel):
         return a, pi, z, p_r
 
     def logits(self, x, training=False):
-        a, _, z, p_r = self._forward(x, training=training)
-        p = self.params
-        if training and self.learner is not None and p["kl_weight"]:
-            self.add_loss(p["kl_weight"] * kl_to_uniform(a))
-        if training and p_r is not None and p["repeat_label"] is not None and p["beta"]:
-            if p["repeat_label"] not in x:
-                raise ConfigError(f"model 'musenet': the training batch has no column '{p['repeat_label']}' "
-                                  "(repeat_label)")
-            self.add_loss(p["beta"] * repeat_aux_loss(x[p["repeat_label"]], p_r, a))
+        a, _, z, _ = self._forward(x, training=training)
         return combine_scenarios(a, z)
+
+    def step_outputs(self, x, training=False):
+        """``prediction`` ``sigma(sum_k a_k z_k)``, the assignment ``a`` and the repeat propensities ``p_r``."""
+        a, _, z, p_r = self._forward(x, training=training)
+        return {"prediction": tf.sigmoid(combine_scenarios(a, z)), "a": a, "p_r": p_r}
+
+    @property
+    def loss_names(self):
+        p = self.params
+        return ("bce",) + (("kl",) if self.learner is not None and p["kl_weight"] else ()) + (
+            ("repeat",) if self.repeat and p["repeat_label"] is not None and p["beta"] else ())
+
+    @property
+    def loss_weights(self):
+        return {"kl": float(self.params["kl_weight"]), "repeat": float(self.params["beta"])}
+
+    def compute_losses(self, features, labels, training=False, outputs=None):
+        """Eq. 13: ``bce``, ``kl`` (eq. 12, D_KL(a || 1/K), weighted by ``kl_weight``) and ``repeat`` (eq. 10,
+        L_A against the ``repeat_label`` column, weighted by ``beta``), those the parameters switch on."""
+        outputs = self.step_outputs(features, training=training) if outputs is None else outputs
+        losses = RankingModel.compute_losses(self, features, labels, training, outputs)
+        if "kl" in self.loss_names:
+            losses["kl"] = kl_to_uniform(outputs["a"])
+        if "repeat" in self.loss_names:
+            label = self.params["repeat_label"]
+            if label not in features:
+                raise ConfigError(f"model 'musenet': the training batch has no column '{label}' (repeat_label)")
+            losses["repeat"] = repeat_aux_loss(features[label], outputs["p_r"], outputs["a"])
+        return losses
 
     def explain(self, x):
         """Inference-time view of a batch: ``pi [B, K]`` (eq. 3 probabilities; one-hot for predefined
@@ -224,10 +245,8 @@ class MuSeNet(RankingModel):
             out["p_r"] = tf.reduce_sum(p_r * a, axis=-1)
         return out
 
-    def train_step(self, data):
-        """Alternating optimisation of eq. 13: the gradient step on everything trainable (prototypes
-        fixed), then eq. 14 on the prototypes with the assignment of that same forward pass."""
-        logs = super().train_step(data)
+    def post_step(self, features, labels, outputs):
+        """Alternating optimisation of eq. 13: after the gradient step on everything trainable (prototypes
+        fixed), eq. 14 on the prototypes with the assignment of that same forward pass."""
         if self.learner is not None:
             self.learner.update_prototypes()
-        return logs

@@ -12,8 +12,6 @@ from tfmsr.layers.saml import (AuxiliaryNetwork, MultiBranchNetwork, MutualUnit,
                                ScenarioAwareEmbedding)
 from tfmsr.ranking.models.base import RankingModel, gather_scenario, register
 
-AUX_LABEL = "__saml_aux_label"  # the label handed to call() during training only (for L_aux, eq. 5)
-
 
 @register("saml")
 class SAML(RankingModel):
@@ -27,11 +25,12 @@ class SAML(RankingModel):
     auxiliary layer's output) the latter; the mutual unit (III-D-3, eq. 6-8) mixes the branches' last hidden
     layer, and branch ``i``'s output unit on ``M_i`` is scenario ``i``'s logit (the mutual unit sits before the
     output layer: the paper has one ``alpha``/``g`` per scenario, Fig. 3). Loss (eq. 5):
-    ``sum_i L_i * I_i + aux_weight * L_aux``: the base class gathers each example's own branch and ``L_aux``
-    (BCE of the auxiliary logit) is added in ``call`` while training. The auxiliary outputs feed the branches
-    forward only ("unidirectionally"); ``aux_gradient`` decides whether the branch losses also train the
-    auxiliary layers they read (``true``) or the auxiliary network learns from ``L_aux`` alone (``false``: a
-    ``stop_gradient`` where the branches read ``V_a^l``, the strict reading of "unidirectional").
+    ``sum_i L_i * I_i + aux_weight * L_aux``: ``compute_losses`` returns the BCE of each example's own branch
+    (``bce``) and ``L_aux`` (``aux``, the BCE of the auxiliary logit), weighted by ``aux_weight``. The auxiliary
+    outputs feed the branches forward only ("unidirectionally"); ``aux_gradient`` decides whether the branch
+    losses also train the auxiliary layers they read (``true``) or the auxiliary network learns from ``L_aux``
+    alone (``false``: a ``stop_gradient`` where the branches read ``V_a^l``, the strict reading of
+    "unidirectional").
 
     Defaults are the paper's public-dataset settings (Table II / Sec. IV-C): global / scenario-specific
     embedding 12 / 4 per feature, 4 attention heads, hidden 128x64, ReLU (train with Adam, lr 5e-4, batch 128:
@@ -113,23 +112,33 @@ class SAML(RankingModel):
     def logits(self, x, training=False):
         return self.forward(x, training=training)["logits"]
 
-    def call(self, x, training=False):
+    def step_outputs(self, x, training=False):
+        """``prediction`` (the own-scenario probability) beside the outputs of :meth:`forward`."""
         out = self.forward(x, training=training)
-        z = out["logits"]
-        if self.multi_head:
-            z = gather_scenario(z, x[self.schema.scenario.name])
-        if training and "aux_logit" in out and AUX_LABEL in x:
-            y = tf.cast(tf.reshape(x[AUX_LABEL], [-1]), tf.float32)
-            self.add_loss(self.params["aux_weight"] * tf.reduce_mean(
-                tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=out["aux_logit"])))
-        return tf.sigmoid(z)
+        z = gather_scenario(out["logits"], x[self.schema.scenario.name]) if self.multi_head else out["logits"]
+        return {**out, "prediction": tf.sigmoid(z)}
 
-    def train_step(self, data):
-        """Hands the label to ``call`` (under ``AUX_LABEL``) so the auxiliary loss is part of ``fit``."""
-        if self.aux_net is None or not self.params["mutual"]:
-            return super().train_step(data)
-        x, y = data[0], data[1]
-        return super().train_step(({**x, AUX_LABEL: y}, y) + tuple(data[2:]))
+    def call(self, x, training=False):
+        return self.step_outputs(x, training=training)["prediction"]
+
+    @property
+    def loss_names(self):
+        return ("bce", "aux") if self.aux_net is not None and self.params["mutual"] else ("bce",)
+
+    @property
+    def loss_weights(self):
+        return {"aux": float(self.params["aux_weight"])}
+
+    def compute_losses(self, features, labels, training=False, outputs=None):
+        """Eq. 5: the own branch's BCE (``bce``) and, with the auxiliary network, ``aux``: the BCE of the
+        auxiliary logit (weighted by ``aux_weight`` in the total)."""
+        outputs = self.step_outputs(features, training=training) if outputs is None else outputs
+        losses = RankingModel.compute_losses(self, features, labels, training, outputs)
+        if "aux_logit" in outputs:
+            y = tf.cast(tf.reshape(labels, [-1]), outputs["aux_logit"].dtype)
+            losses["aux"] = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y,
+                                                                                  logits=outputs["aux_logit"]))
+        return losses
 
     def mutual_coefficients(self, x) -> Dict[str, tf.Tensor]:
         """``alpha`` [B, S, S] (eq. 8, ``alpha[b, i, j]``: weight of branch j in branch i, 0 on the diagonal)

@@ -9,17 +9,18 @@ and ``tfmsr models`` never pick them up. A retrieval model maps
   scenario ``s`` (the corpus of scenario s is indexed with these),
 
 and the score is the dot product of the two (of the L2-normalised vectors, i.e. the cosine, when
-``cosine = True``). ``train_step`` holds each model's own loss. A model trained on one scenario only
-(single-scenario training, SASS Table 2) has ``scenario`` set: it serves that scenario.
+``cosine = True``). A model's ``compute_losses`` is its loss (the training contract of
+:class:`tfmsr.core.model.TrainableModel`; a batch is a dict, without labels). A model trained on one scenario
+only (single-scenario training, SASS Table 2) has ``scenario`` set: it serves that scenario.
 """
 from __future__ import annotations
 
 from typing import Dict, List, Optional
 
 import tensorflow as tf
-import tf_keras as keras
 
 from tfmsr.core.errors import ConfigError
+from tfmsr.core.model import TrainableModel
 from tfmsr.core.registry import Parametrized, Registry
 from tfmsr.features import Schema
 from tfmsr.layers import FeatureEmbedding, masked_mean
@@ -44,7 +45,7 @@ def gather_scenario(x: tf.Tensor, scenario: tf.Tensor) -> tf.Tensor:
     return tf.gather(x, tf.cast(scenario, tf.int32), batch_dims=1)
 
 
-class RetrievalModel(Parametrized, keras.Model):
+class RetrievalModel(Parametrized, TrainableModel):
     """Base: schema, validated params, the shared embedding layer and input assembly."""
 
     kind = "retrieval model"
@@ -63,29 +64,20 @@ class RetrievalModel(Parametrized, keras.Model):
         self.embedding = FeatureEmbedding(schema, dim=self.params["embedding_dim"], name="embedding")
         self.behaviour = behavior_pairs(schema)
         self.behaviour_scenario = behavior_scenario(schema)
-        self._trackers = {k: keras.metrics.Mean(name=k) for k in self.tracked}
         if self.params.get("negatives_from", "sampled") not in ("sampled", "batch"):
             raise ConfigError(f"{self.model_name}: negatives_from '{self.params['negatives_from']}' (expected "
                               f"sampled or batch)")
 
-    tracked = ("loss",)             # losses averaged per epoch (keras.metrics.Mean each)
-
     def start_finetune(self):
         """Called by the trainer right before fine-tuning starts (a hook; nothing to do by default)."""
 
-    @property
-    def metrics(self):
-        return list(self._trackers.values())
+    def step_outputs(self, features, training=False):
+        """Nothing beside the losses: the towers run in ``compute_losses``."""
+        return {}
 
-    def apply_loss(self, tape, logs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-        """One optimizer step on ``logs["loss"]`` (variables without a gradient are skipped); returns the
-        epoch averages of the logged losses."""
-        variables = self.trainable_variables
-        grads = tape.gradient(logs["loss"], variables)
-        self.optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
-        for k, v in logs.items():
-            self._trackers[k].update_state(v)
-        return {k: self._trackers[k].result() for k in logs}
+    @tf.autograph.experimental.do_not_convert  # plain Python tracing: autograph would convert every layer
+    def train_step(self, data):
+        return TrainableModel.train_step(self, data)
 
     @property
     def in_batch(self) -> bool:

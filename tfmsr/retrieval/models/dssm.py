@@ -39,13 +39,13 @@ class DSSM(RetrievalModel):
         x = tf.concat([self.item_profile(items), self.item_stats_at(items, self.scenario)], axis=-1)
         return self.item_tower(x, training=training)
 
-    @tf.autograph.experimental.do_not_convert  # plain Python tracing: autograph would convert every layer
-    def train_step(self, data):
-        m = self.negatives
-        with tf.GradientTape() as tape:
-            u = self.user_vectors(data["request"], training=True)
-            p = self.item_vectors(data["pos"], training=True)
-            n = None if self.in_batch else tf.reshape(self.item_vectors(data["neg"], training=True),
-                                                      [-1, m, p.shape[-1]])
-            loss = cosine_softmax_loss(self.params["gamma"], *self.ranked_cosines(u, p, data, n))
-        return self.apply_loss(tape, {"loss": loss})
+    loss_names = ("softmax",)
+
+    def compute_losses(self, features, labels=None, training=False, outputs=None):
+        """``softmax``: DSSM's softmax of the smoothed cosines over the positive and its negatives (eq. 5-6)."""
+        data, m = features, self.negatives
+        u = self.user_vectors(data["request"], training=training)
+        p = self.item_vectors(data["pos"], training=training)
+        n = None if self.in_batch else tf.reshape(self.item_vectors(data["neg"], training=training),
+                                                  [-1, m, p.shape[-1]])
+        return {"softmax": cosine_softmax_loss(self.params["gamma"], *self.ranked_cosines(u, p, data, n))}

@@ -156,7 +156,7 @@ class SASS(RetrievalModel):
     }
     supports_pretrain = True
     cosine = True
-    tracked = ("loss", "scenario_loss", "global_loss", "scenario_l2", "user_nt_xent", "item_nt_xent")
+    loss_names = ("scenario_loss", "global_loss", "scenario_l2", "user_nt_xent", "item_nt_xent")
 
     def __init__(self, schema, params=None, scenario=None, **kwargs):
         super().__init__(schema, params, scenario=scenario, **kwargs)
@@ -283,7 +283,6 @@ class SASS(RetrievalModel):
             logs["item_nt_xent"] = self.nt_xent(ea, eb)
         if not logs:
             raise ValueError("sass pre-training batch has neither user pairs nor (per-scenario) item pairs")
-        logs["loss"] = tf.add_n(list(logs.values()))
         return logs
 
     def match_loss(self, pos, neg, mask=None, log_q=None):
@@ -295,7 +294,8 @@ class SASS(RetrievalModel):
         return cosine_softmax_loss(self.params["softmax_scale"], pos, neg, mask, log_q)
 
     def finetune_losses(self, data, training=True):
-        """``L_scenario + beta * L_auxiliary`` (eq. 11-13)."""
+        """``scenario_loss`` (eq. 11) and ``global_loss`` (eq. 12), summed as ``L_scenario + beta * L_auxiliary``
+        (eq. 13, ``loss_weights``); with ``scenario_l2`` also that penalty."""
         req, m = data["request"], self.negatives
         s = self.request_scenario(req)
         e_u, g_u = self.user_towers(req, training=training)
@@ -308,17 +308,19 @@ class SASS(RetrievalModel):
             n, n_g = tf.reshape(n, [-1, m, d]), tf.reshape(n_g, [-1, m, d])
         scenario_loss = self.match_loss(*self.ranked_cosines(u, g_p if e_p is None else e_p, data, n, s))  # (11)
         global_loss = self.match_loss(*self.ranked_cosines(g_u, g_p, data, n_g))                          # (12)
-        logs = {"loss": scenario_loss + self.params["beta"] * global_loss,          # (13)
-                "scenario_loss": scenario_loss, "global_loss": global_loss}
+        logs = {"scenario_loss": scenario_loss, "global_loss": global_loss}
         if self.params["scenario_l2"] and self._anchors is not None:             # not in the paper
-            reg = scenario_deviation(self.scenario_weights(), self._anchors)
-            logs["scenario_l2"] = reg
-            logs["loss"] = logs["loss"] + self.params["scenario_l2"] * reg
+            logs["scenario_l2"] = scenario_deviation(self.scenario_weights(), self._anchors)
         return logs
 
-    @tf.autograph.experimental.do_not_convert  # plain Python tracing: autograph would convert every layer
-    def train_step(self, data):
-        with tf.GradientTape() as tape:
-            pretrain = "user_a" in data or "item_a" in data
-            logs = self.pretrain_losses(data) if pretrain else self.finetune_losses(data)
-        return self.apply_loss(tape, logs)
+    @property
+    def loss_weights(self):
+        """Eq. 13's ``beta`` on the global loss; the ``scenario_l2`` penalty's own weight."""
+        return {"global_loss": float(self.params["beta"]), "scenario_l2": float(self.params["scenario_l2"])}
+
+    def compute_losses(self, features, labels=None, training=False, outputs=None):
+        """The phase is the batch's: cross-scenario pairs (``tfmsr.retrieval.pairs``) train the pre-training
+        NT-Xent losses (eq. 9-10), requests with positives the fine-tuning losses (eq. 11-13)."""
+        if "user_a" in features or "item_a" in features:
+            return self.pretrain_losses(features, training)
+        return self.finetune_losses(features, training)

@@ -10,7 +10,6 @@ removed.
 """
 from __future__ import annotations
 
-import tensorflow as tf
 import tf_keras as keras
 
 import tfmsr  # noqa: F401  (pins Keras 2 before tensorflow_recommenders loads)
@@ -49,11 +48,12 @@ class YoutubeDNN(RetrievalModel):
     def item_vectors(self, items, scenario=None, training=False):
         return self.item_out(self.embedding.ids(items, self.item_id))
 
-    @tf.autograph.experimental.do_not_convert  # plain Python tracing: autograph would convert every layer
-    def train_step(self, data):
-        with tf.GradientTape() as tape:
-            u = self.user_vectors(data["request"], training=True)
-            ids = self.embedding.ids(data["pos"], self.item_id)
-            loss = self.task(u, self.item_out(ids), candidate_sampling_probability=data["pos_prob"],
-                             candidate_ids=ids, compute_metrics=False, compute_batch_metrics=False)
-        return self.apply_loss(tape, {"loss": loss})
+    loss_names = ("sampled_softmax",)
+
+    def compute_losses(self, features, labels=None, training=False, outputs=None):
+        """``sampled_softmax``: the batch's other positives as sampled classes, logQ-corrected."""
+        u = self.user_vectors(features["request"], training=training)
+        ids = self.embedding.ids(features["pos"], self.item_id)
+        loss = self.task(u, self.item_out(ids), candidate_sampling_probability=features["pos_prob"],
+                         candidate_ids=ids, compute_metrics=False, compute_batch_metrics=False)
+        return {"sampled_softmax": loss}
