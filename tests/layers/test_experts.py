@@ -1,6 +1,7 @@
 """Expert banks, gates, PLE's CGC, HiNet's scenario extraction and the scenario MoE (tfmsr/layers/experts.py),
 each against a NumPy re-computation of its equation."""
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from layer_reference import RNG, TOL, rand, relu, softmax, dense
@@ -92,11 +93,42 @@ def test_scenario_extraction_hinet():
 
 
 def test_scenario_moe_uses_own_specific_and_shared_experts():
-    S, b = 3, 8
-    layer = ScenarioMoE(S, shared=2, specific=1, hidden=[4])
+    S, b, m = 3, 8, 2
+    layer = ScenarioMoE(S, shared=2, specific=m, hidden=[4])
     x, sc = rand(b, 5), np.array([0, 1, 2, 0, 1, 2, 2, 0])
     got = layer(tf.constant(x), tf.constant(sc)).numpy()
+    assert layer.specific_experts.kernels[0].shape == (S * m, 5, 4)       # one stacked bank, scenario s: rows s*m..
     shared = np_bank(layer.shared_experts, x)
-    spec = np.stack([np_bank(layer.specific_experts[s], x[i:i + 1])[0] for i, s in enumerate(sc)])
+    every = np_bank(layer.specific_experts, x)                            # [B, S*m, H]
+    spec = np.stack([every[i, s * m:(s + 1) * m] for i, s in enumerate(sc)])
     want = np_gate(layer.gate, x, np.concatenate([spec, shared], 1))[:, 0]
     np.testing.assert_allclose(got, want, **TOL)
+
+
+def test_expert_bank_batched_path_for_many_experts():
+    bank = ExpertBank(ExpertBank.LOOP_MAX + 3, [5, 4])                   # one batched op per layer
+    x, xe = rand(6, 7), rand(6, ExpertBank.LOOP_MAX + 3, 7)
+    np.testing.assert_allclose(bank(tf.constant(x)).numpy(), np_bank(bank, x), **TOL)
+    np.testing.assert_allclose(bank(tf.constant(xe)).numpy(), np_bank(bank, xe), **TOL)
+
+
+def test_own_gate_and_own_cgc_task_equal_the_own_column_of_all():
+    S, b = 4, 10
+    sc = np.array([0, 3, 3, 1, 0, 1, 3, 0, 1, 1])                         # scenario 2 absent
+    gates = ExpertGates(S, 3)
+    x, experts = rand(b, 5), rand(b, 3, 6)
+    every = gates(tf.constant(x), tf.constant(experts)).numpy()
+    np.testing.assert_allclose(gates(tf.constant(x), tf.constant(experts), own=tf.constant(sc)).numpy(),
+                               every[np.arange(b), sc], **TOL)
+    level = CGC(num_tasks=S, specific=2, shared=1, hidden=[4])
+    h = rand(b, S + 1, 6)                                                 # per-task inputs + shared, from a level below
+    every = np_cgc(level, h) if level(tf.constant(h)) is not None else None
+    with tf.GradientTape() as tape:
+        own = level(tf.constant(h), own=tf.constant(sc))
+        loss = tf.reduce_sum(own)
+    np.testing.assert_allclose(own.numpy(), every[np.arange(b), sc], **TOL)
+    grad = tf.convert_to_tensor(tape.gradient(loss, level.specific_experts.kernels[0])).numpy()
+    moved = np.abs(grad).reshape(S, 2, -1).sum(axis=(1, 2)) > 0           # task s owns experts 2s, 2s+1
+    assert moved.tolist() == [True, True, False, True]
+    with pytest.raises(ValueError, match="shared_output"):
+        CGC(num_tasks=S, specific=1, shared=1, hidden=[4], shared_output=True)(tf.constant(x), own=tf.constant(sc))

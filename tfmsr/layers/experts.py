@@ -12,7 +12,7 @@ import tf_keras as keras
 
 from tfmsr.layers._init import fresh
 from tfmsr.layers.mlp import MLP
-from tfmsr.layers.scenario import StackedInit, partition_apply
+from tfmsr.layers.scenario import StackedInit, own_matmul, own_rows, partition_apply
 
 
 class ExpertBank(keras.layers.Layer):
@@ -44,22 +44,51 @@ class ExpertBank(keras.layers.Layer):
             d = h
         super().build(input_shape)
 
-    def call(self, x, training=False):
-        # One GEMM per expert on unstacked kernels: ~25% less CPU per training step than a batched einsum
-        # over [E, D, H] (which transposes the activations on every layer, forward and backward).
-        kernels = [tf.unstack(k) for k in self.kernels]
-        biases = [tf.unstack(b) for b in self.biases]
-        outs = []
-        for e in range(self.num_experts):
-            h = x[:, e] if len(x.shape) == 3 else x
-            for i in range(len(self.hidden)):
-                if i and self.drop is not None:
-                    h = self.drop(h, training=training)
-                h = self.act(tf.matmul(h, kernels[i][e]) + biases[i][e])
+    def call(self, x, training=False, group=None):
+        """``[B, E, H]``; ``group=(scenario [B], m)``: the bank is ``E / m`` groups of ``m`` consecutive
+        experts and row ``b`` runs group ``scenario[b]`` only -> ``[B, m, H]`` (rows partitioned by group:
+        one group's FLOPs per row, ``O(E / m)`` small GEMMs)."""
+        if group is None and self.num_experts > self.LOOP_MAX:
+            return self._batched(x, training)
+        kernels = [tf.unstack(tf.convert_to_tensor(k)) for k in self.kernels]
+        biases = [tf.unstack(tf.convert_to_tensor(b)) for b in self.biases]
+        if group is not None:
+            scenario, m = group
+            return partition_apply(x, scenario, self.num_experts // m, lambda g, rows: tf.stack(
+                [self._expert(rows, e, kernels, biases, training) for e in range(g * m, (g + 1) * m)], axis=1))
+        return tf.stack([self._expert(x, e, kernels, biases, training) for e in range(self.num_experts)], axis=1)
+
+    # One GEMM per expert on unstacked kernels up to LOOP_MAX experts: ~25% less CPU per training step than
+    # a batched matmul over [E, D, H] (which transposes the activations); beyond, one batched op per layer
+    # instead of E small ones (PLE/HiNet banks of S x m scenario experts).
+    LOOP_MAX = 8
+
+    def _expert(self, x, e, kernels, biases, training):
+        """Expert ``e`` on ``x`` ``[B, D]`` (or its slot of ``[B, E, D]``) -> ``[B, H]``."""
+        h = x[:, e] if len(x.shape) == 3 else x
+        for i in range(len(self.hidden)):
+            if i and self.drop is not None:
+                h = self.drop(h, training=training)
+            h = self.act(tf.matmul(h, kernels[i][e]) + biases[i][e])
+        return self.drop(h, training=training) if self.drop is not None else h
+
+    def _batched(self, x, training):
+        """Every expert, one op per layer: a shared input through the first layer as one ``[D, E H]`` GEMM,
+        then ``[E, B, H]`` batched matmuls. Cost ``B E D H`` (the bank's FLOPs), ``O(1)`` ops in ``E``."""
+        e = self.num_experts
+        if len(x.shape) == 2:
+            k = tf.reshape(tf.transpose(self.kernels[0], [1, 0, 2]), [int(x.shape[-1]), -1])
+            h = tf.transpose(tf.reshape(tf.matmul(x, k), [-1, e, self.hidden[0]]), [1, 0, 2]) + self.biases[0][:, None]
+        else:
+            h = tf.matmul(tf.transpose(x, [1, 0, 2]), self.kernels[0]) + self.biases[0][:, None]
+        h = self.act(h)
+        for i in range(1, len(self.hidden)):
             if self.drop is not None:
                 h = self.drop(h, training=training)
-            outs.append(h)
-        return tf.stack(outs, axis=1)
+            h = self.act(tf.matmul(h, self.kernels[i]) + self.biases[i][:, None])
+        if self.drop is not None:
+            h = self.drop(h, training=training)
+        return tf.transpose(h, [1, 0, 2])
 
 
 class ExpertGates(keras.layers.Layer):
@@ -92,11 +121,22 @@ class ExpertGates(keras.layers.Layer):
             logits = logits + self.bias
         return tf.nn.softmax(logits, axis=-1)
 
-    def call(self, x, experts):
+    def call(self, x, experts, own=None):
+        """``[B, G, H]``; ``own`` (gate ids ``[B]``): row ``b``'s gate ``own[b]`` only, ``[B, H]`` (:meth:`own_gate`)."""
+        if own is not None:
+            return self.own_gate(x, experts, own)
         g = self.weights_of(x)
         if len(experts.shape) == 3:
             return tf.matmul(g, experts)  # [B, G, E] x [B, E, H]: cheaper than the einsum's transposes
         return tf.einsum("bge,bgeh->bgh", g, experts)
+
+    def own_gate(self, x, experts, gate):
+        """Gate ``gate[b]`` only (a scenario's own gate): ``x [B, D]`` or ``[B, G, D]``, ``experts`` ``[B, E, H]``
+        or ``[B, G, E, H]`` -> ``[B, H]``. Cost: one gate's FLOPs whatever ``G`` (:func:`own_matmul`)."""
+        x = own_rows(x, gate) if len(x.shape) == 3 else x
+        experts = own_rows(experts, gate) if len(experts.shape) == 4 else experts
+        g = tf.nn.softmax(own_matmul(x, gate, self.kernel, self.bias), axis=-1)
+        return tf.matmul(g[:, None], experts)[:, 0]
 
 
 class CGC(keras.layers.Layer):
@@ -126,7 +166,10 @@ class CGC(keras.layers.Layer):
         self.shared_gate = (ExpertGates(1, num_tasks * specific + shared, kernel_init=kernel_init, name="shared_gate")
                             if shared_output else None)
 
-    def call(self, x, training=False):
+    def call(self, x, training=False, own=None):
+        """``[B, T, H]`` (``[B, T+1, H]`` with ``shared_output``); ``own`` (task ids ``[B]``): :meth:`own_task`."""
+        if own is not None:
+            return self.own_task(x, own, training=training)
         t, m = self.num_tasks, self.specific
         per_task = len(x.shape) == 3
         x_tasks, x_shared = (x[:, :t], x[:, t]) if per_task else (x, x)
@@ -144,6 +187,22 @@ class CGC(keras.layers.Layer):
         if self.shared_gate is None:
             return out
         return tf.concat([out, self.shared_gate(x_shared, tf.concat(flat, axis=1))], axis=1)  # [B, T+1, H]
+
+    def own_task(self, x, task, training=False):
+        """Task ``task[b]``'s output only, ``[B, H]`` (a last level, ``shared_output=False``): its ``specific``
+        experts on its rows (rows partitioned by task: ``O(T)`` small GEMMs, one task's FLOPs) and the shared
+        experts, mixed by its own gate. A level with a shared gate needs every task's experts (``call``)."""
+        if self.shared_gate is not None:
+            raise ValueError("CGC: own task output of a level with shared_output mixes every task's experts; use call()")
+        t, m = self.num_tasks, self.specific
+        per_task = len(x.shape) == 3
+        x_own, x_shared = (own_rows(x[:, :t], task), x[:, t]) if per_task else (x, x)
+        experts = []
+        if self.specific_experts is not None:
+            experts.append(self.specific_experts(x_own, training=training, group=(task, m)))   # [B, m, H]
+        if self.shared_experts is not None:
+            experts.append(self.shared_experts(x_shared, training=training))
+        return self.task_gates(x_own, tf.concat(experts, axis=1), own=task)
 
 
 class ScenarioExtraction(keras.layers.Layer):
@@ -205,8 +264,10 @@ class ScenarioMoE(keras.layers.Layer):
     """Scenario-shared and scenario-specific experts fused by a gate (SAR-Net, Shen et al., CIKM 2021,
     Sec. 3.4-3.5): the example of scenario ``s`` is scored by ``shared`` experts common to all scenarios
     and the ``specific`` experts of ``s`` only; a softmax gate over those ``shared + specific`` experts,
-    read from ``gate_input`` (default ``x``), mixes them. Specific experts run only on their scenario's
-    rows (row partitioning), so a scenario-s batch never touches another scenario's experts.
+    read from ``gate_input`` (default ``x``), mixes them. The ``S x specific`` experts are one stacked bank
+    (experts ``s*specific ..`` are scenario ``s``'s) run only on their scenario's rows (row partitioning:
+    one scenario's FLOPs per example, ``O(S)`` small GEMMs), so a scenario-s batch never touches another
+    scenario's experts.
 
     ``call(x [B, D], scenario [B], gate_input=None) -> [B, H]``.
     """
@@ -217,15 +278,15 @@ class ScenarioMoE(keras.layers.Layer):
         self.num_scenarios = int(num_scenarios)
         kw = dict(dropout=dropout, kernel_init=kernel_init)
         self.shared_experts = ExpertBank(shared, hidden, name="shared_experts", **kw) if shared else None
-        self.specific_experts = [ExpertBank(specific, hidden, name=f"specific_experts_{s}", **kw)
-                                 for s in range(num_scenarios)] if specific else []
+        self.specific = int(specific)
+        self.specific_experts = (ExpertBank(num_scenarios * specific, hidden, name="specific_experts", **kw)
+                                 if specific else None)
         self.gate = ExpertGates(1, shared + specific, kernel_init=kernel_init, name="gate")
 
     def call(self, x, scenario, gate_input=None, training=False):
-        groups = []
-        if self.specific_experts:
-            groups.append(partition_apply(x, scenario, self.num_scenarios,
-                                          lambda s, rows: self.specific_experts[s](rows, training=training)))
+        groups, m = [], self.specific
+        if self.specific_experts is not None:
+            groups.append(self.specific_experts(x, training=training, group=(scenario, m)))
         if self.shared_experts is not None:
             groups.append(self.shared_experts(x, training=training))
         experts = tf.concat(groups, axis=1)

@@ -164,7 +164,8 @@ class ScenarioMLP(keras.layers.Layer):
     def build(self, input_shape):
         d = int(input_shape[-1])
         for layer in self.dense:
-            layer.build((None, d))
+            with tf.name_scope(layer.name):          # variables named <mlp>/dense_<i>/kernel, as a called layer's
+                layer.build((None, d))
             d = layer.units
         super().build(input_shape)
 

@@ -27,6 +27,7 @@ class SharedBottom(RankingModel):
     only by its own scenario's examples."""
 
     multi_head = True
+    own_head = True
     defaults = {"bottom": [256, 128], "tower": [64], "dropout": 0.0, "batch_norm": False}
 
     def __init__(self, schema, params=None, **kwargs):
@@ -35,5 +36,7 @@ class SharedBottom(RankingModel):
         self.bottom = MLP(p["bottom"], dropout=p["dropout"], batch_norm=p["batch_norm"], name="bottom")
         self.towers = ScenarioTowers(self.num_scenarios, p["tower"], dropout=p["dropout"], name="towers")
 
-    def logits(self, x, training=False):
-        return self.towers(self.bottom(self.flat_inputs(x), training=training), training=training)
+    def logits(self, x, training=False, own=False):
+        """``[B, S]`` (every tower), or the own tower's ``[B]`` (``own``)."""
+        h = self.bottom(self.flat_inputs(x), training=training)
+        return self.towers(h, x[self.schema.scenario.name] if own else None, training=training)

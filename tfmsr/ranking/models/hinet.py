@@ -1,9 +1,8 @@
 """HiNet (Zhou et al., "HiNet: Novel Multi-Scenario & Multi-Task Learning with Hierarchical Information
 Extraction", ICDE 2023)."""
-import tensorflow as tf
 
 from tfmsr.layers import CGC, ScenarioExtraction, ScenarioTowers
-from tfmsr.ranking.models.base import RankingModel, gather_scenario, register
+from tfmsr.ranking.models.base import RankingModel, register
 
 
 @register("hinet")
@@ -39,5 +38,4 @@ class HiNet(RankingModel):
     def logits(self, x, training=False):
         sc = x[self.schema.scenario.name]
         c = self.extraction(self.flat_inputs(x), sc, self.embedding.scenario(x), training=training)
-        heads = self.towers(self.task_extraction(c, training=training), training=training)   # [B, S]
-        return gather_scenario(heads, sc)
+        return self.towers(self.task_extraction(c, training=training, own=sc), sc, training=training)

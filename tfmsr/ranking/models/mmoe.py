@@ -15,6 +15,7 @@ class MMoE(RankingModel):
     """
 
     multi_head = True
+    own_head = True
     defaults = {"num_experts": 4, "expert_hidden": [256, 128], "tower": [64], "dropout": 0.0}
 
     def __init__(self, schema, params=None, **kwargs):
@@ -24,7 +25,11 @@ class MMoE(RankingModel):
         self.gates = ExpertGates(self.num_scenarios, p["num_experts"], name="gates")
         self.towers = ScenarioTowers(self.num_scenarios, p["tower"], dropout=p["dropout"], name="towers")
 
-    def logits(self, x, training=False):
+    def logits(self, x, training=False, own=False):
+        """``[B, S]`` (every gate and tower), or the own scenario's ``[B]`` (``own``: one gate and one tower)."""
         inp = self.flat_inputs(x)
-        mixed = self.gates(inp, self.experts(inp, training=training))        # [B, S, H]
-        return self.towers(mixed, training=training)
+        experts = self.experts(inp, training=training)                       # [B, E, H]
+        if own:
+            sc = x[self.schema.scenario.name]
+            return self.towers(self.gates(inp, experts, own=sc), sc, training=training)
+        return self.towers(self.gates(inp, experts), training=training)     # [B, S, H] -> [B, S]

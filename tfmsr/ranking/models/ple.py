@@ -17,6 +17,7 @@ class PLE(RankingModel):
     """
 
     multi_head = True
+    own_head = True
     defaults = {"expert_hidden": [[256], [128]], "specific_experts": 1, "shared_experts": 2, "tower": [64],
                 "dropout": 0.0}
 
@@ -32,8 +33,13 @@ class PLE(RankingModel):
                            dropout=p["dropout"], name=f"cgc_{i}") for i, h in enumerate(levels)]
         self.towers = ScenarioTowers(S, p["tower"], dropout=p["dropout"], name="towers")
 
-    def logits(self, x, training=False):
+    def logits(self, x, training=False, own=False):
+        """``[B, S]``, or the own scenario's ``[B]`` (``own``: the last level's own gate and experts and one
+        tower; the levels before it mix every scenario's experts in their shared gate, ``O(S)`` by the math)."""
         h = self.flat_inputs(x)
-        for level in self.levels:
-            h = level(h, training=training)           # [B, S+1, H] between levels, [B, S, H] at the end
-        return self.towers(h, training=training)
+        for level in self.levels[:-1]:
+            h = level(h, training=training)           # [B, S+1, H]
+        if own:
+            sc = x[self.schema.scenario.name]
+            return self.towers(self.levels[-1](h, training=training, own=sc), sc, training=training)
+        return self.towers(self.levels[-1](h, training=training), training=training)
