@@ -207,7 +207,11 @@ class ScenarioMutual(keras.layers.Layer):
     (1 - theta_i) M^_i`` (eq. 18).
 
     ``call(h [B, D]) -> (M~ [B, S, d], alpha [B, S, S], theta [B, S])``; ``alpha[b, i, j]`` is the weight
-    scenario ``i`` gives scenario ``j``.
+    scenario ``i`` gives scenario ``j``: every row ``i``, ``O(S^2 d_h)`` per example (``scenario_probs``, the
+    ``all_scenarios`` servable, Fig. 5). ``call(h, scenario) -> (M~_s [B, d], alpha_s [B, S], theta_s [B])``:
+    row ``s`` of each example's scenario only. Its remaining ``O(S)`` cost per example is the math of
+    eq. 15-17: the projection ``W_M`` to all ``S`` rows (``D_h S d``), their keys ``W^j M_j`` (``S d d_h``)
+    and the scores ``z^T tanh(W^i M_i + W^j M_j)`` over ``j`` (``S d_h``), each one batched op.
     """
 
     def __init__(self, num_scenarios: int, dim: int, attention_dim: int = 32, kernel_init="glorot_uniform",
@@ -225,11 +229,23 @@ class ScenarioMutual(keras.layers.Layer):
         self.z = dense(1, "z", bias=False)
         self.w_gate = dense(1, "W_m", bias=False)
 
-    def call(self, h):
+    def call(self, h, scenario=None):
         m = tf.reshape(self.w_m_proj(self.projection(h)), [-1, self.s, self.d])   # eq. 15
+        if scenario is not None:
+            return self.own_row(m, scenario)
         q, k = self.w_query(m), self.w_key(m)                                       # [B, S, d_h]
         scores = self.z(tf.tanh(q[:, :, None, :] + k[:, None, :, :]))[..., 0]       # [B, S, S] a_ij
         alpha = masked_softmax(scores, ~tf.eye(self.s, dtype=tf.bool)[None])      # eq. 16
         m_hat = tf.matmul(alpha, m)                                                 # eq. 17
         theta = tf.sigmoid(self.w_gate(tf.concat([m, m_hat], axis=-1)))            # eq. 18
         return theta * m + (1.0 - theta) * m_hat, alpha, theta[..., 0]
+
+    def own_row(self, m, scenario):
+        """Eq. 16-18 for row ``i = s`` of each example only, over ``M [B, S, d]``."""
+        s = tf.cast(tf.reshape(scenario, [-1]), tf.int32)
+        m_i = tf.gather(m, s[:, None], batch_dims=1)[:, 0]                          # [B, d]
+        scores = self.z(tf.tanh(self.w_query(m_i)[:, None, :] + self.w_key(m)))[..., 0]  # [B, S] a_ij
+        alpha = masked_softmax(scores, tf.logical_not(tf.cast(tf.one_hot(s, self.s), tf.bool)))  # eq. 16
+        m_hat = tf.einsum("bj,bjd->bd", alpha, m)                                   # eq. 17
+        theta = tf.sigmoid(self.w_gate(tf.concat([m_i, m_hat], axis=-1)))          # eq. 18
+        return theta * m_i + (1.0 - theta) * m_hat, alpha, theta[:, 0]

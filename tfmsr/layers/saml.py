@@ -23,6 +23,7 @@ from tfmsr.layers.attention import MultiHeadSelfAttention, PositionalEmbedding, 
 from tfmsr.layers.behavior import embed_behavior, require_behavior
 from tfmsr.layers.embedding import FeatureEmbedding, masked_mean
 from tfmsr.layers.mlp import MLP
+from tfmsr.layers.scenario import own_matmul
 
 _GROUPS = ("user", "item", "context", "query")
 
@@ -35,15 +36,55 @@ class ScenarioFeatures(NamedTuple):
     mask: tf.Tensor              # [B, L+1]  bool, real tokens (the candidate always)
 
 
+def glorot_uniform_of(fan_in: int, fan_out: int) -> keras.initializers.Initializer:
+    """Glorot-uniform limits of a ``fan_in x fan_out`` matrix for a variable stored in another shape."""
+    limit = (6.0 / (fan_in + fan_out)) ** 0.5
+    return keras.initializers.RandomUniform(-limit, limit)
+
+
+class SpecificEmbedding(keras.layers.Layer):
+    """The scenario-specific subspace (III-C-1) of every schema table, S tables per feature stacked.
+
+    Table ``t`` of ``R`` rows is one variable ``emb_<t>/embeddings [R * S, d_l]``: row ``v * S + s`` is
+    ``E_l^{t,s}[v]``, so ``lookup`` gathers ``d_l`` floats per id (cost flat in S; memory ``R S d_l`` as the
+    paper's S tables) and the variable splits over parameter servers along its rows like any table. The
+    scenario's own embedding in its own subspace is ``emb_scenario [S, d_l]`` (row ``s``). Initialised
+    Glorot-uniform as the ``[R, S d_l]`` table of the layout before issue 31 (``R x S d_l`` fans), whose
+    checkpoints convert by a reshape (:data:`~tfmsr.layers.saml.CHECKPOINT_LAYOUT`).
+    """
+
+    def __init__(self, schema: Schema, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_scenarios, self.dim = schema.num_scenarios, int(dim)
+        s = self.num_scenarios
+        self.tables: Dict[str, keras.layers.Embedding] = {}
+        for name, owner in schema.tables().items():
+            rows = owner.hash_buckets if owner.hashed else owner.vocab_size
+            self.tables[name] = keras.layers.Embedding(rows * s, self.dim, name=f"emb_{name}",
+                                                       embeddings_initializer=glorot_uniform_of(rows, s * self.dim))
+        self.scenario_table = keras.layers.Embedding(s, self.dim, name="emb_scenario",
+                                                     embeddings_initializer=glorot_uniform_of(s, s * self.dim))
+
+    def lookup(self, ids: tf.Tensor, table: str, scenario: tf.Tensor) -> tf.Tensor:
+        """``E_l^{table, s}[ids]``: ``ids [B]`` or ``[B, L]`` (int64) of the example's scenario ``[B]``."""
+        s = tf.cast(scenario, tf.int64)
+        s = s if len(ids.shape) == 1 else s[:, None]
+        return self.tables[table](ids * self.num_scenarios + s)
+
+    def call(self, x):  # pragma: no cover - lookups go through lookup()
+        raise TypeError("SpecificEmbedding: use lookup(ids, table, scenario)")
+
+
 class ScenarioAwareEmbedding(keras.layers.Layer):
     """Scenario-aware embedding module (Sec. III-C-1, Fig. 1).
 
     Every categorical feature ``f`` with value ``v`` is embedded in parallel in a **global** subspace,
     ``e_g = E_g^f[v]`` (width ``d_g``, paper 12 public / 8 industrial), and in the **scenario-specific**
     subspace of the request's scenario ``s``, ``e_l = E_l^{f,s}[v]`` (width ``d_l``, paper 4 / 2). The S
-    specific tables of a feature are stored as one table of width ``S * d_l`` whose ``s``-th slice is
-    scenario ``s``'s table (so shared tables, e.g. ``hist_item_id`` reading ``item_id``, stay shared in both
-    subspaces). Behaviour tokens use the request's scenario too: the scenario-specific attention weights are
+    specific tables of a feature are stored stacked as one table of ``R * S`` rows of width ``d_l`` (row
+    ``v * S + s`` is ``E_l^{f,s}[v]``, see :class:`SpecificEmbedding`), so a lookup reads ``d_l`` floats
+    whatever S is, and shared tables (``hist_item_id`` reading ``item_id``) stay shared in both subspaces.
+    Behaviour tokens use the request's scenario too: the scenario-specific attention weights are
     "computed from each scenario separately" (III-C-2).
 
     Combining per subspace (the paper's "combine the feature vectors from each subspace respectively"):
@@ -63,24 +104,15 @@ class ScenarioAwareEmbedding(keras.layers.Layer):
         self.schema, self.num_scenarios, self.specific_dim = schema, schema.num_scenarios, int(specific_dim)
         self.pairs = require_behavior(schema, model)
         self.global_embedding = global_embedding or FeatureEmbedding(schema, dim=global_dim, name="global")
-        width = self.num_scenarios * self.specific_dim
-        self.specific_embedding = FeatureEmbedding(schema, dim=width, scenario_dim=width, name="specific")
+        self.specific_embedding = SpecificEmbedding(schema, self.specific_dim, name="specific")
         attended = {s.name for s, _ in self.pairs}
         self.side_sequences = [f.name for f in schema.of_kind("sequence") if f.name not in attended]
-
-    def _slice(self, table_out: tf.Tensor, scenario: tf.Tensor) -> tf.Tensor:
-        """``[B, ..., S*d_l]`` -> ``[B, ..., d_l]``: the slice of each example's scenario."""
-        s = tf.cast(scenario, tf.int32)
-        e = tf.reshape(table_out, tf.concat([tf.shape(table_out)[:-1], [self.num_scenarios, self.specific_dim]], 0))
-        if len(table_out.shape) == 2:
-            return tf.gather(e, s, batch_dims=1)
-        idx = tf.broadcast_to(s[:, None], tf.shape(table_out)[:2])
-        return tf.gather(e, idx, batch_dims=2)
 
     def specific(self, x: Dict[str, tf.Tensor], name: str) -> tf.Tensor:
         """Scenario-specific embedding ``[B, d_l]`` (or ``[B, L, d_l]``) of feature ``name``."""
         with tf.name_scope("specific"):  # table variables: .../specific/emb_<table>
-            return self._slice(self.specific_embedding.embed(x, name), x[self.schema.scenario.name])
+            return self.specific_embedding.lookup(self.global_embedding.ids(x, name), self.schema.feature(name).table,
+                                                  x[self.schema.scenario.name])
 
     def call(self, x: Dict[str, tf.Tensor]) -> ScenarioFeatures:
         g, sc = self.global_embedding, x[self.schema.scenario.name]
@@ -93,7 +125,7 @@ class ScenarioAwareEmbedding(keras.layers.Layer):
             beh = embed_behavior(g, x, self.schema)
         dep = [self.specific(x, n) for n in cats]
         with tf.name_scope("specific"):
-            dep.append(self._slice(self.specific_embedding.scenario(x), sc))
+            dep.append(self.specific_embedding.scenario_table(tf.cast(sc, tf.int64)))
         dep += [masked_mean(self.specific(x, n), g.mask(x, n)) for n in self.side_sequences]
         keys_l = tf.concat([self.specific(x, s.name) for s, _ in self.pairs], axis=-1)
         target_l = tf.concat([self.specific(x, t.name) for _, t in self.pairs], axis=-1)
@@ -181,32 +213,106 @@ class AuxiliaryNetwork(keras.layers.Layer):
         return hidden, self.out(hidden[-1])[:, 0]
 
 
+def gather_rows(stacked: tf.Tensor, scenario: tf.Tensor) -> tf.Tensor:
+    """``stacked[scenario[b]]`` for every example: ``[S, ...] -> [B, ...]``."""
+    return tf.gather(stacked, tf.cast(scenario, tf.int32))
+
+
 class MultiBranchNetwork(keras.layers.Layer):
     """Multi-branch network (Sec. III-D-2, second line of eq. 4): branch ``i``, layer ``l``:
     ``V_{m_i}^l = delta([V_{m_i}^{l-1}, V_a^l] W_{m_i}^l + b_{m_i}^l)``, ``V_{m_i}^0`` = the branch input
-    (the scenario-dependent features; shared by all branches). Without ``aux_hidden`` (SAML w/o aux) a layer
+    (the scenario-dependent features; shared by all branches). Without ``aux_widths`` (SAML w/o aux) a layer
     reads only ``V_{m_i}^{l-1}``. Each branch has its own weights; the model trains branch ``i`` only on
     scenario ``i`` (loss on the own-scenario output, eq. 5, and the mutual unit's gradient mask).
 
-    ``call(v [B, D], aux_hidden=None) -> V [B, S, hidden[-1]]`` (last hidden layer of every branch).
+    The S branches' weights of layer ``l`` are stacked: ``W_l [S, D_in, D_l]``, ``b_l [S, D_l]``.
+    ``call(v, aux_hidden) -> V [B, S, hidden[-1]]`` evaluates every branch for every example in one einsum
+    per layer (cost ``O(S)`` per example: the mutual unit needs every ``V_j``); ``call(v, aux_hidden,
+    scenario) -> [B, hidden[-1]]`` only the example's own branch (the FLOPs of one branch whatever S). ``aux_widths``: the auxiliary network's layer widths (one per layer).
     """
 
-    def __init__(self, num_branches: int, hidden: Sequence[int], activation="relu", **kwargs):
+    def __init__(self, num_branches: int, hidden: Sequence[int], activation="relu",
+                 aux_widths: Optional[Sequence[int]] = None, **kwargs):
         super().__init__(**kwargs)
         self.num_branches, self.hidden = int(num_branches), list(hidden)
-        self.dense = [[keras.layers.Dense(h, activation=activation, name=f"branch_{i}_layer_{l}")
-                       for l, h in enumerate(self.hidden)] for i in range(self.num_branches)]
+        self.aux_widths = None if aux_widths is None else [int(w) for w in aux_widths]
+        if self.aux_widths is not None and len(self.aux_widths) != len(self.hidden):
+            raise ValueError(f"MultiBranchNetwork: {len(self.hidden)} layers but {len(self.aux_widths)} auxiliary "
+                             "widths")
+        self.activation = keras.activations.get(activation)
 
-    def call(self, v, aux_hidden: Optional[List[tf.Tensor]] = None):
-        if aux_hidden is not None and len(aux_hidden) != len(self.hidden):
-            raise ValueError(f"MultiBranchNetwork: {len(self.hidden)} layers but {len(aux_hidden)} auxiliary outputs")
-        outs = []
-        for branch in self.dense:
-            h = v
-            for l, dense in enumerate(branch):
-                h = dense(h if aux_hidden is None else tf.concat([h, aux_hidden[l]], axis=-1))
-            outs.append(h)
-        return tf.stack(outs, axis=1)
+    def build(self, input_shape):
+        fan_in = int(input_shape[-1])
+        self.kernels, self.biases = [], []
+        for l, h in enumerate(self.hidden):
+            fan_in += self.aux_widths[l] if self.aux_widths is not None else 0
+            self.kernels.append(self.add_weight(name=f"W_{l}", shape=(self.num_branches, fan_in, h),
+                                                initializer=glorot_uniform_of(fan_in, h)))
+            self.biases.append(self.add_weight(name=f"b_{l}", shape=(self.num_branches, h), initializer="zeros"))
+            fan_in = h
+        super().build(input_shape)
+
+    def _inputs(self, h, aux_hidden, l):
+        """Layer ``l``'s input ``[V_{m_i}^{l-1}, V_a^l]`` (``V_a^l`` broadcast over the branches of ``h``)."""
+        if aux_hidden is None:
+            return h
+        a = aux_hidden[l]
+        if len(h.shape) == 3:
+            a = tf.broadcast_to(a[:, None], tf.concat([tf.shape(h)[:2], tf.shape(a)[-1:]], 0))
+        return tf.concat([h, a], axis=-1)
+
+    def _check(self, aux_hidden):
+        want = 0 if self.aux_widths is None else len(self.hidden)
+        got = 0 if aux_hidden is None else len(aux_hidden)
+        if got != want:
+            raise ValueError(f"MultiBranchNetwork: {len(self.hidden)} layers, built for {want} auxiliary outputs, "
+                             f"got {got}")
+
+    def all(self, v, aux_hidden: Optional[List[tf.Tensor]] = None):
+        """``V [B, S, hidden[-1]]``: every branch (one einsum per layer, ``O(S)`` per example)."""
+        self._check(aux_hidden)
+        h = self.activation(tf.einsum("bd,sdh->bsh", self._inputs(v, aux_hidden, 0), self.kernels[0])
+                            + self.biases[0])
+        for l in range(1, len(self.hidden)):
+            h = self.activation(tf.einsum("bsd,sdh->bsh", self._inputs(h, aux_hidden, l), self.kernels[l])
+                                + self.biases[l])
+        return h
+
+    def own(self, v, aux_hidden: Optional[List[tf.Tensor]], scenario):
+        """``V_{m_s} [B, hidden[-1]]`` of each example's scenario ``s`` only (one dense layer's FLOPs per
+        layer, :func:`~tfmsr.layers.scenario.own_matmul`)."""
+        self._check(aux_hidden)
+        h = v
+        for l in range(len(self.hidden)):
+            h = self.activation(own_matmul(self._inputs(h, aux_hidden, l), scenario, self.kernels[l], self.biases[l]))
+        return h
+
+    def call(self, v, aux_hidden: Optional[List[tf.Tensor]] = None, scenario=None):
+        return self.all(v, aux_hidden) if scenario is None else self.own(v, aux_hidden, scenario)
+
+
+class BranchOutput(keras.layers.Layer):
+    """Branch ``i``'s output unit on ``M_i`` (scenario ``i``'s logit, eq. 5): ``w [S, D]``, ``b [S]``.
+    ``call(M [B, S, D]) -> [B, S]``; ``call(M_s [B, D], scenario) -> [B]`` (the own unit, flat in S)."""
+
+    def __init__(self, num_branches: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_branches = int(num_branches)
+
+    def build(self, input_shape):
+        s, d = self.num_branches, int(input_shape[-1])
+        self.kernel = self.add_weight(name="w", shape=(s, d), initializer=glorot_uniform_of(d, 1))
+        self.bias = self.add_weight(name="b", shape=(s,), initializer="zeros")
+        super().build(input_shape)
+
+    def all(self, m):
+        return tf.einsum("bsd,sd->bs", m, self.kernel) + self.bias
+
+    def own(self, m_own, scenario):
+        return tf.reduce_sum(m_own * gather_rows(self.kernel, scenario), -1) + gather_rows(self.bias, scenario)
+
+    def call(self, m, scenario=None):
+        return self.all(m) if scenario is None else self.own(m, scenario)
 
 
 class MutualUnit(keras.layers.Layer):
@@ -216,14 +322,17 @@ class MutualUnit(keras.layers.Layer):
       (``alpha_ii = 0``). Read literally: the cosines are first divided by their sum, then soft-maxed. With
       ReLU branches ``V >= 0`` so the cosines and their sum are ``>= 0``; a sum below ``eps`` in magnitude is
       replaced by ``eps`` (an all-zero ``V``).
-    * eq. 7: ``g_i = Sigmoid(W_i V_i + b_i)``, ``W_i in R^D``, ``b_i in R`` per branch.
+    * eq. 7: ``g_i = Sigmoid(W_i V_i + b_i)``, ``W_i in R^D``, ``b_i in R`` per branch (stacked ``W [S, D]``).
     * eq. 6: ``M_i = V_i + g_i * sum_{j != i} alpha_ij V_j``.
 
     Gradient mask (III-D-2): inside ``M_i`` every ``V_j, j != i`` (in the sum and in the cosines) is a
     ``stop_gradient``, so the loss of a scenario-``i`` example, which only reads ``M_i``, never reaches
     branch ``j``. ``gradient_mask=False`` lets it through (only to show what the mask does).
 
-    ``call(V) -> (M [B, S, D], alpha [B, S, S], g [B, S])``.
+    ``call(V) -> (M [B, S, D], alpha [B, S, S], g [B, S])``: every row ``i`` (``O(S^2 D)`` per example, for
+    the ``all_scenarios`` signature and Fig. 3). ``call(V, v_own, scenario) -> (M_s [B, D], alpha_s [B, S],
+    g_s [B])``: only the row of each example's scenario ``s`` with ``V_s = v_own`` (``O(S D)`` per example:
+    the cosines and the mix still read every ``V_j``, which is the math of eq. 6-8).
     """
 
     def __init__(self, gradient_mask: bool = True, eps: float = 1e-8, **kwargs):
@@ -238,15 +347,32 @@ class MutualUnit(keras.layers.Layer):
         self.gate_b = self.add_weight(name="b", shape=(s,), initializer="zeros")
         super().build(input_shape)
 
-    def call(self, v):
-        others = tf.stop_gradient(v) if self.gradient_mask else v
-        unit = lambda t: t / tf.maximum(tf.norm(t, axis=-1, keepdims=True), self.eps)
-        cos = tf.einsum("bid,bjd->bij", unit(v), unit(others))                      # row i: grad via V_i only
-        s = v.shape[1]
-        off = tf.logical_not(tf.eye(s, dtype=tf.bool))[None]                         # [1, S, S]
+    def _unit(self, t):
+        return t / tf.maximum(tf.norm(t, axis=-1, keepdims=True), self.eps)
+
+    def _alpha(self, cos, off):
+        """Eq. 8 over the last axis given the cosines and the ``j != i`` mask."""
         den = tf.reduce_sum(tf.where(off, cos, tf.zeros_like(cos)), axis=-1, keepdims=True)
         den = tf.where(tf.abs(den) < self.eps, tf.fill(tf.shape(den), self.eps), den)
-        alpha = masked_softmax(cos / den, off)                                       # eq. 8
+        return masked_softmax(cos / den, off)
+
+    def call(self, v, v_own=None, scenario=None):
+        others = tf.stop_gradient(v) if self.gradient_mask else v
+        if scenario is not None:
+            return self.own_row(v_own, others, scenario)
+        cos = tf.einsum("bid,bjd->bij", self._unit(v), self._unit(others))           # row i: grad via V_i only
+        off = tf.logical_not(tf.eye(v.shape[1], dtype=tf.bool))[None]                # [1, S, S]
+        alpha = self._alpha(cos, off)                                                # eq. 8
         gate = tf.sigmoid(tf.einsum("bsd,sd->bs", v, self.gate_w) + self.gate_b)     # eq. 7
         m = v + gate[..., None] * tf.einsum("bij,bjd->bid", alpha, others)           # eq. 6
+        return m, alpha, gate
+
+    def own_row(self, v_own, others, scenario):
+        """Row ``s`` of eq. 6-8 for each example: ``(M_s [B, D], alpha_s [B, S], g_s [B])``."""
+        s = tf.cast(scenario, tf.int32)
+        cos = tf.einsum("bd,bjd->bj", self._unit(v_own), self._unit(others))
+        off = tf.logical_not(tf.cast(tf.one_hot(s, tf.shape(others)[1]), tf.bool))  # [B, S]
+        alpha = self._alpha(cos, off)                                                # eq. 8
+        gate = tf.sigmoid(tf.reduce_sum(v_own * tf.gather(self.gate_w, s), -1) + tf.gather(self.gate_b, s))
+        m = v_own + gate[:, None] * tf.einsum("bj,bjd->bd", alpha, others)         # eq. 6
         return m, alpha, gate
