@@ -3,8 +3,9 @@
 A model is built from the schema and a parameter dict. ``logits(x)`` returns either the own-scenario
 logit ``[B]`` (single-tower models, ``multi_head = False``) or one logit per scenario ``[B, S]``
 (``multi_head = True``); ``call`` returns the click probability for the example's own scenario, so the
-loss on it trains a scenario head only with that scenario's examples. Auxiliary objectives go through
-``add_loss`` inside ``call`` so ``fit`` and a cluster run train the same thing.
+loss on it trains a scenario head only with that scenario's examples. The training contract is
+:class:`tfmsr.core.model.TrainableModel`: ``compute_losses`` is the own-scenario BCE plus the auxiliaries a
+model declares (``loss_names``, ``loss_weights``), so ``fit`` and a cluster run train the same thing.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Dict, Optional, Type
 import tensorflow as tf
 import tf_keras as keras
 
+from tfmsr.core.model import TrainableModel
 from tfmsr.core.registry import Parametrized, Registry
 from tfmsr.data.guards import pop_count
 from tfmsr.distribute.accounting import count_inputs
@@ -43,18 +45,27 @@ def build(name: str, schema: Schema, params: Optional[dict] = None, stats: Optio
     return get_class(name)(schema, params or {}, stats=stats)
 
 
+def binary_cross_entropy(labels: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
+    """The batch mean of ``keras.losses.binary_crossentropy`` of probabilities ``[B]`` (the compiled loss
+    ranking trained with: from the logits when ``probs`` is a sigmoid in a graph; no reduction object, so it
+    runs in any strategy's replica context)."""
+    y = tf.reshape(tf.cast(labels, probs.dtype), tf.shape(probs))
+    return tf.reduce_mean(keras.losses.binary_crossentropy(y, probs))
+
+
 def gather_scenario(logits: tf.Tensor, scenario: tf.Tensor) -> tf.Tensor:
     """``logits[b, scenario[b]]`` for ``[B, S]`` logits."""
     idx = tf.cast(tf.reshape(scenario, [-1, 1]), tf.int32)
     return tf.gather(logits, idx, batch_dims=1)[:, 0]
 
 
-class RankingModel(Parametrized, keras.Model):
+class RankingModel(Parametrized, TrainableModel):
     """Base of every ranking model: schema, params with defaults, embeddings, own-scenario output."""
 
     model_name = "base"
     multi_head = False
     own_head = False    # multi-head models whose logits(x, own=True) compute only the own scenario's head [B]
+    loss_names = ("bce",)
     defaults: dict = {"embedding_dim": None}
 
     def __init__(self, schema: Schema, params: Optional[dict] = None, stats: Optional[dict] = None, **kwargs):
@@ -121,13 +132,17 @@ class RankingModel(Parametrized, keras.Model):
         self.oov_ids.update_state(self.embedding.oov_count(x))
         self.examples.update_state(tf.shape(x[self.schema.scenario.name])[0])
 
-    def train_step(self, data):
-        self.count_batch(data[0])
-        return super().train_step(data)
+    def unpack(self, data):
+        """``(x, y)`` with the batch counted (``count_batch``) before any layer sees ``x``."""
+        x, y = TrainableModel.unpack(self, data)
+        self.count_batch(x)
+        return x, y
 
-    def test_step(self, data):
-        self.count_batch(data[0])
-        return super().test_step(data)
+    def compute_losses(self, features, labels, training=False, outputs=None):
+        """``{"bce": ...}``: the binary cross-entropy of the own-scenario prediction (as Keras'
+        ``BinaryCrossentropy``: the mean over the batch); a model adds its auxiliaries to this dict."""
+        outputs = self.step_outputs(features, training=training) if outputs is None else outputs
+        return {"bce": binary_cross_entropy(labels, outputs["prediction"])}
 
     def get_config(self):
         return {"model": self.model_name, "params": dict(self.params)}
