@@ -19,12 +19,13 @@ backed-up global step, not from zero.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
 import tempfile
 import time
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import tensorflow as tf
 import tf_keras as keras
@@ -39,7 +40,7 @@ from tfmsr.data.guards import pop_count
 from tfmsr.distribute.accounting import EpochAccounting, LossGuard, attach_counters
 from tfmsr.distribute.progress import Progress
 from tfmsr.distribute.shared_input import SharedStream, chief_host, job_name
-from tfmsr.distribute.strategy import (ClusterBackupAndRestore, ClusterProgress, check_model,
+from tfmsr.distribute.strategy import (Cluster, ClusterBackupAndRestore, ClusterProgress, check_model,
                                        cluster_from_env, make_strategy, per_worker_input, serve, sharded_variables)
 from tfmsr.distribute.warm_start import plan_ranking, start_ranking
 from tfmsr.features import Schema
@@ -101,101 +102,169 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False,
             return {"role": cluster.role}
         strategy = make_strategy(cluster, cfg)  # before any other TensorFlow op (collectives, connection)
         log(f"[{cfg['model']['name']}] {cluster.describe()}")
-    schema = Schema.load(os.path.join(data_dir, "schema.yaml"))
-    stats = read_stats(data_dir)
-    train_files = split_files(data_dir, "train")
-    valid_files = split_files(data_dir, "valid") if cfg["train"]["validate"] else []
-    for f in (train_files[0], *valid_files[:1]):
-        check_first_record(f, schema, cfg["data"]["non_finite"])
-    check_buildable(cfg, schema, stats)  # a model's own parameter checks, before the run dir is written
+    job = _Job(cfg, data_dir, model_dir, cluster, strategy, log)
+    _check_inputs(job, overwrite)
+    plan = plan_ranking(warm_start, cfg, job.schema, model_dir)  # RUN1 checked before the run dir is written
+    _write_run_dir(job)
+    model = _build_model(job)
+    warm = start_ranking(plan, model, job.schema, job.train_files, job.out_dir, log)  # RUN1's weights; resuming: report
+    if job.skip:
+        log(f"[{model.model_name}] resuming from backup at global step {job.skip} (epoch {job.epoch0 + 1}, "
+            f"step {job.step0} of {job.spe})")
+    counters = attach_counters(model, job.train_files, strategy, cluster.num_workers if cluster.kind == "ps" else 0)
+    ds = _train_input(job)
+    callbacks, epochs_ckpt, run_state, accounting = _callbacks(job, model, counters)
+    start = time.time()
+    with read_errors(job.train_files + job.valid_files, job.schema, non_finite=cfg["data"]["non_finite"]):
+        model.fit(ds, epochs=cfg["train"]["epochs"], steps_per_epoch=job.spe, callbacks=callbacks, verbose=0)
+    return _finish(job, model, time.time() - start, epochs_ckpt, run_state, accounting, warm)
+
+
+@dataclasses.dataclass
+class _Job:
+    """What the phases of one training process share: config, cluster role, data, directories, resume point."""
+    cfg: dict
+    data_dir: str
+    model_dir: str
+    cluster: Cluster
+    strategy: Optional[tf.distribute.Strategy]
+    log: Callable[[str], None]
+    schema: Optional[Schema] = None
+    stats: Optional[dict] = None
+    train_files: List[str] = dataclasses.field(default_factory=list)
+    valid_files: List[str] = dataclasses.field(default_factory=list)
+    out_dir: str = ""  # the model dir on the chief; elsewhere a temp dir removed at the end
+    spe: int = 0  # steps per epoch
+    epoch0: int = 0  # the backup's resume point: epoch, and step in that epoch
+    step0: int = 0
+
+    @property
+    def backup_dir(self) -> str:
+        """Keras' BackupAndRestore directory (in the model dir on every worker)."""
+        return os.path.join(self.model_dir, "backup")
+
+    @property
+    def skip(self) -> int:
+        """Batches the run this one resumes already trained on."""
+        return self.epoch0 * self.spe + self.step0
+
+
+def _check_inputs(job: _Job, overwrite: bool) -> None:
+    """Read the schema, statistics and split files; check them, the model and an earlier run in the model dir."""
+    cfg, model_dir = job.cfg, job.model_dir
+    job.schema = Schema.load(os.path.join(job.data_dir, "schema.yaml"))
+    job.stats = read_stats(job.data_dir)
+    job.train_files = split_files(job.data_dir, "train")
+    job.valid_files = split_files(job.data_dir, "valid") if cfg["train"]["validate"] else []
+    for f in (job.train_files[0], *job.valid_files[:1]):
+        check_first_record(f, job.schema, cfg["data"]["non_finite"])
+    check_buildable(cfg, job.schema, job.stats)  # a model's own parameter checks, before the run dir is written
     if os.path.exists(os.path.join(model_dir, "final")):
         if not overwrite:
             raise FileExistsError(f"{model_dir}: holds a finished run (final/); pass --overwrite to retrain")
-        if cluster.is_chief:
+        if job.cluster.is_chief:
             shutil.rmtree(model_dir)
-    elif os.path.exists(os.path.join(model_dir, "run.yaml")) and cluster.is_chief:
-        _check_resumable(model_dir, cfg, data_dir, overwrite)
+    elif os.path.exists(os.path.join(model_dir, "run.yaml")) and job.cluster.is_chief:
+        _check_resumable(model_dir, cfg, job.data_dir, overwrite)
+
+
+def _write_run_dir(job: _Job) -> None:
+    """Write run.yaml, schema.yaml, stats.json and the vocabularies into this process's output dir."""
     # the chief writes the model dir; other multi-worker workers save too (saving reads synced variables
     # on every worker) but into a temp dir removed at the end, as Keras does
-    plan = plan_ranking(warm_start, cfg, schema, model_dir)  # RUN1 checked before the run dir is written
-    out_dir = model_dir if cluster.is_chief else tempfile.mkdtemp(prefix=f"tfmsr-{cluster.role}{cluster.index}-")
-    os.makedirs(out_dir, exist_ok=True)
-    sweep(out_dir, r".+\.tmp-(\d+)", log)  # temp files of a killed run of this model dir (final/, history.json)
-    run = RunDir(out_dir)
-    schema.save(run.file("schema.yaml"))
-    run.write_stats(stats)  # a model rebuilt from the run dir gets the same data statistics (FIMN's SEM)
-    copy_vocabularies(schema, out_dir)  # beside schema.yaml: a restored model and its export map raw values
-    run.write_run("ranking", cfg, data_dir)
+    cluster = job.cluster
+    job.out_dir = (job.model_dir if cluster.is_chief
+                   else tempfile.mkdtemp(prefix=f"tfmsr-{cluster.role}{cluster.index}-"))
+    os.makedirs(job.out_dir, exist_ok=True)
+    sweep(job.out_dir, r".+\.tmp-(\d+)", job.log)  # temp files of a killed run of this model dir (final/, history.json)
+    run = RunDir(job.out_dir)
+    job.schema.save(run.file("schema.yaml"))
+    run.write_stats(job.stats)  # a model rebuilt from the run dir gets the same data statistics (FIMN's SEM)
+    copy_vocabularies(job.schema, job.out_dir)  # beside schema.yaml: a restored model and its export map raw values
+    run.write_run("ranking", job.cfg, job.data_dir)
 
-    t, batch = cfg["train"], cfg["data"]["batch_size"]
-    spe = t["steps_per_epoch"] or math.ceil(split_rows(data_dir, "train", stats) / batch)
-    keras.utils.set_random_seed(t["seed"])
-    if strategy is None:
-        model = compile_model(build(cfg["model"]["name"], schema, cfg["model"]["params"], stats), cfg)
+
+def _build_model(job: _Job):
+    """The compiled model (under the strategy, if any); sets the steps per epoch and the backup's resume point."""
+    cfg = job.cfg
+    job.spe = cfg["train"]["steps_per_epoch"] or math.ceil(
+        split_rows(job.data_dir, "train", job.stats) / cfg["data"]["batch_size"])
+    keras.utils.set_random_seed(cfg["train"]["seed"])
+    if job.strategy is None:
+        model = compile_model(build(cfg["model"]["name"], job.schema, cfg["model"]["params"], job.stats), cfg)
     else:
-        model = build_in_scope(strategy, cluster, cfg, schema, train_files, stats)
-    backup_dir = os.path.join(model_dir, "backup")
-    epoch0, step0 = resume_point(backup_dir, spe)
-    skip = epoch0 * spe + step0
-    warm = start_ranking(plan, model, schema, train_files, out_dir, log)  # RUN1's weights, or resuming: its report
-    if skip:
-        log(f"[{model.model_name}] resuming from backup at global step {skip} (epoch {epoch0 + 1}, "
-            f"step {step0} of {spe})")
-    counters = attach_counters(model, train_files, strategy, cluster.num_workers if cluster.kind == "ps" else 0)
-    if strategy is None:
-        ds = make_dataset(train_files, schema, batch, training=True, seed=t["seed"],
-                          shuffle_buffer=cfg["data"]["shuffle_buffer"], skip_batches=skip,
-                          non_finite=cfg["data"]["non_finite"], tag_shards=True, cache=cfg["data"]["cache"])
-    else:  # multi-worker: each worker its own shards and batch share; ps: one shared stream (shared_input)
-        stream = SharedStream(chief_host(cluster.spec), job_name(model_dir, skip), log) if cluster.kind == "ps" else None
-        ds = per_worker_input(train_files, lambda files, b, k, ctx: make_dataset(
-            files, schema, b, training=True, seed=t["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"],
-            skip_batches=k, input_context=ctx, non_finite=cfg["data"]["non_finite"], tag_shards=True,
-            service=stream.apply if stream else None), cluster, batch, skip, log, shared=stream is not None)
-    callbacks, stopper = [LossGuard(model_dir, 1 if strategy is None else t["log_every"])], None
-    if valid_files:
-        callbacks.append(ScenarioValidation(Predictor(valid_files, schema, cfg["data"]["eval_batch_size"],
+        model = build_in_scope(job.strategy, job.cluster, cfg, job.schema, job.train_files, job.stats)
+    job.epoch0, job.step0 = resume_point(job.backup_dir, job.spe)
+    return model
+
+
+def _train_input(job: _Job) -> tf.data.Dataset:
+    """The training stream, past the batches already trained on: local, per worker, or one shared ps stream."""
+    cfg, cluster, schema, data = job.cfg, job.cluster, job.schema, job.cfg["data"]
+    seed, batch = cfg["train"]["seed"], data["batch_size"]
+    if job.strategy is None:
+        return make_dataset(job.train_files, schema, batch, training=True, seed=seed,
+                            shuffle_buffer=data["shuffle_buffer"], skip_batches=job.skip,
+                            non_finite=data["non_finite"], tag_shards=True, cache=data["cache"])
+    # multi-worker: each worker its own shards and batch share; ps: one shared stream (shared_input)
+    stream = (SharedStream(chief_host(cluster.spec), job_name(job.model_dir, job.skip), job.log)
+              if cluster.kind == "ps" else None)
+    return per_worker_input(job.train_files, lambda files, b, k, ctx: make_dataset(
+        files, schema, b, training=True, seed=seed, shuffle_buffer=data["shuffle_buffer"],
+        skip_batches=k, input_context=ctx, non_finite=data["non_finite"], tag_shards=True,
+        service=stream.apply if stream else None), cluster, batch, job.skip, job.log, shared=stream is not None)
+
+
+def _callbacks(job: _Job, model, counters):
+    """(callbacks, epoch checkpoints, run state, accounting): loss guard, validation, early stopping, backup, logs."""
+    cfg, t, batch, log = job.cfg, job.cfg["train"], job.cfg["data"]["batch_size"], job.log
+    callbacks, stopper = [LossGuard(job.model_dir, 1 if job.strategy is None else t["log_every"])], None
+    if job.valid_files:
+        callbacks.append(ScenarioValidation(Predictor(job.valid_files, job.schema, cfg["data"]["eval_batch_size"],
                                                       non_finite=cfg["data"]["non_finite"]), log))
         if t["early_stopping_patience"]:
             stopper = keras.callbacks.EarlyStopping("val_auc", mode="max", patience=t["early_stopping_patience"])
             callbacks.append(stopper)
-    epochs_ckpt = EpochCheckpoint(out_dir)
-    run_state = RunState(backup_dir, epoch0, epochs_ckpt, stopper, write=cluster.is_chief, log=log)
-    accounting = EpochAccounting(batch, split_rows(data_dir, "train", stats), log, counters)
-    backup_cb, progress_cb = ((keras.callbacks.BackupAndRestore, Progress) if strategy is None
+    epochs_ckpt = EpochCheckpoint(job.out_dir)
+    run_state = RunState(job.backup_dir, job.epoch0, epochs_ckpt, stopper, write=job.cluster.is_chief, log=log)
+    accounting = EpochAccounting(batch, split_rows(job.data_dir, "train", job.stats), log, counters)
+    backup_cb, progress_cb = ((keras.callbacks.BackupAndRestore, Progress) if job.strategy is None
                               else (ClusterBackupAndRestore, ClusterProgress))
     callbacks += [
         epochs_ckpt, run_state, accounting,
-        backup_cb(backup_dir, save_freq=t["checkpoint_every"], delete_checkpoint=True),
-        keras.callbacks.TensorBoard(os.path.join(out_dir, "tb"), write_graph=False, profile_batch=0),
-        progress_cb(batch, spe, t["epochs"], t["log_every"], log),
+        backup_cb(job.backup_dir, save_freq=t["checkpoint_every"], delete_checkpoint=True),
+        keras.callbacks.TensorBoard(os.path.join(job.out_dir, "tb"), write_graph=False, profile_batch=0),
+        progress_cb(batch, job.spe, t["epochs"], t["log_every"], job.log),
     ]
-    start = time.time()
-    with read_errors(train_files + valid_files, schema, non_finite=cfg["data"]["non_finite"]):
-        model.fit(ds, epochs=t["epochs"], steps_per_epoch=spe, callbacks=callbacks, verbose=0)
-    seconds = time.time() - start
-    if strategy is None:  # Keras deletes the backup's checkpoints but leaves the folder they were in
-        shutil.rmtree(backup_dir, ignore_errors=True)
+    return callbacks, epochs_ckpt, run_state, accounting
+
+
+def _finish(job: _Job, model, seconds: float, epochs_ckpt: EpochCheckpoint, run_state: RunState,
+            accounting: EpochAccounting, warm) -> dict:
+    """Write final/ (the best epoch's weights, else the last) and history.json; returns the summary."""
+    if job.strategy is None:  # Keras deletes the backup's checkpoints but leaves the folder they were in
+        shutil.rmtree(job.backup_dir, ignore_errors=True)
     steps = int(model.optimizer.iterations.numpy())
     if epochs_ckpt.best_path:  # final weights = best validation epoch
         tf.train.Checkpoint(model=model).read(epochs_ckpt.best_path).expect_partial()
-    _write_final(model, out_dir)
+    _write_final(model, job.out_dir)
     summary = {
-        "model": model.model_name, "steps": steps, "steps_per_epoch": spe, "seconds": seconds,
-        "examples_per_sec": accounting.examples_per_sec, "resumed_from_step": skip,
+        "model": model.model_name, "steps": steps, "steps_per_epoch": job.spe, "seconds": seconds,
+        "examples_per_sec": accounting.examples_per_sec, "resumed_from_step": job.skip,
         "best_val_auc": epochs_ckpt.best if epochs_ckpt.best_path else None, "best_epoch": run_state.best_epoch,
         "history": run_state.history(), **accounting.totals(), "data_epochs": accounting.epochs,
         "warm_start": warm,
     }
-    if strategy is not None:
+    if job.strategy is not None:
+        cluster = job.cluster
         summary["cluster"] = {"kind": cluster.kind, "role": cluster.role, "index": cluster.index,
                               "workers": cluster.num_workers, "ps": cluster.num_ps,
                               "sharded_variables": sharded_variables(model), "data_epochs": accounting.epochs}
-    write_json(os.path.join(out_dir, "history.json"), summary)
-    log(f"[{model.model_name}] done: {steps} steps in {seconds:.1f}s "
-        f"({summary['examples_per_sec']:,.0f} ex/s); weights in {os.path.join(model_dir, 'final')}")
-    if out_dir != model_dir:
-        shutil.rmtree(out_dir, ignore_errors=True)
+    write_json(os.path.join(job.out_dir, "history.json"), summary)
+    job.log(f"[{model.model_name}] done: {steps} steps in {seconds:.1f}s "
+            f"({summary['examples_per_sec']:,.0f} ex/s); weights in {os.path.join(job.model_dir, 'final')}")
+    if job.out_dir != job.model_dir:
+        shutil.rmtree(job.out_dir, ignore_errors=True)
     return summary
 
 
