@@ -257,12 +257,44 @@ def score(saved_model: str, inputs: str, output: str, keep: Sequence[str] = (), 
     with open(os.path.join(path, "assets", "export.json")) as fh:
         meta = json.load(fh)
     files = input_files(inputs)
+    fmt = _output_format(output, overwrite)
+    dtypes = column_dtypes(schema)
+    keep = _checked_keep(keep, dtypes, schema, path)
+    routed = meta["scenario_index"] is None
+    required = ([schema.scenario.name] if routed else []) + [f.name for f in schema.features if f.kind != "sequence"]
+    parser = _RowParser(schema, dtypes, required, keep, routed)
+    loaded = tf.saved_model.load(path)  # kept alive while its signature runs
+    fn = loaded.signatures["serving_default"]
+    columns = {**{k: dtypes[k] for k in keep}, "prob": tf.float32}
+    progress = progress or _stderr_progress
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)  # score into a new folder
+    sweep_beside(output, progress)  # the temp file of a killed score of the same output
+    tally = _Tally(required, keep, parser.tables)
+    start, cpu0 = time.time(), time.process_time()
+    _write_scores(fn, files, batch_size, parser, _Writer(output, fmt, columns), tally, progress, start)
+    seconds = time.time() - start
+    summary = {
+        "saved_model": path, "servable": meta["servable"], "input_files": len(files), "output": output,
+        **tally.summary(),
+        "seconds": round(seconds, 3), "examples_per_sec": round(tally.counts["rows"] / max(seconds, 1e-9), 1),
+        "cpu_seconds": round(time.process_time() - cpu0, 3),  # all threads: robust to a busy machine
+    }
+    _report(summary, progress)
+    return summary
+
+
+def _output_format(output: str, overwrite: bool) -> str:
+    """The output's format from its extension; an existing output needs ``overwrite``."""
     fmt = FORMATS.get(os.path.splitext(output)[1].lower())
     if fmt is None:
         raise DataError(f"{output}: unknown output format (expected a file ending in {', '.join(FORMATS)})")
     if os.path.exists(output) and not overwrite:
         raise FileExistsError(f"{output}: exists; pass --overwrite to replace it")
-    dtypes = column_dtypes(schema)
+    return fmt
+
+
+def _checked_keep(keep: Sequence[str], dtypes: Dict[str, tf.DType], schema: Schema, path: str) -> List[str]:
+    """``--keep`` without repeats; each a scalar column of the schema, and not ``prob``."""
     keep = list(dict.fromkeys(keep))
     for k in keep:
         if k not in dtypes:
@@ -272,72 +304,81 @@ def score(saved_model: str, inputs: str, output: str, keep: Sequence[str] = (), 
                             f"scalar columns: {', '.join(dtypes)})")
     if "prob" in keep:
         raise DataError("--keep prob: 'prob' is the score column the output adds")
+    return keep
 
-    routed = meta["scenario_index"] is None
-    required = ([schema.scenario.name] if routed else []) + [f.name for f in schema.features if f.kind != "sequence"]
-    parser = _RowParser(schema, dtypes, required, keep, routed)
-    loaded = tf.saved_model.load(path)
-    fn = loaded.signatures["serving_default"]
-    columns = {**{k: dtypes[k] for k in keep}, "prob": tf.float32}
-    progress = progress or _stderr_progress
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)  # score into a new folder
-    sweep_beside(output, progress)  # the temp file of a killed score of the same output
-    writer = _Writer(output, fmt, columns)
-    counts = {"rows": 0, "scored": 0, "unknown_scenario": 0, "missing_features": 0, "non_finite": 0}
-    missing_by, oov_by = np.zeros(len(required), np.int64), np.zeros(len(parser.tables), np.int64)
-    missing_keep = {k: 0 for k in keep}
-    first_unscored: List[dict] = []
-    start = last = time.time()
-    cpu0 = time.process_time()
+
+class _Tally:
+    """What a scoring run counts: rows, scored rows, each reason a row is not scored, absent kept columns, OOV."""
+
+    def __init__(self, required: List[str], keep: List[str], tables: list):
+        self.required, self.tables = required, tables
+        self.counts = {"rows": 0, "scored": 0, "unknown_scenario": 0, "missing_features": 0, "non_finite": 0}
+        self.missing_by, self.oov_by = np.zeros(len(required), np.int64), np.zeros(len(tables), np.int64)
+        self.missing_keep = {k: 0 for k in keep}
+        self.first_unscored: List[dict] = []
+
+    def add(self, cols: Dict[str, tuple], ok, unknown, missing, oov, non_finite) -> None:
+        """Count one batch (NumPy arrays; ``cols`` the kept columns as (values, present))."""
+        for k, (_, p) in cols.items():
+            self.missing_keep[k] += int((~p).sum())
+        c = self.counts
+        for i in np.flatnonzero(~ok)[:max(0, 10 - len(self.first_unscored))]:
+            why = "unknown_scenario" if unknown[i] else "missing " + ",".join(
+                self.required[j] for j in np.flatnonzero(missing[i])) if missing[i].any() else "non_finite"
+            self.first_unscored.append({"row": c["rows"] + int(i), "reason": why})
+        c["rows"] += len(ok)
+        c["scored"] += int(ok.sum())
+        c["unknown_scenario"] += int(unknown.sum())
+        c["non_finite"] += int((non_finite & ~unknown & ~missing.any(axis=1)).sum())
+        c["missing_features"] += int(missing.any(axis=1).sum())
+        self.missing_by += missing.sum(axis=0)
+        self.oov_by += oov
+
+    def summary(self) -> dict:
+        """The counts, the per-feature breakdowns (non-zero only) and the first unscored rows."""
+        return {
+            **self.counts,
+            "missing_by_feature": {n: int(c) for n, c in zip(self.required, self.missing_by) if c},
+            "missing_keep": {k: v for k, v in self.missing_keep.items() if v},
+            "oov_values": int(self.oov_by.sum()),
+            "oov_by_feature": {f.name: int(c) for f, c in zip(self.tables, self.oov_by) if c},
+            "first_unscored": self.first_unscored,
+        }
+
+
+def _write_scores(fn, files: Sequence[str], batch_size: int, parser: _RowParser, writer: _Writer, tally: _Tally,
+                  progress: Callable[[str], None], start: float) -> None:
+    """Score every batch into ``writer`` (renamed into place at the end, removed on any error) and ``tally``."""
+    last = start
     try:
-        with read_errors(files, schema, parser.spec):
+        with read_errors(files, parser.schema, parser.spec):
             for model_in, kept, ok, unknown, missing, oov, non_finite in _parsed_batches(files, batch_size, parser):
                 prob = fn(**model_in)["prob"].numpy()
-                ok, unknown, missing = ok.numpy(), unknown.numpy(), missing.numpy()
+                ok = ok.numpy()
                 cols = {k: (v.numpy(), p.numpy()) for k, (v, p) in kept.items()}
-                for k, (_, p) in cols.items():
-                    missing_keep[k] += int((~p).sum())
+                tally.add(cols, ok, unknown.numpy(), missing.numpy(), oov.numpy(), non_finite.numpy())
                 cols["prob"] = (np.where(ok, prob, np.nan).astype(np.float32), ok)
                 writer.write(cols)
-                for i in np.flatnonzero(~ok)[:max(0, 10 - len(first_unscored))]:
-                    why = "unknown_scenario" if unknown[i] else "missing " + ",".join(
-                        required[j] for j in np.flatnonzero(missing[i])) if missing[i].any() else "non_finite"
-                    first_unscored.append({"row": counts["rows"] + int(i), "reason": why})
-                counts["rows"] += len(ok)
-                counts["scored"] += int(ok.sum())
-                counts["unknown_scenario"] += int(unknown.sum())
-                counts["non_finite"] += int((non_finite.numpy() & ~unknown & ~missing.any(axis=1)).sum())
-                counts["missing_features"] += int(missing.any(axis=1).sum())
-                missing_by += missing.sum(axis=0)
-                oov_by += oov.numpy()
                 if time.time() - last > 2:
                     last = time.time()
-                    progress(f"[score] {counts['rows']:,} rows, {counts['rows'] / (last - start):,.0f} ex/s")
+                    rows = tally.counts["rows"]
+                    progress(f"[score] {rows:,} rows, {rows / (last - start):,.0f} ex/s")
         empty = {k: (np.zeros(0, object if t == tf.string else t.as_numpy_dtype), np.zeros(0, bool))
-                 for k, t in columns.items()}
+                 for k, t in writer.columns.items()}
         writer.close(empty)
     except BaseException:
         writer.abort()
         raise
-    seconds = time.time() - start
-    summary = {
-        "saved_model": path, "servable": meta["servable"], "input_files": len(files), "output": output,
-        **counts,
-        "missing_by_feature": {n: int(c) for n, c in zip(required, missing_by) if c},
-        "missing_keep": {k: v for k, v in missing_keep.items() if v},
-        "oov_values": int(oov_by.sum()),
-        "oov_by_feature": {f.name: int(c) for f, c in zip(parser.tables, oov_by) if c},
-        "first_unscored": first_unscored,
-        "seconds": round(seconds, 3), "examples_per_sec": round(counts["rows"] / max(seconds, 1e-9), 1),
-        "cpu_seconds": round(time.process_time() - cpu0, 3),  # all threads: robust to a busy machine
-    }
-    progress(f"[score] done: {counts['rows']:,} rows ({counts['scored']:,} scored) in {seconds:.1f}s, "
-             f"{summary['examples_per_sec']:,.0f} ex/s -> {output}")
-    if counts["rows"] != counts["scored"]:
-        progress(f"[score] WARNING: {counts['rows'] - counts['scored']:,} row(s) not scored (null prob): "
-                 f"{counts['unknown_scenario']:,} unknown scenario, {counts['missing_features']:,} missing "
-                 f"features {summary['missing_by_feature']}, {counts['non_finite']:,} non-finite numeric value(s)")
-    return summary
+
+
+def _report(summary: dict, progress: Callable[[str], None]) -> None:
+    """The closing progress line, and a warning that counts the rows not scored by reason."""
+    progress(f"[score] done: {summary['rows']:,} rows ({summary['scored']:,} scored) in {summary['seconds']:.1f}s, "
+             f"{summary['examples_per_sec']:,.0f} ex/s -> {summary['output']}")
+    if summary["rows"] != summary["scored"]:
+        progress(f"[score] WARNING: {summary['rows'] - summary['scored']:,} row(s) not scored (null prob): "
+                 f"{summary['unknown_scenario']:,} unknown scenario, {summary['missing_features']:,} missing "
+                 f"features {summary['missing_by_feature']}, {summary['non_finite']:,} non-finite numeric value(s)")
 
 
 def _stderr_progress(msg: str) -> None:
