@@ -208,6 +208,24 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False, log
             raise FileExistsError(refused_rerun(model_dir, cfg, data_dir))
         shutil.rmtree(model_dir)
     t0 = time.time()
+    data = _checked_data(cfg, data_dir, data)
+    os.makedirs(model_dir, exist_ok=True)
+    data.schema.save(os.path.join(model_dir, "schema.yaml"))
+    copy_vocabularies(data.schema, model_dir)  # beside schema.yaml, as in a ranking run
+    RunDir(model_dir).write_run("retrieval", cfg, data_dir)
+    keras.utils.set_random_seed(cfg["train"]["seed"])
+    units = [None] if cfg["train"]["mode"] == "mix" else list(range(data.num_scenarios))
+    history: Dict[str, dict] = {}
+    models = {}
+    for unit in units:
+        key = "all" if unit is None else data.scenario_names[unit]
+        history[key], models[0 if unit is None else unit] = _train_unit(cfg, data, data_dir, model_dir, unit,
+                                                                        warm_start, log)
+    return _evaluate_and_summarize(cfg, data, model_dir, models, history, t0, log)
+
+
+def _checked_data(cfg: dict, data_dir: str, data: Optional[RetrievalData]) -> RetrievalData:
+    """The run's data (loaded unless given), holding every query split the config needs."""
     data = data or RetrievalData.load(data_dir, eval_splits=query_splits(cfg))
     missing = [s for s in query_splits(cfg) if s not in data.queries]
     if missing:
@@ -219,40 +237,40 @@ def train(cfg: dict, data_dir: str, model_dir: str, overwrite: bool = False, log
                          "train.early_stopping_patience cannot pick an epoch (set it to 0)")
     with tf.Graph().as_default():  # the model's own checks (its parameter values) before anything is written
         build(cfg["model"]["name"], data.schema, cfg["model"]["params"])
-    os.makedirs(model_dir, exist_ok=True)
-    data.schema.save(os.path.join(model_dir, "schema.yaml"))
-    copy_vocabularies(data.schema, model_dir)  # beside schema.yaml, as in a ranking run
-    RunDir(model_dir).write_run("retrieval", cfg, data_dir)
-    keras.utils.set_random_seed(cfg["train"]["seed"])
-    name = cfg["model"]["name"]
-    units = [None] if cfg["train"]["mode"] == "mix" else list(range(data.num_scenarios))
-    history: Dict[str, dict] = {}
-    models = {}
-    for unit in units:
-        out = _unit_dir(model_dir, data, unit)
-        key = "all" if unit is None else data.scenario_names[unit]
-        h = history[key] = {}
+    return data
+
+
+def _train_unit(cfg: dict, data: RetrievalData, data_dir: str, model_dir: str, unit: Optional[int],
+                warm_start: Optional[str], log: Callable[[str], None]):
+    """(history, model) of one model (every scenario, or scenario ``unit``): warm start, pre-training,
+    fine-tuning from the pre-trained weights, final weights."""
+    name, out, h = cfg["model"]["name"], _unit_dir(model_dir, data, unit), {}
+    model = new_model(cfg, data, unit)
+    h["warm_start"] = start_retrieval(warm_start, model, weights_checkpoint(model), cfg, data.schema,
+                                      os.path.relpath(out, model_dir), log)
+    if cfg["pretrain"]["enabled"] and (not warm_start or cfg["pretrain"]["on_warm_start"]):
+        pairs_dir = cfg["pretrain"]["pairs"] or os.path.join(model_dir, "pairs")
+        if not os.path.exists(os.path.join(pairs_dir, "pairs.json")):
+            summary = write_pairs(data_dir, pairs_dir, overwrite=True)
+            log(f"[{name}] wrote cross-scenario pairs to {pairs_dir}: user {summary['user']['pairs']}, "
+                f"item {summary['item']['pairs']}")
+        h["pretrain"] = pretrain(model, cfg, data, pairs_dir, log)
+        prefix = save_weights(model, os.path.join(out, "pretrain", "ckpt"))
         model = new_model(cfg, data, unit)
-        h["warm_start"] = start_retrieval(warm_start, model, weights_checkpoint(model), cfg, data.schema,
-                                          os.path.relpath(out, model_dir), log)
-        if cfg["pretrain"]["enabled"] and (not warm_start or cfg["pretrain"]["on_warm_start"]):
-            pairs_dir = cfg["pretrain"]["pairs"] or os.path.join(model_dir, "pairs")
-            if not os.path.exists(os.path.join(pairs_dir, "pairs.json")):
-                summary = write_pairs(data_dir, pairs_dir, overwrite=True)
-                log(f"[{name}] wrote cross-scenario pairs to {pairs_dir}: user {summary['user']['pairs']}, "
-                    f"item {summary['item']['pairs']}")
-            h["pretrain"] = pretrain(model, cfg, data, pairs_dir, log)
-            prefix = save_weights(model, os.path.join(out, "pretrain", "ckpt"))
-            model = new_model(cfg, data, unit)
-            restore_weights(model, prefix)
-            h["pretrain"]["restored_from"] = prefix
-            log(f"[{name}] fine-tuning starts from the pre-trained weights {prefix}")
-        h["finetune"] = finetune(model, cfg, data, unit, log)
-        h["final"] = save_weights(model, os.path.join(out, "final", "ckpt"))
-        models[0 if unit is None else unit] = model
-    scorer = ModelScorer(models[0], data, cfg["data"]["eval_batch_size"]) if units == [None] else {
+        restore_weights(model, prefix)
+        h["pretrain"]["restored_from"] = prefix
+        log(f"[{name}] fine-tuning starts from the pre-trained weights {prefix}")
+    h["finetune"] = finetune(model, cfg, data, unit, log)
+    h["final"] = save_weights(model, os.path.join(out, "final", "ckpt"))
+    return h, model
+
+
+def _evaluate_and_summarize(cfg: dict, data: RetrievalData, model_dir: str, models: dict, history: dict,
+                            t0: float, log: Callable[[str], None]) -> dict:
+    """Evaluate the trained models on ``eval.split``; write metrics.json and history.json; returns the summary."""
+    name, ev = cfg["model"]["name"], cfg["eval"]
+    scorer = ModelScorer(models[0], data, cfg["data"]["eval_batch_size"]) if cfg["train"]["mode"] == "mix" else {
         s: ModelScorer(m, data, cfg["data"]["eval_batch_size"]) for s, m in models.items()}
-    ev = cfg["eval"]
     res = evaluate(scorer, data, ev["split"], ev["k"], ev["exclude_train_positives"])
     res["model"] = name
     res["mode"] = cfg["train"]["mode"]
