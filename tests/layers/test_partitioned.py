@@ -68,3 +68,24 @@ def test_scenario_affine():
     layer.shift.assign(rand(3, 4))
     got = layer(tf.constant(x), tf.constant(sc)).numpy()
     np.testing.assert_allclose(got, x * layer.scale.numpy()[sc] + layer.shift.numpy()[sc], **TOL)
+
+
+def test_star_dense_and_partitioned_normalization_all_scenarios():
+    """Without a scenario both layers answer for every scenario ``[B, S, ...]``: column s equals the own
+    output of the rows set to scenario s (the all_scenarios servable in one pass)."""
+    S, b = 3, 6
+    pn, dense = PartitionedNormalization(S), StarDense(4, S, activation="relu")
+    z, sc = rand(b, 5), np.array([0, 1, 2, 0, 1, 1])
+    pn(tf.constant(z), tf.constant(sc), training=True)                  # moving statistics of every scenario
+    for w in (pn.gamma_p, pn.beta_p):
+        w.assign(rand(*w.shape))
+    every = pn(tf.constant(z)).numpy()
+    dense.build(every.shape)
+    dense.kernel_p.assign(rand(S, 5, 4))
+    h = dense(tf.constant(every)).numpy()
+    assert every.shape == (b, S, 5) and h.shape == (b, S, 4)
+    for s in range(S):
+        col = np.full(b, s)
+        own = pn(tf.constant(z), tf.constant(col)).numpy()
+        np.testing.assert_allclose(every[:, s], own, **TOL)
+        np.testing.assert_allclose(h[:, s], dense(tf.constant(own), tf.constant(col)).numpy(), **TOL)

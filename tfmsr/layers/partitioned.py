@@ -9,7 +9,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmsr.layers._init import fresh
-from tfmsr.layers.scenario import partition_apply  # noqa: F401  (re-exported: its historical home)
+from tfmsr.layers.scenario import all_matmul, own_matmul, partition_apply  # noqa: F401  (partition_apply: re-exported)
 
 
 class PartitionedNormalization(keras.layers.Layer):
@@ -25,7 +25,9 @@ class PartitionedNormalization(keras.layers.Layer):
     moving statistics of the example's scenario. The moving averages are bias-corrected like Adam's moment
     estimates (``moving / moving_weight``, ``moving_weight = 1 - momentum^n`` after ``n`` updates), so a
     short run or a rare scenario is not normalised with the zero/one initial statistics; a scenario never
-    seen in training uses mean 0, variance 1. Input ``[B, D]`` and int scenario ``[B]``.
+    seen in training uses mean 0, variance 1. Input ``[B, D]`` and int scenario ``[B]``: ``[B, D]`` (cost
+    ``O(B D + S D)``). ``call(z)`` without a scenario: every scenario's normalisation of every row from the
+    moving statistics, ``[B, S, D]`` (the all-scenario answer of a servable; ``S`` times the cost).
     """
 
     def __init__(self, num_scenarios: int, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
@@ -58,7 +60,11 @@ class PartitionedNormalization(keras.layers.Layer):
         sq = tf.math.unsorted_segment_sum(tf.square(z), sc, self.num_scenarios) / safe
         return mean, tf.maximum(sq - tf.square(mean), 0.0), n
 
-    def call(self, z, scenario, training=False):
+    def call(self, z, scenario=None, training=False):
+        if scenario is None:
+            mean, var = self.statistics()
+            scale, shift = self.gamma * self.gamma_p, self.beta + self.beta_p               # [S, D]
+            return scale * (z[:, None] - mean) * tf.math.rsqrt(var + self.epsilon) + shift
         sc = tf.cast(tf.reshape(scenario, [-1]), tf.int32)
         if training:
             mean, var, n = self.batch_moments(z, sc)
@@ -81,8 +87,10 @@ class StarDense(keras.layers.Layer):
     ``W*_p = W_p (x) W`` (element-wise), ``b*_p = b_p + b``, ``out_p = phi(in_p W*_p + b*_p)``
 
     with the shared (centre) ``W, b`` and the scenario-specific ``W_p`` (initialised to ones, so training
-    starts from the shared layer) and ``b_p`` (zeros). Each example uses its own scenario's weights; rows are
-    partitioned by scenario, so the compute is one dense pass per example. ``call(x [B, D], scenario [B])``.
+    starts from the shared layer) and ``b_p`` (zeros). ``call(x [B, D], scenario [B]) -> [B, H]``: each example
+    through its own scenario's weights (:func:`~tfmsr.layers.scenario.own_matmul`: one dense pass per example,
+    plus ``S D H`` for ``W_p (x) W``). ``call(x)`` (``x [B, D]`` or ``[B, S, D]``): every scenario's output
+    ``[B, S, H]`` in one einsum (``S`` times the FLOPs).
     """
 
     def __init__(self, units: int, num_scenarios: int, activation=None, kernel_init="glorot_uniform", **kwargs):
@@ -99,11 +107,11 @@ class StarDense(keras.layers.Layer):
         self.bias_p = self.add_weight(name="b_p", shape=(s, h), initializer="zeros")
         super().build(input_shape)
 
-    def call(self, x, scenario):
-        def one(s, rows):
-            return tf.matmul(rows, self.kernel * self.kernel_p[s]) + (self.bias + self.bias_p[s])
-
-        return self.act(partition_apply(x, scenario, self.num_scenarios, one))
+    def call(self, x, scenario=None):
+        kernel, bias = self.kernel * self.kernel_p, self.bias + self.bias_p                  # W*_p, b*_p
+        if scenario is None:
+            return self.act(all_matmul(x, kernel, bias))
+        return self.act(own_matmul(x, scenario, kernel, bias))
 
 
 class ScenarioAffine(keras.layers.Layer):

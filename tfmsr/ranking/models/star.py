@@ -29,6 +29,7 @@ class STAR(RankingModel):
         super().__init__(schema, params, **kwargs)
         p = self.params
         S = self.num_scenarios
+        self.multi_head = self.own_head = not p["scenario_in_main"]    # all heads: scenario_probs in one pass
         if p["normalization"] not in ("partitioned", "batch", "none"):
             raise ConfigError(f"model 'star': normalization must be partitioned, batch or none, "
                               f"got {p['normalization']!r}")
@@ -43,16 +44,22 @@ class STAR(RankingModel):
         self.aux = MLP(p["aux_hidden"], name="aux") if p["auxiliary"] else None
         self.aux_out = keras.layers.Dense(1, name="aux_logit") if p["auxiliary"] else None
 
-    def logits(self, x, training=False):
+    def logits(self, x, training=False, own=None):
+        """The own-scenario logit ``[B]``; ``own=False`` (the default when ``multi_head``, i.e. unless
+        ``scenario_in_main``): every scenario's logit ``[B, S]`` in one pass, the partitioned layers'
+        all-scenario paths (one einsum per layer, ``S`` times the FLOPs)."""
+        own = not self.multi_head if own is None else own
         sc = x[self.schema.scenario.name]
         h = self.flat_inputs(x, with_scenario=self.params["scenario_in_main"])
         if isinstance(self.norm, PartitionedNormalization):
-            h = self.norm(h, sc, training=training)
+            h = self.norm(h, sc if own else None, training=training)        # [B, D] or [B, S, D]
         elif self.norm is not None:
             h = self.norm(h, training=training)
         for layer in self.fcn:
-            h = layer(h, sc) if isinstance(layer, StarDense) else layer(h)
-        logit = h[:, 0]
+            h = layer(h, sc if own else None) if isinstance(layer, StarDense) else layer(h)
+        logit = h[..., 0] if own or len(h.shape) == 3 else h                # [B], [B, S] or [B, 1]
         if self.aux is not None:
-            logit += self.aux_out(self.aux(self.embedding.scenario(x), training=training))[:, 0]
-        return logit
+            ids = sc if own else tf.range(self.num_scenarios, dtype=sc.dtype)
+            logit += self.aux_out(self.aux(self.embedding.scenario({self.schema.scenario.name: ids}),
+                                           training=training))[:, 0]         # [B] or [S]
+        return logit if own else tf.broadcast_to(logit, [tf.shape(logit)[0], self.num_scenarios])
