@@ -56,11 +56,11 @@ resume, accounting, temp files, outputs
                                           "[data] epoch 2: 4,000 examples read (...); steps per worker [125, 0] --
                                           worker:1 ran no step this epoch (lost?): the others took its share of the
                                           shared stream; 5 batch(es), 160 rows, fetched by a lost worker and never
-                                          trained (global batches [104, 106, 108, 110, 112]: its steps in flight and
-                                          the batch it had fetched ahead)"; epoch 1: "4,032 examples read ... -- +32
-                                          against the plan; ...; 1 step(s) run again: a lost worker finished them but
-                                          could not report it, ..."; "[data] pass 1 over the train split (4,000 rows):
-                                          3,840 rows trained + 160 lost with a worker (batches [104, ...]) + 0 fetched,
+                                          trained (global batches [110, 112, 114, 116, 118])"; epoch 1: "4,032
+                                          examples read ... -- +32 against the plan; ...; 1 step(s) run again: a lost
+                                          worker finished them but could not report it, ..."; "[data] pass 1 over the
+                                          train split (4,000 rows):
+                                          3,840 rows trained + 160 lost with a worker (batches [110, ...]) + 0 fetched,
                                           untrained at the end (batches [])"; each pass = trained + lost rows exactly,
                                           no batch trained twice; rows per shard in the graph = those of the trained
                                           batches rebuilt from the same seeded stream

@@ -144,10 +144,9 @@ class BatchLedger:
     batches fetched by a worker and never trained and, per pass over the train split (``ceil(rows / batch)``
     batches, the last one short), the rows trained and untrained -- all counted, none estimated.
 
-    A live worker trains the batch it fetched ahead at its next step, so a batch still untrained one epoch end
-    after a later batch was trained went with a dead worker (``lost``: the steps in flight on it when it died,
-    and its fetched-ahead batch). Those untrained when training ends are ``ahead``: fetched ahead by a live
-    worker, or lost in the last epoch."""
+    A live worker trains the batches it fetched ahead at its next steps, so a batch still untrained one epoch
+    end after a later batch was trained went with a dead worker (``lost``). Those untrained when training
+    ends are ``ahead``: fetched ahead by a live worker, or lost in the last epoch."""
 
     def __init__(self, rows: int, batch: int, start: int = 0):
         self.rows, self.batch, self.start = rows, batch, start
@@ -288,7 +287,7 @@ class EpochAccounting(keras.callbacks.Callback):
             return (f"{len(new)} batch(es), {rows:,} rows, fetched and never trained (global batches {new}): "
                     "fetched ahead by a live worker, or lost with one in the last epoch")
         return (f"; {len(new)} batch(es), {rows:,} rows, fetched by a lost worker and never trained (global "
-                f"batches {new}: its steps in flight and the batch it had fetched ahead)")
+                f"batches {new})")
 
     def on_train_end(self, logs=None):
         if self.ledger is None or not self.epochs:

@@ -18,13 +18,13 @@ each batch carries its sequence number in the stream (``tag_sequence``, made bef
 a trained step counts its rows per sequence number on the parameter servers, and the chief's
 ``accounting.BatchLedger`` names the batches fetched and never trained, per epoch and per pass over the
 split (``[data] pass P ...: R rows trained + L lost with a worker (batches [...])``). Measured (test_faults
-case 30, 2 workers, batch 32, worker 1 SIGKILLed at step ~90): the dead worker took 5 batches with it
-(160 rows: global batches 104, 106, ..., 112, every other one), more than its one fetched-ahead batch,
-since the coordinator dispatches several steps to a worker before the first returns; one step it had
-finished but not reported was run again by the coordinator on the survivor (4,032 examples in epoch 1,
-said in the log). Re-issuing the lost batches would need the chief to replay them into a job the workers
-registered (a tf.data service stream has no acknowledgement), so the count is exact and the loss is said
-rather than repaired.
+case 30: 2 workers, batch 32, worker 1 SIGKILLed at step 80-90; 3 runs): the dead worker took 5 batches
+(160 rows, e.g. global batches 104, 106, ..., 112: its share of the stream) with it each time, with or
+without ``InputOptions(experimental_fetch_to_device=False)``, more than ``max_outstanding_requests=1``
+suggests; and one step it had finished but not reported was run again by the coordinator on the survivor
+(4,032 examples in epoch 1, said in the log). Re-issuing the lost batches would need the chief to replay
+them into the job (a tf.data service stream has no acknowledgement), so the count is exact and the loss is
+said rather than repaired.
 
 Parsing stays on the training workers (after the job), so the vocabulary tables of raw-valued datasets
 are the workers' own copies, as before; the service carries serialized records and their shard index.
