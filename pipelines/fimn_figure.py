@@ -34,7 +34,8 @@ from typing import Dict, List, Optional
 import numpy as np
 
 import tfmsr  # noqa: F401  (pins Keras 2 before TensorFlow loads)
-from tfmsr.core.io import write_atomic, write_json  # noqa: E402
+from tfmsr.core.io import write_json  # noqa: E402
+from pipelines.plots import heatmap, save_png  # noqa: E402
 
 NEEDED = ("intensity", "contribution", "mutual", "theta")
 
@@ -143,13 +144,6 @@ def kde(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * z ** 2).sum(axis=1) / (len(v) * h * np.sqrt(2 * np.pi))
 
 
-def _save(fig, path: str) -> None:
-    import matplotlib.pyplot as plt
-
-    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-
-
 def draw_interests(coef: Dict[str, np.ndarray], names, interests, path: str) -> None:
     import matplotlib
 
@@ -189,7 +183,7 @@ def draw_interests(coef: Dict[str, np.ndarray], names, interests, path: str) -> 
         ax.axis("off")
     fig.suptitle("FIMN SIF: interest intensities (intra-gate) and contributions (inter-gate) per scenario")
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def draw_mutual(summary: dict, path: str, truth: Optional[dict] = None) -> None:
@@ -209,16 +203,9 @@ def draw_mutual(summary: dict, path: str, truth: Optional[dict] = None) -> None:
     for ax, (m, title) in zip(axes[0], panels):
         m = m.copy()
         np.fill_diagonal(m, np.nan)
-        im = ax.imshow(m, cmap="viridis")
-        ax.set_xticks(range(len(names)), names)
-        ax.set_yticks(range(len(names)), names)
-        for (r, c), v in np.ndenumerate(m):
-            if not np.isnan(v):
-                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w")
-        ax.set_title(title, fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.046)
+        heatmap(fig, ax, m, names, title, fmt=".2f")
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def sem_summary(model, names) -> Optional[dict]:

@@ -24,7 +24,8 @@ from typing import Dict, Optional
 import numpy as np
 
 import tfmsr  # noqa: F401  (pins Keras 2 before TensorFlow loads)
-from tfmsr.core.io import write_atomic, write_json  # noqa: E402
+from tfmsr.core.io import write_json  # noqa: E402
+from pipelines.plots import heatmap, save_png  # noqa: E402
 
 
 def collect(model, files, schema, batch_size: int = 4096) -> Dict[str, np.ndarray]:
@@ -123,18 +124,6 @@ def _cdf_panels(axes, coef: Dict[str, np.ndarray], names) -> None:
     ax.legend(fontsize=7)
 
 
-def _heat(fig, ax, m, names, title) -> None:
-    """A scenario x scenario matrix with its values written in the cells (NaN cells blank)."""
-    im = ax.imshow(m, cmap="viridis")
-    ax.set_xticks(range(len(names)), names)
-    ax.set_yticks(range(len(names)), names)
-    for (r, c), v in np.ndenumerate(m):
-        if not np.isnan(v):
-            ax.text(c, r, f"{v:.3f}", ha="center", va="center", fontsize=7, color="w")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-
-
 def draw(coef: Dict[str, np.ndarray], summary: dict, out_png: str, truth: Optional[dict] = None) -> None:
     import matplotlib
 
@@ -153,18 +142,17 @@ def draw(coef: Dict[str, np.ndarray], summary: dict, out_png: str, truth: Option
     ma = np.array(summary["mean_alpha"], dtype=float)
     np.fill_diagonal(ma, np.nan)
     rho = summary.get("spearman_alpha_vs_similarity")
-    _heat(fig, axes[s_count + 1], ma, names, "mean alpha_ij (row i = scenario)"
-          + (f"\nSpearman vs truth {rho:.2f}" if rho is not None else ""))
+    heatmap(fig, axes[s_count + 1], ma, names, "mean alpha_ij (row i = scenario)"
+            + (f"\nSpearman vs truth {rho:.2f}" if rho is not None else ""))
     if panels > s_count + 2:
         sim = np.array(truth["scenario_similarity"], dtype=float)
         np.fill_diagonal(sim, np.nan)
-        _heat(fig, axes[s_count + 2], sim, names, "true scenario similarity (generator)")
+        heatmap(fig, axes[s_count + 2], sim, names, "true scenario similarity (generator)")
     for ax in axes[panels:]:
         ax.axis("off")
     fig.suptitle("SAML mutual unit: similarity alpha (eq. 8) and gate g (eq. 7)")
     fig.tight_layout()
-    write_atomic(out_png, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    save_png(fig, out_png)
 
 
 def main(argv=None) -> dict:

@@ -1,0 +1,26 @@
+"""Figure helpers the paper-figure scripts share (``saml_figure``, ``fimn_figure``): matplotlib only."""
+from __future__ import annotations
+
+import numpy as np
+
+from tfmsr.core.io import write_atomic
+
+
+def heatmap(fig, ax, m: np.ndarray, names, title: str, fmt: str = ".3f") -> None:
+    """A scenario x scenario matrix with its values written in the cells (NaN cells blank)."""
+    im = ax.imshow(m, cmap="viridis")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yticks(range(len(names)), names)
+    for (r, c), v in np.ndenumerate(m):
+        if not np.isnan(v):
+            ax.text(c, r, f"{v:{fmt}}", ha="center", va="center", fontsize=7, color="w")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+
+
+def save_png(fig, path: str) -> None:
+    """Write ``fig`` to ``path`` as a PNG (temp file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
