@@ -27,29 +27,34 @@ def _data_synth(args):
                       "traffic_share": stats["traffic_share"]}))
 
 
+# the switches of the planted premises (see tfmsr/data/synth.py): flag, type, default, metavar, help
+_PREMISES = (
+    ("--behaviour-scenario", float, 0.0, "KAPPA",
+     "weight of a behaviour's scenario in its interest effect, 0..1 (SAINet's premise; see tfmsr/data/synth.py)"),
+    ("--aspect-intensity", float, 0.0, "ETA",
+     "how differently feed and search scenarios weigh the item and category aspects of interest, >= 0 "
+     "(FIMN's premise; see tfmsr/data/synth.py)"),
+    ("--local-activation", float, 0.0, "TAU",
+     "temperature of the attention over past clicks by likeness to the candidate in the interest terms; "
+     "0 = plain mean (DIN's premise; see tfmsr/data/synth.py)"),
+    ("--interest-weight", float, 1.0, "LAMBDA",
+     "scale of both behaviour-interest terms, >= 0, where the three premises above live "
+     "(default 1; see tfmsr/data/synth.py)"),
+    ("--search-scenarios", _int_list, None, "LIST",
+     "comma-separated scenario indices that are search entrances and carry a query (default: the odd ones, 1,3,...)"),
+    ("--scenario-clusters", _int_list, None, "LIST",
+     "comma-separated cluster of each scenario; scenarios of one cluster share a taste, odd clusters oppose "
+     "cluster 0 (default: s // 2, i.e. 0,0,1,1,2)"),
+    ("--item-scenario", float, 0.0, "OMEGA",
+     "weight of each item's own appeal in each scenario, >= 0; 0 = off (SASS's premise: an item needs a "
+     "representation per scenario; see tfmsr/data/synth.py)"),
+)
+
+
 def _add_premises(s: argparse.ArgumentParser) -> None:
-    """The switches of the planted premises (see ``tfmsr/data/synth.py``)."""
-    s.add_argument("--behaviour-scenario", type=float, default=0.0, metavar="KAPPA",
-                   help="weight of a behaviour's scenario in its interest effect, 0..1 (SAINet's premise; "
-                        "see tfmsr/data/synth.py)")
-    s.add_argument("--aspect-intensity", type=float, default=0.0, metavar="ETA",
-                   help="how differently feed and search scenarios weigh the item and category aspects of "
-                        "interest, >= 0 (FIMN's premise; see tfmsr/data/synth.py)")
-    s.add_argument("--local-activation", type=float, default=0.0, metavar="TAU",
-                   help="temperature of the attention over past clicks by likeness to the candidate in the "
-                        "interest terms; 0 = plain mean (DIN's premise; see tfmsr/data/synth.py)")
-    s.add_argument("--interest-weight", type=float, default=1.0, metavar="LAMBDA",
-                   help="scale of both behaviour-interest terms, >= 0, where the three premises above live "
-                        "(default 1; see tfmsr/data/synth.py)")
-    s.add_argument("--search-scenarios", type=_int_list, metavar="LIST",
-                   help="comma-separated scenario indices that are search entrances and carry a query "
-                        "(default: the odd ones, 1,3,...)")
-    s.add_argument("--scenario-clusters", type=_int_list, metavar="LIST",
-                   help="comma-separated cluster of each scenario; scenarios of one cluster share a taste, odd "
-                        "clusters oppose cluster 0 (default: s // 2, i.e. 0,0,1,1,2)")
-    s.add_argument("--item-scenario", type=float, default=0.0, metavar="OMEGA",
-                   help="weight of each item's own appeal in each scenario, >= 0; 0 = off (SASS's premise: an "
-                        "item needs a representation per scenario; see tfmsr/data/synth.py)")
+    """The switches of the planted premises (``_PREMISES``)."""
+    for flag, kind, default, metavar, text in _PREMISES:
+        s.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
 
 
 def _add_synth(data) -> None:

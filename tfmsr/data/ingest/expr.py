@@ -101,19 +101,19 @@ class _Parser:
         self.i += 1
         return k, v
 
-    def or_(self):
-        node = self.and_()
-        while self.peek() == ("kw", "or"):
+    def _chain(self, keyword: str, operand):
+        """``operand (keyword operand)*``, left-associative: nested ``(keyword, left, right)`` nodes."""
+        node = operand()
+        while self.peek() == ("kw", keyword):
             self.take()
-            node = ("or", node, self.and_())
+            node = (keyword, node, operand())
         return node
 
+    def or_(self):
+        return self._chain("or", self.and_)
+
     def and_(self):
-        node = self.not_()
-        while self.peek() == ("kw", "and"):
-            self.take()
-            node = ("and", node, self.not_())
-        return node
+        return self._chain("and", self.not_)
 
     def not_(self):
         if self.peek() == ("kw", "not"):
