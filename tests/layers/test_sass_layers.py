@@ -54,7 +54,12 @@ def test_scenario_adaptive_gate_matches_numpy(variant, per_example_a):
     layer = ScenarioAdaptiveGate(S, variant)
     out = layer([tf.constant(g), tf.constant(s_prev), tf.constant(a)]).numpy()
     assert out.shape == (B, S, D)
-    np.testing.assert_allclose(out, np_gate(variant, layer, g, s_prev, a), rtol=1e-4, atol=1e-5)
+    want = np_gate(variant, layer, g, s_prev, a)
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+    sc, rows = rng.integers(0, S, B), np.arange(B)                      # own path: row s of the above only
+    a_own = a[rows, sc] if per_example_a else a[sc]
+    own = layer([tf.constant(g), tf.constant(s_prev[rows, sc]), tf.constant(a_own)], scenario=tf.constant(sc))
+    np.testing.assert_allclose(own.numpy(), want[rows, sc], rtol=1e-4, atol=1e-5)
 
 
 def test_gate_weights_are_distinct_and_per_scenario():
@@ -114,6 +119,11 @@ def test_mlsat_stack_matches_numpy(shared_input):
         s = np_gate("sass", gate, g, s, a)                              # eq. 3-6
     np.testing.assert_allclose(g_t, g, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(s_t, s, rtol=1e-4, atol=1e-5)
+    sc, rows = rng.integers(0, S, B), np.arange(B)                      # own path: row s only
+    xs_own = xs if shared_input else xs[rows, sc]
+    s_own, g_own = layer([tf.constant(xg), tf.constant(xs_own), tf.constant(a[sc])], scenario=tf.constant(sc))
+    np.testing.assert_allclose(s_own.numpy(), s[rows, sc], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(g_own.numpy(), g, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("per_example_a", [False, True])
@@ -124,7 +134,11 @@ def test_bias_fusion_matches_eq7_8(per_example_a):
     out = layer([tf.constant(s_t), tf.constant(a)]).numpy()
     a_b = np.broadcast_to(a, (B, S, D))
     alpha = sig(mm(np.concatenate([s_t, a_b], -1), layer.w_o.numpy()))   # (8)
-    np.testing.assert_allclose(out, alpha * s_t + (1 - alpha) * a_b, rtol=1e-5, atol=1e-6)  # (7)
+    want = alpha * s_t + (1 - alpha) * a_b                                # (7)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+    sc, rows = rng.integers(0, S, B), np.arange(B)                        # own path: row s only
+    own = layer([tf.constant(s_t[rows, sc]), tf.constant(a_b[rows, sc])], scenario=tf.constant(sc))
+    np.testing.assert_allclose(own.numpy(), want[rows, sc], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="one width"):
         ScenarioBiasFusion(S)([tf.constant(s_t), tf.constant(rand(S, D + 1))])
 

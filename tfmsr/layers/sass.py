@@ -4,9 +4,11 @@ Adaptive Transfer module (ML-SAT, eq. 3-6) with the gate variants of Table 3, sc
 7-8), the pre-training NT-Xent loss (eq. 9-10) and the fine-tuning pairwise loss (eq. 11-13).
 
 Scenario-specific parameters ("ML-SAT, which is parameter-specific in separate scenario", Sec. 4.1.2)
-are stacked with a leading scenario axis (``kernel[s]`` is scenario s's matrix) and every layer computes
-all S scenarios at once on ``[B, S, d]`` tensors; a model gathers the example's own scenario, so the
-loss on it trains scenario s's parameters only with scenario s's examples. Each ``kernel[s]`` is
+are stacked with a leading scenario axis (``kernel[s]`` is scenario s's matrix). Every layer computes either
+all S scenarios at once on ``[B, S, d]`` tensors (``O(S)`` per example: items, whose vector is needed in
+every scenario a batch's users come from) or, given ``scenario [B]``, each example's own scenario only on
+``[B, d]`` tensors (a request's user vector: cost flat in S); the loss on the own scenario's vector trains
+scenario s's parameters only with scenario s's examples. Each ``kernel[s]`` is
 initialised like a single ``[i, o]`` matrix (``scenario_initializer``; Keras' own fans of a stacked
 ``[S, i, o]`` shape would start every scenario network ``sqrt(S)`` times too small). Like the equations, the gate
 matrices carry no bias vectors (the auxiliary output ``a`` is the gates' bias term).
@@ -19,6 +21,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmsr.layers.mlp import initializer
+from tfmsr.layers.scenario import own_matmul, own_rows, scenario_ids
 
 GATES = ("sass", "none", "product", "sigmoid", "simnet")
 
@@ -72,8 +75,20 @@ def per_scenario(x: tf.Tensor, num_scenarios: int) -> tf.Tensor:
 
 
 def _plus_bias(z: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
-    """``z [B, S, o] + bias`` where ``bias`` is ``[B, S, o]`` or example-independent ``[S, o]``."""
-    return z + (bias[None] if len(bias.shape) == 2 else bias)
+    """``z [B, S, o] + bias`` where ``bias`` is ``[B, S, o]`` or example-independent ``[S, o]``; on the own
+    path ``z [B, o] + bias [B, o]``."""
+    return z + (bias[None] if len(bias.shape) == len(z.shape) - 1 else bias)
+
+
+def _dense(x: tf.Tensor, kernel, scenario=None) -> tf.Tensor:
+    """Every scenario's ``x_s W_s`` (:func:`scenario_dense`) or, given ``scenario [B]``, each example's own
+    ``x_b W_{s_b}`` (``x [B, i]``: one dense layer's FLOPs, :func:`~tfmsr.layers.scenario.own_matmul`)."""
+    return scenario_dense(x, kernel) if scenario is None else own_matmul(x, scenario, kernel)
+
+
+def own_auxiliary(a: tf.Tensor, scenario: tf.Tensor) -> tf.Tensor:
+    """The own scenario's auxiliary output ``[B, d_a]`` of ``a [S, d_a]`` or ``[B, S, d_a]``."""
+    return tf.gather(a, scenario_ids(scenario)) if len(a.shape) == 2 else own_rows(a, scenario)
 
 
 class ScenarioAuxiliaryNet(keras.layers.Layer):
@@ -134,7 +149,9 @@ class ScenarioAdaptiveGate(keras.layers.Layer):
       ``s_l = w * g_l + (1 - w) * s'_l``.
     * ``simnet`` (Simnet Gate): as ``sigmoid`` with ``w = sigmoid(W_w [s'_l * g_l, s'_l - g_l, s'_l + g_l])``.
 
-    The element-wise variants need ``d_g == d``. ``call([g, s_prev, a]) -> s_l [B, S, d]``.
+    The element-wise variants need ``d_g == d``. ``call([g, s_prev, a]) -> s_l [B, S, d]`` (every scenario's
+    unit, ``O(S)`` per example); ``call([g, s_prev [B, d], a [B, d_a]], scenario)`` -> ``s_l [B, d]``: each
+    example's own scenario unit only (its gathered matrices; cost flat in S).
 
     **Initialisation** (the paper gives none; ``init``): ``glorot`` draws every matrix at random, so a
     scenario's unit starts as a random map of ``g_l`` that only that scenario's examples train -- in a
@@ -182,23 +199,24 @@ class ScenarioAdaptiveGate(keras.layers.Layer):
                 self.w_w = self._w("W_w", (2 if v == "sigmoid" else 3) * d, d, zero)
         super().build(input_shape)
 
-    def call(self, inputs):
+    def call(self, inputs, scenario=None):
         g, s_prev, a = inputs
-        g = per_scenario(g, self.num_scenarios)
+        g = per_scenario(g, self.num_scenarios) if scenario is None else g
+        dense = lambda x, kernel: _dense(x, kernel, scenario)
         v = self.variant
         if v == "sass":
             gs = tf.concat([g, s_prev], axis=-1)
-            r = tf.sigmoid(_plus_bias(scenario_dense(gs, self.w_r), scenario_dense(a, self.w_br)))   # (3)
-            h = tf.tanh(scenario_dense(tf.concat([r * g, s_prev], axis=-1), self.w_h))               # (4)
-            z = tf.sigmoid(_plus_bias(scenario_dense(gs, self.w_z), scenario_dense(a, self.w_bz)))   # (5)
-            return (1.0 - z) * s_prev + z * h                                                         # (6)
+            r = tf.sigmoid(_plus_bias(dense(gs, self.w_r), dense(a, self.w_br)))   # (3)
+            h = tf.tanh(dense(tf.concat([r * g, s_prev], axis=-1), self.w_h))      # (4)
+            z = tf.sigmoid(_plus_bias(dense(gs, self.w_z), dense(a, self.w_bz)))   # (5)
+            return (1.0 - z) * s_prev + z * h                                       # (6)
         if v == "none":
-            return tf.tanh(scenario_dense(tf.concat([g, s_prev], axis=-1), self.w_h))
-        own = tf.tanh(scenario_dense(s_prev, self.w_s))
+            return tf.tanh(dense(tf.concat([g, s_prev], axis=-1), self.w_h))
+        own = tf.tanh(dense(s_prev, self.w_s))
         if v == "product":
             return own * g
         feats = [own, g] if v == "sigmoid" else [own * g, own - g, own + g]
-        w = tf.sigmoid(scenario_dense(tf.concat(feats, axis=-1), self.w_w))
+        w = tf.sigmoid(dense(tf.concat(feats, axis=-1), self.w_w))
         return w * g + (1.0 - w) * own
 
 
@@ -216,7 +234,8 @@ class MLSAT(keras.layers.Layer):
     ``init``: the gate units' initialisation (``ScenarioAdaptiveGate``). ``global_hidden``: the global
     layers' widths (default ``[dim] * layers``; the paper gives none; the last must be ``dim``, the width
     of ``g_T``; the element-wise gate variants need every width ``== dim``).
-    ``call([x_g, x_s, a]) -> (s_T [B, S, dim], g_T [B, dim])``.
+    ``call([x_g, x_s, a]) -> (s_T [B, S, dim], g_T [B, dim])``; ``call([x_g, x_s [B, D_s], a [B, d_a]],
+    scenario) -> (s_T [B, dim], g_T)``: each example's own scenario network only (cost flat in S).
     """
 
     def __init__(self, num_scenarios: int, dim: int, layers: int = 3, gate: str = "sass",
@@ -248,13 +267,16 @@ class MLSAT(keras.layers.Layer):
         self.b0 = self.add_weight(name="b_0", shape=(self.num_scenarios, self.dim), initializer="zeros")
         super().build(input_shape)
 
-    def call(self, inputs):
+    def call(self, inputs, scenario=None):
         x_g, x_s, a = inputs
-        s = tf.tanh(scenario_dense(per_scenario(x_s, self.num_scenarios), self.w0) + self.b0)
+        if scenario is None:
+            s = tf.tanh(scenario_dense(per_scenario(x_s, self.num_scenarios), self.w0) + self.b0)
+        else:
+            s = tf.tanh(own_matmul(x_s, scenario, self.w0, self.b0))
         g = x_g
         for dense, gate in zip(self.global_net, self.gates):
             g = dense(g)
-            s = gate([g, s, a])
+            s = gate([g, s, a], scenario=scenario)
         return s, g
 
 
@@ -267,7 +289,8 @@ class ScenarioBiasFusion(keras.layers.Layer):
     ``alpha`` is read as element-wise (``W_o`` maps ``[s_T, a]`` to the width of ``s_T``; ``a`` must have
     that width) and ``W_o`` is per scenario, like the rest of the scenario-specific network.
     ``init: transfer`` starts ``W_o`` at zero (``alpha = 1/2``), ``glorot`` at random (see ``ScenarioAdaptiveGate``).
-    ``call([s_T [B, S, d], a [S, d] or [B, S, d]]) -> e [B, S, d]``.
+    ``call([s_T [B, S, d], a [S, d] or [B, S, d]]) -> e [B, S, d]``; ``call([s_T [B, d], a [B, d]], scenario)
+    -> e [B, d]``: each example's own scenario only.
     """
 
     def __init__(self, num_scenarios: int, kernel_init="glorot_uniform", init: str = "glorot", **kwargs):
@@ -287,11 +310,11 @@ class ScenarioBiasFusion(keras.layers.Layer):
                                    scenario_initializer(self.kernel_init, self.num_scenarios))
         super().build(input_shape)
 
-    def call(self, inputs):
+    def call(self, inputs, scenario=None):
         s_t, a = inputs
-        a = tf.broadcast_to(a, tf.shape(s_t)) if len(a.shape) == 2 else a
-        alpha = tf.sigmoid(scenario_dense(tf.concat([s_t, a], axis=-1), self.w_o))  # (8)
-        return alpha * s_t + (1.0 - alpha) * a                                     # (7)
+        a = tf.broadcast_to(a, tf.shape(s_t)) if len(a.shape) < len(s_t.shape) else a
+        alpha = tf.sigmoid(_dense(tf.concat([s_t, a], axis=-1), self.w_o, scenario))  # (8)
+        return alpha * s_t + (1.0 - alpha) * a                                        # (7)
 
 
 def scenario_deviation(weights, anchors) -> tf.Tensor:

@@ -90,15 +90,18 @@ from tfmsr.core.errors import ConfigError
 from tfmsr.layers import MLP
 from tfmsr.layers.attention import MultiHeadSelfAttention
 from tfmsr.layers.embedding import masked_mean
+from tfmsr.layers.scenario import own_rows
 from tfmsr.layers.sass import (GATE_INITS, GATES, MLSAT, NTXentLoss, PairwiseCosineLoss, ScenarioAuxiliaryNet,
-                               ScenarioBiasFusion, cosine_softmax_loss, per_scenario, scenario_deviation)
+                               ScenarioBiasFusion, cosine_softmax_loss, own_auxiliary, per_scenario,
+                               scenario_deviation)
 from tfmsr.retrieval.models.base import RetrievalModel, gather_scenario, register
 
 
 class SASSTower(keras.layers.Layer):
     """One side of SASS: ``a = aux(scenario embeddings)`` (eq. 2), ``s_T, g_T = ML-SAT(x_g, x_s, a)``
     (eq. 3-6), ``e = fusion(s_T, a)`` (eq. 7-8). ``call([x_g [B, D_g], x_s [B, S, D_s], scen [S, d_s]])
-    -> (e [B, S, dim], g_T [B, dim])``."""
+    -> (e [B, S, dim], g_T [B, dim])``: every scenario (``O(S)`` per example); ``call([x_g, x_s [B, D_s],
+    scen], scenario [B]) -> (e [B, dim], g_T)``: each example's own scenario only (cost flat in S)."""
 
     def __init__(self, num_scenarios, dim, layers, gate, bias_fusion, aux_hidden, activation, gate_init="glorot",
                  global_hidden=None, s0_init="glorot", aux_init="glorot", **kwargs):
@@ -108,11 +111,13 @@ class SASSTower(keras.layers.Layer):
                            s0_init=s0_init, name="ml_sat")
         self.fusion = ScenarioBiasFusion(num_scenarios, init=gate_init, name="bias_fusion") if bias_fusion else None
 
-    def call(self, inputs):
+    def call(self, inputs, scenario=None):
         x_g, x_s, scen = inputs
         a = self.aux(scen)
-        s_t, g_t = self.mlsat([x_g, x_s, a])
-        return (self.fusion([s_t, a]) if self.fusion is not None else s_t), g_t
+        if scenario is not None:
+            a = own_auxiliary(a, scenario)
+        s_t, g_t = self.mlsat([x_g, x_s, a], scenario=scenario)
+        return (self.fusion([s_t, a], scenario=scenario) if self.fusion is not None else s_t), g_t
 
     def scenario_weights(self):
         """The scenario-specific (stacked ``[S, ...]``) weights: ``W_0, b_0``, every gate unit, ``W_o``."""
@@ -218,22 +223,28 @@ class SASS(RetrievalModel):
             keys = self.attention(keys, mask)
         return masked_mean(keys, mask)
 
-    def user_towers(self, x, training=False):
-        """``(e [B, S, d], g_T [B, d])`` of a request batch."""
-        S = self.num_scenarios
+    def user_towers(self, x, training=False, own=False):
+        """``(e [B, S, d], g_T [B, d])`` of a request batch; ``own``: ``e [B, d]`` of the request's scenario
+        only (its scenario network, over its behaviours in that scenario: cost flat in S)."""
+        S, s = self.num_scenarios, self.request_scenario(x)
         prof, st = self.user_profile(x), x["user_stats"]
-        x_g, x_s = [prof, st[:, S]], [per_scenario(prof, S), st[:, :S]]
+        x_g = [prof, st[:, S]]
+        x_s = [prof, gather_scenario(st, s)] if own else [per_scenario(prof, S), st[:, :S]]
         if self.params["global_scenario_input"]:
-            x_g += [self.embedding.scenario(x), gather_scenario(st, self.request_scenario(x))]
+            x_g += [self.embedding.scenario(x), gather_scenario(st, s)]
         beh = self.behaviour_keys(x)
         if beh is not None:
             keys, mask = beh
             x_g.append(self._pool(keys, mask))
-            own = self.behaviour_scenario_mask(x, mask)                                   # [B, S, L]
-            L, D = tf.shape(keys)[1], keys.shape[-1]
-            tiled = tf.reshape(tf.tile(keys[:, None], [1, S, 1, 1]), [-1, L, D])
-            x_s.append(tf.reshape(self._pool(tiled, tf.reshape(own, [-1, L])), [-1, S, D]))
-        return self.user_tower([tf.concat(x_g, -1), tf.concat(x_s, -1), self.scenario_embeddings()])
+            in_s = self.behaviour_scenario_mask(x, mask)                                  # [B, S, L]
+            if own:
+                x_s.append(self._pool(keys, own_rows(in_s, s)))
+            else:
+                L, D = tf.shape(keys)[1], keys.shape[-1]
+                tiled = tf.reshape(tf.tile(keys[:, None], [1, S, 1, 1]), [-1, L, D])
+                x_s.append(tf.reshape(self._pool(tiled, tf.reshape(in_s, [-1, L])), [-1, S, D]))
+        return self.user_tower([tf.concat(x_g, -1), tf.concat(x_s, -1), self.scenario_embeddings()],
+                               scenario=s if own else None)
 
     def item_towers(self, items, training=False):
         """``(e [N, S, d] or None with a single item embedding, g_T [N, d])``."""
@@ -251,8 +262,7 @@ class SASS(RetrievalModel):
         return (g if e is None else gather_scenario(e, scenario)), g
 
     def user_vectors(self, request, training=False):
-        e, _ = self.user_towers(request, training=training)
-        return gather_scenario(e, self.request_scenario(request))
+        return self.user_towers(request, training=training, own=True)[0]
 
     def item_vectors(self, items, scenario, training=False):
         e, g = self.item_towers(items, training=training)
@@ -298,8 +308,7 @@ class SASS(RetrievalModel):
         (eq. 13, ``loss_weights``); with ``scenario_l2`` also that penalty."""
         req, m = data["request"], self.negatives
         s = self.request_scenario(req)
-        e_u, g_u = self.user_towers(req, training=training)
-        u = gather_scenario(e_u, s)
+        u, g_u = self.user_towers(req, training=training, own=True)
         e_p, g_p = self.item_towers(data["pos"], training=training)
         n = n_g = None
         if not self.in_batch:
