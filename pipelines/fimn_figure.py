@@ -25,7 +25,6 @@ Streams ``DATA/<split>`` through ``FIMN.explain`` and writes, atomically, into `
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -35,7 +34,7 @@ import numpy as np
 
 import tfmsr  # noqa: F401  (pins Keras 2 before TensorFlow loads)
 from tfmsr.core.io import write_json  # noqa: E402
-from pipelines.plots import heatmap, save_png  # noqa: E402
+from pipelines.plots import figure_parser, heatmap, save_png  # noqa: E402
 
 NEEDED = ("intensity", "contribution", "mutual", "theta")
 
@@ -243,14 +242,10 @@ def run(model_dir: str, data_dir: str, out_dir: str, split: str = "test", batch:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model-dir", required=True, help="a fimn run (trained here first if it has no final/)")
-    ap.add_argument("--data", required=True, help="dataset dir (schema.yaml, stats.json, split shards)")
-    ap.add_argument("--out-dir", required=True, help="where the two PNGs and fimn_figure.json go")
+    ap = figure_parser(__doc__, "a fimn run (trained here first if it has no final/)", "--out-dir",
+                       "where the two PNGs and fimn_figure.json go")
     ap.add_argument("--config", help="training config when the run must be trained (default: fimn defaults)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides for training")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--max-examples", type=int, help="use the first N examples of the split (default: all)")
     args = ap.parse_args(argv)
     summary = run(args.model_dir, args.data, args.out_dir, args.split, args.batch, args.max_examples, args.config,

@@ -1,5 +1,8 @@
-"""Figure helpers the paper-figure scripts share (``saml_figure``, ``fimn_figure``): matplotlib only."""
+"""What the paper-figure scripts share (``saml_figure``, ``fimn_figure``): their common switches and
+matplotlib helpers."""
 from __future__ import annotations
+
+import argparse
 
 import numpy as np
 
@@ -24,3 +27,14 @@ def save_png(fig, path: str) -> None:
 
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
+
+
+def figure_parser(doc: str, run_help: str, out: str, out_help: str) -> argparse.ArgumentParser:
+    """A figure script's parser with the switches they all take: --model-dir, --data, the output, --split, --batch."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--model-dir", required=True, help=run_help)
+    ap.add_argument("--data", required=True, help="dataset dir (schema.yaml, stats.json, split shards)")
+    ap.add_argument(out, required=True, help=out_help)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--batch", type=int, default=4096)
+    return ap

@@ -15,7 +15,6 @@ prints them.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,7 +24,7 @@ import numpy as np
 
 import tfmsr  # noqa: F401  (pins Keras 2 before TensorFlow loads)
 from tfmsr.core.io import write_json  # noqa: E402
-from pipelines.plots import heatmap, save_png  # noqa: E402
+from pipelines.plots import figure_parser, heatmap, save_png  # noqa: E402
 
 
 def collect(model, files, schema, batch_size: int = 4096) -> Dict[str, np.ndarray]:
@@ -156,13 +155,8 @@ def draw(coef: Dict[str, np.ndarray], summary: dict, out_png: str, truth: Option
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model-dir", required=True, help="a finished saml run (tfmsr train)")
-    ap.add_argument("--data", required=True, help="dataset dir (schema.yaml, stats.json, split shards)")
-    ap.add_argument("--out", required=True, help="PNG path; the numbers go to the same path with .json")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--batch", type=int, default=4096)
-    args = ap.parse_args(argv)
+    args = figure_parser(__doc__, "a finished saml run (tfmsr train)", "--out",
+                         "PNG path; the numbers go to the same path with .json").parse_args(argv)
 
     from tfmsr.data.pipeline import split_files
     from tfmsr.features import Schema
