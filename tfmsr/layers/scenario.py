@@ -24,7 +24,8 @@ so ``partition`` wins until ``S`` is large against ``D H`` (:func:`own_method`).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+import re
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras as keras
@@ -202,3 +203,38 @@ class ScenarioMLP(keras.layers.Layer):
             return rows
 
         return partition_apply(x, scenario, self.num_scenarios, one)
+
+
+# ---------------------------------------------------------------------- checkpoints before the stacked layout
+# Before issue 31 a scenario tower was S Keras layers (ScenarioTowers: ``towers/<s>/dense/<i>`` and
+# ``heads/<s>``) and SAR-Net's specific experts S banks (``specific_experts/<s>/kernel_<i>``); now one
+# ``[S, ...]`` variable each. ``legacy_sources`` names the old checkpoint keys a new key is made of.
+_TOWER = re.compile(r"^(?P<p>.+)/mlp/dense/(?P<i>\d+)/(?P<w>kernel|bias)(?P<r>/.+)$")
+_BANK = re.compile(r"^(?P<p>.+)/specific_experts/(?P<w>kernel|bias)_(?P<i>\d+)(?P<r>/.+)$")
+
+
+def _per_scenario(template: str, has: Callable[[str], bool]) -> List[str]:
+    keys, s = [], 0
+    while has(template.format(s=s)):
+        keys.append(template.format(s=s))
+        s += 1
+    return keys
+
+
+def legacy_sources(key: str, has: Callable[[str], bool]) -> Optional[Tuple[List[str], str]]:
+    """``(old keys, "stack" | "concat")`` whose scenario-ordered values make the stacked checkpoint value of
+    ``key`` (a new-layout key missing from an old checkpoint; ``has``: whether the old checkpoint holds a key),
+    or None when no old layout matches."""
+    m = _TOWER.match(key)
+    if m:
+        p, i, w, r = m["p"], m["i"], m["w"], m["r"]
+        for template in (f"{p}/towers/{{s}}/dense/{i}/{w}{r}", f"{p}/heads/{{s}}/{w}{r}"):
+            keys = _per_scenario(template, has)          # hidden layer i, else the head (i = len(hidden))
+            if keys:
+                return keys, "stack"
+    m = _BANK.match(key)
+    if m:
+        keys = _per_scenario(f"{m['p']}/specific_experts/{{s}}/{m['w']}_{m['i']}{m['r']}", has)
+        if keys:
+            return keys, "concat"
+    return None
