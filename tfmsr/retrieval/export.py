@@ -75,68 +75,92 @@ def export_retrieval(model_dir: str, out: str, version: Optional[int] = None, k:
     out = os.path.normpath(out)
     version = new_version(out, version)
     models, data, cfg = load_trained(model_dir, data=data)
-    schema, scen = data.schema, data.schema.scenario.name
+    schema = data.schema
     k = int(cfg["eval"]["k"] if k is None else k)
     if k < 0:
         raise ConfigError(f"--k must be >= 0 (0: no top-K servables), got {k}")
+    chosen = _chosen_scenarios(schema, scenarios)
+    servables = _Servables(models, data, cfg, k, log)
+    summary = write_export(out, version, schema, servables.specs(chosen), base_path, log, k=k,
+                           model=cfg["model"]["name"], model_dir=os.path.abspath(model_dir),
+                           scenarios=[schema.scenario.values[s] for s in chosen], user_inputs=data.request_names,
+                           item_inputs=data.item_names, corpus=servables.corpora)
+    summary["seconds"] = round(time.time() - start, 1)
+    return summary
+
+
+def _chosen_scenarios(schema, scenarios: Optional[Sequence[str]]) -> list:
+    """The indices of the scenarios named by ``--scenarios`` (all when none is named)."""
     unknown = sorted(set(scenarios or ()) - set(schema.scenario.values))
     if unknown:
         raise ConfigError(f"--scenarios: unknown scenario(s) {unknown} (the run has {schema.scenario.values})")
-    chosen = [s for s, v in enumerate(schema.scenario.values) if not scenarios or v in scenarios]
-    names = servable_names(schema)
-    run = {"config": cfg, "data": data.data_dir}
-    user_stats = tf.Variable(data.user_stats, trainable=False, name="user_stats")
-    item_stats = tf.Variable(data.item_stats, trainable=False, name="item_stats")
-    corpora = {}
-    lookups = VocabLookups(schema)  # raw values -> ids in every servable; item ids -> raw values in top-K
-    items = lookups.of(data.item_key)
+    return [s for s, v in enumerate(schema.scenario.values) if not scenarios or v in scenarios]
 
-    def servables():
+
+class _Servables:
+    """The user, item and top-K servables of each exported scenario; they share the run's user / item
+    statistics tables and the vocabularies."""
+
+    def __init__(self, models: dict, data: RetrievalData, cfg: dict, k: int, log):
+        self.models, self.data, self.k, self.log = models, data, k, log
+        self.schema, self.names = data.schema, servable_names(data.schema)
+        self.run = {"config": cfg, "data": data.data_dir}
+        self.user_stats = tf.Variable(data.user_stats, trainable=False, name="user_stats")
+        self.item_stats = tf.Variable(data.item_stats, trainable=False, name="item_stats")
+        self.corpora = {}  # servable name -> items in its corpus, filled as the servables are written
+        self.lookups = VocabLookups(self.schema)  # raw values -> ids in every servable; item ids -> raw values in top-K
+        self.items = self.lookups.of(data.item_key)
+
+    def specs(self, chosen: Sequence[int]):
+        """The servables of each chosen scenario, built one at a time as ``write_export`` writes them."""
         for s in chosen:
-            model = models.get(s, models[0])     # single-scenario training: the model of s
-            norm = (lambda v: tf.math.l2_normalize(v, -1)) if model.cosine else (lambda v: v)
+            yield from self._scenario(s)
 
-            def user_vector(x, s=s, model=model, norm=norm):
-                x = dict(x)
-                x[scen] = tf.fill(tf.shape(x[data.user_key])[:1], tf.constant(s, tf.int64))
-                return norm(model.user_vectors(data.with_user_stats(x, user_stats), training=False))
+    def _scenario(self, s: int):
+        """Scenario ``s``'s user and item servables, and its top-K servable unless k = 0 or its corpus is empty."""
+        data, schema, name, scen = self.data, self.schema, self.names[s], self.schema.scenario.name
+        model = self.models.get(s, self.models[0])     # single-scenario training: the model of s
+        norm = (lambda v: tf.math.l2_normalize(v, -1)) if model.cosine else (lambda v: v)
 
-            def item_vector(x, s=s, model=model, norm=norm):
-                return {"vector": norm(model.item_vectors(data.with_item_stats(x, item_stats), s, training=False))}
+        def user_vector(x):
+            x = dict(x)
+            x[scen] = tf.fill(tf.shape(x[data.user_key])[:1], tf.constant(s, tf.int64))
+            return norm(model.user_vectors(data.with_user_stats(x, self.user_stats), training=False))
 
-            corpus = data.corpus(s)
-            vectors = ModelScorer(model, data).item_vectors(s, corpus) if len(corpus) else None
-            corpora[names[s]] = int(len(corpus))
-            meta = dict(cosine=model.cosine, corpus_items=int(len(corpus)))
+        def item_vector(x):
+            return {"vector": norm(model.item_vectors(data.with_item_stats(x, self.item_stats), s, training=False))}
 
-            def meta_of(kind, sigs, s=s, meta=meta, **more):
-                return servable_meta(schema, run, s, _inputs(sigs), kind=kind, **meta, **more)
+        corpus = data.corpus(s)
+        vectors = ModelScorer(model, data).item_vectors(s, corpus) if len(corpus) else None
+        self.corpora[name] = int(len(corpus))
+        meta = dict(cosine=model.cosine, corpus_items=int(len(corpus)))
 
-            sigs = feature_signatures(schema, data.request_names, lambda x, f=user_vector: {"vector": f(x)}, lookups)
-            yield ServableSpec(f"user_{names[s]}", sigs, meta_of("user", sigs), model.variables,
-                               tracked={"user_stats": user_stats, "vocab": lookups})
-            sigs = feature_signatures(schema, data.item_names, item_vector, lookups)
-            corpus_file = {"corpus.npz": lambda p, c=corpus, v=vectors: np.savez(p, item_ids=c, vectors=v,
-                                                                                   **_raw_ids(schema, data, c))}
-            yield ServableSpec(f"item_{names[s]}", sigs, meta_of("item", sigs), model.variables,
-                               tracked={"item_stats": item_stats, "vocab": lookups},
-                               files=corpus_file if len(corpus) else {})
-            log(f"[export] scenario {names[s]}: corpus of {len(corpus)} items")
-            if not k or not len(corpus):
-                continue
-            index = tfrs.layers.factorized_top_k.BruteForce(k=min(k, len(corpus)), name=f"index_{names[s]}")
-            index.index(tf.constant(vectors), tf.constant(corpus))
+        def meta_of(kind, sigs, **more):
+            return servable_meta(schema, self.run, s, _inputs(sigs), kind=kind, **meta, **more)
 
-            def topk(x, f=user_vector, index=index):
-                scores, ids = index(f(x))
-                return {"item_ids": ids if items is None else items.raw_values(ids), "scores": scores}
+        sigs = feature_signatures(schema, data.request_names, lambda x: {"vector": user_vector(x)}, self.lookups)
+        yield ServableSpec(f"user_{name}", sigs, meta_of("user", sigs), model.variables,
+                           tracked={"user_stats": self.user_stats, "vocab": self.lookups})
+        sigs = feature_signatures(schema, data.item_names, item_vector, self.lookups)
+        corpus_file = {"corpus.npz": lambda p: np.savez(p, item_ids=corpus, vectors=vectors,
+                                                        **_raw_ids(schema, data, corpus))}
+        yield ServableSpec(f"item_{name}", sigs, meta_of("item", sigs), model.variables,
+                           tracked={"item_stats": self.item_stats, "vocab": self.lookups},
+                           files=corpus_file if len(corpus) else {})
+        self.log(f"[export] scenario {name}: corpus of {len(corpus)} items")
+        if self.k and len(corpus):
+            yield self._topk(s, model, user_vector, corpus, vectors, meta_of)
 
-            sigs = feature_signatures(schema, data.request_names, topk, lookups)
-            yield ServableSpec(f"topk_{names[s]}", sigs, meta_of("topk", sigs, k=min(k, len(corpus))),
-                               model.variables, tracked={"user_stats": user_stats, "index": index, "vocab": lookups})
+    def _topk(self, s: int, model, user_vector, corpus: np.ndarray, vectors: np.ndarray, meta_of) -> ServableSpec:
+        """Scenario ``s``'s top-K servable: its user tower and a ``tfrs`` BruteForce index over its corpus."""
+        k, items = min(self.k, len(corpus)), self.items
+        index = tfrs.layers.factorized_top_k.BruteForce(k=k, name=f"index_{self.names[s]}")
+        index.index(tf.constant(vectors), tf.constant(corpus))
 
-    summary = write_export(out, version, schema, servables(), base_path, log, k=k, model=cfg["model"]["name"],
-                           model_dir=os.path.abspath(model_dir), scenarios=[schema.scenario.values[s] for s in chosen],
-                           user_inputs=data.request_names, item_inputs=data.item_names, corpus=corpora)
-    summary["seconds"] = round(time.time() - start, 1)
-    return summary
+        def topk(x):
+            scores, ids = index(user_vector(x))
+            return {"item_ids": ids if items is None else items.raw_values(ids), "scores": scores}
+
+        sigs = feature_signatures(self.schema, self.data.request_names, topk, self.lookups)
+        return ServableSpec(f"topk_{self.names[s]}", sigs, meta_of("topk", sigs, k=k), model.variables,
+                            tracked={"user_stats": self.user_stats, "index": index, "vocab": self.lookups})
