@@ -132,3 +132,19 @@ def test_own_gate_and_own_cgc_task_equal_the_own_column_of_all():
     assert moved.tolist() == [True, True, False, True]
     with pytest.raises(ValueError, match="shared_output"):
         CGC(num_tasks=S, specific=1, shared=1, hidden=[4], shared_output=True)(tf.constant(x), own=tf.constant(sc))
+
+
+def test_every_scenario_extraction_and_task_heads_equal_the_own_ones():
+    """HiNet's all-scenario pass: column s of the extraction (and of a CGC reading per-task inputs) equals the
+    own output of the rows set to scenario s."""
+    S, b = 3, 5
+    layer = ScenarioExtraction(S, shared=2, specific=2, hidden=[4], san_hidden=[5])
+    x, table = rand(b, 7), rand(S, 4)
+    every = layer(tf.constant(x), None, tf.constant(table)).numpy()                     # [B, S, 3H]
+    level = CGC(num_tasks=S, specific=2, shared=1, hidden=[3])
+    heads = level(tf.constant(every), task_inputs=True).numpy()                         # [B, S, H]
+    for s in range(S):
+        sc = np.full(b, s)
+        own = layer(tf.constant(x), tf.constant(sc), tf.constant(table[sc])).numpy()
+        np.testing.assert_allclose(every[:, s], own, **TOL)
+        np.testing.assert_allclose(heads[:, s], level(tf.constant(own), own=tf.constant(sc)).numpy(), **TOL)

@@ -166,10 +166,13 @@ class CGC(keras.layers.Layer):
         self.shared_gate = (ExpertGates(1, num_tasks * specific + shared, kernel_init=kernel_init, name="shared_gate")
                             if shared_output else None)
 
-    def call(self, x, training=False, own=None):
-        """``[B, T, H]`` (``[B, T+1, H]`` with ``shared_output``); ``own`` (task ids ``[B]``): :meth:`own_task`."""
+    def call(self, x, training=False, own=None, task_inputs=False):
+        """``[B, T, H]`` (``[B, T+1, H]`` with ``shared_output``); ``own`` (task ids ``[B]``): :meth:`own_task`;
+        ``task_inputs``: :meth:`every_task_on_its_input`."""
         if own is not None:
             return self.own_task(x, own, training=training)
+        if task_inputs:
+            return self.every_task_on_its_input(x, training=training)
         t, m = self.num_tasks, self.specific
         per_task = len(x.shape) == 3
         x_tasks, x_shared = (x[:, :t], x[:, t]) if per_task else (x, x)
@@ -187,6 +190,22 @@ class CGC(keras.layers.Layer):
         if self.shared_gate is None:
             return out
         return tf.concat([out, self.shared_gate(x_shared, tf.concat(flat, axis=1))], axis=1)  # [B, T+1, H]
+
+    def every_task_on_its_input(self, x, training=False):
+        """``x [B, T, D]`` -> ``[B, T, H]``: task ``k``'s specific experts, the shared experts and gate ``k`` all
+        read ``x[:, k]`` (each task head as if the row's whole input were task ``k``'s: HiNet's every-scenario
+        heads). Cost: the shared experts run ``T`` times (``B T`` rows)."""
+        if self.shared_gate is not None:
+            raise ValueError("CGC: per-task inputs only for a last level (no shared_output)")
+        t, m = self.num_tasks, self.specific
+        experts = []
+        if self.specific_experts is not None:
+            spec = self.specific_experts(tf.repeat(x, m, axis=1), training=training)       # [B, T*m, H]
+            experts.append(tf.reshape(spec, [-1, t, m, spec.shape[-1]]))
+        if self.shared_experts is not None:
+            shared = self.shared_experts(tf.reshape(x, [-1, x.shape[-1]]), training=training)  # [B*T, m_sh, H]
+            experts.append(tf.reshape(shared, [-1, t, self.shared, shared.shape[-1]]))
+        return self.task_gates(x, tf.concat(experts, axis=2))
 
     def own_task(self, x, task, training=False):
         """Task ``task[b]``'s output only, ``[B, H]`` (a last level, ``shared_output=False``): its ``specific``
@@ -218,7 +237,9 @@ class ScenarioExtraction(keras.layers.Layer):
       zeroed (not renormalised).
 
     Output ``concat(A_i, S_i, G)`` ``[B, 3H]`` (``san=False`` drops ``A_i``: ``[B, 2H]``).
-    ``call(x [B, D], scenario [B], scenario_emb [B, d_s])``.
+    ``call(x [B, D], scenario [B], scenario_emb [B, d_s])``; ``call(x, None, every_emb [S, d_s])``: the output
+    for every scenario ``i``, ``[B, S, 3H]``. Both compute every ``S_j`` (SAN mixes them): ``O(S)`` experts,
+    run as one batched op per layer.
     """
 
     def __init__(self, num_scenarios: int, shared: int = 5, specific: int = 5, hidden: Sequence[int] = (128, 64),
@@ -251,12 +272,24 @@ class ScenarioExtraction(keras.layers.Layer):
     def call(self, x, scenario, scenario_emb, training=False):
         shared = self.shared_gate(x, self.shared_experts(x, training=training))[:, 0]      # G   [B, H]
         every = self.scenario_outputs(x, training=training)                                  # S_j [B, S, H]
+        if scenario is None:
+            return self._every_scenario(shared, every, scenario_emb)
         idx = tf.cast(tf.reshape(scenario, [-1, 1]), tf.int32)
         own = tf.gather(every, idx, batch_dims=1)[:, 0]                                      # S_i [B, H]
         parts = [own, shared]
         if self.san:
             w = self.san_weights(scenario, scenario_emb)
             parts.insert(0, tf.einsum("bs,bsh->bh", w, every))                              # A_i [B, H]
+        return tf.concat(parts, axis=-1)
+
+
+    def _every_scenario(self, shared, every, every_emb):
+        """``concat(A_i, S_i, G)`` for every scenario ``i``: ``[B, S, 3H]`` (SAN weights ``[S, S]``)."""
+        s = self.num_scenarios
+        parts = [every, tf.tile(shared[:, None], [1, s, 1])]
+        if self.san:
+            w = tf.nn.softmax(self.san_out(self.san_mlp(every_emb)), axis=-1) * (1.0 - tf.eye(s, dtype=every.dtype))
+            parts.insert(0, tf.einsum("ij,bjh->bih", w, every))
         return tf.concat(parts, axis=-1)
 
 

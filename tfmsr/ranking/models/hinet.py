@@ -1,5 +1,6 @@
 """HiNet (Zhou et al., "HiNet: Novel Multi-Scenario & Multi-Task Learning with Hierarchical Information
 Extraction", ICDE 2023)."""
+import tensorflow as tf
 
 from tfmsr.layers import CGC, ScenarioExtraction, ScenarioTowers
 from tfmsr.ranking.models.base import RankingModel, register
@@ -15,12 +16,13 @@ class HiNet(RankingModel):
     ``A_i = sum_{j != i} w_j S_j`` (weights from the scenario embedding). The task extraction layer is a
     CGC (:class:`~tfmsr.layers.CGC`) whose tasks are the scenario heads (one CTR objective per scenario;
     the paper has several objectives per scenario), then one tower per scenario. The example's own tower
-    gives the logit; ``scenario_probs`` re-runs the model with the scenario set, so each scenario's head
-    sees that scenario's extraction ``[A_s, S_s, G]``. Released-code defaults: 5 shared and 5 specific sub-experts
-    128-64, SAN MLP 128-64, CGC 2 specific + 2 shared experts 128-64, towers 128-64. ``san: false`` is the
-    "w/o SAN" ablation.
+    gives the logit; ``scenario_probs`` evaluates every head on its own scenario's extraction ``[A_s, S_s, G]``
+    in one pass (the answer of re-running the model with the scenario set). Released-code defaults: 5 shared
+    and 5 specific sub-experts 128-64, SAN MLP 128-64, CGC 2 specific + 2 shared experts 128-64, towers 128-64.
+    ``san: false`` is the "w/o SAN" ablation.
     """
 
+    multi_head = own_head = True
     defaults = {"shared_experts": 5, "specific_experts": 5, "expert_hidden": [128, 64], "san": True,
                 "san_hidden": [128, 64], "task_specific_experts": 2, "task_shared_experts": 2,
                 "task_expert_hidden": [128, 64], "tower": [128, 64], "dropout": 0.0}
@@ -35,7 +37,15 @@ class HiNet(RankingModel):
                                    dropout=p["dropout"], name="task_extraction")
         self.towers = ScenarioTowers(S, p["tower"], dropout=p["dropout"], name="towers")
 
-    def logits(self, x, training=False):
+    def logits(self, x, training=False, own=False):
+        """``[B, S]``: every scenario's head, each on that scenario's extraction ``[A_s, S_s, G]`` (one pass);
+        ``own``: the row's own scenario only, ``[B]`` (its task gate, experts and tower; the extraction's
+        ``S_j`` are ``O(S)`` by the SAN's math)."""
         sc = x[self.schema.scenario.name]
-        c = self.extraction(self.flat_inputs(x), sc, self.embedding.scenario(x), training=training)
-        return self.towers(self.task_extraction(c, training=training, own=sc), sc, training=training)
+        inp = self.flat_inputs(x)
+        if own:
+            c = self.extraction(inp, sc, self.embedding.scenario(x), training=training)
+            return self.towers(self.task_extraction(c, training=training, own=sc), sc, training=training)
+        every_emb = self.embedding.scenario({self.schema.scenario.name: tf.range(self.num_scenarios, dtype=sc.dtype)})
+        c = self.extraction(inp, None, every_emb, training=training)                       # [B, S, 3H]
+        return self.towers(self.task_extraction(c, training=training, task_inputs=True), training=training)
