@@ -145,13 +145,14 @@ def main(argv=None) -> None:
     for s in scenarios:                                              # data first: the children only read it
         synth_dir(args.work, s, args.rows)
     results = []
+    os.makedirs(args.out, exist_ok=True)
     for model in args.models.split(","):
         for s in scenarios:
             results.append(_child(args, model, s))
             print(json.dumps(results[-1]), flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    write_json(os.path.join(args.out, "scenario_scaling.json"), {"args": vars(args), "results": results})
-    write_text(os.path.join(args.out, "scenario_scaling.md"), table(results, scenarios))
+            # rewritten after every run: a long sweep cut short keeps what it measured
+            write_json(os.path.join(args.out, "scenario_scaling.json"), {"args": vars(args), "results": results})
+            write_text(os.path.join(args.out, "scenario_scaling.md"), table(results, scenarios))
     print(table(results, scenarios))
 
 

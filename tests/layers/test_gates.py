@@ -42,3 +42,27 @@ def test_ppnet_gates_every_layer_input():
     for g, dl in zip(layer.gates, layer.dense):
         h = dense(dl, np_gate_nu(g, gate_in) * h, relu)
     np.testing.assert_allclose(got, h, **TOL)
+
+
+def test_stacked_ppnet_runs_each_scenarios_own_tower():
+    """PPNet with num_scenarios: one tower per scenario in [S, ...] variables; the own path equals the own
+    column of the all path and the NumPy tower of that scenario's weights."""
+    S = 3
+    layer = PPNet([5, 3], gate_hidden=4, num_scenarios=S)
+    h0, prior, sc = rand(6, 6), rand(6, 2), np.array([0, 2, 2, 1, 0, 2])
+    every = layer(tf.constant(h0), tf.constant(prior)).numpy()                      # [B, S, 3]
+    own = layer(tf.constant(h0), tf.constant(prior), tf.constant(sc)).numpy()
+    assert every.shape == (6, S, 3) and layer.dense[0].kernel.shape == (S, 6, 5)
+    np.testing.assert_allclose(own, every[np.arange(6), sc], **TOL)
+    gate_in = np.concatenate([prior, h0], 1)
+
+    def lin(d, x, s, act=None):
+        y = x @ d.kernel.numpy()[s] + d.bias.numpy()[s]
+        return act(y) if act else y
+
+    for s in range(S):
+        h = h0
+        for g, dl in zip(layer.gates, layer.dense):
+            delta = g.gamma * sigmoid(lin(g.out, lin(g.hidden, gate_in, s, relu), s))
+            h = lin(dl, delta * h, s, relu)
+        np.testing.assert_allclose(every[:, s], h, **TOL)

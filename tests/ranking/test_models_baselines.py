@@ -109,7 +109,7 @@ def test_scenario_towers_only_learn_from_their_scenario(name, synth_dir, synth_s
     S, s = synth_schema.num_scenarios, 1
     params = {**SMALL.get(name, {}), **TOWER_MODELS[name]}
     model, before, after = sgd_step(name, params, synth_dir, synth_schema, s)
-    stacked = [n for n in before if "/towers/mlp/" in n]                  # [S, ...] variables: row t is tower t
+    stacked = [n for n in before if re.search(r"/(towers|heads)/", n)]   # [S, ...] variables: row t is tower t
     if stacked:
         assert len(stacked) >= 4 and all(before[n].shape[0] == S for n in stacked), f"{name}: {stacked}"
         for n, rows in moved_rows(before, after, stacked, S).items():

@@ -15,18 +15,23 @@ from tfmsr.serving.signatures import sample_batch
 from tfmsr.serving.writer import build_model
 
 PARAMS = {"mmoe": {"expert_hidden": [16], "tower": [8, 4]}, "shared_bottom": {"bottom": [16], "tower": [8]},
-          "sarnet": {"expert_hidden": [8], "shared_experts": 2, "specific_experts": 2, "tower": [4]}}
+          "sarnet": {"expert_hidden": [8], "shared_experts": 2, "specific_experts": 2, "tower": [4]},
+          "pepnet": {"hidden": [8, 4], "gate_hidden": 4, "scenario_towers": True}}
 
 
-def old_layout(path: str, value: np.ndarray, hidden: int, specific: int) -> dict:
-    """The pre-issue-31 checkpoint paths and values of one variable of the current model."""
+def old_layout(name: str, path: str, value: np.ndarray) -> dict:
+    """The pre-issue-31 checkpoint paths and values of one variable of the current model ``name``."""
+    hidden, specific = len(PARAMS[name].get("tower", [])), PARAMS[name].get("specific_experts", 0)
     m = re.match(r"^(.+)/towers/mlp/dense/(\d+)/(kernel|bias)$", path)
-    if m:
+    if m:                                                                # S towers: MLP layers, then a head
         p, i, w = m.groups()
         return {(f"{p}/towers/towers/{s}/dense/{i}/{w}" if int(i) < hidden else f"{p}/towers/heads/{s}/{w}"): v
                 for s, v in enumerate(value)}
+    m = re.match(r"^(model/(?:towers|heads))/(.+)$", path)
+    if m and name == "pepnet":                                           # S PPNet towers and S heads
+        return {f"{m[1]}/{s}/{m[2]}": v for s, v in enumerate(value)}
     m = re.match(r"^(.+)/specific_experts/(kernel|bias)_(\d+)$", path)
-    if m and "experts/" in path and specific:
+    if m and specific:                                                   # S banks of `specific` experts
         p, w, i = m.groups()
         return {f"{p}/specific_experts/{s}/{w}_{i}": value[s * specific:(s + 1) * specific]
                 for s in range(len(value) // specific)}
@@ -58,10 +63,9 @@ def test_old_per_scenario_checkpoint_converts_to_the_same_predictions(name, synt
     build_model(trained, synth_schema)
     batch = {k: tf.constant(v) for k, v in sample_batch(synth_schema, 64, seed=3).items()}
     want = trained(batch).numpy()
-    hidden = len(PARAMS[name].get("tower", []))
     old = {}
     for path, var in object_paths(tf.train.Checkpoint(model=trained)).items():
-        old.update(old_layout(path, var.numpy(), hidden, PARAMS[name].get("specific_experts", 0)))
+        old.update(old_layout(name, path, var.numpy()))
     assert len(old) > len(trained.variables)                              # the old layout had more variables
     old_prefix = write_tree(old, str(tmp_path / "old" / "ckpt"))
     keras.utils.set_random_seed(1)                                       # a fresh model: other initial weights

@@ -207,8 +207,8 @@ class ScenarioMLP(keras.layers.Layer):
 
 # ---------------------------------------------------------------------- checkpoints before the stacked layout
 # Before issue 31 a scenario tower was S Keras layers (ScenarioTowers: ``towers/<s>/dense/<i>`` and
-# ``heads/<s>``) and SAR-Net's specific experts S banks (``specific_experts/<s>/kernel_<i>``); now one
-# ``[S, ...]`` variable each. ``legacy_sources`` names the old checkpoint keys a new key is made of.
+# ``heads/<s>``), SAR-Net's specific experts S banks (``specific_experts/<s>/kernel_<i>``) and PEPNet's
+# scenario towers S PPNets (``towers/<s>/...``, ``heads/<s>``); now one ``[S, ...]`` variable each. ``legacy_sources`` names the old checkpoint keys a new key is made of.
 _TOWER = re.compile(r"^(?P<p>.+)/mlp/dense/(?P<i>\d+)/(?P<w>kernel|bias)(?P<r>/.+)$")
 _BANK = re.compile(r"^(?P<p>.+)/specific_experts/(?P<w>kernel|bias)_(?P<i>\d+)(?P<r>/.+)$")
 
@@ -237,4 +237,9 @@ def legacy_sources(key: str, has: Callable[[str], bool]) -> Optional[Tuple[List[
         keys = _per_scenario(f"{m['p']}/specific_experts/{{s}}/{m['w']}_{m['i']}{m['r']}", has)
         if keys:
             return keys, "concat"
+    parts = key.split("/")       # a list of S layers now one stacked layer: a/b/w <- a/<s>/b/w (PEPNet's towers)
+    for cut in range(1, len(parts) - 1):
+        keys = _per_scenario("/".join(parts[:cut] + ["{s}"] + parts[cut:]), has)
+        if keys:
+            return keys, "stack"
     return None

@@ -4,7 +4,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmsr.core.errors import ConfigError
-from tfmsr.layers import EPNet, PPNet
+from tfmsr.layers import EPNet, PPNet, ScenarioDense, ScenarioMLP
 from tfmsr.ranking.models.base import RankingModel, register
 
 
@@ -22,8 +22,8 @@ class PEPNet(RankingModel):
     Multi-scenario reading (the paper personalises *tasks* with PPNet and *domains* with EPNet):
     ``scenario_towers: false`` (default) is one tower whose gates are scenario-conditioned (the scenario
     embedding joins ``O_prior``), so every example trains every weight and scenarios differ through the
-    gates; ``scenario_towers: true`` builds one PPNet tower per scenario (multi-head, each tower trained by
-    its own scenario only). ``epnet: false`` / ``ppnet: false`` are the ablations (plain embeddings / plain
+    gates; ``scenario_towers: true`` builds one PPNet tower per scenario, stacked (multi-head, each tower
+    trained by its own scenario only; training runs the own tower, ``scenario_probs`` all in one pass). ``epnet: false`` / ``ppnet: false`` are the ablations (plain embeddings / plain
     MLP tower).
     """
 
@@ -33,19 +33,23 @@ class PEPNet(RankingModel):
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
         p = self.params
-        self.multi_head = bool(p["scenario_towers"])
+        self.multi_head = self.own_head = bool(p["scenario_towers"])
         if p["ppnet"] and self.multi_head and not any(schema.group(g, "categorical") for g in p["prior_groups"]):
             raise ConfigError(f"model 'pepnet': prior_groups {p['prior_groups']} hold no categorical feature "
                               "for the PPNet gates")
         self.epnet = EPNet(p["gate_hidden"], p["gamma"], name="epnet") if p["epnet"] else None
-        n_towers = self.num_scenarios if self.multi_head else 1
+        S = self.num_scenarios if self.multi_head else None
         if p["ppnet"]:
-            self.towers = [PPNet(p["hidden"], p["gate_hidden"], p["gamma"], dropout=p["dropout"], name=f"tower_{t}")
-                           for t in range(n_towers)]
+            tower = lambda name: PPNet(p["hidden"], p["gate_hidden"], p["gamma"], dropout=p["dropout"],  # noqa: E731
+                                       num_scenarios=S, name=name)
         else:
-            self.towers = [keras.Sequential([keras.layers.Dense(h, activation="relu") for h in p["hidden"]],
-                                            name=f"tower_{t}") for t in range(n_towers)]
-        self.heads = [keras.layers.Dense(1, name=f"head_{t}") for t in range(n_towers)]
+            tower = lambda name: (ScenarioMLP(S, p["hidden"], dropout=p["dropout"], name=name) if S  # noqa: E731
+                                  else keras.Sequential([keras.layers.Dense(h, activation="relu") for h in p["hidden"]],
+                                                        name=name))
+        if S:   # one stacked tower and head: [S, ...] variables (towers/dense_<i>, towers/gate_nu_<i>, heads)
+            self.towers, self.heads = tower("towers"), ScenarioDense(S, 1, name="heads")
+        else:
+            self.towers, self.heads = [tower("tower_0")], [keras.layers.Dense(1, name="head_0")]
 
     def prior(self, x):
         parts = [e for g in self.params["prior_groups"] for e in self.embedding.group(x, g)]
@@ -53,14 +57,18 @@ class PEPNet(RankingModel):
             parts.append(self.embedding.scenario(x))
         return tf.concat(parts, axis=-1)
 
-    def logits(self, x, training=False):
+    def logits(self, x, training=False, own=False):
+        """The logit ``[B]``; with ``scenario_towers``: every scenario's tower ``[B, S]`` (one einsum per layer),
+        or the own scenario's ``[B]`` (``own``: one tower's FLOPs)."""
         h = self.flat_inputs(x, with_scenario=False)
         if self.epnet is not None:
             h = self.epnet(h, self.embedding.scenario(x))
         prior = self.prior(x) if self.params["ppnet"] else None
-        out = []
-        for tower, head in zip(self.towers, self.heads):
-            z = tower(h, prior, training=training) if prior is not None else tower(h, training=training)
-            out.append(head(z))
-        out = tf.concat(out, axis=1)
-        return out if self.multi_head else out[:, 0]
+        if not self.multi_head:
+            z = self.towers[0](h, prior, training=training) if prior is not None else \
+                self.towers[0](h, training=training)
+            return self.heads[0](z)[:, 0]
+        sc = x[self.schema.scenario.name] if own else None
+        z = self.towers(h, prior, sc, training=training) if prior is not None else \
+            self.towers(h, sc, training=training)
+        return self.heads(z, sc)[..., 0]
