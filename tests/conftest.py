@@ -9,15 +9,20 @@ SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 DATASETS = os.path.abspath(os.path.join(SHARED, "datasets"))
 
 
+def planted(tmp_path_factory, name: str, **sizes) -> str:
+    """Planted data (``tfmsr.data.synth.generate``, seed 0) of ``sizes`` in a fresh ``<name>/data`` temp folder."""
+    from tfmsr.data.synth import generate
+
+    out = str(tmp_path_factory.mktemp(name) / "data")
+    generate(out, seed=0, progress=False, **sizes)
+    return out
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
     """~6,000 planted rows, 5 scenarios, 3 shards per split at most (train/valid/test)."""
-    from tfmsr.data.synth import generate
-
-    out = str(tmp_path_factory.mktemp("synth") / "data")
-    generate(out, rows=6000, users=300, items=200, categories=20, brands=60, seed=0, rows_per_shard=2000,
-             progress=False)
-    return out
+    return planted(tmp_path_factory, "synth", rows=6000, users=300, items=200, categories=20, brands=60,
+                   rows_per_shard=2000)
 
 
 @pytest.fixture(scope="session")

@@ -100,6 +100,8 @@ from tfmsr.core.errors import ConfigError
 from tfmsr.data.pipeline import DataError
 from tfmsr.ranking.config import load_config
 
+from conftest import planted
+
 TFMSR = [sys.executable, "-m", "tfmsr.cli"]
 QUIET = dict(log=lambda line: None)
 
@@ -108,12 +110,8 @@ QUIET = dict(log=lambda line: None)
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """1,500 planted rows: train 1,200 in 3 shards of 400, valid 150, test 150."""
-    from tfmsr.data.synth import generate
-
-    out = str(tmp_path_factory.mktemp("tiny") / "data")
-    generate(out, rows=1500, users=100, items=80, categories=10, brands=20, seed=0, rows_per_shard=400,
-             progress=False)
-    return out
+    return planted(tmp_path_factory, "tiny", rows=1500, users=100, items=80, categories=10, brands=20,
+                   rows_per_shard=400)
 
 
 def copy_of(tiny, tmp_path, name="data"):
@@ -407,22 +405,23 @@ def test_25_best_is_not_replaced_by_a_worse_epoch_after_resume(synth_schema, tmp
 
     model = build("dnn", synth_schema, {"hidden": [4]})
     backup = str(tmp_path / "backup")
-    first = EpochCheckpoint(str(tmp_path))
-    stop1 = keras.callbacks.EarlyStopping("val_auc", mode="max", patience=3)
-    state1 = RunState(backup, 0, first, stop1)
-    for cb in (first, stop1, state1):
-        cb.set_model(model)
-        cb.on_train_begin()
+
+    def begin(epoch0):
+        """One process's callbacks, begun at ``epoch0``: checkpoints, early stopping (patience 3), run state."""
+        ckpt = EpochCheckpoint(str(tmp_path))
+        stop = keras.callbacks.EarlyStopping("val_auc", mode="max", patience=3)
+        state = RunState(backup, epoch0, ckpt, stop)
+        for cb in (ckpt, stop, state):
+            cb.set_model(model)
+            cb.on_train_begin()
+        return ckpt, stop, state
+
+    first, stop1, state1 = begin(0)
     for epoch, auc in enumerate([0.70, 0.75]):
         for cb in (first, stop1, state1):
             cb.on_epoch_end(epoch, {"val_auc": auc, "loss": 0.5})
     # the process dies; a new one resumes at epoch 3 (index 2) with fresh callbacks
-    again = EpochCheckpoint(str(tmp_path))
-    stop2 = keras.callbacks.EarlyStopping("val_auc", mode="max", patience=3)
-    state2 = RunState(backup, 2, again, stop2)
-    for cb in (again, stop2, state2):
-        cb.set_model(model)
-        cb.on_train_begin()
+    again, stop2, state2 = begin(2)
     assert (again.best, state2.best_epoch, stop2.best, stop2.wait) == (0.75, 2, 0.75, 0)
     for cb in (again, stop2, state2):
         cb.on_epoch_end(2, {"val_auc": 0.72, "loss": 0.4})

@@ -157,27 +157,32 @@ def test_ali_ccp_without_val_file_splits_test_deterministically(tmp_path):
                                       read_split(str(tmp_path / "b"), split)["f205"])
 
 
-def test_ali_ccp_missing_column_is_named(tmp_path):
+def _edited_sample(tmp_path, edit):
+    """The ali-ccp sample's train / val / test files as ``tmp_path/src/ali_ccp_<split>.csv``, each frame
+    written through ``edit(split, frame)``."""
     src = datasets_dir("ali-ccp-sample")
     mine = tmp_path / "src"
     mine.mkdir()
     for n in ("train", "val", "test"):
-        df = pd.read_csv(os.path.join(src, f"ali_ccp_{n}_sample.csv"))
-        (df.drop(columns=["D853"]) if n == "val" else df).to_csv(mine / f"ali_ccp_{n}.csv", index=False)
+        df = edit(n, pd.read_csv(os.path.join(src, f"ali_ccp_{n}_sample.csv")))
+        df.to_csv(mine / f"ali_ccp_{n}.csv", index=False)
+    return mine
+
+
+def test_ali_ccp_missing_column_is_named(tmp_path):
+    mine = _edited_sample(tmp_path, lambda n, df: df.drop(columns=["D853"]) if n == "val" else df)
     with pytest.raises(DataError, match=r"ali_ccp_val.csv: missing column 'D853' \(expected click,purchase,101,"):
         ali_ccp.convert(str(mine), str(tmp_path / "out"), quiet=True)
     assert not os.path.exists(tmp_path / "out")
 
 
 def test_ali_ccp_rows_without_scenario_are_counted(tmp_path):
-    src = datasets_dir("ali-ccp-sample")
-    mine = tmp_path / "src"
-    mine.mkdir()
-    for n in ("train", "val", "test"):
-        df = pd.read_csv(os.path.join(src, f"ali_ccp_{n}_sample.csv"))
+    def unknown_scenario(n, df):
         if n == "train":
             df.loc[df.index[:5], "301"] = 0  # 0 = unknown id in this layout
-        df.to_csv(mine / f"ali_ccp_{n}.csv", index=False)
+        return df
+
+    mine = _edited_sample(tmp_path, unknown_scenario)
     stats = ali_ccp.convert(str(mine), str(tmp_path / "a"), quiet=True)
     assert stats["scenario_rows"]["unknown"] == 5 and stats["conversion"]["counts"]["missing_scenario_rows"] == 5
     stats = ali_ccp.convert(str(mine), str(tmp_path / "b"), missing_scenario="drop", quiet=True)
