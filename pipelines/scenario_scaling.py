@@ -98,6 +98,11 @@ def _child(args, model: str, s: int) -> dict:
     return json.loads(lines[-1])
 
 
+def _ms(latency: dict) -> str:
+    """``wall (cpu)`` milliseconds of one request."""
+    return f"{latency['wall_ms']} ({latency['cpu_ms']} cpu)" if "cpu_ms" in latency else f"{latency['wall_ms']}"
+
+
 def table(results: list, scenarios: list) -> str:
     """Markdown: examples per CPU-second and parameters per S, the S=max/S=min kept share, latencies."""
     by = {(r["model"], r["scenarios"]): r for r in results}
@@ -105,14 +110,14 @@ def table(results: list, scenarios: list) -> str:
     lo, hi = min(scenarios), max(scenarios)
     head = " | ".join(f"S = {s}" for s in scenarios)
     lines = [f"| model | {head} | kept {hi}/{lo} | parameters {' / '.join(str(s) for s in scenarios)} | "
-             f"latency ms (scenario / all) per S |", "|---|" + "---:|" * (len(scenarios) + 3)]
+             f"latency ms wall (cpu): scenario servable / all_scenarios |", "|---|" + "---:|" * (len(scenarios) + 3)]
     for m in models:
         rate = [by.get((m, s), {}).get("examples_per_cpu_sec") for s in scenarios]
         cells = [f"{v:,.0f}" if v else by.get((m, s), {}).get("error", "-")[:40] for v, s in zip(rate, scenarios)]
         kept = f"{rate[-1] / rate[0]:.0%}" if rate[0] and rate[-1] else "-"
         params = " / ".join(f"{by[(m, s)]['trainable_parameters']:,}" if "trainable_parameters" in by.get((m, s), {})
                             else "-" for s in scenarios)
-        lat = "; ".join(f"S={s}: {r['latency']['scenario_servable']['wall_ms']} / {r['latency']['all_scenarios']['wall_ms']}"
+        lat = "; ".join(f"S={s}: {_ms(r['latency']['scenario_servable'])} / {_ms(r['latency']['all_scenarios'])}"
                         for s in scenarios for r in [by.get((m, s), {})] if "latency" in r)
         lines.append(f"| {m} | {' | '.join(cells)} | {kept} | {params} | {lat or '-'} |")
     return "\n".join(lines) + "\n"

@@ -122,7 +122,8 @@ class ExpertGates(keras.layers.Layer):
         return tf.nn.softmax(logits, axis=-1)
 
     def call(self, x, experts, own=None):
-        """``[B, G, H]``; ``own`` (gate ids ``[B]``): row ``b``'s gate ``own[b]`` only, ``[B, H]`` (:meth:`own_gate`)."""
+        """``[B, G, H]``; ``own`` (gate ids ``[B]``): row ``b``'s gate ``own[b]`` only, ``[B, H]``
+        (:meth:`own_gate`)."""
         if own is not None:
             return self.own_gate(x, experts, own)
         g = self.weights_of(x)
@@ -212,7 +213,8 @@ class CGC(keras.layers.Layer):
         experts on its rows (rows partitioned by task: ``O(T)`` small GEMMs, one task's FLOPs) and the shared
         experts, mixed by its own gate. A level with a shared gate needs every task's experts (``call``)."""
         if self.shared_gate is not None:
-            raise ValueError("CGC: own task output of a level with shared_output mixes every task's experts; use call()")
+            raise ValueError("CGC: own task output of a level with shared_output mixes every task's experts; "
+                             "use call()")
         t, m = self.num_tasks, self.specific
         per_task = len(x.shape) == 3
         x_own, x_shared = (own_rows(x[:, :t], task), x[:, t]) if per_task else (x, x)

@@ -124,7 +124,8 @@ class ScenarioDense(keras.layers.Layer):
 
     def build(self, input_shape):
         d, s = int(input_shape[-1]), self.num_scenarios
-        self.kernel = self.add_weight(name="kernel", shape=(s, d, self.units), initializer=StackedInit(self.kernel_init))
+        self.kernel = self.add_weight(name="kernel", shape=(s, d, self.units),
+                                      initializer=StackedInit(self.kernel_init))
         self.bias = (self.add_weight(name="bias", shape=(s, self.units), initializer="zeros")
                      if self.use_bias else None)
         super().build(input_shape)
@@ -208,7 +209,8 @@ class ScenarioMLP(keras.layers.Layer):
 # ---------------------------------------------------------------------- checkpoints before the stacked layout
 # Before issue 31 a scenario tower was S Keras layers (ScenarioTowers: ``towers/<s>/dense/<i>`` and
 # ``heads/<s>``), SAR-Net's specific experts S banks (``specific_experts/<s>/kernel_<i>``) and PEPNet's
-# scenario towers S PPNets (``towers/<s>/...``, ``heads/<s>``); now one ``[S, ...]`` variable each. ``legacy_sources`` names the old checkpoint keys a new key is made of.
+# scenario towers S PPNets (``towers/<s>/...``, ``heads/<s>``); now one ``[S, ...]`` variable each.
+# ``legacy_sources`` names the old checkpoint keys a new key is made of.
 _TOWER = re.compile(r"^(?P<p>.+)/mlp/dense/(?P<i>\d+)/(?P<w>kernel|bias)(?P<r>/.+)$")
 _BANK = re.compile(r"^(?P<p>.+)/specific_experts/(?P<w>kernel|bias)_(?P<i>\d+)(?P<r>/.+)$")
 
