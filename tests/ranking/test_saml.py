@@ -2,6 +2,7 @@
 the Table IV ablation switches, training and the alpha/g figure."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from tfmsr.core.errors import ConfigError
 from tfmsr.data.pipeline import make_dataset, split_files
 from tfmsr.features import Schema, SchemaError
 from tfmsr.layers.saml import (AuxiliaryNetwork, MultiBranchNetwork, MutualUnit, ScenarioAwareAttention,
-                               ScenarioAwareEmbedding)
+                               ScenarioAwareEmbedding, legacy_specific_value)
+from tfmsr.layers.scenario import legacy_sources
 from tfmsr.ranking.models import build
 
 RNG = np.random.default_rng(7)
@@ -57,10 +59,10 @@ def test_scenario_aware_embedding_matches_numpy(synth_schema):
     s = x["scenario"].numpy()
     S = schema.num_scenarios
     G = {n: t.embeddings.numpy() for n, t in layer.global_embedding.tables.items()}
-    L = {n: t.embeddings.numpy().reshape(t.embeddings.shape[0], S, dl)
+    L = {n: t.embeddings.numpy().reshape(-1, S, dl)                    # row v * S + s = E_l^{t,s}[v]
          for n, t in layer.specific_embedding.tables.items()}
     Gs = layer.global_embedding.scenario_table.embeddings.numpy()
-    Ls = layer.specific_embedding.scenario_table.embeddings.numpy().reshape(S, S, dl)
+    Ls = layer.specific_embedding.scenario_table.embeddings.numpy()       # [S, d_l]: scenario s in subspace s
 
     def glob(name):
         return G[schema.feature(name).table][x[name].numpy()]
@@ -78,7 +80,7 @@ def test_scenario_aware_embedding_matches_numpy(synth_schema):
     nums = [f_ for f_ in schema.of_kind("numeric")]
     indep = np.concatenate([glob(n) for n in cats] + [Gs[s], mmean(glob("hist_scenario"), "hist_scenario")]
                            + [((x[f_.name].numpy() - f_.mean) / f_.std)[:, None] for f_ in nums], axis=1)
-    dep = np.concatenate([spec(n) for n in cats] + [Ls[s, s], mmean(spec("hist_scenario"), "hist_scenario")], axis=1)
+    dep = np.concatenate([spec(n) for n in cats] + [Ls[s], mmean(spec("hist_scenario"), "hist_scenario")], axis=1)
     np.testing.assert_allclose(f.independent.numpy(), indep, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(f.dependent.numpy(), dep, rtol=1e-5, atol=1e-6)
     # attention tokens: [candidate, behaviours], item id then category, in both subspaces
@@ -197,23 +199,32 @@ def test_auxiliary_and_multi_branch_match_eq4():
     np.testing.assert_allclose(aux_logit.numpy(), (h @ aux.out.kernel.numpy() + aux.out.bias.numpy())[:, 0],
                                rtol=1e-5, atol=1e-6)
 
-    branches = MultiBranchNetwork(S, hidden)
+    branches = MultiBranchNetwork(S, hidden, aux_widths=hidden)
     v = branches(tf.constant(v_m0), aux_hidden)
     assert v.shape == (b, S, hidden[-1])
+    assert [l.kernel.shape for l in branches.dense] == [(S, d_dep + 8, 8), (S, 8 + 4, 4)]   # [S, D_in, D_l]
+    want = np.zeros((b, S, hidden[-1]), np.float32)
     for i in range(S):
         h = v_m0
-        for l, dense in enumerate(branches.dense[i]):                   # [V_mi^{l-1}, V_a^l] W_mi^l + b_mi^l
-            h = relu(np.concatenate([h, ref[l]], 1) @ dense.kernel.numpy() + dense.bias.numpy())
-        np.testing.assert_allclose(v[:, i].numpy(), h, rtol=1e-5, atol=1e-6)
+        for l in range(len(hidden)):                                    # [V_mi^{l-1}, V_a^l] W_mi^l + b_mi^l
+            w, bias = branches.dense[l].kernel.numpy()[i], branches.dense[l].bias.numpy()[i]
+            h = relu(np.concatenate([h, ref[l]], 1) @ w + bias)
+        want[:, i] = h
+    np.testing.assert_allclose(v.numpy(), want, rtol=1e-5, atol=1e-6)
+    scenario = RNG.integers(0, S, b)                                     # own branch only: row s of the above
+    own = branches(tf.constant(v_m0), aux_hidden, scenario=tf.constant(scenario))
+    np.testing.assert_allclose(own.numpy(), want[np.arange(b), scenario], rtol=1e-5, atol=1e-6)
     # w/o aux: a layer reads only the previous layer
     plain = MultiBranchNetwork(S, hidden)
     v = plain(tf.constant(v_m0))
     h = v_m0
-    for dense in plain.dense[1]:
-        h = relu(h @ dense.kernel.numpy() + dense.bias.numpy())
+    for l in range(len(hidden)):
+        h = relu(h @ plain.dense[l].kernel.numpy()[1] + plain.dense[l].bias.numpy()[1])
     np.testing.assert_allclose(v[:, 1].numpy(), h, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="2 layers but 1 auxiliary"):
+    with pytest.raises(ValueError, match="built for 2 auxiliary outputs, got 1"):
         branches(tf.constant(v_m0), aux_hidden[:1])
+    with pytest.raises(ValueError, match="built for 0 auxiliary outputs, got 2"):
+        plain(tf.constant(v_m0), aux_hidden)
 
 
 # ----------------------------------------------------------------------------- eq. 6-8
@@ -242,6 +253,12 @@ def test_mutual_unit_matches_eq6_to_8():
     np.testing.assert_allclose(m.numpy(), rm, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(alpha.numpy().sum(-1), 1.0, rtol=1e-5)
     assert np.all(np.diagonal(alpha.numpy(), axis1=1, axis2=2) == 0)
+    s = RNG.integers(0, 4, 8)                                            # the own row only: row s of eq. 6-8
+    rows = np.arange(8)
+    m_s, alpha_s, gate_s = unit(tf.constant(v), tf.constant(v[rows, s]), tf.constant(s))
+    np.testing.assert_allclose(m_s.numpy(), rm[rows, s], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(alpha_s.numpy(), ra[rows, s], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gate_s.numpy(), rg[rows, s], rtol=1e-5, atol=1e-6)
 
 
 def test_mutual_unit_gradient_mask():
@@ -255,6 +272,13 @@ def test_mutual_unit_gradient_mask():
         grad = tape.gradient(loss, v).numpy()
         assert np.abs(grad[:, 0]).sum() > 0
         assert (np.abs(grad[:, 1:]).sum() == 0) == masked
+        v_own = tf.constant(v.numpy()[:, 0])                              # the own-row path: V_0 given apart
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([v, v_own])
+            loss = tf.reduce_sum(unit(v, v_own, tf.zeros([5], tf.int32))[0])
+        assert np.abs(tape.gradient(loss, v_own).numpy()).sum() > 0
+        grad = tape.gradient(loss, v)                                     # None: no path at all (masked)
+        assert (grad is None or not np.any(grad.numpy())) == masked
 
 
 # ----------------------------------------------------------------------------- whole model
@@ -279,20 +303,20 @@ def test_scenario_batch_leaves_other_branches_unchanged(synth_dir, synth_schema,
     model.train_on_batch(x, y)
     after = _weights(model)
     changed = {n for n in before if not np.array_equal(before[n], after[n])}
-    branch = lambda i: {n for n in before if f"branch_{i}_" in n}
-    assert branch(1) and branch(1) <= changed                             # own branch: every layer + output
+    rows_changed = lambda n: [i for i in range(5) if not np.array_equal(before[n][i], after[n][i])]
+    stacked = [n for n in before if "/branches/" in "/" + n or "/heads/" in "/" + n]
+    assert len(stacked) == 2 * 2 + 2                                      # W_l, b_l of 2 layers; output w, b
     assert any("auxiliary" in n for n in changed) and any("specific" in n for n in changed)
     gate_w = [n for n in before if "mutual_unit" in n and n.endswith("W:0")][0]
-    rows_changed = [i for i in range(5) if not np.array_equal(before[gate_w][i], after[gate_w][i])]
-    assert rows_changed == [1]                                            # g_1 only (eq. 7)
-    others_changed = {n for i in (0, 2, 3, 4) for n in branch(i) & changed}
-    if masked:
-        assert not others_changed
-    else:                                                                 # without the mask they learn too
-        assert {n for n in others_changed if "logit" not in n}
+    assert rows_changed(gate_w) == [1]                                    # g_1 only (eq. 7)
+    for n in stacked:                                                     # row s = branch s: every layer + output
+        if masked or "heads" in n:
+            assert rows_changed(n) == [1], n
+        else:                                                             # without the mask they learn too
+            assert len(rows_changed(n)) > 1, n
     # the scenario-specific embedding slices of the other scenarios are untouched (the lookup is scenario 1's)
     name = [n for n in before if "specific" in n and "emb_item_id" in n][0]
-    delta = np.abs(after[name] - before[name]).reshape(before[name].shape[0], 5, -1).sum(axis=(0, 2))
+    delta = np.abs(after[name] - before[name]).reshape(-1, 5, before[name].shape[-1]).sum(axis=(0, 2))
     assert delta[1] > 0 and np.all(delta[[0, 2, 3, 4]] == 0)
 
 
@@ -350,6 +374,48 @@ def test_ablation_switches(synth_dir, synth_schema, params, heads, aux):
     if "alpha" not in out:
         with pytest.raises(ConfigError, match="alpha and g exist only"):
             model.mutual_coefficients(x)
+
+
+def _old_layout(new: dict, S: int) -> dict:
+    """The checkpoint keys and values SAML wrote before issue 31 (per-branch Dense layers, [R, S*d_l] tables)
+    holding the same model as the stacked checkpoint values ``new``."""
+    old = {}
+    for key, value in new.items():
+        m = re.match(r"(model/(?:branches/dense|heads))/(?:(\d+)/)?(kernel|bias)/(.*)", key)
+        if m:                                      # model/branches/dense/<s>/<l>/kernel, model/heads/<s>/kernel
+            for s in range(S):
+                layer = f"{m[2]}/" if m[2] else ""
+                old[f"{m[1]}/{s}/{layer}{m[3]}/{m[4]}"] = value[s]
+        elif "/specific_embedding/scenario_table/" in key:
+            table = RNG.normal(size=(S, S * value.shape[1])).astype(np.float32)   # off-diagonal slices unread
+            for s in range(S):
+                table[s, s * value.shape[1]:(s + 1) * value.shape[1]] = value[s]
+            old[key] = table
+        elif "/specific_embedding/tables/" in key:
+            old[key] = value.reshape(-1, S * value.shape[1])
+        else:
+            old[key] = value
+    return old
+
+
+def test_old_checkpoint_layout_converts_to_the_stacked_one(synth_schema, tmp_path):
+    """Issue 31: every stacked key is rebuilt from the old layout's keys (scenario.legacy_sources: per-branch
+    layers stacked) or values (saml.legacy_specific_value: the specific tables), and the result equals it."""
+    model = build("saml", synth_schema, {"hidden": [16, 8]})
+    model(random_batch(synth_schema, 4))
+    reader = tf.train.load_checkpoint(tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt")))
+    new = {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if k.startswith("model/")}
+    old = _old_layout(new, synth_schema.num_scenarios)
+    assert "model/branches/dense/4/1/kernel/.ATTRIBUTES/VARIABLE_VALUE" in old and not set(old) >= set(new)
+    for key, want in new.items():
+        if key not in old:
+            keys, how = legacy_sources(key, old.__contains__)
+            got = (np.stack if how == "stack" else np.concatenate)([old[k] for k in keys])
+        elif old[key].shape != want.shape:
+            got = legacy_specific_value(key, old[key], want.shape)
+        else:
+            got = old[key]
+        np.testing.assert_array_equal(got, want, err_msg=key)
 
 
 def test_config_errors(synth_schema):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -23,7 +24,7 @@ from tfmsr.layers.attention import MultiHeadSelfAttention, PositionalEmbedding, 
 from tfmsr.layers.behavior import embed_behavior, require_behavior
 from tfmsr.layers.embedding import FeatureEmbedding, masked_mean
 from tfmsr.layers.mlp import MLP
-from tfmsr.layers.scenario import own_matmul
+from tfmsr.layers.scenario import ScenarioDense
 
 _GROUPS = ("user", "item", "context", "query")
 
@@ -42,6 +43,20 @@ def glorot_uniform_of(fan_in: int, fan_out: int) -> keras.initializers.Initializ
     return keras.initializers.RandomUniform(-limit, limit)
 
 
+def legacy_specific_value(key: str, old: np.ndarray, shape: Sequence[int]) -> Optional[np.ndarray]:
+    """A :class:`SpecificEmbedding` checkpoint value of ``shape`` from the same ``key`` of a checkpoint written
+    before issue 31, which held every specific table as ``[R, S d_l]`` (scenario ``s``'s slice ``s``): a table
+    is the row-major reshape to ``[R S, d_l]`` (row ``v S + s``), the scenario table the diagonal slices
+    ``old[s, s d_l:(s + 1) d_l]`` (the only ones a lookup read). None for any other key or shape."""
+    shape = tuple(int(n) for n in shape)
+    if "/specific_embedding/" not in key or tuple(old.shape) == shape or len(shape) != 2:
+        return None
+    s, d = shape
+    if "/scenario_table/" in key and old.shape == (s, s * d):
+        return np.stack([old[i, i * d:(i + 1) * d] for i in range(s)])
+    return old.reshape(shape) if old.ndim == 2 and old.size == s * d and old.shape[1] % d == 0 else None
+
+
 class SpecificEmbedding(keras.layers.Layer):
     """The scenario-specific subspace (III-C-1) of every schema table, S tables per feature stacked.
 
@@ -50,7 +65,7 @@ class SpecificEmbedding(keras.layers.Layer):
     paper's S tables) and the variable splits over parameter servers along its rows like any table. The
     scenario's own embedding in its own subspace is ``emb_scenario [S, d_l]`` (row ``s``). Initialised
     Glorot-uniform as the ``[R, S d_l]`` table of the layout before issue 31 (``R x S d_l`` fans), whose
-    checkpoints convert by a reshape (:data:`~tfmsr.layers.saml.CHECKPOINT_LAYOUT`).
+    checkpoints convert by :func:`legacy_specific_value`.
     """
 
     def __init__(self, schema: Schema, dim: int, **kwargs):
@@ -213,11 +228,6 @@ class AuxiliaryNetwork(keras.layers.Layer):
         return hidden, self.out(hidden[-1])[:, 0]
 
 
-def gather_rows(stacked: tf.Tensor, scenario: tf.Tensor) -> tf.Tensor:
-    """``stacked[scenario[b]]`` for every example: ``[S, ...] -> [B, ...]``."""
-    return tf.gather(stacked, tf.cast(scenario, tf.int32))
-
-
 class MultiBranchNetwork(keras.layers.Layer):
     """Multi-branch network (Sec. III-D-2, second line of eq. 4): branch ``i``, layer ``l``:
     ``V_{m_i}^l = delta([V_{m_i}^{l-1}, V_a^l] W_{m_i}^l + b_{m_i}^l)``, ``V_{m_i}^0`` = the branch input
@@ -225,10 +235,11 @@ class MultiBranchNetwork(keras.layers.Layer):
     reads only ``V_{m_i}^{l-1}``. Each branch has its own weights; the model trains branch ``i`` only on
     scenario ``i`` (loss on the own-scenario output, eq. 5, and the mutual unit's gradient mask).
 
-    The S branches' weights of layer ``l`` are stacked: ``W_l [S, D_in, D_l]``, ``b_l [S, D_l]``.
-    ``call(v, aux_hidden) -> V [B, S, hidden[-1]]`` evaluates every branch for every example in one einsum
-    per layer (cost ``O(S)`` per example: the mutual unit needs every ``V_j``); ``call(v, aux_hidden,
-    scenario) -> [B, hidden[-1]]`` only the example's own branch (the FLOPs of one branch whatever S). ``aux_widths``: the auxiliary network's layer widths (one per layer).
+    The S branches' layer ``l`` is one :class:`~tfmsr.layers.scenario.ScenarioDense` (``dense/<l>``: kernel
+    ``[S, D_in, D_l]``, bias ``[S, D_l]``). ``call(v, aux_hidden) -> V [B, S, hidden[-1]]`` evaluates every
+    branch for every example in one einsum per layer (cost ``O(S)`` per example: the mutual unit needs every
+    ``V_j``); ``call(v, aux_hidden, scenario) -> [B, hidden[-1]]`` only the example's own branch (the FLOPs
+    of one branch whatever S). ``aux_widths``: the auxiliary network's layer widths (one per layer).
     """
 
     def __init__(self, num_branches: int, hidden: Sequence[int], activation="relu",
@@ -239,18 +250,8 @@ class MultiBranchNetwork(keras.layers.Layer):
         if self.aux_widths is not None and len(self.aux_widths) != len(self.hidden):
             raise ValueError(f"MultiBranchNetwork: {len(self.hidden)} layers but {len(self.aux_widths)} auxiliary "
                              "widths")
-        self.activation = keras.activations.get(activation)
-
-    def build(self, input_shape):
-        fan_in = int(input_shape[-1])
-        self.kernels, self.biases = [], []
-        for l, h in enumerate(self.hidden):
-            fan_in += self.aux_widths[l] if self.aux_widths is not None else 0
-            self.kernels.append(self.add_weight(name=f"W_{l}", shape=(self.num_branches, fan_in, h),
-                                                initializer=glorot_uniform_of(fan_in, h)))
-            self.biases.append(self.add_weight(name=f"b_{l}", shape=(self.num_branches, h), initializer="zeros"))
-            fan_in = h
-        super().build(input_shape)
+        self.dense = [ScenarioDense(self.num_branches, h, activation, name=f"layer_{l}")
+                      for l, h in enumerate(self.hidden)]
 
     def _inputs(self, h, aux_hidden, l):
         """Layer ``l``'s input ``[V_{m_i}^{l-1}, V_a^l]`` (``V_a^l`` broadcast over the branches of ``h``)."""
@@ -268,51 +269,12 @@ class MultiBranchNetwork(keras.layers.Layer):
             raise ValueError(f"MultiBranchNetwork: {len(self.hidden)} layers, built for {want} auxiliary outputs, "
                              f"got {got}")
 
-    def all(self, v, aux_hidden: Optional[List[tf.Tensor]] = None):
-        """``V [B, S, hidden[-1]]``: every branch (one einsum per layer, ``O(S)`` per example)."""
-        self._check(aux_hidden)
-        h = self.activation(tf.einsum("bd,sdh->bsh", self._inputs(v, aux_hidden, 0), self.kernels[0])
-                            + self.biases[0])
-        for l in range(1, len(self.hidden)):
-            h = self.activation(tf.einsum("bsd,sdh->bsh", self._inputs(h, aux_hidden, l), self.kernels[l])
-                                + self.biases[l])
-        return h
-
-    def own(self, v, aux_hidden: Optional[List[tf.Tensor]], scenario):
-        """``V_{m_s} [B, hidden[-1]]`` of each example's scenario ``s`` only (one dense layer's FLOPs per
-        layer, :func:`~tfmsr.layers.scenario.own_matmul`)."""
+    def call(self, v, aux_hidden: Optional[List[tf.Tensor]] = None, scenario=None):
         self._check(aux_hidden)
         h = v
-        for l in range(len(self.hidden)):
-            h = self.activation(own_matmul(self._inputs(h, aux_hidden, l), scenario, self.kernels[l], self.biases[l]))
+        for l, dense in enumerate(self.dense):
+            h = dense(self._inputs(h, aux_hidden, l), scenario)
         return h
-
-    def call(self, v, aux_hidden: Optional[List[tf.Tensor]] = None, scenario=None):
-        return self.all(v, aux_hidden) if scenario is None else self.own(v, aux_hidden, scenario)
-
-
-class BranchOutput(keras.layers.Layer):
-    """Branch ``i``'s output unit on ``M_i`` (scenario ``i``'s logit, eq. 5): ``w [S, D]``, ``b [S]``.
-    ``call(M [B, S, D]) -> [B, S]``; ``call(M_s [B, D], scenario) -> [B]`` (the own unit, flat in S)."""
-
-    def __init__(self, num_branches: int, **kwargs):
-        super().__init__(**kwargs)
-        self.num_branches = int(num_branches)
-
-    def build(self, input_shape):
-        s, d = self.num_branches, int(input_shape[-1])
-        self.kernel = self.add_weight(name="w", shape=(s, d), initializer=glorot_uniform_of(d, 1))
-        self.bias = self.add_weight(name="b", shape=(s,), initializer="zeros")
-        super().build(input_shape)
-
-    def all(self, m):
-        return tf.einsum("bsd,sd->bs", m, self.kernel) + self.bias
-
-    def own(self, m_own, scenario):
-        return tf.reduce_sum(m_own * gather_rows(self.kernel, scenario), -1) + gather_rows(self.bias, scenario)
-
-    def call(self, m, scenario=None):
-        return self.all(m) if scenario is None else self.own(m, scenario)
 
 
 class MutualUnit(keras.layers.Layer):

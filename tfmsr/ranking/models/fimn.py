@@ -58,7 +58,7 @@ class FIMN(RankingModel):
     (Fig. 4/5, ``pipelines/fimn_figure.py``).
     """
 
-    multi_head = True
+    multi_head = own_head = True
     defaults = {"embedding_dim": 32, "init": {"normal": 0.05}, "gamma": 2.0, "sem_hidden": [16], "gate_dim": 64,
                 "attention_dim": 32, "tower": [64, 32], "smm_hidden": [512], "scenario_stats": None,
                 "sem": True, "mie": True, "sif": True, "smm": True, "attention_init": "glorot_uniform"}
@@ -106,9 +106,10 @@ class FIMN(RankingModel):
             raise (ConfigError if source.startswith("model param") else SchemaError)(str(e)) from None
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x, training=False, explain=False) -> Dict[str, tf.Tensor]:
+    def forward(self, x, training=False, explain=False, own=False) -> Dict[str, tf.Tensor]:
         """``logits [B, S]`` and the explained quantities of the modules that are on (see ``explain``; the
-        FTA weights only with ``explain``)."""
+        FTA weights only with ``explain``). ``own``: each example's own scenario only (``logits [B]``; SMM's
+        row of that scenario, ``mutual [B, S]``, ``theta [B]``; the own tower)."""
         out = {}
         beh = embed_behavior(self.embedding, x, self.schema)
         e_s = tf.concat([self.embedding.scenario(x)] + self.embedding.group(x, "scenario"), axis=-1)
@@ -129,13 +130,14 @@ class FIMN(RankingModel):
         rest = [self.flat_inputs(x, with_scenario=False, with_sequences=False)]
         rest += pooled_sequences(self.embedding, x, self.schema, exclude=beh.features)
         h = tf.concat([e_s, fused] + rest, axis=-1)
+        scenario = x[self.schema.scenario.name] if own else None
         if self.smm is not None:
-            h, out["mutual"], out["theta"] = self.smm(h)
-        out["logits"] = self.towers(h, training=training)
+            h, out["mutual"], out["theta"] = self.smm(h, scenario)
+        out["logits"] = self.towers(h, scenario, training=training)
         return out
 
-    def logits(self, x, training=False):
-        return self.forward(x, training=training)["logits"]
+    def logits(self, x, training=False, own=False):
+        return self.forward(x, training=training, own=own)["logits"]
 
     def explain(self, x) -> Dict[str, tf.Tensor]:
         """Per example (keys of the modules that are on):

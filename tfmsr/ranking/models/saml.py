@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Dict
 
 import tensorflow as tf
-import tf_keras as keras
 
 from tfmsr.core.errors import ConfigError
 from tfmsr.layers.saml import (AuxiliaryNetwork, MultiBranchNetwork, MutualUnit, ScenarioAwareAttention,
                                ScenarioAwareEmbedding)
-from tfmsr.ranking.models.base import RankingModel, gather_scenario, register
+from tfmsr.layers.scenario import ScenarioDense
+from tfmsr.ranking.models.base import RankingModel, register
 
 
 @register("saml")
@@ -55,7 +55,7 @@ class SAML(RankingModel):
     returns ``alpha`` and ``g`` for Fig. 3 (``pipelines/saml_figure.py``).
     """
 
-    multi_head = True
+    multi_head = own_head = True
     defaults = {"embedding_dim": 12, "specific_dim": 4, "num_heads": 4, "hidden": [128, 64], "activation": "relu",
                 "positions": True, "pooling": "target", "attention_block": "bare", "aux": True, "aux_weight": 1.0,
                 "aux_gradient": True, "mutual": True, "mutual_gate": True, "gradient_mask": True}
@@ -82,41 +82,59 @@ class SAML(RankingModel):
                                                 p["attention_block"], name="scenario_attention")
         self.aux_net = AuxiliaryNetwork(p["hidden"], p["activation"], name="auxiliary") if p["aux"] else None
         if p["mutual"]:
-            self.branches = MultiBranchNetwork(self.num_scenarios, p["hidden"], p["activation"], name="branches")
+            self.branches = MultiBranchNetwork(self.num_scenarios, p["hidden"], p["activation"],
+                                               aux_widths=p["hidden"] if p["aux"] else None, name="branches")
             self.mutual_unit = MutualUnit(p["gradient_mask"], name="mutual_unit") if p["mutual_gate"] else None
-            self.heads = [keras.layers.Dense(1, name=f"branch_{s}_logit") for s in range(self.num_scenarios)]
+            self.heads = ScenarioDense(self.num_scenarios, 1, name="heads")    # branch i's output unit on M_i
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x, training=False) -> Dict[str, tf.Tensor]:
+    def forward(self, x, training=False, own=False) -> Dict[str, tf.Tensor]:
         """``logits`` ([B, S], or [B] for w/o gate&mut), ``aux_logit`` [B] (with the auxiliary loss), and
-        ``alpha`` [B, S, S], ``gate`` [B, S] when the mutual unit is on."""
+        ``alpha`` [B, S, S], ``gate`` [B, S] when the mutual unit is on. ``own``: only each example's own
+        scenario (``logits`` [B], ``alpha`` [B, S], ``gate`` [B]; see :meth:`own_outputs`)."""
         f = self.features(x)
         a_g, a_l = self.attention(f.tokens_global, f.tokens_specific, f.mask)
         independent = tf.concat([f.independent, a_g], axis=-1)
         dependent = tf.concat([f.dependent, a_l], axis=-1)
         if not self.params["mutual"]:
             return {"logits": self.aux_net(tf.concat([independent, dependent], -1), training=training)[1]}
-        out = {}
+        out, aux_hidden = {}, None
         if self.aux_net is not None:
             aux_hidden, out["aux_logit"] = self.aux_net(independent, training=training)
             if not self.params["aux_gradient"]:  # the branch losses do not reach the auxiliary network
                 aux_hidden = [tf.stop_gradient(h) for h in aux_hidden]
-            v = self.branches(dependent, aux_hidden)
         else:
-            v = self.branches(tf.concat([independent, dependent], axis=-1))
+            dependent = tf.concat([independent, dependent], axis=-1)
+        if own:
+            out.update(self.own_outputs(dependent, aux_hidden, x[self.schema.scenario.name]))
+            return out
+        v = self.branches(dependent, aux_hidden)
         if self.mutual_unit is not None:
             v, out["alpha"], out["gate"] = self.mutual_unit(v)
-        out["logits"] = tf.concat([head(v[:, s]) for s, head in enumerate(self.heads)], axis=1)
+        out["logits"] = self.heads(v)[..., 0]
         return out
 
-    def logits(self, x, training=False):
-        return self.forward(x, training=training)["logits"]
+    def own_outputs(self, v0, aux_hidden, scenario) -> Dict[str, tf.Tensor]:
+        """The own scenario ``s`` only: its branch (one branch's FLOPs), row ``s`` of the mutual unit over
+        every branch's ``V_j`` (with the gradient mask the other branches run forward only, one einsum per
+        layer: the ``O(S)`` part of eq. 6-8; their backward pass is skipped), its output unit."""
+        if self.mutual_unit is None:
+            return {"logits": self.heads(self.branches(v0, aux_hidden, scenario=scenario), scenario)[:, 0]}
+        v_all = self.branches(v0, aux_hidden)
+        if self.params["gradient_mask"]:
+            v_own = self.branches(v0, aux_hidden, scenario=scenario)
+        else:
+            v_own = tf.gather(v_all, tf.cast(scenario, tf.int32), batch_dims=1)
+        m, alpha, gate = self.mutual_unit(v_all, v_own, scenario)
+        return {"logits": self.heads(m, scenario)[:, 0], "alpha": alpha, "gate": gate}
+
+    def logits(self, x, training=False, own=False):
+        return self.forward(x, training=training, own=own)["logits"]
 
     def step_outputs(self, x, training=False):
-        """``prediction`` (the own-scenario probability) beside the outputs of :meth:`forward`."""
-        out = self.forward(x, training=training)
-        z = gather_scenario(out["logits"], x[self.schema.scenario.name]) if self.multi_head else out["logits"]
-        return {**out, "prediction": tf.sigmoid(z)}
+        """``prediction`` (the own-scenario probability) beside the own-scenario outputs of :meth:`forward`."""
+        out = self.forward(x, training=training, own=True)
+        return {**out, "prediction": tf.sigmoid(out["logits"])}
 
     def call(self, x, training=False):
         return self.step_outputs(x, training=training)["prediction"]
