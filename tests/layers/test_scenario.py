@@ -64,3 +64,21 @@ def test_scenario_layers_refuse_bad_arguments():
         ScenarioDense(3, 2, method="loop")
     with pytest.raises(ValueError, match="no layer"):
         ScenarioMLP(3, [])
+
+
+@pytest.mark.parametrize("method", ["partition", "gather"])
+def test_own_and_all_on_a_variable_split_over_parameter_servers(method):
+    """A [S, D, H] kernel partitioned along the scenario axis (a ShardedVariable, as the parameter-server
+    partitioner makes it): the own rows come from the right shard (tf.gather on a ShardedVariable does not)."""
+    from tensorflow.python.distribute.sharded_variable import ShardedVariable
+
+    from tfmsr.layers.scenario import all_matmul, own_matmul
+
+    k, b = rand(5, 3, 2), rand(5, 2)
+    kernel = ShardedVariable([tf.Variable(k[:3]), tf.Variable(k[3:])])
+    bias = ShardedVariable([tf.Variable(b[:3]), tf.Variable(b[3:])])
+    x, sc = rand(7, 3), np.array([0, 4, 3, 1, 2, 4, 0])
+    got = own_matmul(tf.constant(x), tf.constant(sc), kernel, bias, method).numpy()
+    np.testing.assert_allclose(got, np.stack([x[i] @ k[s] + b[s] for i, s in enumerate(sc)]), **TOL)
+    np.testing.assert_allclose(all_matmul(tf.constant(x), kernel, bias).numpy(),
+                               np.einsum("bd,sdh->bsh", x, k) + b, **TOL)

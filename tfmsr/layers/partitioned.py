@@ -9,7 +9,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmsr.layers._init import fresh
-from tfmsr.layers.scenario import all_matmul, own_matmul, partition_apply  # noqa: F401  (partition_apply: re-exported)
+from tfmsr.layers.scenario import (all_matmul, own_matmul, partition_apply,  # noqa: F401  (partition_apply: re-export)
+                                   rows_of)
 
 
 class PartitionedNormalization(keras.layers.Layer):
@@ -76,8 +77,8 @@ class PartitionedNormalization(keras.layers.Layer):
         else:
             mean, var = self.statistics()
         mu, v = tf.gather(mean, sc), tf.gather(var, sc)
-        scale = self.gamma * tf.gather(self.gamma_p, sc)
-        shift = self.beta + tf.gather(self.beta_p, sc)
+        scale = self.gamma * rows_of(self.gamma_p, sc)          # rows_of: right rows of a sharded variable too
+        shift = self.beta + rows_of(self.beta_p, sc)
         return scale * (z - mu) * tf.math.rsqrt(v + self.epsilon) + shift
 
 
@@ -133,4 +134,4 @@ class ScenarioAffine(keras.layers.Layer):
 
     def call(self, x, scenario):
         sc = tf.cast(tf.reshape(scenario, [-1]), tf.int32)
-        return x * tf.gather(self.scale, sc) + tf.gather(self.shift, sc)
+        return x * rows_of(self.scale, sc) + rows_of(self.shift, sc)

@@ -58,6 +58,12 @@ def scenario_ids(scenario: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.reshape(scenario, [-1]), tf.int32)
 
 
+def rows_of(weight, ids: tf.Tensor) -> tf.Tensor:
+    """``weight[ids]`` along axis 0 for a variable, a tensor or a ``ShardedVariable`` (parameter servers):
+    ``tf.gather`` on a ``ShardedVariable`` returns rows of the wrong shard, ``embedding_lookup`` does not."""
+    return tf.nn.embedding_lookup(weight, ids)
+
+
 def own_matmul(x: tf.Tensor, scenario: tf.Tensor, kernel, bias=None, method: str = "auto") -> tf.Tensor:
     """``x_b W_{s_b} (+ b_{s_b})``: ``x [B, D]``, ``kernel [S, D, H]``, ``bias [S, H]`` -> ``[B, H]``.
     Cost: one dense layer's FLOPs; ``O(S)`` small ops (partition) or ``B D H`` gathered weights (gather)."""
@@ -65,8 +71,8 @@ def own_matmul(x: tf.Tensor, scenario: tf.Tensor, kernel, bias=None, method: str
     method = own_method(s, d * h) if method == "auto" else method
     sc = scenario_ids(scenario)
     if method == "gather":
-        y = tf.matmul(x[:, None, :], tf.gather(kernel, sc))[:, 0]
-        return y if bias is None else y + tf.gather(bias, sc)
+        y = tf.matmul(x[:, None, :], rows_of(kernel, sc))[:, 0]
+        return y if bias is None else y + rows_of(bias, sc)
     kernels = tf.unstack(tf.convert_to_tensor(kernel))
     biases = tf.unstack(tf.convert_to_tensor(bias)) if bias is not None else None
 
