@@ -2,7 +2,6 @@
 the Table IV ablation switches, training and the alpha/g figure."""
 import json
 import os
-import re
 
 import numpy as np
 import pytest
@@ -14,8 +13,7 @@ from tfmsr.core.errors import ConfigError
 from tfmsr.data.pipeline import make_dataset, split_files
 from tfmsr.features import Schema, SchemaError
 from tfmsr.layers.saml import (AuxiliaryNetwork, MultiBranchNetwork, MutualUnit, ScenarioAwareAttention,
-                               ScenarioAwareEmbedding, legacy_specific_value)
-from tfmsr.layers.scenario import legacy_sources
+                               ScenarioAwareEmbedding)
 from tfmsr.ranking.models import build
 
 RNG = np.random.default_rng(7)
@@ -374,48 +372,6 @@ def test_ablation_switches(synth_dir, synth_schema, params, heads, aux):
     if "alpha" not in out:
         with pytest.raises(ConfigError, match="alpha and g exist only"):
             model.mutual_coefficients(x)
-
-
-def _old_layout(new: dict, S: int) -> dict:
-    """The checkpoint keys and values SAML wrote before issue 31 (per-branch Dense layers, [R, S*d_l] tables)
-    holding the same model as the stacked checkpoint values ``new``."""
-    old = {}
-    for key, value in new.items():
-        m = re.match(r"(model/(?:branches/dense|heads))/(?:(\d+)/)?(kernel|bias)/(.*)", key)
-        if m:                                      # model/branches/dense/<s>/<l>/kernel, model/heads/<s>/kernel
-            for s in range(S):
-                layer = f"{m[2]}/" if m[2] else ""
-                old[f"{m[1]}/{s}/{layer}{m[3]}/{m[4]}"] = value[s]
-        elif "/specific_embedding/scenario_table/" in key:
-            table = RNG.normal(size=(S, S * value.shape[1])).astype(np.float32)   # off-diagonal slices unread
-            for s in range(S):
-                table[s, s * value.shape[1]:(s + 1) * value.shape[1]] = value[s]
-            old[key] = table
-        elif "/specific_embedding/tables/" in key:
-            old[key] = value.reshape(-1, S * value.shape[1])
-        else:
-            old[key] = value
-    return old
-
-
-def test_old_checkpoint_layout_converts_to_the_stacked_one(synth_schema, tmp_path):
-    """Issue 31: every stacked key is rebuilt from the old layout's keys (scenario.legacy_sources: per-branch
-    layers stacked) or values (saml.legacy_specific_value: the specific tables), and the result equals it."""
-    model = build("saml", synth_schema, {"hidden": [16, 8]})
-    model(random_batch(synth_schema, 4))
-    reader = tf.train.load_checkpoint(tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt")))
-    new = {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if k.startswith("model/")}
-    old = _old_layout(new, synth_schema.num_scenarios)
-    assert "model/branches/dense/4/1/kernel/.ATTRIBUTES/VARIABLE_VALUE" in old and not set(old) >= set(new)
-    for key, want in new.items():
-        if key not in old:
-            keys, how = legacy_sources(key, old.__contains__)
-            got = (np.stack if how == "stack" else np.concatenate)([old[k] for k in keys])
-        elif old[key].shape != want.shape:
-            got = legacy_specific_value(key, old[key], want.shape)
-        else:
-            got = old[key]
-        np.testing.assert_array_equal(got, want, err_msg=key)
 
 
 def test_config_errors(synth_schema):

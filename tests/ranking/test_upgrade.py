@@ -16,10 +16,10 @@ from tfmsr.serving.writer import build_model
 
 PARAMS = {"mmoe": {"expert_hidden": [16], "tower": [8, 4]}, "shared_bottom": {"bottom": [16], "tower": [8]},
           "sarnet": {"expert_hidden": [8], "shared_experts": 2, "specific_experts": 2, "tower": [4]},
-          "pepnet": {"hidden": [8, 4], "gate_hidden": 4, "scenario_towers": True}}
+          "pepnet": {"hidden": [8, 4], "gate_hidden": 4, "scenario_towers": True}, "saml": {"hidden": [8, 4]}}
 
 
-def old_layout(name: str, path: str, value: np.ndarray) -> dict:
+def old_layout(name: str, path: str, value: np.ndarray, num_scenarios: int) -> dict:
     """The pre-issue-31 checkpoint paths and values of one variable of the current model ``name``."""
     hidden, specific = len(PARAMS[name].get("tower", [])), PARAMS[name].get("specific_experts", 0)
     m = re.match(r"^(.+)/towers/mlp/dense/(\d+)/(kernel|bias)$", path)
@@ -30,11 +30,31 @@ def old_layout(name: str, path: str, value: np.ndarray) -> dict:
     m = re.match(r"^(model/(?:towers|heads))/(.+)$", path)
     if m and name == "pepnet":                                           # S PPNet towers and S heads
         return {f"{m[1]}/{s}/{m[2]}": v for s, v in enumerate(value)}
+    if name == "saml":
+        return old_saml_layout(path, value, num_scenarios)
     m = re.match(r"^(.+)/specific_experts/(kernel|bias)_(\d+)$", path)
     if m and specific:                                                   # S banks of `specific` experts
         p, w, i = m.groups()
         return {f"{p}/specific_experts/{s}/{w}_{i}": value[s * specific:(s + 1) * specific]
                 for s in range(len(value) // specific)}
+    return {path: value}
+
+
+def old_saml_layout(path: str, value: np.ndarray, num_scenarios: int) -> dict:
+    """SAML before issue 31: S Dense layers per branch layer (``branches/dense/<s>/<l>``) and S output units
+    (``heads/<s>``); the specific tables ``[R, S d_l]`` (scenario s's slice s), the scenario table ``[S, S d_l]``
+    whose off-diagonal slices no lookup read."""
+    m = re.match(r"^(model/(?:branches/dense|heads))/(?:(\d+)/)?(kernel|bias)$", path)
+    if m:
+        return {f"{m[1]}/{s}/" + (f"{m[2]}/" if m[2] else "") + m[3]: v for s, v in enumerate(value)}
+    if "/specific_embedding/scenario_table/" in path:
+        S, d = value.shape
+        table = np.random.default_rng(0).normal(size=(S, S * d)).astype(np.float32)
+        for s in range(S):
+            table[s, s * d:(s + 1) * d] = value[s]
+        return {path: table}
+    if "/specific_embedding/tables/" in path:
+        return {path: value.reshape(-1, num_scenarios * value.shape[1])}
     return {path: value}
 
 
@@ -65,7 +85,7 @@ def test_old_per_scenario_checkpoint_converts_to_the_same_predictions(name, synt
     want = trained(batch).numpy()
     old = {}
     for path, var in object_paths(tf.train.Checkpoint(model=trained)).items():
-        old.update(old_layout(name, path, var.numpy()))
+        old.update(old_layout(name, path, var.numpy(), synth_schema.num_scenarios))
     assert len(old) > len(trained.variables)                              # the old layout had more variables
     old_prefix = write_tree(old, str(tmp_path / "old" / "ckpt"))
     keras.utils.set_random_seed(1)                                       # a fresh model: other initial weights

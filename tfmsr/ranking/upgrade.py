@@ -23,6 +23,7 @@ import tensorflow as tf
 from tfmsr.core.io import atomic_dir
 from tfmsr.core.rundir import RunDir
 from tfmsr.features import Schema
+from tfmsr.layers.saml import legacy_specific_value
 from tfmsr.layers.scenario import legacy_sources
 from tfmsr.ranking.models import build
 from tfmsr.serving.writer import build_model
@@ -42,6 +43,8 @@ def upgrade_checkpoint(model, old_prefix: str, new_prefix: str) -> dict:
         names, values, joined = [GRAPH_KEY], [fresh.get_tensor(GRAPH_KEY)], 0
         for key in sorted(k for k in shapes if k != GRAPH_KEY):
             value = _old_value(old, have, key)
+            reshaped = legacy_specific_value(key, value, shapes[key])    # SAML's [R, S*d_l] specific tables
+            value = value if reshaped is None else reshaped
             if tuple(value.shape) != tuple(shapes[key]):
                 raise ValueError(f"{old_prefix}: {key} has shape {tuple(value.shape)} in the old layout, the model "
                                  f"needs {tuple(shapes[key])} (a different config or dataset?)")
