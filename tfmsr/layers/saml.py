@@ -9,6 +9,9 @@ Recommendation in E-Commerce", ICDMW 2020), one layer per module of Sec. III:
   auxiliary network's layer output;
 * :class:`MutualUnit` - III-D-3, eq. (6)-(8) with the gradient mask of III-D-2.
 
+Per-scenario parameters are stacked ``[S, ...]`` (issue 31): one variable per kind of weight, each layer with
+an own-scenario path whose cost per example is flat in S where the math allows it.
+
 Shapes: ``B`` batch, ``S`` scenarios, ``L`` behaviour length (+1 with the candidate token), ``D`` widths.
 """
 from __future__ import annotations

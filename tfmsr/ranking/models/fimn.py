@@ -33,8 +33,9 @@ class FIMN(RankingModel):
     * SMM (eq. 15-18) over ``[e~_s, e_If, e_t, e_p, e_q]``: ``e_t`` every item feature, ``e_p`` user
       features, ``e_q`` query features, plus the context features, standardised numeric features and the
       mean-pooled sequences that are not behaviour fields (e.g. the behaviours' scenarios).
-    * Prediction (eq. 19): tower ``i`` reads ``M~_i``; the base class trains tower ``i`` only with
-      scenario ``i``'s examples.
+    * Prediction (eq. 19): tower ``i`` reads ``M~_i``. Training and the scenario servables compute only
+      each example's own row of SMM and its own tower (``own_head``; tower ``i`` learns only from scenario
+      ``i``'s examples); SMM's projection and keys stay ``O(S)`` per example (eq. 15-17 read every ``M_j``).
 
     Defaults follow section 5.1.5 / appendix A: field width ``d = 32`` (``embedding_dim``), ``gamma = 2``
     for SEM and the intra-gate, Gaussian(0, 0.05) initialisation of the dense layers; ``|B| = 30`` is the

@@ -51,7 +51,11 @@ class SAML(RankingModel):
     III-A-2 "follows BST"; see :class:`~tfmsr.layers.saml.ScenarioAwareAttention`); ``aux_gradient``:
     ``true`` (default). Both switches tie on MovieLens-100K (3 seeds, pooling target: transformer 0.7868 ±
     0.0011, aux_gradient false 0.7871 ± 0.0012, vs 0.7871 ± 0.0016), so the defaults keep the cheaper printed
-    forms. ``gradient_mask: false`` removes III-D-2's mask (only to show its effect). ``mutual_coefficients(x)``
+    forms. ``gradient_mask: false`` removes III-D-2's mask (only to show its effect).
+    Training and the scenario servables compute each example's own scenario only (``own_head``): its branch,
+    row ``s`` of the mutual unit and its output unit; eq. 6-8 still read every branch's ``V_j``, so every
+    branch runs forward (one einsum per layer, ``O(S)`` per example; under the gradient mask without a backward
+    pass). ``scenario_probs`` / ``all_scenarios`` compute every row. ``mutual_coefficients(x)``
     returns ``alpha`` and ``g`` for Fig. 3 (``pipelines/saml_figure.py``).
     """
 
