@@ -88,7 +88,7 @@ class ScenarioLearner(keras.layers.Layer):
       receive a gradient. They follow the alternating optimisation of eq. 13: step 1 moves them by
       eq. 14 (the closed-form online minimiser of eq. 8 given ``a``), step 2 (back-propagation) updates
       ``w`` and the rest with them fixed. ``update_prototypes()`` performs step 1 with the ``f_w(x)`` and
-      ``a`` of the latest training call; the model's ``train_step`` calls it after the gradient step.
+      ``a`` of the latest training call; the model's ``post_step`` calls it after the gradient step.
     * Distribution: eq. 14 needs only the batch sums ``sum_i a_k,i f_w(x_i)`` and ``sum_i a_k,i``. Under
       a synchronous strategy (``MirroredStrategy``, ``MultiWorkerMirroredStrategy``) every replica
       all-reduces (sums) them and applies the same update, which equals the single-process update on the
