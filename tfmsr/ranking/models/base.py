@@ -93,16 +93,16 @@ class RankingModel(Parametrized, TrainableModel):
 
     def scenario_probs(self, x, training=False) -> tf.Tensor:
         """``[B, S]``: the click probability of the request in every scenario (what each scenario
-        servable answers). Multi-head models evaluate all heads once; others re-run with the scenario set."""
+        servable answers). Multi-head models evaluate all heads once; others run once on the request tiled S
+        times (row ``s * B + b`` = request b in scenario s): one forward pass of S * B rows, not S passes."""
         if self.multi_head:
             return tf.sigmoid(self.logits(x, training=training))
-        key = self.schema.scenario.name
-        cols = []
-        for s in range(self.num_scenarios):
-            xs = dict(x)
-            xs[key] = tf.fill(tf.shape(x[key]), tf.constant(s, x[key].dtype))
-            cols.append(tf.sigmoid(self.logits(xs, training=training)))
-        return tf.stack(cols, axis=1)
+        key, S = self.schema.scenario.name, self.num_scenarios
+        batch = tf.shape(x[key])[0]
+        tiled = {k: tf.tile(v, tf.concat([[S], tf.ones([tf.rank(v) - 1], tf.int32)], 0)) for k, v in x.items()}
+        tiled[key] = tf.repeat(tf.range(S, dtype=x[key].dtype), batch)
+        z = tf.reshape(self.logits(tiled, training=training), [S, batch])
+        return tf.sigmoid(tf.transpose(z))
 
     # ------------------------------------------------------------------ shared input assembly
     def flat_inputs(self, x, groups=("user", "item", "context", "query"), with_scenario=True,
