@@ -82,3 +82,16 @@ def test_own_and_all_on_a_variable_split_over_parameter_servers(method):
     np.testing.assert_allclose(got, np.stack([x[i] @ k[s] + b[s] for i, s in enumerate(sc)]), **TOL)
     np.testing.assert_allclose(all_matmul(tf.constant(x), kernel, bias).numpy(),
                                np.einsum("bd,sdh->bsh", x, k) + b, **TOL)
+
+
+def test_towers_keep_glorot_heads_whatever_the_hidden_init():
+    """ScenarioTowers' heads start as the unstacked Dense(1) heads did (Glorot), while the hidden layers take the
+    model's kernel_init (FIMN's N(0, 0.05)): a N(0, 0.05) head cost FIMN 0.04 AUC on MovieLens-100K."""
+    from tfmsr.layers import ScenarioTowers
+
+    towers = ScenarioTowers(5, [32], kernel_init={"normal": 0.05})
+    towers(tf.zeros([2, 16]), tf.constant([0, 1], tf.int64))
+    hidden, head = towers.mlp.dense[0].kernel.numpy(), towers.mlp.dense[1].kernel.numpy()
+    assert head.shape == (5, 32, 1) and abs(hidden.std() - 0.05) < 0.01
+    limit = np.sqrt(6.0 / (32 + 1))                                   # glorot_uniform of one [32, 1] head
+    assert np.abs(head).max() <= limit and np.abs(head).max() > 0.25 and abs(head.std() - limit / np.sqrt(3)) < 0.05

@@ -158,14 +158,16 @@ class ScenarioMLP(keras.layers.Layer):
 
     def __init__(self, num_scenarios: int, hidden: Sequence[int], out_units: Optional[int] = None,
                  activation="relu", dropout: float = 0.0, kernel_init="glorot_uniform", method: str = "auto",
-                 **kwargs):
+                 head_init=None, **kwargs):
+        """``head_init``: the head's initializer (default ``kernel_init``)."""
         super().__init__(**kwargs)
         self.num_scenarios, self.method = int(num_scenarios), method
-        sizes = [(int(h), activation) for h in hidden] + ([(int(out_units), None)] if out_units else [])
+        head = [(int(out_units), None, head_init or kernel_init)] if out_units else []
+        sizes = [(int(h), activation, kernel_init) for h in hidden] + head
         if not sizes:
             raise ValueError("ScenarioMLP: no layer (empty hidden and no out_units)")
-        self.dense = [ScenarioDense(num_scenarios, h, a, kernel_init=kernel_init, method=method, name=f"dense_{i}")
-                      for i, (h, a) in enumerate(sizes)]
+        self.dense = [ScenarioDense(num_scenarios, h, a, kernel_init=init, method=method, name=f"dense_{i}")
+                      for i, (h, a, init) in enumerate(sizes)]
         self.num_hidden = len(hidden)
         self.drop = keras.layers.Dropout(dropout) if dropout else None
 

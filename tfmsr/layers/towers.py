@@ -23,7 +23,7 @@ class ScenarioTowers(keras.layers.Layer):
         super().__init__(**kwargs)
         self.num_scenarios = int(num_scenarios)
         self.mlp = ScenarioMLP(num_scenarios, hidden, out_units=1, dropout=dropout, kernel_init=kernel_init,
-                               name="mlp")
+                               head_init="glorot_uniform", name="mlp")  # the heads' init before the stacking
 
     def call(self, x, scenario=None, training=False):
         if scenario is None:
