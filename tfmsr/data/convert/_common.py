@@ -21,6 +21,7 @@ values, not rows) and its per-user history buffers (users x L), never by the num
 """
 from __future__ import annotations
 
+import abc
 import argparse
 import dataclasses
 import json
@@ -96,7 +97,7 @@ class ConvertOptions:
             raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
 
 
-class Conversion:
+class Conversion(abc.ABC):
     """One run of a converter: ``src``, ``out``, the options (``options_class``, checked; an existing ``out``
     refused unless --overwrite) and the start time ``t0``. A converter's subclass implements ``run``."""
 
@@ -107,8 +108,9 @@ class Conversion:
         self.o.refuse_existing(out)
         self.src, self.out, self.t0 = src, out, time.time()
 
+    @abc.abstractmethod
     def run(self) -> dict:
-        raise NotImplementedError
+        """Convert ``src`` into shards under ``out``; returns the dataset statistics."""
 
 
 def print_summary(out: str, stats: dict) -> dict:
