@@ -17,6 +17,7 @@ from tfmsr.layers._init import fresh
 from tfmsr.layers.attention import MultiHeadTargetAttention, masked_softmax
 from tfmsr.layers.interaction import fm_bi_interaction
 from tfmsr.layers.mlp import MLP
+from tfmsr.layers.scenario import own_rows
 
 
 def frequency_features(per_scenario: Mapping[str, Mapping], names: Sequence[str], source: str = "stats") -> np.ndarray:
@@ -243,7 +244,7 @@ class ScenarioMutual(keras.layers.Layer):
     def own_row(self, m, scenario):
         """Eq. 16-18 for row ``i = s`` of each example only, over ``M [B, S, d]``."""
         s = tf.cast(tf.reshape(scenario, [-1]), tf.int32)
-        m_i = tf.gather(m, s[:, None], batch_dims=1)[:, 0]                          # [B, d]
+        m_i = own_rows(m, s)                                                        # [B, d]
         scores = self.z(tf.tanh(self.w_query(m_i)[:, None, :] + self.w_key(m)))[..., 0]  # [B, S] a_ij
         alpha = masked_softmax(scores, tf.logical_not(tf.cast(tf.one_hot(s, self.s), tf.bool)))  # eq. 16
         m_hat = tf.einsum("bj,bjd->bd", alpha, m)                                   # eq. 17

@@ -19,7 +19,7 @@ from tfmsr.core.registry import Parametrized, Registry
 from tfmsr.data.guards import pop_count
 from tfmsr.distribute.accounting import count_inputs
 from tfmsr.features import Schema
-from tfmsr.layers import FeatureEmbedding, masked_mean
+from tfmsr.layers import FeatureEmbedding, masked_mean, own_rows
 
 
 def _import_all():
@@ -53,10 +53,7 @@ def binary_cross_entropy(labels: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(keras.losses.binary_crossentropy(y, probs))
 
 
-def gather_scenario(logits: tf.Tensor, scenario: tf.Tensor) -> tf.Tensor:
-    """``logits[b, scenario[b]]`` for ``[B, S]`` logits."""
-    idx = tf.cast(tf.reshape(scenario, [-1, 1]), tf.int32)
-    return tf.gather(logits, idx, batch_dims=1)[:, 0]
+gather_scenario = own_rows  # ``logits[b, scenario[b]]`` of ``[B, S]`` logits (the layers' own-scenario gather)
 
 
 class RankingModel(Parametrized, TrainableModel):

@@ -23,7 +23,7 @@ from tfmsr.core.errors import ConfigError
 from tfmsr.core.model import TrainableModel
 from tfmsr.core.registry import Parametrized, Registry
 from tfmsr.features import Schema
-from tfmsr.layers import FeatureEmbedding, masked_mean
+from tfmsr.layers import FeatureEmbedding, masked_mean, own_rows
 from tfmsr.layers.behavior import behavior_pairs, behavior_scenario
 from tfmsr.layers.sass import cosine, in_batch_cosines, in_batch_mask
 
@@ -40,9 +40,7 @@ def build(name: str, schema: Schema, params: Optional[dict] = None, scenario: Op
     return get_class(name)(schema, params or {}, scenario=scenario)
 
 
-def gather_scenario(x: tf.Tensor, scenario: tf.Tensor) -> tf.Tensor:
-    """``x[b, scenario[b]]`` of ``[B, S, d]``."""
-    return tf.gather(x, tf.cast(scenario, tf.int32), batch_dims=1)
+gather_scenario = own_rows  # ``x[b, scenario[b]]`` of ``[B, S, d]`` (the layers' own-scenario gather)
 
 
 class RetrievalModel(Parametrized, TrainableModel):

@@ -90,7 +90,6 @@ from tfmsr.core.errors import ConfigError
 from tfmsr.layers import MLP
 from tfmsr.layers.attention import MultiHeadSelfAttention
 from tfmsr.layers.embedding import masked_mean
-from tfmsr.layers.scenario import own_rows
 from tfmsr.layers.sass import (GATE_INITS, GATES, MLSAT, NTXentLoss, PairwiseCosineLoss, ScenarioAuxiliaryNet,
                                ScenarioBiasFusion, cosine_softmax_loss, own_auxiliary, per_scenario,
                                scenario_deviation)
@@ -238,7 +237,7 @@ class SASS(RetrievalModel):
             x_g.append(self._pool(keys, mask))
             in_s = self.behaviour_scenario_mask(x, mask)                                  # [B, S, L]
             if own:
-                x_s.append(self._pool(keys, own_rows(in_s, s)))
+                x_s.append(self._pool(keys, gather_scenario(in_s, s)))
             else:
                 L, D = tf.shape(keys)[1], keys.shape[-1]
                 tiled = tf.reshape(tf.tile(keys[:, None], [1, S, 1, 1]), [-1, L, D])
