@@ -82,3 +82,8 @@ def config_diff(old, new, prefix: str = "") -> List[str]:
             out += config_diff(old.get(key), new.get(key), f"{prefix}{key}.")
         return out
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def shown_diff(diff: List[str], most: int = 5) -> str:
+    """``config_diff`` lines for a message: the first ``most``, then how many more."""
+    return "; ".join(diff[:most]) + (f"; and {len(diff) - most} more" if len(diff) > most else "")

@@ -6,7 +6,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from tfmsr.core.checks import config_diff
+from tfmsr.core.checks import config_diff, shown_diff
 from tfmsr.features import Schema
 from tfmsr.ranking.models import get_class
 
@@ -22,5 +22,4 @@ def check_buildable(cfg: dict, schema: Schema, stats: Optional[dict] = None) -> 
 def differences(what: str, old, new) -> str:
     """``"config (train.epochs: 3 -> 4)"``: what differs between an unfinished run and this one."""
     diff = config_diff(old, new) if isinstance(old, dict) and isinstance(new, dict) else [f"{old!r} -> {new!r}"]
-    shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
-    return f"{what} ({shown})"
+    return f"{what} ({shown_diff(diff)})"

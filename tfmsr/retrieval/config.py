@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from typing import Iterable, Optional
 
-from tfmsr.core.checks import config_diff, origin
+from tfmsr.core.checks import config_diff, origin, shown_diff
 from tfmsr.core.config import check_values, read_config
 from tfmsr.core.errors import ConfigError
 from tfmsr.core.rundir import RunDir
@@ -111,7 +111,7 @@ def refused_rerun(model_dir: str, cfg: dict, data_dir: str) -> str:
     data dir) differ from that run's ``run.yaml``, or that none does."""
     before = RunDir(model_dir).read() if RunDir(model_dir).exists else {}
     diff = config_diff(before["config"], cfg) if isinstance(before.get("config"), dict) else []
-    parts = [f"config ({'; '.join(diff[:5])}{f'; and {len(diff) - 5} more' if len(diff) > 5 else ''})"] if diff else []
+    parts = [f"config ({shown_diff(diff)})"] if diff else []
     if before.get("data") and before["data"] != os.path.abspath(data_dir):
         parts.append(f"data dir ({before['data']} -> {os.path.abspath(data_dir)})")
     what = f"with a different {' and '.join(parts)}" if parts else "of the same config and data"
