@@ -36,7 +36,8 @@ config values (checked before anything is written)
  19  --set train.seed=abc (CLI)          tfmsr: error: --set train.seed=abc: train.seed must be an integer >= 0, got
                                           'abc' (exit 2, no model dir)
  20  --set train.epoch=2 (unknown key)   --set: unknown key 'train.epoch' (known: ...)
- 21  a model's own check (star)          CFG: model 'star': normalization must be partitioned, batch or none, ... --
+ 21  a model's own check (star)          CFG: model 'star': parameter 'normalization' must be partitioned, batch or none
+                                          (like its default 'partitioned'), got 'layer' --
                                           raised before the run dir is written
  22  re-run with another config          RUN: holds an unfinished run with a different config (train.learning_rate:
                                           0.001 -> 0.01); resume it with the same config and data, or pass --overwrite
@@ -77,7 +78,7 @@ retrieval configs (tfmsr.retrieval.config: every value checked against its defau
  33  --set eval.k=-1 (CLI)               tfmsr: error: --set eval.k=-1: eval.k must be a positive integer, got -1
                                           (exit 2, no model dir); --set pretrain.sides=[user, x] / model.params.hidden=abc
                                           / an unknown key name --set
- 34  a retrieval model's own check       sass: gate 'sum' (expected one of sass, none, product, sigmoid, simnet) --
+ 34  a retrieval model's own check       retrieval model 'sass': gate 'product' with s0_init 'zeros': ... --
                                           raised before the run dir is written
  35  re-run of a finished retrieval run  RUN: holds a finished run with a different config (train.epochs: 1 -> 3);
                                           pass --overwrite to retrain (the same config: "of the same config and data")
@@ -334,7 +335,7 @@ def test_19_20_set_errors_name_set(tiny, tmp_path):
 def test_21_a_models_own_check_fails_before_the_run_dir(tiny, tmp_path):
     raw = config()
     raw["model"] = {"name": "star", "params": {"normalization": "layer"}}
-    with pytest.raises(ConfigError, match="model 'star': normalization must be partitioned, batch or none"):
+    with pytest.raises(ConfigError, match="model 'star': parameter 'normalization' must be partitioned, batch or none"):
         train_raw(raw, tiny, tmp_path / "run")
     assert not os.path.exists(tmp_path / "run")
 
@@ -513,10 +514,12 @@ def test_29_evaluate_predictions_format_follows_the_extension(tiny, trained, tmp
 @pytest.mark.slow
 def test_30_a_killed_ps_worker_leaves_no_shard_unread(tmp_path):
     """ParameterServerStrategy, 2 workers, worker 1 SIGKILLed in epoch 1 and not restarted: its share of the
-    shared stream (tfmsr.distribute.shared_input) goes to worker 0. Counted exactly, per pass over the split:
-    every batch of the stream is trained once or is one the dead worker had fetched (lost, named in the log);
-    the rows per shard counted in the graph equal those of the trained batches, rebuilt from the same
-    seeded stream; each epoch's examples = the plan + the steps the coordinator ran again. (With the former
+    shared stream (tfmsr.distribute.shared_input) goes to worker 0, and the batches it had fetched and never
+    trained are named in the log and trained by make-up steps on the survivor (shared_input.MakeUp, at the
+    last epoch's end here, before final/ is written). Counted exactly: every row of each pass over the split
+    is trained once (by the stream's steps or a make-up step; none twice); the rows per shard counted in the
+    graph equal those of the first N batches of the same seeded stream, rebuilt here, N = the batches
+    trained; each epoch's examples = the plan + the steps the coordinator ran again. (With the former
     files[i::W] split, worker 1's 2 shards were not read again: 2 x 1,000 rows short in epoch 2.)"""
     import signal
 
@@ -544,27 +547,32 @@ def test_30_a_killed_ps_worker_leaves_no_shard_unread(tmp_path):
     epochs, passes = summary["data_epochs"], summary["passes"]
     assert epochs[0]["worker_steps"][1] > 0 and epochs[1]["worker_steps"][1] == 0, [e["worker_steps"] for e in epochs]
     for e in epochs:  # the plan, plus a step the dead worker finished but could not report (run again)
-        assert e["examples"] == 4000 + 32 * (sum(e["worker_steps"]) - 125), e
-    lost = [q for e in epochs for q in e["lost_batches"] + e.get("ahead_batches", [])]
-    assert lost and summary["lost_rows"] + summary["ahead_rows"] == 32 * len(lost), epochs
+        assert e["examples"] == 4000 + 32 * (sum(e["worker_steps"]) - 125 - len(e["replayed_batches"])), e
+    lost = [q for e in epochs for q in e["lost_batches"] + e["ahead_batches"]]
+    replayed = [q for e in epochs for q in e["replayed_batches"]]
+    assert lost and sorted(replayed) == sorted(set(lost)) == sorted(lost), epochs
+    assert summary["replayed_rows"] == summary["lost_rows"] + summary["ahead_rows"] == 32 * len(lost), summary
     assert [p["pass"] for p in passes][:2] == [1, 2], passes
-    for p in passes[:2]:  # each pass: every row trained once, or fetched by the dead worker and named
-        assert p["trained_rows"] + p["lost_rows"] + p["ahead_rows"] == 4000 and p["trained_twice"] == 0, p
+    for p in passes[:2]:  # each pass: every row trained once, by the stream's steps or a make-up step
+        assert p["trained_rows"] + p["replayed_rows"] == 4000 and p["untrained_rows"] == 0, p
+        assert p["trained_twice"] == 0 and p["replayed_rows"] == p["lost_rows"] + p["ahead_rows"], p
     assert any(f"[data] pass {p['pass']} over the train split (4,000 rows): {p['trained_rows']:,} rows trained + "
-               f"{p['lost_rows']:,} lost with a worker (batches {p['lost_batches']})" in l for l in c.lines for p in passes)
+               f"{p['lost_rows']:,} lost with a worker, re-read by the survivors (batches {p['lost_batches']})" in l
+               for l in c.lines for p in passes if p["lost_batches"]), "\n".join(c.lines[-30:])
+    assert not any("rows never trained" in l for l in c.lines), "\n".join(c.lines[-30:])
     assert any(re.search(r"\[data\] epoch 2: .* -- worker:1 ran no step this epoch \(lost\?\): the others took its "
-                         r"share of the shared stream; \d+ batch\(es\), [\d,]+ rows, fetched by a lost worker and "
-                         r"never trained \(global batches \[", l) for l in c.lines), "\n".join(c.lines[-30:])
-    # the rows per shard counted in the graph = those of the trained batches of the same seeded stream
+                         r"share of the shared stream; .*\d+ batch\(es\), [\d,]+ rows, re-read by the survivors in "
+                         r"as many make-up steps .*\(global batches \[", l) for l in c.lines), "\n".join(c.lines[-30:])
+    # the rows per shard counted in the graph = those of the first N batches of the same seeded stream
     streams = []
     tf.random.set_seed(0)  # train.seed, set by the trainer before it builds the stream
     make_dataset(split_files(data, "train"), Schema.load(os.path.join(data, "schema.yaml")), 32, training=True,
                  seed=0, shuffle_buffer=20_000, tag_shards=True, service=lambda ds: streams.append(ds) or ds)
-    trained = sum(p["trained_rows"] for p in passes) // 32
-    shards = [np.bincount(s.numpy(), minlength=4) for _, s in streams[0].take(trained + len(lost))]
-    want = sum(shards[i] for i in range(trained + len(lost)) if i not in lost)
+    n = sum(p["trained_rows"] + p["replayed_rows"] for p in passes) // 32
+    shards = [np.bincount(s.numpy(), minlength=4) for _, s in streams[0].take(n)]
+    assert sum(shards[:250]).tolist() == [2000] * 4  # two passes: each shard's 1,000 rows twice
     names = sorted(epochs[0]["shards"])
-    assert [sum(e["shards"][n] for e in epochs) for n in names] == want.tolist(), (want, [e["shards"] for e in epochs])
+    assert [sum(e["shards"][k] for e in epochs) for k in names] == sum(shards).tolist(), [e["shards"] for e in epochs]
     assert os.path.exists(tmp_path / "run" / "final")
 
 
@@ -631,8 +639,8 @@ def test_34_a_retrieval_models_own_check_fails_before_the_run_dir(tiny, tmp_path
     from tfmsr.retrieval.config import load_config as load_retrieval
     from tfmsr.retrieval.train import train
 
-    cfg = load_retrieval(raw=retrieval_raw(model={"name": "sass", "params": {"gate": "sum"}}))
-    with pytest.raises(ConfigError, match=r"^sass: gate 'sum' \(expected one of "):
+    cfg = load_retrieval(raw=retrieval_raw(model={"name": "sass", "params": {"gate": "product", "s0_init": "zeros"}}))
+    with pytest.raises(ConfigError, match=r"^retrieval model 'sass': gate 'product' with s0_init 'zeros': "):
         train(cfg, tiny, str(tmp_path / "run"), **QUIET)
     assert not os.path.exists(tmp_path / "run")
 

@@ -146,13 +146,15 @@ class BatchLedger:
 
     A live worker trains the batches it fetched ahead at its next steps, so a batch still untrained one epoch
     end after a later batch was trained went with a dead worker (``lost``). Those untrained when training
-    ends are ``ahead``: fetched ahead by a live worker, or lost in the last epoch."""
+    ends are ``ahead``: fetched ahead by a live worker, or lost in the last epoch. Make-up steps
+    (``shared_input.MakeUp``) train them again: ``replayed``, counted per batch like any trained one."""
 
     def __init__(self, rows: int, batch: int, start: int = 0):
         self.rows, self.batch, self.start = rows, batch, start
         self.per_pass = max(1, math.ceil(rows / batch))
         self.lost: List[int] = []   # global batch numbers, in the order they were found lost
         self.ahead: List[int] = []  # untrained when training ended
+        self.replayed: List[int] = []  # of those, the ones make-up steps trained
         self._open: set = set()
 
     def batch_rows(self, seq: int) -> int:
@@ -168,11 +170,20 @@ class BatchLedger:
     def settle(self, counts, final: bool = False) -> List[int]:
         """The batches found lost now (untrained at two epoch ends in a row), or with ``final`` (training
         ended) the ones still untrained, recorded as ``ahead``."""
-        holes = set(self.untrained(counts)) - set(self.lost)
+        holes = set(self.untrained(counts)) - set(self.lost) - set(self.ahead)
         new = sorted(holes if final else holes & self._open)
         (self.ahead if final else self.lost).extend(new)
         self._open = holes - set(new)
         return new
+
+    def pending(self) -> List[int]:
+        """Lost and ahead batches no make-up step has trained yet (relative to ``start``: ``rel``)."""
+        done = set(self.replayed)
+        return [q for q in self.lost + self.ahead if q not in done]
+
+    def rel(self, seqs: Sequence[int]) -> List[int]:
+        """Global batch numbers -> their numbers in this stream (the resumed run's first batch is 0)."""
+        return [q - self.start for q in seqs]
 
     def passes(self, counts) -> List[dict]:
         """Per pass touched: batches, rows trained, lost and untrained at the end (and those batches), batches
@@ -184,18 +195,20 @@ class BatchLedger:
             p = out.setdefault(seq // self.per_pass, {"trained_rows": 0, "trained_twice": 0})
             p["trained_rows"] += int(counts[i])
             p["trained_twice"] += int(counts[i] > self.batch_rows(seq))
-        for key, seqs in (("lost", self.lost), ("ahead", self.ahead)):
+        for key, seqs in (("lost", self.lost), ("ahead", self.ahead), ("replayed", self.replayed)):
             for seq in seqs:
                 out.setdefault(seq // self.per_pass, {"trained_rows": 0, "trained_twice": 0}).setdefault(
                     f"{key}_batches", []).append(seq)
         return [self._pass(k, v) for k, v in sorted(out.items())]
 
     def _pass(self, k: int, v: dict) -> dict:
-        record = {"pass": k + 1, "batches": self.per_pass, "trained_rows": v["trained_rows"],
-                  "trained_twice": v["trained_twice"]}
-        for key in ("lost", "ahead"):
+        """One pass's record; ``trained_rows`` by the stream's own steps, ``replayed_rows`` by make-up steps."""
+        record = {"pass": k + 1, "batches": self.per_pass, "trained_twice": v["trained_twice"]}
+        for key in ("lost", "ahead", "replayed"):
             seqs = v.get(f"{key}_batches", [])
             record.update({f"{key}_rows": sum(self.batch_rows(q) for q in seqs), f"{key}_batches": seqs})
+        record["trained_rows"] = v["trained_rows"] - record["replayed_rows"]
+        record["untrained_rows"] = record["lost_rows"] + record["ahead_rows"] - record["replayed_rows"]
         return record
 
 
@@ -203,14 +216,19 @@ class EpochAccounting(keras.callbacks.Callback):
     """``[data] epoch N: n examples read ...`` at each epoch end from the graph's counts; ``epochs`` holds
     them (epoch, steps, batch, examples, non_finite, oov_ids); ``examples_per_sec`` from the first step on,
     in training-step time (``clock``: the time source). Under ParameterServerStrategy also the steps run
-    again after a lost worker, the batches it fetched and never trained (``BatchLedger``: counted, per
-    epoch, and per pass over the split in ``passes`` at the end of training)."""
+    again after a lost worker and the batches of the shared stream (numbered from ``start``, the resumed
+    step) it fetched and never trained (``BatchLedger``: counted, per epoch, and per pass over the split in
+    ``passes`` at the end of training), which ``replay(model, batches)`` (``shared_input.MakeUp``) trains
+    on the live workers at the epoch end they are found lost, and at the last epoch's end every batch
+    still untrained -- before the epoch's validation and checkpoints (this callback runs before them)."""
 
     def __init__(self, batch: int, rows: int, log: Callable[[str], None], counters: Optional[Counters] = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, start: int = 0,
+                 replay: Optional[Callable[[object, List[int]], None]] = None):
         super().__init__()
         self._supports_tf_logs = True  # the step hook reads no logs (allowed under ParameterServerStrategy)
         self.batch, self.rows, self.log, self.counters = batch, rows, log, counters
+        self.start, self.replay = start, replay
         self.epochs: List[dict] = []
         self.clock = TrainClock(clock)
         self._steps = 0
@@ -226,7 +244,7 @@ class EpochAccounting(keras.callbacks.Callback):
         if self.counters is not None:
             self.counters.reset()
         if self.ledger is None and self.counters is not None and self.counters.batches is not None:
-            self.ledger = BatchLedger(self.rows, self.batch, int(self.model.optimizer.iterations.numpy()))
+            self.ledger = BatchLedger(self.rows, self.batch, self.start)
         if self._steps:  # the clock starts at the end of the first step
             self.clock.start()
 
@@ -238,6 +256,7 @@ class EpochAccounting(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        made = self._make_up(epoch)  # before the counters are read: the epoch's rows include the make-up
         steps = self.params["steps"]
         row = {"epoch": epoch + 1, "steps": steps, "batch": self.batch,
                "examples": int(logs.get("examples", 0)), "non_finite": int(logs.get("non_finite", 0)),
@@ -247,10 +266,24 @@ class EpochAccounting(keras.callbacks.Callback):
         said = f" -- {off:+,} against the plan" if off else ""
         self.log(f"[data] epoch {epoch + 1}: {row['examples']:,} examples read (counted in the graph; plan {steps} "
                  f"steps x {self.batch}, train split {self.rows:,} rows){said}; non-finite values "
-                 f"{row['non_finite']:,}; oov ids {row['oov_ids']:,}{self._by_counters(row)}")
+                 f"{row['non_finite']:,}; oov ids {row['oov_ids']:,}{self._by_counters(row, made)}")
         self.epochs.append(row)
 
-    def _by_counters(self, row: dict) -> str:
+    def _make_up(self, epoch: int) -> dict:
+        """Settles the ledger at this epoch end (at the last epoch's end every batch still untrained too)
+        and trains the lost ones again (``replay``); {lost, ahead, replayed: global batch numbers}."""
+        if self.ledger is None:
+            return {}
+        counts = self.counters.batches.result().numpy()
+        made = {"lost": self.ledger.settle(counts), "replayed": []}
+        made["ahead"] = self.ledger.settle(counts, final=True) if epoch + 1 >= self.params["epochs"] else []
+        if self.replay is not None and self.ledger.pending():
+            made["replayed"] = self.ledger.pending()
+            self.replay(self.model, self.ledger.rel(made["replayed"]))
+            self.ledger.replayed.extend(made["replayed"])
+        return made
+
+    def _by_counters(self, row: dict, made: dict) -> str:
         """Adds the per-shard rows (and per-worker steps) of the epoch to ``row``; their part of the log line."""
         if self.counters is None:
             return ""
@@ -265,44 +298,62 @@ class EpochAccounting(keras.callbacks.Callback):
                 if n == 0 and (before is None or before[i] > 0):
                     text += (f" -- worker:{i} ran no step this epoch (lost?): the others took its share of the "
                              "shared stream")
-            again = sum(row["worker_steps"]) - row["steps"]
+            again = sum(row["worker_steps"]) - row["steps"] - len(made.get("replayed", []))
             if again > 0:
                 text += (f"; {again} step(s) run again: a lost worker finished them but could not report it, so "
                          f"the coordinator ran them on another worker with the next batch")
-        return text + self._lost(row)
+        return text + self._lost(row, made)
 
-    def _lost(self, row: dict, final: bool = False) -> str:
-        """Adds the batches found lost now (``BatchLedger.settle``; ``final``: untrained when training ended)
-        to ``row``; their part of the log line."""
-        if self.ledger is None:
-            return ""
-        new = self.ledger.settle(self.counters.batches.result().numpy(), final)
-        key = "ahead" if final else "lost"
-        row[f"{key}_batches"] = row.get(f"{key}_batches", []) + new
-        row[f"{key}_rows"] = sum(self.ledger.batch_rows(q) for q in row[f"{key}_batches"])
-        if not new:
-            return ""
-        rows = sum(self.ledger.batch_rows(q) for q in new)
-        if final:
-            return (f"{len(new)} batch(es), {rows:,} rows, fetched and never trained (global batches {new}): "
-                    "fetched ahead by a live worker, or lost with one in the last epoch")
-        return (f"; {len(new)} batch(es), {rows:,} rows, fetched by a lost worker and never trained (global "
-                f"batches {new})")
+    def _lost(self, row: dict, made: dict) -> str:
+        """Adds the batches found lost, untrained at the end and re-read at this epoch end (``_make_up``) to
+        ``row``; their part of the log line."""
+        text = ""
+        for key, what in (("lost", "fetched by a lost worker and never trained"),
+                          ("ahead", "fetched and untrained when training ended (fetched ahead by a live worker, "
+                                    "or lost with one in this epoch)"),
+                          ("replayed", "re-read by the survivors in as many make-up steps (in this epoch's rows "
+                                       "per shard, not in its examples; they advance the optimizer's step "
+                                       "count, not the epoch's step plan)")):
+            if key not in made:
+                continue
+            seqs = made[key]
+            row[f"{key}_batches"], row[f"{key}_rows"] = seqs, sum(self.ledger.batch_rows(q) for q in seqs)
+            if seqs:
+                text += f"; {len(seqs)} batch(es), {row[f'{key}_rows']:,} rows, {what} (global batches {seqs})"
+        return text
 
     def on_train_end(self, logs=None):
         if self.ledger is None or not self.epochs:
             return
-        said = self._lost(self.epochs[-1], final=True)
-        if said:
-            self.log(f"[data] training ended: {said}")
+        ahead = self.ledger.settle(self.counters.batches.result().numpy(), final=True)  # stopped early
+        if ahead:
+            last = self.epochs[-1]
+            last["ahead_batches"] = last.get("ahead_batches", []) + ahead
+            last["ahead_rows"] = sum(self.ledger.batch_rows(q) for q in last["ahead_batches"])
+            self.log(f"[data] training stopped early: {len(ahead)} batch(es) fetched and never trained, not re-read "
+                     f"(global batches {ahead})")
         self.passes = self.ledger.passes(self.counters.batches.result().numpy())
         for p in self.passes:
-            untrained = p["lost_rows"] + p["ahead_rows"]
-            partial = "" if p["trained_rows"] + untrained == self.rows else " -- a partial pass"
-            twice = f"; {p['trained_twice']} batch(es) trained twice" if p["trained_twice"] else ""
-            self.log(f"[data] pass {p['pass']} over the train split ({self.rows:,} rows): {p['trained_rows']:,} rows "
-                     f"trained + {p['lost_rows']:,} lost with a worker (batches {p['lost_batches']}) + "
-                     f"{p['ahead_rows']:,} fetched, untrained at the end (batches {p['ahead_batches']}){partial}{twice}")
+            self.log(self._pass_line(p))
+
+    def _pass_line(self, p: dict) -> str:
+        """``[data] pass P over the train split ...``: rows trained by the stream's steps + lost / untrained
+        at the end (re-read or not) = the split's rows, unless the pass is partial."""
+        replayed = set(p["replayed_batches"])
+
+        def group(key: str, what: str) -> str:
+            seqs = p[f"{key}_batches"]
+            again = [q for q in seqs if q in replayed]
+            said = (", re-read by the survivors" if again == seqs else
+                    f", {len(again)} of them re-read by the survivors ({again})" if again else "")
+            return f"{p[f'{key}_rows']:,} {what}{said if seqs else ''} (batches {seqs})"
+
+        partial = "" if p["trained_rows"] + p["lost_rows"] + p["ahead_rows"] == self.rows else " -- a partial pass"
+        never = f"; {p['untrained_rows']:,} rows never trained" if p["untrained_rows"] else ""
+        twice = f"; {p['trained_twice']} batch(es) trained twice" if p["trained_twice"] else ""
+        return (f"[data] pass {p['pass']} over the train split ({self.rows:,} rows): {p['trained_rows']:,} rows "
+                f"trained + {group('lost', 'lost with a worker')} + "
+                f"{group('ahead', 'fetched, untrained at the end')}{partial}{never}{twice}")
 
     @property
     def examples_per_sec(self) -> float:
@@ -317,6 +368,6 @@ class EpochAccounting(keras.callbacks.Callback):
         with a worker and the ``passes`` over the split."""
         out = {k: sum(e[k] for e in self.epochs) for k in ("examples", "non_finite", "oov_ids")}
         if self.ledger is not None:
-            out.update({k: sum(e.get(k, 0) for e in self.epochs) for k in ("lost_rows", "ahead_rows")},
+            out.update({k: sum(e.get(k, 0) for e in self.epochs) for k in ("lost_rows", "ahead_rows", "replayed_rows")},
                        passes=self.passes)
         return out

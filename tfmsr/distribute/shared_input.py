@@ -75,6 +75,44 @@ def tag_sequence(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.enumerate().map(lambda i, batch: (batch[0], batch[1] + SEQ * i))
 
 
+def pick_batches(ds: tf.data.Dataset, seqs) -> tf.data.Dataset:
+    """The batches numbered ``seqs`` in the (records, shard index) stream ``ds``, in order and tagged as
+    ``tag_sequence`` tags them: the same stream rebuilt from the seed, read up to the last one (finite)."""
+    wanted = tf.constant(sorted(seqs), tf.int64)
+    return (ds.take(int(max(seqs)) + 1).enumerate()
+            .filter(lambda i, batch: tf.reduce_any(tf.equal(i, wanted)))
+            .map(lambda i, batch: (batch[0], batch[1] + SEQ * i)))
+
+
+class MakeUp:
+    """Make-up steps (ParameterServerStrategy): train again the batches of the shared stream that no step
+    trained (``accounting.BatchLedger``: fetched by a lost worker, or fetched and untrained when training
+    ends). ``stream(service)`` rebuilds the run's training stream from its seed (the same shards, shuffle
+    and resumed-steps skip) with ``service`` applied to its serialized batches, where ``pick_batches``
+    keeps the wanted ones. One closure runs them all, in order, on one live worker (a per-worker dataset
+    holds every wanted batch, so two workers would train each twice); each is an ordinary ``train_step``
+    (counted per shard and batch like the others; it advances ``optimizer.iterations``, not the epoch's
+    step plan). Called at an epoch end, after ``fit`` joined the epoch's steps; returns when they are in."""
+
+    def __init__(self, stream: Callable[[Callable], tf.data.Dataset]):
+        self.stream = stream
+
+    def __call__(self, model, seqs) -> None:
+        seqs = sorted(int(q) for q in seqs)
+        strategy, coordinator = model.distribute_strategy, model._cluster_coordinator
+        per_worker = coordinator.create_per_worker_dataset(
+            lambda: strategy.distribute_datasets_from_function(
+                lambda ctx: self.stream(lambda ds: pick_batches(ds, seqs))))
+
+        @tf.function
+        def steps(iterator):
+            for _ in tf.range(len(seqs)):
+                strategy.run(model.train_step, args=(next(iterator),))
+
+        coordinator.schedule(steps, args=(iter(per_worker),))
+        coordinator.join()
+
+
 def chief_host(spec: dict) -> str:
     """The chief's host name in the cluster spec (the workers reach the service there)."""
     return spec["chief"][0].rsplit(":", 1)[0]

@@ -39,7 +39,7 @@ from tfmsr.data.pipeline import check_first_record, make_dataset, read_errors, s
 from tfmsr.data.guards import pop_count
 from tfmsr.distribute.accounting import EpochAccounting, LossGuard, attach_counters
 from tfmsr.distribute.progress import Progress
-from tfmsr.distribute.shared_input import SharedStream, chief_host, job_name
+from tfmsr.distribute.shared_input import MakeUp, SharedStream, chief_host, job_name
 from tfmsr.distribute.strategy import (Cluster, ClusterBackupAndRestore, ClusterProgress, check_model,
                                        cluster_from_env, make_strategy, per_worker_input, serve, sharded_variables)
 from tfmsr.distribute.warm_start import plan_ranking, start_ranking
@@ -209,16 +209,33 @@ def _train_input(job: _Job) -> tf.data.Dataset:
     # multi-worker: each worker its own shards and batch share; ps: one shared stream (shared_input)
     stream = (SharedStream(chief_host(cluster.spec), job_name(job.model_dir, job.skip), job.log)
               if cluster.kind == "ps" else None)
-    return per_worker_input(job.train_files, lambda files, b, k, ctx: make_dataset(
-        files, schema, b, training=True, seed=seed, shuffle_buffer=data["shuffle_buffer"],
-        skip_batches=k, input_context=ctx, non_finite=data["non_finite"], tag_shards=True,
-        service=stream.apply if stream else None), cluster, batch, job.skip, job.log, shared=stream is not None)
+    return per_worker_input(job.train_files, lambda files, b, k, ctx: _stream(
+        job, files, b, k, ctx, stream.apply if stream else None), cluster, batch, job.skip, job.log,
+        shared=stream is not None)
+
+
+def _stream(job: _Job, files, batch: int, skip: int, ctx, service) -> tf.data.Dataset:
+    """A worker's training stream (``make_dataset`` with the run's settings)."""
+    cfg, data = job.cfg, job.cfg["data"]
+    return make_dataset(files, job.schema, batch, training=True, seed=cfg["train"]["seed"],
+                        shuffle_buffer=data["shuffle_buffer"], skip_batches=skip, input_context=ctx,
+                        non_finite=data["non_finite"], tag_shards=True, service=service)
+
+
+def _make_up(job: _Job) -> Optional[MakeUp]:
+    """ps: make-up steps for the batches a lost worker took, from the shared stream rebuilt by its seed."""
+    if job.cluster.kind != "ps":
+        return None
+    return MakeUp(lambda service: _stream(job, job.train_files, job.cfg["data"]["batch_size"], job.skip, None,
+                                          service))
 
 
 def _callbacks(job: _Job, model, counters):
     """(callbacks, epoch checkpoints, run state, accounting): loss guard, validation, early stopping, backup, logs."""
     cfg, t, batch, log = job.cfg, job.cfg["train"], job.cfg["data"]["batch_size"], job.log
-    callbacks, stopper = [LossGuard(job.model_dir, 1 if job.strategy is None else t["log_every"])], None
+    accounting = EpochAccounting(batch, split_rows(job.data_dir, "train", job.stats), log, counters,
+                                 start=job.skip, replay=_make_up(job))  # make-up steps before the validation
+    callbacks, stopper = [LossGuard(job.model_dir, 1 if job.strategy is None else t["log_every"]), accounting], None
     if job.valid_files:
         callbacks.append(ScenarioValidation(Predictor(job.valid_files, job.schema, cfg["data"]["eval_batch_size"],
                                                       non_finite=cfg["data"]["non_finite"]), log))
@@ -227,11 +244,10 @@ def _callbacks(job: _Job, model, counters):
             callbacks.append(stopper)
     epochs_ckpt = EpochCheckpoint(job.out_dir)
     run_state = RunState(job.backup_dir, job.epoch0, epochs_ckpt, stopper, write=job.cluster.is_chief, log=log)
-    accounting = EpochAccounting(batch, split_rows(job.data_dir, "train", job.stats), log, counters)
     backup_cb, progress_cb = ((keras.callbacks.BackupAndRestore, Progress) if job.strategy is None
                               else (ClusterBackupAndRestore, ClusterProgress))
     callbacks += [
-        epochs_ckpt, run_state, accounting,
+        epochs_ckpt, run_state,
         backup_cb(job.backup_dir, save_freq=t["checkpoint_every"], delete_checkpoint=True),
         keras.callbacks.TensorBoard(os.path.join(job.out_dir, "tb"), write_graph=False, profile_batch=0),
         progress_cb(batch, job.spe, t["epochs"], t["log_every"], job.log),
