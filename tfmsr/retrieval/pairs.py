@@ -159,8 +159,20 @@ def read_summary(pairs_dir: str) -> dict:
         return json.load(fh)
 
 
+def _id_spec(schema: Schema) -> dict:
+    """The serving parse spec with the vocabulary columns as int64: pairs store what ``iter_split`` reads,
+    the looked-up ids of a table with a vocabulary (hashed strings stay strings)."""
+    spec = parse_spec(schema, inputs_only=True)
+    for f in schema.features:
+        if f.kind != "numeric" and schema.vocab_path(f):
+            s = spec[f.name]
+            spec[f.name] = (tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64) if f.kind == "sequence"
+                            else tf.io.FixedLenFeature(s.shape, tf.int64))
+    return spec
+
+
 def _pair_spec(schema: Schema, side: str) -> dict:
-    base = parse_spec(schema, inputs_only=True)
+    base = _id_spec(schema)
     scen = schema.scenario.name
     spec = {"key": tf.io.FixedLenFeature([], tf.int64)}
     if side == "user":
