@@ -5,7 +5,7 @@ import re
 import numpy as np
 import tf_keras as keras
 
-from tfmsr.distribute.accounting import EpochAccounting
+from tfmsr.distribute.accounting import BatchLedger, EpochAccounting
 from tfmsr.distribute.progress import Progress, TrainClock
 
 BATCH, STEPS, EPOCHS = 8, 5, 3
@@ -65,3 +65,32 @@ def test_train_clock_pauses_between_stop_and_start():
     c.start()
     clock.now += 1
     assert c.elapsed() == 4 and c.running
+
+
+
+def test_ledger_names_lost_batches_one_epoch_end_late_and_counts_their_make_up():
+    """BatchLedger on rows counted per batch (as Counters.batches holds them): a hole filled by its live
+    worker's next step is never lost; one still open at the next epoch end is, and a make-up step's rows
+    make its pass whole (trained + replayed = the split's rows); what is untrained at the end is ahead."""
+    ledger = BatchLedger(rows=100, batch=32, start=4)  # 4 batches a pass (the last of 4 rows); resumed at 4
+    counts = np.zeros(14, np.int64)  # slot i: global batch 4 + i; the last slot holds the overflow
+    counts[[0, 1, 3, 4]] = 32, 32, 4, 32  # epoch end 1: batch 6 fetched, not trained yet
+    assert ledger.untrained(counts) == [6] and ledger.settle(counts) == []  # a live worker may still train it
+    counts[[2, 6, 7, 8]] = 32, 32, 4, 32  # epoch end 2: it was (not lost); batch 9 is a hole now
+    assert ledger.settle(counts) == [] and ledger.lost == []
+    counts[9] = 32  # epoch end 3: batch 9 still untrained -> lost
+    assert ledger.settle(counts) == [9] and ledger.pending() == [9] and ledger.rel([9]) == [5]
+    counts[5] = 32  # its make-up step
+    ledger.replayed.extend(ledger.pending())
+    counts[[11, 12]] = 4, 32  # the last epoch: batch 14 untrained at the end
+    assert ledger.settle(counts, final=True) == [14] and ledger.pending() == [14]
+    assert ledger.settle(counts, final=True) == []  # named once
+    two, three, four, five = ledger.passes(counts)
+    assert (two["pass"], two["trained_rows"], two["replayed_rows"], two["untrained_rows"]) == (2, 100, 0, 0)
+    assert three == {"pass": 3, "batches": 4, "trained_twice": 0, "trained_rows": 68, "replayed_rows": 32,
+                     "replayed_batches": [9], "lost_rows": 32, "lost_batches": [9], "ahead_rows": 0,
+                     "ahead_batches": [], "untrained_rows": 0}
+    assert (four["trained_rows"], four["ahead_batches"], four["untrained_rows"]) == (68, [14], 32)
+    assert five["trained_rows"] == 32
+    counts[5] = 64  # had its dead worker trained it after all: counted, not hidden
+    assert ledger.passes(counts)[1]["trained_twice"] == 1

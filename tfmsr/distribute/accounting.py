@@ -7,7 +7,11 @@ a variable on the parameter servers, under MultiWorkerMirroredStrategy summed ov
 epoch's logs are read) -- next to the plan (steps x batch) and the split's rows, with the epoch's
 non-finite values (``data.non_finite``) and out-of-vocabulary ids; a count that differs from the split's
 rows is said so. Throughput is counted from the end of the first step (start-up and tracing excluded), in
-training-step time only (``progress.TrainClock``: the epochs' validation excluded).
+training-step time only (``progress.TrainClock``: the epochs' validation excluded). Under
+ParameterServerStrategy it also names the batches of the shared stream a lost worker fetched and never
+trained (``BatchLedger``) and has them trained again by make-up steps (``shared_input.MakeUp``) at that
+epoch end, before the validation and checkpoints (it runs before those callbacks): per pass over the
+split, rows trained + rows re-read = the split's rows.
 
 ``LossGuard`` stops a run whose loss is NaN or infinite with ``NonFiniteLoss`` naming the step; raised
 from inside ``fit``, so the trainer never reaches the code that writes ``final/`` (a TerminateOnNaN that
@@ -121,6 +125,14 @@ def attach_counters(model, files: Sequence[str], strategy=None, workers: int = 0
     strategy's scope and attached to ``model``."""
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         return Counters(files, workers).attach(model)
+
+
+def worker_steps(model) -> Optional[List[int]]:
+    """The epoch's steps per worker so far (ParameterServerStrategy counters attached to ``model``), else None."""
+    counters = getattr(model, _COUNTERS, None)
+    if counters is None or counters.workers is None:
+        return None
+    return [int(v) for v in counters.workers.result().numpy()]
 
 
 def count_inputs(model, x) -> None:
@@ -278,9 +290,10 @@ class EpochAccounting(keras.callbacks.Callback):
         made = {"lost": self.ledger.settle(counts), "replayed": []}
         made["ahead"] = self.ledger.settle(counts, final=True) if epoch + 1 >= self.params["epochs"] else []
         if self.replay is not None and self.ledger.pending():
-            made["replayed"] = self.ledger.pending()
+            made["replayed"], began = self.ledger.pending(), self.clock.clock()
             self.replay(self.model, self.ledger.rel(made["replayed"]))
             self.ledger.replayed.extend(made["replayed"])
+            made["seconds"] = self.clock.clock() - began
         return made
 
     def _by_counters(self, row: dict, made: dict) -> str:
@@ -311,9 +324,10 @@ class EpochAccounting(keras.callbacks.Callback):
         for key, what in (("lost", "fetched by a lost worker and never trained"),
                           ("ahead", "fetched and untrained when training ended (fetched ahead by a live worker, "
                                     "or lost with one in this epoch)"),
-                          ("replayed", "re-read by the survivors in as many make-up steps (in this epoch's rows "
-                                       "per shard, not in its examples; they advance the optimizer's step "
-                                       "count, not the epoch's step plan)")):
+                          ("replayed", f"re-read by the survivors in as many make-up steps "
+                                       f"({made.get('seconds', 0):.1f} s; in this epoch's rows per shard, not in "
+                                       "its examples; they advance the optimizer's step count, not the epoch's "
+                                       "step plan)")):
             if key not in made:
                 continue
             seqs = made[key]

@@ -60,6 +60,7 @@ class Progress(keras.callbacks.Callback):
         self._step = None
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch  # not from the step count: ps make-up steps and steps run again advance that too
         self.clock.start()
 
     def on_train_batch_end(self, batch, logs=None):
@@ -72,9 +73,14 @@ class Progress(keras.callbacks.Callback):
         now = self.clock.elapsed()
         if self._step is not None:
             rate = (step - self._step) * self.batch_size / max(now - self._t, 1e-9)
-            left = (self.epochs * self.spe - step) * self.batch_size / max(rate, 1e-9)
+            left = max(self.epochs * self.spe - step, 0) * self.batch_size / max(rate, 1e-9)
             vals = "  ".join(f"{k} {float(v):.4f}" for k, v in (logs or {}).items() if k in ("loss", "auc"))
             vals += "".join(f"  {k} {int(v)}" for k, v in (logs or {}).items() if k in ("non_finite", "oov_ids"))
-            self.log(f"[{self.model.model_name}] epoch {(step - 1) // self.spe + 1}/{self.epochs}  step {step}/"
-                     f"{self.epochs * self.spe}  {rate:,.0f} ex/s  {vals}  ETA {datetime.timedelta(seconds=int(left))}")
+            self.log(f"[{self.model.model_name}] epoch {self._epoch + 1}/{self.epochs}  step {step}/"
+                     f"{self.epochs * self.spe}  {rate:,.0f} ex/s  {vals}  ETA {datetime.timedelta(seconds=int(left))}"
+                     f"{self.more()}")
         self._t, self._step = now, step
+
+    def more(self) -> str:
+        """Anything a subclass adds at the end of the line."""
+        return ""

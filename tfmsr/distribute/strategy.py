@@ -33,7 +33,9 @@ Fault tolerance: Keras' BackupAndRestore skips its step-level backups under Para
 epoch, batch); a restarted chief restores it and continues at the step after it (Keras reads the
 saved epoch and batch). A worker lost under ParameterServerStrategy is tolerated by the coordinator (its
 steps are re-run on the others; a restarted worker rejoins): its share of the shared stream goes to the
-others, and the epoch's log line says which worker ran no step (``tfmsr.distribute.accounting``).
+others, and the epoch's log line says which worker ran no step (``tfmsr.distribute.accounting``); the
+batches it had fetched and not trained are trained again by make-up steps on the live workers
+(``tfmsr.distribute.shared_input.MakeUp``).
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmsr.core.errors import ConfigError
+from tfmsr.distribute.accounting import worker_steps
 from tfmsr.distribute.progress import Progress
 
 ROLES = ("chief", "worker", "ps", "evaluator")
@@ -273,7 +276,12 @@ class ClusterBackupAndRestore(keras.callbacks.BackupAndRestore):
 
 class ClusterProgress(Progress):
     """``Progress`` whose step logs may be a ``RemoteValue`` (ParameterServerStrategy): fetched only on
-    the steps that print."""
+    the steps that print; the line ends with the epoch's steps per worker so far (a straggler or a lost
+    worker shows)."""
+
+    def more(self) -> str:
+        steps = worker_steps(self.model)
+        return f"  worker steps {steps}" if steps is not None else ""
 
     def on_train_batch_end(self, batch, logs=None):
         if (batch + 1) % self.every == 0 and hasattr(logs, "fetch"):
