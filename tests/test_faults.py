@@ -56,14 +56,14 @@ resume, accounting, temp files, outputs
  30  a PS worker SIGKILLed, not restarted (slow; a real localhost cluster, 2 workers + 1 ps), every row trained
      once: "[data] epoch 2: 4,000 examples read (...); steps per worker [130, 0] -- worker:1 ran no step this
      epoch (lost?): the others took its share of the shared stream; 5 batch(es), 160 rows, fetched by a lost
-     worker and never trained (global batches [92, 94, 96, 98, 99]); 5 batch(es), 160 rows, re-read by the
-     survivors in as many make-up steps (15.3 s; in this epoch's rows per shard, not in its examples; they
-     advance the optimizer's step count, not the epoch's step plan) (global batches [92, ...])"; "[data] pass 1
-     over the train split (4,000 rows): 3,840 rows trained + 160 lost with a worker, re-read by the survivors
-     (batches [92, 94, 96, 98, 99]) + 0 fetched, untrained at the end (batches [])"; a step the dead worker
-     finished but could not report: "4,032 examples read ... -- +32 against the plan; ...; 1 step(s) run
-     again: ..."; each full pass = trained + re-read rows, none twice; rows per shard in the graph = those of
-     the first N batches of the same seeded stream, rebuilt (N = batches trained)
+     worker and never trained (global batches [20, 24, 26, 28, 30]); 5 batch(es), 160 rows, re-read by the
+     survivors in as many make-up steps (11.1 s; in this epoch's rows per shard, not in its examples; they
+     advance the optimizer's step count, not the epoch's step plan) (global batches [20, 24, 26, 28, 30])";
+     "[data] pass 1 over the train split (4,000 rows): 3,840 rows trained + 160 lost with a worker, re-read by
+     the survivors (batches [20, 24, 26, 28, 30]) + 0 fetched, untrained at the end (batches [])"; a step the
+     dead worker finished but could not report: "4,032 examples read ... -- +32 against the plan; ...; 1
+     step(s) run again: ..."; each full pass = trained + re-read rows, none twice; rows per shard in the graph
+     = those of the first N batches of the same seeded stream, rebuilt (N = batches trained)
  31  a servable given a NaN numeric      InvalidArgumentError "tfmsr guard: non-finite value in numeric feature
                                           'price'; first offending value: [nan]" (fresh process, no tfmsr)
 retrieval configs (tfmsr.retrieval.config: every value checked against its default's kind before anything is written)
