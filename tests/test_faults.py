@@ -512,10 +512,11 @@ def test_29_evaluate_predictions_format_follows_the_extension(tiny, trained, tmp
 # ---------------------------------------------------------------------------------------- a lost worker
 @pytest.mark.slow
 def test_30_a_killed_ps_worker_leaves_no_shard_unread(tmp_path):
-    """ParameterServerStrategy, 2 workers, worker 1 SIGKILLed in epoch 1 and not restarted: its share of the
-    shared stream (tfmsr.distribute.shared_input) goes to worker 0, and the batches it had fetched and never
-    trained are named in the log and trained by make-up steps on the survivor (shared_input.MakeUp, at the
-    last epoch's end here, before final/ is written). Counted exactly: every row of each pass over the split
+    """ParameterServerStrategy, 2 workers, worker 1 SIGKILLed while it trains (10 steps into an epoch, as
+    the progress line's worker steps show) and not restarted: its share of the shared stream
+    (tfmsr.distribute.shared_input) goes to worker 0, and the batches it had fetched and never trained are
+    named in the log and trained by make-up steps on the survivor (shared_input.MakeUp, at the last epoch's
+    end here, before final/ is written). Counted exactly: every row of each pass over the split
     is trained once (by the stream's steps or a make-up step; none twice); the rows per shard counted in the
     graph equal those of the first N batches of the same seeded stream, rebuilt here, N = the batches
     trained; each epoch's examples = the plan + the steps the coordinator ran again. (With the former
@@ -536,9 +537,11 @@ def test_30_a_killed_ps_worker_leaves_no_shard_unread(tmp_path):
                       threads=1, log=lambda line: None) as c:
         c.start()
         deadline, seen = time.time() + 900, None
-        while seen is None:  # worker 1 trains (has fetched batches) when it is killed: it ran 10 steps this epoch
-            seen = next((m for l in list(c.lines) if (m := re.search(r"epoch (\d)/2 .* worker steps \[\d+, (\d+)\]", l))
-                         and int(m.group(2)) >= 10), None)
+        while seen is None:  # worker 1 trains (has fetched batches) when it is killed: it ran 10 steps this
+            # epoch, and the epoch has 25 steps left (so it dies in the epoch of that line)
+            seen = next((m for l in list(c.lines) if (m := re.search(
+                r"epoch (\d)/2  step (\d+)/.* worker steps \[\d+, (\d+)\]", l)) and int(m.group(3)) >= 10
+                and (int(m.group(2)) - 1) % 125 < 100), None)
             assert time.time() < deadline and c.procs[("chief", 0)].poll() is None, "\n".join(c.lines[-40:])
             time.sleep(0.1)
         os.kill(c.pid("worker", 1), signal.SIGKILL)
