@@ -1,4 +1,4 @@
-"""Parameter type checks (tfmsr/core/checks.py) accept every documented form of a value: a named choice
+"""Parameter type checks (tfmsr/core/params.py) accept every documented form of a value: a named choice
 given as a string or spelled out as a mapping (an initializer ``{normal: 0.05}``), and refuse the rest."""
 import pytest
 
@@ -13,5 +13,6 @@ def test_gaussian_attention_init_switch_is_accepted(model):
 
 
 def test_a_list_for_a_named_choice_is_refused():
-    with pytest.raises(ConfigError, match=r"parameter 'attention_init' must be a string \(or a mapping\)"):
+    with pytest.raises(ConfigError, match=r"parameter 'attention_init' must be a string or a mapping of strings to "
+                                          r"numbers \(like its default 'glorot_uniform'\), got \[1\]"):
         load_config(raw={"model": {"name": "sainet", "params": {"attention_init": [1]}}})

@@ -323,7 +323,7 @@ def test_stats_source_param_errors_and_checkpoint(synth_dir, synth_schema, tmp_p
     np.testing.assert_allclose(m.sem.frequency.numpy()[:, 0], np.arange(1, 6) / 15, rtol=1e-6)
     with pytest.raises(ConfigError, match=r"model param scenario_stats: no 'rows' \(impressions\) for scenario"):
         build("fimn", schema, {**SMALL, "scenario_stats": {"s0": {"rows": 3}}})
-    with pytest.raises(ConfigError, match="parameter .embedding_dim. must be a number"):
+    with pytest.raises(ConfigError, match="parameter .embedding_dim. must be an integer"):
         build_fimn(synth_schema, {**SMALL, "embedding_dim": None})
     # the statistics are a checkpointed weight: a restored model keeps the training-time values
     trained = build_fimn(synth_schema, SMALL)
@@ -337,11 +337,11 @@ def test_stats_source_param_errors_and_checkpoint(synth_dir, synth_schema, tmp_p
 def test_defaults_follow_section_5_1_5(synth_schema):
     model = build_fimn(synth_schema)
     p = model.params
-    assert p["embedding_dim"] == 32 and p["gamma"] == 2.0 and p["init"] == {"normal": 0.05}
-    assert p["sem"] and p["mie"] and p["sif"] and p["smm"] and model.multi_head
+    assert p.embedding_dim == 32 and p.gamma == 2.0 and p.init == {"normal": 0.05}
+    assert p.sem and p.mie and p.sif and p.smm and model.multi_head
     assert synth_schema.feature("hist_item_id").length == 30
     # the Gaussian is for the DNN parameters; MIE's attention projections start as Glorot (attention_init)
-    assert p["attention_init"] == "glorot_uniform" and model.mie.kernel_init == "glorot_uniform"
+    assert p.attention_init == "glorot_uniform" and model.mie.kernel_init == "glorot_uniform"
     assert build_fimn(synth_schema, {"attention_init": {"normal": 0.05}}).mie.kernel_init == {"normal": 0.05}
     assert model.sif.kernel_init == {"normal": 0.05}
 

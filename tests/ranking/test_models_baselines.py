@@ -146,7 +146,7 @@ def test_bst_pooling_default_target(pooling, synth_dir, synth_schema):
 
     params = {**SMALL["bst"], **({} if pooling == "target" else {"pooling": pooling})}
     model = build("bst", synth_schema, params)
-    assert model.params["pooling"] == pooling
+    assert model.params.pooling == pooling
     (x, _), = batches(synth_dir, synth_schema, "valid", 64, 1)
     z = model.logits(x).numpy()
     beh = embed_behavior(model.embedding, x, synth_schema)

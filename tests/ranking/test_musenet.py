@@ -402,11 +402,11 @@ def test_config_errors(synth_schema):
         build("musenet", no_label)
     build("musenet", no_label, {"repeat_module": False})      # w/o M2 needs no label
     build("musenet", no_label, {"repeat_label": None})         # repeat module without eq. 10
-    with pytest.raises(ConfigError, match="assignment must be one of"):
+    with pytest.raises(ConfigError, match="parameter 'assignment' must be soft, hard, predefined or none"):
         build("musenet", synth_schema, {"assignment": "fuzzy"})
     with pytest.raises(ConfigError, match="learner_inputs"):
         build("musenet", synth_schema, {"learner_inputs": ["weather"]})
-    with pytest.raises(ConfigError, match="embedding_init_scope must be one of context, learner"):
+    with pytest.raises(ConfigError, match="parameter 'embedding_init_scope' must be context or learner"):
         build("musenet", synth_schema, {"embedding_init_scope": "all"})
     no_context = copy.deepcopy(synth_schema)
     no_context.features = [f for f in no_context.features if f.group not in ("context", "query")]

@@ -143,8 +143,8 @@ def test_table3_ablations_take_a_gradient_step(synth_dir, synth_schema, ablation
 
 def test_sainet_defaults_and_missing_behaviour_scenarios(synth_schema):
     model = build("sainet", synth_schema)
-    assert model.params["blocks"] == 2 and model.params["heads"] == 4 and model.params["gamma"] == 2.0
-    assert model.params["tower"] == [512, 256, 128, 64]
+    assert model.params.blocks == 2 and model.params.heads == 4 and model.params.gamma == 2.0
+    assert model.params.tower == [512, 256, 128, 64]
     # SIE keeps the Add of the attention sublayer by default; residual: false is eq. 2 as printed
     assert [b.sie.residual for b in model.blocks] == [True, True]
     assert [b.sie.residual for b in build("sainet", synth_schema, {"residual": False}).blocks] == [False, False]
@@ -153,7 +153,7 @@ def test_sainet_defaults_and_missing_behaviour_scenarios(synth_schema):
     no_scen = Schema.from_dict(raw, source="noscen.yaml")
     with pytest.raises(SchemaError, match="noscen.yaml: sainet's SIE needs the scenario of each behaviour"):
         build("sainet", no_scen)
-    assert build("sainet", no_scen, {"sie_scenario": False}).params["sie_scenario"] is False
+    assert build("sainet", no_scen, {"sie_scenario": False}).params.sie_scenario is False
 
 
 @pytest.mark.parametrize("attention_init,gaussian", [(None, False), ({"normal": 0.05}, True)])

@@ -377,9 +377,9 @@ def test_ablation_switches(synth_dir, synth_schema, params, heads, aux):
 def test_config_errors(synth_schema):
     with pytest.raises(ConfigError, match="cannot be combined with aux=false"):
         build("saml", synth_schema, {"mutual": False, "aux": False})
-    with pytest.raises(ConfigError, match="pooling must be one of"):
+    with pytest.raises(ConfigError, match="parameter 'pooling' must be flatten, mean or target"):
         build("saml", synth_schema, {"pooling": "max"})
-    with pytest.raises(ConfigError, match="attention_block must be one of"):
+    with pytest.raises(ConfigError, match="parameter 'attention_block' must be transformer or bare"):
         build("saml", synth_schema, {"attention_block": "pre_norm"})
     with pytest.raises(ConfigError, match="unknown parameter"):
         build("saml", synth_schema, {"mutual_gates": False})

@@ -373,23 +373,23 @@ def test_config_errors():
         quick("dssm", pretrain=True)
     with pytest.raises(ConfigError, match="multi-scenario model"):
         quick("sass", mode="single")
-    with pytest.raises(ConfigError, match="gate 'cross'"):
+    with pytest.raises(ConfigError, match="parameter 'gate' must be sass, none, product, sigmoid or simnet .*got 'cross'"):
         trainer.build("sass", _schema(), {"gate": "cross"})
     with pytest.raises(ConfigError, match="pairwise_scale"):
         trainer.build("sass", _schema(), {"pairwise_scale": 0.0})
-    with pytest.raises(ConfigError, match="pairwise_form 'hinge'"):
+    with pytest.raises(ConfigError, match="parameter 'pairwise_form' must be printed or softplus .*got 'hinge'"):
         trainer.build("sass", _schema(), {"pairwise_form": "hinge"})
-    with pytest.raises(ConfigError, match="gate_init 'ones'"):
+    with pytest.raises(ConfigError, match="parameter 'gate_init' must be glorot or transfer .*got 'ones'"):
         trainer.build("sass", _schema(), {"gate_init": "ones"})
-    with pytest.raises(ConfigError, match="s0_init 'ones'"):
+    with pytest.raises(ConfigError, match="parameter 's0_init' must be glorot or zeros .*got 'ones'"):
         trainer.build("sass", _schema(), {"s0_init": "ones"})
-    with pytest.raises(ConfigError, match="aux_init 'ones'"):
+    with pytest.raises(ConfigError, match="parameter 'aux_init' must be glorot or zeros .*got 'ones'"):
         trainer.build("sass", _schema(), {"aux_init": "ones"})
     with pytest.raises(ConfigError, match="scenario_l2"):
         trainer.build("sass", _schema(), {"scenario_l2": -1.0})
     with pytest.raises(ConfigError, match="gate 'product' with s0_init 'zeros'"):
         trainer.build("sass", _schema(), {"gate": "product", "s0_init": "zeros"})
-    with pytest.raises(ConfigError, match="negatives_from 'random'"):
+    with pytest.raises(ConfigError, match="parameter 'negatives_from' must be sampled or batch .*got 'random'"):
         trainer.build("dssm", _schema(), {"negatives_from": "random"})
     with pytest.raises(ConfigError, match="unknown retrieval model"):
         quick("mind")
@@ -600,7 +600,7 @@ def test_benchmark_rows_without_pretraining_pairs_are_not_applicable():
     assert not_applicable(cfgs["Single Item Embedding"], both) is None
     assert not_applicable(cfgs["SASS"], items_only) is None and not_applicable(cfgs["SASS-Base"], None) is None
     zeros = row_config("sass_base", ["model.params.gate=product"], ["model.params.s0_init=zeros"], 0, None)
-    assert not_applicable(zeros, None, _schema()).startswith("config refused (sass: gate 'product' with s0_init")
+    assert not_applicable(zeros, None, _schema()).startswith("config refused (retrieval model 'sass': gate 'product' with s0_init")
     assert not_applicable(cfgs["SASS*+Production Gate"], None, _schema()) is None
     info = {"a": {"train_positives": 7, "test_queries": 5, "corpus": 9, "coverage": 1.0}}
     md = markdown({"k": 20, "seeds": [0], "datasets": {"ml": {

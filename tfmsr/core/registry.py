@@ -1,10 +1,10 @@
-"""Registries of model classes by name, and the ``defaults`` / ``resolve`` mixin of a registered class."""
+"""Registries of model classes by name, and the typed-parameters mixin (``Params``, ``resolve``) of a
+registered class."""
 from __future__ import annotations
 
-import copy
-from typing import Callable, Dict
+from typing import Callable, Dict, Type
 
-from tfmsr.core.checks import check_param_types
+from tfmsr.core import params as params_
 from tfmsr.core.errors import ConfigError
 
 
@@ -39,28 +39,37 @@ class Registry:
 
 
 class Parametrized:
-    """Mixin of a registered model class: ``defaults`` (merged along the MRO) and ``resolve(params)``,
-    which refuses unknown keys, naming ``kind`` and the model."""
+    """Mixin of a registered model class: its parameter dataclass ``Params`` (``tfmsr.core.params``; a
+    subclass declares its own, inheriting its base's fields), ``resolve(params)`` (the checked plain dict a
+    config stores) and ``typed_params(params)`` (the dataclass a model reads, value checks run)."""
 
     kind = "model"
     model_name = "base"
-    defaults: dict = {}
+    Params: Type[params_.Params] = params_.Params
+
+    @classmethod
+    def where(cls) -> str:
+        """``model 'dnn'``: how messages name the model."""
+        return f"{cls.kind} '{cls.model_name}'"
 
     @classmethod
     def all_defaults(cls) -> dict:
-        merged = {}
-        for klass in reversed(cls.__mro__):
-            merged.update(getattr(klass, "defaults", {}) or {})
-        return merged
+        """Every parameter's default, as a plain dict."""
+        return cls.Params().to_dict()
 
     @classmethod
     def resolve(cls, params: dict) -> dict:
-        defaults = cls.all_defaults()
-        unknown = sorted(set(params) - set(defaults))
-        if unknown:
-            raise ConfigError(f"{cls.kind} '{cls.model_name}': unknown parameter(s) {unknown} "
-                              f"(known: {', '.join(sorted(defaults))})")
-        check_param_types(cls.kind, cls.model_name, defaults, params)
-        # copies: Keras wraps the lists of a model's params in place, which must never reach the class
-        # defaults (nor the caller's config, written to run.yaml)
-        return copy.deepcopy({**defaults, **params})
+        """The plain dict of every parameter (defaults filled in) after the key and type checks of
+        ``tfmsr.core.params.build_params`` (what ``run.yaml`` stores)."""
+        return params_.build_params(cls.Params, params, cls.where()).to_dict()
+
+    @classmethod
+    def typed_params(cls, params: dict) -> params_.Params:
+        """The model's ``Params`` from a config mapping: keys and types checked, then ``Params.check`` (the
+        model's value checks; a refusal names the model and carries the key)."""
+        typed = params_.build_params(cls.Params, params, cls.where())
+        try:
+            typed.check()
+        except ConfigError as e:
+            raise params_.refuse(getattr(e, "key", ""), f"{cls.where()}: {e}") from None
+        return typed

@@ -9,11 +9,13 @@ model declares (``loss_names``, ``loss_weights``), so ``fit`` and a cluster run 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, Optional, Type
 
 import tensorflow as tf
 import tf_keras as keras
 
+from tfmsr.core import params as params_
 from tfmsr.core.model import TrainableModel
 from tfmsr.core.registry import Parametrized, Registry
 from tfmsr.data.guards import pop_count
@@ -57,21 +59,24 @@ gather_scenario = own_rows  # ``logits[b, scenario[b]]`` of ``[B, S]`` logits (t
 
 
 class RankingModel(Parametrized, TrainableModel):
-    """Base of every ranking model: schema, params with defaults, embeddings, own-scenario output."""
+    """Base of every ranking model: schema, typed params (``Params``), embeddings, own-scenario output."""
 
     model_name = "base"
     multi_head = False
     own_head = False    # multi-head models whose logits(x, own=True) compute only the own scenario's head [B]
     loss_names = ("bce",)
-    defaults: dict = {"embedding_dim": None}
+
+    @dataclass
+    class Params(params_.Params):
+        embedding_dim: Optional[int] = None   # None: each table's own width from the schema
 
     def __init__(self, schema: Schema, params: Optional[dict] = None, stats: Optional[dict] = None, **kwargs):
         """``stats``: the dataset statistics, read by a model that needs them in its own ``__init__``."""
         super().__init__(name=self.model_name, **kwargs)
         self.schema = schema
-        self.params = self.resolve(params or {})
+        self.params = self.typed_params(params or {})
         self.num_scenarios = schema.num_scenarios
-        self.embedding = FeatureEmbedding(schema, dim=self.params.get("embedding_dim"), name="embedding")
+        self.embedding = FeatureEmbedding(schema, dim=self.params.embedding_dim, name="embedding")
         self.oov_ids = keras.metrics.Sum(name="oov_ids")
         self.non_finite = keras.metrics.Sum(name="non_finite")  # numeric values replaced / examples left out
         self.examples = keras.metrics.Sum(name="examples")      # examples consumed, counted in the graph
@@ -142,4 +147,4 @@ class RankingModel(Parametrized, TrainableModel):
         return {"bce": binary_cross_entropy(labels, outputs["prediction"])}
 
     def get_config(self):
-        return {"model": self.model_name, "params": dict(self.params)}
+        return {"model": self.model_name, "params": self.params.to_dict()}

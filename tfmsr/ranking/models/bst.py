@@ -1,8 +1,11 @@
 """BST (Chen et al., "Behavior Sequence Transformer for E-commerce Recommendation in Alibaba", DLP-KDD 2019)."""
+from dataclasses import dataclass
+from typing import List, Literal, Optional
+
 import tensorflow as tf
 import tf_keras as keras
 
-from tfmsr.core.errors import ConfigError
+from tfmsr.core.params import default
 from tfmsr.layers import (MLP, PositionalEmbedding, TransformerBlock, context_inputs, embed_behavior,
                           require_behavior)
 from tfmsr.ranking.models.base import RankingModel, register
@@ -24,20 +27,27 @@ class BST(RankingModel):
     Paper defaults otherwise: 8 heads, 1 block, dropout 0.2, MLP 1024-512-256, LeakyReLU.
     """
 
-    defaults = {"num_heads": 8, "blocks": 1, "ff_dim": None, "attention_dropout": 0.2, "pooling": "target",
-                "hidden": [1024, 512, 256], "activation": "leaky_relu", "dropout": 0.0, "batch_norm": False}
+    @dataclass
+    class Params(RankingModel.Params):
+        num_heads: int = 8
+        blocks: int = 1
+        ff_dim: Optional[int] = None
+        attention_dropout: float = 0.2
+        pooling: Literal["flatten", "mean", "target"] = "target"
+        hidden: List[int] = default([1024, 512, 256])
+        activation: str = "leaky_relu"
+        dropout: float = 0.0
+        batch_norm: bool = False
 
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
         p = self.params
-        if p["pooling"] not in ("flatten", "mean", "target"):
-            raise ConfigError(f"model 'bst': pooling must be flatten, mean or target, got {p['pooling']!r}")
         pairs = require_behavior(schema, self.model_name)
         self.length = pairs[0][0].length + 1
         self.positions = PositionalEmbedding(self.length, name="positions")
-        self.blocks = [TransformerBlock(p["num_heads"], p["ff_dim"], p["attention_dropout"], name=f"transformer_{i}")
-                       for i in range(p["blocks"])]
-        self.mlp = MLP(p["hidden"], activation=p["activation"], dropout=p["dropout"], batch_norm=p["batch_norm"],
+        self.blocks = [TransformerBlock(p.num_heads, p.ff_dim, p.attention_dropout, name=f"transformer_{i}")
+                       for i in range(p.blocks)]
+        self.mlp = MLP(p.hidden, activation=p.activation, dropout=p.dropout, batch_norm=p.batch_norm,
                        name="mlp")
         self.out = keras.layers.Dense(1, name="logit")
 
@@ -48,7 +58,7 @@ class BST(RankingModel):
         for block in self.blocks:
             tokens = block(tokens, mask, training=training)
         m = tf.cast(mask, tokens.dtype)[..., None]
-        pooling = self.params["pooling"]
+        pooling = self.params.pooling
         if pooling == "flatten":
             seq = tf.reshape(tokens * m, [-1, self.length * tokens.shape[-1]])
         elif pooling == "mean":

@@ -1,9 +1,12 @@
 """DCN-v2 (Wang et al., "DCN V2: Improved Deep & Cross Network and Practical Lessons for Web-scale
 Learning to Rank Systems", WWW 2021)."""
+from dataclasses import dataclass
+from typing import List, Literal, Optional
+
 import tensorflow as tf
 import tf_keras as keras
 
-from tfmsr.core.errors import ConfigError
+from tfmsr.core.params import default
 from tfmsr.layers import MLP, CrossNetV2
 from tfmsr.ranking.models.base import RankingModel, register
 
@@ -18,23 +21,27 @@ class DCNv2(RankingModel):
     layer ``W = U V^T``; ``cross_layers: 0`` leaves the DNN alone.
     """
 
-    defaults = {"cross_layers": 3, "low_rank": None, "structure": "stacked", "hidden": [256, 128, 64],
-                "dropout": 0.0, "batch_norm": False}
+    @dataclass
+    class Params(RankingModel.Params):
+        cross_layers: int = 3
+        low_rank: Optional[int] = None
+        structure: Literal["stacked", "parallel"] = "stacked"
+        hidden: List[int] = default([256, 128, 64])
+        dropout: float = 0.0
+        batch_norm: bool = False
 
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
         p = self.params
-        if p["structure"] not in ("stacked", "parallel"):
-            raise ConfigError(f"model 'dcnv2': structure must be 'stacked' or 'parallel', got {p['structure']!r}")
-        self.cross = CrossNetV2(p["cross_layers"], p["low_rank"], name="cross") if p["cross_layers"] else None
-        self.dnn = MLP(p["hidden"], dropout=p["dropout"], batch_norm=p["batch_norm"], name="dnn")
+        self.cross = CrossNetV2(p.cross_layers, p.low_rank, name="cross") if p.cross_layers else None
+        self.dnn = MLP(p.hidden, dropout=p.dropout, batch_norm=p.batch_norm, name="dnn")
         self.out = keras.layers.Dense(1, name="logit")
 
     def logits(self, x, training=False):
         x0 = self.flat_inputs(x)
         if self.cross is None:
             h = self.dnn(x0, training=training)
-        elif self.params["structure"] == "stacked":
+        elif self.params.structure == "stacked":
             h = self.dnn(self.cross(x0), training=training)
         else:
             h = tf.concat([self.cross(x0), self.dnn(x0, training=training)], axis=-1)

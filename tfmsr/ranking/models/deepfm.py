@@ -1,8 +1,11 @@
 """DeepFM (Guo et al., "DeepFM: A Factorization-Machine based Neural Network for CTR Prediction", IJCAI 2017)."""
+from dataclasses import dataclass
+from typing import List
+
 import tensorflow as tf
 import tf_keras as keras
 
-from tfmsr.core.errors import ConfigError
+from tfmsr.core.params import default, refuse
 from tfmsr.layers import MLP, FeatureEmbedding, WideLinear, fm_second_order, pooled_sequences
 from tfmsr.ranking.models.base import RankingModel, register
 
@@ -18,27 +21,37 @@ class DeepFM(RankingModel):
     one per numeric value. The DNN reads the concatenated field embeddings (paper shape 400-400-400).
     """
 
-    defaults = {"embedding_dim": 16, "embedding_std": 0.01, "hidden": [400, 400, 400], "dropout": 0.0,
-                "batch_norm": False, "groups": ["user", "item", "context", "query"], "fm": True, "dnn": True}
+    @dataclass
+    class Params(RankingModel.Params):
+        embedding_dim: int = 16
+        embedding_std: float = 0.01
+        hidden: List[int] = default([400, 400, 400])
+        dropout: float = 0.0
+        batch_norm: bool = False
+        groups: List[str] = default(["user", "item", "context", "query"])
+        fm: bool = True
+        dnn: bool = True
+
+        def check(self):
+            if not (self.fm or self.dnn):
+                raise refuse("fm", "at least one of fm / dnn must be true")
 
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
         p = self.params
         # FM sums ~F^2/2 inner products: start the field embeddings small, N(0, embedding_std), or the
         # initial pairwise term saturates the sigmoid. A config (not an instance): one initializer per table.
-        normal = {"class_name": "RandomNormal", "config": {"mean": 0.0, "stddev": p["embedding_std"]}}
-        self.embedding = FeatureEmbedding(schema, dim=p["embedding_dim"], initializer=normal, name="embedding")
-        if not (p["fm"] or p["dnn"]):
-            raise ConfigError("model 'deepfm': at least one of fm / dnn must be true")
-        self.cat_features = [f.name for g in p["groups"] for f in schema.group(g, "categorical")]
+        normal = {"class_name": "RandomNormal", "config": {"mean": 0.0, "stddev": p.embedding_std}}
+        self.embedding = FeatureEmbedding(schema, dim=p.embedding_dim, initializer=normal, name="embedding")
+        self.cat_features = [f.name for g in p.groups for f in schema.group(g, "categorical")]
         self.numeric_features = schema.of_kind("numeric")
         rows = [self.embedding.tables[schema.feature(n).table].input_dim for n in self.cat_features]
         self.first_order = WideLinear(rows + [self.num_scenarios], len(self.numeric_features), name="first_order")
         self.numeric_vectors = (self.add_weight(name="numeric_vectors", initializer=keras.initializers.RandomNormal(
-            0.0, p["embedding_std"]), shape=(len(self.numeric_features), p["embedding_dim"]))
+            0.0, p.embedding_std), shape=(len(self.numeric_features), p.embedding_dim))
             if self.numeric_features else None)
-        self.dnn = MLP(p["hidden"], dropout=p["dropout"], batch_norm=p["batch_norm"], name="dnn") if p["dnn"] else None
-        self.dnn_out = keras.layers.Dense(1, name="dnn_logit") if p["dnn"] else None
+        self.dnn = MLP(p.hidden, dropout=p.dropout, batch_norm=p.batch_norm, name="dnn") if p.dnn else None
+        self.dnn_out = keras.layers.Dense(1, name="dnn_logit") if p.dnn else None
 
     def fields(self, x):
         """``[B, F, d]`` field embeddings."""
@@ -53,7 +66,7 @@ class DeepFM(RankingModel):
     def logits(self, x, training=False):
         fields = self.fields(x)
         logit = 0.0
-        if self.params["fm"]:
+        if self.params.fm:
             ids = [self.embedding.ids(x, n) for n in self.cat_features] + [x[self.schema.scenario.name]]
             logit += self.first_order(ids, self.embedding.numeric(x)) + fm_second_order(fields)
         if self.dnn is not None:

@@ -1,7 +1,11 @@
 """DIN (Zhou et al., "Deep Interest Network for Click-Through Rate Prediction", KDD 2018)."""
+from dataclasses import dataclass
+from typing import List
+
 import tensorflow as tf
 import tf_keras as keras
 
+from tfmsr.core.params import default
 from tfmsr.layers import MLP, TargetAttention, context_inputs, embed_behavior, require_behavior
 from tfmsr.ranking.models.base import RankingModel, register
 
@@ -19,16 +23,23 @@ class DIN(RankingModel):
     (paper 200-80; Dice is replaced by ``activation``, default ReLU).
     """
 
-    defaults = {"attention_hidden": [80, 40], "attention_activation": "sigmoid", "normalize_attention": False,
-                "hidden": [200, 80], "activation": "relu", "dropout": 0.0, "batch_norm": False}
+    @dataclass
+    class Params(RankingModel.Params):
+        attention_hidden: List[int] = default([80, 40])
+        attention_activation: str = "sigmoid"
+        normalize_attention: bool = False
+        hidden: List[int] = default([200, 80])
+        activation: str = "relu"
+        dropout: float = 0.0
+        batch_norm: bool = False
 
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
         p = self.params
         require_behavior(schema, self.model_name)
-        self.attention = TargetAttention(p["attention_hidden"], p["attention_activation"], p["normalize_attention"],
+        self.attention = TargetAttention(p.attention_hidden, p.attention_activation, p.normalize_attention,
                                          name="activation_unit")
-        self.mlp = MLP(p["hidden"], activation=p["activation"], dropout=p["dropout"], batch_norm=p["batch_norm"],
+        self.mlp = MLP(p.hidden, activation=p.activation, dropout=p.dropout, batch_norm=p.batch_norm,
                        name="mlp")
         self.out = keras.layers.Dense(1, name="logit")
 

@@ -1,11 +1,13 @@
 """FIMN (Fusing Multi-Interest and Scenario-Mutual Network, ../shared/papers/FIMN.md)."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
 
 import tensorflow as tf
 
 from tfmsr.core.errors import ConfigError
+from tfmsr.core.params import Initializer, default, refuse
 from tfmsr.features import SchemaError
 from tfmsr.layers import ScenarioTowers, embed_behavior, masked_mean, pooled_sequences, require_behavior
 from tfmsr.layers.fimn import (MultiAspectInterestExtractor, ScenarioAwareInterestFusion, ScenarioEnhancing,
@@ -60,38 +62,52 @@ class FIMN(RankingModel):
     """
 
     multi_head = own_head = True
-    defaults = {"embedding_dim": 32, "init": {"normal": 0.05}, "gamma": 2.0, "sem_hidden": [16], "gate_dim": 64,
-                "attention_dim": 32, "tower": [64, 32], "smm_hidden": [512], "scenario_stats": None,
-                "sem": True, "mie": True, "sif": True, "smm": True, "attention_init": "glorot_uniform"}
+
+    @dataclass
+    class Params(RankingModel.Params):
+        embedding_dim: int = 32                                     # the field width d of eq. 3-5
+        init: Initializer = default({"normal": 0.05})
+        gamma: float = 2.0
+        sem_hidden: List[int] = default([16])
+        gate_dim: int = 64
+        attention_dim: int = 32
+        tower: List[int] = default([64, 32])
+        smm_hidden: List[int] = default([512])
+        scenario_stats: Optional[Dict[Any, Dict[str, float]]] = None   # scenario -> {rows: N}
+        sem: bool = True
+        mie: bool = True
+        sif: bool = True
+        smm: bool = True
+        attention_init: Initializer = "glorot_uniform"
+
+        def check(self):
+            if self.embedding_dim < 1:
+                raise refuse("embedding_dim", f"embedding_dim must be a positive integer (the field width d of "
+                                              f"eq. 3-5), got {self.embedding_dim!r}")
+            if self.gamma <= 0:
+                raise refuse("gamma", f"gamma must be > 0, got {self.gamma!r}")
 
     def __init__(self, schema, params=None, stats: Optional[dict] = None, **kwargs):
         super().__init__(schema, params, **kwargs)
         p = self.params
-        if not isinstance(p["embedding_dim"], int) or p["embedding_dim"] < 1:
-            raise ConfigError(f"model 'fimn': embedding_dim must be a positive integer (the field width d of "
-                              f"eq. 3-5), got {p['embedding_dim']!r}")
-        if p["gamma"] <= 0:
-            raise ConfigError(f"model 'fimn': gamma must be > 0, got {p['gamma']!r}")
         pairs = require_behavior(schema, self.model_name)
         self.interest_names = [item.name for _, item in pairs]
-        init = p["init"]
-        self.sem = (ScenarioEnhancing(self.frequency(stats), p["sem_hidden"], p["gamma"],
+        init = p.init
+        self.sem = (ScenarioEnhancing(self.frequency(stats), p.sem_hidden, p.gamma,
                                       noise=init["normal"] if isinstance(init, dict) else 0.05, name="sem")
-                    if p["sem"] else None)
-        self.mie = (MultiAspectInterestExtractor(len(pairs), p["attention_init"], name="mie") if p["mie"]
+                    if p.sem else None)
+        self.mie = (MultiAspectInterestExtractor(len(pairs), p.attention_init, name="mie") if p.mie
                     else None)
-        self.sif = ScenarioAwareInterestFusion(p["gate_dim"], p["gamma"], init, name="sif") if p["sif"] else None
-        self.smm = (ScenarioMutual(self.num_scenarios, p["embedding_dim"], p["attention_dim"], init,
-                                   p["smm_hidden"], name="smm") if p["smm"] else None)
-        self.towers = ScenarioTowers(self.num_scenarios, p["tower"], kernel_init=init, name="towers")
+        self.sif = ScenarioAwareInterestFusion(p.gate_dim, p.gamma, init, name="sif") if p.sif else None
+        self.smm = (ScenarioMutual(self.num_scenarios, p.embedding_dim, p.attention_dim, init,
+                                   p.smm_hidden, name="smm") if p.smm else None)
+        self.towers = ScenarioTowers(self.num_scenarios, p.tower, kernel_init=init, name="towers")
 
     def frequency(self, stats: Optional[dict]):
         """``v_s [S, 2]`` from ``scenario_stats`` or the dataset statistics ``stats`` (see the class doc)."""
         names = list(self.schema.scenario.values)
-        if self.params["scenario_stats"] is not None:
-            per, source = self.params["scenario_stats"], "model param scenario_stats"
-            if not isinstance(per, dict):
-                raise ConfigError(f"model 'fimn': scenario_stats must map scenario -> {{rows: N}}, got {per!r}")
+        if self.params.scenario_stats is not None:
+            per, source = self.params.scenario_stats, "model param scenario_stats"
         else:
             if not stats:
                 raise SchemaError(
@@ -116,7 +132,7 @@ class FIMN(RankingModel):
         e_s = tf.concat([self.embedding.scenario(x)] + self.embedding.group(x, "scenario"), axis=-1)
         if self.sem is not None:
             e_s, out["sem_weight"] = self.sem([e_s, x[self.schema.scenario.name]])
-        a, d = len(self.interest_names), self.params["embedding_dim"]
+        a, d = len(self.interest_names), self.params.embedding_dim
         if self.mie is not None:
             interests = self.mie([e_s, beh.target, beh.keys], mask=beh.mask)
             if explain:

@@ -1,7 +1,11 @@
 """HiNet (Zhou et al., "HiNet: Novel Multi-Scenario & Multi-Task Learning with Hierarchical Information
 Extraction", ICDE 2023)."""
+from dataclasses import dataclass
+from typing import List
+
 import tensorflow as tf
 
+from tfmsr.core.params import default
 from tfmsr.layers import CGC, ScenarioExtraction, ScenarioTowers
 from tfmsr.ranking.models.base import RankingModel, register
 
@@ -23,19 +27,29 @@ class HiNet(RankingModel):
     """
 
     multi_head = own_head = True
-    defaults = {"shared_experts": 5, "specific_experts": 5, "expert_hidden": [128, 64], "san": True,
-                "san_hidden": [128, 64], "task_specific_experts": 2, "task_shared_experts": 2,
-                "task_expert_hidden": [128, 64], "tower": [128, 64], "dropout": 0.0}
+
+    @dataclass
+    class Params(RankingModel.Params):
+        shared_experts: int = 5
+        specific_experts: int = 5
+        expert_hidden: List[int] = default([128, 64])
+        san: bool = True
+        san_hidden: List[int] = default([128, 64])
+        task_specific_experts: int = 2
+        task_shared_experts: int = 2
+        task_expert_hidden: List[int] = default([128, 64])
+        tower: List[int] = default([128, 64])
+        dropout: float = 0.0
 
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
         p = self.params
         S = self.num_scenarios
-        self.extraction = ScenarioExtraction(S, p["shared_experts"], p["specific_experts"], p["expert_hidden"],
-                                             p["san_hidden"], p["san"], p["dropout"], name="scenario_extraction")
-        self.task_extraction = CGC(S, p["task_specific_experts"], p["task_shared_experts"], p["task_expert_hidden"],
-                                   dropout=p["dropout"], name="task_extraction")
-        self.towers = ScenarioTowers(S, p["tower"], dropout=p["dropout"], name="towers")
+        self.extraction = ScenarioExtraction(S, p.shared_experts, p.specific_experts, p.expert_hidden,
+                                             p.san_hidden, p.san, p.dropout, name="scenario_extraction")
+        self.task_extraction = CGC(S, p.task_specific_experts, p.task_shared_experts, p.task_expert_hidden,
+                                   dropout=p.dropout, name="task_extraction")
+        self.towers = ScenarioTowers(S, p.tower, dropout=p.dropout, name="towers")
 
     def logits(self, x, training=False, own=False):
         """``[B, S]``: every scenario's head, each on that scenario's extraction ``[A_s, S_s, G]`` (one pass);

@@ -1,5 +1,9 @@
 """MMoE (Ma et al., "Modeling Task Relationships in Multi-task Learning with Multi-gate Mixture-of-Experts",
 KDD 2018), one task per scenario."""
+from dataclasses import dataclass
+from typing import List
+
+from tfmsr.core.params import default
 from tfmsr.layers import ExpertBank, ExpertGates, ScenarioTowers
 from tfmsr.ranking.models.base import RankingModel, register
 
@@ -16,14 +20,20 @@ class MMoE(RankingModel):
 
     multi_head = True
     own_head = True
-    defaults = {"num_experts": 4, "expert_hidden": [256, 128], "tower": [64], "dropout": 0.0}
+
+    @dataclass
+    class Params(RankingModel.Params):
+        num_experts: int = 4
+        expert_hidden: List[int] = default([256, 128])
+        tower: List[int] = default([64])
+        dropout: float = 0.0
 
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
         p = self.params
-        self.experts = ExpertBank(p["num_experts"], p["expert_hidden"], dropout=p["dropout"], name="experts")
-        self.gates = ExpertGates(self.num_scenarios, p["num_experts"], name="gates")
-        self.towers = ScenarioTowers(self.num_scenarios, p["tower"], dropout=p["dropout"], name="towers")
+        self.experts = ExpertBank(p.num_experts, p.expert_hidden, dropout=p.dropout, name="experts")
+        self.gates = ExpertGates(self.num_scenarios, p.num_experts, name="gates")
+        self.towers = ScenarioTowers(self.num_scenarios, p.tower, dropout=p.dropout, name="towers")
 
     def logits(self, x, training=False, own=False):
         """``[B, S]`` (every gate and tower), or the own scenario's ``[B]`` (``own``: one gate and one tower)."""

@@ -2,10 +2,14 @@
 WSDM 2023): implicit scenarios learned by prototypical clustering, a repeat intention module per scenario."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import List, Literal, Optional
+
 import tensorflow as tf
 import tf_keras as keras
 
 from tfmsr.core.errors import ConfigError
+from tfmsr.core.params import Initializer, default, refuse
 from tfmsr.data.stats import repeat_pair
 from tfmsr.features import SchemaError
 from tfmsr.layers import (TargetAttention, embed_behavior, initializer, masked_mean, pooled_sequences,
@@ -77,51 +81,63 @@ class MuSeNet(RankingModel):
     server's prototypes under ParameterServerStrategy (see :class:`~tfmsr.layers.musenet.ScenarioLearner`).
     """
 
-    defaults = {"assignment": "soft", "repeat_module": True, "K": 4, "metric_dim": 16, "tau": 0.1, "alpha": 0.2,
-                "beta": 0.5, "kl_weight": 0.0, "repeat_label": "user_repeat_rate", "learner_inputs": ["context"],
-                "learner_standardize": "layer", "metric_scale": 4.0, "embedding_init": {"normal": 0.01},
-                "embedding_init_scope": "context",
-                "explicit_scenario": True, "hidden": [200, 80], "activation": "relu", "dropout": 0.0,
-                "attention_hidden": [80, 40], "attention_activation": "sigmoid"}
+    @dataclass
+    class Params(RankingModel.Params):
+        assignment: Literal[ASSIGNMENTS] = "soft"
+        repeat_module: bool = True
+        K: int = 4
+        metric_dim: int = 16
+        tau: float = 0.1
+        alpha: float = 0.2
+        beta: float = 0.5
+        kl_weight: float = 0.0
+        repeat_label: Optional[str] = "user_repeat_rate"
+        learner_inputs: List[Literal[PARTS]] = default(["context"])
+        learner_standardize: Optional[Literal["layer", "batch"]] = "layer"   # null: none
+        metric_scale: float = 4.0
+        embedding_init: Optional[Initializer] = default({"normal": 0.01})
+        embedding_init_scope: Literal[INIT_SCOPES] = "context"
+        explicit_scenario: bool = True
+        hidden: List[int] = default([200, 80])
+        activation: str = "relu"
+        dropout: float = 0.0
+        attention_hidden: List[int] = default([80, 40])
+        attention_activation: str = "sigmoid"
+
+        def check(self):
+            if self.assignment in ("soft", "hard") and not self.learner_inputs:
+                raise refuse("learner_inputs", f"learner_inputs must be a non-empty list of {', '.join(PARTS)}, "
+                                               f"got {self.learner_inputs!r}")
 
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
         p = self.params
         require_behavior(schema, self.model_name)
-        if p["assignment"] not in ASSIGNMENTS:
-            raise ConfigError(f"model 'musenet': assignment must be one of {', '.join(ASSIGNMENTS)}, "
-                              f"got {p['assignment']!r}")
-        self.assignment, self.repeat, self.pair = p["assignment"], bool(p["repeat_module"]), repeat_pair(schema)
+        self.assignment, self.repeat, self.pair = p.assignment, bool(p.repeat_module), repeat_pair(schema)
         if self.assignment in ("soft", "hard"):
-            self._check_learner_inputs(p["learner_inputs"])
+            self._check_learner_inputs(p.learner_inputs)
         if self.repeat:
-            self._check_repeat(p["repeat_label"])
-        if p["embedding_init_scope"] not in INIT_SCOPES:
-            raise ConfigError(f"model 'musenet': embedding_init_scope must be one of {', '.join(INIT_SCOPES)}, "
-                              f"got {p['embedding_init_scope']!r}")
-        if p["embedding_init"] is not None and self.assignment in ("soft", "hard"):
-            scope = p["learner_inputs"] if p["embedding_init_scope"] == "learner" else [
-                v for v in p["learner_inputs"] if v in ("context", "scenario")]
+            self._check_repeat(p.repeat_label)
+        if p.embedding_init is not None and self.assignment in ("soft", "hard"):
+            scope = p.learner_inputs if p.embedding_init_scope == "learner" else [
+                v for v in p.learner_inputs if v in ("context", "scenario")]
             for t in self._learner_tables(scope):
-                t.embeddings_initializer = initializer(p["embedding_init"])  # before the lazy build
+                t.embeddings_initializer = initializer(p.embedding_init)  # before the lazy build
         if self.assignment in ("soft", "hard"):
-            self.K = int(p["K"])
-            omega_init = keras.initializers.VarianceScaling(p["metric_scale"], "fan_in", "untruncated_normal")
-            self.learner = ScenarioLearner(self.K, p["metric_dim"], hard=self.assignment == "hard", tau=p["tau"],
-                                           alpha=p["alpha"], standardize=p["learner_standardize"],
+            self.K = int(p.K)
+            omega_init = keras.initializers.VarianceScaling(p.metric_scale, "fan_in", "untruncated_normal")
+            self.learner = ScenarioLearner(self.K, p.metric_dim, hard=self.assignment == "hard", tau=p.tau,
+                                           alpha=p.alpha, standardize=p.learner_standardize,
                                            kernel_init=omega_init, name="scenario_learner")
         else:
             self.K = self.num_scenarios if self.assignment == "predefined" else 1
             self.learner = None
-        self.attention = TargetAttention(p["attention_hidden"], p["attention_activation"], name="activation_unit")
-        self.scorer = RepeatIntention(self.K, p["hidden"], repeat=self.repeat, activation=p["activation"],
-                                      dropout=p["dropout"], name="repeat_intention")
+        self.attention = TargetAttention(p.attention_hidden, p.attention_activation, name="activation_unit")
+        self.scorer = RepeatIntention(self.K, p.hidden, repeat=self.repeat, activation=p.activation,
+                                      dropout=p.dropout, name="repeat_intention")
 
     def _check_learner_inputs(self, parts):
-        if not isinstance(parts, (list, tuple)) or not parts or any(v not in PARTS for v in parts):
-            raise ConfigError(f"model 'musenet': learner_inputs must be a non-empty list of {', '.join(PARTS)}, "
-                              f"got {parts!r}")
-        has = lambda v: v == "behavior" or (v == "scenario" and self.params["explicit_scenario"]) or any(
+        has = lambda v: v == "behavior" or (v == "scenario" and self.params.explicit_scenario) or any(
             f.kind != "sequence" for f in self.schema.group(v))
         empty = [v for v in parts if not has(v)]
         if empty:
@@ -131,7 +147,7 @@ class MuSeNet(RankingModel):
 
     def _learner_tables(self, parts):
         """The embedding tables of the features the scenario learner reads (``learner_inputs``)."""
-        tables = [self.embedding.scenario_table] if "scenario" in parts and self.params["explicit_scenario"] else []
+        tables = [self.embedding.scenario_table] if "scenario" in parts and self.params.explicit_scenario else []
         for f in self.schema.features:
             if f.group in parts and f.kind != "numeric":
                 t = self.embedding.tables[f.table]
@@ -171,7 +187,7 @@ class MuSeNet(RankingModel):
                  "item": self._group(x, "item"), "context": self._group(x, "context"),
                  "query": self._group(x, "query"),
                  "scenario": self._group(x, "scenario") + ([self.embedding.scenario(x)]
-                                                           if self.params["explicit_scenario"] else [])}
+                                                           if self.params.explicit_scenario else [])}
         return {k: tf.concat(v, axis=-1) for k, v in parts.items() if v}
 
     @staticmethod
@@ -187,7 +203,7 @@ class MuSeNet(RankingModel):
     def _forward(self, x, training=False):
         parts = self.sample_parts(x)
         if self.learner is not None:
-            a, pi = self.learner(self._join(parts, self.params["learner_inputs"]), training=training)
+            a, pi = self.learner(self._join(parts, self.params.learner_inputs), training=training)
         elif self.assignment == "predefined":
             a = pi = tf.one_hot(tf.cast(x[self.schema.scenario.name], tf.int32), self.K)
         else:
@@ -212,12 +228,12 @@ class MuSeNet(RankingModel):
     @property
     def loss_names(self):
         p = self.params
-        return ("bce",) + (("kl",) if self.learner is not None and p["kl_weight"] else ()) + (
-            ("repeat",) if self.repeat and p["repeat_label"] is not None and p["beta"] else ())
+        return ("bce",) + (("kl",) if self.learner is not None and p.kl_weight else ()) + (
+            ("repeat",) if self.repeat and p.repeat_label is not None and p.beta else ())
 
     @property
     def loss_weights(self):
-        return {"kl": float(self.params["kl_weight"]), "repeat": float(self.params["beta"])}
+        return {"kl": float(self.params.kl_weight), "repeat": float(self.params.beta)}
 
     def compute_losses(self, features, labels, training=False, outputs=None):
         """Eq. 13: ``bce``, ``kl`` (eq. 12, D_KL(a || 1/K), weighted by ``kl_weight``) and ``repeat`` (eq. 10,
@@ -227,7 +243,7 @@ class MuSeNet(RankingModel):
         if "kl" in self.loss_names:
             losses["kl"] = kl_to_uniform(outputs["a"])
         if "repeat" in self.loss_names:
-            label = self.params["repeat_label"]
+            label = self.params.repeat_label
             if label not in features:
                 raise ConfigError(f"model 'musenet': the training batch has no column '{label}' (repeat_label)")
             losses["repeat"] = repeat_aux_loss(features[label], outputs["p_r"], outputs["a"])

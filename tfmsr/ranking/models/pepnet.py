@@ -1,9 +1,13 @@
 """PEPNet (Chang et al., "PEPNet: Parameter and Embedding Personalized Network for Infusing with
 Personalized Prior Information", KDD 2023)."""
+from dataclasses import dataclass
+from typing import List, Optional
+
 import tensorflow as tf
 import tf_keras as keras
 
 from tfmsr.core.errors import ConfigError
+from tfmsr.core.params import default
 from tfmsr.layers import EPNet, PPNet, ScenarioDense, ScenarioMLP
 from tfmsr.ranking.models.base import RankingModel, register
 
@@ -27,24 +31,32 @@ class PEPNet(RankingModel):
     MLP tower).
     """
 
-    defaults = {"hidden": [256, 128, 64], "gate_hidden": None, "gamma": 2.0, "epnet": True, "ppnet": True,
-                "prior_groups": ["user", "item"], "scenario_towers": False, "dropout": 0.0}
+    @dataclass
+    class Params(RankingModel.Params):
+        hidden: List[int] = default([256, 128, 64])
+        gate_hidden: Optional[int] = None    # GateNU hidden width (None: the gated input width)
+        gamma: float = 2.0
+        epnet: bool = True
+        ppnet: bool = True
+        prior_groups: List[str] = default(["user", "item"])
+        scenario_towers: bool = False
+        dropout: float = 0.0
 
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
         p = self.params
-        self.multi_head = self.own_head = bool(p["scenario_towers"])
-        if p["ppnet"] and self.multi_head and not any(schema.group(g, "categorical") for g in p["prior_groups"]):
-            raise ConfigError(f"model 'pepnet': prior_groups {p['prior_groups']} hold no categorical feature "
+        self.multi_head = self.own_head = bool(p.scenario_towers)
+        if p.ppnet and self.multi_head and not any(schema.group(g, "categorical") for g in p.prior_groups):
+            raise ConfigError(f"model 'pepnet': prior_groups {p.prior_groups} hold no categorical feature "
                               "for the PPNet gates")
-        self.epnet = EPNet(p["gate_hidden"], p["gamma"], name="epnet") if p["epnet"] else None
+        self.epnet = EPNet(p.gate_hidden, p.gamma, name="epnet") if p.epnet else None
         S = self.num_scenarios if self.multi_head else None
-        if p["ppnet"]:
-            tower = lambda name: PPNet(p["hidden"], p["gate_hidden"], p["gamma"], dropout=p["dropout"],  # noqa: E731
+        if p.ppnet:
+            tower = lambda name: PPNet(p.hidden, p.gate_hidden, p.gamma, dropout=p.dropout,  # noqa: E731
                                        num_scenarios=S, name=name)
         else:
-            tower = lambda name: (ScenarioMLP(S, p["hidden"], dropout=p["dropout"], name=name) if S  # noqa: E731
-                                  else keras.Sequential([keras.layers.Dense(h, activation="relu") for h in p["hidden"]],
+            tower = lambda name: (ScenarioMLP(S, p.hidden, dropout=p.dropout, name=name) if S  # noqa: E731
+                                  else keras.Sequential([keras.layers.Dense(h, activation="relu") for h in p.hidden],
                                                         name=name))
         if S:   # one stacked tower and head: [S, ...] variables (towers/dense_<i>, towers/gate_nu_<i>, heads)
             self.towers, self.heads = tower("towers"), ScenarioDense(S, 1, name="heads")
@@ -52,7 +64,7 @@ class PEPNet(RankingModel):
             self.towers, self.heads = [tower("tower_0")], [keras.layers.Dense(1, name="head_0")]
 
     def prior(self, x):
-        parts = [e for g in self.params["prior_groups"] for e in self.embedding.group(x, g)]
+        parts = [e for g in self.params.prior_groups for e in self.embedding.group(x, g)]
         if not self.multi_head:
             parts.append(self.embedding.scenario(x))
         return tf.concat(parts, axis=-1)
@@ -63,7 +75,7 @@ class PEPNet(RankingModel):
         h = self.flat_inputs(x, with_scenario=False)
         if self.epnet is not None:
             h = self.epnet(h, self.embedding.scenario(x))
-        prior = self.prior(x) if self.params["ppnet"] else None
+        prior = self.prior(x) if self.params.ppnet else None
         if not self.multi_head:
             z = self.towers[0](h, prior, training=training) if prior is not None else \
                 self.towers[0](h, training=training)

@@ -1,6 +1,9 @@
 """PLE (Tang et al., "Progressive Layered Extraction (PLE): A Novel Multi-Task Learning (MTL) Model for
 Personalized Recommendations", RecSys 2020), one task per scenario."""
-from tfmsr.core.errors import ConfigError
+from dataclasses import dataclass
+from typing import List
+
+from tfmsr.core.params import default, refuse
 from tfmsr.layers import CGC, ScenarioTowers
 from tfmsr.ranking.models.base import RankingModel, register
 
@@ -18,20 +21,28 @@ class PLE(RankingModel):
 
     multi_head = True
     own_head = True
-    defaults = {"expert_hidden": [[256], [128]], "specific_experts": 1, "shared_experts": 2, "tower": [64],
-                "dropout": 0.0}
+
+    @dataclass
+    class Params(RankingModel.Params):
+        expert_hidden: List[List[int]] = default([[256], [128]])   # one list of hidden sizes per level
+        specific_experts: int = 1
+        shared_experts: int = 2
+        tower: List[int] = default([64])
+        dropout: float = 0.0
+
+        def check(self):
+            if not self.expert_hidden or not all(self.expert_hidden):
+                raise refuse("expert_hidden", f"expert_hidden must be a list of per-level hidden-size lists, "
+                                              f"e.g. [[256], [128]], got {self.expert_hidden!r}")
 
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
         p = self.params
-        levels = p["expert_hidden"]
-        if not levels or not all(isinstance(h, (list, tuple)) and h for h in levels):
-            raise ConfigError(f"model 'ple': expert_hidden must be a list of per-level hidden-size lists, e.g. "
-                              f"[[256], [128]], got {levels!r}")
+        levels = p.expert_hidden
         S = self.num_scenarios
-        self.levels = [CGC(S, p["specific_experts"], p["shared_experts"], h, shared_output=i < len(levels) - 1,
-                           dropout=p["dropout"], name=f"cgc_{i}") for i, h in enumerate(levels)]
-        self.towers = ScenarioTowers(S, p["tower"], dropout=p["dropout"], name="towers")
+        self.levels = [CGC(S, p.specific_experts, p.shared_experts, h, shared_output=i < len(levels) - 1,
+                           dropout=p.dropout, name=f"cgc_{i}") for i, h in enumerate(levels)]
+        self.towers = ScenarioTowers(S, p.tower, dropout=p.dropout, name="towers")
 
     def logits(self, x, training=False, own=False):
         """``[B, S]``, or the own scenario's ``[B]`` (``own``: the last level's own gate and experts and one

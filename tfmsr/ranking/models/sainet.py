@@ -1,7 +1,11 @@
 """SAINet (Scenario-adaptive Interest Network, ../shared/papers/SAINet.md)."""
+from dataclasses import dataclass
+from typing import List, Optional
+
 import tensorflow as tf
 import tf_keras as keras
 
+from tfmsr.core.params import Initializer, default
 from tfmsr.features import SchemaError
 from tfmsr.layers import (MLP, behavior_scenario, behavior_scenario_embedding, context_inputs, embed_behavior,
                           masked_mean, require_behavior)
@@ -36,26 +40,39 @@ class SAINet(RankingModel):
     eq. 11 as printed, 2 is LHUC's ``2 sigmoid``, see :class:`~tfmsr.layers.sainet.ScenarioAwareDNNTower`.
     """
 
-    defaults = {"blocks": 2, "heads": 4, "gamma": 2.0, "tower": [512, 256, 128, 64], "init": {"normal": 0.05},
-                "sie": True, "stm": True, "tif": True, "sdt": True, "sie_scenario": True, "attention_dim": None, "residual": True,
-                "sdt_gamma": 1.0, "attention_init": "glorot_uniform"}
+    @dataclass
+    class Params(RankingModel.Params):
+        blocks: int = 2
+        heads: int = 4
+        gamma: float = 2.0
+        tower: List[int] = default([512, 256, 128, 64])
+        init: Initializer = default({"normal": 0.05})
+        sie: bool = True
+        stm: bool = True
+        tif: bool = True
+        sdt: bool = True
+        sie_scenario: bool = True
+        attention_dim: Optional[int] = None
+        residual: bool = True
+        sdt_gamma: float = 1.0
+        attention_init: Initializer = "glorot_uniform"
 
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
         p = self.params
         require_behavior(schema, self.model_name)
         self.behavior_scenario = behavior_scenario(schema)
-        if p["sie"] and p["sie_scenario"] and self.behavior_scenario is None:
+        if p.sie and p.sie_scenario and self.behavior_scenario is None:
             raise SchemaError(
                 f"{schema.source}: sainet's SIE needs the scenario of each behaviour: a 'behavior' sequence with its "
                 f"own table of {schema.num_scenarios + 1} rows storing scenario index + 1 (or set sie_scenario: false)")
-        self.blocks = [ScenarioAdaptiveBlock(p["heads"], p["gamma"], p["sie"], p["stm"], p["sie_scenario"], p["init"],
-                                             p["residual"], p["attention_init"], name=f"block_{l}")
-                       for l in range(p["blocks"])]
-        self.tif = (TargetAwareInterestFusion(p["attention_dim"], p["attention_init"], name="tif") if p["tif"]
+        self.blocks = [ScenarioAdaptiveBlock(p.heads, p.gamma, p.sie, p.stm, p.sie_scenario, p.init,
+                                             p.residual, p.attention_init, name=f"block_{l}")
+                       for l in range(p.blocks)]
+        self.tif = (TargetAwareInterestFusion(p.attention_dim, p.attention_init, name="tif") if p.tif
                     else None)
-        self.tower = (ScenarioAwareDNNTower(p["tower"], p["init"], p["sdt_gamma"], name="sdt") if p["sdt"]
-                      else MLP(p["tower"], kernel_init=p["init"], name="dnn"))
+        self.tower = (ScenarioAwareDNNTower(p.tower, p.init, p.sdt_gamma, name="sdt") if p.sdt
+                      else MLP(p.tower, kernel_init=p.init, name="dnn"))
         self.out = keras.layers.Dense(1, name="logit")
 
     def interests(self, x):
@@ -75,5 +92,5 @@ class SAINet(RankingModel):
         h, mask, e_it, e_st, seqs = self.interests(x)
         v_t = self.tif([tf.concat([e_it, e_st], -1), h], mask) if self.tif is not None else masked_mean(h, mask)
         h0 = tf.concat([v_t, context_inputs(self, x, seqs)], axis=-1)  # e_it is among the item features
-        hidden = self.tower([h0, e_st]) if self.params["sdt"] else self.tower(h0, training=training)
+        hidden = self.tower([h0, e_st]) if self.params.sdt else self.tower(h0, training=training)
         return self.out(hidden)[:, 0]

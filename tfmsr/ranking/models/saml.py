@@ -2,11 +2,13 @@
 E-Commerce", ICDMW 2020): scenario-aware feature representation + scenario-mutual network."""
 from __future__ import annotations
 
-from typing import Dict
+from dataclasses import dataclass
+from typing import Dict, List, Literal
 
 import tensorflow as tf
 
 from tfmsr.core.errors import ConfigError
+from tfmsr.core.params import default, refuse
 from tfmsr.layers.saml import (AuxiliaryNetwork, MultiBranchNetwork, MutualUnit, ScenarioAwareAttention,
                                ScenarioAwareEmbedding)
 from tfmsr.layers.scenario import ScenarioDense
@@ -60,35 +62,45 @@ class SAML(RankingModel):
     """
 
     multi_head = own_head = True
-    defaults = {"embedding_dim": 12, "specific_dim": 4, "num_heads": 4, "hidden": [128, 64], "activation": "relu",
-                "positions": True, "pooling": "target", "attention_block": "bare", "aux": True, "aux_weight": 1.0,
-                "aux_gradient": True, "mutual": True, "mutual_gate": True, "gradient_mask": True}
+
+    @dataclass
+    class Params(RankingModel.Params):
+        embedding_dim: int = 12
+        specific_dim: int = 4
+        num_heads: int = 4
+        hidden: List[int] = default([128, 64])
+        activation: str = "relu"
+        positions: bool = True
+        pooling: Literal[ScenarioAwareAttention.POOLINGS] = "target"
+        attention_block: Literal[ScenarioAwareAttention.BLOCKS] = "bare"
+        aux: bool = True
+        aux_weight: float = 1.0
+        aux_gradient: bool = True
+        mutual: bool = True
+        mutual_gate: bool = True
+        gradient_mask: bool = True
+
+        def check(self):
+            if not self.mutual and not self.aux:
+                raise refuse("mutual", "mutual=false (w/o gate&mut) feeds the unified auxiliary MLP; it cannot be "
+                                       "combined with aux=false")
+            if not self.hidden:
+                raise refuse("hidden", "hidden must list at least one layer width")
 
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
         p = self.params
-        if not p["mutual"] and not p["aux"]:
-            raise ConfigError("model 'saml': mutual=false (w/o gate&mut) feeds the unified auxiliary MLP; "
-                              "it cannot be combined with aux=false")
-        if p["pooling"] not in ScenarioAwareAttention.POOLINGS:
-            raise ConfigError(f"model 'saml': pooling must be one of {ScenarioAwareAttention.POOLINGS}, "
-                              f"got {p['pooling']!r}")
-        if p["attention_block"] not in ScenarioAwareAttention.BLOCKS:
-            raise ConfigError(f"model 'saml': attention_block must be one of {ScenarioAwareAttention.BLOCKS}, "
-                              f"got {p['attention_block']!r}")
-        if not p["hidden"]:
-            raise ConfigError("model 'saml': hidden must list at least one layer width")
-        self.multi_head = bool(p["mutual"])
-        self.features = ScenarioAwareEmbedding(schema, p["embedding_dim"], p["specific_dim"],
+        self.multi_head = bool(p.mutual)
+        self.features = ScenarioAwareEmbedding(schema, p.embedding_dim, p.specific_dim,
                                                global_embedding=self.embedding, name="scenario_embedding")
         length = self.features.pairs[0][0].length + 1
-        self.attention = ScenarioAwareAttention(p["num_heads"], length if p["positions"] else None, p["pooling"],
-                                                p["attention_block"], name="scenario_attention")
-        self.aux_net = AuxiliaryNetwork(p["hidden"], p["activation"], name="auxiliary") if p["aux"] else None
-        if p["mutual"]:
-            self.branches = MultiBranchNetwork(self.num_scenarios, p["hidden"], p["activation"],
-                                               aux_widths=p["hidden"] if p["aux"] else None, name="branches")
-            self.mutual_unit = MutualUnit(p["gradient_mask"], name="mutual_unit") if p["mutual_gate"] else None
+        self.attention = ScenarioAwareAttention(p.num_heads, length if p.positions else None, p.pooling,
+                                                p.attention_block, name="scenario_attention")
+        self.aux_net = AuxiliaryNetwork(p.hidden, p.activation, name="auxiliary") if p.aux else None
+        if p.mutual:
+            self.branches = MultiBranchNetwork(self.num_scenarios, p.hidden, p.activation,
+                                               aux_widths=p.hidden if p.aux else None, name="branches")
+            self.mutual_unit = MutualUnit(p.gradient_mask, name="mutual_unit") if p.mutual_gate else None
             self.heads = ScenarioDense(self.num_scenarios, 1, name="heads")    # branch i's output unit on M_i
 
     # ------------------------------------------------------------------ forward
@@ -100,12 +112,12 @@ class SAML(RankingModel):
         a_g, a_l = self.attention(f.tokens_global, f.tokens_specific, f.mask)
         independent = tf.concat([f.independent, a_g], axis=-1)
         dependent = tf.concat([f.dependent, a_l], axis=-1)
-        if not self.params["mutual"]:
+        if not self.params.mutual:
             return {"logits": self.aux_net(tf.concat([independent, dependent], -1), training=training)[1]}
         out, aux_hidden = {}, None
         if self.aux_net is not None:
             aux_hidden, out["aux_logit"] = self.aux_net(independent, training=training)
-            if not self.params["aux_gradient"]:  # the branch losses do not reach the auxiliary network
+            if not self.params.aux_gradient:  # the branch losses do not reach the auxiliary network
                 aux_hidden = [tf.stop_gradient(h) for h in aux_hidden]
         else:
             dependent = tf.concat([independent, dependent], axis=-1)
@@ -125,7 +137,7 @@ class SAML(RankingModel):
         if self.mutual_unit is None:
             return {"logits": self.heads(self.branches(v0, aux_hidden, scenario=scenario), scenario)[:, 0]}
         v_all = self.branches(v0, aux_hidden)
-        if self.params["gradient_mask"]:
+        if self.params.gradient_mask:
             v_own = self.branches(v0, aux_hidden, scenario=scenario)
         else:
             v_own = tf.gather(v_all, tf.cast(scenario, tf.int32), batch_dims=1)
@@ -145,11 +157,11 @@ class SAML(RankingModel):
 
     @property
     def loss_names(self):
-        return ("bce", "aux") if self.aux_net is not None and self.params["mutual"] else ("bce",)
+        return ("bce", "aux") if self.aux_net is not None and self.params.mutual else ("bce",)
 
     @property
     def loss_weights(self):
-        return {"aux": float(self.params["aux_weight"])}
+        return {"aux": float(self.params.aux_weight)}
 
     def compute_losses(self, features, labels, training=False, outputs=None):
         """Eq. 5: the own branch's BCE (``bce``) and, with the auxiliary network, ``aux``: the BCE of the
@@ -165,7 +177,7 @@ class SAML(RankingModel):
     def mutual_coefficients(self, x) -> Dict[str, tf.Tensor]:
         """``alpha`` [B, S, S] (eq. 8, ``alpha[b, i, j]``: weight of branch j in branch i, 0 on the diagonal)
         and ``gate`` [B, S] (eq. 7, ``g_i``) for every example; scenario ``i``'s own prediction reads row i."""
-        if not (self.params["mutual"] and self.params["mutual_gate"]):
+        if not (self.params.mutual and self.params.mutual_gate):
             raise ConfigError("model 'saml': alpha and g exist only with mutual=true and mutual_gate=true")
         out = self.forward(x, training=False)
         return {"alpha": out["alpha"], "gate": out["gate"]}

@@ -1,8 +1,12 @@
 """SAR-Net (Shen et al., "SAR-Net: A Scenario-Aware Ranking Network for Personalized Fair Recommendation in
 Hundreds of Travel Scenarios", CIKM 2021)."""
+from dataclasses import dataclass
+from typing import List
+
 import tensorflow as tf
 import tf_keras as keras
 
+from tfmsr.core.params import default
 from tfmsr.layers import (MLP, MultiHeadTargetAttention, ScenarioAffine, ScenarioMoE, behavior_scenario,
                           behavior_scenario_embedding, context_inputs, embed_behavior, require_behavior)
 from tfmsr.ranking.models.base import RankingModel, register
@@ -30,9 +34,17 @@ class SARNet(RankingModel):
     Ablations: ``scenario_attention``, ``item_attention``, ``scenario_transform`` (booleans).
     """
 
-    defaults = {"num_heads": 4, "scenario_attention": True, "item_attention": True, "scenario_transform": True,
-                "shared_experts": 8, "specific_experts": 2, "expert_hidden": [128, 64], "tower": [64],
-                "dropout": 0.0}
+    @dataclass
+    class Params(RankingModel.Params):
+        num_heads: int = 4
+        scenario_attention: bool = True
+        item_attention: bool = True
+        scenario_transform: bool = True
+        shared_experts: int = 8
+        specific_experts: int = 2
+        expert_hidden: List[int] = default([128, 64])
+        tower: List[int] = default([64])
+        dropout: float = 0.0
 
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
@@ -40,13 +52,13 @@ class SARNet(RankingModel):
         require_behavior(schema, self.model_name)
         S = self.num_scenarios
         self.beh_scenario = behavior_scenario(schema)
-        self.scenario_att = (MultiHeadTargetAttention(p["num_heads"], name="scenario_attention")
-                             if p["scenario_attention"] else None)
-        self.item_att = MultiHeadTargetAttention(p["num_heads"], name="item_attention") if p["item_attention"] else None
-        self.transform = ScenarioAffine(S, name="scenario_transform") if p["scenario_transform"] else None
-        self.moe = ScenarioMoE(S, p["shared_experts"], p["specific_experts"], p["expert_hidden"], p["dropout"],
+        self.scenario_att = (MultiHeadTargetAttention(p.num_heads, name="scenario_attention")
+                             if p.scenario_attention else None)
+        self.item_att = MultiHeadTargetAttention(p.num_heads, name="item_attention") if p.item_attention else None
+        self.transform = ScenarioAffine(S, name="scenario_transform") if p.scenario_transform else None
+        self.moe = ScenarioMoE(S, p.shared_experts, p.specific_experts, p.expert_hidden, p.dropout,
                                name="experts")
-        self.tower = MLP(p["tower"], dropout=p["dropout"], name="tower")
+        self.tower = MLP(p.tower, dropout=p.dropout, name="tower")
         self.out = keras.layers.Dense(1, name="logit")
 
     def logits(self, x, training=False):

@@ -1,9 +1,12 @@
 """STAR (Sheng et al., "One Model to Serve All: Star Topology Adaptive Recommender for Multi-Domain CTR
 Prediction", CIKM 2021)."""
+from dataclasses import dataclass
+from typing import List, Literal
+
 import tensorflow as tf
 import tf_keras as keras
 
-from tfmsr.core.errors import ConfigError
+from tfmsr.core.params import default
 from tfmsr.layers import MLP, PartitionedNormalization, StarDense
 from tfmsr.ranking.models.base import RankingModel, register
 
@@ -22,27 +25,30 @@ class STAR(RankingModel):
     ``auxiliary: false``.
     """
 
-    defaults = {"hidden": [256, 128, 64], "normalization": "partitioned", "star_fcn": True, "auxiliary": True,
-                "aux_hidden": [32], "scenario_in_main": False}
+    @dataclass
+    class Params(RankingModel.Params):
+        hidden: List[int] = default([256, 128, 64])
+        normalization: Literal["partitioned", "batch", "none"] = "partitioned"
+        star_fcn: bool = True
+        auxiliary: bool = True
+        aux_hidden: List[int] = default([32])
+        scenario_in_main: bool = False
 
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
         p = self.params
         S = self.num_scenarios
-        self.multi_head = self.own_head = not p["scenario_in_main"]    # all heads: scenario_probs in one pass
-        if p["normalization"] not in ("partitioned", "batch", "none"):
-            raise ConfigError(f"model 'star': normalization must be partitioned, batch or none, "
-                              f"got {p['normalization']!r}")
+        self.multi_head = self.own_head = not p.scenario_in_main    # all heads: scenario_probs in one pass
         self.norm = {"partitioned": lambda: PartitionedNormalization(S, name="pn"),
                      "batch": lambda: keras.layers.BatchNormalization(name="bn"),
-                     "none": lambda: None}[p["normalization"]]()
-        sizes = list(p["hidden"]) + [1]
-        acts = ["relu"] * len(p["hidden"]) + [None]
-        layer = (lambda i, h, a: StarDense(h, S, a, name=f"star_{i}")) if p["star_fcn"] else \
+                     "none": lambda: None}[p.normalization]()
+        sizes = list(p.hidden) + [1]
+        acts = ["relu"] * len(p.hidden) + [None]
+        layer = (lambda i, h, a: StarDense(h, S, a, name=f"star_{i}")) if p.star_fcn else \
             (lambda i, h, a: keras.layers.Dense(h, activation=a, name=f"dense_{i}"))
         self.fcn = [layer(i, h, a) for i, (h, a) in enumerate(zip(sizes, acts))]
-        self.aux = MLP(p["aux_hidden"], name="aux") if p["auxiliary"] else None
-        self.aux_out = keras.layers.Dense(1, name="aux_logit") if p["auxiliary"] else None
+        self.aux = MLP(p.aux_hidden, name="aux") if p.auxiliary else None
+        self.aux_out = keras.layers.Dense(1, name="aux_logit") if p.auxiliary else None
 
     def logits(self, x, training=False, own=None):
         """The own-scenario logit ``[B]``; ``own=False`` (the default when ``multi_head``, i.e. unless
@@ -50,7 +56,7 @@ class STAR(RankingModel):
         all-scenario paths (one einsum per layer, ``S`` times the FLOPs)."""
         own = not self.multi_head if own is None else own
         sc = x[self.schema.scenario.name]
-        h = self.flat_inputs(x, with_scenario=self.params["scenario_in_main"])
+        h = self.flat_inputs(x, with_scenario=self.params.scenario_in_main)
         if isinstance(self.norm, PartitionedNormalization):
             h = self.norm(h, sc if own else None, training=training)        # [B, D] or [B, S, D]
         elif self.norm is not None:

@@ -1,7 +1,11 @@
 """Wide & Deep (Cheng et al., "Wide & Deep Learning for Recommender Systems", DLRS 2016)."""
+from dataclasses import dataclass
+from typing import List
+
 import tensorflow as tf
 import tf_keras as keras
 
+from tfmsr.core.params import default
 from tfmsr.layers import MLP, WideLinear
 from tfmsr.ranking.models.base import RankingModel, register
 
@@ -19,19 +23,25 @@ class WideDeep(RankingModel):
     for the wide part and AdaGrad for the deep part); ``wide_l2`` regularises the wide weights.
     """
 
-    defaults = {"hidden": [256, 128, 64], "dropout": 0.0, "batch_norm": False,
-                "wide_groups": ["user", "item", "context", "query"], "cross_groups": ["item"], "wide_l2": 0.0}
+    @dataclass
+    class Params(RankingModel.Params):
+        hidden: List[int] = default([256, 128, 64])
+        dropout: float = 0.0
+        batch_norm: bool = False
+        wide_groups: List[str] = default(["user", "item", "context", "query"])
+        cross_groups: List[str] = default(["item"])
+        wide_l2: float = 0.0
 
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
         p = self.params
         S = self.num_scenarios
-        self.wide_features = [f.name for g in p["wide_groups"] for f in schema.group(g, "categorical")]
-        self.cross_features = [f.name for g in p["cross_groups"] for f in schema.group(g, "categorical")]
+        self.wide_features = [f.name for g in p.wide_groups for f in schema.group(g, "categorical")]
+        self.cross_features = [f.name for g in p.cross_groups for f in schema.group(g, "categorical")]
         rows = [self._rows(n) for n in self.wide_features] + [S] + [S * self._rows(n) for n in self.cross_features]
         self.num_numeric = len(schema.of_kind("numeric"))
-        self.wide = WideLinear(rows, self.num_numeric, l2=p["wide_l2"], name="wide")
-        self.deep = MLP(p["hidden"], dropout=p["dropout"], batch_norm=p["batch_norm"], name="deep")
+        self.wide = WideLinear(rows, self.num_numeric, l2=p.wide_l2, name="wide")
+        self.deep = MLP(p.hidden, dropout=p.dropout, batch_norm=p.batch_norm, name="deep")
         self.deep_out = keras.layers.Dense(1, name="deep_logit")
 
     def _rows(self, name):

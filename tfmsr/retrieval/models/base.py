@@ -15,11 +15,13 @@ only (single-scenario training, SASS Table 2) has ``scenario`` set: it serves th
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Literal, Optional
 
 import tensorflow as tf
 
 from tfmsr.core.errors import ConfigError
+from tfmsr.core import params as params_
 from tfmsr.core.model import TrainableModel
 from tfmsr.core.registry import Parametrized, Registry
 from tfmsr.features import Schema
@@ -41,13 +43,17 @@ def build(name: str, schema: Schema, params: Optional[dict] = None, scenario: Op
 
 
 gather_scenario = own_rows  # ``x[b, scenario[b]]`` of ``[B, S, d]`` (the layers' own-scenario gather)
+NegativesFrom = Literal["sampled", "batch"]   # a model's negatives: sampled ones, or the batch's other positives
 
 
 class RetrievalModel(Parametrized, TrainableModel):
     """Base: schema, validated params, the shared embedding layer and input assembly."""
 
     kind = "retrieval model"
-    defaults: dict = {"embedding_dim": 16}
+
+    @dataclass
+    class Params(params_.Params):
+        embedding_dim: int = 16
     supports_pretrain = False
     cosine = True
     negatives_param = "negatives"   # the param holding the number of sampled negatives per positive (or None)
@@ -55,16 +61,13 @@ class RetrievalModel(Parametrized, TrainableModel):
     def __init__(self, schema: Schema, params: Optional[dict] = None, scenario: Optional[int] = None, **kwargs):
         super().__init__(name=self.model_name, **kwargs)
         self.schema = schema
-        self.params = self.resolve(params or {})
+        self.params = self.typed_params(params or {})
         self.num_scenarios = schema.num_scenarios
         self.scenario = scenario
         self.scenario_key = schema.scenario.name
-        self.embedding = FeatureEmbedding(schema, dim=self.params["embedding_dim"], name="embedding")
+        self.embedding = FeatureEmbedding(schema, dim=self.params.embedding_dim, name="embedding")
         self.behaviour = behavior_pairs(schema)
         self.behaviour_scenario = behavior_scenario(schema)
-        if self.params.get("negatives_from", "sampled") not in ("sampled", "batch"):
-            raise ConfigError(f"{self.model_name}: negatives_from '{self.params['negatives_from']}' (expected "
-                              f"sampled or batch)")
 
     def start_finetune(self):
         """Called by the trainer right before fine-tuning starts (a hook; nothing to do by default)."""
@@ -80,12 +83,12 @@ class RetrievalModel(Parametrized, TrainableModel):
     @property
     def in_batch(self) -> bool:
         """``negatives_from: batch``: the other positives of the batch are the negatives, none are sampled."""
-        return self.params.get("negatives_from", "sampled") == "batch"
+        return getattr(self.params, "negatives_from", "sampled") == "batch"
 
     @property
     def negatives(self) -> int:
         """Sampled negatives per positive the training batches must carry."""
-        return int(self.params[self.negatives_param]) if self.negatives_param and not self.in_batch else 0
+        return int(getattr(self.params, self.negatives_param)) if self.negatives_param and not self.in_batch else 0
 
     @property
     def needs_probability(self) -> bool:
@@ -188,4 +191,4 @@ class RetrievalModel(Parametrized, TrainableModel):
         return tf.matmul(u, v, transpose_b=True)
 
     def get_config(self):
-        return {"model": self.model_name, "params": dict(self.params), "scenario": self.scenario}
+        return {"model": self.model_name, "params": self.params.to_dict(), "scenario": self.scenario}

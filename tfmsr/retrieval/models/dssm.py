@@ -11,26 +11,36 @@ logQ correction of sampled softmax (``cosine_softmax_loss``), the negatives Yout
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import List
+
 import tensorflow as tf
 
+from tfmsr.core.params import default
 from tfmsr.layers import MLP
 from tfmsr.layers.sass import cosine_softmax_loss
-from tfmsr.retrieval.models.base import RetrievalModel, register
+from tfmsr.retrieval.models.base import NegativesFrom, RetrievalModel, register
 
 
 @register("dssm")
 class DSSM(RetrievalModel):
     """DSSM (CIKM 2013): user/item MLP towers, cosine, softmax over the positive and sampled negatives."""
 
-    defaults = {"hidden": [64, 32], "activation": "tanh", "negatives": 4, "gamma": 10.0,
-                "negatives_from": "sampled"}   # sampled (DSSM) | batch: the batch's other positives, logQ-corrected
+    @dataclass
+    class Params(RetrievalModel.Params):
+        hidden: List[int] = default([64, 32])
+        activation: str = "tanh"
+        negatives: int = 4
+        gamma: float = 10.0
+        negatives_from: NegativesFrom = "sampled"   # sampled (DSSM) | batch: the other positives, logQ-corrected
+
     cosine = True
 
     def __init__(self, schema, params=None, scenario=None, **kwargs):
         super().__init__(schema, params, scenario=scenario, **kwargs)
         p = self.params
-        self.user_tower = MLP(p["hidden"], activation=p["activation"], name="user_tower")
-        self.item_tower = MLP(p["hidden"], activation=p["activation"], name="item_tower")
+        self.user_tower = MLP(p.hidden, activation=p.activation, name="user_tower")
+        self.item_tower = MLP(p.hidden, activation=p.activation, name="item_tower")
 
     def user_vectors(self, request, training=False):
         return self.user_tower(self.flat_request(request), training=training)
@@ -48,4 +58,4 @@ class DSSM(RetrievalModel):
         p = self.item_vectors(data["pos"], training=training)
         n = None if self.in_batch else tf.reshape(self.item_vectors(data["neg"], training=training),
                                                   [-1, m, p.shape[-1]])
-        return {"softmax": cosine_softmax_loss(self.params["gamma"], *self.ranked_cosines(u, p, data, n))}
+        return {"softmax": cosine_softmax_loss(self.params.gamma, *self.ranked_cosines(u, p, data, n))}

@@ -83,17 +83,20 @@ Not in the paper (engineering switches, default off):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import List, Literal
+
 import tensorflow as tf
 import tf_keras as keras
 
-from tfmsr.core.errors import ConfigError
+from tfmsr.core.params import default, refuse
 from tfmsr.layers import MLP
 from tfmsr.layers.attention import MultiHeadSelfAttention
 from tfmsr.layers.embedding import masked_mean
 from tfmsr.layers.sass import (GATE_INITS, GATES, MLSAT, NTXentLoss, PairwiseCosineLoss, ScenarioAuxiliaryNet,
                                ScenarioBiasFusion, cosine_softmax_loss, own_auxiliary, per_scenario,
                                scenario_deviation)
-from tfmsr.retrieval.models.base import RetrievalModel, gather_scenario, register
+from tfmsr.retrieval.models.base import NegativesFrom, RetrievalModel, gather_scenario, register
 
 
 class SASSTower(keras.layers.Layer):
@@ -132,32 +135,48 @@ class SASSTower(keras.layers.Layer):
 class SASS(RetrievalModel):
     """SASS (CIKM 2022): ML-SAT user/item towers per scenario, contrastive pre-training, pairwise fine-tuning."""
 
-    defaults = {
-        "dim": 32,                     # width of the global and scenario networks = vector width
-        "layers": 3,                   # ML-SAT layers (Figure 6)
-        "gate": "sass",                # Table 3: sass | none (SASS*) | product | simnet | sigmoid
-        "bias_fusion": True,           # Table 6: eq. 7-8 on/off
-        "item_per_scenario": True,     # Table 5: false = Single Item Embedding
-        "beta": 1.0,                   # eq. 13 weight of the global auxiliary loss (0 = Table 6 "no global aux")
-        "tau": 0.1,                    # eq. 9 temperature
-        "contrastive_symmetric": False,  # eq. 10 as written (one L_ij per pair); true adds L_ji (SimCLR)
-        "negatives": 1,                # sampled negatives per positive (eq. 11 triplets)
-        "finetune_loss": "pairwise",   # pairwise: eq. 11-12 as written; softmax: NOT in the paper, see below
-        "pairwise_form": "printed",    # eq. 11-12: printed log(1 + sigmoid(x)) | softplus log(1 + exp(x)) (see below)
-        "pairwise_scale": 1.0,         # scale of the cosine difference in eq. 11-12 (1 = as printed; see below)
-        "softmax_scale": 10.0,         # gamma of finetune_loss: softmax
-        "negatives_from": "sampled",   # sampled: eq. 11's negatives | batch: the batch's other positives (see below)
-        "aux_hidden": [32],            # eq. 2: widths of W_a and of f's hidden layers
-        "activation": "tanh",          # global shared network
-        "gate_init": "glorot",         # glorot | transfer: starting point of the scenario units (not in the paper)
-        "global_hidden": [],           # widths of g_1..g_{T-1} (layers - 1 entries; g_T has dim); [] = all dim
-        "s0_init": "glorot",           # glorot | zeros: W_0 of s_0 = tanh(W_0 x_s + b_0) (not in the paper)
-        "aux_init": "glorot",          # glorot | zeros: output layer of the auxiliary net, a = 0 at the start
-        "scenario_l2": 0.0,            # L2-SP of the scenario-specific weights during fine-tuning (not in the paper)
-        "global_scenario_input": False,  # user global network also reads the request's scenario context (see below)
-        "seq_pooling": "self_attention",  # Sec. 4.1.1: self_attention | mean
-        "attention_heads": 2,
-    }
+    @dataclass
+    class Params(RetrievalModel.Params):
+        dim: int = 32                       # width of the global and scenario networks = vector width
+        layers: int = 3                     # ML-SAT layers (Figure 6)
+        gate: Literal[GATES] = "sass"       # Table 3: sass | none (SASS*) | product | simnet | sigmoid
+        bias_fusion: bool = True            # Table 6: eq. 7-8 on/off
+        item_per_scenario: bool = True      # Table 5: false = Single Item Embedding
+        beta: float = 1.0                   # eq. 13 weight of the global auxiliary loss (0 = Table 6 "no global aux")
+        tau: float = 0.1                    # eq. 9 temperature
+        contrastive_symmetric: bool = False   # eq. 10 as written (one L_ij per pair); true adds L_ji (SimCLR)
+        negatives: int = 1                  # sampled negatives per positive (eq. 11 triplets)
+        finetune_loss: Literal["pairwise", "softmax"] = "pairwise"   # softmax: NOT in the paper, see below
+        # eq. 11-12: printed log(1 + sigmoid(x)) | softplus log(1 + exp(x)) (see below)
+        pairwise_form: Literal[PairwiseCosineLoss.FORMS] = "printed"
+        pairwise_scale: float = 1.0         # scale of the cosine difference in eq. 11-12 (1 = as printed; see below)
+        softmax_scale: float = 10.0         # gamma of finetune_loss: softmax
+        negatives_from: NegativesFrom = "sampled"   # sampled: eq. 11's negatives | batch: the batch's other positives
+        aux_hidden: List[int] = default([32])   # eq. 2: widths of W_a and of f's hidden layers
+        activation: str = "tanh"            # global shared network
+        gate_init: Literal[GATE_INITS] = "glorot"   # glorot | transfer: start of the scenario units (not in the paper)
+        global_hidden: List[int] = default([])   # widths of g_1..g_{T-1} (layers - 1 entries); [] = all dim
+        s0_init: Literal["glorot", "zeros"] = "glorot"   # W_0 of s_0 = tanh(W_0 x_s + b_0) (not in the paper)
+        aux_init: Literal["glorot", "zeros"] = "glorot"  # output layer of the auxiliary net, a = 0 at the start
+        scenario_l2: float = 0.0            # L2-SP of the scenario weights in fine-tuning (not in the paper)
+        global_scenario_input: bool = False   # the user global network also reads the scenario context (below)
+        seq_pooling: Literal["self_attention", "mean"] = "self_attention"   # Sec. 4.1.1
+        attention_heads: int = 2
+
+        def check(self):
+            for key, ok, want in (("layers", self.layers >= 1, ">= 1"), ("negatives", self.negatives >= 1, ">= 1"),
+                                  ("beta", self.beta >= 0, ">= 0"), ("scenario_l2", self.scenario_l2 >= 0, ">= 0"),
+                                  ("tau", self.tau > 0, "> 0"), ("dim", self.dim >= 1, ">= 1"),
+                                  ("pairwise_scale", self.pairwise_scale > 0, "> 0")):
+                if not ok:
+                    raise refuse(key, f"{key} must be {want}, got {getattr(self, key)!r}")
+            if self.global_hidden and len(self.global_hidden) != self.layers - 1:
+                raise refuse("global_hidden", f"global_hidden {self.global_hidden} gives the widths of g_1..g_(T-1), "
+                                              f"so it needs layers - 1 = {self.layers - 1} entries")
+            if self.gate == "product" and self.s0_init == "zeros":
+                raise refuse("s0_init", "gate 'product' with s0_init 'zeros': the product gate scales g_l by "
+                                        "tanh(W_s s_(l-1)), which is 0 at s_0 = 0 and gets no gradient there, so every "
+                                        "scenario vector would stay 0 (use s0_init glorot)")
     supports_pretrain = True
     cosine = True
     loss_names = ("scenario_loss", "global_loss", "scenario_l2", "user_nt_xent", "item_nt_xent")
@@ -165,53 +184,26 @@ class SASS(RetrievalModel):
     def __init__(self, schema, params=None, scenario=None, **kwargs):
         super().__init__(schema, params, scenario=scenario, **kwargs)
         p = self.params
-        if p["gate"] not in GATES:
-            raise ConfigError(f"sass: gate '{p['gate']}' (expected one of {', '.join(GATES)})")
-        if p["finetune_loss"] not in ("pairwise", "softmax"):
-            raise ConfigError(f"sass: finetune_loss '{p['finetune_loss']}' (expected pairwise or softmax)")
-        if p["gate_init"] not in GATE_INITS:
-            raise ConfigError(f"sass: gate_init '{p['gate_init']}' (expected one of {', '.join(GATE_INITS)})")
-        if p["pairwise_form"] not in PairwiseCosineLoss.FORMS:
-            raise ConfigError(f"sass: pairwise_form '{p['pairwise_form']}' (expected one of "
-                              f"{', '.join(PairwiseCosineLoss.FORMS)})")
-        if p["global_hidden"] and len(p["global_hidden"]) != p["layers"] - 1:
-            raise ConfigError(f"sass: global_hidden {p['global_hidden']} gives the widths of g_1..g_(T-1), so it "
-                              f"needs layers - 1 = {p['layers'] - 1} entries")
-        if p["seq_pooling"] not in ("self_attention", "mean"):
-            raise ConfigError(f"sass: seq_pooling '{p['seq_pooling']}' (expected self_attention or mean)")
-        for init in ("s0_init", "aux_init"):
-            if p[init] not in ("glorot", "zeros"):
-                raise ConfigError(f"sass: {init} '{p[init]}' (expected glorot or zeros)")
-        if p["gate"] == "product" and p["s0_init"] == "zeros":
-            raise ConfigError("sass: gate 'product' with s0_init 'zeros': the product gate scales g_l by "
-                              "tanh(W_s s_(l-1)), which is 0 at s_0 = 0 and gets no gradient there, so every "
-                              "scenario vector would stay 0 (use s0_init glorot)")
-        for key, ok in (("layers", p["layers"] >= 1), ("negatives", p["negatives"] >= 1), ("beta", p["beta"] >= 0),
-                        ("scenario_l2", p["scenario_l2"] >= 0),
-                        ("tau", p["tau"] > 0), ("dim", p["dim"] >= 1),
-                        ("pairwise_scale", p["pairwise_scale"] > 0)):
-            if not ok:
-                raise ConfigError(f"sass: parameter {key} = {p[key]!r} is out of range")
         S = self.num_scenarios
-        tower = dict(num_scenarios=S, dim=p["dim"], layers=p["layers"], gate=p["gate"],
-                     bias_fusion=p["bias_fusion"], aux_hidden=p["aux_hidden"], activation=p["activation"],
-                     gate_init=p["gate_init"], global_hidden=self._global_widths(), s0_init=p["s0_init"],
-                     aux_init=p["aux_init"])
+        tower = dict(num_scenarios=S, dim=p.dim, layers=p.layers, gate=p.gate,
+                     bias_fusion=p.bias_fusion, aux_hidden=p.aux_hidden, activation=p.activation,
+                     gate_init=p.gate_init, global_hidden=self._global_widths(), s0_init=p.s0_init,
+                     aux_init=p.aux_init)
         self.user_tower = SASSTower(**tower, name="user_tower")
-        if p["item_per_scenario"]:
+        if p.item_per_scenario:
             self.item_tower = SASSTower(**tower, name="item_tower")
         else:
-            self.item_global = MLP(self._global_widths(), activation=p["activation"], name="item_global")
-        self.attention = (MultiHeadSelfAttention(p["attention_heads"], name="seq_self_attention")
-                          if p["seq_pooling"] == "self_attention" and self.behaviour else None)
-        self.nt_xent = NTXentLoss(p["tau"], symmetric=p["contrastive_symmetric"], name="nt_xent")
-        self.pairwise = PairwiseCosineLoss(p["pairwise_scale"], p["pairwise_form"], name="pairwise")
+            self.item_global = MLP(self._global_widths(), activation=p.activation, name="item_global")
+        self.attention = (MultiHeadSelfAttention(p.attention_heads, name="seq_self_attention")
+                          if p.seq_pooling == "self_attention" and self.behaviour else None)
+        self.nt_xent = NTXentLoss(p.tau, symmetric=p.contrastive_symmetric, name="nt_xent")
+        self.pairwise = PairwiseCosineLoss(p.pairwise_scale, p.pairwise_form, name="pairwise")
         self._anchors = None
 
     def _global_widths(self):
         """Widths of the global shared network: ``global_hidden + [dim]``, or ``[dim] * layers``."""
         p = self.params
-        return list(p["global_hidden"]) + [p["dim"]] if p["global_hidden"] else [p["dim"]] * p["layers"]
+        return list(p.global_hidden) + [p.dim] if p.global_hidden else [p.dim] * p.layers
 
     # ------------------------------------------------------------------ towers
     def scenario_embeddings(self) -> tf.Tensor:
@@ -229,7 +221,7 @@ class SASS(RetrievalModel):
         prof, st = self.user_profile(x), x["user_stats"]
         x_g = [prof, st[:, S]]
         x_s = [prof, gather_scenario(st, s)] if own else [per_scenario(prof, S), st[:, :S]]
-        if self.params["global_scenario_input"]:
+        if self.params.global_scenario_input:
             x_g += [self.embedding.scenario(x), gather_scenario(st, s)]
         beh = self.behaviour_keys(x)
         if beh is not None:
@@ -250,7 +242,7 @@ class SASS(RetrievalModel):
         S = self.num_scenarios
         prof, st = self.item_profile(items), items["item_stats"]
         x_g = tf.concat([prof, st[:, S]], -1)
-        if not self.params["item_per_scenario"]:
+        if not self.params.item_per_scenario:
             return None, self.item_global(x_g, training=training)
         x_s = tf.concat([per_scenario(prof, S), st[:, :S]], -1)
         return self.item_tower([x_g, x_s, self.scenario_embeddings()])
@@ -270,14 +262,14 @@ class SASS(RetrievalModel):
     # ------------------------------------------------------------------ training
     def scenario_weights(self):
         """Every scenario-specific weight of the user and item towers (see ``SASSTower.scenario_weights``)."""
-        towers = [self.user_tower] + ([self.item_tower] if self.params["item_per_scenario"] else [])
+        towers = [self.user_tower] + ([self.item_tower] if self.params.item_per_scenario else [])
         return [w for t in towers for w in t.scenario_weights()]
 
     def start_finetune(self):
         """Called by the trainer before fine-tuning: the scenario-specific weights as they are now (the
         restored pre-trained values, or the initialisation for SASS-Base) become the anchors of
         ``scenario_l2``."""
-        self._anchors = [tf.constant(w.numpy()) for w in self.scenario_weights()] if self.params["scenario_l2"] else None
+        self._anchors = [tf.constant(w.numpy()) for w in self.scenario_weights()] if self.params.scenario_l2 else None
 
     def pretrain_losses(self, data, training=True):
         """NT-Xent (eq. 9-10) of the user pairs and of the item pairs present in the batch."""
@@ -286,7 +278,7 @@ class SASS(RetrievalModel):
         if "user_a" in data:
             a, b = data["user_a"], data["user_b"]
             logs["user_nt_xent"] = self.nt_xent(self.user_vectors(a, training), self.user_vectors(b, training))
-        if "item_a" in data and self.params["item_per_scenario"]:
+        if "item_a" in data and self.params.item_per_scenario:
             ea, _ = self._item_at(data["item_a"], data["item_a"][scen], training)
             eb, _ = self._item_at(data["item_b"], data["item_b"][scen], training)
             logs["item_nt_xent"] = self.nt_xent(ea, eb)
@@ -298,9 +290,9 @@ class SASS(RetrievalModel):
         """Eq. 11 / 12 of the cosines ``ranked_cosines`` returns (the pairwise loss needs no logQ), or with
         ``finetune_loss: softmax`` (an engineering alternative, not the paper's loss) the cross-entropy of the
         positive among itself and the negatives, logits ``softmax_scale * cos`` (DSSM's objective)."""
-        if self.params["finetune_loss"] == "pairwise":
+        if self.params.finetune_loss == "pairwise":
             return self.pairwise.of_cosines(pos, neg, mask)
-        return cosine_softmax_loss(self.params["softmax_scale"], pos, neg, mask, log_q)
+        return cosine_softmax_loss(self.params.softmax_scale, pos, neg, mask, log_q)
 
     def finetune_losses(self, data, training=True):
         """``scenario_loss`` (eq. 11) and ``global_loss`` (eq. 12), summed as ``L_scenario + beta * L_auxiliary``
@@ -312,19 +304,19 @@ class SASS(RetrievalModel):
         n = n_g = None
         if not self.in_batch:
             n, n_g = self._item_at(data["neg"], tf.repeat(s, m), training)
-            d = self.params["dim"]
+            d = self.params.dim
             n, n_g = tf.reshape(n, [-1, m, d]), tf.reshape(n_g, [-1, m, d])
         scenario_loss = self.match_loss(*self.ranked_cosines(u, g_p if e_p is None else e_p, data, n, s))  # (11)
         global_loss = self.match_loss(*self.ranked_cosines(g_u, g_p, data, n_g))                          # (12)
         logs = {"scenario_loss": scenario_loss, "global_loss": global_loss}
-        if self.params["scenario_l2"] and self._anchors is not None:             # not in the paper
+        if self.params.scenario_l2 and self._anchors is not None:             # not in the paper
             logs["scenario_l2"] = scenario_deviation(self.scenario_weights(), self._anchors)
         return logs
 
     @property
     def loss_weights(self):
         """Eq. 13's ``beta`` on the global loss; the ``scenario_l2`` penalty's own weight."""
-        return {"global_loss": float(self.params["beta"]), "scenario_l2": float(self.params["scenario_l2"])}
+        return {"global_loss": float(self.params.beta), "scenario_l2": float(self.params.scenario_l2)}
 
     def compute_losses(self, features, labels=None, training=False, outputs=None):
         """The phase is the batch's: cross-scenario pairs (``tfmsr.retrieval.pairs``) train the pre-training

@@ -10,11 +10,15 @@ removed.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import List
+
 import tf_keras as keras
 
 import tfmsr  # noqa: F401  (pins Keras 2 before tensorflow_recommenders loads)
 import tensorflow_recommenders as tfrs  # noqa: E402
 
+from tfmsr.core.params import default  # noqa: E402
 from tfmsr.layers import MLP  # noqa: E402
 from tfmsr.retrieval.data import item_key  # noqa: E402
 from tfmsr.retrieval.models.base import RetrievalModel, register  # noqa: E402
@@ -24,13 +28,16 @@ from tfmsr.retrieval.models.base import RetrievalModel, register  # noqa: E402
 class YoutubeDNN(RetrievalModel):
     """YoutubeDNN (RecSys 2016): mean-pooled history + profile MLP, item output embeddings, sampled softmax."""
 
-    defaults = {"hidden": [64, 32]}
+    @dataclass
+    class Params(RetrievalModel.Params):
+        hidden: List[int] = default([64, 32])
+
     cosine = False
     negatives_param = None
 
     def __init__(self, schema, params=None, scenario=None, **kwargs):
         super().__init__(schema, params, scenario=scenario, **kwargs)
-        hidden = list(self.params["hidden"])
+        hidden = list(self.params.hidden)
         self.item_id = item_key(schema)
         self.user_mlp = MLP(hidden[:-1], activation="relu", name="user_tower")
         self.user_out = keras.layers.Dense(hidden[-1], name="user_out")
