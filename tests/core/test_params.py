@@ -135,3 +135,19 @@ def test_the_stored_dict_is_the_former_defaults_merge_for_every_model_and_shippe
         assert stored == {**cls.all_defaults(), **params}, name
         assert cls.resolve(stored) == stored == cls.typed_params(stored).to_dict(), name
         assert cls.resolve(yaml.safe_load(yaml.safe_dump(stored))) == stored, name
+
+
+def test_a_built_model_keeps_plain_lists_keras_never_wraps_them(synth_dir, synth_schema):
+    """The model's layers track their own lists; the params dataclass (not a Keras-tracked container) keeps
+    plain ones, so the dict a run stores is plain YAML and the class defaults stay untouched."""
+    from tfmsr.data.pipeline import make_dataset, split_files
+    from tfmsr.ranking.models import build
+
+    model = build("mmoe", synth_schema, {"expert_hidden": [8], "tower": [4]})
+    x, _ = next(iter(make_dataset(split_files(synth_dir, "valid"), synth_schema, 8, training=False)))
+    model(x)
+    assert type(model.params.expert_hidden) is list and type(model.params.tower) is list
+    stored = model.get_config()["params"]
+    assert yaml.safe_load(yaml.safe_dump(stored)) == stored == {**ranking_class("mmoe").all_defaults(),
+                                                                "expert_hidden": [8], "tower": [4]}
+    assert ranking_class("mmoe").Params().expert_hidden == [256, 128]
