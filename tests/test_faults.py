@@ -510,6 +510,41 @@ def test_29_evaluate_predictions_format_follows_the_extension(tiny, trained, tmp
 
 
 # ---------------------------------------------------------------------------------------- a lost worker
+def ps_run(tmp_path):
+    """(data, ``tfmsr train`` argv) of a 2-epoch run on 4 x 1,000 synthetic train rows, batch 32: 125 steps
+    an epoch, a progress line every 5 steps, no validation."""
+    from tfmsr.data.synth import generate
+
+    data = str(tmp_path / "data")
+    generate(data, rows=5000, users=200, items=100, seed=0, rows_per_shard=1000, progress=False)  # train: 4 x 1,000
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config(data={"batch_size": 32}, train={"epochs": 2, "log_every": 5,
+                                                                          "validate": False})))
+    return data, ["train", "--config", str(cfg), "--data", data, "--model-dir", str(tmp_path / "run")]
+
+
+def log_match(c, pattern: str, accept=lambda m: True):
+    """The first line of the cluster ``c``'s log matching ``pattern`` (and ``accept``), while its chief runs."""
+    deadline = time.time() + 900
+    while True:
+        seen = next((m for l in list(c.lines) if (m := re.search(pattern, l)) and accept(m)), None)
+        if seen is not None:
+            return seen
+        assert time.time() < deadline and c.procs[("chief", 0)].poll() is None, "\n".join(c.lines[-40:])
+        time.sleep(0.1)
+
+
+def kill_worker_while_it_trains(c, epoch: str = r"\d"):
+    """SIGKILLs worker 1 of ``c`` while it trains (has fetched batches): once it ran 10 steps in an epoch
+    (``epoch``: a pattern) with 25+ steps left (so it dies in the epoch of that line); the progress line."""
+    import signal
+
+    seen = log_match(c, rf"epoch ({epoch})/2  step (\d+)/.* worker steps \[\d+, (\d+)\]",
+                     lambda m: int(m.group(3)) >= 10 and (int(m.group(2)) - 1) % 125 < 100)
+    os.kill(c.pid("worker", 1), signal.SIGKILL)
+    return seen
+
+
 @pytest.mark.slow
 def test_30_a_killed_ps_worker_leaves_no_shard_unread(tmp_path):
     """ParameterServerStrategy, 2 workers, worker 1 SIGKILLed while it trains (10 steps into an epoch, as
@@ -521,30 +556,14 @@ def test_30_a_killed_ps_worker_leaves_no_shard_unread(tmp_path):
     graph equal those of the first N batches of the same seeded stream, rebuilt here, N = the batches
     trained; each epoch's examples = the plan + the steps the coordinator ran again. (With the former
     files[i::W] split, worker 1's 2 shards were not read again: 2 x 1,000 rows short in epoch 2.)"""
-    import signal
-
     from tfmsr.data.pipeline import make_dataset, split_files
-    from tfmsr.data.synth import generate
     from tfmsr.distribute.cluster import LocalCluster
     from tfmsr.features import Schema
 
-    data = str(tmp_path / "data")
-    generate(data, rows=5000, users=200, items=100, seed=0, rows_per_shard=1000, progress=False)  # train: 4 x 1,000
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(config(data={"batch_size": 32}, train={"epochs": 2, "log_every": 5,
-                                                                          "validate": False})))
-    with LocalCluster(["train", "--config", str(cfg), "--data", data, "--model-dir", str(tmp_path / "run")], 2, 1,
-                      threads=1, log=lambda line: None) as c:
+    data, argv = ps_run(tmp_path)
+    with LocalCluster(argv, 2, 1, threads=1, log=lambda line: None) as c:
         c.start()
-        deadline, seen = time.time() + 900, None
-        while seen is None:  # worker 1 trains (has fetched batches) when it is killed: it ran 10 steps this
-            # epoch, and the epoch has 25 steps left (so it dies in the epoch of that line)
-            seen = next((m for l in list(c.lines) if (m := re.search(
-                r"epoch (\d)/2  step (\d+)/.* worker steps \[\d+, (\d+)\]", l)) and int(m.group(3)) >= 10
-                and (int(m.group(2)) - 1) % 125 < 100), None)
-            assert time.time() < deadline and c.procs[("chief", 0)].poll() is None, "\n".join(c.lines[-40:])
-            time.sleep(0.1)
-        os.kill(c.pid("worker", 1), signal.SIGKILL)
+        seen = kill_worker_while_it_trains(c)
         assert c.wait(timeout=900) == 0, "\n".join(c.lines[-60:])
     assert "[cluster] training continues on 1 worker(s)" in c.lines
     summary = json.load(open(tmp_path / "run" / "history.json"))
@@ -578,6 +597,50 @@ def test_30_a_killed_ps_worker_leaves_no_shard_unread(tmp_path):
     names = sorted(epochs[0]["shards"])
     assert [sum(e["shards"][k] for e in epochs) for k in names] == sum(shards).tolist(), [e["shards"] for e in epochs]
     assert os.path.exists(tmp_path / "run" / "final")
+
+
+@pytest.mark.slow
+def test_30b_a_killed_chief_re_reads_the_batches_lost_before_its_restart(tmp_path):
+    """Worker 1 SIGKILLed in epoch 1 (its fetched batches are holes at that epoch's end, lost only one epoch
+    end later), then the chief SIGKILLed in epoch 2, before any make-up: the backup of epoch 1's end holds the
+    ledger (backup/ledger-<step>.json: the holes, the rows trained per pass). The rerun (a new cluster, the
+    same command) restores it, says so, and re-reads each of those batches once at its epoch end: pass 1 is
+    whole (trained + re-read = 4,000 rows) in its history.json, though its steps ran before the restart."""
+    import signal
+
+    from tfmsr.distribute.cluster import LocalCluster
+
+    data, argv = ps_run(tmp_path)
+    with LocalCluster(argv, 2, 1, threads=1, log=lambda line: None) as c:
+        c.start()
+        kill_worker_while_it_trains(c, epoch="1")
+        log_match(c, r"\[chief:0\] .*epoch 2/2  step \d+/")  # the backup of epoch 1's end is written
+        os.kill(c.pid("chief"), signal.SIGKILL)
+        assert c.wait(timeout=900) == -signal.SIGKILL, "\n".join(c.lines[-40:])
+    assert not any("make-up steps" in l for l in c.lines), "\n".join(c.lines[-40:])
+    ledgers = glob.glob(str(tmp_path / "run" / "backup" / "ledger-*.json"))
+    assert len(ledgers) == 1, ledgers
+    state = json.load(open(ledgers[0]))
+    holes = state["holes"]
+    assert state["position"] == 125 and holes and max(holes) < 125 and state["lost"] == [], state
+    with LocalCluster(argv, 2, 1, threads=1, log=lambda line: None) as again:
+        again.start()
+        assert again.wait(timeout=900) == 0, "\n".join(again.lines[-60:])
+    said = f"lost with its job (global batches {holes}); {len(holes)} to re-read at this epoch's end"
+    assert any("[data] ledger restored from the backup at stream batch 125: " in l and said in l
+               for l in again.lines), "\n".join(again.lines[-60:])
+    assert any(re.search(r"\[data\] epoch 2: .*re-read by the survivors in as many make-up steps .*\(global "
+                         r"batches \[", l) for l in again.lines), "\n".join(again.lines[-30:])
+    summary = json.load(open(tmp_path / "run" / "history.json"))
+    (epoch,), passes = summary["data_epochs"], summary["passes"]
+    assert epoch["lost_batches"] == holes and set(holes) <= set(epoch["replayed_batches"]), epoch
+    assert sorted(epoch["replayed_batches"]) == sorted(set(epoch["replayed_batches"])), epoch  # each once
+    assert summary["lost_rows"] == 32 * len(holes) and summary["resumed_from_step"] == 125, summary
+    one = passes[0]
+    assert (one["pass"], one["lost_batches"], one["replayed_batches"]) == (1, holes, holes), one
+    assert one["trained_rows"] + one["replayed_rows"] == 4000 and one["untrained_rows"] == 0, one
+    assert not any("rows never trained" in l for l in again.lines), "\n".join(again.lines[-30:])
+    assert os.path.exists(tmp_path / "run" / "final") and not os.path.exists(tmp_path / "run" / "backup")
 
 
 # ---------------------------------------------------------------------------------------- retrieval configs

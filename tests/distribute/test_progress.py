@@ -1,5 +1,6 @@
 """The progress line's examples/s and the run's throughput count training-step time only: an epoch's
 validation is not in the denominator (issue 29; a fake clock, so nothing here is timed)."""
+import json
 import re
 
 import numpy as np
@@ -73,16 +74,16 @@ def test_ledger_names_lost_batches_one_epoch_end_late_and_counts_their_make_up()
     worker's next step is never lost; one still open at the next epoch end is, and a make-up step's rows
     make its pass whole (trained + replayed = the split's rows); what is untrained at the end is ahead."""
     ledger = BatchLedger(rows=100, batch=32, start=4)  # 4 batches a pass (the last of 4 rows); resumed at 4
-    counts = np.zeros(14, np.int64)  # slot i: global batch 4 + i; the last slot holds the overflow
-    counts[[0, 1, 3, 4]] = 32, 32, 4, 32  # epoch end 1: batch 6 fetched, not trained yet
+    counts = np.zeros(18, np.int64)  # slot i: global batch i; the last slot holds the overflow
+    counts[[4, 5, 7, 8]] = 32, 32, 4, 32  # epoch end 1: batch 6 fetched, not trained yet
     assert ledger.untrained(counts) == [6] and ledger.settle(counts) == []  # a live worker may still train it
-    counts[[2, 6, 7, 8]] = 32, 32, 4, 32  # epoch end 2: it was (not lost); batch 9 is a hole now
+    counts[[6, 10, 11, 12]] = 32, 32, 4, 32  # epoch end 2: it was (not lost); batch 9 is a hole now
     assert ledger.settle(counts) == [] and ledger.lost == []
-    counts[9] = 32  # epoch end 3: batch 9 still untrained -> lost
-    assert ledger.settle(counts) == [9] and ledger.pending() == [9] and ledger.rel([9]) == [5]
-    counts[5] = 32  # its make-up step
+    counts[13] = 32  # epoch end 3: batch 9 still untrained -> lost
+    assert ledger.settle(counts) == [9] and ledger.pending() == [9]
+    counts[9] = 32  # its make-up step
     ledger.replayed.extend(ledger.pending())
-    counts[[11, 12]] = 4, 32  # the last epoch: batch 14 untrained at the end
+    counts[[15, 16]] = 4, 32  # the last epoch: batch 14 untrained at the end
     assert ledger.settle(counts, final=True) == [14] and ledger.pending() == [14]
     assert ledger.settle(counts, final=True) == []  # named once
     two, three, four, five = ledger.passes(counts)
@@ -92,5 +93,31 @@ def test_ledger_names_lost_batches_one_epoch_end_late_and_counts_their_make_up()
                      "ahead_batches": [], "untrained_rows": 0}
     assert (four["trained_rows"], four["ahead_batches"], four["untrained_rows"]) == (68, [14], 32)
     assert five["trained_rows"] == 32
-    counts[5] = 64  # had its dead worker trained it after all: counted, not hidden
+    counts[9] = 64  # had its dead worker trained it after all: counted, not hidden
     assert ledger.passes(counts)[1]["trained_twice"] == 1
+
+
+def test_ledger_survives_a_chief_restart():
+    """A chief killed after a backup at stream batch 6: the backup's ledger (JSON) names batch 2 (fetched by
+    a worker killed before, found untrained at one epoch end: not yet lost), the rows trained per pass before
+    6 and the batches 6, 7 trained past it; the restarted chief (stream from 6) takes batch 2 as lost (its
+    job is gone), its make-up step makes pass 1 whole, and 6, 7, trained again by the new stream, are
+    counted as trained twice."""
+    old = BatchLedger(rows=100, batch=32)
+    counts = np.zeros(20, np.int64)
+    counts[[0, 1, 3, 4, 5, 6, 7]] = 32, 32, 4, 32, 32, 32, 4
+    assert old.settle(counts) == [] and old.lost == []  # batch 2: open, found at one epoch end
+    state = json.loads(json.dumps(old.state(counts, position=6)))
+    assert (state["holes"], state["past"], state["lost"]) == ([2], [6, 7], [])
+    assert state["before"] == {"0": {"trained_rows": 68, "trained_twice": 0},
+                               "1": {"trained_rows": 64, "trained_twice": 0}}
+    new = BatchLedger(rows=100, batch=32, start=6)
+    assert new.restore(state) == [2] and new.pending() == [2]
+    counts = np.zeros(20, np.int64)
+    counts[[2, 6, 7, 8, 9, 10, 11]] = 32, 32, 4, 32, 32, 32, 4  # the make-up step of batch 2, then the stream
+    new.replayed.extend(new.pending())
+    assert new.pending() == [] and new.settle(counts) == [] and new.settle(counts, final=True) == []
+    one, two, three = new.passes(counts)
+    assert (one["trained_rows"], one["replayed_rows"], one["lost_batches"], one["untrained_rows"]) == (68, 32, [2], 0)
+    assert (two["trained_rows"], two["trained_twice"], three["trained_rows"]) == (100, 2, 100)
+    assert json.loads(json.dumps(new.state(counts, position=12)))["lost"] == [2]

@@ -11,7 +11,8 @@ training-step time only (``progress.TrainClock``: the epochs' validation exclude
 ParameterServerStrategy it also names the batches of the shared stream a lost worker fetched and never
 trained (``BatchLedger``) and has them trained again by make-up steps (``shared_input.MakeUp``) at that
 epoch end, before the validation and checkpoints (it runs before those callbacks): per pass over the
-split, rows trained + rows re-read = the split's rows.
+split, rows trained + rows re-read = the split's rows. The ledger goes beside every backup checkpoint
+(``LedgerBackup``), so a chief killed and restarted re-reads the batches lost before its restart too.
 
 ``LossGuard`` stops a run whose loss is NaN or infinite with ``NonFiniteLoss`` naming the step; raised
 from inside ``fit``, so the trainer never reaches the code that writes ``final/`` (a TerminateOnNaN that
@@ -21,6 +22,7 @@ anyway) and on the progress steps under ParameterServerStrategy (each read waits
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import time
@@ -30,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tfmsr.core.io import write_json
 from tfmsr.data.guards import SHARD_KEY
 from tfmsr.distribute.progress import TrainClock, last_step_of_epoch
 
@@ -152,14 +155,18 @@ def count_inputs(model, x) -> None:
 
 class BatchLedger:
     """Which batches of the shared stream were trained (ParameterServerStrategy): from the rows counted per
-    batch sequence number (``Counters.batches``, relative to ``start``, the stream's first batch), the
-    batches fetched by a worker and never trained and, per pass over the train split (``ceil(rows / batch)``
-    batches, the last one short), the rows trained and untrained -- all counted, none estimated.
+    global batch number (``Counters.batches``; this process's stream starts at ``start``, the resumed step),
+    the batches fetched by a worker and never trained and, per pass over the train split (``ceil(rows /
+    batch)`` batches, the last one short), the rows trained and untrained -- all counted, none estimated.
 
     A live worker trains the batches it fetched ahead at its next steps, so a batch still untrained one epoch
     end after a later batch was trained went with a dead worker (``lost``). Those untrained when training
     ends are ``ahead``: fetched ahead by a live worker, or lost in the last epoch. Make-up steps
-    (``shared_input.MakeUp``) train them again: ``replayed``, counted per batch like any trained one."""
+    (``shared_input.MakeUp``) train them again: ``replayed``, counted per batch like any trained one.
+
+    A restarted chief gets the ledger of its backup (``state`` / ``restore``, beside each backup checkpoint:
+    ``LedgerBackup``): the lost, ahead and re-read batches, the holes below the backup's stream position (lost
+    with the old job: the restart starts a new one) and the rows trained per pass before that position."""
 
     def __init__(self, rows: int, batch: int, start: int = 0):
         self.rows, self.batch, self.start = rows, batch, start
@@ -167,6 +174,8 @@ class BatchLedger:
         self.lost: List[int] = []   # global batch numbers, in the order they were found lost
         self.ahead: List[int] = []  # untrained when training ended
         self.replayed: List[int] = []  # of those, the ones make-up steps trained
+        self.before: dict = {}  # pass -> {trained_rows, trained_twice} before ``start`` (restored from a backup)
+        self.past: List[int] = []  # batches at or after ``start`` a run before the restart trained (trained again)
         self._open: set = set()
 
     def batch_rows(self, seq: int) -> int:
@@ -174,10 +183,10 @@ class BatchLedger:
         return self.rows - (self.per_pass - 1) * self.batch if (seq + 1) % self.per_pass == 0 else self.batch
 
     def untrained(self, counts) -> List[int]:
-        """Global numbers of the batches with no trained row before the last trained one."""
+        """Global numbers of the batches of this process's stream with no trained row before the last trained one."""
         trained = np.flatnonzero(np.asarray(counts)[:-1])  # the last slot holds the overflow
         last = int(trained[-1]) if len(trained) else -1
-        return [self.start + i for i in range(last) if counts[i] == 0]
+        return [i for i in range(self.start, last) if counts[i] == 0]
 
     def settle(self, counts, final: bool = False) -> List[int]:
         """The batches found lost now (untrained at two epoch ends in a row), or with ``final`` (training
@@ -189,24 +198,50 @@ class BatchLedger:
         return new
 
     def pending(self) -> List[int]:
-        """Lost and ahead batches no make-up step has trained yet (relative to ``start``: ``rel``)."""
+        """Lost and ahead batches (global numbers) no make-up step has trained yet."""
         done = set(self.replayed)
         return [q for q in self.lost + self.ahead if q not in done]
 
-    def rel(self, seqs: Sequence[int]) -> List[int]:
-        """Global batch numbers -> their numbers in this stream (the resumed run's first batch is 0)."""
-        return [q - self.start for q in seqs]
+    def state(self, counts, position: int) -> dict:
+        """What a chief restarted from a backup at stream ``position`` needs (JSON): the lost, ahead and
+        re-read batches, the holes below ``position`` (lost with the job when the chief restarts), the
+        batches at or after it already trained, and the rows trained per pass before it."""
+        holes, counts = self.untrained(counts), np.asarray(counts)[:-1]
+        known = set(self.lost) | set(self.ahead)
+        below = {k: dict(v) for k, v in self.before.items()}
+        for i in np.flatnonzero(counts[:position]):
+            self._add(below, int(i), int(counts[i]))
+        return {"position": position, "lost": self.lost, "ahead": self.ahead, "replayed": self.replayed,
+                "holes": [q for q in holes if q < position and q not in known],
+                "past": sorted(set(self.past) | {int(i) for i in np.flatnonzero(counts[position:]) + position}),
+                "before": {str(k): v for k, v in below.items()}}
+
+    def restore(self, state: dict) -> List[int]:
+        """Takes a backup's ``state``; returns its holes before this stream's start, now lost (their make-up
+        is pending, with the lost batches not re-read before the restart)."""
+        self.lost, self.ahead, self.replayed = list(state["lost"]), list(state["ahead"]), list(state["replayed"])
+        self.before = {int(k): dict(v) for k, v in state["before"].items()}
+        self.past = [q for q in state["past"] if q >= self.start]
+        new = sorted(q for q in state["holes"] if q < self.start)
+        self.lost.extend(new)
+        return new
+
+    def _add(self, out: dict, seq: int, rows: int) -> None:
+        """Counts ``rows`` trained in global batch ``seq`` into its pass of ``out``."""
+        p = out.setdefault(seq // self.per_pass, {"trained_rows": 0, "trained_twice": 0})
+        p["trained_rows"] += rows
+        p["trained_twice"] += int(rows > self.batch_rows(seq))
 
     def passes(self, counts) -> List[dict]:
         """Per pass touched: batches, rows trained, lost and untrained at the end (and those batches), batches
         trained twice."""
         counts = np.asarray(counts)[:-1]
-        out: dict = {}
+        out = {k: dict(v) for k, v in self.before.items()}
         for i in np.flatnonzero(counts):
-            seq = self.start + int(i)
-            p = out.setdefault(seq // self.per_pass, {"trained_rows": 0, "trained_twice": 0})
-            p["trained_rows"] += int(counts[i])
-            p["trained_twice"] += int(counts[i] > self.batch_rows(seq))
+            self._add(out, int(i), int(counts[i]))
+        for q in self.past:  # trained before the chief restarted, after its backup, and by this stream again
+            if q < len(counts) and counts[q]:
+                out[q // self.per_pass]["trained_twice"] += 1
         for key, seqs in (("lost", self.lost), ("ahead", self.ahead), ("replayed", self.replayed)):
             for seq in seqs:
                 out.setdefault(seq // self.per_pass, {"trained_rows": 0, "trained_twice": 0}).setdefault(
@@ -224,6 +259,37 @@ class BatchLedger:
         return record
 
 
+class LedgerBackup:
+    """``backup/ledger-<step>.json``: the ``BatchLedger`` state of the backup checkpoint taken at optimizer
+    step ``step`` (the step it restores, so a restarted chief reads the ledger of exactly the checkpoint it
+    resumed from). Written atomically before the checkpoint; the older ones are removed after it, so a chief
+    killed in between still finds the ledger of the checkpoint it restores."""
+
+    def __init__(self, backup_dir: str):
+        self.dir = backup_dir
+
+    def path(self, step: int) -> str:
+        return os.path.join(self.dir, f"ledger-{step}.json")
+
+    def write(self, step: int, state: dict) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        write_json(self.path(step), state)
+
+    def read(self, step: int) -> Optional[dict]:
+        """The ledger of the backup at ``step``, or None (a fresh run, or a backup without a ledger)."""
+        try:
+            with open(self.path(step)) as fh:
+                return json.load(fh)
+        except FileNotFoundError:
+            return None
+
+    def prune(self, step: int) -> None:
+        """Removes the ledgers of the backups before the one at ``step``."""
+        for name in os.listdir(self.dir):
+            if name.startswith("ledger-") and name != os.path.basename(self.path(step)):
+                os.remove(os.path.join(self.dir, name))
+
+
 class EpochAccounting(keras.callbacks.Callback):
     """``[data] epoch N: n examples read ...`` at each epoch end from the graph's counts; ``epochs`` holds
     them (epoch, steps, batch, examples, non_finite, oov_ids); ``examples_per_sec`` from the first step on,
@@ -232,15 +298,19 @@ class EpochAccounting(keras.callbacks.Callback):
     step) it fetched and never trained (``BatchLedger``: counted, per epoch, and per pass over the split in
     ``passes`` at the end of training), which ``replay(model, batches)`` (``shared_input.MakeUp``) trains
     on the live workers at the epoch end they are found lost, and at the last epoch's end every batch
-    still untrained -- before the epoch's validation and checkpoints (this callback runs before them)."""
+    still untrained -- before the epoch's validation and checkpoints (this callback runs before them).
+    With ``backup`` (a ``LedgerBackup``) the ledger goes beside every backup checkpoint (``before_backup`` /
+    ``after_backup``, called by ``strategy.ClusterBackupAndRestore``) and a resumed chief restores it: the
+    batches lost before the restart and not yet re-read are re-read at its first epoch end."""
 
     def __init__(self, batch: int, rows: int, log: Callable[[str], None], counters: Optional[Counters] = None,
                  clock: Callable[[], float] = time.time, start: int = 0,
-                 replay: Optional[Callable[[object, List[int]], None]] = None):
+                 replay: Optional[Callable[[object, List[int]], None]] = None, backup: Optional[LedgerBackup] = None):
         super().__init__()
         self._supports_tf_logs = True  # the step hook reads no logs (allowed under ParameterServerStrategy)
         self.batch, self.rows, self.log, self.counters = batch, rows, log, counters
-        self.start, self.replay = start, replay
+        self.start, self.replay, self.backup = start, replay, backup
+        self._restored: List[int] = []  # holes of the backup, lost with the chief's restart
         self.epochs: List[dict] = []
         self.clock = TrainClock(clock)
         self._steps = 0
@@ -257,8 +327,36 @@ class EpochAccounting(keras.callbacks.Callback):
             self.counters.reset()
         if self.ledger is None and self.counters is not None and self.counters.batches is not None:
             self.ledger = BatchLedger(self.rows, self.batch, self.start)
+            self._restore()
         if self._steps:  # the clock starts at the end of the first step
             self.clock.start()
+
+    def _restore(self) -> None:
+        """A resumed chief: the ledger of the backup it restored (keyed by the optimizer step), logged."""
+        state = self.backup.read(self._step()) if self.backup is not None and self.start else None
+        if state is None:
+            return
+        self._restored = self.ledger.restore(state)
+        pending = self.ledger.pending()
+        self.log(f"[data] ledger restored from the backup at stream batch {state['position']:,}: "
+                 f"{len(self.ledger.lost)} batch(es) lost with a worker, {len(self.ledger.replayed)} re-read; "
+                 f"{len(self._restored)} fetched and untrained when the chief stopped, lost with its job "
+                 f"(global batches {self._restored}); {len(pending)} to re-read at this epoch's end "
+                 f"(global batches {pending})")
+
+    def _step(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
+
+    def before_backup(self) -> None:
+        """Writes the ledger of the backup about to be taken (every scheduled step is in)."""
+        if self.backup is not None and self.ledger is not None:
+            counts = self.counters.batches.result().numpy()
+            self.backup.write(self._step(), self.ledger.state(counts, self.start + self._steps))
+
+    def after_backup(self) -> None:
+        """The backup is written: the ledgers of the earlier ones go."""
+        if self.backup is not None and self.ledger is not None:
+            self.backup.prune(self._step())
 
     def on_train_batch_end(self, batch, logs=None):
         self._steps += 1
@@ -287,11 +385,12 @@ class EpochAccounting(keras.callbacks.Callback):
         if self.ledger is None:
             return {}
         counts = self.counters.batches.result().numpy()
-        made = {"lost": self.ledger.settle(counts), "replayed": []}
+        made = {"lost": self._restored + self.ledger.settle(counts), "replayed": []}
+        self._restored = []
         made["ahead"] = self.ledger.settle(counts, final=True) if epoch + 1 >= self.params["epochs"] else []
         if self.replay is not None and self.ledger.pending():
             made["replayed"], began = self.ledger.pending(), self.clock.clock()
-            self.replay(self.model, self.ledger.rel(made["replayed"]))
+            self.replay(self.model, made["replayed"])
             self.ledger.replayed.extend(made["replayed"])
             made["seconds"] = self.clock.clock() - began
         return made
@@ -381,7 +480,8 @@ class EpochAccounting(keras.callbacks.Callback):
         """Examples, non-finite values and OOV ids over the epochs; with the shared stream also the rows lost
         with a worker and the ``passes`` over the split."""
         out = {k: sum(e[k] for e in self.epochs) for k in ("examples", "non_finite", "oov_ids")}
-        if self.ledger is not None:
-            out.update({k: sum(e.get(k, 0) for e in self.epochs) for k in ("lost_rows", "ahead_rows", "replayed_rows")},
-                       passes=self.passes)
+        if self.ledger is not None:  # the ledger's lists: with those restored from before a chief restart
+            ledger = self.ledger
+            out.update({f"{k}_rows": sum(ledger.batch_rows(q) for q in getattr(ledger, k))
+                        for k in ("lost", "ahead", "replayed")}, passes=self.passes)
         return out

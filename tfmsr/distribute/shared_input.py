@@ -30,15 +30,17 @@ stream) with it each time, more than ``max_outstanding_requests=1`` suggests; on
 but not reported is sometimes run again by the coordinator on the survivor (4,032 examples in that
 epoch, said in the log). The 5 make-up steps took 11.1 s on a loaded 2-core machine: 5.3 s tracing the
 make-up dataset on the chief, 0.5 s scheduling (``fit``'s traced step reused; 9 s when traced anew),
-5.3 s on the worker; a full pass over the seeded stream up to the last lost batch is read again.
+5.3 s on the worker; the seeded stream from the first lost batch to the last is read again.
 
 Make-up steps are ordinary optimizer steps: ``optimizer.iterations`` (the global step of the progress
 line and of ``history.json``'s ``steps``; Adam's bias correction; the learning rate is a constant) grows
 by one per make-up batch, while the epoch's plan (``steps_per_epoch`` fit steps) and the backup's (epoch,
 batch) -- the stream position a restarted chief skips to -- do not move; the batches the regular steps
-train shift by as many, so the last pass of a run is partial by the make-up batches. A restarted chief
-rebuilds its ledger from its backup's step: batches lost before the chief was killed and not yet re-read
-are not known to it (they were named in the log when found).
+train shift by as many, so the last pass of a run is partial by the make-up batches. Batches are numbered
+globally (a resumed stream's first batch is its resume step), and the ledger goes beside every backup
+checkpoint (``accounting.LedgerBackup``): a restarted chief restores it, takes the batches fetched and
+untrained before the backup's stream position as lost (the restart starts a new job) and re-reads them,
+with the lost ones not yet re-read, at its first epoch end (test_faults case 30b).
 
 Parsing stays on the training workers (after the job), so the vocabulary tables of raw-valued datasets
 are the workers' own copies, as before; the service carries serialized records and their shard index.
@@ -59,7 +61,7 @@ class SharedStream:
     """The chief's tf.data service (dispatcher + one worker, started once per process) and the job the
     training workers share. ``apply(ds)`` sends ``ds`` (serialized batches) through the job."""
 
-    def __init__(self, host: str, job: str, log: Optional[Callable[[str], None]] = None):
+    def __init__(self, host: str, job: str, log: Optional[Callable[[str], None]] = None, first: int = 0):
         if host not in _SERVERS:
             dispatcher = tf.data.experimental.service.DispatchServer(
                 tf.data.experimental.service.DispatcherConfig(port=0))
@@ -67,33 +69,35 @@ class SharedStream:
             worker = tf.data.experimental.service.WorkerServer(tf.data.experimental.service.WorkerConfig(
                 dispatcher_address=address, worker_address=f"{host}:%port%"))
             _SERVERS[host] = (dispatcher, worker, address)
-        self.address, self.job = _SERVERS[host][2], job
+        self.address, self.job, self.first = _SERVERS[host][2], job, first
         if log:
             log(f"[data] tf.data service on the chief at {self.address} (job {job}): every worker takes the next "
                 "batch of one shared stream, each batch goes to one worker; a lost worker's share goes to the others")
 
     def apply(self, ds: tf.data.Dataset) -> tf.data.Dataset:
         """``ds`` through the shared job; (records, shard index) batches are first tagged with their sequence
-        number in the stream (``tag_sequence``), so the chief can tell which batches were trained."""
+        number in the stream (``tag_sequence``, from ``first``: the resumed step), so the chief can tell which
+        batches were trained."""
         if isinstance(ds.element_spec, tuple):
-            ds = tag_sequence(ds)
+            ds = tag_sequence(ds, self.first)
         return ds.apply(tf.data.experimental.service.distribute(
             processing_mode="parallel_epochs", service=f"grpc://{self.address}", job_name=self.job,
             max_outstanding_requests=1))
 
 
-def tag_sequence(ds: tf.data.Dataset) -> tf.data.Dataset:
-    """(records, shard index) batches -> (records, shard index + ``SEQ`` x the batch's number in ``ds``):
-    made in the chief's tf.data worker before the job hands the batch out, counted per batch by
-    ``accounting.Counters.batches`` when a step trains it (``accounting.BatchLedger`` finds the lost ones)."""
-    return ds.enumerate().map(lambda i, batch: (batch[0], batch[1] + SEQ * i))
+def tag_sequence(ds: tf.data.Dataset, first: int = 0) -> tf.data.Dataset:
+    """(records, shard index) batches -> (records, shard index + ``SEQ`` x the batch's global number: ``first``
+    + its number in ``ds``): made in the chief's tf.data worker before the job hands the batch out, counted per
+    batch by ``accounting.Counters.batches`` when a step trains it (``accounting.BatchLedger`` finds the lost ones)."""
+    return ds.enumerate(first).map(lambda i, batch: (batch[0], batch[1] + SEQ * i))
 
 
-def pick_batches(ds: tf.data.Dataset, seqs) -> tf.data.Dataset:
-    """The batches numbered ``seqs`` in the (records, shard index) stream ``ds``, in order and tagged as
-    ``tag_sequence`` tags them: the same stream rebuilt from the seed, read up to the last one (finite)."""
+def pick_batches(ds: tf.data.Dataset, seqs, first: int = 0) -> tf.data.Dataset:
+    """The batches numbered ``seqs`` (global numbers) in the (records, shard index) stream ``ds`` that starts
+    at global batch ``first``, in order and tagged as ``tag_sequence`` tags them: the same stream rebuilt from
+    the seed, read up to the last one (finite)."""
     wanted = tf.constant(sorted(seqs), tf.int64)
-    return (ds.take(int(max(seqs)) + 1).enumerate()
+    return (ds.take(int(max(seqs)) - first + 1).enumerate(first)
             .filter(lambda i, batch: tf.reduce_any(tf.equal(i, wanted)))
             .map(lambda i, batch: (batch[0], batch[1] + SEQ * i)))
 
@@ -101,23 +105,25 @@ def pick_batches(ds: tf.data.Dataset, seqs) -> tf.data.Dataset:
 class MakeUp:
     """Make-up steps (ParameterServerStrategy): train again the batches of the shared stream that no step
     trained (``accounting.BatchLedger``: fetched by a lost worker, or fetched and untrained when training
-    ends). ``stream(service)`` rebuilds the run's training stream from its seed (the same shards, shuffle
-    and resumed-steps skip) with ``service`` applied to its serialized batches, where ``pick_batches``
-    keeps the wanted ones. One closure runs them all, in order, on one live worker (a per-worker dataset
-    holds every wanted batch, so two workers would train each twice); each is a call of ``fit``'s own traced
-    step (``model.train_tf_function``: not traced again), counted per shard and batch like the others; it
-    advances ``optimizer.iterations`` and Keras' train counter, not the epoch's step plan. Called at an
-    epoch end, after ``fit`` joined the epoch's steps; returns when they are in."""
+    ends). ``stream(first, service)`` rebuilds the run's training stream from its seed (the same shards
+    and shuffle, from global batch ``first``: the first wanted one, also before a resumed step) with
+    ``service`` applied to its serialized batches, where ``pick_batches`` keeps the wanted ones. One closure
+    runs them all, in order, on one live worker (a per-worker dataset holds every wanted batch, so two
+    workers would train each twice); each is a call of ``fit``'s own traced step (``model.train_tf_function``:
+    not traced again), counted per shard and batch like the others; it advances ``optimizer.iterations`` and
+    Keras' train counter, not the epoch's step plan. Called at an epoch end, after ``fit`` joined the epoch's
+    steps; returns when they are in."""
 
-    def __init__(self, stream: Callable[[Callable], tf.data.Dataset]):
+    def __init__(self, stream: Callable[[int, Callable], tf.data.Dataset]):
         self.stream = stream
 
     def __call__(self, model, seqs) -> None:
         seqs = sorted(int(q) for q in seqs)
+        first = seqs[0]  # the stream rebuilt from the first wanted batch (those before the resumed step too)
         strategy, coordinator = model.distribute_strategy, model._cluster_coordinator
         per_worker = coordinator.create_per_worker_dataset(
             lambda: strategy.distribute_datasets_from_function(
-                lambda ctx: self.stream(lambda ds: pick_batches(ds, seqs))))
+                lambda ctx: self.stream(first, lambda ds: pick_batches(ds, seqs, first))))
 
         step = model.train_tf_function  # fit's traced step (one batch), reused: its graph is not traced again
 

@@ -35,7 +35,7 @@ saved epoch and batch). A worker lost under ParameterServerStrategy is tolerated
 steps are re-run on the others; a restarted worker rejoins): its share of the shared stream goes to the
 others, and the epoch's log line says which worker ran no step (``tfmsr.distribute.accounting``); the
 batches it had fetched and not trained are trained again by make-up steps on the live workers
-(``tfmsr.distribute.shared_input.MakeUp``).
+(``tfmsr.distribute.shared_input.MakeUp``), also after a chief restart (their ledger is in each backup).
 """
 from __future__ import annotations
 
@@ -248,7 +248,13 @@ def _is_ps(model) -> bool:
 class ClusterBackupAndRestore(keras.callbacks.BackupAndRestore):
     """BackupAndRestore that also backs up every ``save_freq`` steps under ParameterServerStrategy (Keras'
     own skips step backups there): waits for the scheduled steps, then saves the same state (model,
-    optimizer, epoch, batch) Keras restores and resumes from; a backup at each epoch end too."""
+    optimizer, epoch, batch) Keras restores and resumes from; a backup at each epoch end too. ``sidecar``
+    (``accounting.EpochAccounting``: the shared stream's batch ledger) writes its state before each backup
+    checkpoint (``before_backup``) and drops the older ones after it (``after_backup``)."""
+
+    def __init__(self, backup_dir: str, *args, sidecar=None, **kwargs):
+        super().__init__(backup_dir, *args, **kwargs)
+        self.sidecar = sidecar
 
     def on_train_batch_end(self, batch, logs=None):
         if not _is_ps(self.model):
@@ -272,6 +278,13 @@ class ClusterBackupAndRestore(keras.callbacks.BackupAndRestore):
         self.model._cluster_coordinator.join()  # every step scheduled so far has been applied
         self._training_state._ckpt_saved_batch.assign(batch)
         self._backup(epoch=self._current_epoch, batch=batch)
+
+    def _backup(self, epoch, batch=0):
+        if self.sidecar is not None:
+            self.sidecar.before_backup()
+        super()._backup(epoch, batch)
+        if self.sidecar is not None:
+            self.sidecar.after_backup()
 
 
 class ClusterProgress(Progress):

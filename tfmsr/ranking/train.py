@@ -20,6 +20,7 @@ backed-up global step, not from zero.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import shutil
@@ -37,7 +38,7 @@ from tfmsr.core.tempfiles import sweep
 from tfmsr.core.rundir import RunDir, read_stats
 from tfmsr.data.pipeline import check_first_record, make_dataset, read_errors, split_files
 from tfmsr.data.guards import pop_count
-from tfmsr.distribute.accounting import EpochAccounting, LossGuard, attach_counters
+from tfmsr.distribute.accounting import EpochAccounting, LedgerBackup, LossGuard, attach_counters
 from tfmsr.distribute.progress import Progress
 from tfmsr.distribute.shared_input import MakeUp, SharedStream, chief_host, job_name
 from tfmsr.distribute.strategy import (Cluster, ClusterBackupAndRestore, ClusterProgress, check_model,
@@ -207,7 +208,7 @@ def _train_input(job: _Job) -> tf.data.Dataset:
                             shuffle_buffer=data["shuffle_buffer"], skip_batches=job.skip,
                             non_finite=data["non_finite"], tag_shards=True, cache=data["cache"])
     # multi-worker: each worker its own shards and batch share; ps: one shared stream (shared_input)
-    stream = (SharedStream(chief_host(cluster.spec), job_name(job.model_dir, job.skip), job.log)
+    stream = (SharedStream(chief_host(cluster.spec), job_name(job.model_dir, job.skip), job.log, first=job.skip)
               if cluster.kind == "ps" else None)
     return per_worker_input(job.train_files, lambda files, b, k, ctx: _stream(
         job, files, b, k, ctx, stream.apply if stream else None), cluster, batch, job.skip, job.log,
@@ -226,15 +227,16 @@ def _make_up(job: _Job) -> Optional[MakeUp]:
     """ps: make-up steps for the batches a lost worker took, from the shared stream rebuilt by its seed."""
     if job.cluster.kind != "ps":
         return None
-    return MakeUp(lambda service: _stream(job, job.train_files, job.cfg["data"]["batch_size"], job.skip, None,
-                                          service))
+    return MakeUp(lambda first, service: _stream(job, job.train_files, job.cfg["data"]["batch_size"], first, None,
+                                                 service))
 
 
 def _callbacks(job: _Job, model, counters):
     """(callbacks, epoch checkpoints, run state, accounting): loss guard, validation, early stopping, backup, logs."""
     cfg, t, batch, log = job.cfg, job.cfg["train"], job.cfg["data"]["batch_size"], job.log
-    accounting = EpochAccounting(batch, split_rows(job.data_dir, "train", job.stats), log, counters,
-                                 start=job.skip, replay=_make_up(job))  # make-up steps before the validation
+    replay = _make_up(job)  # make-up steps before the validation; their ledger beside each backup
+    accounting = EpochAccounting(batch, split_rows(job.data_dir, "train", job.stats), log, counters, start=job.skip,
+                                 replay=replay, backup=LedgerBackup(job.backup_dir) if replay is not None else None)
     callbacks, stopper = [LossGuard(job.model_dir, 1 if job.strategy is None else t["log_every"]), accounting], None
     if job.valid_files:
         callbacks.append(ScenarioValidation(Predictor(job.valid_files, job.schema, cfg["data"]["eval_batch_size"],
@@ -245,7 +247,7 @@ def _callbacks(job: _Job, model, counters):
     epochs_ckpt = EpochCheckpoint(job.out_dir)
     run_state = RunState(job.backup_dir, job.epoch0, epochs_ckpt, stopper, write=job.cluster.is_chief, log=log)
     backup_cb, progress_cb = ((keras.callbacks.BackupAndRestore, Progress) if job.strategy is None
-                              else (ClusterBackupAndRestore, ClusterProgress))
+                              else (functools.partial(ClusterBackupAndRestore, sidecar=accounting), ClusterProgress))
     callbacks += [
         epochs_ckpt, run_state,
         backup_cb(job.backup_dir, save_freq=t["checkpoint_every"], delete_checkpoint=True),
