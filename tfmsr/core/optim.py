@@ -1,9 +1,42 @@
 """The optimizer factory shared by ranking and retrieval training."""
 from __future__ import annotations
 
+import tensorflow as tf
 import tf_keras as keras
+from tensorflow.python.ops.resource_variable_ops import BaseResourceVariable
 
-OPTIMIZERS = {"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad, "sgd": keras.optimizers.SGD,
+
+class FusedAdam(keras.optimizers.Adam):
+    """Keras' Adam (Kingma & Ba 2015, Algorithm 1 with Keras' epsilon hat) whose update of a variable is one
+    fused kernel (``ResourceApplyAdam``: m, v and the variable in one pass over memory).
+
+    Keras' own update is about ten element-wise ops per variable, each a pass over the whole variable (its
+    sparse path first sums duplicate ids with ``tf.unique``, then decays all of m and v and scatters); on CPU
+    that was ~40% of DeepFM's step (10 of 25 ms, mostly the embedding tables). Here an embedding gradient
+    (``tf.IndexedSlices``) is summed straight into a dense gradient (one segment sum, no ``tf.unique``): the
+    same numbers as Keras' deduplicated sparse update, which also decays every row. Slots, names and
+    checkpoints are Keras Adam's; AMSGrad, adaptive epsilon and variables that are not plain resource
+    variables take Keras' path (on a dense gradient: the same update)."""
+
+    def _deduplicate_sparse_grad(self, grads):
+        """Duplicate ids summed by densifying (Keras: ``tf.unique`` then a segment sum of the slices)."""
+        return [tf.math.unsorted_segment_sum(g.values, g.indices, g.dense_shape[0])
+                if isinstance(g, tf.IndexedSlices) else g for g in grads]
+
+    def update_step(self, gradient, variable):
+        if self.amsgrad or self.adaptive_epsilon or not isinstance(variable, BaseResourceVariable):
+            return super().update_step(gradient, variable)
+        dtype, key = variable.dtype, self._var_key(variable)
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        return tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle, m=self._momentums[self._index_dict[key]].handle,
+            v=self._velocities[self._index_dict[key]].handle, beta1_power=tf.pow(beta_1, step),
+            beta2_power=tf.pow(beta_2, step), lr=tf.cast(self.learning_rate, dtype), beta1=beta_1, beta2=beta_2,
+            epsilon=tf.cast(self.epsilon, dtype), grad=gradient, use_locking=False)
+
+
+OPTIMIZERS = {"adam": FusedAdam, "adagrad": keras.optimizers.Adagrad, "sgd": keras.optimizers.SGD,
               "rmsprop": keras.optimizers.RMSprop}
 
 
