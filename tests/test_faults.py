@@ -64,6 +64,16 @@ resume, accounting, temp files, outputs
      dead worker finished but could not report: "4,032 examples read ... -- +32 against the plan; ...; 1
      step(s) run again: ..."; each full pass = trained + re-read rows, none twice; rows per shard in the graph
      = those of the first N batches of the same seeded stream, rebuilt (N = batches trained)
+ 30b worker 1 SIGKILLed in epoch 1, then the chief SIGKILLed in epoch 2, before the make-up (slow; the same
+     cluster, rerun): backup/ledger-<step>.json beside the backup checkpoint; the rerun says "[data] ledger
+     restored from the backup at stream batch 125: 0 batch(es) lost with a worker and 0 re-read before the
+     restart; 5 fetched and untrained when the chief stopped, lost with its job (global batches [29, 31, 33,
+     35, 36]); 5 to re-read at this epoch's end (...)", re-reads them at epoch 2's end ("8 batch(es), 256
+     rows, re-read by the survivors in as many make-up steps (14.2 s; ...) (global batches [29, 31, 33, 35,
+     36, 245, 247, 250])") and "[data] pass 1 over the train split (4,000 rows): 3,840 rows trained + 160 lost
+     with a worker, re-read by the survivors (batches [29, 31, 33, 35, 36]) + 0 fetched, untrained at the end
+     (batches [])", pass 1's steps run before the restart; the batches trained past the backup and again
+     after it are said: "pass 2 ...; 5 batch(es) trained twice"
  31  a servable given a NaN numeric      InvalidArgumentError "tfmsr guard: non-finite value in numeric feature
                                           'price'; first offending value: [nan]" (fresh process, no tfmsr)
 retrieval configs (tfmsr.retrieval.config: every value checked against its default's kind before anything is written)

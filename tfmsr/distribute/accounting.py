@@ -339,7 +339,8 @@ class EpochAccounting(keras.callbacks.Callback):
         self._restored = self.ledger.restore(state)
         pending = self.ledger.pending()
         self.log(f"[data] ledger restored from the backup at stream batch {state['position']:,}: "
-                 f"{len(self.ledger.lost)} batch(es) lost with a worker, {len(self.ledger.replayed)} re-read; "
+                 f"{len(self.ledger.lost) - len(self._restored)} batch(es) lost with a worker and "
+                 f"{len(self.ledger.replayed)} re-read before the restart; "
                  f"{len(self._restored)} fetched and untrained when the chief stopped, lost with its job "
                  f"(global batches {self._restored}); {len(pending)} to re-read at this epoch's end "
                  f"(global batches {pending})")
