@@ -23,7 +23,7 @@ def test_din_activation_unit(normalize, hidden):
     b, l, d = 4, 5, 3
     q, k, mask = rand(b, d), rand(b, l, d), mask_of(b, l)
     layer = TargetAttention(hidden=hidden, activation="sigmoid", normalize=normalize)
-    got = layer(tf.constant(q), tf.constant(k), tf.constant(mask)).numpy()
+    got = layer(tf.constant(q), tf.constant(k), mask=tf.constant(mask)).numpy()
     qq = np.broadcast_to(q[:, None], k.shape)
     h = np.concatenate([k, qq, k - qq, k * qq], -1)
     for dl in layer.mlp.dense:
@@ -38,7 +38,7 @@ def test_multi_head_target_attention():
     b, l, h = 3, 6, 2
     q, k, v, mask = rand(b, 5), rand(b, l, 4), rand(b, l, 6), mask_of(b, l)
     layer = MultiHeadTargetAttention(num_heads=h, output_dim=8)
-    got = layer([tf.constant(q), tf.constant(k), tf.constant(v)], mask=tf.constant(mask)).numpy()
+    got = layer(tf.constant(q), tf.constant(k), tf.constant(v), mask=tf.constant(mask)).numpy()
     kd = layer.kd
     Q = (q @ layer.wq.numpy()).reshape(b, h, kd)
     K = (k @ layer.wk.numpy()).reshape(b, l, h, kd)
@@ -64,9 +64,11 @@ def test_multi_head_self_attention():
     x, mask = rand(3, 5, 8), mask_of(3, 5)
     mask[:, 0] = True
     layer = MultiHeadSelfAttention(num_heads=2)
-    got = layer(tf.constant(x), tf.constant(mask)).numpy()
+    got = layer(tf.constant(x), mask=tf.constant(mask)).numpy()
     np.testing.assert_allclose(got, np_self_attention(layer, x, mask), **TOL)
     assert not np.allclose(layer.wq.numpy(), layer.wk.numpy())
+    with pytest.raises(TypeError, match="pass the mask by keyword"):
+        layer(tf.constant(x), tf.constant(mask))              # a mask in the keys' place is refused
 
 
 def layer_norm(x, ln):
@@ -78,7 +80,7 @@ def test_transformer_block_bst():
     x, mask = rand(2, 4, 8), mask_of(2, 4)
     mask[:, 0] = True
     block = TransformerBlock(num_heads=4, ff_dim=12, dropout=0.2)
-    got = block(tf.constant(x), tf.constant(mask), training=False).numpy()
+    got = block(tf.constant(x), mask=tf.constant(mask), training=False).numpy()
     s = layer_norm(x + np_self_attention(block.mha, x, mask), block.norm1)
     leaky = lambda t: np.where(t > 0, t, 0.2 * t)
     f = dense(block.ff2, dense(block.ff1, s, leaky))

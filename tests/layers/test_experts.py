@@ -79,7 +79,7 @@ def test_scenario_extraction_hinet():
     S, b = 3, 6
     layer = ScenarioExtraction(S, shared=2, specific=2, hidden=[4], san_hidden=[5])
     x, sc, emb = rand(b, 7), RNG.integers(0, S, b), rand(b, 4)
-    got = layer(tf.constant(x), tf.constant(sc), tf.constant(emb)).numpy()
+    got = layer(tf.constant(x), tf.constant(emb), tf.constant(sc)).numpy()
     shared = np_gate(layer.shared_gate, x, np_bank(layer.shared_experts, x))[:, 0]
     spec = np_bank(layer.specific_experts, x).reshape(b, S, 2, 4)
     every = np_gate(layer.specific_gates, x, spec)                        # [B, S, H]
@@ -96,7 +96,7 @@ def test_scenario_moe_uses_own_specific_and_shared_experts():
     S, b, m = 3, 8, 2
     layer = ScenarioMoE(S, shared=2, specific=m, hidden=[4])
     x, sc = rand(b, 5), np.array([0, 1, 2, 0, 1, 2, 2, 0])
-    got = layer(tf.constant(x), tf.constant(sc)).numpy()
+    got = layer(tf.constant(x), scenario=tf.constant(sc)).numpy()
     assert layer.specific_experts.kernels[0].shape == (S * m, 5, 4)       # one stacked bank, scenario s: rows s*m..
     shared = np_bank(layer.shared_experts, x)
     every = np_bank(layer.specific_experts, x)                            # [B, S*m, H]
@@ -140,11 +140,11 @@ def test_every_scenario_extraction_and_task_heads_equal_the_own_ones():
     S, b = 3, 5
     layer = ScenarioExtraction(S, shared=2, specific=2, hidden=[4], san_hidden=[5])
     x, table = rand(b, 7), rand(S, 4)
-    every = layer(tf.constant(x), None, tf.constant(table)).numpy()                     # [B, S, 3H]
+    every = layer(tf.constant(x), tf.constant(table)).numpy()                     # [B, S, 3H]
     level = CGC(num_tasks=S, specific=2, shared=1, hidden=[3])
     heads = level(tf.constant(every), task_inputs=True).numpy()                         # [B, S, H]
     for s in range(S):
         sc = np.full(b, s)
-        own = layer(tf.constant(x), tf.constant(sc), tf.constant(table[sc])).numpy()
+        own = layer(tf.constant(x), tf.constant(table[sc]), tf.constant(sc)).numpy()
         np.testing.assert_allclose(every[:, s], own, **TOL)
         np.testing.assert_allclose(heads[:, s], level(tf.constant(own), own=tf.constant(sc)).numpy(), **TOL)

@@ -52,19 +52,19 @@ def test_scenario_adaptive_gate_matches_numpy(variant, per_example_a):
     g, s_prev = rand(B, D), np.tanh(rand(B, S, D))
     a = rand(B, S, DA) if per_example_a else rand(S, DA)
     layer = ScenarioAdaptiveGate(S, variant)
-    out = layer([tf.constant(g), tf.constant(s_prev), tf.constant(a)]).numpy()
+    out = layer(tf.constant(g), tf.constant(s_prev), tf.constant(a)).numpy()
     assert out.shape == (B, S, D)
     want = np_gate(variant, layer, g, s_prev, a)
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
     sc, rows = rng.integers(0, S, B), np.arange(B)                      # own path: row s of the above only
     a_own = a[rows, sc] if per_example_a else a[sc]
-    own = layer([tf.constant(g), tf.constant(s_prev[rows, sc]), tf.constant(a_own)], scenario=tf.constant(sc))
+    own = layer(tf.constant(g), tf.constant(s_prev[rows, sc]), tf.constant(a_own), scenario=tf.constant(sc))
     np.testing.assert_allclose(own.numpy(), want[rows, sc], rtol=1e-4, atol=1e-5)
 
 
 def test_gate_weights_are_distinct_and_per_scenario():
     layer = ScenarioAdaptiveGate(S, "sass")
-    layer([tf.constant(rand(B, D)), tf.constant(rand(B, S, D)), tf.constant(rand(S, D))])
+    layer(tf.constant(rand(B, D)), tf.constant(rand(B, S, D)), tf.constant(rand(S, D)))
     w = {v.name.split("/")[-1].split(":")[0]: v.numpy() for v in layer.weights}
     assert not np.allclose(w["W_r"], w["W_z"])          # not one initial draw reused
     assert not np.allclose(w["W_h"][0], w["W_h"][1])    # scenarios have their own matrices
@@ -75,7 +75,7 @@ def test_gate_trains_only_the_examples_scenario():
     layer = ScenarioAdaptiveGate(S, "sass")
     g, s_prev, a = tf.constant(rand(B, D)), tf.constant(rand(B, S, D)), tf.constant(rand(S, DA))
     with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(layer([g, s_prev, a])[:, 1] ** 2)
+        loss = tf.reduce_sum(layer(g, s_prev, a)[:, 1] ** 2)
     for v, grad in zip(layer.weights, tape.gradient(loss, layer.weights)):
         norms = np.abs(grad.numpy()).reshape(S, -1).sum(axis=1)
         assert norms[1] > 0 and norms[0] == 0 and norms[2] == 0, v.name
@@ -85,8 +85,8 @@ def test_gate_errors():
     with pytest.raises(ValueError, match="unknown gate"):
         ScenarioAdaptiveGate(S, "cross")
     with pytest.raises(ValueError, match="global width"):
-        ScenarioAdaptiveGate(S, "product")([tf.constant(rand(B, D + 1)), tf.constant(rand(B, S, D)),
-                                            tf.constant(rand(S, DA))])
+        ScenarioAdaptiveGate(S, "product")(tf.constant(rand(B, D + 1)), tf.constant(rand(B, S, D)),
+                                            tf.constant(rand(S, DA)))
 
 
 def dense(layer, x, act=None):
@@ -110,7 +110,7 @@ def test_auxiliary_net_matches_eq2():
 def test_mlsat_stack_matches_numpy(shared_input):
     xg, xs, a = rand(B, 9), (rand(B, 7) if shared_input else rand(B, S, 7)), rand(S, DA)
     layer = MLSAT(S, D, layers=3, gate="sass")
-    s_t, g_t = (t.numpy() for t in layer([tf.constant(xg), tf.constant(xs), tf.constant(a)]))
+    s_t, g_t = (t.numpy() for t in layer(tf.constant(xg), tf.constant(xs), tf.constant(a)))
     xs_b = np.repeat(xs[:, None], S, 1) if shared_input else xs
     s = np.tanh(mm(xs_b, layer.w0.numpy()) + layer.b0.numpy())          # s_0
     g = xg
@@ -121,7 +121,7 @@ def test_mlsat_stack_matches_numpy(shared_input):
     np.testing.assert_allclose(s_t, s, rtol=1e-4, atol=1e-5)
     sc, rows = rng.integers(0, S, B), np.arange(B)                      # own path: row s only
     xs_own = xs if shared_input else xs[rows, sc]
-    s_own, g_own = layer([tf.constant(xg), tf.constant(xs_own), tf.constant(a[sc])], scenario=tf.constant(sc))
+    s_own, g_own = layer(tf.constant(xg), tf.constant(xs_own), tf.constant(a[sc]), scenario=tf.constant(sc))
     np.testing.assert_allclose(s_own.numpy(), s[rows, sc], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(g_own.numpy(), g, rtol=1e-4, atol=1e-5)
 
@@ -131,16 +131,16 @@ def test_bias_fusion_matches_eq7_8(per_example_a):
     s_t = np.tanh(rand(B, S, D))
     a = rand(B, S, D) if per_example_a else rand(S, D)
     layer = ScenarioBiasFusion(S)
-    out = layer([tf.constant(s_t), tf.constant(a)]).numpy()
+    out = layer(tf.constant(s_t), tf.constant(a)).numpy()
     a_b = np.broadcast_to(a, (B, S, D))
     alpha = sig(mm(np.concatenate([s_t, a_b], -1), layer.w_o.numpy()))   # (8)
     want = alpha * s_t + (1 - alpha) * a_b                                # (7)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
     sc, rows = rng.integers(0, S, B), np.arange(B)                        # own path: row s only
-    own = layer([tf.constant(s_t[rows, sc]), tf.constant(a_b[rows, sc])], scenario=tf.constant(sc))
+    own = layer(tf.constant(s_t[rows, sc]), tf.constant(a_b[rows, sc]), scenario=tf.constant(sc))
     np.testing.assert_allclose(own.numpy(), want[rows, sc], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="one width"):
-        ScenarioBiasFusion(S)([tf.constant(s_t), tf.constant(rand(S, D + 1))])
+        ScenarioBiasFusion(S)(tf.constant(s_t), tf.constant(rand(S, D + 1)))
 
 
 def np_ntxent(ei, ej, tau, symmetric):
@@ -229,7 +229,7 @@ def test_scenario_initializer_draws_each_scenario_like_one_matrix():
     normal = scenario_initializer({"normal": 0.05}, S_)((S_, i, o)).numpy()  # shape-free: unchanged
     np.testing.assert_allclose(normal.std(), 0.05, rtol=0.02)
     gate = ScenarioAdaptiveGate(S_, "sass")
-    gate([tf.zeros((2, 64)), tf.zeros((2, S_, 32)), tf.zeros((S_, 16))])
+    gate(tf.zeros((2, 64)), tf.zeros((2, S_, 32)), tf.zeros((S_, 16)))
     np.testing.assert_allclose(gate.w_h.numpy().std(), np.sqrt(2.0 / (96 + 32)), rtol=0.05)
 
 
@@ -320,7 +320,7 @@ def test_transfer_init_starts_as_a_pass_through_of_the_global_layer(variant):
     s_l = tanh(g_l) (none) in every scenario."""
     g, s_prev, a = rand(B, D), np.tanh(rand(B, S, D)), rand(S, DA)
     layer = ScenarioAdaptiveGate(S, variant, init="transfer")
-    out = layer([tf.constant(g), tf.constant(s_prev), tf.constant(a)]).numpy()
+    out = layer(tf.constant(g), tf.constant(s_prev), tf.constant(a)).numpy()
     np.testing.assert_allclose(out, np_gate(variant, layer, g, s_prev, a), rtol=1e-4, atol=1e-5)
     gt = np.repeat(g[:, None], S, 1)
     if variant == "sass":
@@ -332,7 +332,7 @@ def test_transfer_init_starts_as_a_pass_through_of_the_global_layer(variant):
         np.testing.assert_allclose(out, 0.5 * gt + 0.5 * own, rtol=1e-5, atol=1e-6)
     # gradients still reach every matrix (zero-initialised gates train)
     with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(layer([tf.constant(g), tf.constant(s_prev), tf.constant(a)]) ** 3)
+        loss = tf.reduce_sum(layer(tf.constant(g), tf.constant(s_prev), tf.constant(a)) ** 3)
     for v, grad in zip(layer.weights, tape.gradient(loss, layer.weights)):
         assert np.abs(grad.numpy()).sum() > 0, v.name
     with pytest.raises(ValueError, match="init"):
@@ -342,7 +342,7 @@ def test_transfer_init_starts_as_a_pass_through_of_the_global_layer(variant):
 def test_transfer_init_bias_fusion_starts_at_one_half():
     s_t, a = np.tanh(rand(B, S, D)), rand(S, D)
     layer = ScenarioBiasFusion(S, init="transfer")
-    out = layer([tf.constant(s_t), tf.constant(a)]).numpy()
+    out = layer(tf.constant(s_t), tf.constant(a)).numpy()
     np.testing.assert_allclose(out, 0.5 * s_t + 0.5 * np.broadcast_to(a, (B, S, D)), rtol=1e-5, atol=1e-6)
 
 
@@ -351,7 +351,7 @@ def test_mlsat_transfer_init_wider_global_layers():
     rectangular identity; the stack still matches the NumPy re-computation."""
     xg, xs, a = rand(B, 9), rand(B, S, 7), rand(S, DA)
     layer = MLSAT(S, D, layers=2, gate="sass", init="transfer", global_hidden=[2 * D, D])
-    s_t, g_t = (t.numpy() for t in layer([tf.constant(xg), tf.constant(xs), tf.constant(a)]))
+    s_t, g_t = (t.numpy() for t in layer(tf.constant(xg), tf.constant(xs), tf.constant(a)))
     s = np.tanh(mm(xs, layer.w0.numpy()) + layer.b0.numpy())
     g = xg
     for dense_l, gate in zip(layer.global_net, layer.gates):
@@ -386,7 +386,7 @@ def test_mlsat_zero_s0_with_transfer_init_is_a_mix_of_the_global_layers():
     xg, xs, a = rand(B, 9), rand(B, S, 7), rand(S, DA)
     layer = MLSAT(S, D, layers=3, gate="sass", init="transfer", s0_init="zeros")
     with tf.GradientTape() as tape:
-        s_t, g_t = layer([tf.constant(xg), tf.constant(xs), tf.constant(a)])
+        s_t, g_t = layer(tf.constant(xg), tf.constant(xs), tf.constant(a))
         loss = tf.reduce_sum(s_t * tf.constant(rand(B, S, D)))
     np.testing.assert_array_equal(layer.w0.numpy(), 0)
     g, s, want = xg, np.zeros((B, S, D), np.float32), 0.0

@@ -75,7 +75,7 @@ def np_sem(layer, e_s, scenario):
 def test_sem_matches_equations_1_2():
     e_s, scenario = f32(B, DS), np.array([0, 3, 1, 3])
     layer = ScenarioEnhancing(FREQ, hidden=[7, 6], gamma=2.0)
-    out, v_se = (t.numpy() for t in layer([tf.constant(e_s), tf.constant(scenario)]))
+    out, v_se = (t.numpy() for t in layer(tf.constant(e_s), tf.constant(scenario)))
     want, table = np_sem(layer, e_s, scenario)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(v_se, table[scenario], rtol=1e-5, atol=1e-6)
@@ -87,7 +87,7 @@ def test_sem_matches_equations_1_2():
 def test_sem_is_monotone_for_any_weights(trial):
     """Lower frequency -> larger v_se in every dimension, whatever the (trained) raw weights are."""
     layer = ScenarioEnhancing(FREQ, hidden=[16, 8])
-    layer([tf.zeros((1, DS)), tf.zeros((1,), tf.int64)])
+    layer(tf.zeros((1, DS)), tf.zeros((1,), tf.int64))
     rng = np.random.default_rng(trial)
     scale = [0.05, 1.0, 3.0, 6.0][trial]
     for w in layer.raw_kernels + layer.biases:   # arbitrary "trained" values, large negative raws included
@@ -138,9 +138,9 @@ def test_mie_matches_equations_3_to_7():
     e_s, target, beh, mask = mie_inputs()
     layer = MultiAspectInterestExtractor(A)
     inputs = [tf.constant(e_s), tf.constant(target), tf.constant(beh)]
-    out = layer(inputs, mask=tf.constant(mask)).numpy()
+    out = layer(*inputs, mask=tf.constant(mask)).numpy()
     assert out.shape == (B, A, D)
-    weights = layer.attention(inputs, mask=tf.constant(mask)).numpy()        # [B, A, L]
+    weights = layer.attention(*inputs, mask=tf.constant(mask)).numpy()        # [B, A, L]
     e_hat = e_s @ layer.w_e.kernel.numpy()                                    # W_e e~_s
     for j, fta in enumerate(layer.fta):
         t_j = target[:, j * D:(j + 1) * D]                                    # eq. 3
@@ -154,7 +154,7 @@ def test_mie_matches_equations_3_to_7():
     np.testing.assert_allclose(out[3], 0.0)                                   # no behaviours: no interest
     beh2 = beh.copy()
     beh2[0, 3:] = 50.0                                                        # padding is ignored
-    out2 = layer([tf.constant(e_s), tf.constant(target), tf.constant(beh2)], mask=tf.constant(mask)).numpy()
+    out2 = layer(tf.constant(e_s), tf.constant(target), tf.constant(beh2), mask=tf.constant(mask)).numpy()
     np.testing.assert_allclose(out2[0], out[0], rtol=1e-5, atol=1e-6)
 
 
@@ -162,7 +162,7 @@ def test_mie_matches_equations_3_to_7():
 def test_sif_matches_equations_8_to_14_and_stops_the_gradient():
     e_s, interests = tf.constant(f32(B, DS)), tf.constant(f32(B, A, D))
     layer = ScenarioAwareInterestFusion(gate_dim=7, gamma=2.0)
-    fused, e_ia, v_ie = (t.numpy() for t in layer([e_s, interests]))
+    fused, e_ia, v_ie = (t.numpy() for t in layer(e_s, interests))
     E = interests.numpy()
     x = np.concatenate([e_s.numpy(), E.reshape(B, A * D)], -1)                # eq. 8
     w_fg, b_fg = (v.numpy() for v in layer.w_fg.weights)
@@ -177,7 +177,7 @@ def test_sif_matches_equations_8_to_14_and_stops_the_gradient():
     # stop_gradient(E_I): the gates do not send gradient into the interests
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(interests)
-        f, ia, ie = layer([e_s, interests])
+        f, ia, ie = layer(e_s, interests)
         gates = tf.reduce_sum(ia) + tf.reduce_sum(ie * tf.range(A, dtype=tf.float32))
     g = tape.gradient(gates, interests)
     assert g is None or np.allclose(g.numpy(), 0)

@@ -151,7 +151,7 @@ def test_bst_pooling_default_target(pooling, synth_dir, synth_schema):
     z = model.logits(x).numpy()
     beh = embed_behavior(model.embedding, x, synth_schema)
     mask = tf.concat([tf.ones_like(beh.mask[:, :1]), beh.mask], axis=1)
-    t = model.blocks[0](model.positions(tf.concat([beh.target[:, None], beh.keys], axis=1)), mask).numpy()
+    t = model.blocks[0](model.positions(tf.concat([beh.target[:, None], beh.keys], axis=1)), mask=mask).numpy()
     m = mask.numpy()[..., None].astype(np.float32)
     seq = {"target": t[:, 0], "flatten": (t * m).reshape(len(t), -1), "mean": (t * m).sum(1) / m.sum(1)}[pooling]
     h = np.concatenate([context_inputs(model, x, beh.features).numpy(), seq], axis=-1)

@@ -50,13 +50,13 @@ def np_sie(layer, x, m_s, mask):
 def test_sie_matches_equations_2_3():
     x, m_s, _, mask = inputs()
     layer = ScenarioAwareInterestExtracting(num_heads=H)
-    out = layer([tf.constant(x), tf.constant(m_s)], tf.constant(mask)).numpy()
+    out = layer(tf.constant(x), tf.constant(m_s), mask=tf.constant(mask)).numpy()
     assert out.shape == (B, N, D)
     np.testing.assert_allclose(out, np_sie(layer, x, m_s, mask), rtol=1e-4, atol=1e-5)
     # padding behaviours do not change the real positions' output
     x2 = x.copy()
     x2[0, 3:] = 100.0
-    out2 = layer([tf.constant(x2), tf.constant(m_s)], tf.constant(mask)).numpy()
+    out2 = layer(tf.constant(x2), tf.constant(m_s), mask=tf.constant(mask)).numpy()
     np.testing.assert_allclose(out2[0, :3], out[0, :3], rtol=1e-4, atol=1e-5)
 
 
@@ -64,14 +64,14 @@ def test_sie_residual_adds_the_input():
     """residual=True: X + MultiHead(X) (the [21] sublayer); the attention part is eq. 2-3 unchanged."""
     x, m_s, _, mask = inputs()
     layer = ScenarioAwareInterestExtracting(num_heads=H, residual=True)
-    out = layer([tf.constant(x), tf.constant(m_s)], tf.constant(mask)).numpy()
+    out = layer(tf.constant(x), tf.constant(m_s), mask=tf.constant(mask)).numpy()
     np.testing.assert_allclose(out, x + np_sie(layer, x, m_s, mask), rtol=1e-4, atol=1e-5)
 
 
 def test_stm_matches_equations_4_5():
     x, _, e_st, _ = inputs()
     layer = ScenarioTailoring(gamma=2.0)
-    out = layer([tf.constant(x), tf.constant(e_st)]).numpy()
+    out = layer(tf.constant(x), tf.constant(e_st)).numpy()
     w, b = (v.numpy() for v in layer.gate.weights)
     cat = np.concatenate([x, np.broadcast_to(e_st[:, None], (B, N, DS))], -1)
     np.testing.assert_allclose(out, x * 2.0 * sigmoid(cat @ w + b), rtol=1e-5, atol=1e-6)
@@ -81,15 +81,15 @@ def test_block_stacks_sie_then_stm_and_switches_remove_them():
     x, m_s, e_st, mask = inputs()
     args = [tf.constant(x), tf.constant(m_s), tf.constant(e_st)]
     block = ScenarioAdaptiveBlock(num_heads=H)
-    out = block(args, mask=tf.constant(mask)).numpy()
+    out = block(*args, mask=tf.constant(mask)).numpy()
     x_hat = np_sie(block.sie, x, m_s, mask)
     w, b = (v.numpy() for v in block.stm.gate.weights)
     gate = 2.0 * sigmoid(np.concatenate([x_hat, np.broadcast_to(e_st[:, None], (B, N, DS))], -1) @ w + b)
     np.testing.assert_allclose(out, x_hat * gate, rtol=1e-4, atol=1e-5)
     no_sie = ScenarioAdaptiveBlock(num_heads=H, sie=False)
-    assert no_sie.sie is None and no_sie(args, mask=tf.constant(mask)).shape == (B, N, D)
+    assert no_sie.sie is None and no_sie(*args, mask=tf.constant(mask)).shape == (B, N, D)
     no_stm = ScenarioAdaptiveBlock(num_heads=H, stm=False)
-    np.testing.assert_allclose(no_stm(args, mask=tf.constant(mask)).numpy(),
+    np.testing.assert_allclose(no_stm(*args, mask=tf.constant(mask)).numpy(),
                                np_sie(no_stm.sie, x, m_s, mask), rtol=1e-4, atol=1e-5)
 
 
@@ -97,7 +97,7 @@ def test_tif_matches_equations_7_8():
     x, _, e_st, mask = inputs()
     z = RNG.normal(size=(B, 6)).astype(np.float32)
     layer = TargetAwareInterestFusion(attention_dim=5)
-    out = layer([tf.constant(z), tf.constant(x)], tf.constant(mask)).numpy()
+    out = layer(tf.constant(z), tf.constant(x), mask=tf.constant(mask)).numpy()
     wq, wk, wv = (l.kernel.numpy() for l in (layer.w_q, layer.w_k, layer.w_v))
     alpha = np.einsum("ba,bna->bn", z @ wq, x @ wk)  # eq. 8, unscaled
     mu = masked_softmax(alpha, mask)
@@ -111,7 +111,7 @@ def test_sdt_matches_equation_11(gamma):
     h0 = RNG.normal(size=(B, 7)).astype(np.float32)
     _, _, e_st, _ = inputs()
     layer = ScenarioAwareDNNTower(hidden=[6, 3], gamma=gamma)
-    out = layer([tf.constant(h0), tf.constant(e_st)]).numpy()
+    out = layer(tf.constant(h0), tf.constant(e_st)).numpy()
     h = h0
     for gate, dense in zip(layer.gates, layer.dense):
         wg, bg = (v.numpy() for v in gate.weights)

@@ -123,7 +123,7 @@ def test_scenario_aware_attention_matches_numpy(pooling):
     mask[0, 3:] = False
     mask[1, 1:] = False
     layer = ScenarioAwareAttention(heads, length=l, pooling=pooling)
-    a_g, a_l = layer(tf.constant(tg), tf.constant(tl), tf.constant(mask))
+    a_g, a_l = layer(tf.constant(tg), tf.constant(tl), mask=tf.constant(mask))
     pg, pl = (p.table.numpy() for p in layer.positions)
     ga, sa = layer.global_attention, layer.specific_attention
     assert sa.wq.shape == (dl, dg) and sa.wv.shape == (dg, dg)
@@ -136,7 +136,7 @@ def test_scenario_aware_attention_matches_numpy(pooling):
     np.testing.assert_allclose(a_g.numpy(), pool(ref_g), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(a_l.numpy(), pool(ref_l), rtol=1e-4, atol=1e-5)
     # the specific attention weighs the *global* values: changing V_g changes A_l, changing Q_l/K_l too
-    a_l2 = layer(tf.constant(tg * 2.0), tf.constant(tl), tf.constant(mask))[1]
+    a_l2 = layer(tf.constant(tg * 2.0), tf.constant(tl), mask=tf.constant(mask))[1]
     assert not np.allclose(a_l2.numpy(), a_l.numpy())
 
 
@@ -164,18 +164,18 @@ def test_scenario_aware_attention_transformer_block_matches_numpy():
     mask = np.ones((b, l), bool)
     mask[2, 2:] = False
     layer = ScenarioAwareAttention(heads, length=None, pooling="target", block="transformer")
-    layer(tf.constant(tg), tf.constant(tl), tf.constant(mask))
+    layer(tf.constant(tg), tf.constant(tl), mask=tf.constant(mask))
     for blk in (layer.global_attention, layer.specific_attention):   # non-trivial LayerNorm scales and shifts
         for ln in (blk.norm1, blk.norm2):
             ln.gamma.assign(RNG.normal(1.0, 0.3, dg).astype(np.float32))
             ln.beta.assign(RNG.normal(0.0, 0.3, dg).astype(np.float32))
-    a_g, a_l = layer.attend(tf.constant(tg), tf.constant(tl), tf.constant(mask))
+    a_g, a_l = layer.attend(tf.constant(tg), tf.constant(tl), mask=tf.constant(mask))
     assert layer.specific_attention.mha.wq.shape == (dl, dg)
     ref_g = transformer_numpy(tg, tg, tg, layer.global_attention, heads, mask)
     ref_l = transformer_numpy(tl, tl, tg, layer.specific_attention, heads, mask)
     np.testing.assert_allclose(a_g.numpy(), ref_g, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(a_l.numpy(), ref_l, rtol=1e-4, atol=1e-4)
-    pooled = layer(tf.constant(tg), tf.constant(tl), tf.constant(mask))
+    pooled = layer(tf.constant(tg), tf.constant(tl), mask=tf.constant(mask))
     np.testing.assert_allclose(pooled[1].numpy(), ref_l[:, 0], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="block must be one of"):
         ScenarioAwareAttention(heads, block="post")

@@ -1,4 +1,11 @@
-"""Keras layers: shared building blocks and one layer per paper module (docstrings cite the equations)."""
+"""Keras layers: shared building blocks and one layer per paper module (docstrings cite the equations).
+
+Call convention (every layer here and the model-level blocks): ``call(self, <data tensors>, <scenario index>,
+mask=None, training=False, <flags>)``. Each tensor is its own positional argument, the data first (required, then
+optional ones), the scenario ids ``[B]`` last among them; ``mask``, ``training`` and flags are passed by keyword.
+No list of inputs and no second call form; a layer whose weights depend on more than its first tensor derives
+:class:`~tfmsr.layers._inputs.MultiInputLayer` (Keras 2 builds from the first argument only).
+"""
 from tfmsr.layers.embedding import FeatureEmbedding, masked_mean
 from tfmsr.layers.mlp import MLP, initializer
 from tfmsr.layers.scenario import ScenarioDense, ScenarioMLP, StackedInit, all_matmul, own_matmul, own_rows

@@ -12,6 +12,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmsr.layers._init import fresh
+from tfmsr.layers._inputs import MultiInputLayer
 from tfmsr.layers.mlp import MLP
 
 _NEG = -1e9
@@ -37,7 +38,8 @@ class TargetAttention(keras.layers.Layer):
     is the softmax variant. ``hidden=(80, 40)`` with sigmoid units follows the released code (the paper's
     figure shows PReLU/Dice; ``activation`` switches it). Padding positions get weight 0.
 
-    ``call(query [B, d], keys [B, L, d], mask [B, L], values=None) -> [B, d_v]`` (values default to keys).
+    ``call(query [B, d], keys [B, L, d], values=None, mask=None) -> [B, d_v]`` (values default to keys;
+    without a mask every position is real).
     """
 
     def __init__(self, hidden: Sequence[int] = (80, 40), activation="sigmoid", normalize: bool = False,
@@ -62,17 +64,20 @@ class TargetAttention(keras.layers.Layer):
         s = (self.out(self.mlp.hidden_outputs(None, first_preactivation=pre)[-1]) if self.mlp.dense else pre)[..., 0]
         if self.normalize:
             return masked_softmax(s, mask)
-        return s * tf.cast(mask, s.dtype)
+        return s if mask is None else s * tf.cast(mask, s.dtype)
 
-    def call(self, query, keys, mask, values=None):
+    def call(self, query, keys, values=None, mask=None):
         w = self.scores(query, keys, mask)
         return tf.reduce_sum(w[..., None] * (keys if values is None else values), axis=1)
 
 
-def _three_sources(input_shape) -> bool:
-    """Whether a layer is called on ``[query, key, value]`` (three shapes) rather than one sequence."""
-    return isinstance(input_shape, (list, tuple)) and len(input_shape) == 3 and not isinstance(
-        input_shape[0], (int, type(None)))
+def _sources(query, keys=None, values=None):
+    """``(query, keys, values)`` with keys defaulting to the query and values to the keys (self-attention).
+    A boolean ``keys`` is a mask passed by position (the call form before the one convention): refused."""
+    if keys is not None and keys.dtype == tf.bool:
+        raise TypeError("attention: keys is a boolean tensor; pass the mask by keyword (mask=...)")
+    keys = query if keys is None else keys
+    return query, keys, keys if values is None else values
 
 
 def _split_heads(x: tf.Tensor, heads: int) -> tf.Tensor:
@@ -82,7 +87,7 @@ def _split_heads(x: tf.Tensor, heads: int) -> tf.Tensor:
     return tf.transpose(tf.reshape(x, [b, l, heads, k]), [0, 2, 1, 3])
 
 
-class MultiHeadTargetAttention(keras.layers.Layer):
+class MultiHeadTargetAttention(MultiInputLayer):
     """Scaled dot-product attention of one query vector over a sequence, ``H`` heads (Vaswani et al. 2017):
 
     ``head_h = softmax((q W_h^Q)(K W_h^K)^T / sqrt(d_k)) V W_h^V``, output ``concat_h(head_h) W^O``.
@@ -90,7 +95,7 @@ class MultiHeadTargetAttention(keras.layers.Layer):
     field-wise target attention. ``key_dim`` is the per-head width (default ``d_out / H``), ``output_dim``
     the width of ``W^O`` (default: the value width; ``use_output_projection=False`` drops ``W^O``).
 
-    ``call([query [B, d_q], keys [B, L, d_k], values [B, L, d_v]], mask [B, L]) -> [B, d_out]``.
+    ``call(query [B, d_q], keys [B, L, d_k], values [B, L, d_v], mask=None [B, L]) -> [B, d_out]``.
     """
 
     def __init__(self, num_heads: int = 4, key_dim: Optional[int] = None, output_dim: Optional[int] = None,
@@ -100,10 +105,8 @@ class MultiHeadTargetAttention(keras.layers.Layer):
         self.use_output_projection = use_output_projection
         self.kernel_init = kernel_init  # a fresh initializer per weight (a reused unseeded one repeats values)
 
-    def build(self, input_shape):
-        if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 3:
-            raise ValueError("MultiHeadTargetAttention is called on [query, keys, values]")
-        dq, dk, dv = (int(tf.TensorShape(s)[-1]) for s in input_shape)
+    def build_inputs(self, query, keys, values):
+        dq, dk, dv = (int(s[-1]) for s in (query, keys, values))
         h, out = self.num_heads, self.output_dim or dv
         if self.use_output_projection:
             self.kd = self.vd = self.key_dim or max(1, out // h)
@@ -118,7 +121,6 @@ class MultiHeadTargetAttention(keras.layers.Layer):
         self.wv = self.add_weight(name="W_V", shape=(dv, h * self.vd), initializer=fresh(self.kernel_init))
         self.wo = (self.add_weight(name="W_O", shape=(h * self.vd, out), initializer=fresh(self.kernel_init))
                    if self.use_output_projection else None)
-        super().build(input_shape)
 
     def attention_weights(self, query, keys, mask):
         """``[B, H, L]`` softmax weights (the layer must have been called once)."""
@@ -128,8 +130,8 @@ class MultiHeadTargetAttention(keras.layers.Layer):
         s = tf.matmul(q, k, transpose_b=True)[:, :, 0, :] / tf.sqrt(float(self.kd))  # [B, H, L]
         return masked_softmax(s, None if mask is None else mask[:, None, :])
 
-    def call(self, inputs, mask=None):
-        query, keys, values = inputs
+    def call(self, query, keys, values, mask=None):
+        self.build_once(query, keys, values)
         w = self.attention_weights(query, keys, mask)                                # [B, H, L]
         v = _split_heads(tf.einsum("bld,dk->blk", values, self.wv), self.num_heads)  # [B, H, L, v]
         heads = tf.reduce_sum(w[..., None] * v, axis=2)                              # [B, H, v]
@@ -137,15 +139,16 @@ class MultiHeadTargetAttention(keras.layers.Layer):
         return tf.matmul(out, self.wo) if self.wo is not None else out
 
 
-class MultiHeadSelfAttention(keras.layers.Layer):
+class MultiHeadSelfAttention(MultiInputLayer):
     """Multi-head self-attention over a sequence (BST, Chen et al. 2019, Sec. 2.3 ``MH(E)``):
 
     ``head_i = softmax((E W_i^Q)(E W_i^K)^T / sqrt(d)) (E W_i^V)``, ``S = concat(head_1..head_h) W^H``.
     Per-head width ``d / h`` (``d`` must divide by ``num_heads``); padding keys get no weight.
 
-    ``call(x [B, L, d], mask [B, L]) -> [B, L, d]``. ``call([query [B, Lq, d_q], key [B, L, d_k],
-    value [B, L, d]], mask [B, L])`` takes the three sources separately (SAML's ``MultiHead(Q_l, K_l, V_g)``,
-    Sec. III-C-2): ``W^Q`` is ``d_q x d``, ``W^K`` is ``d_k x d``, the output ``[B, Lq, d]`` has the value width.
+    ``call(query [B, Lq, d_q], keys=None [B, L, d_k], values=None [B, L, d], mask=None [B, L]) -> [B, Lq, d]``:
+    keys default to the query and values to the keys, so ``call(x, mask=mask)`` is self-attention; separate
+    sources are SAML's ``MultiHead(Q_l, K_l, V_g)`` (Sec. III-C-2): ``W^Q`` is ``d_q x d``, ``W^K`` is
+    ``d_k x d``, the output has the value width.
     ``units`` sets the projection width ``d`` instead of the value width (SAINet's SIE attends over
     ``[X, M_S]`` and projects back to the width of ``X``).
     """
@@ -157,21 +160,19 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.kernel_init = kernel_init  # a fresh initializer per weight (a reused unseeded one repeats values)
         self.drop = keras.layers.Dropout(dropout) if dropout else None
 
-    def build(self, input_shape):
-        shapes = input_shape if _three_sources(input_shape) else [input_shape] * 3
-        widths = [int(tf.TensorShape(s)[-1]) for s in shapes]
+    def build_inputs(self, query, keys, values):
+        widths = [int(s[-1]) for s in (query, keys, values)]
         d = self.units or widths[2]
         if d % self.num_heads:
             raise ValueError(f"MultiHeadSelfAttention: width {d} does not divide by {self.num_heads} heads")
         self.wq, self.wk, self.wv, self.wo = (
             self.add_weight(name=n, shape=(w, d), initializer=fresh(self.kernel_init))
             for n, w in zip(("W_Q", "W_K", "W_V", "W_H"), widths + [d]))
-        super().build(input_shape)
 
-    def call(self, x, mask=None, training=False):
-        h = self.num_heads
-        sources = x if isinstance(x, (list, tuple)) else (x, x, x)
-        d = self.wv.shape[-1]
+    def call(self, query, keys=None, values=None, mask=None, training=False):
+        sources = _sources(query, keys, values)
+        self.build_once(*sources)
+        h, d = self.num_heads, self.wv.shape[-1]
         q, k, v = (_split_heads(tf.einsum("bld,dk->blk", src, w), h)
                    for src, w in zip(sources, (self.wq, self.wk, self.wv)))
         s = tf.matmul(q, k, transpose_b=True) / tf.sqrt(float(d // h))               # [B, H, L, L]
@@ -183,13 +184,13 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         return tf.einsum("bld,dk->blk", o, self.wo)
 
 
-class TransformerBlock(keras.layers.Layer):
+class TransformerBlock(MultiInputLayer):
     """One Transformer encoder layer as in BST (Chen et al. 2019, Sec. 2.3):
 
     ``S' = LayerNorm(S + Dropout(MH(S)))``, ``F = LayerNorm(S' + Dropout(LeakyReLU(S' W1 + b1) W2 + b2))``.
-    ``ff_dim`` defaults to the input width. ``call(x [B, L, d], mask [B, L]) -> [B, L, d]``.
-    ``call([query, key, value], mask)`` attends with separate sources (SAML's ``MultiHead(Q_l, K_l, V_g)``);
-    the residual stream is then the value tokens ``V`` (the output lives in their space, width ``d``).
+    ``ff_dim`` defaults to the input width. ``call(query, keys=None, values=None, mask=None, training=False)``
+    as :class:`MultiHeadSelfAttention` (``call(x [B, L, d], mask=mask) -> [B, L, d]``); with separate sources
+    (SAML's ``MultiHead(Q_l, K_l, V_g)``) the residual stream is the value tokens ``V`` (width ``d``).
     """
 
     def __init__(self, num_heads: int = 8, ff_dim: Optional[int] = None, dropout: float = 0.0,
@@ -202,17 +203,18 @@ class TransformerBlock(keras.layers.Layer):
         self.norm1 = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_1")
         self.norm2 = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_2")
 
-    def build(self, input_shape):
-        d = int(tf.TensorShape(input_shape[2] if _three_sources(input_shape) else input_shape)[-1])
+    def build_inputs(self, query, keys, values):
+        d = int(values[-1])
         self.ff1 = keras.layers.Dense(self.ff_dim or d, activation=self.activation,
                                       kernel_initializer=fresh(self.kernel_init),
                                       name="ff_1")
         self.ff2 = keras.layers.Dense(d, kernel_initializer=fresh(self.kernel_init), name="ff_2")
-        super().build(input_shape)
 
-    def call(self, x, mask=None, training=False):
-        residual = x[2] if isinstance(x, (list, tuple)) else x
-        s = self.norm1(residual + self.drop1(self.mha(x, mask, training=training), training=training))
+    def call(self, query, keys=None, values=None, mask=None, training=False):
+        sources = _sources(query, keys, values)
+        self.build_once(*sources)
+        attended = self.mha(*sources, mask=mask, training=training)
+        s = self.norm1(sources[2] + self.drop1(attended, training=training))
         return self.norm2(s + self.drop2(self.ff2(self.ff1(s)), training=training))
 
 

@@ -44,16 +44,16 @@ class ExpertBank(keras.layers.Layer):
             d = h
         super().build(input_shape)
 
-    def call(self, x, training=False, group=None):
-        """``[B, E, H]``; ``group=(scenario [B], m)``: the bank is ``E / m`` groups of ``m`` consecutive
+    def call(self, x, scenario=None, training=False, group: int = 0):
+        """``[B, E, H]``; ``scenario [B]`` with ``group=m``: the bank is ``E / m`` groups of ``m`` consecutive
         experts and row ``b`` runs group ``scenario[b]`` only -> ``[B, m, H]`` (rows partitioned by group:
         one group's FLOPs per row, ``O(E / m)`` small GEMMs)."""
-        if group is None and self.num_experts > self.LOOP_MAX:
+        if not group and self.num_experts > self.LOOP_MAX:
             return self._batched(x, training)
         kernels = [tf.unstack(tf.convert_to_tensor(k)) for k in self.kernels]
         biases = [tf.unstack(tf.convert_to_tensor(b)) for b in self.biases]
-        if group is not None:
-            scenario, m = group
+        if group:
+            m = group
             return partition_apply(x, scenario, self.num_experts // m, lambda g, rows: tf.stack(
                 [self._expert(rows, e, kernels, biases, training) for e in range(g * m, (g + 1) * m)], axis=1))
         return tf.stack([self._expert(x, e, kernels, biases, training) for e in range(self.num_experts)], axis=1)
@@ -167,7 +167,7 @@ class CGC(keras.layers.Layer):
         self.shared_gate = (ExpertGates(1, num_tasks * specific + shared, kernel_init=kernel_init, name="shared_gate")
                             if shared_output else None)
 
-    def call(self, x, training=False, own=None, task_inputs=False):
+    def call(self, x, own=None, training=False, task_inputs=False):
         """``[B, T, H]`` (``[B, T+1, H]`` with ``shared_output``); ``own`` (task ids ``[B]``): :meth:`own_task`;
         ``task_inputs``: :meth:`every_task_on_its_input`."""
         if own is not None:
@@ -220,7 +220,7 @@ class CGC(keras.layers.Layer):
         x_own, x_shared = (own_rows(x[:, :t], task), x[:, t]) if per_task else (x, x)
         experts = []
         if self.specific_experts is not None:
-            experts.append(self.specific_experts(x_own, training=training, group=(task, m)))   # [B, m, H]
+            experts.append(self.specific_experts(x_own, task, training=training, group=m))   # [B, m, H]
         if self.shared_experts is not None:
             experts.append(self.shared_experts(x_shared, training=training))
         return self.task_gates(x_own, tf.concat(experts, axis=1), own=task)
@@ -239,7 +239,7 @@ class ScenarioExtraction(keras.layers.Layer):
       zeroed (not renormalised).
 
     Output ``concat(A_i, S_i, G)`` ``[B, 3H]`` (``san=False`` drops ``A_i``: ``[B, 2H]``).
-    ``call(x [B, D], scenario [B], scenario_emb [B, d_s])``; ``call(x, None, every_emb [S, d_s])``: the output
+    ``call(x [B, D], scenario_emb [B, d_s], scenario [B])``; ``call(x, every_emb [S, d_s])``: the output
     for every scenario ``i``, ``[B, S, 3H]``. Both compute every ``S_j`` (SAN mixes them): ``O(S)`` experts,
     run as one batched op per layer.
     """
@@ -271,7 +271,7 @@ class ScenarioExtraction(keras.layers.Layer):
         own = tf.one_hot(tf.cast(tf.reshape(scenario, [-1]), tf.int32), self.num_scenarios, dtype=w.dtype)
         return w * (1.0 - own)
 
-    def call(self, x, scenario, scenario_emb, training=False):
+    def call(self, x, scenario_emb, scenario=None, training=False):
         shared = self.shared_gate(x, self.shared_experts(x, training=training))[:, 0]      # G   [B, H]
         every = self.scenario_outputs(x, training=training)                                  # S_j [B, S, H]
         if scenario is None:
@@ -304,7 +304,7 @@ class ScenarioMoE(keras.layers.Layer):
     one scenario's FLOPs per example, ``O(S)`` small GEMMs), so a scenario-s batch never touches another
     scenario's experts.
 
-    ``call(x [B, D], scenario [B], gate_input=None) -> [B, H]``.
+    ``call(x [B, D], gate_input=None, scenario [B]) -> [B, H]`` (``scenario`` is required).
     """
 
     def __init__(self, num_scenarios: int, shared: int = 8, specific: int = 2, hidden: Sequence[int] = (128, 64),
@@ -318,10 +318,12 @@ class ScenarioMoE(keras.layers.Layer):
                                  if specific else None)
         self.gate = ExpertGates(1, shared + specific, kernel_init=kernel_init, name="gate")
 
-    def call(self, x, scenario, gate_input=None, training=False):
+    def call(self, x, gate_input=None, scenario=None, training=False):
+        if scenario is None:
+            raise ValueError(f"ScenarioMoE {self.name}: called without the scenario ids")
         groups, m = [], self.specific
         if self.specific_experts is not None:
-            groups.append(self.specific_experts(x, training=training, group=(scenario, m)))
+            groups.append(self.specific_experts(x, scenario, training=training, group=m))
         if self.shared_experts is not None:
             groups.append(self.shared_experts(x, training=training))
         experts = tf.concat(groups, axis=1)

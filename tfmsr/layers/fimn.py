@@ -14,6 +14,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmsr.layers._init import fresh
+from tfmsr.layers._inputs import MultiInputLayer
 from tfmsr.layers.attention import MultiHeadTargetAttention, masked_softmax
 from tfmsr.layers.interaction import fm_bi_interaction
 from tfmsr.layers.mlp import MLP
@@ -59,7 +60,7 @@ class ScenarioEnhancing(keras.layers.Layer):
     rows of the scenario table learn (each row's gradient is scaled by its ``v_se``), not what the model can
     express; it can change the function only with example-level scenario features.
 
-    ``call([e_s [B, d_s], scenario [B]]) -> (e~_s [B, d_s], v_se [B, d_s])``.
+    ``call(e_s [B, d_s], scenario [B]) -> (e~_s [B, d_s], v_se [B, d_s])``.
     """
 
     def __init__(self, frequency, hidden: Sequence[int] = (16,), gamma: float = 2.0, noise: float = 0.05,
@@ -71,7 +72,7 @@ class ScenarioEnhancing(keras.layers.Layer):
         self.hidden, self.gamma, self.noise = [int(h) for h in hidden], float(gamma), float(noise)
 
     def build(self, input_shape):
-        d_s = int(input_shape[0][-1])
+        d_s = int(input_shape[-1])
         self.frequency = self.add_weight(name="v_s", shape=self.frequency_init.shape, trainable=False,
                                          initializer=keras.initializers.Constant(self.frequency_init))
         widths = [self.frequency_init.shape[1]] + self.hidden + [d_s]
@@ -99,13 +100,12 @@ class ScenarioEnhancing(keras.layers.Layer):
         """``v_se`` of every scenario, ``[S, d_s]`` (eq. 1)."""
         return self.gamma * tf.sigmoid(self.monotonic_mlp(-self.frequency))
 
-    def call(self, inputs):
-        e_s, scenario = inputs
+    def call(self, e_s, scenario):
         v_se = tf.gather(self.scenario_weights(), tf.cast(scenario, tf.int32))
         return e_s * v_se, v_se
 
 
-class MultiAspectInterestExtractor(keras.layers.Layer):
+class MultiAspectInterestExtractor(MultiInputLayer):
     """MIE, section 4.3, eq. 3-7: one interest per item field through field-wise target attention (FTA).
 
     ``e^_s = W_e e~_s`` (``W_e`` of shape ``d x d_s``, no bias); the target item ``e_t [B, A d]`` and the
@@ -117,22 +117,21 @@ class MultiAspectInterestExtractor(keras.layers.Layer):
     (:class:`~tfmsr.layers.MultiHeadTargetAttention` with one head), keys and values ``E_B_j``; padding
     behaviours get no weight and an empty history gives a zero interest.
 
-    ``call([e~_s [B, d_s], e_t [B, A d], E_B [B, L, A d]], mask [B, L]) -> E_I [B, A, d]``.
+    ``call(e~_s [B, d_s], e_t [B, A d], E_B [B, L, A d], mask=None [B, L]) -> E_I [B, A, d]``.
     """
 
     def __init__(self, num_fields: int, kernel_init="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
         self.num_fields, self.kernel_init = int(num_fields), kernel_init
 
-    def build(self, input_shape):
-        width = int(input_shape[1][-1])
+    def build_inputs(self, e_s, target, behaviors):
+        width = int(target[-1])
         if width % self.num_fields:
             raise ValueError(f"MIE: target width {width} does not split into {self.num_fields} fields")
         self.d = width // self.num_fields
         self.w_e = keras.layers.Dense(self.d, use_bias=False, kernel_initializer=fresh(self.kernel_init), name="W_e")
         self.fta = [MultiHeadTargetAttention(1, output_dim=self.d, kernel_init=self.kernel_init, name=f"fta_{j}")
                     for j in range(self.num_fields)]
-        super().build(input_shape)
 
     def split(self, x):
         """``[..., A d] -> A x [..., d]`` (eq. 3 and 5; ``tf.split``, whose gradient is one concat)."""
@@ -143,20 +142,19 @@ class MultiAspectInterestExtractor(keras.layers.Layer):
         e_hat = self.w_e(e_s)
         return [fm_bi_interaction(tf.stack([e_hat, t_j], axis=1)) for t_j in self.split(target)]
 
-    def call(self, inputs, mask=None):
-        e_s, target, behaviors = inputs
-        return tf.stack([fta([q, k, k], mask=mask) for q, k, fta in
+    def call(self, e_s, target, behaviors, mask=None):
+        self.build_once(e_s, target, behaviors)
+        return tf.stack([fta(q, k, k, mask=mask) for q, k, fta in
                          zip(self.queries(e_s, target), self.split(behaviors), self.fta)], axis=1)
 
-    def attention(self, inputs, mask=None):
+    def attention(self, e_s, target, behaviors, mask=None):
         """The FTA weights ``[B, A, L]`` (the softmax of eq. 7 for every field; the layer must have been
         called once)."""
-        e_s, target, behaviors = inputs
         return tf.stack([fta.attention_weights(q, k, mask)[:, 0] for q, k, fta in
                          zip(self.queries(e_s, target), self.split(behaviors), self.fta)], axis=1)
 
 
-class ScenarioAwareInterestFusion(keras.layers.Layer):
+class ScenarioAwareInterestFusion(MultiInputLayer):
     """SIF, section 4.4, eq. 8-14: multi-resolution fusion gates and scenario-aware interest activation.
 
     ``x_fg = [e~_s, stop_gradient(flatten(E_I))]`` (eq. 8; the gates do not train the interests),
@@ -165,25 +163,24 @@ class ScenarioAwareInterestFusion(keras.layers.Layer):
     softmax(x'_fg W_Ie + b_Ie)`` over the ``A`` interests (eq. 11), ``E^_I = E_Ia * E_I`` (eq. 13) and
     ``e_If = sum_j v_Ie_j E^_I_j`` (eq. 14).
 
-    ``call([e~_s [B, d_s], E_I [B, A, d]]) -> (e_If [B, d], E_Ia [B, A, d], v_Ie [B, A])``.
+    ``call(e~_s [B, d_s], E_I [B, A, d]) -> (e_If [B, d], E_Ia [B, A, d], v_Ie [B, A])``.
     """
 
     def __init__(self, gate_dim: int = 64, gamma: float = 2.0, kernel_init="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
         self.gate_dim, self.gamma, self.kernel_init = int(gate_dim), float(gamma), kernel_init
 
-    def build(self, input_shape):
-        a, d = int(input_shape[1][1]), int(input_shape[1][2])
+    def build_inputs(self, e_s, interests):
+        a, d = int(interests[1]), int(interests[2])
         self.a, self.d = a, d
         dense = lambda n, name, act=None: keras.layers.Dense(n, activation=act, name=name,
                                                              kernel_initializer=fresh(self.kernel_init))
         self.w_fg = dense(self.gate_dim, "W_fg", "relu")
         self.w_ia = dense(a * d, "W_Ia")
         self.w_ie = dense(a, "W_Ie")
-        super().build(input_shape)
 
-    def call(self, inputs):
-        e_s, interests = inputs
+    def call(self, e_s, interests):
+        self.build_once(e_s, interests)
         x = tf.concat([e_s, tf.reshape(tf.stop_gradient(interests), [-1, self.a * self.d])], axis=-1)
         h = self.w_fg(x)
         e_ia = tf.reshape(self.gamma * tf.sigmoid(self.w_ia(h)), [-1, self.a, self.d])

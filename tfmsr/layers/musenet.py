@@ -102,7 +102,7 @@ class ScenarioLearner(keras.layers.Layer):
       style, so that they start apart; eq. 14 from two equal prototypes would keep them equal for good,
       which K *random* rows risk with categorical context features (duplicate rows are common).
 
-    ``call(x [B, D], training) -> (a [B, K], pi [B, K])``.
+    ``call(x [B, D], gumbel=None [B, K], training=False) -> (a [B, K], pi [B, K])`` (``gumbel``: fixed noise).
     """
 
     def __init__(self, num_scenarios: int = 4, metric_dim: int = 16, hard: bool = False, tau: float = 0.1,
@@ -142,7 +142,7 @@ class ScenarioLearner(keras.layers.Layer):
         logits = -squared_distances(fx, tf.stop_gradient(tf.convert_to_tensor(self.prototypes)))
         return tf.nn.softmax(logits, axis=-1), tf.nn.log_softmax(logits, axis=-1)
 
-    def call(self, x, training=False, gumbel: Optional[tf.Tensor] = None):
+    def call(self, x, gumbel: Optional[tf.Tensor] = None, training=False):
         fx = self.project(x, training=training)
         pi, log_pi = self.soft(fx)
         if not self.hard:

@@ -11,6 +11,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmsr.layers._init import fresh
+from tfmsr.layers._inputs import MultiInputLayer
 from tfmsr.layers.attention import MultiHeadSelfAttention, masked_softmax
 
 
@@ -26,7 +27,7 @@ class ScenarioAwareInterestExtracting(keras.layers.Layer):
     ``residual=True`` returns ``X + MultiHead(X)``: the MHA of [21] that eq. 2 cites is a sublayer with a
     residual connection ("Add"); eq. 2 prints only ``MultiHead(X)``, whose rows are mixtures of all
     behaviours, so after L blocks TIF can no longer pick single behaviours. ``residual=False`` is eq. 2 as
-    printed.
+    printed. ``call(X [B, N, d], M_S [B, N, d_s], mask=None [B, N]) -> X^ [B, N, d]``.
     """
 
     def __init__(self, num_heads: int = 4, scenario: bool = True, kernel_init="glorot_uniform",
@@ -36,33 +37,32 @@ class ScenarioAwareInterestExtracting(keras.layers.Layer):
         self.num_heads, self.kernel_init = num_heads, kernel_init
 
     def build(self, input_shape):
-        d = int(input_shape[0][-1])
+        d = int(input_shape[-1])
         self.mha = MultiHeadSelfAttention(self.num_heads, units=d, kernel_init=self.kernel_init, name="mha")
         super().build(input_shape)
 
-    def call(self, inputs, mask=None):
-        x, m_s = inputs
+    def call(self, x, m_s, mask=None):
         src = tf.concat([x, m_s], axis=-1) if self.scenario else x
-        x_hat = self.mha([src, src, src], mask)
+        x_hat = self.mha(src, mask=mask)
         return x + x_hat if self.residual else x_hat
 
 
 class ScenarioTailoring(keras.layers.Layer):
     """STM, section 4.1, eq. 4-5: ``v_i = gamma * sigmoid([x^_i, e_st] W_G + b_G)`` (one gate unit shared by
-    the N positions, ``W_G`` of shape ``(d + d_s) x d``), ``x_i = x^_i * v_i``."""
+    the N positions, ``W_G`` of shape ``(d + d_s) x d``), ``x_i = x^_i * v_i``.
+    ``call(X^ [B, N, d], e_st [B, d_s]) -> [B, N, d]``."""
 
     def __init__(self, gamma: float = 2.0, kernel_init="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
         self.gamma, self.kernel_init = float(gamma), kernel_init
 
     def build(self, input_shape):
-        d = int(input_shape[0][-1])
+        d = int(input_shape[-1])
         self.gate = keras.layers.Dense(d, activation="sigmoid", kernel_initializer=fresh(self.kernel_init),
                                        name="W_G")
         super().build(input_shape)
 
-    def call(self, inputs):
-        x_hat, e_st = inputs
+    def call(self, x_hat, e_st):
         e = tf.broadcast_to(e_st[:, None, :], tf.concat([tf.shape(x_hat)[:2], tf.shape(e_st)[-1:]], 0))
         return x_hat * (self.gamma * self.gate(tf.concat([x_hat, e], axis=-1)))
 
@@ -70,7 +70,8 @@ class ScenarioTailoring(keras.layers.Layer):
 class ScenarioAdaptiveBlock(keras.layers.Layer):
     """Scenario-adaptive Block, section 4.1: ``X^l = STM(SIE(X^{l-1}, M_S), e_st)``. ``sie=False`` is
     Table 3's "w/o SIE" (``X^ = X``), ``stm=False`` its "w/o STM" (``X^l = X^``). ``kernel_init``
-    initialises STM's gate, ``attention_init`` SIE's projections (default: ``kernel_init``)."""
+    initialises STM's gate, ``attention_init`` SIE's projections (default: ``kernel_init``).
+    ``call(X [B, N, d], M_S [B, N, d_s], e_st [B, d_s], mask=None [B, N]) -> X^l [B, N, d]``."""
 
     def __init__(self, num_heads: int = 4, gamma: float = 2.0, sie: bool = True, stm: bool = True,
                  sie_scenario: bool = True, kernel_init="glorot_uniform", residual: bool = False,
@@ -81,40 +82,38 @@ class ScenarioAdaptiveBlock(keras.layers.Layer):
                     if sie else None)
         self.stm = ScenarioTailoring(gamma, kernel_init, name="stm") if stm else None
 
-    def call(self, inputs, mask=None):
-        x, m_s, e_st = inputs
+    def call(self, x, m_s, e_st, mask=None):
         if self.sie is not None:
-            x = self.sie([x, m_s], mask)
+            x = self.sie(x, m_s, mask=mask)
         if self.stm is not None:
-            x = self.stm([x, e_st])
+            x = self.stm(x, e_st)
         return x
 
 
-class TargetAwareInterestFusion(keras.layers.Layer):
+class TargetAwareInterestFusion(MultiInputLayer):
     """TIF, section 4.2, eq. 7-8: ``alpha_j = (W_Q z_t) . (W_K x_j)``, ``mu = softmax(alpha)`` over the real
     behaviours, ``V_t = sum_j mu_j W_V x_j`` with ``z_t = [e_it, e_st]``. As written, the dot product is
     not scaled; ``W_V`` keeps the width d. ``attention_dim`` is the width of ``W_Q z`` and ``W_K x``
-    (default d). ``call([z_t [B, d_z], X [B, N, d]], mask) -> [B, d]``."""
+    (default d). ``call(z_t [B, d_z], X [B, N, d], mask=None [B, N]) -> [B, d]``."""
 
     def __init__(self, attention_dim: Optional[int] = None, kernel_init="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
         self.attention_dim, self.kernel_init = attention_dim, kernel_init
 
-    def build(self, input_shape):
-        d = int(input_shape[1][-1])
+    def build_inputs(self, z_t, x):
+        d = int(x[-1])
         a = self.attention_dim or d
         dense = lambda n, name: keras.layers.Dense(n, use_bias=False, kernel_initializer=fresh(self.kernel_init),
                                                    name=name)
         self.w_q, self.w_k, self.w_v = dense(a, "W_Q"), dense(a, "W_K"), dense(d, "W_V")
-        super().build(input_shape)
 
     def weights_of(self, z_t, x, mask):
         """``mu [B, N]``."""
         alpha = tf.einsum("ba,bna->bn", self.w_q(z_t), self.w_k(x))
         return masked_softmax(alpha, mask)
 
-    def call(self, inputs, mask=None):
-        z_t, x = inputs
+    def call(self, z_t, x, mask=None):
+        self.build_once(z_t, x)
         mu = self.weights_of(z_t, x, mask)
         return tf.einsum("bn,bnd->bd", mu, self.w_v(x))
 
@@ -131,7 +130,7 @@ class ScenarioAwareDNNTower(keras.layers.Layer):
     ``gamma`` scales the gate: eq. 11 prints a plain sigmoid (``gamma = 1``), which halves every layer's input
     while the gate is untrained; the hidden-unit scaling section 4.3 builds on (LHUC, Swietojanski et al.,
     the paper's ref. list) uses ``2 sigmoid``, a gate in (0, 2) that starts near the identity, as STM's
-    ``gamma`` (eq. 4) does.
+    ``gamma`` (eq. 4) does. ``call(H [B, D], e_st [B, d_s]) -> [B, hidden[-1]]``.
     """
 
     def __init__(self, hidden: Sequence[int] = (512, 256, 128, 64), kernel_init="glorot_uniform",
@@ -140,15 +139,14 @@ class ScenarioAwareDNNTower(keras.layers.Layer):
         self.hidden, self.kernel_init, self.gamma = list(hidden), kernel_init, float(gamma)
 
     def build(self, input_shape):
-        widths = [int(input_shape[0][-1])] + self.hidden[:-1]
+        widths = [int(input_shape[-1])] + self.hidden[:-1]
         self.gates = [keras.layers.Dense(w, activation="sigmoid", kernel_initializer=fresh(self.kernel_init),
                                          name=f"W_g_{j}") for j, w in enumerate(widths)]
         self.dense = [keras.layers.Dense(h, activation="relu", kernel_initializer=fresh(self.kernel_init),
                                          name=f"W_T_{j}") for j, h in enumerate(self.hidden)]
         super().build(input_shape)
 
-    def call(self, inputs):
-        h, e_st = inputs
+    def call(self, h, e_st):
         for gate, dense in zip(self.gates, self.dense):
             h = dense(h * (self.gamma * gate(tf.concat([h, e_st], axis=-1))))
         return h

@@ -173,7 +173,8 @@ class ScenarioAwareAttention(keras.layers.Layer):
     feed-forward of width ``d``). The residual stream of ``A_l`` is the global tokens ``T_g`` (its values;
     ``Q_l`` has another width), so the candidate and behaviours survive the mixing in both outputs.
 
-    ``call(tokens_global, tokens_specific, mask) -> (A_g, A_l)``, each ``[B, (L+1)*d]`` or ``[B, d]``.
+    ``call(tokens_global, tokens_specific, mask=None) -> (A_g, A_l)``, each ``[B, (L+1)*d]`` or ``[B, d]``
+    (no mask: every token is real).
     """
 
     POOLINGS = ("flatten", "mean", "target")
@@ -193,24 +194,24 @@ class ScenarioAwareAttention(keras.layers.Layer):
         self.positions = ([PositionalEmbedding(length, name=f"positions_{n}") for n in ("global", "specific")]
                           if length else None)
 
-    def attend(self, tokens_global, tokens_specific, mask):
+    def attend(self, tokens_global, tokens_specific, mask=None):
         """The two attention outputs ``[B, L+1, d]`` before pooling."""
         if self.positions:
             tokens_global, tokens_specific = self.positions[0](tokens_global), self.positions[1](tokens_specific)
-        a_g = self.global_attention(tokens_global, mask)
-        a_l = self.specific_attention([tokens_specific, tokens_specific, tokens_global], mask)
+        a_g = self.global_attention(tokens_global, mask=mask)
+        a_l = self.specific_attention(tokens_specific, tokens_specific, tokens_global, mask=mask)
         return a_g, a_l
 
-    def pool(self, tokens, mask):
-        m = tf.cast(mask, tokens.dtype)[..., None]
+    def pool(self, tokens, mask=None):
+        m = tf.ones_like(tokens[..., :1]) if mask is None else tf.cast(mask, tokens.dtype)[..., None]
         if self.pooling == "flatten":
             return tf.reshape(tokens * m, [-1, tokens.shape[1] * tokens.shape[2]])
         if self.pooling == "mean":
             return tf.reduce_sum(tokens * m, axis=1) / tf.maximum(tf.reduce_sum(m, axis=1), 1.0)
         return tokens[:, 0]
 
-    def call(self, tokens_global, tokens_specific, mask):
-        return tuple(self.pool(a, mask) for a in self.attend(tokens_global, tokens_specific, mask))
+    def call(self, tokens_global, tokens_specific, mask=None):
+        return tuple(self.pool(a, mask) for a in self.attend(tokens_global, tokens_specific, mask=mask))
 
 
 class AuxiliaryNetwork(keras.layers.Layer):

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 import tensorflow as tf
 import tf_keras as keras
 
+from tfmsr.layers._inputs import MultiInputLayer
 from tfmsr.layers.mlp import initializer
 from tfmsr.layers.scenario import own_matmul, own_rows, scenario_ids
 
@@ -124,7 +125,7 @@ class ScenarioAuxiliaryNet(keras.layers.Layer):
         return h
 
 
-class ScenarioAdaptiveGate(keras.layers.Layer):
+class ScenarioAdaptiveGate(MultiInputLayer):
     """One layer of ML-SAT, SASS Sec. 4.1.2: the scenario-adaptive gate unit, eq. (3)-(6)::
 
         r_l = sigmoid(W_r^l [g_l, s_{l-1}] + W_br a)          (3)  adaptive gate, width of g_l
@@ -149,8 +150,8 @@ class ScenarioAdaptiveGate(keras.layers.Layer):
       ``s_l = w * g_l + (1 - w) * s'_l``.
     * ``simnet`` (Simnet Gate): as ``sigmoid`` with ``w = sigmoid(W_w [s'_l * g_l, s'_l - g_l, s'_l + g_l])``.
 
-    The element-wise variants need ``d_g == d``. ``call([g, s_prev, a]) -> s_l [B, S, d]`` (every scenario's
-    unit, ``O(S)`` per example); ``call([g, s_prev [B, d], a [B, d_a]], scenario)`` -> ``s_l [B, d]``: each
+    The element-wise variants need ``d_g == d``. ``call(g, s_prev, a) -> s_l [B, S, d]`` (every scenario's
+    unit, ``O(S)`` per example); ``call(g, s_prev [B, d], a [B, d_a], scenario)`` -> ``s_l [B, d]``: each
     example's own scenario unit only (its gathered matrices; cost flat in S).
 
     **Initialisation** (the paper gives none; ``init``): ``glorot`` draws every matrix at random, so a
@@ -179,8 +180,7 @@ class ScenarioAdaptiveGate(keras.layers.Layer):
             init = transfer
         return self.add_weight(name=name, shape=(self.num_scenarios, rows, cols), initializer=init)
 
-    def build(self, input_shape):
-        g_shape, s_shape, a_shape = input_shape
+    def build_inputs(self, g_shape, s_shape, a_shape):
         dg, d, da = int(g_shape[-1]), int(s_shape[-1]), int(a_shape[-1])
         v = self.variant
         if v in ("product", "sigmoid", "simnet") and dg != d:
@@ -197,10 +197,9 @@ class ScenarioAdaptiveGate(keras.layers.Layer):
             self.w_s = self._w("W_s", d, d)
             if v != "product":
                 self.w_w = self._w("W_w", (2 if v == "sigmoid" else 3) * d, d, zero)
-        super().build(input_shape)
 
-    def call(self, inputs, scenario=None):
-        g, s_prev, a = inputs
+    def call(self, g, s_prev, a, scenario=None):
+        self.build_once(g, s_prev, a)
         g = per_scenario(g, self.num_scenarios) if scenario is None else g
         dense = lambda x, kernel: _dense(x, kernel, scenario)
         v = self.variant
@@ -220,7 +219,7 @@ class ScenarioAdaptiveGate(keras.layers.Layer):
         return w * g + (1.0 - w) * own
 
 
-class MLSAT(keras.layers.Layer):
+class MLSAT(MultiInputLayer):
     """Multi-Layer Scenario Adaptive Transfer module, SASS Sec. 4.1.2 (Figure 4a): a global shared network
     (``layers`` dense layers of width ``dim``, shared by all scenarios, outputs ``g_1..g_T``) and, per
     scenario, a stack of ``ScenarioAdaptiveGate`` units reading ``g_l`` and the scenario state.
@@ -234,7 +233,7 @@ class MLSAT(keras.layers.Layer):
     ``init``: the gate units' initialisation (``ScenarioAdaptiveGate``). ``global_hidden``: the global
     layers' widths (default ``[dim] * layers``; the paper gives none; the last must be ``dim``, the width
     of ``g_T``; the element-wise gate variants need every width ``== dim``).
-    ``call([x_g, x_s, a]) -> (s_T [B, S, dim], g_T [B, dim])``; ``call([x_g, x_s [B, D_s], a [B, d_a]],
+    ``call(x_g, x_s, a) -> (s_T [B, S, dim], g_T [B, dim])``; ``call(x_g, x_s [B, D_s], a [B, d_a],
     scenario) -> (s_T [B, dim], g_T)``: each example's own scenario network only (cost flat in S).
     """
 
@@ -259,16 +258,15 @@ class MLSAT(keras.layers.Layer):
         self.gates = [ScenarioAdaptiveGate(num_scenarios, gate, kernel_init, init, name=f"gate_{l}")
                       for l in range(layers)]
 
-    def build(self, input_shape):
-        d_s = int(input_shape[1][-1])
+    def build_inputs(self, x_g, x_s, a):
+        d_s = int(x_s[-1])
         self.w0 = self.add_weight(name="W_0", shape=(self.num_scenarios, d_s, self.dim),
                                   initializer="zeros" if self.s0_init == "zeros" else
                                   scenario_initializer(self.kernel_init, self.num_scenarios))
         self.b0 = self.add_weight(name="b_0", shape=(self.num_scenarios, self.dim), initializer="zeros")
-        super().build(input_shape)
 
-    def call(self, inputs, scenario=None):
-        x_g, x_s, a = inputs
+    def call(self, x_g, x_s, a, scenario=None):
+        self.build_once(x_g, x_s, a)
         if scenario is None:
             s = tf.tanh(scenario_dense(per_scenario(x_s, self.num_scenarios), self.w0) + self.b0)
         else:
@@ -276,11 +274,11 @@ class MLSAT(keras.layers.Layer):
         g = x_g
         for dense, gate in zip(self.global_net, self.gates):
             g = dense(g)
-            s = gate([g, s, a], scenario=scenario)
+            s = gate(g, s, a, scenario=scenario)
         return s, g
 
 
-class ScenarioBiasFusion(keras.layers.Layer):
+class ScenarioBiasFusion(MultiInputLayer):
     """Scenario bias fusion, SASS Sec. 4.1.3 eq. (7)-(8)::
 
         e_s   = alpha * s_T + (1 - alpha) * a                  (7)
@@ -289,7 +287,7 @@ class ScenarioBiasFusion(keras.layers.Layer):
     ``alpha`` is read as element-wise (``W_o`` maps ``[s_T, a]`` to the width of ``s_T``; ``a`` must have
     that width) and ``W_o`` is per scenario, like the rest of the scenario-specific network.
     ``init: transfer`` starts ``W_o`` at zero (``alpha = 1/2``), ``glorot`` at random (see ``ScenarioAdaptiveGate``).
-    ``call([s_T [B, S, d], a [S, d] or [B, S, d]]) -> e [B, S, d]``; ``call([s_T [B, d], a [B, d]], scenario)
+    ``call(s_T [B, S, d], a [S, d] or [B, S, d]) -> e [B, S, d]``; ``call(s_T [B, d], a [B, d], scenario)
     -> e [B, d]``: each example's own scenario only.
     """
 
@@ -300,18 +298,16 @@ class ScenarioBiasFusion(keras.layers.Layer):
         self.num_scenarios, self.init = int(num_scenarios), init
         self.kernel_init = kernel_init
 
-    def build(self, input_shape):
-        s_shape, a_shape = input_shape
+    def build_inputs(self, s_shape, a_shape):
         d = int(s_shape[-1])
         if int(a_shape[-1]) != d:
             raise ValueError(f"ScenarioBiasFusion: a has width {int(a_shape[-1])}, s_T has {d}; eq. (7) needs one width")
         self.w_o = self.add_weight(name="W_o", shape=(self.num_scenarios, 2 * d, d),
                                    initializer="zeros" if self.init == "transfer" else
                                    scenario_initializer(self.kernel_init, self.num_scenarios))
-        super().build(input_shape)
 
-    def call(self, inputs, scenario=None):
-        s_t, a = inputs
+    def call(self, s_t, a, scenario=None):
+        self.build_once(s_t, a)
         a = tf.broadcast_to(a, tf.shape(s_t)) if len(a.shape) < len(s_t.shape) else a
         alpha = tf.sigmoid(_dense(tf.concat([s_t, a], axis=-1), self.w_o, scenario))  # (8)
         return alpha * s_t + (1.0 - alpha) * a                                        # (7)

@@ -56,7 +56,7 @@ class BST(RankingModel):
         tokens = self.positions(tf.concat([beh.target[:, None], beh.keys], axis=1))      # [B, L+1, d]
         mask = tf.concat([tf.ones_like(beh.mask[:, :1]), beh.mask], axis=1)
         for block in self.blocks:
-            tokens = block(tokens, mask, training=training)
+            tokens = block(tokens, mask=mask, training=training)
         m = tf.cast(mask, tokens.dtype)[..., None]
         pooling = self.params.pooling
         if pooling == "flatten":

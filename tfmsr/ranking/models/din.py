@@ -45,6 +45,6 @@ class DIN(RankingModel):
 
     def logits(self, x, training=False):
         beh = embed_behavior(self.embedding, x, self.schema)
-        interest = self.attention(beh.target, beh.keys, beh.mask)
+        interest = self.attention(beh.target, beh.keys, mask=beh.mask)
         h = tf.concat([context_inputs(self, x, beh.features), interest], axis=-1)
         return self.out(self.mlp(h, training=training))[:, 0]

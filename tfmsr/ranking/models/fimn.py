@@ -131,16 +131,16 @@ class FIMN(RankingModel):
         beh = embed_behavior(self.embedding, x, self.schema)
         e_s = tf.concat([self.embedding.scenario(x)] + self.embedding.group(x, "scenario"), axis=-1)
         if self.sem is not None:
-            e_s, out["sem_weight"] = self.sem([e_s, x[self.schema.scenario.name]])
+            e_s, out["sem_weight"] = self.sem(e_s, x[self.schema.scenario.name])
         a, d = len(self.interest_names), self.params.embedding_dim
         if self.mie is not None:
-            interests = self.mie([e_s, beh.target, beh.keys], mask=beh.mask)
+            interests = self.mie(e_s, beh.target, beh.keys, mask=beh.mask)
             if explain:
-                out["attention"] = self.mie.attention([e_s, beh.target, beh.keys], mask=beh.mask)
+                out["attention"] = self.mie.attention(e_s, beh.target, beh.keys, mask=beh.mask)
         else:
             interests = tf.reshape(masked_mean(beh.keys, beh.mask), [-1, a, d])
         if self.sif is not None:
-            fused, out["intra_gate"], out["contribution"] = self.sif([e_s, interests])
+            fused, out["intra_gate"], out["contribution"] = self.sif(e_s, interests)
             out["intensity"] = tf.reduce_mean(out["intra_gate"], axis=-1)
         else:
             fused = tf.reduce_mean(interests, axis=1)

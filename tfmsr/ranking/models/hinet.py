@@ -58,8 +58,8 @@ class HiNet(RankingModel):
         sc = x[self.schema.scenario.name]
         inp = self.flat_inputs(x)
         if own:
-            c = self.extraction(inp, sc, self.embedding.scenario(x), training=training)
+            c = self.extraction(inp, self.embedding.scenario(x), sc, training=training)
             return self.towers(self.task_extraction(c, training=training, own=sc), sc, training=training)
         every_emb = self.embedding.scenario({self.schema.scenario.name: tf.range(self.num_scenarios, dtype=sc.dtype)})
-        c = self.extraction(inp, None, every_emb, training=training)                       # [B, S, 3H]
+        c = self.extraction(inp, every_emb, training=training)                       # [B, S, 3H]
         return self.towers(self.task_extraction(c, training=training, task_inputs=True), training=training)

@@ -182,7 +182,7 @@ class MuSeNet(RankingModel):
         beh = embed_behavior(self.embedding, x, self.schema)
         side = pooled_sequences(self.embedding, x, self.schema, exclude=beh.features)
         parts = {"user": self._group(x, "user"),
-                 "behavior": [self.attention(beh.target, beh.keys, beh.mask)] + side,
+                 "behavior": [self.attention(beh.target, beh.keys, mask=beh.mask)] + side,
                  "behavior_mean": [masked_mean(beh.keys, beh.mask)] + side,
                  "item": self._group(x, "item"), "context": self._group(x, "context"),
                  "query": self._group(x, "query"),

@@ -84,13 +84,13 @@ class SAINet(RankingModel):
             m_s = tf.zeros_like(beh.keys[..., :1])
         h = beh.keys
         for block in self.blocks:
-            h = block([h, m_s, e_st], mask=beh.mask)
+            h = block(h, m_s, e_st, mask=beh.mask)
         seqs = beh.features + ((self.behavior_scenario.name,) if self.behavior_scenario else ())
         return h, beh.mask, beh.target, e_st, seqs
 
     def logits(self, x, training=False):
         h, mask, e_it, e_st, seqs = self.interests(x)
-        v_t = self.tif([tf.concat([e_it, e_st], -1), h], mask) if self.tif is not None else masked_mean(h, mask)
+        v_t = self.tif(tf.concat([e_it, e_st], -1), h, mask=mask) if self.tif is not None else masked_mean(h, mask)
         h0 = tf.concat([v_t, context_inputs(self, x, seqs)], axis=-1)  # e_it is among the item features
-        hidden = self.tower([h0, e_st]) if self.params.sdt else self.tower(h0, training=training)
+        hidden = self.tower(h0, e_st) if self.params.sdt else self.tower(h0, training=training)
         return self.out(hidden)[:, 0]

@@ -109,7 +109,7 @@ class SAML(RankingModel):
         ``alpha`` [B, S, S], ``gate`` [B, S] when the mutual unit is on. ``own``: only each example's own
         scenario (``logits`` [B], ``alpha`` [B, S], ``gate`` [B]; see :meth:`own_outputs`)."""
         f = self.features(x)
-        a_g, a_l = self.attention(f.tokens_global, f.tokens_specific, f.mask)
+        a_g, a_l = self.attention(f.tokens_global, f.tokens_specific, mask=f.mask)
         independent = tf.concat([f.independent, a_g], axis=-1)
         dependent = tf.concat([f.dependent, a_l], axis=-1)
         if not self.params.mutual:

@@ -69,12 +69,12 @@ class SARNet(RankingModel):
         parts = [context_inputs(self, x, used)]
         if self.scenario_att is not None:
             keys = behavior_scenario_embedding(self.embedding, x, self.schema)
-            parts.append(self.scenario_att([self.embedding.scenario(x), beh.keys if keys is None else keys, beh.keys],
+            parts.append(self.scenario_att(self.embedding.scenario(x), beh.keys if keys is None else keys, beh.keys,
                                            mask=beh.mask))
         if self.item_att is not None:
-            parts.append(self.item_att([beh.target, beh.keys, beh.keys], mask=beh.mask))
+            parts.append(self.item_att(beh.target, beh.keys, beh.keys, mask=beh.mask))
         h = tf.concat(parts, axis=-1)
         if self.transform is not None:
             h = self.transform(h, sc)
-        h = self.moe(h, sc, training=training)
+        h = self.moe(h, scenario=sc, training=training)
         return self.out(self.tower(h, training=training))[:, 0]

@@ -101,9 +101,9 @@ from tfmsr.retrieval.models.base import NegativesFrom, RetrievalModel, gather_sc
 
 class SASSTower(keras.layers.Layer):
     """One side of SASS: ``a = aux(scenario embeddings)`` (eq. 2), ``s_T, g_T = ML-SAT(x_g, x_s, a)``
-    (eq. 3-6), ``e = fusion(s_T, a)`` (eq. 7-8). ``call([x_g [B, D_g], x_s [B, S, D_s], scen [S, d_s]])
-    -> (e [B, S, dim], g_T [B, dim])``: every scenario (``O(S)`` per example); ``call([x_g, x_s [B, D_s],
-    scen], scenario [B]) -> (e [B, dim], g_T)``: each example's own scenario only (cost flat in S)."""
+    (eq. 3-6), ``e = fusion(s_T, a)`` (eq. 7-8). ``call(x_g [B, D_g], x_s [B, S, D_s], scen [S, d_s])
+    -> (e [B, S, dim], g_T [B, dim])``: every scenario (``O(S)`` per example); ``call(x_g, x_s [B, D_s],
+    scen, scenario [B]) -> (e [B, dim], g_T)``: each example's own scenario only (cost flat in S)."""
 
     def __init__(self, num_scenarios, dim, layers, gate, bias_fusion, aux_hidden, activation, gate_init="glorot",
                  global_hidden=None, s0_init="glorot", aux_init="glorot", **kwargs):
@@ -113,13 +113,12 @@ class SASSTower(keras.layers.Layer):
                            s0_init=s0_init, name="ml_sat")
         self.fusion = ScenarioBiasFusion(num_scenarios, init=gate_init, name="bias_fusion") if bias_fusion else None
 
-    def call(self, inputs, scenario=None):
-        x_g, x_s, scen = inputs
+    def call(self, x_g, x_s, scen, scenario=None):
         a = self.aux(scen)
         if scenario is not None:
             a = own_auxiliary(a, scenario)
-        s_t, g_t = self.mlsat([x_g, x_s, a], scenario=scenario)
-        return (self.fusion([s_t, a], scenario=scenario) if self.fusion is not None else s_t), g_t
+        s_t, g_t = self.mlsat(x_g, x_s, a, scenario=scenario)
+        return (self.fusion(s_t, a, scenario=scenario) if self.fusion is not None else s_t), g_t
 
     def scenario_weights(self):
         """The scenario-specific (stacked ``[S, ...]``) weights: ``W_0, b_0``, every gate unit, ``W_o``."""
@@ -211,7 +210,7 @@ class SASS(RetrievalModel):
 
     def _pool(self, keys, mask):
         if self.attention is not None:
-            keys = self.attention(keys, mask)
+            keys = self.attention(keys, mask=mask)
         return masked_mean(keys, mask)
 
     def user_towers(self, x, training=False, own=False):
@@ -234,7 +233,7 @@ class SASS(RetrievalModel):
                 L, D = tf.shape(keys)[1], keys.shape[-1]
                 tiled = tf.reshape(tf.tile(keys[:, None], [1, S, 1, 1]), [-1, L, D])
                 x_s.append(tf.reshape(self._pool(tiled, tf.reshape(in_s, [-1, L])), [-1, S, D]))
-        return self.user_tower([tf.concat(x_g, -1), tf.concat(x_s, -1), self.scenario_embeddings()],
+        return self.user_tower(tf.concat(x_g, -1), tf.concat(x_s, -1), self.scenario_embeddings(),
                                scenario=s if own else None)
 
     def item_towers(self, items, training=False):
@@ -245,7 +244,7 @@ class SASS(RetrievalModel):
         if not self.params.item_per_scenario:
             return None, self.item_global(x_g, training=training)
         x_s = tf.concat([per_scenario(prof, S), st[:, :S]], -1)
-        return self.item_tower([x_g, x_s, self.scenario_embeddings()])
+        return self.item_tower(x_g, x_s, self.scenario_embeddings())
 
     def _item_at(self, items, scenario, training=False):
         """Item vectors ``[N, d]`` in ``scenario`` (``[N]``), and their global vectors."""
