@@ -411,7 +411,8 @@ def test_killed_worker_is_tolerated(dist_data, clusters, tmp_path):
 def test_killed_chief_resumes_from_its_checkpoint_step(dist_data, clusters, tmp_path):
     base = json.loads(json.dumps(RUN))
     base["data"]["batch_size"] = 32
-    config = write_config(tmp_path / "c.yaml", base, epochs=1, validate=False, checkpoint_every=40)
+    # 120 of the epoch's 250 steps: the kill comes at the first backup (step 40); the rerun trains the rest
+    config = write_config(tmp_path / "c.yaml", base, epochs=1, steps_per_epoch=120, validate=False, checkpoint_every=40)
     model_dir = str(tmp_path / "run")
     argv = train_argv(config, dist_data, model_dir)
     c = clusters.start(argv, workers=1, ps=2)
@@ -427,16 +428,16 @@ def test_killed_chief_resumes_from_its_checkpoint_step(dist_data, clusters, tmp_
     ckpt = tf.train.latest_checkpoint(backup)
     batch = int(tf.train.load_variable(ckpt, "ckpt_saved_batch/.ATTRIBUTES/VARIABLE_VALUE"))
     assert int(tf.train.load_variable(ckpt, "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE")) == 0
-    assert batch + 1 >= 40 and (batch + 1) % 40 == 0 and batch + 1 < 250
+    assert batch + 1 >= 40 and (batch + 1) % 40 == 0 and batch + 1 < 120
     assert not os.path.exists(os.path.join(model_dir, "final"))
 
     again = clusters.start(argv, workers=1, ps=2)
     finished(again, again.wait(timeout=TIMEOUT))
-    assert any(f"resuming from backup at global step {batch + 1} (epoch 1, step {batch + 1} of 250)" in l
+    assert any(f"resuming from backup at global step {batch + 1} (epoch 1, step {batch + 1} of 120)" in l
                for l in again.lines), "\n".join(again.lines[-40:])
     summary = summary_line(again, "[chief:0] ")
     assert summary["resumed_from_step"] == batch + 1
-    assert summary["steps"] == 250  # the optimizer step continued from the backup, nothing re-run
+    assert summary["steps"] == 120  # the optimizer step continued from the backup, nothing re-run
 
 
 # ---------------------------------------------------------------------------------------- every model
@@ -472,29 +473,43 @@ LOOP = textwrap.dedent('''
 ''')
 
 
-def _all_models(strategy, workers, ps, dist_data, clusters, tmp_path_factory):
+LOOPS = {"ps_models": ("ps", 1, 2), "mw_models": ("multi_worker", 2, 0)}  # fixture -> strategy, workers, ps
+
+
+def _start_loop(strategy, workers, ps, dist_data, clusters, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"models_{strategy}")
     script = tmp / "loop.py"
     script.write_text(LOOP)
-    out = tmp / "runs"
-    out.mkdir()
-    c = clusters.start([dist_data, str(out), strategy], workers, ps, program=[sys.executable, str(script)])
+    (tmp / "runs").mkdir()
+    return tmp, clusters.start([dist_data, str(tmp / "runs"), strategy], workers, ps,
+                               program=[sys.executable, str(script)])
+
+
+def _loop_results(tmp, c):
     rc = c.wait(timeout=3 * TIMEOUT)
     (tmp / "cluster.log").write_text("\n".join(c.lines))
     assert rc == 0, "\n".join(c.lines[-80:])
-    return json.load(open(out / "results.json"))
+    return json.load(open(tmp / "runs" / "results.json"))
 
 
 @pytest.fixture(scope="module")
-def ps_models(dist_data, clusters, tmp_path_factory):
+def model_loops(dist_data, clusters, tmp_path_factory, request):
+    """The every-model loops the selected tests need, their clusters started together (a model's turn is
+    mostly tracing in one or two processes, so the two clusters overlap on the cores): fixture -> running loop."""
+    wanted = sorted({f for item in request.session.items for f in item.fixturenames} & set(LOOPS))
+    return {f: _start_loop(*LOOPS[f], dist_data, clusters, tmp_path_factory) for f in wanted}
+
+
+@pytest.fixture(scope="module")
+def ps_models(model_loops):
     """One ParameterServerStrategy cluster (chief + 1 worker + 2 ps) trains every model in turn."""
-    return _all_models("ps", 1, 2, dist_data, clusters, tmp_path_factory)
+    return _loop_results(*model_loops["ps_models"])
 
 
 @pytest.fixture(scope="module")
-def mw_models(dist_data, clusters, tmp_path_factory):
+def mw_models(model_loops):
     """Two MultiWorkerMirroredStrategy workers train every model in turn."""
-    return _all_models("multi_worker", 2, 0, dist_data, clusters, tmp_path_factory)
+    return _loop_results(*model_loops["mw_models"])
 
 
 def _check(results, name, kind):
