@@ -18,9 +18,12 @@ import numpy as np
 import tensorflow as tf
 from conftest import quick_config
 
-from tfmsr.data.pipeline import make_parser, split_files
+from tfmsr.data.pipeline import make_dataset, make_parser, split_files
 from tfmsr.features import Schema
 from tfmsr.features.lookup import read_vocabulary
+from tfmsr.serving.signatures import input_signature
+
+PY_FUNC_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
 
 FRESH = r"""
 import json, sys
@@ -29,26 +32,37 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import op_def_registry
 args = json.loads(sys.argv[1])
-out = {}
+out, loaded = {}, {}
+
+def load(path):
+    if path not in loaded:
+        sm = saved_model_pb2.SavedModel()
+        sm.ParseFromString(open(path + "/saved_model.pb", "rb").read())
+        g = sm.meta_graphs[0].graph_def
+        ops = {n.op for n in g.node} | {n.op for f in g.library.function for n in f.node_def}
+        unknown = sorted(op for op in ops if op_def_registry.get(op) is None)
+        assert not unknown and not ops & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}, f"{path}: ops {unknown}"
+        loaded[path] = tf.saved_model.load(path)
+    return loaded[path]
+
 for i, (path, signature, inputs) in enumerate(args["calls"]):
-    sm = saved_model_pb2.SavedModel()
-    sm.ParseFromString(open(path + "/saved_model.pb", "rb").read())
-    g = sm.meta_graphs[0].graph_def
-    ops = {n.op for n in g.node} | {n.op for f in g.library.function for n in f.node_def}
-    unknown = sorted(op for op in ops if op_def_registry.get(op) is None)
-    assert not unknown and not ops & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}, unknown
-    data = np.load(inputs, allow_pickle=True)
-    fn = tf.saved_model.load(path).signatures[signature]
-    for k, v in fn(**{k: tf.constant(data[k]) for k in data.files}).items():
-        out[f"{i}/{k}"] = v.numpy()
+    try:
+        data = np.load(inputs, allow_pickle=True)
+        for k, v in load(path).signatures[signature](**{k: tf.constant(data[k]) for k in data.files}).items():
+            out[f"{i}/{k}"] = v.numpy()
+    except Exception as e:  # collect: reported per call (the caller names the model), the others go on
+        if not args["collect"]:
+            raise
+        out[f"{i}/error"] = np.array(f"{path} {signature}: {type(e).__name__}: {e}"[:3000])
 assert not any(m.startswith("tfmsr") for m in sys.modules), "tfmsr was imported"
 np.savez(args["out"], **out)
 """
 
 
-def serve_fresh(calls, work):
-    """``calls``: [(SavedModel dir, signature, {input: array})] -> [{output: array}], each run in a python
-    that imports only TensorFlow (asserting the graphs hold stock ops only)."""
+def serve_fresh(calls, work, collect=False):
+    """``calls``: [(SavedModel dir, signature, {input: array})] -> [{output: array}], all run in ONE python
+    that imports only TensorFlow, each SavedModel loaded once (asserting its graph holds stock ops only).
+    ``collect``: a failing call gives ``{"error": message}`` instead of failing the whole process."""
     os.makedirs(work, exist_ok=True)
     spec = []
     for i, (path, signature, inputs) in enumerate(calls):
@@ -56,11 +70,59 @@ def serve_fresh(calls, work):
         spec.append((os.path.abspath(path), signature, os.path.join(work, f"in{i}.npz")))
     out = os.path.join(work, "out.npz")
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    proc = subprocess.run([sys.executable, "-c", FRESH, json.dumps({"calls": spec, "out": out})],
+    proc = subprocess.run([sys.executable, "-c", FRESH, json.dumps({"calls": spec, "out": out, "collect": collect})],
                           capture_output=True, text=True, env=env, cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = dict(np.load(out, allow_pickle=True))
     return [{k.split("/", 1)[1]: v for k, v in got.items() if k.startswith(f"{i}/")} for i in range(len(calls))]
+
+
+def saved_model_proto(version_dir):
+    """The ``saved_model.pb`` of a SavedModel directory, parsed (no loading)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    with open(os.path.join(version_dir, "saved_model.pb"), "rb") as fh:
+        sm.ParseFromString(fh.read())
+    return sm
+
+
+def graph_ops(version_dir):
+    """Every op type in a SavedModel's graph and its functions."""
+    g = saved_model_proto(version_dir).meta_graphs[0].graph_def
+    return {n.op for n in g.node} | {n.op for f in g.library.function for n in f.node_def}
+
+
+def fresh_calls(servables, x, raw):
+    """Every signature of ``servables`` {name: version dir} with its inputs from ``x`` (named features) or
+    ``raw`` (serialized tf.Examples, for an ``examples`` input): [(name, signature, call)] for ``serve_fresh``."""
+    calls = []
+    for name, path in servables.items():
+        for sig, sd in sorted(saved_model_proto(path).meta_graphs[0].signature_def.items()):
+            if sig.startswith("__"):  # __saved_model_init_op: run by the loader, not a signature
+                continue
+            inputs = set(sd.inputs)
+            feed = ({"examples": np.array(list(raw), dtype=object)} if inputs == {"examples"}
+                    else {k: x[k] for k in inputs})
+            calls.append((name, sig, (path, sig, feed)))
+    return calls
+
+
+def run_fresh(servables, x, raw, tmp_path):
+    """Load ``servables`` {name: version dir} in a python that imports only TensorFlow and call every
+    signature: {"<name>/<signature>/<output>": array}."""
+    calls = fresh_calls(servables, x, raw)
+    got = serve_fresh([c for _, _, c in calls], os.path.join(str(tmp_path), "fresh"))
+    return {f"{name}/{sig}/{k}": v for (name, sig, _), outputs in zip(calls, got) for k, v in outputs.items()}
+
+
+def sample_rows(data_dir, schema, n=300):
+    """The first ``n`` test rows: (features dict of numpy as the ``all`` servable takes them, serialized records)."""
+    files = split_files(data_dir, "test")
+    x, _ = next(iter(make_dataset(files, schema, n, training=False)))
+    raw = next(iter(tf.data.TFRecordDataset(files[0]).batch(n))).numpy()
+    names = set(input_signature(schema))
+    return {k: v.numpy() for k, v in x.items() if k in names}, raw
 
 
 def raw_requests(data_dir, split="test", n=200):

@@ -446,7 +446,7 @@ def test_export_user_item_topk_servables_load_without_tfmsr(synth_dir, tmp_path,
     """`tfmsr export` of a SASS run: per scenario a user tower, an item tower (+ corpus) and a top-K
     servable; stock ops only; a python that imports only TensorFlow reproduces the in-process vectors
     (named inputs and serialized tf.Examples) and the exact top-K; assets, warm-up, versions."""
-    from test_export import PY_FUNC_OPS, graph_ops, run_fresh, sample_rows
+    from raw_serving import PY_FUNC_OPS, graph_ops, run_fresh, sample_rows
 
     from tfmsr.serving.warmup import read_warmup
 

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import quick_config
+from conftest import planted, quick_config
+from raw_serving import PY_FUNC_OPS, fresh_calls, graph_ops, run_fresh, sample_rows, serve_fresh
 
-from tfmsr.data.pipeline import make_dataset, split_files
 from tfmsr.features import Schema
 from tfmsr.ranking.evaluate import load_trained
 from tfmsr.ranking.export import export
@@ -20,7 +20,6 @@ from tfmsr.serving.signatures import input_signature, servable_names
 from tfmsr.serving.warmup import read_warmup
 
 BIN = os.path.dirname(sys.executable)
-PY_FUNC_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
 
 
 def train_and_export(synth_dir, root, name, **train_kw):
@@ -44,15 +43,6 @@ def exported(synth_dir, tmp_path_factory):
     return _EXPORTED[synth_dir]
 
 
-def sample_rows(synth_dir, schema, n=300):
-    """The first ``n`` test rows: (features dict of numpy, serialized records)."""
-    files = split_files(synth_dir, "test")
-    x, _ = next(iter(make_dataset(files, schema, n, training=False)))
-    raw = next(iter(tf.data.TFRecordDataset(files[0]).batch(n))).numpy()
-    names = set(input_signature(schema))
-    return {k: v.numpy() for k, v in x.items() if k in names}, raw
-
-
 def expected_probs(model, schema, x):
     """In-process predictions: own scenario, every scenario column, and each scenario fixed."""
     tx = {k: tf.constant(v) for k, v in x.items()}
@@ -64,49 +54,23 @@ def expected_probs(model, schema, x):
     return model(tx, training=False).numpy(), model.scenario_probs(tx).numpy(), fixed
 
 
-def graph_ops(version_dir):
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    sm = saved_model_pb2.SavedModel()
-    with open(os.path.join(version_dir, "saved_model.pb"), "rb") as fh:
-        sm.ParseFromString(fh.read())
-    g = sm.meta_graphs[0].graph_def
-    return {n.op for n in g.node} | {n.op for f in g.library.function for n in f.node_def}
-
-
-FRESH = r"""
-import json, sys
-import numpy as np
-import tensorflow as tf
-from tensorflow.python.framework import op_def_registry
-args = json.loads(sys.argv[1])
-data = np.load(args["inputs"], allow_pickle=True)
-x = {k[2:]: data[k] for k in data.files if k.startswith("x_")}
-out = {}
-for servable, (path, ops) in args["servables"].items():
-    unknown = [op for op in ops if op_def_registry.get(op) is None]
-    assert not unknown, f"{servable}: ops not in core TensorFlow: {unknown}"
-    m = tf.saved_model.load(path)
-    for sig_name, fn in m.signatures.items():
-        names = set(fn.structured_input_signature[1])
-        feed = {"examples": tf.constant(data["raw"])} if names == {"examples"} else {k: tf.constant(x[k]) for k in names}
-        for k, v in fn(**feed).items():
-            out[f"{servable}/{sig_name}/{k}"] = v.numpy()
-assert not any(m.startswith("tfmsr") for m in sys.modules), "tfmsr was imported"
-np.savez(args["out"], **out)
-"""
-
-
-def run_fresh(servables, x, raw, tmp_path):
-    """Load ``servables`` {name: version_dir} in a python that imports only TensorFlow; all outputs."""
-    inputs, out = str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")
-    np.savez(inputs, raw=np.array(list(raw), dtype=object), **{f"x_{k}": v for k, v in x.items()})
-    args = {"inputs": inputs, "out": out, "servables": {s: (p, sorted(graph_ops(p))) for s, p in servables.items()}}
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    proc = subprocess.run([sys.executable, "-c", FRESH, json.dumps(args)], capture_output=True, text=True, env=env,
-                          cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return dict(np.load(out))
+def assert_reproduces(got, own, cols, fixed, names, scenario, servables=None, tol=dict(atol=1e-5, rtol=0)):
+    """The fresh process's outputs (``run_fresh`` keys) equal the in-process model: ``all`` by its scenario
+    input (named and serialized inputs), every scenario column and signature, and the scenario servables
+    ``servables`` (default: all of them)."""
+    np.testing.assert_allclose(got["all/serving_default/prob"], own, **tol)
+    np.testing.assert_allclose(got["all/examples/prob"], own, **tol)
+    np.testing.assert_allclose(got["all/all_scenarios/prob"], own, **tol)
+    np.testing.assert_allclose(got["all/all_scenarios/probs"], cols, **tol)
+    for s, n in enumerate(names):
+        np.testing.assert_allclose(got[f"all/{n}/prob"], fixed[s], **tol)
+        if servables is not None and n not in servables:
+            continue
+        np.testing.assert_allclose(got[f"{n}/serving_default/prob"], fixed[s], **tol)
+        np.testing.assert_allclose(got[f"{n}/examples/prob"], fixed[s], **tol)
+        # the scenario servable answers like the own-scenario model on that scenario's rows
+        mine = scenario == s
+        np.testing.assert_allclose(got[f"{n}/serving_default/prob"][mine], own[mine], **tol)
 
 
 @pytest.mark.parametrize("name", ["dnn", "shared_bottom"])
@@ -120,18 +84,7 @@ def test_fresh_process_reproduces_trained_model(exported, synth_dir, tmp_path, n
     for path in servables.values():
         assert not graph_ops(path) & PY_FUNC_OPS
     got = run_fresh(servables, x, raw, tmp_path)
-    tol = dict(atol=1e-5, rtol=0)
-    np.testing.assert_allclose(got["all/serving_default/prob"], own, **tol)
-    np.testing.assert_allclose(got["all/examples/prob"], own, **tol)
-    np.testing.assert_allclose(got["all/all_scenarios/prob"], own, **tol)
-    np.testing.assert_allclose(got["all/all_scenarios/probs"], cols, **tol)
-    for s, n in enumerate(names):
-        np.testing.assert_allclose(got[f"all/{n}/prob"], fixed[s], **tol)
-        np.testing.assert_allclose(got[f"{n}/serving_default/prob"], fixed[s], **tol)
-        np.testing.assert_allclose(got[f"{n}/examples/prob"], fixed[s], **tol)
-        # the scenario servable answers like the own-scenario model on that scenario's rows
-        mine = x[schema.scenario.name] == s
-        np.testing.assert_allclose(got[f"{n}/serving_default/prob"][mine], own[mine], **tol)
+    assert_reproduces(got, own, cols, fixed, names, x[schema.scenario.name])
     assert own.std() > 1e-3  # a trained model, not a constant
 
 
@@ -262,28 +215,68 @@ def test_hashed_string_features_and_scenario_names(tmp_path):
         assert m.signatures[sig](**{k: tf.constant(v) for k, v in inputs.items()})["prob"].shape == (4,)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(available()))
-def test_every_registered_model_exports_and_scores(synth_dir, tmp_path, name):
-    """Models added later must pass too: export, stock ops only, the SavedModel reproduces the model
-    (own scenario and each scenario servable), and ``score`` streams the test split through it."""
-    from tfmsr.serving.scoring import score
+EVERY_ROWS = 64  # rows every servable of every model scores in the fresh process
 
-    model_dir, out = train_and_export(synth_dir, str(tmp_path), name, steps_per_epoch=5, validate=False)
-    model, schema, _ = load_trained(model_dir)
-    x, raw = sample_rows(synth_dir, schema, n=200)
-    own, _, fixed = expected_probs(model, schema, x)
-    for s in ["all"] + servable_names(schema):
-        assert not graph_ops(os.path.join(out, s, "1")) & PY_FUNC_OPS
-    m = tf.saved_model.load(os.path.join(out, "all", "1"))
-    np.testing.assert_allclose(m.signatures["serving_default"](**{k: tf.constant(v) for k, v in x.items()})["prob"],
-                               own, atol=1e-5)
-    np.testing.assert_allclose(m.signatures["examples"](examples=tf.constant(raw))["prob"], own, atol=1e-5)
-    s2 = tf.saved_model.load(os.path.join(out, servable_names(schema)[2], "1"))
-    feed = {k: tf.constant(v) for k, v in x.items() if k != schema.scenario.name}
-    np.testing.assert_allclose(s2.signatures["serving_default"](**feed)["prob"], fixed[2], atol=1e-5)
-    res = score(out, os.path.join(synth_dir, "test"), str(tmp_path / "scores.parquet"), progress=lambda s: None)
-    assert res["rows"] == res["scored"] > 0
+
+@pytest.fixture(scope="module")
+def every_data(tmp_path_factory):
+    """2,000 planted rows with 3 scenarios: an export is 4 servables (all/ + one per scenario)."""
+    return planted(tmp_path_factory, "every", rows=2000, scenarios=3, users=100, items=100, categories=10,
+                   brands=20, seq_len=10, rows_per_shard=1000)
+
+
+def _export_one(data_dir, root, name):
+    """``name`` trained 2 steps and exported; ``tfmsr score`` of the test split; the in-process reference."""
     import pandas as pd
 
-    np.testing.assert_allclose(pd.read_parquet(tmp_path / "scores.parquet")["prob"].values[:200], own, atol=1e-5)
+    from tfmsr.serving.scoring import score
+
+    model_dir, out = train_and_export(data_dir, root, name, steps_per_epoch=2, validate=False)
+    model, schema, _ = load_trained(model_dir)
+    x, raw = sample_rows(data_dir, schema, n=EVERY_ROWS)
+    own, cols, fixed = expected_probs(model, schema, x)
+    scores = os.path.join(root, f"{name}.parquet")
+    res = score(out, os.path.join(data_dir, "test"), scores, progress=lambda s: None)
+    names = servable_names(schema)
+    return {"out": out, "x": x, "raw": raw, "own": own, "cols": cols, "fixed": fixed, "names": names,
+            "scenario": x[schema.scenario.name], "score": res, "scored": pd.read_parquet(scores)["prob"].values,
+            "ops": {s: graph_ops(os.path.join(out, s, "1")) for s in ["all"] + names}}
+
+
+@pytest.fixture(scope="module")
+def every_model(every_data, tmp_path_factory):
+    """Every registered model exported here, then every signature of its ``all`` servable and of its last
+    scenario servable called in ONE python that imports only TensorFlow (one start-up; each scenario servable
+    of dnn / shared_bottom: test_fresh_process_reproduces_trained_model): name -> results, or {"error": ...}."""
+    root = str(tmp_path_factory.mktemp("every_export"))
+    results, calls = {}, []
+    for name in sorted(available()):
+        try:
+            r = results[name] = _export_one(every_data, root, name)
+        except Exception as e:  # reported by this model's test; the other models go on
+            results[name] = {"error": f"{type(e).__name__}: {e}"[:3000]}
+            continue
+        r["fresh"] = {}
+        servables = {s: os.path.join(r["out"], s, "1") for s in ["all", r["names"][-1]]}
+        calls += [(name, f"{s}/{sig}", call) for s, sig, call in fresh_calls(servables, r["x"], r["raw"])]
+    got = serve_fresh([c for _, _, c in calls], os.path.join(root, "fresh"), collect=True)
+    for (name, key, _), outputs in zip(calls, got):
+        results[name]["fresh"].update({f"{key}/{k}": v for k, v in outputs.items()})
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(available()))
+def test_every_registered_model_exports_and_scores(every_model, name):
+    """Models added later must pass too: export, stock ops only in every servable, a python without tfmsr
+    reproduces the model (own scenario, every scenario signature, a scenario servable, named and serialized
+    inputs), and ``tfmsr score`` streams the test split through it."""
+    r = every_model[name]
+    assert "error" not in r, r.get("error")
+    py_funcs = {s: sorted(ops & PY_FUNC_OPS) for s, ops in r["ops"].items() if ops & PY_FUNC_OPS}
+    assert not py_funcs, py_funcs
+    errors = [str(v) for k, v in r["fresh"].items() if k.endswith("/error")]
+    assert not errors, errors
+    assert_reproduces(r["fresh"], r["own"], r["cols"], r["fixed"], r["names"], r["scenario"], [r["names"][-1]])
+    assert r["score"]["rows"] == r["score"]["scored"] == len(r["scored"]) > EVERY_ROWS
+    np.testing.assert_allclose(r["scored"][:EVERY_ROWS], r["own"], atol=1e-5)
