@@ -13,7 +13,8 @@ def _train(args):
     summary = train(cfg, args.data, args.model_dir, overwrite=args.overwrite, warm_start=args.warm_start)
     print(json.dumps({k: summary[k] for k in ("model", "steps", "examples_per_sec", "best_val_auc",
                                               "best_epoch", "resumed_from_step", "examples", "non_finite", "oov_ids",
-                                              "role", "evaluated") if k in summary}))
+                                              "lost_rows", "ahead_rows", "replayed_rows", "role", "evaluated")
+                      if k in summary}))
 
 
 def add_train_arguments(p: argparse.ArgumentParser, fn) -> None:
