@@ -13,19 +13,26 @@ class FusedAdam(keras.optimizers.Adam):
     Keras' own update is about ten element-wise ops per variable, each a pass over the whole variable (its
     sparse path first sums duplicate ids with ``tf.unique``, then decays all of m and v and scatters); on CPU
     that was ~40% of DeepFM's step (10 of 25 ms, mostly the embedding tables). Here an embedding gradient
-    (``tf.IndexedSlices``) is summed straight into a dense gradient (one segment sum, no ``tf.unique``): the
-    same numbers as Keras' deduplicated sparse update, which also decays every row. Slots, names and
-    checkpoints are Keras Adam's; AMSGrad, adaptive epsilon and variables that are not plain resource
-    variables take Keras' path (on a dense gradient: the same update)."""
+    (``tf.IndexedSlices``) is summed into a dense gradient (one segment sum, no ``tf.unique``) inside the
+    variable's update, i.e. where the variable lives (on its parameter server under ParameterServerStrategy,
+    so only the touched rows travel): the same numbers as Keras' deduplicated sparse update, which also decays
+    every row. Slots, names and checkpoints are Keras Adam's; AMSGrad, adaptive epsilon and variables that are
+    not plain resource variables take Keras' path (its deduplicated sparse update)."""
 
     def _deduplicate_sparse_grad(self, grads):
-        """Duplicate ids summed by densifying (Keras: ``tf.unique`` then a segment sum of the slices)."""
-        return [tf.math.unsorted_segment_sum(g.values, g.indices, g.dense_shape[0])
-                if isinstance(g, tf.IndexedSlices) else g for g in grads]
+        """Slices stay as they are until ``update_step`` (which densifies them, or deduplicates for Keras' path)."""
+        return grads
+
+    def _keras_path(self, variable) -> bool:
+        return self.amsgrad or self.adaptive_epsilon or not isinstance(variable, BaseResourceVariable)
 
     def update_step(self, gradient, variable):
-        if self.amsgrad or self.adaptive_epsilon or not isinstance(variable, BaseResourceVariable):
+        if self._keras_path(variable):
+            if isinstance(gradient, tf.IndexedSlices):
+                gradient = super()._deduplicate_sparse_grad([gradient])[0]
             return super().update_step(gradient, variable)
+        if isinstance(gradient, tf.IndexedSlices):
+            gradient = tf.math.unsorted_segment_sum(gradient.values, gradient.indices, gradient.dense_shape[0])
         dtype, key = variable.dtype, self._var_key(variable)
         step = tf.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
