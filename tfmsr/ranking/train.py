@@ -201,12 +201,10 @@ def _build_model(job: _Job):
 
 def _train_input(job: _Job) -> tf.data.Dataset:
     """The training stream, past the batches already trained on: local, per worker, or one shared ps stream."""
-    cfg, cluster, schema, data = job.cfg, job.cluster, job.schema, job.cfg["data"]
-    seed, batch = cfg["train"]["seed"], data["batch_size"]
+    cluster, data = job.cluster, job.cfg["data"]
+    batch = data["batch_size"]
     if job.strategy is None:
-        return make_dataset(job.train_files, schema, batch, training=True, seed=seed,
-                            shuffle_buffer=data["shuffle_buffer"], skip_batches=job.skip,
-                            non_finite=data["non_finite"], tag_shards=True, cache=data["cache"])
+        return _stream(job, job.train_files, batch, job.skip, cache=data["cache"])
     # multi-worker: each worker its own shards and batch share; ps: one shared stream (shared_input)
     stream = (SharedStream(chief_host(cluster.spec), job_name(job.model_dir, job.skip), job.log, first=job.skip)
               if cluster.kind == "ps" else None)
@@ -215,20 +213,21 @@ def _train_input(job: _Job) -> tf.data.Dataset:
         shared=stream is not None)
 
 
-def _stream(job: _Job, files, batch: int, skip: int, ctx, service) -> tf.data.Dataset:
-    """A worker's training stream (``make_dataset`` with the run's settings)."""
+def _stream(job: _Job, files, batch: int, skip: int, ctx=None, service=None, cache=False) -> tf.data.Dataset:
+    """The training stream of ``files`` past ``skip`` batches (``make_dataset`` with the run's settings): the
+    local one, a worker's, or the shared ps stream and its make-up rebuild."""
     cfg, data = job.cfg, job.cfg["data"]
     return make_dataset(files, job.schema, batch, training=True, seed=cfg["train"]["seed"],
                         shuffle_buffer=data["shuffle_buffer"], skip_batches=skip, input_context=ctx,
-                        non_finite=data["non_finite"], tag_shards=True, service=service)
+                        non_finite=data["non_finite"], tag_shards=True, service=service, cache=cache)
 
 
 def _make_up(job: _Job) -> Optional[MakeUp]:
     """ps: make-up steps for the batches a lost worker took, from the shared stream rebuilt by its seed."""
     if job.cluster.kind != "ps":
         return None
-    return MakeUp(lambda first, service: _stream(job, job.train_files, job.cfg["data"]["batch_size"], first, None,
-                                                 service))
+    return MakeUp(lambda first, service: _stream(job, job.train_files, job.cfg["data"]["batch_size"], first,
+                                                 service=service))
 
 
 def _callbacks(job: _Job, model, counters):
