@@ -56,6 +56,7 @@ SOFTMAX = "model.params.finetune_loss=softmax"
 SMALL_DATA = ["model.params.layers=2", "model.params.global_hidden=[64]", "model.params.scenario_l2=1.0",
               "model.params.s0_init=zeros", "model.params.aux_init=zeros"]
 IN_BATCH = "model.params.negatives_from=batch"   # the batch's other positives are the negatives (YoutubeDNN's)
+UNIFORM = "model.params.negative_sampler=uniform"   # sampled negatives uniform over the scenario corpus
 PRINTED = ["model.params.pairwise_form=printed", "model.params.pairwise_scale=1", "model.params.gate_init=glorot"]
 
 # (row name, config, overrides, where the row comes from)
@@ -71,6 +72,8 @@ VARIANTS = [
     ("No Global Auxiliary Task", "sass", ["model.params.beta=0.0"], "Table 6"),
     ("SASS-Base 2 layers", "sass_base", ["model.params.layers=2"], "Figure 6"),
     ("SASS-Base 4 layers", "sass_base", ["model.params.layers=4"], "Figure 6"),
+    ("SASS uniform negatives", "sass", [UNIFORM], "extra"),
+    ("SASS-Base uniform negatives", "sass_base", [UNIFORM], "extra"),
     ("SASS-Base eq. 11 as printed + glorot init", "sass_base", PRINTED, "extra"),
     ("SASS-Base glorot init", "sass_base", ["model.params.gate_init=glorot"], "extra"),
     ("SASS-Base softmax-loss (not in paper)", "sass_base", [SOFTMAX], "extra"),
@@ -89,6 +92,7 @@ VARIANTS = [
     ("SASS + L2-SP 2 layers 64-wide global in-batch softmax (not in paper)", "sass_small_data", [], "extra"),
     ("DSSM single", "dssm", ["train.mode=single"], "Table 2"),
     ("DSSM mix", "dssm", ["train.mode=mix"], "Table 2"),
+    ("DSSM mix uniform negatives", "dssm", ["train.mode=mix", UNIFORM], "extra"),
     ("DSSM mix in-batch softmax (not in DSSM)", "dssm", ["train.mode=mix", IN_BATCH], "extra"),
     ("YoutubeDNN single", "youtubednn", ["train.mode=single"], "Table 2"),
     ("YoutubeDNN mix", "youtubednn", ["train.mode=mix"], "Table 2"),

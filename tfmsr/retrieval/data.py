@@ -12,7 +12,7 @@ One streaming pass over each split turns click rows into matching data:
   ``log1p(clicks)`` and the smoothed click rate ``(clicks + 10 p) / (exposures + 10)`` (``p`` = train click
   rate); index ``S`` holds all scenarios together. ``float32 [V, S + 1, 3]``.
 * **corpus** of scenario s: the item ids exposed in s in the train split (sorted), the candidates the
-  evaluation ranks and the negatives are drawn from.
+  evaluation ranks and an example's sampled negatives are drawn from (those of its own scenario s).
 * **train positives per user** (CSR), removed from the evaluation ranking.
 
 Memory: the kept positive rows plus O(users x scenarios + items x scenarios) counters; the non-clicked
@@ -94,6 +94,17 @@ def take(rows: dict, mask_or_index) -> dict:
 
 def _clamp(ids, vocab: int):
     return tf.where((ids > 0) & (ids < vocab), ids, tf.zeros_like(ids))
+
+
+def sample_negatives(logits: tf.Tensor, row: tf.Tensor, m: int, seed: Optional[int] = None) -> tf.Tensor:
+    """``int64 [B * m]``: ``m`` item ids per example b drawn from the categorical distribution of row
+    ``row[b]`` of ``logits [R, V]`` (row-major by example). One ``tf.random.categorical`` draws ``B * m``
+    ids from every row, and each example keeps its own row's: ``R * B * m`` draws, no per-example loop."""
+    b = tf.shape(row)[0]
+    draws = tf.random.categorical(logits, b * m, dtype=tf.int64, seed=seed)          # [R, B * m]
+    draws = tf.reshape(draws, [tf.shape(logits)[0], b, m])
+    own = tf.gather_nd(draws, tf.stack([tf.cast(row, tf.int32), tf.range(b)], axis=1))  # [B, m]
+    return tf.reshape(own, [-1])
 
 
 @dataclass
@@ -247,19 +258,21 @@ class RetrievalData:
         out["user_stats"] = self.user_stats[np.where((u > 0) & (u < self.num_users), u, 0)]
         return out
 
-    def negative_logits(self, scenario: Optional[int] = None) -> np.ndarray:
-        """Log-probabilities of the negative sampler: train exposures^0.75 over the whole candidate set
-        (word2vec's unigram^0.75 distribution, the negative sampling [23] that SASS eq. 11 cites);
-        ``scenario`` restricts it to one scenario's corpus (single-scenario training)."""
-        counts = self.exposures.sum(1) if scenario is None else self.exposures[:, scenario]
-        counts = counts.astype(np.float64)
-        return np.where(counts > 0, 0.75 * np.log(np.maximum(counts, 1.0)), -1e9).astype(np.float32)
+    def negative_logits(self, power: float = 0.75, scenario: Optional[int] = None) -> np.ndarray:
+        """``float32 [S, V]`` (``[1, V]`` for one ``scenario``): row s holds the log-probabilities of the
+        negative sampler in scenario s, ``power * log(train exposures in s)`` on the corpus of s (``corpus``: the
+        candidates evaluation ranks) and -1e9 elsewhere: word2vec's unigram^0.75 distribution at power 0.75,
+        uniform over the corpus at power 0."""
+        counts = self.exposures if scenario is None else self.exposures[:, scenario:scenario + 1]
+        counts = counts.T.astype(np.float64)
+        return np.where(counts > 0, power * np.log(np.maximum(counts, 1.0)), -1e9).astype(np.float32)
 
     def finetune_dataset(self, batch_size: int, negatives: int, seed: int = 0, scenario: Optional[int] = None,
-                         with_probability: bool = False) -> Tuple[tf.data.Dataset, int]:
+                         with_probability: bool = False, power: float = 0.75) -> Tuple[tf.data.Dataset, int]:
         """Endless shuffled batches ``{"request", "pos", "pos_id"[, "neg", "neg_id"][, "pos_prob"]}`` of the
-        train positives (of one ``scenario``, or all), with ``negatives`` sampled items per positive
-        (``neg`` holds ``B * negatives`` items, row-major by example); returns (dataset, steps per epoch).
+        train positives (of one ``scenario``, or all), with ``negatives`` items per positive drawn from the
+        positive's scenario corpus with probability ~ exposures^``power`` (``negative_logits``; ``neg`` holds
+        ``B * negatives`` items, row-major by example); returns (dataset, steps per epoch).
         ``pos_prob`` is each positive item's share of the training positives (its in-batch sampling
         probability, for the logQ correction of sampled softmax)."""
         rows = self.positives("train", scenario)
@@ -269,14 +282,16 @@ class RetrievalData:
             raise DataError(f"{self.data_dir}/train: no positives in {name}")
         counts = np.bincount(rows["item"], minlength=self.num_items).astype(np.float32)
         prob = tf.constant(counts / counts.sum())
-        logits = tf.constant(self.negative_logits(scenario)[None, :])
+        logits = tf.constant(self.negative_logits(power, scenario))
+        scen = self.schema.scenario.name
         ds = tf.data.Dataset.from_tensor_slices(rows).shuffle(n, seed=seed, reshuffle_each_iteration=True)
         ds = ds.repeat().batch(batch_size, drop_remainder=True)
 
         def make(b):
             out = {"request": self.request_of(b), "pos": self.item_view(b["item"]), "pos_id": b["item"]}
             if negatives:
-                neg = tf.random.categorical(logits, batch_size * negatives, dtype=tf.int64, seed=seed + 1)[0]
+                row = tf.cast(b[scen], tf.int64) if scenario is None else tf.zeros_like(b["item"])
+                neg = sample_negatives(logits, row, negatives, seed + 1)
                 out["neg"], out["neg_id"] = self.item_view(neg), neg
             if with_probability:
                 out["pos_prob"] = tf.gather(prob, b["item"])

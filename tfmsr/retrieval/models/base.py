@@ -44,6 +44,7 @@ def build(name: str, schema: Schema, params: Optional[dict] = None, scenario: Op
 
 gather_scenario = own_rows  # ``x[b, scenario[b]]`` of ``[B, S, d]`` (the layers' own-scenario gather)
 NegativesFrom = Literal["sampled", "batch"]   # a model's negatives: sampled ones, or the batch's other positives
+NegativeSampler = Literal["unigram", "uniform"]   # the distribution sampled negatives are drawn from
 
 
 class RetrievalModel(Parametrized, TrainableModel):
@@ -192,3 +193,26 @@ class RetrievalModel(Parametrized, TrainableModel):
 
     def get_config(self):
         return {"model": self.model_name, "params": self.params.to_dict(), "scenario": self.scenario}
+
+    @property
+    def sampler_power(self) -> float:
+        """Exponent of the negative sampler: each candidate of the example's scenario corpus is drawn with
+        probability proportional to (train exposures)^power (``RetrievalData.negative_logits``)."""
+        p = self.params
+        return 0.0 if getattr(p, "negative_sampler", "uniform") == "uniform" else float(p.sampler_power)
+
+
+@dataclass
+class SampledNegativesParams(RetrievalModel.Params):
+    """The negatives of a matching loss (shared by the models that sample them, DSSM and SASS):
+    ``negative_sampler: unigram`` draws each of an example's ``negatives`` from its scenario's corpus (the
+    candidates evaluation ranks) with probability ~ train exposures^``sampler_power``: word2vec's negative
+    sampling (Mikolov et al. 2013, unigram^0.75), the strategy [23] that SASS eq. 11 cites; ``uniform``: every
+    corpus item equally likely. ``negatives_from: batch``: no sampling, the batch's other positives instead."""
+    negatives_from: NegativesFrom = "sampled"   # sampled (the papers') | batch: the other positives, logQ-corrected
+    negative_sampler: NegativeSampler = "unigram"
+    sampler_power: float = 0.75
+
+    def check(self):
+        if self.sampler_power < 0:
+            raise params_.refuse("sampler_power", f"sampler_power must be >= 0, got {self.sampler_power!r}")

@@ -19,7 +19,7 @@ import tensorflow as tf
 from tfmsr.core.params import default
 from tfmsr.layers import MLP
 from tfmsr.layers.sass import cosine_softmax_loss
-from tfmsr.retrieval.models.base import NegativesFrom, RetrievalModel, register
+from tfmsr.retrieval.models.base import RetrievalModel, SampledNegativesParams, register
 
 
 @register("dssm")
@@ -27,12 +27,11 @@ class DSSM(RetrievalModel):
     """DSSM (CIKM 2013): user/item MLP towers, cosine, softmax over the positive and sampled negatives."""
 
     @dataclass
-    class Params(RetrievalModel.Params):
+    class Params(SampledNegativesParams):
         hidden: List[int] = default([64, 32])
         activation: str = "tanh"
         negatives: int = 4
         gamma: float = 10.0
-        negatives_from: NegativesFrom = "sampled"   # sampled (DSSM) | batch: the other positives, logQ-corrected
 
     cosine = True
 

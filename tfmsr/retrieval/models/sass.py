@@ -96,7 +96,7 @@ from tfmsr.layers.embedding import masked_mean
 from tfmsr.layers.sass import (GATE_INITS, GATES, MLSAT, NTXentLoss, PairwiseCosineLoss, ScenarioAuxiliaryNet,
                                ScenarioBiasFusion, cosine_softmax_loss, own_auxiliary, per_scenario,
                                scenario_deviation)
-from tfmsr.retrieval.models.base import NegativesFrom, RetrievalModel, gather_scenario, register
+from tfmsr.retrieval.models.base import RetrievalModel, SampledNegativesParams, gather_scenario, register
 
 
 class SASSTower(keras.layers.Layer):
@@ -135,7 +135,7 @@ class SASS(RetrievalModel):
     """SASS (CIKM 2022): ML-SAT user/item towers per scenario, contrastive pre-training, pairwise fine-tuning."""
 
     @dataclass
-    class Params(RetrievalModel.Params):
+    class Params(SampledNegativesParams):
         dim: int = 32                       # width of the global and scenario networks = vector width
         layers: int = 3                     # ML-SAT layers (Figure 6)
         gate: Literal[GATES] = "sass"       # Table 3: sass | none (SASS*) | product | simnet | sigmoid
@@ -150,7 +150,6 @@ class SASS(RetrievalModel):
         pairwise_form: Literal[PairwiseCosineLoss.FORMS] = "printed"
         pairwise_scale: float = 1.0         # scale of the cosine difference in eq. 11-12 (1 = as printed; see below)
         softmax_scale: float = 10.0         # gamma of finetune_loss: softmax
-        negatives_from: NegativesFrom = "sampled"   # sampled: eq. 11's negatives | batch: the batch's other positives
         aux_hidden: List[int] = default([32])   # eq. 2: widths of W_a and of f's hidden layers
         activation: str = "tanh"            # global shared network
         gate_init: Literal[GATE_INITS] = "glorot"   # glorot | transfer: start of the scenario units (not in the paper)
@@ -163,6 +162,7 @@ class SASS(RetrievalModel):
         attention_heads: int = 2
 
         def check(self):
+            super().check()
             for key, ok, want in (("layers", self.layers >= 1, ">= 1"), ("negatives", self.negatives >= 1, ">= 1"),
                                   ("beta", self.beta >= 0, ">= 0"), ("scenario_l2", self.scenario_l2 >= 0, ">= 0"),
                                   ("tau", self.tau > 0, "> 0"), ("dim", self.dim >= 1, ">= 1"),
