@@ -16,7 +16,7 @@ from tfmsr.core.errors import ConfigError
 from tfmsr.features import Schema
 from tfmsr.retrieval import train as trainer
 from tfmsr.retrieval.config import load_config
-from tfmsr.retrieval.data import RetrievalData, iter_split
+from tfmsr.retrieval.data import RetrievalData, iter_split, sample_negatives
 from tfmsr.retrieval.evaluate import PopularityScorer, evaluate, target_ranks
 from tfmsr.retrieval.pairs import pair_datasets, read_summary, write_pairs
 
@@ -165,6 +165,39 @@ def test_popularity_reference(data):
     assert res["hr@20_macro"] > random_hr      # positives are popular on the planted data
 
 
+def _chi2(obs: np.ndarray, weights: np.ndarray) -> float:
+    want = weights / weights.sum() * obs.sum()
+    return float(((obs - want) ** 2 / want).sum())
+
+
+@pytest.mark.parametrize("sampler,power", [("unigram", 0.75), ("uniform", 0.0)])
+def test_negative_sampler_is_exposures_to_the_power_over_the_own_scenario_corpus(data, sampler, power):
+    """Eq. 11's negatives ([23]: word2vec): item i of the example's scenario corpus with probability ~
+    exposures[i, s]^0.75 (uniform: ^0), nothing outside that corpus; chi-square of 12,000 draws per scenario."""
+    model = trainer.build("dssm", data.schema, {"negative_sampler": sampler})
+    assert model.sampler_power == power
+    tf.random.set_seed(0)
+    S = data.num_scenarios
+    row = np.repeat(np.arange(S), 40)
+    logits = tf.constant(data.negative_logits(model.sampler_power))
+    draws = sample_negatives(logits, tf.constant(row, tf.int64), 300, seed=3).numpy().reshape(len(row), 300)
+    for s in range(S):
+        got, corpus = draws[row == s].ravel(), data.corpus(s)
+        assert np.isin(got, corpus).all() and len(corpus) > 50
+        obs = np.bincount(np.searchsorted(corpus, got), minlength=len(corpus))
+        exposures, dof = data.exposures[corpus, s].astype(np.float64), len(corpus) - 1
+        assert _chi2(obs, exposures ** power) < dof + 6 * np.sqrt(2 * dof)
+        assert _chi2(obs, exposures ** (0.75 - power)) > dof + 6 * np.sqrt(2 * dof)   # not the other sampler
+    # the training batches: each example's negatives from its own scenario's corpus (mix), or from the one
+    # scenario's (single-scenario training)
+    batch = next(iter(data.finetune_dataset(64, 3, seed=0, power=power)[0]))
+    neg = batch["neg_id"].numpy().reshape(64, 3)
+    for s, ids in zip(batch["request"]["scenario"].numpy(), neg):
+        assert np.isin(ids, data.corpus(s)).all()
+    one = next(iter(data.finetune_dataset(64, 3, seed=0, scenario=1, power=power)[0]))
+    assert np.isin(one["neg_id"].numpy(), data.corpus(1)).all() and (one["request"]["scenario"].numpy() == 1).all()
+
+
 def weights(model):
     """name -> value of every model weight (what the checkpoints hold: no optimizer or loss trackers)."""
     return {v.name: v.numpy().copy() for layer in model.layers if not isinstance(layer, tf.keras.metrics.Metric)
@@ -209,7 +242,7 @@ def test_finetune_starts_from_pretrained_weights(synth_dir, tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("model,params,mode", [
-    ("dssm", {"hidden": [16]}, "mix"),
+    ("dssm", {"hidden": [16], "negative_sampler": "uniform"}, "mix"),
     pytest.param("youtubednn", {"hidden": [16]}, "single", marks=pytest.mark.slow),
     ("sass", {"gate": "simnet", "item_per_scenario": False, "bias_fusion": False, "beta": 0.0, "dim": 8,
               "layers": 1, "seq_pooling": "mean", "finetune_loss": "softmax"}, "mix"),
@@ -391,6 +424,12 @@ def test_config_errors():
         trainer.build("sass", _schema(), {"gate": "product", "s0_init": "zeros"})
     with pytest.raises(ConfigError, match="parameter 'negatives_from' must be sampled or batch .*got 'random'"):
         trainer.build("dssm", _schema(), {"negatives_from": "random"})
+    with pytest.raises(ConfigError, match="sampler_power must be >= 0"):
+        trainer.build("sass", _schema(), {"sampler_power": -0.5})
+    with pytest.raises(ConfigError, match="parameter 'negative_sampler' must be unigram or uniform .*got 'zipf'"):
+        trainer.build("dssm", _schema(), {"negative_sampler": "zipf"})
+    with pytest.raises(ConfigError, match="unknown parameter"):    # YoutubeDNN samples no negatives
+        trainer.build("youtubednn", _schema(), {"negative_sampler": "unigram"})
     with pytest.raises(ConfigError, match="unknown retrieval model"):
         quick("mind")
     with pytest.raises(ConfigError, match="early_stopping_patience must be an integer >= 0"):

@@ -5,7 +5,8 @@ item tower: ``MLP(hidden)`` over the item profile and its statistics (in the mod
 single-scenario training, over all scenarios for mix-scenario training: one vector per item). Relevance
 is the cosine; the loss is DSSM's softmax over the clicked item and ``negatives`` sampled items of the
 smoothed cosine, ``P(p | u) = exp(gamma cos(u, p)) / sum_{d in {p} + negatives} exp(gamma cos(u, d))``
-(DSSM eq. 5-6; negatives from the candidate set by the unigram^0.75 sampler of ``RetrievalData``).
+(DSSM eq. 5-6; the negatives from the request scenario's corpus by the sampler SASS shares,
+``SampledNegativesParams``: exposures^0.75 by default, ``negative_sampler: uniform`` as the switch).
 ``negatives_from: batch`` (not in DSSM) takes the batch's other positives as the negatives instead, with the
 logQ correction of sampled softmax (``cosine_softmax_loss``), the negatives YoutubeDNN trains with.
 """
