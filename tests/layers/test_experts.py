@@ -123,15 +123,29 @@ def test_own_gate_and_own_cgc_task_equal_the_own_column_of_all():
     level = CGC(num_tasks=S, specific=2, shared=1, hidden=[4])
     h = rand(b, S + 1, 6)                                                 # per-task inputs + shared, from a level below
     every = np_cgc(level, h) if level(tf.constant(h)) is not None else None
+    h_own = np.stack([h[np.arange(b), sc], h[:, S]], axis=1)              # the level below's own output
     with tf.GradientTape() as tape:
-        own = level(tf.constant(h), own=tf.constant(sc))
+        own = level(tf.constant(h_own), own=tf.constant(sc))
         loss = tf.reduce_sum(own)
     np.testing.assert_allclose(own.numpy(), every[np.arange(b), sc], **TOL)
     grad = tf.convert_to_tensor(tape.gradient(loss, level.specific_experts.kernels[0])).numpy()
     moved = np.abs(grad).reshape(S, 2, -1).sum(axis=(1, 2)) > 0           # task s owns experts 2s, 2s+1
     assert moved.tolist() == [True, True, False, True]
-    with pytest.raises(ValueError, match="shared_output"):
-        CGC(num_tasks=S, specific=1, shared=1, hidden=[4], shared_output=True)(tf.constant(x), own=tf.constant(sc))
+
+
+def test_own_task_of_a_level_with_a_shared_gate():
+    """PLE's lower level in the own pass: the row's own task output and the shared branch (which mixes every
+    task's experts), equal to those columns of the full level, flat or per-task input."""
+    S, b = 4, 10
+    sc = np.array([0, 3, 3, 1, 0, 1, 3, 0, 1, 1])
+    for x in (rand(b, 5), rand(b, S + 1, 5)):
+        level = CGC(num_tasks=S, specific=2, shared=1, hidden=[4], shared_output=True)
+        level(tf.constant(x))                                             # built: the NumPy side reads its weights
+        every = np_cgc(level, x)                                          # [B, S+1, H]
+        own = level(tf.constant(x), own=tf.constant(sc)).numpy()
+        assert own.shape == (b, 2, 4)
+        np.testing.assert_allclose(own[:, 0], every[np.arange(b), sc], **TOL)
+        np.testing.assert_allclose(own[:, 1], every[:, S], **TOL)
 
 
 def test_every_scenario_extraction_and_task_heads_equal_the_own_ones():

@@ -174,23 +174,35 @@ class CGC(keras.layers.Layer):
             return self.own_task(x, own, training=training)
         if task_inputs:
             return self.every_task_on_its_input(x, training=training)
-        t, m = self.num_tasks, self.specific
-        per_task = len(x.shape) == 3
-        x_tasks, x_shared = (x[:, :t], x[:, t]) if per_task else (x, x)
-        flat, per_gate = [], []
-        if self.specific_experts is not None:
-            spec = self.specific_experts(tf.repeat(x_tasks, m, axis=1) if per_task else x_tasks,
-                                         training=training)                          # [B, T*m, H]
-            flat.append(spec)
-            per_gate.append(tf.reshape(spec, [-1, t, m, spec.shape[-1]]))
-        if self.shared_experts is not None:
-            shared = self.shared_experts(x_shared, training=training)               # [B, m_sh, H]
-            flat.append(shared)
-            per_gate.append(tf.tile(shared[:, None], [1, t, 1, 1]))
+        t = self.num_tasks
+        x_tasks, x_shared = (x[:, :t], x[:, t]) if len(x.shape) == 3 else (x, x)
+        spec, shared = self._experts(x_tasks, x_shared, training)
+        per_gate = ([spec] if spec is not None else []) + \
+                   ([tf.tile(shared[:, None], [1, t, 1, 1])] if shared is not None else [])
         out = self.task_gates(x_tasks, tf.concat(per_gate, axis=2))                 # [B, T, H]
         if self.shared_gate is None:
             return out
-        return tf.concat([out, self.shared_gate(x_shared, tf.concat(flat, axis=1))], axis=1)  # [B, T+1, H]
+        return tf.concat([out, self._shared_branch(x_shared, spec, shared)[:, None]], axis=1)  # [B, T+1, H]
+
+    def _experts(self, x_tasks, x_shared, training):
+        """Every task's specific experts ``[B, T, m, H]`` (task ``k``'s on ``x_tasks[:, k]`` when the input is
+        per task, one batched op) and the shared experts on ``x_shared`` ``[B, m_sh, H]`` (None where a kind is
+        absent or ``x_shared`` is None)."""
+        t, m = self.num_tasks, self.specific
+        spec = shared = None
+        if self.specific_experts is not None:
+            per_task = len(x_tasks.shape) == 3
+            spec = self.specific_experts(tf.repeat(x_tasks, m, axis=1) if per_task else x_tasks, training=training)
+            spec = tf.reshape(spec, [-1, t, m, spec.shape[-1]])
+        if self.shared_experts is not None and x_shared is not None:
+            shared = self.shared_experts(x_shared, training=training)
+        return spec, shared
+
+    def _shared_branch(self, x_shared, spec, shared):
+        """The shared gate over every expert (all tasks' specific ones, then the shared ones) -> ``[B, H]``."""
+        flat = ([tf.reshape(spec, [-1, self.num_tasks * self.specific, spec.shape[-1]])] if spec is not None
+                else []) + ([shared] if shared is not None else [])
+        return self.shared_gate(x_shared, tf.concat(flat, axis=1))[:, 0]
 
     def every_task_on_its_input(self, x, training=False):
         """``x [B, T, D]`` -> ``[B, T, H]``: task ``k``'s specific experts, the shared experts and gate ``k`` all
@@ -198,32 +210,42 @@ class CGC(keras.layers.Layer):
         heads). Cost: the shared experts run ``T`` times (``B T`` rows)."""
         if self.shared_gate is not None:
             raise ValueError("CGC: per-task inputs only for a last level (no shared_output)")
-        t, m = self.num_tasks, self.specific
-        experts = []
-        if self.specific_experts is not None:
-            spec = self.specific_experts(tf.repeat(x, m, axis=1), training=training)       # [B, T*m, H]
-            experts.append(tf.reshape(spec, [-1, t, m, spec.shape[-1]]))
+        t = self.num_tasks
+        spec, _ = self._experts(x, None, training)
+        experts = [spec] if spec is not None else []                                # [B, T, m, H]
         if self.shared_experts is not None:
             shared = self.shared_experts(tf.reshape(x, [-1, x.shape[-1]]), training=training)  # [B*T, m_sh, H]
             experts.append(tf.reshape(shared, [-1, t, self.shared, shared.shape[-1]]))
         return self.task_gates(x, tf.concat(experts, axis=2))
 
     def own_task(self, x, task, training=False):
-        """Task ``task[b]``'s output only, ``[B, H]`` (a last level, ``shared_output=False``): its ``specific``
-        experts on its rows (rows partitioned by task: ``O(T)`` small GEMMs, one task's FLOPs) and the shared
-        experts, mixed by its own gate. A level with a shared gate needs every task's experts (``call``)."""
+        """Task ``task[b]``'s output only: ``[B, H]``, or with ``shared_output`` ``[B, 2, H]`` (the task's output,
+        then the shared branch: the next level's own input).
+
+        A last level reads ``[B, D]`` or the level below's own output ``[B, 2, D]`` (own task's input, shared
+        input): only the row's ``specific`` experts run (rows partitioned by task: ``O(T)`` small GEMMs, one
+        task's FLOPs), with the shared experts and its own gate. A level with ``shared_output`` reads ``[B, D]``
+        or a full level's ``[B, T+1, D]``; its shared gate mixes every task's specific experts, so they all run
+        (``O(T)`` FLOPs by the math, one batched op per layer), but only the row's own task gate."""
         if self.shared_gate is not None:
-            raise ValueError("CGC: own task output of a level with shared_output mixes every task's experts; "
-                             "use call()")
-        t, m = self.num_tasks, self.specific
-        per_task = len(x.shape) == 3
-        x_own, x_shared = (own_rows(x[:, :t], task), x[:, t]) if per_task else (x, x)
+            return self._own_task_and_shared(x, task, training)
+        x_own, x_shared = (x[:, 0], x[:, 1]) if len(x.shape) == 3 else (x, x)
         experts = []
         if self.specific_experts is not None:
-            experts.append(self.specific_experts(x_own, task, training=training, group=m))   # [B, m, H]
+            experts.append(self.specific_experts(x_own, task, training=training, group=self.specific))  # [B, m, H]
         if self.shared_experts is not None:
             experts.append(self.shared_experts(x_shared, training=training))
         return self.task_gates(x_own, tf.concat(experts, axis=1), own=task)
+
+    def _own_task_and_shared(self, x, task, training):
+        """:meth:`own_task` of a level with a shared gate -> ``[B, 2, H]``."""
+        t = self.num_tasks
+        per_task = len(x.shape) == 3
+        x_tasks, x_shared = (x[:, :t], x[:, t]) if per_task else (x, x)
+        spec, shared = self._experts(x_tasks, x_shared, training)
+        own = ([own_rows(spec, task)] if spec is not None else []) + ([shared] if shared is not None else [])
+        out = self.task_gates(own_rows(x_tasks, task) if per_task else x, tf.concat(own, axis=1), own=task)
+        return tf.stack([out, self._shared_branch(x_shared, spec, shared)], axis=1)
 
 
 class ScenarioExtraction(keras.layers.Layer):

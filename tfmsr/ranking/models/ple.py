@@ -45,12 +45,18 @@ class PLE(RankingModel):
         self.towers = ScenarioTowers(S, p.tower, dropout=p.dropout, name="towers")
 
     def logits(self, x, training=False, own=False):
-        """``[B, S]``, or the own scenario's ``[B]`` (``own``: the last level's own gate and experts and one
-        tower; the levels before it mix every scenario's experts in their shared gate, ``O(S)`` by the math)."""
+        """``[B, S]``, or the own scenario's ``[B]`` (``own``): the last two levels run their own-task path
+        (:meth:`CGC.own_task`: the last level's own gate, own experts and one tower; the level below it only the
+        row's task gate next to its shared gate, which mixes every scenario's experts: ``O(S)`` by the math, one
+        batched op per layer); the levels below those run in full."""
         h = self.flat_inputs(x)
-        for level in self.levels[:-1]:
-            h = level(h, training=training)           # [B, S+1, H]
-        if own:
-            sc = x[self.schema.scenario.name]
-            return self.towers(self.levels[-1](h, training=training, own=sc), sc, training=training)
-        return self.towers(self.levels[-1](h, training=training), training=training)
+        if not own:
+            for level in self.levels:
+                h = level(h, training=training)           # [B, S+1, H], the last [B, S, H]
+            return self.towers(h, training=training)
+        sc = x[self.schema.scenario.name]
+        for level in self.levels[:-2]:
+            h = level(h, training=training)
+        for level in self.levels[-2:]:
+            h = level(h, training=training, own=sc)         # [B, 2, H] (own task, shared), the last [B, H]
+        return self.towers(h, sc, training=training)
