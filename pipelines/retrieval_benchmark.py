@@ -74,6 +74,7 @@ VARIANTS = [
     ("SASS-Base 4 layers", "sass_base", ["model.params.layers=4"], "Figure 6"),
     ("SASS uniform negatives", "sass", [UNIFORM], "extra"),
     ("SASS-Base uniform negatives", "sass_base", [UNIFORM], "extra"),
+    ("SASS uniform 16 negatives", "sass", [UNIFORM, "model.params.negatives=16"], "extra"),
     ("SASS-Base eq. 11 as printed + glorot init", "sass_base", PRINTED, "extra"),
     ("SASS-Base glorot init", "sass_base", ["model.params.gate_init=glorot"], "extra"),
     ("SASS-Base softmax-loss (not in paper)", "sass_base", [SOFTMAX], "extra"),
