@@ -207,13 +207,14 @@ def test_first_record_check_and_missing_split(tmp_path):
         split_files(str(tmp_path), "test")
 
 
-def test_training_counts_every_oov_id_once_per_epoch(small_dir, tmp_path):
+@pytest.mark.parametrize("cache", [True, False])
+def test_training_counts_every_oov_id_once_per_epoch(small_dir, tmp_path, cache):
     from conftest import quick_config
 
     from tfmsr.ranking.train import train
 
     cfg = quick_config("dnn", {"hidden": [8]}, validate=False)
-    cfg["data"]["batch_size"] = 64
+    cfg["data"].update(batch_size=64, cache=cache, shuffle_buffer=100)
     summary = train(cfg, small_dir, str(tmp_path / "run"), log=lambda m: None)
     cols = columns(450, seed=1)
     expected = int((cols["user_id"] >= 50).sum())  # the only feature with ids outside its vocabulary
@@ -228,7 +229,10 @@ def _by_key(x, y):
             for i, b in enumerate(cols["big"])}
 
 
-def test_cached_stream_serves_each_parsed_row_once_per_epoch_and_resumes_exactly(small_dir):
+@pytest.mark.parametrize("cache", [True, False])
+def test_training_stream_serves_each_parsed_row_once_per_epoch_and_resumes_exactly(small_dir, cache):
+    """Cached (a permutation per epoch) and read from the shards (files permuted, rows permuted within
+    windows of ``shuffle_buffer`` rows, records in blocks): each epoch every row once, with its shard."""
     from tfmsr.data.pipeline import SHARD_KEY
 
     files = split_files(small_dir, "train")
@@ -236,8 +240,9 @@ def test_cached_stream_serves_each_parsed_row_once_per_epoch_and_resumes_exactly
     rows = _by_key(x, y)  # the uncached parse of every row (with its shard index)
 
     def batches(skip, n, seed=3):
+        tf.random.set_seed(seed + skip)  # the stream must not depend on the global seed (make-up rebuilds it)
         ds = make_dataset(files, SCHEMA, 64, training=True, seed=seed, skip_batches=skip, tag_shards=True,
-                          cache=True)
+                          cache=cache, shuffle_buffer=100)
         return [(bx, by) for bx, by in ds.take(n)]
 
     full = batches(0, 16)  # two epochs of 8 batches (the last one 450 - 7 * 64 = 2 rows)

@@ -1,7 +1,12 @@
 """tf.data input pipeline from TFRecord shards, parsed after batching.
 
-    shard list -> [shard by worker] -> [shuffle files] -> interleave -> [shuffle] -> batch
-      -> [repeat, skip k batches on resume] -> parse_example -> prefetch
+    shard list -> [shard by worker] -> [epoch e: files permuted by (seed, e) -> interleave blocks of records
+      -> rows permuted within windows of shuffle_buffer rows] -> batch -> [repeat, skip k batches on resume]
+      -> parse_example (one call per batch) -> prefetch
+
+Records travel in blocks (``READ_BLOCK``) and the shuffle is one permutation per window, so tf.data's
+per-element cost is paid per block and per window, not per record; every permutation is stateless (a seed
+and the epoch), so each process and each restart rebuilds the same stream.
 
 The model sees a dict of dense tensors (DESIGN section 3): categorical int64 ``[B]`` (hashed features:
 string ``[B]``), numeric float32 ``[B]``, sequences int64 ``[B, L]`` padded with 0 (most recent first,
@@ -137,7 +142,7 @@ def make_dataset(
     service=None,
     cache=False,
 ) -> tf.data.Dataset:
-    """Training: files and rows shuffled (deterministically by ``seed``), repeated forever,
+    """Training: files and rows shuffled (deterministically by ``seed``: ``_epoch_stream``), repeated forever,
     ``skip_batches`` batches skipped (resume) before parsing. Evaluation: one pass, rows in file order
     (files read one after another; parsing stays parallel). ``non_finite``: the parser's policy for
     non-finite numeric values (``tfmsr.data.guards``) when no ``parser`` is given. ``tag_shards``: the
@@ -160,41 +165,75 @@ def make_dataset(
                    distributed=input_context is not None)
 
 
-def _file_list(files: List[str], training: bool, seed: int, input_context, tag_shards: bool) -> tf.data.Dataset:
-    """The shard paths (with their index when tagged): this input pipeline's share, shuffled for training."""
-    ds = tf.data.Dataset.from_tensor_slices((files, tf.range(len(files), dtype=tf.int64)) if tag_shards else files)
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        if len(files) < input_context.num_input_pipelines:
-            raise DataError(f"{os.path.dirname(files[0])}: {len(files)} shard(s) cannot be split across "
-                            f"{input_context.num_input_pipelines} input pipelines; write more shards")
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    return ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True) if training else ds
+READ_BLOCK = 64  # records a shard reader hands on at once: tf.data's per-element cost is paid per block
 
 
-def _records(ds: tf.data.Dataset, compression: str, cycle_length: int) -> tf.data.Dataset:
-    """The records of the files of ``ds`` (with the file's index when tagged), ``cycle_length`` files at once."""
+def _my_files(files: List[str], input_context) -> List[int]:
+    """Indices (into ``files``) of this input pipeline's shards: every n-th from its id under ``input_context``."""
+    n = input_context.num_input_pipelines if input_context is not None else 1
+    if n > 1 and len(files) < n:
+        raise DataError(f"{os.path.dirname(files[0])}: {len(files)} shard(s) cannot be split across "
+                        f"{n} input pipelines; write more shards")
+    return list(range(len(files)))[input_context.input_pipeline_id::n] if n > 1 else list(range(len(files)))
+
+
+def _file_list(files: List[str], mine: List[int], tag_shards: bool, order=None) -> tf.data.Dataset:
+    """The shard paths ``mine`` (with their index when tagged), in ``order`` (a permutation of positions)."""
+    paths, index = tf.constant([files[i] for i in mine]), tf.constant(mine, tf.int64)
+    if order is not None:
+        paths, index = tf.gather(paths, order), tf.gather(index, order)
+    return tf.data.Dataset.from_tensor_slices((paths, index) if tag_shards else paths)
+
+
+def _blocks(compression: str):
+    """A shard path (and its index) -> its records in blocks of ``READ_BLOCK`` (with the index per record)."""
     def read(f, *shard):
-        records = tf.data.TFRecordDataset(f, compression_type=compression, buffer_size=1 << 20)
-        return records.map(lambda r: (r, shard[0])) if shard else records
+        blocks = tf.data.TFRecordDataset(f, compression_type=compression, buffer_size=1 << 20).batch(READ_BLOCK)
+        return blocks.map(lambda r: (r, tf.fill(tf.shape(r), shard[0]))) if shard else blocks
 
-    return ds.interleave(read, cycle_length=cycle_length, block_length=16, num_parallel_calls=tf.data.AUTOTUNE,
-                         deterministic=True)
+    return read
+
+
+def _records(files: List[str], mine: List[int], tag_shards: bool, rows: int) -> tf.data.Dataset:
+    """One pass over the shards ``mine`` in file order, in batches of ``rows`` serialized records."""
+    return _file_list(files, mine, tag_shards).flat_map(_blocks(compression_of(files))).rebatch(rows)
+
+
+def _epoch_stream(files, mine, tag_shards, batch_size, seed, window, cycle_length):
+    """Epoch e's batches: the shards in a permutation of seed (``seed``, e), ``cycle_length`` read at once
+    (blocks alternating), rows permuted within consecutive windows of ``window`` rows (window i: that seed
+    folded with i), then cut into batches (the epoch's last one short). Stateless: the same stream in every
+    process and after every restart."""
+    read, cycle = _blocks(compression_of(files)), max(1, min(cycle_length, len(mine)))
+
+    def epoch(e):
+        key = tf.stack([tf.constant(seed, tf.int64), e])
+
+        def shuffled(w, rows):
+            n = tf.shape(tf.nest.flatten(rows)[0])[0]
+            perm = tf.random.experimental.stateless_shuffle(
+                tf.range(n), seed=tf.random.experimental.stateless_fold_in(key, w))
+            return tf.nest.map_structure(lambda v: tf.gather(v, perm), rows)
+
+        order = tf.random.experimental.stateless_shuffle(tf.range(len(mine)), seed=key)
+        ds = _file_list(files, mine, tag_shards, order).interleave(
+            read, cycle_length=cycle, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.rebatch(window).enumerate().map(lambda w, rows: shuffled(w, rows),
+                                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.rebatch(batch_size)
+
+    return tf.data.Dataset.counter().flat_map(epoch)
 
 
 def _serialized_batches(files, batch_size, training, seed, shuffle_buffer, skip_batches, input_context,
                         cycle_length, tag_shards) -> tf.data.Dataset:
-    """Batches of serialized records: training shuffled, repeated and past ``skip_batches``; else one pass."""
-    ds = _file_list(files, training, seed, input_context, tag_shards)
-    # evaluation: one file at a time (file order)
-    ds = _records(ds, compression_of(files), max(1, min(cycle_length, len(files))) if training else 1)
-    if training:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=False)
-    if training:
-        ds = ds.repeat()
-        if skip_batches:
-            ds = ds.skip(skip_batches)
-    return ds
+    """Batches of serialized records: training shuffled (``_epoch_stream``: ``shuffle_buffer`` rows a window),
+    repeated and past ``skip_batches``; else one pass (files one after another, rows in file order)."""
+    mine = _my_files(files, input_context)
+    if not training:
+        return _records(files, mine, tag_shards, batch_size)
+    ds = _epoch_stream(files, mine, tag_shards, batch_size, seed, shuffle_buffer, cycle_length)
+    return ds.skip(skip_batches) if skip_batches else ds
 
 
 def _parsed(ds: tf.data.Dataset, parse, ahead: bool, distributed: bool) -> tf.data.Dataset:
@@ -252,8 +291,8 @@ def load_parsed(files: Sequence[str], schema: Schema, parse, tag_shards: bool = 
     (guards and vocabulary lookups included) in file order, as one structure of tensors (rows on axis 0).
     A bad record stops here with its file and field (``read_errors``)."""
     files = list(files)
-    ds = _records(_file_list(files, False, 0, input_context, tag_shards), compression_of(files), 2)
-    ds = _parsed(ds.batch(chunk), _with_shards(parse) if tag_shards else parse, ahead=True, distributed=False)
+    ds = _records(files, _my_files(files, input_context), tag_shards, chunk)
+    ds = _parsed(ds, _with_shards(parse) if tag_shards else parse, ahead=True, distributed=False)
     with read_errors(files, schema):
         parts = list(ds)
     if not parts:
