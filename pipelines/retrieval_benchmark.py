@@ -99,6 +99,7 @@ VARIANTS = [
     ("YoutubeDNN mix", "youtubednn", ["train.mode=mix"], "Table 2"),
 ]
 NO_EFFECT = {"data.eval_batch_size"}
+SAMPLER = ("negative_sampler", "sampler_power")   # no effect when the negatives are the batch's positives
 
 
 def slug(name: str) -> str:
@@ -118,12 +119,16 @@ def row_config(config: str, overrides: List[str], shared: List[str], seed: int, 
 
 
 def _comparable(cfg: dict) -> dict:
-    """The config without the keys that do not change a run's numbers; model params completed with the
-    model's current defaults, so a run from before a new switch (whose default is the old behaviour) is reused."""
+    """The config without the keys that do not change a run's numbers (the negative sampler of in-batch
+    negatives); model params completed with the model's current defaults, so a run from before a new switch
+    (whose default is the old behaviour) is reused."""
     from tfmsr.retrieval.models.base import get_class
 
     c = json.loads(json.dumps(cfg))
-    c["model"]["params"] = get_class(c["model"]["name"]).resolve(c["model"].get("params") or {})
+    params = c["model"]["params"] = get_class(c["model"]["name"]).resolve(c["model"].get("params") or {})
+    if params.get("negatives_from") == "batch":
+        for key in SAMPLER:
+            params.pop(key, None)
     for key in NO_EFFECT:
         section, name = key.split(".")
         c.get(section, {}).pop(name, None)

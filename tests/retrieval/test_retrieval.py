@@ -659,3 +659,8 @@ def test_benchmark_reuses_a_run_from_before_a_new_switch_with_its_default():
     assert _comparable(old) == _comparable(cfg)
     batch = row_config("dssm", ["model.params.negatives_from=batch"], [], 0, None)
     assert _comparable(batch) != _comparable(cfg)
+    # the sampler matters to sampled negatives only
+    flip = {"unigram": "uniform", "uniform": "unigram"}[cfg["model"]["params"]["negative_sampler"]]
+    other = [f"model.params.negative_sampler={flip}"]
+    assert _comparable(row_config("dssm", other, [], 0, None)) != _comparable(cfg)
+    assert _comparable(row_config("dssm", ["model.params.negatives_from=batch"] + other, [], 0, None)) == _comparable(batch)
