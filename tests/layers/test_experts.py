@@ -162,3 +162,18 @@ def test_every_scenario_extraction_and_task_heads_equal_the_own_ones():
         own = layer(tf.constant(x), tf.constant(table[sc]), tf.constant(sc)).numpy()
         np.testing.assert_allclose(every[:, s], own, **TOL)
         np.testing.assert_allclose(heads[:, s], level(tf.constant(own), own=tf.constant(sc)).numpy(), **TOL)
+
+
+def test_scenario_extraction_without_san_runs_only_the_own_experts():
+    """``san=False``: the own output ``[S_i, G]`` equals scenario i's column of the every-scenario pass, and only
+    scenario i's sub-experts get a gradient."""
+    S, b = 3, 6
+    layer = ScenarioExtraction(S, shared=2, specific=2, hidden=[4], san=False)
+    x, table, sc = rand(b, 7), rand(S, 4), np.array([0, 2, 2, 0, 0, 2])  # scenario 1 absent
+    every = layer(tf.constant(x), tf.constant(table)).numpy()               # [B, S, 2H]
+    with tf.GradientTape() as tape:
+        own = layer(tf.constant(x), tf.constant(table[sc]), tf.constant(sc))
+        loss = tf.reduce_sum(own)
+    np.testing.assert_allclose(own.numpy(), every[np.arange(b), sc], **TOL)
+    grad = tf.convert_to_tensor(tape.gradient(loss, layer.specific_experts.kernels[0])).numpy()
+    assert (np.abs(grad).reshape(S, 2, -1).sum(axis=(1, 2)) > 0).tolist() == [True, False, True]

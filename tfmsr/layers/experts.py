@@ -262,8 +262,9 @@ class ScenarioExtraction(keras.layers.Layer):
 
     Output ``concat(A_i, S_i, G)`` ``[B, 3H]`` (``san=False`` drops ``A_i``: ``[B, 2H]``).
     ``call(x [B, D], scenario_emb [B, d_s], scenario [B])``; ``call(x, every_emb [S, d_s])``: the output
-    for every scenario ``i``, ``[B, S, 3H]``. Both compute every ``S_j`` (SAN mixes them): ``O(S)`` experts,
-    run as one batched op per layer.
+    for every scenario ``i``, ``[B, S, 3H]``. Both compute every ``S_j`` (SAN mixes them): ``O(S)`` experts
+    (``S specific`` sub-experts per example, their FLOPs and gradients), run as one batched op per layer;
+    without SAN the own call runs only scenario ``i``'s sub-experts (one scenario's FLOPs).
     """
 
     def __init__(self, num_scenarios: int, shared: int = 5, specific: int = 5, hidden: Sequence[int] = (128, 64),
@@ -295,16 +296,14 @@ class ScenarioExtraction(keras.layers.Layer):
 
     def call(self, x, scenario_emb, scenario=None, training=False):
         shared = self.shared_gate(x, self.shared_experts(x, training=training))[:, 0]      # G   [B, H]
-        every = self.scenario_outputs(x, training=training)                                  # S_j [B, S, H]
         if scenario is None:
-            return self._every_scenario(shared, every, scenario_emb)
-        idx = tf.cast(tf.reshape(scenario, [-1, 1]), tf.int32)
-        own = tf.gather(every, idx, batch_dims=1)[:, 0]                                      # S_i [B, H]
-        parts = [own, shared]
-        if self.san:
-            w = self.san_weights(scenario, scenario_emb)
-            parts.insert(0, tf.einsum("bs,bsh->bh", w, every))                              # A_i [B, H]
-        return tf.concat(parts, axis=-1)
+            return self._every_scenario(shared, self.scenario_outputs(x, training=training), scenario_emb)
+        if not self.san:                  # S_i only: the row's own sub-experts (rows partitioned by scenario)
+            spec = self.specific_experts(x, scenario, training=training, group=self.specific)   # [B, m, H]
+            return tf.concat([self.specific_gates(x, spec, own=scenario), shared], axis=-1)
+        every = self.scenario_outputs(x, training=training)                                  # S_j [B, S, H]
+        w = self.san_weights(scenario, scenario_emb)
+        return tf.concat([tf.einsum("bs,bsh->bh", w, every), own_rows(every, scenario), shared], axis=-1)
 
 
     def _every_scenario(self, shared, every, every_emb):
