@@ -80,6 +80,23 @@ def _sources(query, keys=None, values=None):
     return query, keys, keys if values is None else values
 
 
+def _projections(sources, kernels):
+    """``[src_i W_i]`` (``[B, L, d_i]``) for each source; sources that are the same tensor share one matmul
+    with their kernels concatenated (self-attention: one fused QKV projection), split after it. The kernels
+    stay separate variables (checkpoints keep ``W_Q``, ``W_K``, ``W_V``)."""
+    groups = []  # (source, [positions])
+    for i, src in enumerate(sources):
+        match = [g for g in groups if g[0] is src]
+        match[0][1].append(i) if match else groups.append((src, [i]))
+    out = [None] * len(sources)
+    for src, idx in groups:
+        ws = [kernels[i] for i in idx]
+        y = tf.einsum("bld,dk->blk", src, ws[0] if len(ws) == 1 else tf.concat(ws, axis=1))
+        for i, part in zip(idx, [y] if len(ws) == 1 else tf.split(y, [int(w.shape[-1]) for w in ws], axis=-1)):
+            out[i] = part
+    return out
+
+
 def _split_heads(x: tf.Tensor, heads: int) -> tf.Tensor:
     """``[B, L, H*k] -> [B, H, L, k]``."""
     b, l = tf.shape(x)[0], tf.shape(x)[1]
@@ -150,7 +167,9 @@ class MultiHeadSelfAttention(MultiInputLayer):
     sources are SAML's ``MultiHead(Q_l, K_l, V_g)`` (Sec. III-C-2): ``W^Q`` is ``d_q x d``, ``W^K`` is
     ``d_k x d``, the output has the value width.
     ``units`` sets the projection width ``d`` instead of the value width (SAINet's SIE attends over
-    ``[X, M_S]`` and projects back to the width of ``X``).
+    ``[X, M_S]`` and projects back to the width of ``X``). ``rows=n``: only the first ``n`` query tokens
+    (``[B, n, d]``; the same rows as without it), for a caller that reads only those (a candidate token).
+    Sources that are one tensor are projected by one matmul (fused QKV, :func:`_projections`).
     """
 
     def __init__(self, num_heads: int = 8, dropout: float = 0.0, kernel_init="glorot_uniform",
@@ -169,13 +188,14 @@ class MultiHeadSelfAttention(MultiInputLayer):
             self.add_weight(name=n, shape=(w, d), initializer=fresh(self.kernel_init))
             for n, w in zip(("W_Q", "W_K", "W_V", "W_H"), widths + [d]))
 
-    def call(self, query, keys=None, values=None, mask=None, training=False):
+    def call(self, query, keys=None, values=None, mask=None, training=False, rows=None):
         sources = _sources(query, keys, values)
         self.build_once(*sources)
+        if rows is not None:
+            sources = (sources[0][:, :rows],) + sources[1:]
         h, d = self.num_heads, self.wv.shape[-1]
-        q, k, v = (_split_heads(tf.einsum("bld,dk->blk", src, w), h)
-                   for src, w in zip(sources, (self.wq, self.wk, self.wv)))
-        s = tf.matmul(q, k, transpose_b=True) / tf.sqrt(float(d // h))               # [B, H, L, L]
+        q, k, v = (_split_heads(t, h) for t in _projections(sources, (self.wq, self.wk, self.wv)))
+        s = tf.matmul(q, k, transpose_b=True) / tf.sqrt(float(d // h))               # [B, H, Lq, L]
         w = masked_softmax(s, None if mask is None else mask[:, None, None, :])
         if self.drop is not None:
             w = self.drop(w, training=training)
@@ -191,6 +211,8 @@ class TransformerBlock(MultiInputLayer):
     ``ff_dim`` defaults to the input width. ``call(query, keys=None, values=None, mask=None, training=False)``
     as :class:`MultiHeadSelfAttention` (``call(x [B, L, d], mask=mask) -> [B, L, d]``); with separate sources
     (SAML's ``MultiHead(Q_l, K_l, V_g)``) the residual stream is the value tokens ``V`` (width ``d``).
+    ``rows=n`` computes only the first ``n`` output tokens (``[B, n, d]``: every step after the attention is
+    per token, so they equal those rows of the full output), e.g. ``rows=1`` when only the candidate is read.
     """
 
     def __init__(self, num_heads: int = 8, ff_dim: Optional[int] = None, dropout: float = 0.0,
@@ -210,11 +232,11 @@ class TransformerBlock(MultiInputLayer):
                                       name="ff_1")
         self.ff2 = keras.layers.Dense(d, kernel_initializer=fresh(self.kernel_init), name="ff_2")
 
-    def call(self, query, keys=None, values=None, mask=None, training=False):
+    def call(self, query, keys=None, values=None, mask=None, training=False, rows=None):
         sources = _sources(query, keys, values)
         self.build_once(*sources)
-        attended = self.mha(*sources, mask=mask, training=training)
-        s = self.norm1(sources[2] + self.drop1(attended, training=training))
+        attended = self.mha(*sources, mask=mask, training=training, rows=rows)
+        s = self.norm1((sources[2] if rows is None else sources[2][:, :rows]) + self.drop1(attended, training=training))
         return self.norm2(s + self.drop2(self.ff2(self.ff1(s)), training=training))
 
 

@@ -194,12 +194,13 @@ class ScenarioAwareAttention(keras.layers.Layer):
         self.positions = ([PositionalEmbedding(length, name=f"positions_{n}") for n in ("global", "specific")]
                           if length else None)
 
-    def attend(self, tokens_global, tokens_specific, mask=None):
-        """The two attention outputs ``[B, L+1, d]`` before pooling."""
+    def attend(self, tokens_global, tokens_specific, mask=None, rows=None):
+        """The two attention outputs ``[B, L+1, d]`` before pooling (``rows=n``: only the first ``n`` tokens,
+        ``[B, n, d]``, the same values)."""
         if self.positions:
             tokens_global, tokens_specific = self.positions[0](tokens_global), self.positions[1](tokens_specific)
-        a_g = self.global_attention(tokens_global, mask=mask)
-        a_l = self.specific_attention(tokens_specific, tokens_specific, tokens_global, mask=mask)
+        a_g = self.global_attention(tokens_global, mask=mask, rows=rows)
+        a_l = self.specific_attention(tokens_specific, tokens_specific, tokens_global, mask=mask, rows=rows)
         return a_g, a_l
 
     def pool(self, tokens, mask=None):
@@ -211,7 +212,9 @@ class ScenarioAwareAttention(keras.layers.Layer):
         return tokens[:, 0]
 
     def call(self, tokens_global, tokens_specific, mask=None):
-        return tuple(self.pool(a, mask) for a in self.attend(tokens_global, tokens_specific, mask=mask))
+        """``target`` pooling reads the candidate's token only, so only its attention row is computed."""
+        rows = 1 if self.pooling == "target" else None
+        return tuple(self.pool(a, mask) for a in self.attend(tokens_global, tokens_specific, mask=mask, rows=rows))
 
 
 class AuxiliaryNetwork(keras.layers.Layer):

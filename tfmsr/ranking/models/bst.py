@@ -55,10 +55,11 @@ class BST(RankingModel):
         beh = embed_behavior(self.embedding, x, self.schema)
         tokens = self.positions(tf.concat([beh.target[:, None], beh.keys], axis=1))      # [B, L+1, d]
         mask = tf.concat([tf.ones_like(beh.mask[:, :1]), beh.mask], axis=1)
-        for block in self.blocks:
-            tokens = block(tokens, mask=mask, training=training)
-        m = tf.cast(mask, tokens.dtype)[..., None]
         pooling = self.params.pooling
+        for i, block in enumerate(self.blocks):  # target pooling: the last block computes the candidate's row only
+            last = pooling == "target" and i == len(self.blocks) - 1
+            tokens = block(tokens, mask=mask, training=training, rows=1 if last else None)
+        m = tf.cast(mask, tokens.dtype)[..., None]
         if pooling == "flatten":
             seq = tf.reshape(tokens * m, [-1, self.length * tokens.shape[-1]])
         elif pooling == "mean":
