@@ -10,7 +10,8 @@
   layers (Figure 6; 3 is SASS-Base), the baselines DSSM and YoutubeDNN trained single-scenario (one
   model per scenario) and mix-scenario (Table 2's columns), ``extra`` rows that isolate this code's
   readings of the paper (SASS-Base with eq. 11 exactly as printed and random gate init; with random
-  gate init only) and rows *not in the paper* (SASS and SASS-Base fine-tuned with a softmax instead of
+  gate init only; SASS, SASS-Base and DSSM mix with word2vec's unigram^0.75 negatives instead of uniform ones;
+  SASS with 16 negatives per positive) and rows *not in the paper* (SASS and SASS-Base fine-tuned with a softmax instead of
   the eq. 11 pairwise loss; see ``tfmsr/retrieval/sass.py``; and the small-data rows ``SMALL_DATA``: 2
   ML-SAT layers, a 64-wide first global layer, L2-SP of the scenario weights; and the ``IN_BATCH`` rows, whose
   negatives are the batch's other positives as YoutubeDNN's, with DSSM mix trained the same way as their
@@ -56,7 +57,8 @@ SOFTMAX = "model.params.finetune_loss=softmax"
 SMALL_DATA = ["model.params.layers=2", "model.params.global_hidden=[64]", "model.params.scenario_l2=1.0",
               "model.params.s0_init=zeros", "model.params.aux_init=zeros"]
 IN_BATCH = "model.params.negatives_from=batch"   # the batch's other positives are the negatives (YoutubeDNN's)
-UNIFORM = "model.params.negative_sampler=uniform"   # sampled negatives uniform over the scenario corpus
+# sampled negatives ~ train exposures^0.75 over the scenario corpus (word2vec's noise; the configs draw uniformly)
+UNIGRAM = "model.params.negative_sampler=unigram"
 PRINTED = ["model.params.pairwise_form=printed", "model.params.pairwise_scale=1", "model.params.gate_init=glorot"]
 
 # (row name, config, overrides, where the row comes from)
@@ -72,9 +74,9 @@ VARIANTS = [
     ("No Global Auxiliary Task", "sass", ["model.params.beta=0.0"], "Table 6"),
     ("SASS-Base 2 layers", "sass_base", ["model.params.layers=2"], "Figure 6"),
     ("SASS-Base 4 layers", "sass_base", ["model.params.layers=4"], "Figure 6"),
-    ("SASS uniform negatives", "sass", [UNIFORM], "extra"),
-    ("SASS-Base uniform negatives", "sass_base", [UNIFORM], "extra"),
-    ("SASS uniform 16 negatives", "sass", [UNIFORM, "model.params.negatives=16"], "extra"),
+    ("SASS unigram^0.75 negatives", "sass", [UNIGRAM], "extra"),
+    ("SASS-Base unigram^0.75 negatives", "sass_base", [UNIGRAM], "extra"),
+    ("SASS 16 negatives", "sass", ["model.params.negatives=16"], "extra"),
     ("SASS-Base eq. 11 as printed + glorot init", "sass_base", PRINTED, "extra"),
     ("SASS-Base glorot init", "sass_base", ["model.params.gate_init=glorot"], "extra"),
     ("SASS-Base softmax-loss (not in paper)", "sass_base", [SOFTMAX], "extra"),
@@ -93,7 +95,7 @@ VARIANTS = [
     ("SASS + L2-SP 2 layers 64-wide global in-batch softmax (not in paper)", "sass_small_data", [], "extra"),
     ("DSSM single", "dssm", ["train.mode=single"], "Table 2"),
     ("DSSM mix", "dssm", ["train.mode=mix"], "Table 2"),
-    ("DSSM mix uniform negatives", "dssm", ["train.mode=mix", UNIFORM], "extra"),
+    ("DSSM mix unigram^0.75 negatives", "dssm", ["train.mode=mix", UNIGRAM], "extra"),
     ("DSSM mix in-batch softmax (not in DSSM)", "dssm", ["train.mode=mix", IN_BATCH], "extra"),
     ("YoutubeDNN single", "youtubednn", ["train.mode=single"], "Table 2"),
     ("YoutubeDNN mix", "youtubednn", ["train.mode=mix"], "Table 2"),

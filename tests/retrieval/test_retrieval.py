@@ -242,7 +242,7 @@ def test_finetune_starts_from_pretrained_weights(synth_dir, tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("model,params,mode", [
-    ("dssm", {"hidden": [16], "negative_sampler": "uniform"}, "mix"),
+    ("dssm", {"hidden": [16], "negative_sampler": "unigram"}, "mix"),
     pytest.param("youtubednn", {"hidden": [16]}, "single", marks=pytest.mark.slow),
     ("sass", {"gate": "simnet", "item_per_scenario": False, "bias_fusion": False, "beta": 0.0, "dim": 8,
               "layers": 1, "seq_pooling": "mean", "finetune_loss": "softmax"}, "mix"),
@@ -580,6 +580,13 @@ def test_benchmark_aggregate_and_markdown():
     printed = cfgs["SASS-Base eq. 11 as printed + glorot init"]["model"]["params"]
     assert (printed["pairwise_form"], printed["pairwise_scale"], printed["gate_init"]) == ("printed", 1, "glorot")
     assert cfgs["SASS-Base"]["model"]["params"]["gate_init"] == "transfer"
+    # eq. 11's negatives: uniform over the scenario corpus in the shipped configs (Table 2 rows); the unigram^0.75
+    # rows differ from them in the sampler only
+    for row in ("SASS", "SASS-Base", "DSSM mix"):
+        paper, unigram = (json.loads(json.dumps(cfgs[r])) for r in (row, f"{row} unigram^0.75 negatives"))
+        assert paper["model"]["params"].get("negatives_from", "sampled") == "sampled"
+        assert paper["model"]["params"].pop("negative_sampler") == "uniform"
+        assert unigram["model"]["params"].pop("negative_sampler") == "unigram" and unigram == paper
     # configs/sass_small_data.yaml (the best SASS row) is the paper's sass.yaml with exactly the switches of
     # its SASS-Base row: the two rows differ in pre-training only
     from pipelines.retrieval_benchmark import IN_BATCH, SMALL_DATA, SOFTMAX, _comparable

@@ -6,7 +6,7 @@ single-scenario training, over all scenarios for mix-scenario training: one vect
 is the cosine; the loss is DSSM's softmax over the clicked item and ``negatives`` sampled items of the
 smoothed cosine, ``P(p | u) = exp(gamma cos(u, p)) / sum_{d in {p} + negatives} exp(gamma cos(u, d))``
 (DSSM eq. 5-6; the negatives from the request scenario's corpus by the sampler SASS shares,
-``SampledNegativesParams``: exposures^0.75 by default, ``negative_sampler: uniform`` as the switch).
+``SampledNegativesParams``: uniform by default, ``negative_sampler: unigram`` for exposures^0.75).
 ``negatives_from: batch`` (not in DSSM) takes the batch's other positives as the negatives instead, with the
 logQ correction of sampled softmax (``cosine_softmax_loss``), the negatives YoutubeDNN trains with.
 """

@@ -17,9 +17,8 @@ Training (``tfmsr.retrieval.train``): **pre-training** (Sec. 4.1.4) on cross-sce
 item pairs (eq. 9-10); **fine-tuning** (Sec. 4.2) from the restored pre-trained weights with
 ``L_scenario + beta * L_auxiliary`` (eq. 11-13), the pairwise cosine loss on the own-scenario vectors and
 on the global vectors ``g_T``, with ``negatives`` items per positive "randomly sampled from whole candidate set
-with negative sampling strategy [23]": word2vec's negative sampling (Mikolov et al. 2013), items of the request
-scenario's corpus drawn with probability ~ train exposures^0.75 (``negative_sampler`` / ``sampler_power``,
-``SampledNegativesParams``; ``uniform`` is the switch).
+with negative sampling strategy [23]": uniformly from the request scenario's corpus by default, word2vec's
+exposures^0.75 with ``negative_sampler: unigram`` (under popularity on Douban; ``SampledNegativesParams``).
 
 Ablation switches (Tables 3-6): ``gate`` none (SASS*) | product | simnet | sigmoid | sass;
 ``item_per_scenario: false`` (Single Item Embedding: the item vector is the item global network's
