@@ -3,6 +3,7 @@ each against a NumPy re-computation of its equation."""
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras as keras
 
 from layer_reference import TOL, rand, sigmoid, dense, masked_np_softmax, mask_of
 
@@ -92,3 +93,53 @@ def test_positional_embedding_adds_position_rows():
     layer = PositionalEmbedding(5)
     got = layer(tf.constant(x)).numpy()
     np.testing.assert_allclose(got, x + layer.table.numpy()[None, :3], **TOL)
+
+
+def test_rows_are_the_first_rows_of_the_full_outputs():
+    """``rows=1`` (the candidate's row only) equals row 0 of the full output, self- and separate-source."""
+    x, y, mask = rand(3, 5, 8), rand(3, 5, 6), mask_of(3, 5)
+    mask[:, 0] = True
+    m = tf.constant(mask)
+    for layer, args in ((MultiHeadSelfAttention(num_heads=2), (x,)), (TransformerBlock(num_heads=2), (x,)),
+                        (MultiHeadSelfAttention(num_heads=2), (y, y, x)), (TransformerBlock(num_heads=4), (y, y, x))):
+        t = [tf.constant(a) for a in args]
+        full = layer(*t, mask=m).numpy()
+        np.testing.assert_allclose(layer(*t, mask=m, rows=1).numpy(), full[:, :1], **TOL)
+
+
+def separate_projection_attention(block, x, mask):
+    """BST's block as before the fused QKV and ``rows``: three projections, all rows, then row 0."""
+    mha = block.mha
+    h, d = mha.num_heads, int(mha.wv.shape[-1])
+    heads = lambda t: tf.transpose(tf.reshape(t, [t.shape[0], t.shape[1], h, d // h]), [0, 2, 1, 3])
+    q, k, v = (heads(tf.einsum("bld,dk->blk", x, w)) for w in (mha.wq, mha.wk, mha.wv))
+    w = masked_softmax(tf.matmul(q, k, transpose_b=True) / np.sqrt(d // h), mask[:, None, None, :])
+    o = tf.reshape(tf.transpose(tf.matmul(w, v), [0, 2, 1, 3]), x.shape)
+    s = block.norm1(x + tf.einsum("bld,dk->blk", o, mha.wo))
+    return block.norm2(s + block.ff2(block.ff1(s)))[:, 0]
+
+
+def test_fused_rows_block_trains_as_the_separate_projections():
+    """Same loss trajectory over 5 Adam steps from the same weights: the fused-QKV, candidate-row block
+    against the three-projection, all-rows form (the two levers of issue 30 change no trained result)."""
+    mask = mask_of(16, 7)
+    mask[:, 0] = True
+    x, mask = tf.constant(rand(16, 7, 8)), tf.constant(mask)
+    y = tf.constant(np.random.default_rng(1).integers(0, 2, 16).astype("float32"))
+    losses = []
+    for form in ("fused_rows", "separate"):
+        keras.utils.set_random_seed(3)
+        block, out = TransformerBlock(num_heads=2, ff_dim=12), keras.layers.Dense(1)
+        out(block(x, mask=mask)[:, 0])  # same initial weights in both forms
+        opt, trace = keras.optimizers.Adam(0.05), []
+        for _ in range(5):
+            with tf.GradientTape() as tape:
+                z = (block(x, mask=mask, rows=1)[:, 0] if form == "fused_rows"
+                     else separate_projection_attention(block, x, mask))
+                loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(y, out(z)[:, 0]))
+            variables = block.trainable_variables + out.trainable_variables
+            opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            trace.append(float(loss))
+        losses.append(trace)
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    assert losses[0][-1] < losses[0][0] - 0.01
