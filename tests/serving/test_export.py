@@ -1,9 +1,11 @@
 """SavedModel export: layout and versions, signatures (saved_model_cli), stock ops only, a fresh process
 without tfmsr reproduces the trained model, warm-up records, and every registered model exports."""
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
@@ -243,18 +245,30 @@ def _export_one(data_dir, root, name):
             "ops": {s: graph_ops(os.path.join(out, s, "1")) for s in ["all"] + names}}
 
 
+def _export_every(data_dir, root, names, processes=2):
+    """``_export_one`` of each model in ``processes`` spawned pythons (a model's turn is mostly single-threaded
+    tracing: two run at once on two cores): name -> results, or {"error": ...} (the other models go on)."""
+    results = {}
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {name: pool.submit(_export_one, data_dir, root, name) for name in names}
+        for name, future in futures.items():
+            try:
+                results[name] = future.result()
+            except Exception as e:  # reported by this model's test
+                results[name] = {"error": f"{type(e).__name__}: {e}"[:3000]}
+    return results
+
+
 @pytest.fixture(scope="module")
 def every_model(every_data, tmp_path_factory):
-    """Every registered model exported here, then every signature of its ``all`` servable and of its last
-    scenario servable called in ONE python that imports only TensorFlow (one start-up; each scenario servable
-    of dnn / shared_bottom: test_fresh_process_reproduces_trained_model): name -> results, or {"error": ...}."""
+    """Every registered model exported here (``_export_every``), then every signature of its ``all`` servable
+    and of its last scenario servable called in ONE python that imports only TensorFlow (one start-up; each
+    scenario servable of dnn / shared_bottom: test_fresh_process_reproduces_trained_model): name -> results,
+    or {"error": ...}."""
     root = str(tmp_path_factory.mktemp("every_export"))
-    results, calls = {}, []
-    for name in sorted(available()):
-        try:
-            r = results[name] = _export_one(every_data, root, name)
-        except Exception as e:  # reported by this model's test; the other models go on
-            results[name] = {"error": f"{type(e).__name__}: {e}"[:3000]}
+    results, calls = _export_every(every_data, root, sorted(available())), []
+    for name, r in results.items():
+        if "error" in r:
             continue
         r["fresh"] = {}
         servables = {s: os.path.join(r["out"], s, "1") for s in ["all", r["names"][-1]]}
