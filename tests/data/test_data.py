@@ -305,3 +305,23 @@ def test_cached_training_reaches_the_same_auc(synth_dir, tmp_path):
         summary = train(cfg, synth_dir, str(tmp_path / f"run-{cache}"), log=lambda m: None)
         auc[cache] = summary["best_val_auc"]
     assert auc[True] > 0.6 and abs(auc[True] - auc[False]) < 0.02, auc
+
+
+def test_scoring_parser_counts_oov_values_of_scored_rows_only():
+    """``tfmsr score``'s parser counts the out-of-vocabulary ids per feature (a sequence: every kept entry)
+    in the rows it scores; a row with an unknown scenario is not scored, so its ids are not counted."""
+    from tfmsr.serving.scoring import _RowParser, column_dtypes
+
+    cols = columns(300, seed=7)
+    cols["hist_item_id"][::7, 0] = 45  # outside item_id's vocabulary (40)
+    cols["scenario"][::5] = 3  # unknown scenario: not scored
+    required = ["scenario"] + [f.name for f in SCHEMA.features if f.kind != "sequence"]
+    parser = _RowParser(SCHEMA, column_dtypes(SCHEMA), required, [], routed=True)
+    _, _, ok, unknown, _, oov, _ = parser.fast(tf.constant(encode_examples(cols, SCHEMA)))
+    scored = cols["scenario"] < 3
+    np.testing.assert_array_equal(ok.numpy(), scored)
+    kept = np.array([([v for v in row if v] + [0] * 4)[:4] for row in cols["hist_item_id"]])  # truncated to 4
+    want = [int(((cols["user_id"] >= 50) & scored).sum()), int(((cols["item_id"] >= 40) & scored).sum()),
+            int(((kept >= 40) & scored[:, None]).sum())]
+    assert [f.name for f in parser.tables] == ["user_id", "item_id", "hist_item_id"]
+    assert want[0] > 0 and want[2] > 0 and oov.numpy().tolist() == want

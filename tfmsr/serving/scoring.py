@@ -219,22 +219,35 @@ class _RowParser:
 
     def _oov(self, model_in, ok):
         """``[len(tables)]`` out-of-vocabulary values per id feature in the rows that are scored: raw values
-        not in the vocabulary, or ids outside ``[0, vocab_size)`` (what the model counts as OOV)."""
+        not in the vocabulary, or ids outside ``[0, vocab_size)`` (what the model counts as OOV). One
+        comparison of all the id columns side by side (a scalar one column, a sequence L): few ops to trace."""
+        if not self.tables:
+            return tf.zeros([0], tf.int64)
         ids = self.lookups({f.name: model_in[f.name] for f in self.tables})
-        counts = []
-        for f in self.tables:
-            x = tf.cast(ids[f.name], tf.int64)
-            bad = tf.cast((x < 0) | (x >= self.schema.table_owner(f).vocab_size), tf.int64)
-            bad = tf.reshape(bad, [tf.shape(bad)[0], -1])  # [B, 1] or [B, L]
-            counts.append(tf.reduce_sum(tf.boolean_mask(bad, ok)))
-        return tf.stack(counts) if counts else tf.zeros([0], tf.int64)
+        cols = [tf.reshape(tf.cast(ids[f.name], tf.int64), [-1, self._width(f)]) for f in self.tables]
+        x = tf.concat(cols, axis=1)  # [B, K]
+        limit, owner = self._oov_columns()
+        bad = tf.cast((x < 0) | (x >= limit), tf.int64) * tf.cast(ok, tf.int64)[:, None]
+        return tf.math.unsorted_segment_sum(tf.reduce_sum(bad, axis=0), owner, len(self.tables))
+
+    def _width(self, f) -> int:
+        return f.length if f.kind == "sequence" else 1
+
+    def _oov_columns(self):
+        """Per id column of ``_oov``: its table's vocab_size and the index of its feature in ``tables``."""
+        sizes = [self.schema.table_owner(f).vocab_size for f in self.tables]
+        widths = [self._width(f) for f in self.tables]
+        return (tf.constant(np.repeat(sizes, widths), tf.int64),
+                tf.constant(np.repeat(np.arange(len(sizes)), widths), tf.int32))
 
 
 def _parsed_batches(files: Sequence[str], batch_size: int, parser: _RowParser):
     """Parsed batches in input order: the fast parse in parallel; a batch it rejects is read again and
     parsed exactly (a batch neither parser reads raises from ``exact``)."""
     ds = _reader(files, batch_size).map(parser.fast, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    it = iter(ds.prefetch(tf.data.AUTOTUNE))
+    options = tf.data.Options()  # the pipeline is explicit; the default rewrites only cost time at iter()
+    options.experimental_optimization.apply_default_optimizations = False
+    it = iter(ds.prefetch(tf.data.AUTOTUNE).with_options(options))
     index = 0
     while True:
         try:
