@@ -213,8 +213,8 @@ class SampledNegativesParams(RetrievalModel.Params):
 
     Default uniform, measured: a pairwise / sampled logistic loss against noise q learns the score
     log p(i|u) - log q(i), so q ~ popularity^0.75 ranks the popular items HR@K rewards down. On Douban (3 seeds,
-    HR@20) SASS scores 0.032 with unigram^0.75 negatives, under item popularity (0.044); uniform lifts every
-    sampled row above it (``pipelines/retrieval_benchmark.py``)."""
+    HR@20, ``pipelines/retrieval_benchmark.py``) unigram^0.75 puts SASS / SASS-Base / DSSM mix at 0.032 / 0.032 /
+    0.030, under item popularity (0.044); uniform at 0.049 / 0.049 / 0.052 (YoutubeDNN mix 0.056)."""
     negatives_from: NegativesFrom = "sampled"   # sampled (the papers') | batch: the other positives, logQ-corrected
     negative_sampler: NegativeSampler = "uniform"
     sampler_power: float = 0.75
