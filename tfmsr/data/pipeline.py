@@ -168,21 +168,21 @@ def make_dataset(
 READ_BLOCK = 64  # records a shard reader hands on at once: tf.data's per-element cost is paid per block
 
 
-def _my_files(files: List[str], input_context) -> List[int]:
-    """Indices (into ``files``) of this input pipeline's shards: every n-th from its id under ``input_context``."""
+def _my_files(files: List[str], input_context) -> tf.Tensor:
+    """Indices (int64, into ``files``) of this input pipeline's shards: every n-th from its id under
+    ``input_context`` (the id may be a tensor: ParameterServerStrategy traces the ``dataset_fn``)."""
     n = input_context.num_input_pipelines if input_context is not None else 1
     if n > 1 and len(files) < n:
         raise DataError(f"{os.path.dirname(files[0])}: {len(files)} shard(s) cannot be split across "
                         f"{n} input pipelines; write more shards")
-    return list(range(len(files)))[input_context.input_pipeline_id::n] if n > 1 else list(range(len(files)))
+    first = tf.cast(input_context.input_pipeline_id, tf.int64) if n > 1 else tf.constant(0, tf.int64)
+    return tf.range(first, len(files), n, dtype=tf.int64)
 
 
-def _file_list(files: List[str], mine: List[int], tag_shards: bool, order=None) -> tf.data.Dataset:
-    """The shard paths ``mine`` (with their index when tagged), in ``order`` (a permutation of positions)."""
-    paths, index = tf.constant([files[i] for i in mine]), tf.constant(mine, tf.int64)
-    if order is not None:
-        paths, index = tf.gather(paths, order), tf.gather(index, order)
-    return tf.data.Dataset.from_tensor_slices((paths, index) if tag_shards else paths)
+def _file_list(files: List[str], mine: tf.Tensor, tag_shards: bool) -> tf.data.Dataset:
+    """The shard paths of the indices ``mine``, in that order (with their index when tagged)."""
+    paths = tf.gather(tf.constant(files), mine)
+    return tf.data.Dataset.from_tensor_slices((paths, mine) if tag_shards else paths)
 
 
 def _blocks(compression: str):
@@ -194,17 +194,18 @@ def _blocks(compression: str):
     return read
 
 
-def _records(files: List[str], mine: List[int], tag_shards: bool, rows: int) -> tf.data.Dataset:
+def _records(files: List[str], mine: tf.Tensor, tag_shards: bool, rows: int) -> tf.data.Dataset:
     """One pass over the shards ``mine`` in file order, in batches of ``rows`` serialized records."""
     return _file_list(files, mine, tag_shards).flat_map(_blocks(compression_of(files))).rebatch(rows)
 
 
-def _epoch_stream(files, mine, tag_shards, batch_size, seed, window, cycle_length):
+def _epoch_stream(files, mine, tag_shards, batch_size, seed, window, cycle_length, input_context):
     """Epoch e's batches: the shards in a permutation of seed (``seed``, e), ``cycle_length`` read at once
     (blocks alternating), rows permuted within consecutive windows of ``window`` rows (window i: that seed
     folded with i), then cut into batches (the epoch's last one short). Stateless: the same stream in every
     process and after every restart."""
-    read, cycle = _blocks(compression_of(files)), max(1, min(cycle_length, len(mine)))
+    pipelines = input_context.num_input_pipelines if input_context is not None else 1
+    read, cycle = _blocks(compression_of(files)), max(1, min(cycle_length, -(-len(files) // pipelines)))
 
     def epoch(e):
         key = tf.stack([tf.constant(seed, tf.int64), e])
@@ -215,8 +216,7 @@ def _epoch_stream(files, mine, tag_shards, batch_size, seed, window, cycle_lengt
                 tf.range(n), seed=tf.random.experimental.stateless_fold_in(key, w))
             return tf.nest.map_structure(lambda v: tf.gather(v, perm), rows)
 
-        order = tf.random.experimental.stateless_shuffle(tf.range(len(mine)), seed=key)
-        ds = _file_list(files, mine, tag_shards, order).interleave(
+        ds = _file_list(files, tf.random.experimental.stateless_shuffle(mine, seed=key), tag_shards).interleave(
             read, cycle_length=cycle, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.rebatch(window).enumerate().map(lambda w, rows: shuffled(w, rows),
                                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -232,7 +232,7 @@ def _serialized_batches(files, batch_size, training, seed, shuffle_buffer, skip_
     mine = _my_files(files, input_context)
     if not training:
         return _records(files, mine, tag_shards, batch_size)
-    ds = _epoch_stream(files, mine, tag_shards, batch_size, seed, shuffle_buffer, cycle_length)
+    ds = _epoch_stream(files, mine, tag_shards, batch_size, seed, shuffle_buffer, cycle_length, input_context)
     return ds.skip(skip_batches) if skip_batches else ds
 
 
