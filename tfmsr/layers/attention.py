@@ -188,7 +188,7 @@ class MultiHeadSelfAttention(MultiInputLayer):
             self.add_weight(name=n, shape=(w, d), initializer=fresh(self.kernel_init))
             for n, w in zip(("W_Q", "W_K", "W_V", "W_H"), widths + [d]))
 
-    def call(self, query, keys=None, values=None, mask=None, training=False, rows=None):
+    def call(self, query, keys=None, values=None, mask=None, training=False, *, rows=None):
         sources = _sources(query, keys, values)
         self.build_once(*sources)
         if rows is not None:
@@ -232,7 +232,7 @@ class TransformerBlock(MultiInputLayer):
                                       name="ff_1")
         self.ff2 = keras.layers.Dense(d, kernel_initializer=fresh(self.kernel_init), name="ff_2")
 
-    def call(self, query, keys=None, values=None, mask=None, training=False, rows=None):
+    def call(self, query, keys=None, values=None, mask=None, training=False, *, rows=None):
         sources = _sources(query, keys, values)
         self.build_once(*sources)
         attended = self.mha(*sources, mask=mask, training=training, rows=rows)
