@@ -30,7 +30,9 @@
   and training examples/s (``history.json``: steps x batch / wall time of ``fit``, validation included).
   Also, without training: ``popularity`` (each item's smoothed positive rate in train,
   ``(positives + m * p) / (rows + m)`` with ``p`` the train positive rate and ``m = --pop-smoothing``,
-  unseen items score ``p``), the floor every model must clear; and ``oracle`` (AUC of the true click
+  unseen items score ``p``), the floor every model must clear (``results.json`` ``under_popularity`` and a
+  line of ``results.md`` name each model row whose mean AUC or GAUC is under it, within or beyond one std
+  of its seeds); and ``oracle`` (AUC of the true click
   probability) when the schema has an oracle. A second table gives every model's RelaImpr per scenario
   (its AUC in a scenario against the base's in that scenario, as Table 2 of the FIMN paper reads per
   scenario). On planted data a third table closes the file: the generator's premise headroom
@@ -332,6 +334,36 @@ def aggregate(rows: Dict[str, dict], columns: List[str], base: str) -> None:
             row["rela_impr_std"][c] = _std(per_seed)
 
 
+def under_floor(rows: Dict[str, dict], columns=("auc", "gauc"), floor: str = POPULARITY) -> Dict[str, dict]:
+    """Model rows whose mean ``columns`` fall under the ``floor`` row's (issue 32: no model under item
+    popularity): ``{spec: {column: {"gap": mean - floor, "std": std over seeds, "beyond_std": gap < -std}}}``.
+    Rows without a finished run, and columns the floor lacks (NaN), are not judged."""
+    ref = rows.get(floor)
+    if not ref or not ref.get("runs"):
+        return {}
+    out: Dict[str, dict] = {}
+    for name, row in rows.items():
+        if row["kind"] != "model" or not row["runs"]:
+            continue
+        for c in columns:
+            gap = row["mean"][c] - ref["mean"][c]
+            if gap < 0:  # NaN compares False: an absent column is not judged
+                out.setdefault(name, {})[c] = {"gap": gap, "std": row["std"][c], "beyond_std": gap < -row["std"][c]}
+    return out
+
+
+def _floor_lines(result: dict) -> List[str]:
+    """The popularity-floor sentence of results.md (see :func:`under_floor`)."""
+    if POPULARITY not in result["rows"]:
+        return []
+    under = result.get("under_popularity") or {}
+    if not under:
+        return ["", f"No model row is under the `{POPULARITY}` row's AUC or GAUC."]
+    cells = [f"`{name}` {c.upper()} {v['gap']:+.4f} ({'beyond' if v['beyond_std'] else 'within'} one std "
+             f"{v['std']:.4f})" for name, cols in under.items() for c, v in cols.items()]
+    return ["", f"Under the `{POPULARITY}` row (mean minus popularity): " + "; ".join(cells) + "."]
+
+
 def _num(x, digits=4) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -399,6 +431,7 @@ def markdown(result: dict) -> str:
                                                     cell("logloss"), f"{eps['mean']:,.0f}" if eps else "-"]
         cells += _run_cells(row)
         lines.append(f"| {_label(name, row, result)} | " + " | ".join(cells) + " |")
+    lines += _floor_lines(result)
     lines += _rela_impr_table(result)
     failed = [f"`{name}` seed {f['seed']} ({f['error'].splitlines()[0][:200]})"
               for name, row in rows.items() for f in row.get("failed", [])]
@@ -439,6 +472,7 @@ def _write(path: str, text: str) -> None:
 
 def write_results(result: dict, out: str) -> None:
     aggregate(result["rows"], result["columns"], result["base"])
+    result["under_popularity"] = under_floor(result["rows"])
     _write(os.path.join(out, "results.json"), json.dumps(_clean(result), indent=2))
     _write(os.path.join(out, "results.md"), markdown(result))
 

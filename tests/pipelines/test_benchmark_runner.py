@@ -266,3 +266,34 @@ def test_keep_going_records_a_failed_run(synth_dir, tmp_path, monkeypatch):
         md = fh.read()
     assert "| shared_bottom |" not in md and "`shared_bottom` seed 1 (RuntimeError: boom)" in md
     assert "| dnn | 0.6050 ± 0.0071 |" in md
+
+
+def _row(kind, values):
+    """A results.json row of ``kind`` whose runs have the given per-seed {column: value} metrics."""
+    return {"kind": kind, "runs": [{"seed": i, "metrics": m} for i, m in enumerate(values)]}
+
+
+def test_under_popularity_floor_names_rows_under_it_within_or_beyond_one_std():
+    cols = ["auc", "gauc", "logloss"]
+    rows = {"popularity": _row("popularity", [{"auc": 0.66, "gauc": 0.65, "logloss": 0.65}]),
+            "dnn": _row("model", [{"auc": 0.76, "gauc": 0.644, "logloss": 0.58},     # GAUC mean 0.647, std
+                                  {"auc": 0.77, "gauc": 0.650, "logloss": 0.58}]),   # 0.00424: within one std
+            "saml": _row("model", [{"auc": 0.75, "gauc": 0.640, "logloss": 0.59},    # GAUC mean 0.6405, std
+                                   {"auc": 0.74, "gauc": 0.641, "logloss": 0.59}]),  # 0.00071: beyond
+            "star": _row("model", [{"auc": 0.70, "gauc": 0.66, "logloss": 0.9}]),    # above: not named
+            "bst": _row("model", [])}                                                # no finished run
+    benchmark.aggregate(rows, cols, "dnn")
+    under = benchmark.under_floor(rows)
+    assert set(under) == {"dnn", "saml"} and set(under["dnn"]) == {"gauc"} and set(under["saml"]) == {"gauc"}
+    assert under["dnn"]["gauc"]["gap"] == pytest.approx(-0.003)
+    assert under["dnn"]["gauc"]["std"] == pytest.approx(np.std([0.644, 0.650], ddof=1))
+    assert not under["dnn"]["gauc"]["beyond_std"] and under["saml"]["gauc"]["beyond_std"]
+    assert under["saml"]["gauc"]["gap"] == pytest.approx(-0.0095)
+    result = {"rows": rows, "under_popularity": under}
+    line = benchmark._floor_lines(result)[1]
+    assert "`dnn` GAUC -0.0030 (within one std 0.0042)" in line and "`saml` GAUC -0.0095 (beyond" in line
+    assert "star" not in line and "bst" not in line
+    rows["popularity"]["mean"]["gauc"] = float("nan")  # a floor without GAUC judges no GAUC
+    assert benchmark.under_floor(rows) == {}
+    assert benchmark._floor_lines({"rows": rows, "under_popularity": {}})[1].startswith("No model row is under")
+    assert benchmark.under_floor({"dnn": rows["dnn"]}) == {} and benchmark._floor_lines({"rows": {}}) == []
