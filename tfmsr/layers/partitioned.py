@@ -9,7 +9,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmsr.layers._init import fresh
-from tfmsr.layers.scenario import all_matmul, own_matmul, own_method, partition_apply, rows_of
+from tfmsr.layers.scenario import all_matmul, fixed_id, own_matmul, own_method, partition_apply, row, rows_of
 
 
 class PartitionedNormalization(keras.layers.Layer):
@@ -45,12 +45,14 @@ class PartitionedNormalization(keras.layers.Layer):
         self.moving_weight = self.add_weight(name="moving_weight", shape=(s, 1), initializer="zeros", trainable=False)
         super().build(input_shape)
 
-    def statistics(self):
-        """Bias-corrected moving mean and variance ``[S, D]`` (0 and 1 for a scenario never seen)."""
-        seen = self.moving_weight > 0
-        w = tf.maximum(self.moving_weight, 1e-12)
-        return (tf.where(seen, self.moving_mean / w, 0.0),
-                tf.where(seen, self.moving_var / w, 1.0))
+    def statistics(self, sc=None):
+        """Bias-corrected moving mean and variance ``[S, D]`` (0 and 1 for a scenario never seen); with
+        scenario ids ``sc [B]``: the rows of those scenarios ``[B, D]`` (:func:`rows_of`)."""
+        pick = (lambda v: v) if sc is None else (lambda v: rows_of(v, sc))
+        weight = pick(self.moving_weight)
+        seen, w = weight > 0, tf.maximum(weight, 1e-12)
+        return (tf.where(seen, pick(self.moving_mean) / w, 0.0),
+                tf.where(seen, pick(self.moving_var) / w, 1.0))
 
     def batch_moments(self, z, sc):
         """Per-scenario mean and (biased) variance ``[S, D]`` of the batch rows, and row counts ``[S]``."""
@@ -73,9 +75,9 @@ class PartitionedNormalization(keras.layers.Layer):
             for moving, batch in ((self.moving_mean, mean), (self.moving_var, var),
                                   (self.moving_weight, tf.ones_like(self.moving_weight))):
                 moving.assign(tf.where(present, m * moving + (1 - m) * batch, moving))
+            mu, v = tf.gather(mean, sc), tf.gather(var, sc)
         else:
-            mean, var = self.statistics()
-        mu, v = tf.gather(mean, sc), tf.gather(var, sc)
+            mu, v = self.statistics(sc)
         scale = self.gamma * rows_of(self.gamma_p, sc)          # rows_of: right rows of a sharded variable too
         shift = self.beta + rows_of(self.beta_p, sc)
         return scale * (z - mu) * tf.math.rsqrt(v + self.epsilon) + shift
@@ -111,6 +113,9 @@ class StarDense(keras.layers.Layer):
     def call(self, x, scenario=None):
         if scenario is None:
             return self.act(all_matmul(x, self.kernel * self.kernel_p, self.bias + self.bias_p))   # W*_p, b*_p
+        fixed = fixed_id(scenario)
+        if fixed is not None:   # one scenario while tracing (its servable): its slices only
+            return self.act(tf.matmul(x, self.kernel * row(self.kernel_p, fixed)) + self.bias + row(self.bias_p, fixed))
         s, d, h = (int(n) for n in self.kernel_p.shape)
         if own_method(s, d * h) == "gather":
             return self.act(own_matmul(x, scenario, self.kernel * self.kernel_p, self.bias + self.bias_p, "gather"))

@@ -21,10 +21,17 @@ Measured (forward + backward, ``tf.function``, examples per CPU-second, B = 1024
 
 so ``partition`` wins until ``S`` is large against ``D H`` (:func:`own_method`). Variables are created with
 ``add_weight`` and split along axis 0 (the scenario axis) by a parameter-server partitioner like any other.
+
+One scenario known while tracing (a servable of scenario ``s`` feeds ``tf.fill([B], s)``): :func:`fixed_id`
+finds ``s`` in the graph, and ``own_matmul``, ``partition_apply``, ``own_rows``, ``rows_of`` and
+``ScenarioMLP.own`` use slice ``s`` directly: ``O(1)`` ops in ``S`` (no partition, no unstack). Inside
+:class:`RowSlices` (``tfmsr.serving`` traces each scenario servable in one) the slice of a stacked variable is
+read from a variable of its own holding only that row, so the servable carries ``1/S`` of the stacked weights.
 """
 from __future__ import annotations
 
 import re
+import threading
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
@@ -33,13 +40,68 @@ import tf_keras as keras
 from tfmsr.layers._init import fresh
 
 
+_PASS_THROUGH = ("Cast", "Reshape", "Identity", "Squeeze", "ExpandDims")
+
+
+def fixed_id(ids) -> Optional[int]:
+    """The one id every row carries when ``ids`` is traced from ``tf.fill(shape, constant)`` (through casts,
+    reshapes and identities): a servable of one scenario. None otherwise (data-dependent ids, eager tensors)."""
+    t = ids
+    while isinstance(t, tf.Tensor) and tf.is_symbolic_tensor(t):
+        if t.op.type == "Fill":
+            value = tf.get_static_value(t.op.inputs[1])
+            return None if value is None else int(value)
+        if t.op.type not in _PASS_THROUGH:
+            return None
+        t = t.op.inputs[0]
+    return None
+
+
+class RowSlices:
+    """Row ``s`` of stacked ``weights`` as variables of their own (``<variable name>/row_<s>``, copied when made,
+    outside any trace): a function traced inside ``with RowSlices(weights, s):`` that reads row ``s`` of one of
+    them (:func:`row`) captures that slice, not the ``[S, ...]`` variable (a scenario servable's weights:
+    ``1/S`` of the stacked ones). ``weights``: the candidates (e.g. every variable of leading dimension S);
+    the ones a trace does not read are left out of what it captures."""
+
+    _active = threading.local()
+
+    def __init__(self, weights, s: int):
+        self.s = int(s)
+        self._rows = {id(w): tf.Variable(tf.convert_to_tensor(w)[self.s], trainable=False,
+                                         name=f"{w.name.split(':')[0]}/row_{self.s}") for w in weights}
+
+    def get(self, weight, s: int) -> Optional[tf.Variable]:
+        return self._rows.get(id(weight)) if s == self.s else None
+
+    def __enter__(self):
+        self._prev = getattr(RowSlices._active, "value", None)
+        RowSlices._active.value = self
+        return self
+
+    def __exit__(self, *exc):
+        RowSlices._active.value = self._prev
+
+
+def row(weight, s: int):
+    """``weight[s]`` (row ``s`` along axis 0): inside :class:`RowSlices` holding it, the variable of that row
+    only; else a slice of the variable or tensor."""
+    slices = getattr(RowSlices._active, "value", None)
+    found = slices.get(weight, s) if slices is not None else None
+    return tf.convert_to_tensor(weight)[s] if found is None else found
+
+
 def partition_apply(x: tf.Tensor, scenario: tf.Tensor, num_scenarios: int,
                     fn: Callable[[int, tf.Tensor], tf.Tensor]) -> tf.Tensor:
     """Apply ``fn(s, rows of x with scenario s)`` per scenario and put the results back in row order.
 
     ``x`` is ``[B, ...]``, ``scenario`` int ``[B]`` in ``[0, S)``; ``fn`` maps ``[n_s, ...]`` to
-    ``[n_s, ...]``. Compute is exactly one pass per example (``tf.dynamic_partition``/``dynamic_stitch``).
+    ``[n_s, ...]``. Compute is exactly one pass per example (``tf.dynamic_partition``/``dynamic_stitch``);
+    a scenario fixed while tracing (:func:`fixed_id`) is ``fn(s, x)``: no partition.
     """
+    fixed = fixed_id(scenario)
+    if fixed is not None:
+        return fn(fixed, x)
     sc = tf.cast(tf.reshape(scenario, [-1]), tf.int32)
     parts = tf.dynamic_partition(x, sc, num_scenarios)
     rows = tf.dynamic_partition(tf.range(tf.shape(x)[0]), sc, num_scenarios)
@@ -60,13 +122,23 @@ def scenario_ids(scenario: tf.Tensor) -> tf.Tensor:
 
 def rows_of(weight, ids: tf.Tensor) -> tf.Tensor:
     """``weight[ids]`` along axis 0 for a variable, a tensor or a ``ShardedVariable`` (parameter servers):
-    ``tf.gather`` on a ``ShardedVariable`` returns rows of the wrong shard, ``embedding_lookup`` does not."""
+    ``tf.gather`` on a ``ShardedVariable`` returns rows of the wrong shard, ``embedding_lookup`` does not.
+    Ids fixed while tracing (:func:`fixed_id`): row ``s`` (:func:`row`) broadcast to every row."""
+    fixed = fixed_id(ids)
+    if fixed is not None:
+        r = row(weight, fixed)
+        return tf.broadcast_to(r[None], tf.concat([tf.shape(ids)[:1], tf.shape(r)], 0))
     return tf.nn.embedding_lookup(weight, ids)
 
 
 def own_matmul(x: tf.Tensor, scenario: tf.Tensor, kernel, bias=None, method: str = "auto") -> tf.Tensor:
     """``x_b W_{s_b} (+ b_{s_b})``: ``x [B, D]``, ``kernel [S, D, H]``, ``bias [S, H]`` -> ``[B, H]``.
-    Cost: one dense layer's FLOPs; ``O(S)`` small ops (partition) or ``B D H`` gathered weights (gather)."""
+    Cost: one dense layer's FLOPs; ``O(S)`` small ops (partition) or ``B D H`` gathered weights (gather);
+    a scenario fixed while tracing: one dense layer on slice ``s`` (:func:`row`)."""
+    fixed = fixed_id(scenario)
+    if fixed is not None:
+        y = tf.matmul(x, row(kernel, fixed))
+        return y if bias is None else y + row(bias, fixed)
     s, d, h = (int(n) for n in kernel.shape)
     method = own_method(s, d * h) if method == "auto" else method
     sc = scenario_ids(scenario)
@@ -91,7 +163,11 @@ def all_matmul(x: tf.Tensor, kernel, bias=None) -> tf.Tensor:
 
 
 def own_rows(x: tf.Tensor, scenario: tf.Tensor) -> tf.Tensor:
-    """``x[b, scenario[b]]`` of a per-scenario input ``[B, S, ...]`` -> ``[B, ...]``."""
+    """``x[b, scenario[b]]`` of a per-scenario input ``[B, S, ...]`` -> ``[B, ...]`` (``x[:, s]`` when the
+    scenario is fixed while tracing)."""
+    fixed = fixed_id(scenario)
+    if fixed is not None:
+        return x[:, fixed]
     return tf.gather(x, scenario_ids(scenario)[:, None], batch_dims=1)[:, 0]
 
 
@@ -194,7 +270,10 @@ class ScenarioMLP(keras.layers.Layer):
         return x
 
     def own(self, x, scenario, training=False):
-        method = self.method
+        if fixed_id(scenario) is not None:   # one scenario (its servable): own_matmul on its slices
+            method = "gather"
+        else:
+            method = self.method
         if method == "auto":
             method = own_method(self.num_scenarios, max(int(l.kernel.shape[1]) * l.units for l in self.dense))
         if method == "gather":

@@ -1,5 +1,7 @@
 """Export of a trained ranking run for TF Serving: ``all/`` (routes by the scenario input; one signature
-per scenario) and one servable per scenario tower, written by ``tfmsr.serving.writer.write_export``."""
+per scenario up to ``NAMED_SIGNATURES_MAX`` scenarios) and one servable per scenario tower holding the
+variables its signatures read (its row slices of the stacked weights: ``tfmsr.serving.signatures``), written
+by ``tfmsr.serving.writer.write_export``."""
 from __future__ import annotations
 
 import os
@@ -31,7 +33,7 @@ def export(model_dir: str, out: str, version: Optional[int] = None, base_path: O
         for servable, s in {ALL: None, **{n: s for s, n in enumerate(fns.names)}}.items():
             sigs = fns.signatures(s)
             meta = servable_meta(schema, run, s, input_signature(schema, with_scenario=s is None))
-            yield ServableSpec(servable, sigs, meta, model.variables, tracked={"vocab": fns.lookups})
+            yield ServableSpec(servable, sigs, meta, fns.variables(sigs), tracked={"vocab": fns.lookups})
 
     summary = write_export(out, version, schema, servables(), base_path, log, model=run["config"]["model"]["name"],
                            model_dir=os.path.abspath(model_dir))

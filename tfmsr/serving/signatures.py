@@ -25,7 +25,22 @@ fed scenario s). Its inputs are the features without the scenario; an ``examples
 a scenario has it ignored. The routed function checks the scenario with a stock ``Assert`` op: a value
 outside [0, S) fails the request with InvalidArgument naming the valid scenarios.
 
-Everything here is traced into stock TensorFlow ops; the functions capture only the model's variables.
+A scenario servable is traced with the scenario a constant (``tf.fill([B], s)``): the scenario layers see it
+(``tfmsr.layers.scenario.fixed_id``) and use slice ``s`` of their stacked weights directly, so its graph has
+``O(1)`` ops in S wherever the model's maths allows, and it reads those slices from variables of its own
+(``RowSlices``: ``<variable>/row_<s>``), so it carries ``1/S`` of the stacked weights and an export's disk is
+``O(S)``. Models whose maths reads every scenario's branch keep those parts whole in every scenario servable:
+SAML's mutual unit, FIMN's SMM, HiNet's SAN, PLE's lower-level shared gate over every scenario's experts, and
+any multi-head model without an own-head path (its ``[B, S]`` heads, then column ``s``).
+
+The ``all`` servable has ``serving_default`` (routed by the scenario input), ``examples`` and
+``all_scenarios``; the S per-scenario named signatures (same answers as ``serving_default`` with the scenario
+set, or as a scenario servable) are added only up to ``NAMED_SIGNATURES_MAX`` scenarios: beyond, each is one
+more traced graph and warm-up request in ``all`` and a TF Serving client routes by the scenario input or calls
+the scenario's own servable instead.
+
+Everything here is traced into stock TensorFlow ops; the functions capture only the model's variables (and a
+scenario servable's row slices of them).
 """
 from __future__ import annotations
 
@@ -41,6 +56,7 @@ from tfmsr.features import Schema
 from tfmsr.features.lookup import VocabLookups, read_vocabulary
 
 RESERVED = ("all", "serving_default", "examples", "all_scenarios")
+NAMED_SIGNATURES_MAX = 16   # ``all`` has one named signature per scenario up to this many scenarios
 
 
 def servable_names(schema: Schema) -> List[str]:
@@ -123,7 +139,7 @@ class ServingFunctions:
         self.lookups = VocabLookups(schema)
         self.key, self.S = schema.scenario.name, schema.num_scenarios
         self.names = servable_names(schema)
-        self._cache = {}
+        self._cache, self._slices = {}, {}
 
     # ------------------------------------------------------------------ graph pieces
     def _checked_scenario(self, x):
@@ -157,10 +173,28 @@ class ServingFunctions:
     def _prob(self, x):
         return {"prob": tf.reshape(tf.cast(self.model(x, training=False), tf.float32), [-1])}
 
-    def _function(self, key, fn, signature):
+    def _function(self, key, fn, signature, scenario=None):
+        """``fn`` traced once per ``key``; with a fixed ``scenario``: inside that scenario's ``RowSlices``."""
         if key not in self._cache:
-            self._cache[key] = trace(fn, signature)
+            if scenario is None:
+                self._cache[key] = trace(fn, signature)
+            else:
+                from tfmsr.layers.scenario import RowSlices   # here: scoring imports this module, not the layers
+                if scenario not in self._slices:    # made here, eagerly: a variable made while tracing retraces
+                    stacked = [v for v in self.model.variables if v.shape.rank and v.shape[0] == self.S]
+                    self._slices[scenario] = RowSlices(stacked, scenario)
+                with self._slices[scenario]:
+                    self._cache[key] = trace(fn, signature)
         return self._cache[key]
+
+    def variables(self, sigs) -> List[tf.Variable]:
+        """The variables the concrete functions ``sigs`` (name -> function) read, each once: what their
+        servable must hold (a scenario servable: the model's unstacked variables and its row slices)."""
+        seen = {}
+        for fn in sigs.values():
+            for v in fn.variables:
+                seen.setdefault(id(v), v)
+        return list(seen.values())
 
     # ------------------------------------------------------------------ concrete functions
     def routed(self):
@@ -179,7 +213,7 @@ class ServingFunctions:
     def scenario(self, s: int):
         """Features without the scenario -> ``prob`` in scenario ``s``."""
         return self._function(("scenario", s), lambda x: self._prob(self._fixed(x, s)),
-                              [input_signature(self.schema, with_scenario=False)])
+                              [input_signature(self.schema, with_scenario=False)], scenario=s)
 
     def routed_examples(self):
         parse = make_parser(self.schema, inputs_only=True, lookups=self.lookups)
@@ -189,16 +223,19 @@ class ServingFunctions:
     def scenario_examples(self, s: int):
         parse = make_parser(self.schema, inputs_only=True, with_scenario=False, lookups=self.lookups)
         return self._function(("scenario_examples", s),
-                              lambda examples: self._prob(self._fixed(parse(examples), s, True)), [EXAMPLES_SPEC])
+                              lambda examples: self._prob(self._fixed(parse(examples), s, True)), [EXAMPLES_SPEC],
+                              scenario=s)
 
     # ------------------------------------------------------------------ signature maps
     def signatures(self, scenario=None) -> Dict[str, object]:
         """Signature name -> concrete function of the ``all`` servable (``scenario=None``) or of the
-        servable of scenario index ``scenario``."""
+        servable of scenario index ``scenario`` (``all``: the named per-scenario signatures up to
+        ``NAMED_SIGNATURES_MAX`` scenarios, see the module docstring)."""
         if scenario is None:
             sigs = {"serving_default": self.routed(), "examples": self.routed_examples(),
                     "all_scenarios": self.all_scenarios()}
-            sigs.update({name: self.scenario(s) for s, name in enumerate(self.names)})
+            if self.S <= NAMED_SIGNATURES_MAX:
+                sigs.update({name: self.scenario(s) for s, name in enumerate(self.names)})
             return sigs
         return {"serving_default": self.scenario(scenario), "examples": self.scenario_examples(scenario)}
 

@@ -1,13 +1,16 @@
 """The servable writer: the export layout of DESIGN section 6 for one trained run::
 
     OUT/                                  (its basename NAME names the TF Serving models)
-      all/<version>/                      serving_default routes by the scenario input; one signature
-                                          per scenario; ``examples``; ``all_scenarios`` (probs [B, S])
+      all/<version>/                      serving_default routes by the scenario input; ``examples``;
+                                          ``all_scenarios`` (probs [B, S]); one named signature per
+                                          scenario up to ``signatures.NAMED_SIGNATURES_MAX`` scenarios
       <scenario>/<version>/               one servable per scenario (inputs without the scenario)
       models.config                       model_config_list: NAME_all, NAME_<scenario>, ...
 
-Every version directory is a SavedModel of a ``tf.Module`` that holds only the model's variables and
-the traced signatures (stock TensorFlow ops; loads without tfmsr), with ``assets/schema.yaml``,
+Every version directory is a SavedModel of a ``tf.Module`` that holds only the variables its signatures
+read (``ServableSpec.variables``; a ranking scenario servable: the model's shared variables and its own row
+of each stacked ``[S, ...]`` weight, so an export's disk grows as O(S), not O(S^2)) and the traced
+signatures (stock TensorFlow ops; loads without tfmsr; TF Serving loads each on its own), with ``assets/schema.yaml``,
 ``assets/export.json`` (servable, scenario, signatures, model and params, vocabularies), the vocabulary
 file of every table that takes raw values (``assets/<file>``, read by the graph's lookup tables; the
 exported schema names them there) and ``assets.extra/tf_serving_warmup_requests`` (raw values).
