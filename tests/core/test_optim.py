@@ -46,3 +46,14 @@ def test_fused_adam_checkpoint_restores_into_keras_adam(tmp_path):
     tf.train.Checkpoint(model=ref, optimizer=ref.optimizer).read(path).assert_consumed()
     for a, b in zip(got.optimizer.variables, ref.optimizer.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_densify_sums_duplicate_rows_as_a_segment_sum():
+    from tfmsr.core.optim import densify
+
+    rng = np.random.default_rng(2)
+    idx = tf.constant(rng.integers(0, 7, 40))
+    values = tf.constant(rng.normal(size=(40, 3)).astype(np.float32))
+    got = densify(tf.IndexedSlices(values, idx, tf.constant([9, 3], tf.int64))).numpy()
+    np.testing.assert_allclose(got, tf.math.unsorted_segment_sum(values, idx, 9).numpy(), rtol=1e-6, atol=1e-6)
+    assert got.shape == (9, 3) and not got[7:].any()

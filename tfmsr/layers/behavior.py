@@ -18,7 +18,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from tfmsr.features import Feature, Schema, SchemaError
-from tfmsr.layers.embedding import FeatureEmbedding, masked_mean
+from tfmsr.layers.embedding import FeatureEmbedding
 
 
 def behavior_pairs(schema: Schema) -> List[Tuple[Feature, Feature]]:
@@ -83,8 +83,7 @@ def behavior_scenario_embedding(embedding: FeatureEmbedding, x: Dict[str, tf.Ten
 def pooled_sequences(embedding: FeatureEmbedding, x: Dict[str, tf.Tensor], schema: Schema,
                      exclude: Sequence[str] = ()) -> List[tf.Tensor]:
     """Masked-mean ``[B, d]`` of every sequence feature not in ``exclude``."""
-    return [masked_mean(embedding.embed(x, f.name), embedding.mask(x, f.name))
-            for f in schema.of_kind("sequence") if f.name not in exclude]
+    return [embedding.pooled(x, f.name) for f in schema.of_kind("sequence") if f.name not in exclude]
 
 
 def context_inputs(model, x: Dict[str, tf.Tensor], exclude_sequences: Sequence[str] = ()) -> tf.Tensor:

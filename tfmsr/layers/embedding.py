@@ -70,6 +70,27 @@ class FeatureEmbedding(keras.layers.Layer):
         """``[B, d]`` for a categorical feature, ``[B, L, d]`` for a sequence."""
         return self.tables[self.schema.feature(name).table](self.ids(x, name))
 
+    def pooled(self, x: Dict[str, tf.Tensor], name: str) -> tf.Tensor:
+        """``[B, d]``: ``masked_mean(embed(x, name), mask(x, name))`` of a sequence. Without a distribution
+        strategy this is one sparse x dense matmul of the row-normalised ``[B, V]`` id weights with the table
+        (``tf.sparse.sparse_dense_matmul``): only the real positions are read, and the table's gradient is
+        one dense ``[V, d]`` product (no ``[B, L, d]`` slices to scatter back). Under a strategy (tables on
+        parameter servers, gradients all-reduced) the gather and its sparse gradient are kept."""
+        table = self.tables[self.schema.feature(name).table]
+        ids = self.ids(x, name)
+        mask = tf.not_equal(ids, 0)
+        if tf.distribute.has_strategy():
+            return masked_mean(table(ids), mask)
+        if not table.built:
+            table(ids[:0])  # built under its own name scope, as by a lookup
+        real = tf.where(mask)  # [n, 2]: (row, position) of the real ids
+        count = tf.reduce_sum(tf.cast(mask, table.embeddings.dtype), axis=1)
+        weights = tf.gather(1.0 / tf.maximum(count, 1.0), real[:, 0])
+        rows = tf.shape(ids, out_type=tf.int64)[0]
+        sparse = tf.SparseTensor(tf.stack([real[:, 0], tf.gather_nd(ids, real)], axis=1), weights,
+                                 tf.stack([rows, tf.constant(table.input_dim, tf.int64)]))
+        return tf.sparse.sparse_dense_matmul(sparse, table.embeddings)
+
     def mask(self, x: Dict[str, tf.Tensor], name: str) -> tf.Tensor:
         """``[B, L]`` bool: real (non-padding) positions of a sequence."""
         return tf.not_equal(self.ids(x, name), 0)

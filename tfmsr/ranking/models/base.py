@@ -21,7 +21,7 @@ from tfmsr.core.registry import Parametrized, Registry
 from tfmsr.data.guards import pop_count
 from tfmsr.distribute.accounting import count_inputs
 from tfmsr.features import Schema
-from tfmsr.layers import FeatureEmbedding, masked_mean, own_rows
+from tfmsr.layers import FeatureEmbedding, own_rows
 
 
 def _import_all():
@@ -118,7 +118,7 @@ class RankingModel(Parametrized, TrainableModel):
             parts.append(self.embedding.scenario(x))
         if with_sequences:
             for f in self.schema.of_kind("sequence"):
-                parts.append(masked_mean(self.embedding.embed(x, f.name), self.embedding.mask(x, f.name)))
+                parts.append(self.embedding.pooled(x, f.name))
         num = self.embedding.numeric(x)
         if num is not None:
             parts.append(num)
