@@ -143,3 +143,22 @@ def test_fused_rows_block_trains_as_the_separate_projections():
         losses.append(trace)
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
     assert losses[0][-1] < losses[0][0] - 0.01
+
+
+def test_din_activation_unit_over_real_positions_trains_as_the_masked_dense_unit():
+    """``call`` with a mask scores only the real behaviours (``_pool_real``): the value and every gradient
+    (unit weights, query, keys, values) of the dense, masked ``scores`` form (Eq. 3)."""
+    b, l, d = 5, 6, 3
+    q, k, v, mask = (tf.constant(rand(b, d)), tf.constant(rand(b, l, d)), tf.constant(rand(b, l, 2)),
+                     tf.constant(mask_of(b, l)))
+    layer = TargetAttention(hidden=(6, 4), activation="sigmoid")
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([q, k, v])
+        got = layer(q, k, v, mask=mask)
+        want = tf.reduce_sum(layer.scores(q, k, mask)[..., None] * v, axis=1)
+        w = tf.constant(rand(b, 2))
+        loss_got, loss_want = tf.reduce_sum(got * w), tf.reduce_sum(want * w)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), **TOL)
+    sources = [q, k, v] + layer.trainable_variables
+    for g_got, g_want in zip(tape.gradient(loss_got, sources), tape.gradient(loss_want, sources)):
+        np.testing.assert_allclose(tf.convert_to_tensor(g_got).numpy(), tf.convert_to_tensor(g_want).numpy(), **TOL)

@@ -49,26 +49,51 @@ class TargetAttention(keras.layers.Layer):
         self.mlp = MLP(hidden, activation=activation, kernel_init=kernel_init, name="unit")
         self.out = keras.layers.Dense(1, kernel_initializer=fresh(kernel_init), name="score")
 
+    def _first_layer(self, keys):
+        """``(W_e + W_d, W_q - W_d, W_p, b)`` of the unit's first layer (see ``scores``)."""
+        dense0 = self.mlp.dense[0] if self.mlp.dense else self.out
+        if not dense0.built:
+            dense0.build(tf.TensorShape([None, 4 * int(keys.shape[-1])]))
+        w_e, w_q, w_d, w_p = tf.split(dense0.kernel, 4, axis=0)
+        return w_e + w_d, w_q - w_d, w_p, dense0.bias
+
+    def _unit(self, pre):
+        """The unit's score ``[..., 1]`` from its first layer's pre-activation."""
+        return self.out(self.mlp.hidden_outputs(None, first_preactivation=pre)[-1]) if self.mlp.dense else pre
+
     def scores(self, query, keys, mask):
         """Attention weights ``[B, L]`` (after masking / optional softmax).
 
         The first layer of the unit, ``[e, q, e - q, e * q] W + b`` with ``W = [W_e; W_q; W_d; W_p]``, is
         computed as ``e (W_e + W_d) + q (W_q - W_d) + (e * q) W_p + b``: the same value, with the query
         term once per example instead of once per behaviour (half the FLOPs of the unit's widest layer)."""
-        dense0 = self.mlp.dense[0] if self.mlp.dense else self.out
-        if not dense0.built:
-            dense0.build(tf.TensorShape([None, 4 * int(keys.shape[-1])]))
-        w_e, w_q, w_d, w_p = tf.split(dense0.kernel, 4, axis=0)
-        pre = (tf.einsum("bld,dh->blh", keys, w_e + w_d) + tf.matmul(query, w_q - w_d)[:, None, :]
-               + tf.einsum("bld,dh->blh", keys * query[:, None, :], w_p) + dense0.bias)
-        s = (self.out(self.mlp.hidden_outputs(None, first_preactivation=pre)[-1]) if self.mlp.dense else pre)[..., 0]
+        w_k, w_q, w_p, bias = self._first_layer(keys)
+        pre = (tf.einsum("bld,dh->blh", keys, w_k) + tf.matmul(query, w_q)[:, None, :]
+               + tf.einsum("bld,dh->blh", keys * query[:, None, :], w_p) + bias)
+        s = self._unit(pre)[..., 0]
         if self.normalize:
             return masked_softmax(s, mask)
         return s if mask is None else s * tf.cast(mask, s.dtype)
 
     def call(self, query, keys, values=None, mask=None):
+        if mask is not None and not self.normalize:
+            return self._pool_real(query, keys, values, mask)
         w = self.scores(query, keys, mask)
         return tf.reduce_sum(w[..., None] * (keys if values is None else values), axis=1)
+
+    def _pool_real(self, query, keys, values, mask):
+        """Eq. 3 with unnormalised weights over the real positions only: the ``n`` behaviours of ``mask`` are
+        gathered (``[n, d]``), scored by the unit and summed per example (a padded position's weight is 0,
+        so the value is ``call``'s; the unit's cost follows the real behaviours, not ``B x L``)."""
+        real = tf.where(mask)  # [n, 2] (row, position), rows ascending
+        row = real[:, 0]
+        k = tf.gather_nd(keys, real)
+        w_k, w_q, w_p, bias = self._first_layer(keys)
+        pre = (tf.matmul(k, w_k) + tf.gather(tf.matmul(query, w_q) + bias, row)
+               + tf.matmul(k * tf.gather(query, row), w_p))
+        v = k if values is None else tf.gather_nd(values, real)
+        return tf.sparse.segment_sum(self._unit(pre) * v, tf.range(tf.shape(row)[0]), row,
+                                     num_segments=tf.shape(query)[0])
 
 
 def _sources(query, keys=None, values=None):
