@@ -158,3 +158,25 @@ def test_scoring_errors_name_the_problem(exported, synth_dir, tmp_path):
     with pytest.raises(DataError, match="bad.tfrecord: record 0 has feature 'age' of the wrong type"):
         score(out, str(bad), str(tmp_path / "b.parquet"), **QUIET)
     assert not os.path.exists(tmp_path / "b.parquet") and not [f for f in os.listdir(tmp_path) if ".tmp-" in f]
+
+
+def test_batches_score_the_same_rows_in_order_and_report_their_cpu(exported, synth_dir, tmp_path):
+    """The batch size changes neither the scores nor their order (600 rows: one batch, or five with a short
+    last one); the summary splits the CPU into the SavedModel load, the first batch and a steady rate
+    (from the batch ending past row 150 to the last ending by row 450: rows 256-384 at batch 128)."""
+    _, out = exported["dnn"]
+    test = os.path.join(synth_dir, "test")
+    one = score(out, test, str(tmp_path / "one.parquet"), keep=["user_id"], batch_size=4096, **QUIET)
+    five = score(out, test, str(tmp_path / "five.parquet"), keep=["user_id"], batch_size=128, **QUIET)
+    a, b = pd.read_parquet(tmp_path / "one.parquet"), pd.read_parquet(tmp_path / "five.parquet")
+    np.testing.assert_array_equal(a["user_id"], b["user_id"])
+    np.testing.assert_allclose(a["prob"], b["prob"], atol=1e-6, rtol=0)
+    for res in (one, five):
+        assert res["rows"] == 600 and res["load_cpu_seconds"] > 0
+        assert 0 < res["first_batch_cpu_seconds"] <= res["cpu_seconds"]
+        assert res["examples_per_cpu_sec"] == pytest.approx(600 / res["cpu_seconds"], rel=0.01)
+    assert one["steady_examples_per_cpu_sec"] is None  # one batch: no steady stretch
+    assert five["steady_examples_per_cpu_sec"] > 0
+    # the steady stretch (128 rows) lies within the CPU after the first batch: at least 128 rows over all of it
+    after_first = five["cpu_seconds"] - five["first_batch_cpu_seconds"]
+    assert five["steady_examples_per_cpu_sec"] >= 0.95 * 128 / after_first

@@ -21,6 +21,13 @@ vocabulary (the ingested format; the SavedModel maps them with its own ``assets/
 for the others. Out-of-vocabulary values of the scored rows (a raw value not in the vocabulary, an id
 outside ``[0, vocab_size)``) are scored like id 0, as in training, and counted: ``oov_values`` and
 ``oov_by_feature`` (sequence entries included).
+
+The summary's speed figures, per CPU-second of all the process's threads: ``load_cpu_seconds`` (the
+SavedModel load), ``cpu_seconds`` / ``examples_per_cpu_sec`` (the scoring loop), ``first_batch_cpu_seconds``
+(tracing the parser, the iterator and the signature's first call, with the parse already running ahead) and
+``steady_examples_per_cpu_sec`` (the rows between a quarter and three quarters of the way through, where the
+parse runs equally far ahead at both ends; null with too few batches). ``python -m pipelines.bench_score``
+sets them beside ``tfmsr bench train``'s.
 """
 from __future__ import annotations
 
@@ -65,9 +72,10 @@ def _reader(files: Sequence[str], batch_size: int) -> tf.data.Dataset:
     """Batches of serialized records. Up to 4 shards are read ahead in parallel, but each shard is
     emitted whole and in file order (a shard's last batch may be short)."""
     compression = compression_of(files)
+    shard = tf.autograph.experimental.do_not_convert(  # no Python control flow: skip autograph's source rewrite
+        lambda f: tf.data.TFRecordDataset(f, compression_type=compression, buffer_size=1 << 20).batch(batch_size))
     return tf.data.Dataset.from_tensor_slices(list(files)).interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type=compression, buffer_size=1 << 20).batch(batch_size),
-        cycle_length=max(1, min(4, len(files))), block_length=1 << 30,
+        shard, cycle_length=max(1, min(4, len(files))), block_length=1 << 30,
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
@@ -276,24 +284,40 @@ def score(saved_model: str, inputs: str, output: str, keep: Sequence[str] = (), 
     routed = meta["scenario_index"] is None
     required = ([schema.scenario.name] if routed else []) + [f.name for f in schema.features if f.kind != "sequence"]
     parser = _RowParser(schema, dtypes, required, keep, routed)
+    cpu_load = time.process_time()
     loaded = tf.saved_model.load(path)  # kept alive while its signature runs
     fn = loaded.signatures["serving_default"]
+    load_cpu = time.process_time() - cpu_load
     columns = {**{k: dtypes[k] for k in keep}, "prob": tf.float32}
     progress = progress or _stderr_progress
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)  # score into a new folder
     sweep_beside(output, progress)  # the temp file of a killed score of the same output
     tally = _Tally(required, keep, parser.tables)
     start, cpu0 = time.time(), time.process_time()
-    _write_scores(fn, files, batch_size, parser, _Writer(output, fmt, columns), tally, progress, start)
+    marks = _write_scores(fn, files, batch_size, parser, _Writer(output, fmt, columns), tally, progress, start)
     seconds = time.time() - start
     summary = {
         "saved_model": path, "servable": meta["servable"], "input_files": len(files), "output": output,
         **tally.summary(),
         "seconds": round(seconds, 3), "examples_per_sec": round(tally.counts["rows"] / max(seconds, 1e-9), 1),
-        "cpu_seconds": round(time.process_time() - cpu0, 3),  # all threads: robust to a busy machine
+        **_cpu_figures(load_cpu, time.process_time() - cpu0, marks),
     }
     _report(summary, progress)
     return summary
+
+
+def _cpu_figures(load_cpu: float, cpu: float, marks: List[tuple]) -> dict:
+    """CPU-seconds of all threads (robust to a busy machine): loading the SavedModel, the scoring loop, its
+    first batch and the steady rate: from the first batch ending past a quarter of the rows to the last one
+    ending before three quarters (``marks``: (rows, CPU-seconds) at the end of each batch)."""
+    rows = marks[-1][0] if marks else 0
+    a = next((m for m in marks if 4 * m[0] >= rows), None)
+    b = next((m for m in reversed(marks) if 4 * m[0] <= 3 * rows), None)
+    steady = round((b[0] - a[0]) / max(b[1] - a[1], 1e-9), 1) if a and b and b[0] > a[0] else None
+    return {"load_cpu_seconds": round(load_cpu, 3), "cpu_seconds": round(cpu, 3),
+            "examples_per_cpu_sec": round(rows / max(cpu, 1e-9), 1),
+            "first_batch_cpu_seconds": round(marks[0][1], 3) if marks else None,
+            "steady_examples_per_cpu_sec": steady}
 
 
 def _output_format(output: str, overwrite: bool) -> str:
@@ -360,9 +384,10 @@ class _Tally:
 
 
 def _write_scores(fn, files: Sequence[str], batch_size: int, parser: _RowParser, writer: _Writer, tally: _Tally,
-                  progress: Callable[[str], None], start: float) -> None:
-    """Score every batch into ``writer`` (renamed into place at the end, removed on any error) and ``tally``."""
-    last = start
+                  progress: Callable[[str], None], start: float) -> List[tuple]:
+    """Score every batch into ``writer`` (renamed into place at the end, removed on any error) and ``tally``;
+    returns (rows so far, CPU-seconds since the start of the loop) at the end of each batch."""
+    last, cpu0, marks = start, time.process_time(), []
     try:
         with read_errors(files, parser.schema, parser.spec):
             for model_in, kept, ok, unknown, missing, oov, non_finite in _parsed_batches(files, batch_size, parser):
@@ -372,6 +397,7 @@ def _write_scores(fn, files: Sequence[str], batch_size: int, parser: _RowParser,
                 tally.add(cols, ok, unknown.numpy(), missing.numpy(), oov.numpy(), non_finite.numpy())
                 cols["prob"] = (np.where(ok, prob, np.nan).astype(np.float32), ok)
                 writer.write(cols)
+                marks.append((tally.counts["rows"], time.process_time() - cpu0))
                 if time.time() - last > 2:
                     last = time.time()
                     rows = tally.counts["rows"]
@@ -382,6 +408,7 @@ def _write_scores(fn, files: Sequence[str], batch_size: int, parser: _RowParser,
     except BaseException:
         writer.abort()
         raise
+    return marks
 
 
 def _report(summary: dict, progress: Callable[[str], None]) -> None:
