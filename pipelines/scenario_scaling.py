@@ -7,7 +7,8 @@ For every multi-scenario model and S in ``--scenarios`` (default 5, 20, 100, 300
 machine is shared) and trainable parameters; at S in ``--latency-scenarios`` (default 5, 300) also the
 latency of one ``--request``-row request (256) through the concrete serving functions the export writes
 (``ServingFunctions``: a scenario servable's ``serving_default`` and the ``all`` servable's ``all_scenarios``),
-median wall and CPU milliseconds over ``--calls``. Writes ``OUT/scenario_scaling.json`` and
+median wall and CPU milliseconds over ``--calls``, and the scenario servable's graph size (ops) and the
+parameters it holds (its row slices of the stacked weights, ``tfmsr.serving.signatures``). Writes ``OUT/scenario_scaling.json`` and
 ``OUT/scenario_scaling.md`` (the table, with each model's kept share of its S = 5 rate), atomically.
 """
 from __future__ import annotations
@@ -65,7 +66,15 @@ def serving_latency(cfg: dict, data: str, rows: int, calls: int) -> dict:
     start = time.perf_counter()
     scenario_fn, all_fn = fns.scenario(0), fns.all_scenarios()
     return {"trace_seconds": round(time.perf_counter() - start, 2), "request_rows": rows,
+            "scenario_servable_ops": _ops(scenario_fn),
+            "scenario_servable_parameters": sum(int(v.shape.num_elements()) for v in scenario_fn.variables),
             "scenario_servable": _latency(scenario_fn, one, calls), "all_scenarios": _latency(all_fn, every, calls)}
+
+
+def _ops(fn) -> int:
+    """Nodes of a concrete function's graph and of the functions it calls (what a servable traces)."""
+    g = fn.graph.as_graph_def()
+    return len(g.node) + sum(len(f.node_def) for f in g.library.function)
 
 
 def run_one(args) -> dict:

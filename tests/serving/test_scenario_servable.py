@@ -1,6 +1,7 @@
 """A scenario servable at many scenarios (issue 31): its graph does not grow with S, it holds only its
 scenario's slice of the stacked weights, and a python without tfmsr reproduces the model's own head and its
 ``all_scenarios`` column. Untrained models with perturbed weights (every scenario's slice differs)."""
+import gc
 import os
 
 import numpy as np
@@ -89,3 +90,9 @@ def test_all_servable_names_scenarios_up_to_the_bound(schemas, monkeypatch):
     assert set(fns.signatures(None)) == {"serving_default", "examples", "all_scenarios", *fns.names}
     monkeypatch.setattr(signatures, "NAMED_SIGNATURES_MAX", 8)
     assert set(fns.signatures(None)) == {"serving_default", "examples", "all_scenarios"}
+    sigs = fns.signatures(2)           # beyond the bound its graphs are not cached: they still run, own slices
+    assert ("scenario", 2) not in fns._cache
+    gc.collect()
+    x = sample_batch(schemas[12], n=8, with_scenario=False)
+    assert sigs["serving_default"](**{k: tf.constant(v) for k, v in x.items()})["prob"].shape == (8,)
+    assert any("/row_2" in v.name for v in fns.variables(sigs))

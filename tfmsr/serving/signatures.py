@@ -237,7 +237,11 @@ class ServingFunctions:
             if self.S <= NAMED_SIGNATURES_MAX:
                 sigs.update({name: self.scenario(s) for s, name in enumerate(self.names)})
             return sigs
-        return {"serving_default": self.scenario(scenario), "examples": self.scenario_examples(scenario)}
+        sigs = {"serving_default": self.scenario(scenario), "examples": self.scenario_examples(scenario)}
+        if self.S > NAMED_SIGNATURES_MAX:   # not reused by ``all``: graphs not kept (their row slices are: the
+            for key in (("scenario", scenario), ("scenario_examples", scenario)):   # functions hold them weakly)
+                self._cache.pop(key)
+        return sigs
 
 
 def sample_batch(schema: Schema, n: int = 4, seed: int = 0, with_scenario: bool = True,
