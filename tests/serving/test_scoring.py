@@ -83,8 +83,9 @@ def test_unknown_scenarios_and_missing_features_are_counted_not_scored(exported,
     shard = str(tmp_path / "bad.tfrecord")
     _bad_shard(synth_dir, shard, synth_schema)
     unscored = (3, 4, 5, 8, 9)
-    # batch 4: rows 8-11 are a batch the fast dense parse rejects (several / zero values), parsed again exactly
-    for batch_size in (4096, 4):
+    # batch 4: rows 8-11 are a batch the fast dense parse rejects (several / zero values), parsed again exactly;
+    # batch 1: rows 8 and 9 are two rejected batches, re-read by one reader moving forward
+    for batch_size in (4096, 4, 1):
         res = score(out, shard, str(tmp_path / f"s{batch_size}.parquet"), keep=["click"], batch_size=batch_size,
                     **QUIET)
         assert (res["rows"], res["scored"], res["unknown_scenario"], res["missing_features"]) == (20, 15, 2, 3)

@@ -249,13 +249,32 @@ class _RowParser:
                 tf.constant(np.repeat(np.arange(len(sizes)), widths), tf.int32))
 
 
+class _Reread:
+    """Batches the fast parse rejects, parsed exactly: a second reader of the same shards only moves forward
+    to each, so every record is read at most twice however many batches are rejected."""
+
+    def __init__(self, files: Sequence[str], batch_size: int, parser: _RowParser):
+        self.files, self.batch_size, self.it, self.next_index = files, batch_size, None, 0
+        self.exact = tf.function(parser.exact, input_signature=[tf.TensorSpec([None], tf.string)])
+
+    def __call__(self, index: int):
+        """The exactly parsed batch ``index`` (indices increase from call to call)."""
+        if self.it is None:
+            self.it = iter(_reader(self.files, self.batch_size))
+        for _ in range(index - self.next_index):
+            next(self.it)
+        self.next_index = index + 1
+        return self.exact(next(self.it))
+
+
 def _parsed_batches(files: Sequence[str], batch_size: int, parser: _RowParser):
-    """Parsed batches in input order: the fast parse in parallel; a batch it rejects is read again and
-    parsed exactly (a batch neither parser reads raises from ``exact``)."""
+    """Parsed batches in input order: the fast parse in parallel; a batch it rejects is parsed exactly by
+    ``_Reread`` (a batch neither parser reads raises from ``exact``)."""
     ds = _reader(files, batch_size).map(parser.fast, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()  # the pipeline is explicit; the default rewrites only cost time at iter()
     options.experimental_optimization.apply_default_optimizations = False
     it = iter(ds.prefetch(tf.data.AUTOTUNE).with_options(options))
+    reread = _Reread(files, batch_size, parser)
     index = 0
     while True:
         try:
@@ -263,7 +282,7 @@ def _parsed_batches(files: Sequence[str], batch_size: int, parser: _RowParser):
         except StopIteration:
             return
         except tf.errors.InvalidArgumentError:
-            batch = next(iter(_reader(files, batch_size).skip(index).take(1).map(parser.exact)))
+            batch = reread(index)
         index += 1
         yield batch
 
