@@ -156,3 +156,17 @@ def test_bst_pooling_default_target(pooling, synth_dir, synth_schema):
     seq = {"target": t[:, 0], "flatten": (t * m).reshape(len(t), -1), "mean": (t * m).sum(1) / m.sum(1)}[pooling]
     h = np.concatenate([context_inputs(model, x, beh.features).numpy(), seq], axis=-1)
     np.testing.assert_allclose(z, model.out(model.mlp(tf.constant(h))).numpy()[:, 0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("l2", [0.0, 1e-3])
+def test_embedding_l2_penalises_every_table(l2, synth_dir, synth_schema):
+    """``embedding_l2``: the model's regularisation loss is l2 * the sum of squares of every embedding table
+    (and none without it)."""
+    model = build("dnn", synth_schema, {"hidden": [8], "embedding_l2": l2})
+    (x, _), = batches(synth_dir, synth_schema, "valid", 16, 1)
+    model(x)
+    tables = [w.numpy() for w in model.embedding.weights if "embeddings" in w.name]
+    assert tables
+    expected = l2 * sum(float(np.sum(t.astype(np.float64) ** 2)) for t in tables)
+    got = float(tf.add_n(model.losses)) if model.losses else 0.0
+    np.testing.assert_allclose(got, expected, rtol=1e-5)

@@ -69,6 +69,7 @@ class RankingModel(Parametrized, TrainableModel):
     @dataclass
     class Params(params_.Params):
         embedding_dim: Optional[int] = None   # None: each table's own width from the schema
+        embedding_l2: float = 0.0   # L2 on every embedding table, whole table each step (keras regularizer)
 
     def __init__(self, schema: Schema, params: Optional[dict] = None, stats: Optional[dict] = None, **kwargs):
         """``stats``: the dataset statistics, read by a model that needs them in its own ``__init__``."""
@@ -76,7 +77,8 @@ class RankingModel(Parametrized, TrainableModel):
         self.schema = schema
         self.params = self.typed_params(params or {})
         self.num_scenarios = schema.num_scenarios
-        self.embedding = FeatureEmbedding(schema, dim=self.params.embedding_dim, name="embedding")
+        self.embedding = FeatureEmbedding(schema, dim=self.params.embedding_dim, l2=self.params.embedding_l2,
+                                          name="embedding")
         self.oov_ids = keras.metrics.Sum(name="oov_ids")
         self.non_finite = keras.metrics.Sum(name="non_finite")  # numeric values replaced / examples left out
         self.examples = keras.metrics.Sum(name="examples")      # examples consumed, counted in the graph
