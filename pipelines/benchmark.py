@@ -57,6 +57,7 @@ import numpy as np
 
 import tfmsr  # noqa: F401  (pins Keras 2 before TensorFlow loads)
 
+from tfmsr.core.checks import with_added_keys  # noqa: E402
 from tfmsr.core.config import PACKAGED as CONFIGS  # noqa: E402  (the configs shipped in the package)
 
 POPULARITY, ORACLE = "popularity", "oracle"
@@ -195,7 +196,7 @@ def check_reusable(model_dir: str, cfg: dict, data_dir: str) -> None:
         return
     with open(path) as fh:
         old = yaml.safe_load(fh) or {}
-    want, have = _flat(cfg), _flat(old.get("config") or {})
+    want, have = _flat(cfg), _flat(with_added_keys(old.get("config") or {}, cfg))
     diff = [f"{k}: {have.get(k)!r} there, {want.get(k)!r} now" for k in sorted(set(want) | set(have))
             if want.get(k) != have.get(k) and k not in NO_EFFECT]
     if old.get("data") != os.path.abspath(data_dir):

@@ -297,3 +297,15 @@ def test_under_popularity_floor_names_rows_under_it_within_or_beyond_one_std():
     assert benchmark.under_floor(rows) == {}
     assert benchmark._floor_lines({"rows": rows, "under_popularity": {}})[1].startswith("No model row is under")
     assert benchmark.under_floor({"dnn": rows["dnn"]}) == {} and benchmark._floor_lines({"rows": {}}) == []
+
+
+def test_a_run_reused_across_an_added_setting(tmp_path):
+    """A run dir written before a setting existed (its run.yaml lacks the key) is reused; a changed value is not."""
+    import yaml
+
+    cfg = {"model": {"name": "dnn", "params": {"hidden": [8], "embedding_l2": 0.0}}, "train": {"epochs": 2}}
+    old = {"model": {"name": "dnn", "params": {"hidden": [8]}}, "train": {"epochs": 2}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"config": old, "data": str(tmp_path)}))
+    benchmark.check_reusable(str(tmp_path), cfg, str(tmp_path))
+    with pytest.raises(ValueError, match="train.epochs: 2 there, 3 now"):
+        benchmark.check_reusable(str(tmp_path), {**cfg, "train": {"epochs": 3}}, str(tmp_path))

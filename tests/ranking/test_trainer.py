@@ -150,6 +150,18 @@ def test_unfinished_run_resumes_only_with_the_same_config(synth_dir, tmp_path):
     assert summary["resumed_from_step"] == 0 and os.path.exists(model_dir / "final")
 
 
+def test_unfinished_run_of_an_older_tfmsr_resumes(synth_dir, tmp_path):
+    """A run.yaml written before a setting existed (no such key) is the same config: the run resumes."""
+    cfg = quick_config("dnn", {"hidden": [4]}, validate=False)
+    older = yaml.safe_load(yaml.safe_dump(cfg))
+    del older["model"]["params"]["embedding_l2"], older["train"]["log_every"]
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    (model_dir / "run.yaml").write_text(yaml.safe_dump({"config": older, "data": synth_dir}))
+    summary = train(cfg, synth_dir, str(model_dir), log=lambda m: None)
+    assert summary["resumed_from_step"] == 0 and os.path.exists(model_dir / "final")
+
+
 def _five_step_losses(synth_dir, synth_schema, name, strategy=None):
     """The loss of 5 Adam steps of ``name`` from seed 0 on the first training batches (under ``strategy``)."""
     import tf_keras as keras

@@ -31,6 +31,7 @@ from typing import Callable, List, Optional, Tuple
 import tensorflow as tf
 import tf_keras as keras
 
+from tfmsr.core.checks import with_added_keys
 from tfmsr.core.io import atomic_dir, write_json
 from tfmsr.core.optim import make_optimizer
 from tfmsr.core.progress import log as log_line
@@ -310,8 +311,8 @@ def _check_resumable(model_dir: str, cfg: dict, data_dir: str, overwrite: bool) 
         shutil.rmtree(model_dir)
         return
     before = RunDir(model_dir).read()
-    for what, old, new in (("config", before.get("config"), cfg), ("data", before.get("data"),
-                                                                    os.path.abspath(data_dir))):
+    old_config = with_added_keys(before.get("config"), cfg)   # a setting added since is not a difference
+    for what, old, new in (("config", old_config, cfg), ("data", before.get("data"), os.path.abspath(data_dir))):
         if old != new:
             raise FileExistsError(f"{model_dir}: holds an unfinished run with a different {differences(what, old, new)}; "
                                   "resume it with the same config and data, or pass --overwrite to start afresh")
