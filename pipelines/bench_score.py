@@ -7,7 +7,8 @@ export exists, then alternates, ``--repeats`` times, a fresh ``tfmsr bench train
 ``--steps`` timed steps after ``--warmup``; the config's ``data.cache``) and a fresh ``tfmsr score`` process
 scoring every row of ``DIR/<--split>`` (Parquet, the scenario routed by the ``all`` servable). Per CPU-second of
 the process (all threads): ``score`` is the scoring loop (read, parse, guards, OOV counts, SavedModel calls,
-output), ``score_steady`` the same after its first batch (tracing and the signature's first call paid), and
+output), ``score_steady`` the same over the rows between a quarter and three quarters of the way through
+(tracing and the signature's first call paid; ``tfmsr score``'s ``steady_examples_per_cpu_sec``), and
 ``score_process`` the whole ``tfmsr score`` process (Python and TensorFlow start-up and the SavedModel load
 included). ``ratio`` = median score / median train; the issue's goal is >= 3. Prints one JSON object.
 """
