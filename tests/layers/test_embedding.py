@@ -52,3 +52,56 @@ def test_pooled_sequence_equals_the_masked_mean_of_its_lookup_with_the_same_tabl
     np.testing.assert_allclose(g_got.numpy(), tf.convert_to_tensor(g_want).numpy(), **TOL)
     with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
         np.testing.assert_allclose(emb.pooled(x, "hist").numpy(), want.numpy(), **TOL)
+
+
+def _batch_penalty_numpy(tables, reads, counts, l2, scale=1.0):
+    """Eq. 4 by hand: ``l2 * sum_j ||w_j||^2 / n_j`` over the real ids (> 0) each table's features read."""
+    total = 0.0
+    for table, ids in reads.items():
+        rows = np.unique(ids[(ids > 0)])
+        total += sum(float(np.sum(tables[table][j] ** 2)) / (counts[table][j] * scale) for j in rows)
+    return l2 * total
+
+
+def test_batch_penalty_is_the_mini_batch_aware_l2_of_the_rows_read_with_sparse_gradients():
+    """DIN eq. 4-5 on two batches: only real ids read (item_id and the shared hist; padding 0 and an OOV id
+    out), each row / its occurrence count so far (both features counted), times epoch_rows / rows seen;
+    the table gradients stay IndexedSlices; no lookups, no penalty; the same feature read twice counts once."""
+    from tfmsr.layers import FeatureEmbedding
+
+    emb = FeatureEmbedding(_sequence_schema(), batch_l2=0.5, epoch_rows=6)
+    batches = [({"user_id": [1, 2], "item_id": [3, 4], "hist": [[3, 3, 5, 0, 0, 0], [99, 0, 0, 0, 0, 0]]}),
+               ({"user_id": [2, 2], "item_id": [5, 7], "hist": [[3, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]]})]
+    counts = {"user_id": np.zeros(9), "item_id": np.zeros(12)}
+    assert emb.batch_penalty() is None
+    for step, batch in enumerate(batches, start=1):
+        x = {k: tf.constant(v, tf.int64) for k, v in batch.items()}
+        with tf.GradientTape() as tape:
+            emb.embed(x, "user_id"), emb.embed(x, "item_id"), emb.embed(x, "item_id"), emb.pooled(x, "hist")
+            penalty = emb.batch_penalty()
+        reads = {"user_id": np.array(batch["user_id"]),
+                 "item_id": np.concatenate([batch["item_id"], np.ravel(batch["hist"])])}
+        for table, ids in reads.items():
+            np.add.at(counts[table], ids[(ids > 0) & (ids < len(counts[table]))], 1.0)
+        reads["item_id"] = reads["item_id"][reads["item_id"] < 12]
+        tables = {t: emb.tables[t].embeddings.numpy() for t in counts}
+        want = _batch_penalty_numpy(tables, reads, counts, 0.5, scale=6 / (2.0 * step))
+        np.testing.assert_allclose(float(penalty), want, rtol=1e-5)
+        for table in counts:
+            np.testing.assert_allclose(emb.counts[table].numpy(), counts[table])
+        grads = tape.gradient(penalty, [emb.tables[t].embeddings for t in counts])
+        assert all(isinstance(g, tf.IndexedSlices) for g in grads)
+        assert sorted(np.unique(grads[1].indices.numpy())) == sorted(np.unique(reads["item_id"][reads["item_id"] > 0]))
+    assert emb.batch_penalty() is None  # consumed: nothing read since
+
+
+def test_batch_penalty_off_by_default_and_lookups_keep_sparse_gradients():
+    """Without ``batch_l2`` there are no count variables and no penalty; a lookup's gradient is IndexedSlices."""
+    from tfmsr.layers import FeatureEmbedding
+
+    emb = FeatureEmbedding(_sequence_schema())
+    x = {"item_id": tf.constant([1, 2], tf.int64)}
+    with tf.GradientTape() as tape:
+        out = tf.reduce_sum(emb.embed(x, "item_id"))
+    assert isinstance(tape.gradient(out, emb.tables["item_id"].embeddings), tf.IndexedSlices)
+    assert emb.batch_penalty() is None and not emb.counts and not emb.non_trainable_weights

@@ -5,6 +5,10 @@ behaviour sequence of item ids reads the ``item_id`` table). Ids outside ``[1, v
 (padding / OOV), inside the graph, so serving clamps exactly like training. Hashed features hash raw
 strings into ``[1, hash_buckets)`` with the stock ``StringToHashBucketFast`` op; the empty string is 0.
 The scenario field (``[0, S)``) has its own table of S rows.
+
+Regularisation: ``l2`` is a Keras L2 on every whole table each step (dense gradients); ``batch_l2`` is DIN's
+mini-batch aware regulariser (Zhou et al., KDD 2018, Sec. 4.1, eq. 4-5), which touches only the rows a batch
+reads and keeps the lookups' gradients sparse (:meth:`FeatureEmbedding.batch_penalty`).
 """
 from __future__ import annotations
 
@@ -20,11 +24,14 @@ class FeatureEmbedding(keras.layers.Layer):
     """Schema-driven embedding lookups: ``embed(x, name)``, ``group(x, group)``, ``numeric(x, group)``.
 
     ``dim`` overrides every table's width (models whose equations need one width across fields);
-    ``scenario_dim`` sizes the scenario table (default: ``dim`` or 16).
+    ``scenario_dim`` sizes the scenario table (default: ``dim`` or 16). ``l2``: Keras L2 on every whole table;
+    ``batch_l2``: the mini-batch aware L2 (:meth:`batch_penalty`), with ``epoch_rows`` (training rows per
+    epoch) turning the running id counts into per-epoch counts.
     """
 
     def __init__(self, schema: Schema, dim: Optional[int] = None, scenario_dim: Optional[int] = None,
-                 initializer="glorot_uniform", l2: float = 0.0, **kwargs):
+                 initializer="glorot_uniform", l2: float = 0.0, batch_l2: float = 0.0,
+                 epoch_rows: Optional[int] = None, **kwargs):
         super().__init__(**kwargs)
         self.schema = schema
         reg = keras.regularizers.l2(l2) if l2 else None
@@ -38,6 +45,14 @@ class FeatureEmbedding(keras.layers.Layer):
         self.scenario_table = keras.layers.Embedding(
             schema.num_scenarios, self.scenario_dim, embeddings_initializer=initializer,
             embeddings_regularizer=reg, name="emb_scenario")
+        self.batch_l2, self.epoch_rows = float(batch_l2), epoch_rows
+        self.counts: Dict[str, tf.Variable] = {}
+        if self.batch_l2:
+            for name, table in self.tables.items():
+                self.counts[name] = self.add_weight(f"count_{name}", shape=(table.input_dim,), initializer="zeros",
+                                                    trainable=False)
+            self.seen = self.add_weight("seen", shape=(), initializer="zeros", trainable=False)
+        object.__setattr__(self, "_reads", (None, {}))  # untracked: the ids this graph's lookups read
 
     def dim_of(self, name: str) -> int:
         return self.tables[self.schema.feature(name).table].output_dim
@@ -68,7 +83,7 @@ class FeatureEmbedding(keras.layers.Layer):
     # ------------------------------------------------------------------ lookups
     def embed(self, x: Dict[str, tf.Tensor], name: str) -> tf.Tensor:
         """``[B, d]`` for a categorical feature, ``[B, L, d]`` for a sequence."""
-        return self.tables[self.schema.feature(name).table](self.ids(x, name))
+        return self.tables[self.schema.feature(name).table](self._read(x, name))
 
     def pooled(self, x: Dict[str, tf.Tensor], name: str) -> tf.Tensor:
         """``[B, d]``: ``masked_mean(embed(x, name), mask(x, name))`` of a sequence. Without a distribution
@@ -77,7 +92,7 @@ class FeatureEmbedding(keras.layers.Layer):
         one dense ``[V, d]`` product (no ``[B, L, d]`` slices to scatter back). Under a strategy (tables on
         parameter servers, gradients all-reduced) the gather and its sparse gradient are kept."""
         table = self.tables[self.schema.feature(name).table]
-        ids = self.ids(x, name)
+        ids = self._read(x, name)
         mask = tf.not_equal(ids, 0)
         if tf.distribute.has_strategy():
             return masked_mean(table(ids), mask)
@@ -90,6 +105,47 @@ class FeatureEmbedding(keras.layers.Layer):
         sparse = tf.SparseTensor(tf.stack([real[:, 0], tf.gather_nd(ids, real)], axis=1), weights,
                                  tf.stack([rows, tf.constant(table.input_dim, tf.int64)]))
         return tf.sparse.sparse_dense_matmul(sparse, table.embeddings)
+
+    # ------------------------------------------------------------------ mini-batch aware L2
+    def _read(self, x: Dict[str, tf.Tensor], name: str) -> tf.Tensor:
+        """``ids(x, name)``, noted for :meth:`batch_penalty` (once per feature and graph) when ``batch_l2``."""
+        ids = self.ids(x, name)
+        if self.batch_l2:
+            graph = _current_graph()
+            reads = self._reads[1] if self._reads[0] is graph else {}
+            reads[name] = ids
+            object.__setattr__(self, "_reads", (graph, reads))
+        return ids
+
+    def batch_penalty(self) -> Optional[tf.Tensor]:
+        """DIN's mini-batch aware L2 of the training batch just looked up (eq. 4-5):
+        ``batch_l2 * sum_j ||w_j||^2 / n_j`` over every table and every real id j (not 0) the batch read
+        (``alpha_mj = 1``), so only those rows get a gradient (sparse, ``IndexedSlices``). ``n_j``: the
+        occurrences of j in the batches trained so far, this one included (a non-trainable count per row,
+        every feature reading the table counted), times ``epoch_rows / rows seen`` when ``epoch_rows`` is
+        known (the count per epoch, exact after the first epoch; without it the running count). The scenario
+        table is left out (S rows read by every batch: ``n_j`` is the scenario's traffic, the term nil).
+        Updates the counts: call once per training step; None when nothing was read in this graph."""
+        graph, reads = self._reads
+        object.__setattr__(self, "_reads", (None, {}))
+        if not self.batch_l2 or not reads or graph is not _current_graph():
+            return None
+        by_table: Dict[str, List[tf.Tensor]] = {}
+        for name, ids in reads.items():
+            by_table.setdefault(self.schema.feature(name).table, []).append(tf.reshape(ids, [-1]))
+        batch = tf.cast(tf.shape(next(iter(reads.values())))[0], tf.float32)
+        seen = self.seen.assign_add(batch)
+        terms = []
+        for table, parts in by_table.items():
+            flat = tf.concat(parts, axis=0)
+            rows, _, occurrences = tf.unique_with_counts(tf.boolean_mask(flat, flat > 0))
+            self.counts[table].scatter_add(tf.IndexedSlices(tf.cast(occurrences, tf.float32), rows))
+            n = tf.gather(self.counts[table], rows)
+            if self.epoch_rows:
+                n = n * (float(self.epoch_rows) / seen)
+            w = tf.gather(self.tables[table].embeddings, rows)
+            terms.append(tf.reduce_sum(tf.reduce_sum(tf.square(w), axis=1) / n))
+        return self.batch_l2 * tf.add_n(terms)
 
     def mask(self, x: Dict[str, tf.Tensor], name: str) -> tf.Tensor:
         """``[B, L]`` bool: real (non-padding) positions of a sequence."""
@@ -116,6 +172,11 @@ class FeatureEmbedding(keras.layers.Layer):
 
     def call(self, x):  # pragma: no cover - lookups go through the named methods
         raise TypeError("FeatureEmbedding is used through embed()/group()/numeric(), not called directly")
+
+
+def _current_graph():
+    """The graph being traced (a ``tf.function``'s FuncGraph), or None when executing eagerly."""
+    return None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
 
 
 def masked_mean(seq: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:

@@ -55,6 +55,11 @@ def binary_cross_entropy(labels: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(keras.losses.binary_crossentropy(y, probs))
 
 
+def train_rows(stats: Optional[dict]) -> Optional[int]:
+    """The training split's row count in ``stats.json`` (``splits.train.rows``), or None."""
+    return ((stats or {}).get("splits") or {}).get("train", {}).get("rows")
+
+
 gather_scenario = own_rows  # ``logits[b, scenario[b]]`` of ``[B, S]`` logits (the layers' own-scenario gather)
 
 
@@ -70,6 +75,7 @@ class RankingModel(Parametrized, TrainableModel):
     class Params(params_.Params):
         embedding_dim: Optional[int] = None   # None: each table's own width from the schema
         embedding_l2: float = 0.0   # L2 on every embedding table, whole table each step (keras regularizer)
+        embedding_batch_l2: float = 0.0   # DIN's mini-batch aware L2 (eq. 4-5): rows the batch reads, / n_j
 
     def __init__(self, schema: Schema, params: Optional[dict] = None, stats: Optional[dict] = None, **kwargs):
         """``stats``: the dataset statistics, read by a model that needs them in its own ``__init__``."""
@@ -78,7 +84,8 @@ class RankingModel(Parametrized, TrainableModel):
         self.params = self.typed_params(params or {})
         self.num_scenarios = schema.num_scenarios
         self.embedding = FeatureEmbedding(schema, dim=self.params.embedding_dim, l2=self.params.embedding_l2,
-                                          name="embedding")
+                                          batch_l2=self.params.embedding_batch_l2,
+                                          epoch_rows=train_rows(stats), name="embedding")
         self.oov_ids = keras.metrics.Sum(name="oov_ids")
         self.non_finite = keras.metrics.Sum(name="non_finite")  # numeric values replaced / examples left out
         self.examples = keras.metrics.Sum(name="examples")      # examples consumed, counted in the graph
@@ -144,9 +151,20 @@ class RankingModel(Parametrized, TrainableModel):
 
     def compute_losses(self, features, labels, training=False, outputs=None):
         """``{"bce": ...}``: the binary cross-entropy of the own-scenario prediction (as Keras'
-        ``BinaryCrossentropy``: the mean over the batch); a model adds its auxiliaries to this dict."""
+        ``BinaryCrossentropy``: the mean over the batch); a model adds its auxiliaries to this dict. A training
+        step also takes the mini-batch aware embedding penalty of its lookups, added by :meth:`total_loss`."""
         outputs = self.step_outputs(features, training=training) if outputs is None else outputs
+        penalty = self.embedding.batch_penalty() if training else None
+        object.__setattr__(self, "_batch_penalty", penalty)  # untracked; read by total_loss in this graph
         return {"bce": binary_cross_entropy(labels, outputs["prediction"])}
+
+    def total_loss(self, losses):
+        """The weighted components and regularization losses, plus this training step's mini-batch aware
+        embedding L2 (``embedding_batch_l2``, :meth:`FeatureEmbedding.batch_penalty`)."""
+        total = super().total_loss(losses)
+        penalty = getattr(self, "_batch_penalty", None)
+        object.__setattr__(self, "_batch_penalty", None)
+        return total if penalty is None else total + penalty
 
     def get_config(self):
         return {"model": self.model_name, "params": self.params.to_dict()}
