@@ -66,7 +66,9 @@ def test_multi_head_self_attention():
     mask[:, 0] = True
     layer = MultiHeadSelfAttention(num_heads=2)
     got = layer(tf.constant(x), mask=tf.constant(mask)).numpy()
-    np.testing.assert_allclose(got, np_self_attention(layer, x, mask), **TOL)
+    np.testing.assert_allclose(got[mask], np_self_attention(layer, x, mask)[mask], **TOL)
+    assert not got[~mask].any()                               # padding rows (attended over real tokens only): 0
+    np.testing.assert_allclose(layer(tf.constant(x)).numpy(), np_self_attention(layer, x, np.ones_like(mask)), **TOL)
     assert not np.allclose(layer.wq.numpy(), layer.wk.numpy())
     with pytest.raises(TypeError, match="pass the mask by keyword"):
         layer(tf.constant(x), tf.constant(mask))              # a mask in the keys' place is refused
@@ -85,7 +87,8 @@ def test_transformer_block_bst():
     s = layer_norm(x + np_self_attention(block.mha, x, mask), block.norm1)
     leaky = lambda t: np.where(t > 0, t, 0.2 * t)
     f = dense(block.ff2, dense(block.ff1, s, leaky))
-    np.testing.assert_allclose(got, layer_norm(s + f, block.norm2), **TOL)
+    np.testing.assert_allclose(got[mask], layer_norm(s + f, block.norm2)[mask], **TOL)
+    assert not got[~mask].any()
 
 
 def test_positional_embedding_adds_position_rows():

@@ -2,11 +2,13 @@
 Transformer block with positional embeddings of BST.
 
 Shapes: ``query [B, d_q]``, ``keys [B, L, d_k]``, ``values [B, L, d_v]``, ``mask [B, L]`` (bool, True at
-real positions). Padding never receives weight; an all-padding sequence pools to zeros.
+real positions). Padding never receives weight; an all-padding sequence pools to zeros. With a mask, self-attention
+runs over the real tokens only (:func:`pack`: ``[n, d]`` tokens, one score per pair of real tokens of one example),
+so its cost follows the real behaviours, not ``B x L``; its padding rows are zeros.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import tensorflow as tf
 import tf_keras as keras
@@ -26,6 +28,57 @@ def masked_softmax(scores: tf.Tensor, mask: Optional[tf.Tensor], axis: int = -1)
     m = tf.cast(mask, scores.dtype)
     w = tf.nn.softmax(scores + (1.0 - m) * _NEG, axis=axis)
     return w * m
+
+
+class Packed(NamedTuple):
+    """The real positions of a ``[B, L]`` mask, row-major: ``index [n, 2]`` (example, position) of each real
+    token, ``row [n]`` its example, ``start [B]`` / ``count [B]`` each example's first token and number of tokens,
+    ``shape [2]`` = (B, L). Layers given one take ``[n, d]`` token tensors (``gather``) instead of ``[B, L, d]``."""
+    index: tf.Tensor
+    row: tf.Tensor
+    start: tf.Tensor
+    count: tf.Tensor
+    shape: tf.Tensor
+
+    def gather(self, x: tf.Tensor) -> tf.Tensor:
+        """``[B, L, d] -> [n, d]``: the real tokens."""
+        return tf.gather_nd(x, self.index)
+
+    def scatter(self, tokens: tf.Tensor, index: Optional[tf.Tensor] = None, length=None) -> tf.Tensor:
+        """``[n, d] -> [B, L, d]`` with zeros at padding (``index``/``length``: a subset of the tokens and rows)."""
+        shape = tf.stack([self.shape[0], self.shape[1] if length is None else tf.cast(length, tf.int64)])
+        return tf.scatter_nd(self.index if index is None else index, tokens,
+                             tf.concat([shape, tf.shape(tokens, out_type=tf.int64)[1:]], 0))
+
+    def mean(self, tokens: tf.Tensor) -> tf.Tensor:
+        """``[n, d] -> [B, d]``: each example's mean token (zeros for an example without one)."""
+        total = tf.math.unsorted_segment_sum(tokens, self.row, self.shape[0])
+        return total / tf.maximum(tf.cast(self.count, tokens.dtype), 1.0)[:, None]
+
+
+def pack(mask: tf.Tensor) -> Packed:
+    """The :class:`Packed` real positions of ``mask [B, L]`` (bool)."""
+    index = tf.where(mask)
+    count = tf.reduce_sum(tf.cast(mask, tf.int64), axis=1)
+    return Packed(index, index[:, 0], tf.cumsum(count, exclusive=True), count, tf.shape(mask, out_type=tf.int64))
+
+
+def segment_softmax(scores: tf.Tensor, segments: tf.Tensor, num: tf.Tensor) -> tf.Tensor:
+    """Softmax of ``scores [P, ...]`` within each group of ``segments [P]`` (ids < ``num``): the masked softmax
+    over the real positions only (a group is one query's keys)."""
+    top = tf.stop_gradient(tf.math.unsorted_segment_max(scores, segments, num))
+    e = tf.exp(scores - tf.gather(top, segments))
+    return e / tf.gather(tf.math.unsorted_segment_sum(e, segments, num), segments)
+
+
+def _pairs(packed: Packed, queries: tf.Tensor):
+    """``(query, key)`` token indices ``[P]`` of every query token (``queries [m]``, indices into the tokens)
+    with every real token of its example, grouped by query (``query`` indexes ``queries``)."""
+    row = tf.gather(packed.row, queries)
+    n, first = tf.gather(packed.count, row), tf.gather(packed.start, row)
+    query = tf.repeat(tf.range(tf.size(queries, out_type=tf.int64)), n)
+    offset = tf.range(tf.reduce_sum(n)) - tf.repeat(tf.cumsum(n, exclusive=True), n)
+    return query, tf.repeat(first, n) + offset
 
 
 class TargetAttention(keras.layers.Layer):
@@ -105,6 +158,36 @@ def _sources(query, keys=None, values=None):
     return query, keys, keys if values is None else values
 
 
+def _project(x: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
+    """``x W`` for tokens ``[n, d]`` or sequences ``[B, L, d]``."""
+    return tf.matmul(x, w) if x.shape.rank == 2 else tf.einsum("bld,dk->blk", x, w)
+
+
+def _over_tokens(sources, mask) -> bool:
+    """Whether a masked (self-)attention over ``sources [B, L, d_i]`` runs over the real tokens: the query has
+    the keys' positions (one mask for both)."""
+    q, k = sources[0].shape, sources[1].shape
+    return mask is not None and q.rank == 3 and q[1] is not None and q[1] == k[1]
+
+
+def _query_tokens(packed: Packed, rows):
+    """Indices of the query tokens: all (``None``) or those at a position ``< rows``."""
+    return None if rows is None else tf.where(packed.index[:, 1] < rows)[:, 0]
+
+
+def _via_tokens(fn, sources, mask, rows):
+    """``fn(tokens, packed) -> [m, d]`` over the real tokens of ``sources`` (each distinct tensor gathered once),
+    scattered back to ``[B, L or rows, d]`` with zeros at padding."""
+    packed, tokens, seen = pack(mask), [], {}
+    for src in sources:
+        if id(src) not in seen:
+            seen[id(src)] = packed.gather(src)
+        tokens.append(seen[id(src)])
+    queries = _query_tokens(packed, rows)
+    out = fn(tuple(tokens), packed)
+    return packed.scatter(out, None if queries is None else tf.gather(packed.index, queries), rows)
+
+
 def _projections(sources, kernels):
     """``[src_i W_i]`` (``[B, L, d_i]``) for each source; sources that are the same tensor share one matmul
     with their kernels concatenated (self-attention: one fused QKV projection), split after it. The kernels
@@ -116,7 +199,7 @@ def _projections(sources, kernels):
     out = [None] * len(sources)
     for src, idx in groups:
         ws = [kernels[i] for i in idx]
-        y = tf.einsum("bld,dk->blk", src, ws[0] if len(ws) == 1 else tf.concat(ws, axis=1))
+        y = _project(src, ws[0] if len(ws) == 1 else tf.concat(ws, axis=1))
         for i, part in zip(idx, [y] if len(ws) == 1 else tf.split(y, [int(w.shape[-1]) for w in ws], axis=-1)):
             out[i] = part
     return out
@@ -213,9 +296,13 @@ class MultiHeadSelfAttention(MultiInputLayer):
             self.add_weight(name=n, shape=(w, d), initializer=fresh(self.kernel_init))
             for n, w in zip(("W_Q", "W_K", "W_V", "W_H"), widths + [d]))
 
-    def call(self, query, keys=None, values=None, mask=None, training=False, *, rows=None):
+    def call(self, query, keys=None, values=None, mask=None, training=False, *, rows=None, packed=None):
         sources = _sources(query, keys, values)
         self.build_once(*sources)
+        if packed is not None:
+            return self.over_tokens(sources, packed, rows, training)
+        if _over_tokens(sources, mask):
+            return _via_tokens(lambda t, p: self.over_tokens(t, p, rows, training), sources, mask, rows)
         if rows is not None:
             sources = (sources[0][:, :rows],) + sources[1:]
         h, d = self.num_heads, self.wv.shape[-1]
@@ -227,6 +314,33 @@ class MultiHeadSelfAttention(MultiInputLayer):
         o = tf.transpose(tf.matmul(w, v), [0, 2, 1, 3])                              # [B, L, H, d/h]
         o = tf.reshape(o, [tf.shape(sources[0])[0], tf.shape(sources[0])[1], d])
         return tf.einsum("bld,dk->blk", o, self.wo)
+
+
+    def over_tokens(self, sources, packed: Packed, rows=None, training=False):
+        """The attention over real tokens: ``sources`` are ``[n, d_i]`` tokens of ``packed``; each query token
+        (all, or those at a position ``< rows``) attends to the tokens of its example. ``-> [m, d]``."""
+        h, d = self.num_heads, int(self.wv.shape[-1])
+        q, k, v = _projections(sources, (self.wq, self.wk, self.wv))
+        queries = _query_tokens(packed, rows)
+        if queries is None:
+            queries = tf.range(tf.shape(q, out_type=tf.int64)[0])
+        else:
+            q = tf.gather(q, queries)
+        query, key = _pairs(packed, queries)
+        m = tf.size(queries, out_type=tf.int64)
+        heads = lambda t, i: tf.reshape(tf.gather(t, i), [-1, h, d // h])                 # [P, H, d/h]
+        s = tf.reduce_sum(heads(q * (d // h) ** -0.5, query) * heads(k, key), axis=-1)  # [P, H]
+        w = segment_softmax(s, query, m)
+        if self.drop is not None:
+            w = self.drop(w, training=training)
+        o = tf.math.unsorted_segment_sum(w[..., None] * heads(v, key), query, m)      # [m, H, d/h]
+        return tf.matmul(tf.reshape(o, [-1, d]), self.wo)
+
+
+def _norm(layer, x: tf.Tensor) -> tf.Tensor:
+    """A LayerNormalization of ``[B, L, d]`` or of tokens ``[n, d]`` (as ``[1, n, d]``: the layer keeps the rank
+    it was built with)."""
+    return layer(x[None])[0] if x.shape.rank == 2 else layer(x)
 
 
 class TransformerBlock(MultiInputLayer):
@@ -257,12 +371,22 @@ class TransformerBlock(MultiInputLayer):
                                       name="ff_1")
         self.ff2 = keras.layers.Dense(d, kernel_initializer=fresh(self.kernel_init), name="ff_2")
 
-    def call(self, query, keys=None, values=None, mask=None, training=False, *, rows=None):
+    def call(self, query, keys=None, values=None, mask=None, training=False, *, rows=None, packed=None):
         sources = _sources(query, keys, values)
         self.build_once(*sources)
-        attended = self.mha(*sources, mask=mask, training=training, rows=rows)
-        s = self.norm1((sources[2] if rows is None else sources[2][:, :rows]) + self.drop1(attended, training=training))
-        return self.norm2(s + self.drop2(self.ff2(self.ff1(s)), training=training))
+        if packed is None and _over_tokens(sources, mask):
+            return _via_tokens(lambda t, p: self._layer(t, None, training, rows, p), sources, mask, rows)
+        return self._layer(sources, mask, training, rows, packed)
+
+    def _layer(self, sources, mask, training, rows, packed):
+        """The block over ``[B, L, d_i]`` sequences, or over the ``[n, d_i]`` tokens of ``packed``."""
+        attended = self.mha(*sources, mask=mask, training=training, rows=rows, packed=packed)
+        if rows is None:
+            v = sources[2]
+        else:  # the residual stream of the query rows
+            v = sources[2][:, :rows] if packed is None else tf.gather(sources[2], _query_tokens(packed, rows))
+        s = _norm(self.norm1, v + self.drop1(attended, training=training))
+        return _norm(self.norm2, s + self.drop2(self.ff2(self.ff1(s)), training=training))
 
 
 class PositionalEmbedding(keras.layers.Layer):

@@ -1,7 +1,9 @@
 """SAINet modules (Scenario-adaptive Interest Network, ../shared/papers/SAINet.md, section 4).
 
 Shapes: behaviours ``X [B, N, d]``, their scenarios ``M_S [B, N, d_s]``, target scenario ``e_st [B, d_s]``,
-``mask [B, N]`` (True at real behaviours).
+``mask [B, N]`` (True at real behaviours). With ``packed=`` (:func:`tfmsr.layers.attention.pack` of the mask) the
+sequence layers take the real behaviours as tokens ``[n, d]`` / ``[n, d_s]`` instead: every step of SIE, STM
+and TIF reads only real behaviours (padding never has weight), so the blocks cost what the real behaviours cost.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import tf_keras as keras
 
 from tfmsr.layers._init import fresh
 from tfmsr.layers._inputs import MultiInputLayer
-from tfmsr.layers.attention import MultiHeadSelfAttention, masked_softmax
+from tfmsr.layers.attention import MultiHeadSelfAttention, masked_softmax, segment_softmax
 
 
 class ScenarioAwareInterestExtracting(keras.layers.Layer):
@@ -27,7 +29,8 @@ class ScenarioAwareInterestExtracting(keras.layers.Layer):
     ``residual=True`` returns ``X + MultiHead(X)``: the MHA of [21] that eq. 2 cites is a sublayer with a
     residual connection ("Add"); eq. 2 prints only ``MultiHead(X)``, whose rows are mixtures of all
     behaviours, so after L blocks TIF can no longer pick single behaviours. ``residual=False`` is eq. 2 as
-    printed. ``call(X [B, N, d], M_S [B, N, d_s], mask=None [B, N]) -> X^ [B, N, d]``.
+    printed. ``call(X [B, N, d], M_S [B, N, d_s], mask=None [B, N]) -> X^ [B, N, d]`` (rows of padding:
+    0, or X with the residual); ``packed=``: tokens ``X [n, d]``, ``M_S [n, d_s]`` -> ``[n, d]``.
     """
 
     def __init__(self, num_heads: int = 4, scenario: bool = True, kernel_init="glorot_uniform",
@@ -41,16 +44,16 @@ class ScenarioAwareInterestExtracting(keras.layers.Layer):
         self.mha = MultiHeadSelfAttention(self.num_heads, units=d, kernel_init=self.kernel_init, name="mha")
         super().build(input_shape)
 
-    def call(self, x, m_s, mask=None):
+    def call(self, x, m_s, mask=None, *, packed=None):
         src = tf.concat([x, m_s], axis=-1) if self.scenario else x
-        x_hat = self.mha(src, mask=mask)
+        x_hat = self.mha(src, mask=mask, packed=packed)
         return x + x_hat if self.residual else x_hat
 
 
 class ScenarioTailoring(keras.layers.Layer):
     """STM, section 4.1, eq. 4-5: ``v_i = gamma * sigmoid([x^_i, e_st] W_G + b_G)`` (one gate unit shared by
     the N positions, ``W_G`` of shape ``(d + d_s) x d``), ``x_i = x^_i * v_i``.
-    ``call(X^ [B, N, d], e_st [B, d_s]) -> [B, N, d]``."""
+    ``call(X^ [B, N, d], e_st [B, d_s]) -> [B, N, d]``; ``packed=``: tokens ``X^ [n, d]`` -> ``[n, d]``."""
 
     def __init__(self, gamma: float = 2.0, kernel_init="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
@@ -62,8 +65,11 @@ class ScenarioTailoring(keras.layers.Layer):
                                        name="W_G")
         super().build(input_shape)
 
-    def call(self, x_hat, e_st):
-        e = tf.broadcast_to(e_st[:, None, :], tf.concat([tf.shape(x_hat)[:2], tf.shape(e_st)[-1:]], 0))
+    def call(self, x_hat, e_st, *, packed=None):
+        if packed is not None:
+            e = tf.gather(e_st, packed.row)
+        else:
+            e = tf.broadcast_to(e_st[:, None, :], tf.concat([tf.shape(x_hat)[:2], tf.shape(e_st)[-1:]], 0))
         return x_hat * (self.gamma * self.gate(tf.concat([x_hat, e], axis=-1)))
 
 
@@ -71,7 +77,8 @@ class ScenarioAdaptiveBlock(keras.layers.Layer):
     """Scenario-adaptive Block, section 4.1: ``X^l = STM(SIE(X^{l-1}, M_S), e_st)``. ``sie=False`` is
     Table 3's "w/o SIE" (``X^ = X``), ``stm=False`` its "w/o STM" (``X^l = X^``). ``kernel_init``
     initialises STM's gate, ``attention_init`` SIE's projections (default: ``kernel_init``).
-    ``call(X [B, N, d], M_S [B, N, d_s], e_st [B, d_s], mask=None [B, N]) -> X^l [B, N, d]``."""
+    ``call(X [B, N, d], M_S [B, N, d_s], e_st [B, d_s], mask=None [B, N]) -> X^l [B, N, d]``; ``packed=``:
+    tokens ``X [n, d]``, ``M_S [n, d_s]`` -> ``[n, d]``."""
 
     def __init__(self, num_heads: int = 4, gamma: float = 2.0, sie: bool = True, stm: bool = True,
                  sie_scenario: bool = True, kernel_init="glorot_uniform", residual: bool = False,
@@ -82,11 +89,11 @@ class ScenarioAdaptiveBlock(keras.layers.Layer):
                     if sie else None)
         self.stm = ScenarioTailoring(gamma, kernel_init, name="stm") if stm else None
 
-    def call(self, x, m_s, e_st, mask=None):
+    def call(self, x, m_s, e_st, mask=None, *, packed=None):
         if self.sie is not None:
-            x = self.sie(x, m_s, mask=mask)
+            x = self.sie(x, m_s, mask=mask, packed=packed)
         if self.stm is not None:
-            x = self.stm(x, e_st)
+            x = self.stm(x, e_st, packed=packed)
         return x
 
 
@@ -94,7 +101,8 @@ class TargetAwareInterestFusion(MultiInputLayer):
     """TIF, section 4.2, eq. 7-8: ``alpha_j = (W_Q z_t) . (W_K x_j)``, ``mu = softmax(alpha)`` over the real
     behaviours, ``V_t = sum_j mu_j W_V x_j`` with ``z_t = [e_it, e_st]``. As written, the dot product is
     not scaled; ``W_V`` keeps the width d. ``attention_dim`` is the width of ``W_Q z`` and ``W_K x``
-    (default d). ``call(z_t [B, d_z], X [B, N, d], mask=None [B, N]) -> [B, d]``."""
+    (default d). ``call(z_t [B, d_z], X [B, N, d], mask=None [B, N]) -> [B, d]``; ``packed=``: ``X`` is the
+    real behaviours ``[n, d]``, eq. 8 as ``W_V sum_j mu_j x_j`` (one projection per example, not per behaviour)."""
 
     def __init__(self, attention_dim: Optional[int] = None, kernel_init="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
@@ -112,8 +120,12 @@ class TargetAwareInterestFusion(MultiInputLayer):
         alpha = tf.einsum("ba,bna->bn", self.w_q(z_t), self.w_k(x))
         return masked_softmax(alpha, mask)
 
-    def call(self, z_t, x, mask=None):
+    def call(self, z_t, x, mask=None, *, packed=None):
         self.build_once(z_t, x)
+        if packed is not None:
+            alpha = tf.reduce_sum(tf.gather(self.w_q(z_t), packed.row) * self.w_k(x), axis=-1)   # [n]
+            mu = segment_softmax(alpha, packed.row, packed.shape[0])
+            return self.w_v(tf.math.unsorted_segment_sum(mu[:, None] * x, packed.row, packed.shape[0]))
         mu = self.weights_of(z_t, x, mask)
         return tf.einsum("bn,bnd->bd", mu, self.w_v(x))
 

@@ -8,7 +8,8 @@ import tf_keras as keras
 from tfmsr.core.params import Initializer, default
 from tfmsr.features import SchemaError
 from tfmsr.layers import (MLP, behavior_scenario, behavior_scenario_embedding, context_inputs, embed_behavior,
-                          masked_mean, require_behavior)
+                          require_behavior)
+from tfmsr.layers.attention import pack
 from tfmsr.layers.sainet import ScenarioAdaptiveBlock, ScenarioAwareDNNTower, TargetAwareInterestFusion
 from tfmsr.ranking.models.base import RankingModel, register
 
@@ -76,21 +77,23 @@ class SAINet(RankingModel):
         self.out = keras.layers.Dense(1, name="logit")
 
     def interests(self, x):
-        """``(X^L [B, N, d], mask [B, N], e_it [B, d], e_st [B, d_s], behaviour sequences used)``."""
+        """``(X^L [n, d], packed, e_it [B, d], e_st [B, d_s], behaviour sequences used)``: the blocks run over the
+        ``n`` real behaviours of the batch (``packed``, :func:`~tfmsr.layers.attention.pack`), not ``B x N``."""
         beh = embed_behavior(self.embedding, x, self.schema)
         e_st = self.embedding.scenario(x)
         m_s = behavior_scenario_embedding(self.embedding, x, self.schema)
         if m_s is None:  # only reachable with sie_scenario: false
             m_s = tf.zeros_like(beh.keys[..., :1])
-        h = beh.keys
+        packed = pack(beh.mask)
+        h, m_s = packed.gather(beh.keys), packed.gather(m_s)
         for block in self.blocks:
-            h = block(h, m_s, e_st, mask=beh.mask)
+            h = block(h, m_s, e_st, packed=packed)
         seqs = beh.features + ((self.behavior_scenario.name,) if self.behavior_scenario else ())
-        return h, beh.mask, beh.target, e_st, seqs
+        return h, packed, beh.target, e_st, seqs
 
     def logits(self, x, training=False):
-        h, mask, e_it, e_st, seqs = self.interests(x)
-        v_t = self.tif(tf.concat([e_it, e_st], -1), h, mask=mask) if self.tif is not None else masked_mean(h, mask)
+        h, packed, e_it, e_st, seqs = self.interests(x)
+        v_t = self.tif(tf.concat([e_it, e_st], -1), h, packed=packed) if self.tif is not None else packed.mean(h)
         h0 = tf.concat([v_t, context_inputs(self, x, seqs)], axis=-1)  # e_it is among the item features
         hidden = self.tower(h0, e_st) if self.params.sdt else self.tower(h0, training=training)
         return self.out(hidden)[:, 0]
