@@ -52,7 +52,7 @@ class Packed(NamedTuple):
 
     def mean(self, tokens: tf.Tensor) -> tf.Tensor:
         """``[n, d] -> [B, d]``: each example's mean token (zeros for an example without one)."""
-        total = tf.math.unsorted_segment_sum(tokens, self.row, self.shape[0])
+        total = segment_sum(tokens, self.row, self.shape[0])
         return total / tf.maximum(tf.cast(self.count, tokens.dtype), 1.0)[:, None]
 
 
@@ -63,12 +63,19 @@ def pack(mask: tf.Tensor) -> Packed:
     return Packed(index, index[:, 0], tf.cumsum(count, exclusive=True), count, tf.shape(mask, out_type=tf.int64))
 
 
-def segment_softmax(scores: tf.Tensor, segments: tf.Tensor, num: tf.Tensor) -> tf.Tensor:
-    """Softmax of ``scores [P, ...]`` within each group of ``segments [P]`` (ids < ``num``): the masked softmax
-    over the real positions only (a group is one query's keys)."""
-    top = tf.stop_gradient(tf.math.unsorted_segment_max(scores, segments, num))
+def segment_sum(x: tf.Tensor, segments: tf.Tensor, num) -> tf.Tensor:
+    """``[P, ...] -> [num, ...]``: sums of the rows of ``x`` per sorted ``segments [P]`` (a sparse segment sum:
+    its gradient is a plain gather, without the negative-id masking of the unsorted form)."""
+    return tf.sparse.segment_sum(x, tf.range(tf.shape(segments, out_type=segments.dtype)[0]), segments,
+                                 num_segments=num)
+
+
+def segment_softmax(scores: tf.Tensor, segments: tf.Tensor, num) -> tf.Tensor:
+    """Softmax of ``scores [P, ...]`` within each group of sorted ``segments [P]`` (ids < ``num``): the masked
+    softmax over the real positions only (a group is one query's keys)."""
+    top = tf.stop_gradient(tf.math.segment_max(scores, segments))
     e = tf.exp(scores - tf.gather(top, segments))
-    return e / tf.gather(tf.math.unsorted_segment_sum(e, segments, num), segments)
+    return e / tf.gather(segment_sum(e, segments, num), segments)
 
 
 def _pairs(packed: Packed, queries: tf.Tensor):
@@ -333,7 +340,7 @@ class MultiHeadSelfAttention(MultiInputLayer):
         w = segment_softmax(s, query, m)
         if self.drop is not None:
             w = self.drop(w, training=training)
-        o = tf.math.unsorted_segment_sum(w[..., None] * heads(v, key), query, m)      # [m, H, d/h]
+        o = segment_sum(w[..., None] * heads(v, key), query, m)                      # [m, H, d/h]
         return tf.matmul(tf.reshape(o, [-1, d]), self.wo)
 
 

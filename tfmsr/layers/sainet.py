@@ -14,7 +14,7 @@ import tf_keras as keras
 
 from tfmsr.layers._init import fresh
 from tfmsr.layers._inputs import MultiInputLayer
-from tfmsr.layers.attention import MultiHeadSelfAttention, masked_softmax, segment_softmax
+from tfmsr.layers.attention import MultiHeadSelfAttention, masked_softmax, segment_softmax, segment_sum
 
 
 class ScenarioAwareInterestExtracting(keras.layers.Layer):
@@ -125,7 +125,7 @@ class TargetAwareInterestFusion(MultiInputLayer):
         if packed is not None:
             alpha = tf.reduce_sum(tf.gather(self.w_q(z_t), packed.row) * self.w_k(x), axis=-1)   # [n]
             mu = segment_softmax(alpha, packed.row, packed.shape[0])
-            return self.w_v(tf.math.unsorted_segment_sum(mu[:, None] * x, packed.row, packed.shape[0]))
+            return self.w_v(segment_sum(mu[:, None] * x, packed.row, packed.shape[0]))
         mu = self.weights_of(z_t, x, mask)
         return tf.einsum("bn,bnd->bd", mu, self.w_v(x))
 
