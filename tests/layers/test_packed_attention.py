@@ -1,0 +1,75 @@
+"""Attention over the real tokens only (tfmsr.layers.attention.pack, issue 30): the same values at real
+positions and the same 5-step training trajectory as the masked dense form, with an empty and a full row."""
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from layer_reference import TOL, rand, mask_of
+
+from tfmsr.layers import MultiHeadSelfAttention, masked_softmax
+from tfmsr.layers.attention import pack
+from tfmsr.layers.sainet import ScenarioAdaptiveBlock, TargetAwareInterestFusion
+
+
+def dense_attention(mha, x, mask):
+    """Masked multi-head self-attention over every position (the form before the packed path)."""
+    h, d = mha.num_heads, int(mha.wv.shape[-1])
+    heads = lambda t: tf.transpose(tf.reshape(t, [t.shape[0], t.shape[1], h, d // h]), [0, 2, 1, 3])
+    q, k, v = (heads(tf.einsum("bld,dk->blk", x, w)) for w in (mha.wq, mha.wk, mha.wv))
+    w = masked_softmax(tf.matmul(q, k, transpose_b=True) / np.sqrt(d // h), mask[:, None, None, :])
+    o = tf.reshape(tf.transpose(tf.matmul(w, v), [0, 2, 1, 3]), [x.shape[0], x.shape[1], d])
+    return tf.einsum("bld,dk->blk", o, mha.wo)
+
+
+def test_packed_self_attention_is_the_dense_form_at_real_positions():
+    x, mask = rand(6, 7, 8), mask_of(6, 7)
+    layer = MultiHeadSelfAttention(num_heads=2)
+    got = layer(tf.constant(x), mask=tf.constant(mask)).numpy()
+    want = dense_attention(layer, tf.constant(x), tf.constant(mask)).numpy()
+    np.testing.assert_allclose(got[mask], want[mask], **TOL)
+    assert not got[~mask].any() and not mask[1].any() and mask[0].all()
+    p = pack(tf.constant(mask))
+    np.testing.assert_allclose(p.scatter(p.gather(tf.constant(x))).numpy(), x * mask[..., None])
+    np.testing.assert_allclose(p.mean(p.gather(tf.constant(x))).numpy(),
+                               (x * mask[..., None]).sum(1) / np.maximum(mask.sum(1), 1)[:, None], **TOL)
+
+
+def sainet_losses(packed: bool, data):
+    """5 Adam steps of two scenario-adaptive blocks + TIF + a logit, on packed tokens or the dense form."""
+    mask, x, m_s, e_st, z, y = data
+    keras.utils.set_random_seed(3)
+    blocks = [ScenarioAdaptiveBlock(num_heads=2, residual=True) for _ in range(2)]
+    tif, out = TargetAwareInterestFusion(), keras.layers.Dense(1)
+
+    def forward():
+        if packed:
+            p = pack(mask)
+            h, m = p.gather(x), p.gather(m_s)
+            for block in blocks:
+                h = block(h, m, e_st, packed=p)
+            return out(tif(z, h, packed=p))[:, 0]
+        h = x
+        for block in blocks:
+            h = block.stm(h + dense_attention(block.sie.mha, tf.concat([h, m_s], -1), mask), e_st)
+        return out(tif(z, h, mask=mask))[:, 0]
+
+    h = x  # the same initial weights in both forms
+    for block in blocks:
+        h = block(h, m_s, e_st, mask=mask)
+    out(tif(z, h, mask=mask))
+    variables = [v for layer in blocks + [tif, out] for v in layer.trainable_variables]
+    opt, trace = keras.optimizers.Adam(0.05), []
+    for _ in range(5):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(y, forward()))
+        opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        trace.append(float(loss))
+    return trace
+
+
+def test_sainet_blocks_on_packed_tokens_train_as_the_masked_dense_form():
+    y = np.random.default_rng(4).integers(0, 2, 16).astype("float32")
+    data = [tf.constant(a) for a in (mask_of(16, 7), rand(16, 7, 8), rand(16, 7, 4), rand(16, 4), rand(16, 6), y)]
+    packed, dense = sainet_losses(True, data), sainet_losses(False, data)
+    np.testing.assert_allclose(packed, dense, rtol=1e-5)
+    assert packed[-1] < packed[0] - 0.01
