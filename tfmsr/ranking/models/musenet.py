@@ -55,7 +55,10 @@ class MuSeNet(RankingModel):
     * ``learner_inputs: [context]`` (paper: the whole sample). With user / item / behaviour embeddings in
       the metric space, k-means-like prototypes split the data by those identities and never find the
       latent scenario; the context ``o_u`` (time, place, device) is what a scenario is made of. A schema
-      without context features needs ``learner_inputs`` set (e.g. ``[user, behavior]``).
+      without context features needs ``learner_inputs`` set (e.g. ``[user, behavior]``) or ``assignment:
+      none``, the measured default there (``configs/musenet_movielens.yaml``): on the three real datasets,
+      none of which has context, the learner over ``[user, behavior]`` loses to ``none`` by 1 to 3 std (3
+      seeds, test AUC: ML-100K 0.7768 vs 0.7849, Douban 0.7428 vs 0.7460, ml-latest-small 0.7367 vs 0.7464).
     * ``learner_standardize: layer`` and ``metric_scale: 4``: the learner standardises its input (layer
       norm, no parameters) and ``w`` starts ``N(0, metric_scale / D)``. The softmax of eq. 3 has no
       temperature, so the spread of ``f_w(x)`` decides everything: too small and eq. 14 merges the
