@@ -105,11 +105,23 @@ def test_scenario_moe_uses_own_specific_and_shared_experts():
     np.testing.assert_allclose(got, want, **TOL)
 
 
-def test_expert_bank_batched_path_for_many_experts():
-    bank = ExpertBank(ExpertBank.LOOP_MAX + 3, [5, 4])                   # one batched op per layer
+@pytest.mark.parametrize("hidden", [[5], [5, 4], [5, 4, 3]])
+def test_expert_bank_batched_path_for_many_experts(hidden):
+    bank = ExpertBank(ExpertBank.LOOP_MAX + 3, hidden)                   # one batched op per layer
     x, xe = rand(6, 7), rand(6, ExpertBank.LOOP_MAX + 3, 7)
     np.testing.assert_allclose(bank(tf.constant(x)).numpy(), np_bank(bank, x), **TOL)
     np.testing.assert_allclose(bank(tf.constant(xe)).numpy(), np_bank(bank, xe), **TOL)
+    with tf.GradientTape() as tape:                                      # the gradient of each expert's kernel
+        loss = tf.reduce_sum(bank(tf.constant(x)) ** 2)
+    grad = tape.gradient(loss, bank.kernels[0]).numpy()
+    single = ExpertBank(1, hidden)
+    single.build((None, 7))
+    for e in (0, ExpertBank.LOOP_MAX + 2):
+        for mine, theirs in zip(single.kernels + single.biases, bank.kernels + bank.biases):
+            mine.assign(theirs[e:e + 1])
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(single(tf.constant(x)) ** 2)
+        np.testing.assert_allclose(grad[e], tape.gradient(loss, single.kernels[0]).numpy()[0], **TOL)
 
 
 def test_own_gate_and_own_cgc_task_equal_the_own_column_of_all():

@@ -24,6 +24,10 @@ class HiNet(RankingModel):
     in one pass (the answer of re-running the model with the scenario set). Released-code defaults: 5 shared
     and 5 specific sub-experts 128-64, SAN MLP 128-64, CGC 2 specific + 2 shared experts 128-64, towers 128-64.
     ``san: false`` is the "w/o SAN" ablation.
+
+    Cost: SAN mixes every scenario's specific module ``S_j``, so each example runs all ``S x specific_experts``
+    sub-experts (``O(S)`` FLOPs per example by the math, one batched op per layer); the task extraction and the
+    tower run only the row's own scenario. ``san: false`` runs only the own scenario's sub-experts.
     """
 
     multi_head = own_head = True

@@ -17,6 +17,10 @@ class PLE(RankingModel):
     level but the last also has a shared gate over all experts feeding the next level's shared experts.
     ``expert_hidden`` lists one hidden-size list per level (default two levels, ``[[256], [128]]``; a single
     level is CGC). Towers ``tower`` per scenario, each trained only by its scenario.
+
+    Cost: the last level runs only the row's own experts, gate and tower; every lower level's shared gate mixes
+    all ``S x specific_experts`` specific experts, so each example runs them all there (``O(S)`` FLOPs per
+    example by the math, one GEMM per layer: :meth:`~tfmsr.layers.ExpertBank._batched`).
     """
 
     multi_head = True
