@@ -6,7 +6,7 @@ import tf_keras as keras
 
 from layer_reference import TOL, rand, mask_of
 
-from tfmsr.layers import MultiHeadSelfAttention, masked_softmax
+from tfmsr.layers import MultiHeadSelfAttention, MultiHeadTargetAttention, masked_softmax
 from tfmsr.layers.attention import pack
 from tfmsr.layers.sainet import ScenarioAdaptiveBlock, TargetAwareInterestFusion
 
@@ -73,3 +73,26 @@ def test_sainet_blocks_on_packed_tokens_train_as_the_masked_dense_form():
     packed, dense = sainet_losses(True, data), sainet_losses(False, data)
     np.testing.assert_allclose(packed, dense, rtol=1e-5)
     assert packed[-1] < packed[0] - 0.01
+
+
+def test_target_attention_over_real_positions_has_the_dense_value_and_gradients():
+    """MultiHeadTargetAttention with a mask (query mapped into key space, values pooled before W^V) against
+    the masked dense form: the same value and every gradient (weights, query, keys, values)."""
+    b, l, h = 5, 6, 2
+    q, k, v, mask = (tf.constant(rand(b, 5)), tf.constant(rand(b, l, 4)), tf.constant(rand(b, l, 6)),
+                     tf.constant(mask_of(b, l)))
+    layer = MultiHeadTargetAttention(num_heads=h, output_dim=8)
+    heads = lambda t, w, n: tf.transpose(tf.reshape(tf.einsum("bld,dk->blk", t, w), [b, l, h, n]), [0, 2, 1, 3])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([q, k, v])
+        got = layer(q, k, v, mask=mask)
+        w = layer.attention_weights(q, k, mask)                                          # dense, [B, H, L]
+        want = tf.matmul(tf.reshape(tf.reduce_sum(w[..., None] * heads(v, layer.wv, layer.vd), 2), [b, -1]),
+                         layer.wo)
+        r = tf.constant(rand(b, 8))
+        loss_got, loss_want = tf.reduce_sum(got * r), tf.reduce_sum(want * r)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), **TOL)
+    assert not got.numpy()[1].any()                                                      # the empty row
+    sources = [q, k, v] + layer.trainable_variables
+    for g_got, g_want in zip(tape.gradient(loss_got, sources), tape.gradient(loss_want, sources)):
+        np.testing.assert_allclose(tf.convert_to_tensor(g_got).numpy(), tf.convert_to_tensor(g_want).numpy(), **TOL)

@@ -264,10 +264,27 @@ class MultiHeadTargetAttention(MultiInputLayer):
 
     def call(self, query, keys, values, mask=None):
         self.build_once(query, keys, values)
+        if mask is not None:
+            return self._over_real(query, keys, values, pack(mask))
         w = self.attention_weights(query, keys, mask)                                # [B, H, L]
         v = _split_heads(tf.einsum("bld,dk->blk", values, self.wv), self.num_heads)  # [B, H, L, v]
         heads = tf.reduce_sum(w[..., None] * v, axis=2)                              # [B, H, v]
         out = tf.reshape(heads, [-1, self.num_heads * self.vd])
+        return tf.matmul(out, self.wo) if self.wo is not None else out
+
+
+    def _over_real(self, query, keys, values, packed: Packed):
+        """``call`` over the real positions, no projection of the sequence: ``(q W_h^Q)(k W_h^K)^T =
+        (q W_h^Q W_h^{K T}) k^T`` and ``sum_j w_hj (v_j W_h^V) = (sum_j w_hj v_j) W_h^V`` (linear maps), so the
+        query is mapped into key space once per example and the values are pooled before ``W^V``."""
+        h, b = self.num_heads, tf.shape(query, out_type=tf.int64)[0]
+        q = tf.reshape(tf.matmul(query, self.wq), [-1, h, self.kd]) * self.kd ** -0.5            # [B, H, k]
+        r = tf.einsum("bhk,dhk->bhd", q, tf.reshape(self.wk, [-1, h, self.kd]))                 # [B, H, d_k]
+        s = tf.einsum("nhd,nd->nh", tf.gather(r, packed.row), packed.gather(keys))              # [n, H]
+        w = segment_softmax(s, packed.row, b)
+        pooled = segment_sum(w[..., None] * packed.gather(values)[:, None, :], packed.row, b)   # [B, H, d_v]
+        heads = tf.einsum("bhd,dhv->bhv", pooled, tf.reshape(self.wv, [-1, h, self.vd]))
+        out = tf.reshape(heads, [-1, h * self.vd])
         return tf.matmul(out, self.wo) if self.wo is not None else out
 
 
