@@ -26,3 +26,9 @@ def test_musenet_without_context_ships_one_module_and_keeps_the_learner_as_a_swi
     assert model.assignment == "none" and model.learner is None
     soft = build("musenet", schema, {**params, "assignment": "soft"})
     assert soft.assignment == "soft" and soft.learner.K == 4
+
+
+def test_sainet_ships_the_batch_that_trains_it_within_the_benchmark_budget():
+    cfg = load_config("sainet")
+    assert (cfg["data"]["batch_size"], cfg["train"]["learning_rate"]) == (1024, 0.001)
+    assert cfg["model"]["params"]["sdt"] is True  # SDT stays: w/o SDT did not win on every dataset

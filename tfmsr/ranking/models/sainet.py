@@ -33,6 +33,8 @@ class SAINet(RankingModel):
     weights, mean pooling). ``attention_init: {normal: 0.05}`` is the Gaussian everywhere.
     Table 3's ablations are switches: ``sie: false`` (w/o SIE),
     ``stm: false`` (w/o STM), ``tif: false`` (w/o TIF, mean pooling), ``sdt: false`` (w/o SDT, plain DNN).
+    SDT stays the default, measured (3 seeds, test AUC): w/o SDT is higher on ML-100K (0.7866 ± 0.0030 vs
+    0.7824 ± 0.0014) but level on ml-latest-small (0.7576 ± 0.0017 vs 0.7564 ± 0.0018), not a loss on all.
     ``residual`` (default true) makes SIE return ``X + MultiHead(X)``, the Add of the multi-head attention
     sublayer of [21] that eq. 2 cites; ``residual: false`` is eq. 2 as printed (``MultiHead(X)`` alone,
     whose rows after L blocks are mixtures of all behaviours, so TIF cannot pick single ones), see
