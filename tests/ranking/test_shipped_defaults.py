@@ -32,3 +32,8 @@ def test_sainet_ships_the_batch_that_trains_it_within_the_benchmark_budget():
     cfg = load_config("sainet")
     assert (cfg["data"]["batch_size"], cfg["train"]["learning_rate"]) == (1024, 0.001)
     assert cfg["model"]["params"]["sdt"] is True  # SDT stays: w/o SDT did not win on every dataset
+
+
+def test_fimn_ships_batch_1024():
+    cfg = load_config("fimn")
+    assert (cfg["data"]["batch_size"], cfg["train"]["learning_rate"]) == (1024, 0.001)
