@@ -26,3 +26,14 @@ def test_training_loss_carries_the_mini_batch_aware_penalty_and_evaluation_does_
         assert c.sum() == np.count_nonzero(np.concatenate(ids))
     assert want > 0 and float(emb.seen.numpy()) == 64
     np.testing.assert_allclose(trained - evaluated, want, rtol=1e-3)
+
+
+def test_deepfm_tables_take_the_embedding_regularisers(synth_schema):
+    """DeepFM's N(0, embedding_std) tables are the base's, so ``embedding_l2`` and ``embedding_batch_l2`` reach
+    them (it built a second, unregularised FeatureEmbedding before)."""
+    model = build("deepfm", synth_schema, {"embedding_l2": 1e-3, "embedding_batch_l2": 0.1, "embedding_std": 0.02})
+    emb = model.embedding
+    assert emb.batch_l2 == 0.1 and emb.counts
+    table = next(iter(emb.tables.values()))
+    assert table.embeddings_regularizer is not None
+    assert table.embeddings_initializer.stddev == 0.02

@@ -87,11 +87,16 @@ class RankingModel(Parametrized, TrainableModel):
         self.params = self.typed_params(params or {})
         self.num_scenarios = schema.num_scenarios
         self.embedding = FeatureEmbedding(schema, dim=self.params.embedding_dim, l2=self.params.embedding_l2,
+                                          initializer=self.embedding_initializer(),
                                           batch_l2=self.params.embedding_batch_l2,
                                           epoch_rows=train_rows(stats), name="embedding")
         self.oov_ids = keras.metrics.Sum(name="oov_ids")
         self.non_finite = keras.metrics.Sum(name="non_finite")  # numeric values replaced / examples left out
         self.examples = keras.metrics.Sum(name="examples")      # examples consumed, counted in the graph
+
+    def embedding_initializer(self):
+        """The initializer of every embedding table (a Keras name or config; one initializer per table)."""
+        return "glorot_uniform"
 
     # ------------------------------------------------------------------ forward
     def logits(self, x: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:

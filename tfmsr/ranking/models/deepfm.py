@@ -6,7 +6,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmsr.core.params import default, refuse
-from tfmsr.layers import MLP, FeatureEmbedding, WideLinear, fm_second_order, pooled_sequences
+from tfmsr.layers import MLP, WideLinear, fm_second_order, pooled_sequences
 from tfmsr.ranking.models.base import RankingModel, register
 
 
@@ -36,13 +36,14 @@ class DeepFM(RankingModel):
             if not (self.fm or self.dnn):
                 raise refuse("fm", "at least one of fm / dnn must be true")
 
+    def embedding_initializer(self):
+        """FM sums ~F^2/2 inner products: the field embeddings start small, N(0, embedding_std), or the initial
+        pairwise term saturates the sigmoid (the base's tables, so ``embedding_l2`` / ``embedding_batch_l2`` apply)."""
+        return {"class_name": "RandomNormal", "config": {"mean": 0.0, "stddev": self.params.embedding_std}}
+
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
         p = self.params
-        # FM sums ~F^2/2 inner products: start the field embeddings small, N(0, embedding_std), or the
-        # initial pairwise term saturates the sigmoid. A config (not an instance): one initializer per table.
-        normal = {"class_name": "RandomNormal", "config": {"mean": 0.0, "stddev": p.embedding_std}}
-        self.embedding = FeatureEmbedding(schema, dim=p.embedding_dim, initializer=normal, name="embedding")
         self.cat_features = [f.name for g in p.groups for f in schema.group(g, "categorical")]
         self.numeric_features = schema.of_kind("numeric")
         rows = [self.embedding.tables[schema.feature(n).table].input_dim for n in self.cat_features]
