@@ -2,9 +2,10 @@
 Transformer block with positional embeddings of BST.
 
 Shapes: ``query [B, d_q]``, ``keys [B, L, d_k]``, ``values [B, L, d_v]``, ``mask [B, L]`` (bool, True at
-real positions). Padding never receives weight; an all-padding sequence pools to zeros. With a mask, self-attention
-runs over the real tokens only (:func:`pack`: ``[n, d]`` tokens, one score per pair of real tokens of one example),
-so its cost follows the real behaviours, not ``B x L``; its padding rows are zeros.
+real positions). Padding never receives weight; an all-padding sequence pools to zeros. Layers can run over the
+real tokens only (:func:`pack`: ``[n, d]`` tokens, padding rows zeros when scattered back): the Transformer block's
+norms and feed-forward, target attention, and self-attention whose queries are a few rows (``rows``, one score per
+pair of real tokens); self-attention in which every token queries keeps the dense ``[B, L, L]`` form.
 """
 from __future__ import annotations
 
@@ -33,12 +34,14 @@ def masked_softmax(scores: tf.Tensor, mask: Optional[tf.Tensor], axis: int = -1)
 class Packed(NamedTuple):
     """The real positions of a ``[B, L]`` mask, row-major: ``index [n, 2]`` (example, position) of each real
     token, ``row [n]`` its example, ``start [B]`` / ``count [B]`` each example's first token and number of tokens,
-    ``shape [2]`` = (B, L). Layers given one take ``[n, d]`` token tensors (``gather``) instead of ``[B, L, d]``."""
+    ``shape [2]`` = (B, L), ``mask [B, L]`` the mask itself. Layers given one take ``[n, d]`` token tensors
+    (``gather``) instead of ``[B, L, d]``."""
     index: tf.Tensor
     row: tf.Tensor
     start: tf.Tensor
     count: tf.Tensor
     shape: tf.Tensor
+    mask: tf.Tensor
 
     def gather(self, x: tf.Tensor) -> tf.Tensor:
         """``[B, L, d] -> [n, d]``: the real tokens."""
@@ -60,7 +63,8 @@ def pack(mask: tf.Tensor) -> Packed:
     """The :class:`Packed` real positions of ``mask [B, L]`` (bool)."""
     index = tf.where(mask)
     count = tf.reduce_sum(tf.cast(mask, tf.int64), axis=1)
-    return Packed(index, index[:, 0], tf.cumsum(count, exclusive=True), count, tf.shape(mask, out_type=tf.int64))
+    return Packed(index, index[:, 0], tf.cumsum(count, exclusive=True), count, tf.shape(mask, out_type=tf.int64),
+                  mask)
 
 
 def segment_sum(x: tf.Tensor, segments: tf.Tensor, num) -> tf.Tensor:
@@ -325,8 +329,12 @@ class MultiHeadSelfAttention(MultiInputLayer):
         self.build_once(*sources)
         if packed is not None:
             return self.over_tokens(sources, packed, rows, training)
-        if _over_tokens(sources, mask):
+        if rows is not None and _over_tokens(sources, mask):
             return _via_tokens(lambda t, p: self.over_tokens(t, p, rows, training), sources, mask, rows)
+        return self._dense(sources, mask, training, rows)
+
+    def _dense(self, sources, mask, training, rows):
+        """The ``[B, L(q), L]`` form over ``[B, L, d_i]`` sequences (query rows ``< rows`` when given)."""
         if rows is not None:
             sources = (sources[0][:, :rows],) + sources[1:]
         h, d = self.num_heads, self.wv.shape[-1]
@@ -339,17 +347,18 @@ class MultiHeadSelfAttention(MultiInputLayer):
         o = tf.reshape(o, [tf.shape(sources[0])[0], tf.shape(sources[0])[1], d])
         return tf.einsum("bld,dk->blk", o, self.wo)
 
-
     def over_tokens(self, sources, packed: Packed, rows=None, training=False):
         """The attention over real tokens: ``sources`` are ``[n, d_i]`` tokens of ``packed``; each query token
-        (all, or those at a position ``< rows``) attends to the tokens of its example. ``-> [m, d]``."""
+        (all, or those at a position ``< rows``) attends to the tokens of its example. ``-> [m, d]``. When every
+        token queries, the dense form runs on the tokens scattered back (batched matmuls over ``B x L x L`` beat
+        gathered pairs once sequences are mostly full: SAINet on ML-100K 4x); with ``rows``, the pairs."""
+        if rows is None:
+            dense = {id(t): packed.scatter(t) for t in sources}
+            return packed.gather(self._dense(tuple(dense[id(t)] for t in sources), packed.mask, training, None))
         h, d = self.num_heads, int(self.wv.shape[-1])
         q, k, v = _projections(sources, (self.wq, self.wk, self.wv))
         queries = _query_tokens(packed, rows)
-        if queries is None:
-            queries = tf.range(tf.shape(q, out_type=tf.int64)[0])
-        else:
-            q = tf.gather(q, queries)
+        q = tf.gather(q, queries)
         query, key = _pairs(packed, queries)
         m = tf.size(queries, out_type=tf.int64)
         heads = lambda t, i: tf.reshape(tf.gather(t, i), [-1, h, d // h])                 # [P, H, d/h]
