@@ -2,8 +2,9 @@
 
 Shapes: behaviours ``X [B, N, d]``, their scenarios ``M_S [B, N, d_s]``, target scenario ``e_st [B, d_s]``,
 ``mask [B, N]`` (True at real behaviours). With ``packed=`` (:func:`tfmsr.layers.attention.pack` of the mask) the
-sequence layers take the real behaviours as tokens ``[n, d]`` / ``[n, d_s]`` instead: every step of SIE, STM
-and TIF reads only real behaviours (padding never has weight), so the blocks cost what the real behaviours cost.
+sequence layers take the real behaviours as tokens ``[n, d]`` / ``[n, d_s]`` instead: STM and TIF run on the
+tokens; SIE's attention, in which every behaviour queries, scatters them back to the dense ``[B, N, N]`` form
+(:meth:`~tfmsr.layers.attention.MultiHeadSelfAttention.over_tokens`). Padding never has weight.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class ScenarioAwareInterestExtracting(keras.layers.Layer):
     residual connection ("Add"); eq. 2 prints only ``MultiHead(X)``, whose rows are mixtures of all
     behaviours, so after L blocks TIF can no longer pick single behaviours. ``residual=False`` is eq. 2 as
     printed. ``call(X [B, N, d], M_S [B, N, d_s], mask=None [B, N]) -> X^ [B, N, d]`` (rows of padding:
-    0, or X with the residual); ``packed=``: tokens ``X [n, d]``, ``M_S [n, d_s]`` -> ``[n, d]``.
+    read by no caller); ``packed=``: tokens ``X [n, d]``, ``M_S [n, d_s]`` -> ``[n, d]``.
     """
 
     def __init__(self, num_heads: int = 4, scenario: bool = True, kernel_init="glorot_uniform",
