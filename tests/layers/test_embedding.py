@@ -54,19 +54,21 @@ def test_pooled_sequence_equals_the_masked_mean_of_its_lookup_with_the_same_tabl
         np.testing.assert_allclose(emb.pooled(x, "hist").numpy(), want.numpy(), **TOL)
 
 
-def _batch_penalty_numpy(tables, reads, counts, l2, scale=1.0):
-    """Eq. 4 by hand: ``l2 * sum_j ||w_j||^2 / n_j`` over the real ids (> 0) each table's features read."""
+def _batch_penalty_numpy(tables, reads, counts, l2, scale, batch):
+    """Eq. 4 by hand, batch-size free: ``l2 * (1024 / batch) * sum_j ||w_j||^2 / k_j`` over the real ids (> 0)
+    each table's features read, k_j = batches that read j so far x ``scale`` (epoch rows / rows seen)."""
     total = 0.0
     for table, ids in reads.items():
         rows = np.unique(ids[(ids > 0)])
         total += sum(float(np.sum(tables[table][j] ** 2)) / (counts[table][j] * scale) for j in rows)
-    return l2 * total
+    return l2 * (1024.0 / batch) * total
 
 
 def test_batch_penalty_is_the_mini_batch_aware_l2_of_the_rows_read_with_sparse_gradients():
     """DIN eq. 4-5 on two batches: only real ids read (item_id and the shared hist; padding 0 and an OOV id
-    out), each row / its occurrence count so far (both features counted), times epoch_rows / rows seen;
-    the table gradients stay IndexedSlices; no lookups, no penalty; the same feature read twice counts once."""
+    out), each row / the batches that read it so far (once per batch, however many features or positions
+    read it), times epoch_rows / rows seen, times 1024 / batch; the table gradients stay IndexedSlices; no
+    lookups, no penalty; the same feature read twice counts once."""
     from tfmsr.layers import FeatureEmbedding
 
     emb = FeatureEmbedding(_sequence_schema(), batch_l2=0.5, epoch_rows=6)
@@ -82,10 +84,10 @@ def test_batch_penalty_is_the_mini_batch_aware_l2_of_the_rows_read_with_sparse_g
         reads = {"user_id": np.array(batch["user_id"]),
                  "item_id": np.concatenate([batch["item_id"], np.ravel(batch["hist"])])}
         for table, ids in reads.items():
-            np.add.at(counts[table], ids[(ids > 0) & (ids < len(counts[table]))], 1.0)
+            counts[table][np.unique(ids[(ids > 0) & (ids < len(counts[table]))])] += 1.0
         reads["item_id"] = reads["item_id"][reads["item_id"] < 12]
         tables = {t: emb.tables[t].embeddings.numpy() for t in counts}
-        want = _batch_penalty_numpy(tables, reads, counts, 0.5, scale=6 / (2.0 * step))
+        want = _batch_penalty_numpy(tables, reads, counts, 0.5, scale=6 / (2.0 * step), batch=2)
         np.testing.assert_allclose(float(penalty), want, rtol=1e-5)
         for table in counts:
             np.testing.assert_allclose(emb.counts[table].numpy(), counts[table])

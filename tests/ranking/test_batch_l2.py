@@ -8,8 +8,8 @@ from tfmsr.ranking.models import build
 
 def test_training_loss_carries_the_mini_batch_aware_penalty_and_evaluation_does_not(synth_dir, synth_schema):
     """One compiled step at learning rate 0: the trained loss minus the evaluated loss (BCE alone) is
-    ``l2 * sum_j ||w_j||^2 / n_j`` over the rows the batch read, n_j = the batch's count x train rows / batch;
-    every real id of the features sharing a table is counted once per occurrence."""
+    ``l2 * (1024 / batch) * sum_j ||w_j||^2 / k_j`` over the rows the batch read, k_j = 1 batch x train rows /
+    batch; a row read by several features sharing a table, or at several positions, counts once."""
     l2, rows = 0.1, 1000
     model = build("dnn", synth_schema, {"hidden": [8], "embedding_batch_l2": l2}, {"splits": {"train": {"rows": rows}}})
     model.compile(optimizer=keras.optimizers.SGD(0.0))
@@ -20,10 +20,10 @@ def test_training_loss_carries_the_mini_batch_aware_penalty_and_evaluation_does_
     for table, count in emb.counts.items():
         c, w = count.numpy(), emb.tables[table].embeddings.numpy().astype(np.float64)
         read = np.flatnonzero(c)
-        want += l2 * float(np.sum(np.sum(w[read] ** 2, axis=1) / (c[read] * rows / 64.0)))
-        ids = [emb.ids(x, f.name).numpy().ravel() for f in synth_schema.features
-               if f.kind != "numeric" and f.table == table]
-        assert c.sum() == np.count_nonzero(np.concatenate(ids))
+        want += l2 * (1024 / 64.0) * float(np.sum(np.sum(w[read] ** 2, axis=1) / (c[read] * rows / 64.0)))
+        ids = np.concatenate([emb.ids(x, f.name).numpy().ravel() for f in synth_schema.features
+                              if f.kind != "numeric" and f.table == table])
+        assert c.max() == 1 and c.sum() == len(np.unique(ids[ids > 0]))
     assert want > 0 and float(emb.seen.numpy()) == 64
     np.testing.assert_allclose(trained - evaluated, want, rtol=1e-3)
 

@@ -8,7 +8,8 @@ The scenario field (``[0, S)``) has its own table of S rows.
 
 Regularisation: ``l2`` is a Keras L2 on every whole table each step (dense gradients); ``batch_l2`` is DIN's
 mini-batch aware regulariser (Zhou et al., KDD 2018, Sec. 4.1, eq. 4-5), which touches only the rows a batch
-reads and keeps the lookups' gradients sparse (:meth:`FeatureEmbedding.batch_penalty`).
+reads and keeps the lookups' gradients sparse, with a strength that means the same at every batch size
+(:meth:`FeatureEmbedding.batch_penalty`).
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import tf_keras as keras
 
 from tfmsr.features import Feature, Schema
 
+REFERENCE_BATCH = 1024  # the batch at which ``batch_l2`` is DIN's eq. 5 lambda (FeatureEmbedding.batch_penalty)
+
 
 class FeatureEmbedding(keras.layers.Layer):
     """Schema-driven embedding lookups: ``embed(x, name)``, ``group(x, group)``, ``numeric(x, group)``.
@@ -26,7 +29,7 @@ class FeatureEmbedding(keras.layers.Layer):
     ``dim`` overrides every table's width (models whose equations need one width across fields);
     ``scenario_dim`` sizes the scenario table (default: ``dim`` or 16). ``l2``: Keras L2 on every whole table;
     ``batch_l2``: the mini-batch aware L2 (:meth:`batch_penalty`), with ``epoch_rows`` (training rows per
-    epoch) turning the running id counts into per-epoch counts.
+    epoch) turning the running counts of batches that read each row into per-epoch counts.
     """
 
     def __init__(self, schema: Schema, dim: Optional[int] = None, scenario_dim: Optional[int] = None,
@@ -118,17 +121,21 @@ class FeatureEmbedding(keras.layers.Layer):
         return ids
 
     def batch_penalty(self) -> Optional[tf.Tensor]:
-        """DIN's mini-batch aware L2 of the training batch just looked up (eq. 4-5):
-        ``batch_l2 * sum_j ||w_j||^2 / n_j`` over every table and every real id j (not 0) the batch read
-        (``alpha_mj = 1``), so only those rows get a gradient (sparse, ``IndexedSlices``). ``n_j``: the
-        occurrences of j in the batches trained so far, this one included (a non-trainable count per row,
-        every feature reading the table counted), times ``epoch_rows / rows seen`` when ``epoch_rows`` is
-        known (the count per epoch, exact after the first epoch; without it the running count). The scenario
-        table is left out (S rows read by every batch: ``n_j`` is the scenario's traffic, the term nil).
-        Over an epoch a rare row is penalised ~``batch_l2 * ||w_j||^2`` whatever the batch size, while the
-        batch-mean loss's pull scales as 1 / batch: the same value is ~B2/B1 times stronger at batch B2
-        (mls, 0.3: right for dnn at 1024, weak for saml at 128, too strong for fimn at 4096 on Douban).
-        Updates the counts: call once per training step; None when nothing was read in this graph."""
+        """DIN's mini-batch aware L2 of the training batch just looked up (eq. 4-5), batch-size free:
+        ``batch_l2 * (REFERENCE_BATCH / B) * sum_j ||w_j||^2 / k_j`` over every table and every real id j (not
+        0) the batch of B rows read, so only those rows get a gradient (sparse, ``IndexedSlices``). ``k_j``:
+        the batches per epoch that read j (eq. 4's ``alpha_mj``; a non-trainable count per row, once per batch
+        whatever the features sharing the table), the running count times ``epoch_rows / rows seen`` when
+        ``epoch_rows`` is known (exact after one epoch in a fixed order; without it the running count).
+        Why: over an epoch of N rows the batch-mean data loss pulls w_j by ``(1/B) sum_(e reads j) dL_e/dw_j``,
+        and the penalty, ``1/k_j`` of it in each of the k_j batches that read j, by ``batch_l2 *
+        (REFERENCE_BATCH / B) * d||w_j||^2``: their ratio does not depend on B. The epoch objective is
+        ``(1/B) [sum_e L_e + batch_l2 * REFERENCE_BATCH * sum_j ||w_j||^2]``, eq. 4's whole-set L2 of the rows
+        read next to the summed data loss. Reference: ``batch_l2`` is DIN's eq. 5 lambda at batch
+        REFERENCE_BATCH (1024, the baselines' batch) for a row read by k_j batches; DIN's ``alpha_mj / n_j``
+        (n_j = occurrences) made one value ~B2/B1 times stronger at batch B2, and under-penalised rows read
+        more than once per batch. The scenario table is left out (S rows read by every batch). Updates the
+        counts: call once per training step; None when nothing was read in this graph."""
         graph, reads = self._reads
         object.__setattr__(self, "_reads", (None, {}))
         if not self.batch_l2 or not reads or graph is not _current_graph():
@@ -141,14 +148,14 @@ class FeatureEmbedding(keras.layers.Layer):
         terms = []
         for table, parts in by_table.items():
             flat = tf.concat(parts, axis=0)
-            rows, _, occurrences = tf.unique_with_counts(tf.boolean_mask(flat, flat > 0))
-            self.counts[table].scatter_add(tf.IndexedSlices(tf.cast(occurrences, tf.float32), rows))
-            n = tf.gather(self.counts[table], rows)
+            rows, _ = tf.unique(tf.boolean_mask(flat, flat > 0))
+            self.counts[table].scatter_add(tf.IndexedSlices(tf.ones_like(rows, tf.float32), rows))
+            k = tf.gather(self.counts[table], rows)
             if self.epoch_rows:
-                n = n * (float(self.epoch_rows) / seen)
+                k = k * (float(self.epoch_rows) / seen)
             w = tf.gather(self.tables[table].embeddings, rows)
-            terms.append(tf.reduce_sum(tf.reduce_sum(tf.square(w), axis=1) / n))
-        return self.batch_l2 * tf.add_n(terms)
+            terms.append(tf.reduce_sum(tf.reduce_sum(tf.square(w), axis=1) / k))
+        return self.batch_l2 * (REFERENCE_BATCH / batch) * tf.add_n(terms)
 
     def mask(self, x: Dict[str, tf.Tensor], name: str) -> tf.Tensor:
         """``[B, L]`` bool: real (non-padding) positions of a sequence."""

@@ -75,9 +75,8 @@ class RankingModel(Parametrized, TrainableModel):
     class Params(params_.Params):
         embedding_dim: Optional[int] = None   # None: each table's own width from the schema
         embedding_l2: float = 0.0   # L2 on every embedding table, whole table each step (keras regularizer)
-        # DIN's mini-batch aware L2 (eq. 4-5; FeatureEmbedding.batch_penalty). Off by default: at 0.3 (3 seeds)
-        # it lifts dnn's GAUC above popularity on ml-latest-small (0.6466 -> 0.6574), is level on Douban (GAUC
-        # 0.7127 -> 0.7111, within one std) but costs ML-100K 0.0074 GAUC; its strength grows with the batch.
+        # DIN's mini-batch aware L2 (eq. 4-5; FeatureEmbedding.batch_penalty), batch-size free: the value is
+        # DIN's lambda at batch 1024 (layers.embedding.REFERENCE_BATCH) and means the same at any batch.
         embedding_batch_l2: float = 0.0
 
     def __init__(self, schema: Schema, params: Optional[dict] = None, stats: Optional[dict] = None, **kwargs):
