@@ -16,6 +16,10 @@ A model says what it minimises; :class:`TrainableModel` runs the step (``fit``, 
 The loss trackers are created by ``compile`` (under the model's strategy) and attached untracked: they are in
 no checkpoint, so the object graph of weights and optimizer slots, which resume and warm start restore by
 path, is the model's own. ``compile`` takes no ``loss``: the model defines its losses.
+
+The steps are traced as plain Python, without AutoGraph (``do_not_convert``): its source rewrite of every layer in
+the call stack cost 6-18 s of CPU in each training process (each cluster role) for the same graph. A model
+therefore uses no Python control flow on tensors (``tf.cond`` / ``tf.where``), as the export signatures require.
 """
 from __future__ import annotations
 
@@ -68,6 +72,7 @@ class TrainableModel(keras.Model):
         weights = self.loss_weights
         return tf.add_n([weights.get(k, 1.0) * v for k, v in losses.items()] + list(self.losses))
 
+    @tf.autograph.experimental.do_not_convert  # see the module docstring: the steps are traced without AutoGraph
     def train_step(self, data):
         """One optimizer step on the total of ``compute_losses`` (per replica: the total over the number of
         replicas in sync, as Keras scales a mean loss), then ``post_step``."""
@@ -84,6 +89,7 @@ class TrainableModel(keras.Model):
         self.post_step(features, labels, outputs)
         return self.step_logs(labels, outputs, losses, total)
 
+    @tf.autograph.experimental.do_not_convert
     def test_step(self, data):
         """The losses and metrics of a batch in inference mode; no variable changes."""
         features, labels = self.unpack(data)

@@ -32,7 +32,7 @@ class Predictor:
     def run(self, model) -> Dict[str, np.ndarray]:
         if getattr(self, "_model", None) is not model:  # trace once per model, not once per epoch
             self._model = model
-            self._step = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+            self._step = tf.function(lambda x: model(x, training=False), reduce_retracing=True, autograph=False)
         step = self._step
 
         out = {"prob": [], "label": []}

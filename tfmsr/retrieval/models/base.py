@@ -77,10 +77,6 @@ class RetrievalModel(Parametrized, TrainableModel):
         """Nothing beside the losses: the towers run in ``compute_losses``."""
         return {}
 
-    @tf.autograph.experimental.do_not_convert  # plain Python tracing: autograph would convert every layer
-    def train_step(self, data):
-        return TrainableModel.train_step(self, data)
-
     @property
     def in_batch(self) -> bool:
         """``negatives_from: batch``: the other positives of the batch are the negatives, none are sampled."""
