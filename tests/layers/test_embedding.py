@@ -107,3 +107,59 @@ def test_batch_penalty_off_by_default_and_lookups_keep_sparse_gradients():
         out = tf.reduce_sum(emb.embed(x, "item_id"))
     assert isinstance(tape.gradient(out, emb.tables["item_id"].embeddings), tf.IndexedSlices)
     assert emb.batch_penalty() is None and not emb.counts and not emb.non_trainable_weights
+
+
+SCALE_N, SCALE_EPOCHS = 48, 4
+
+
+def _scale_data():
+    """SCALE_N rows: 8 users (each read by most batches), Zipf-like items (a few frequent, many read once), a history."""
+    rng = np.random.default_rng(3)
+    items = np.minimum(rng.zipf(1.6, size=SCALE_N), 11)
+    hist = np.where(rng.random((SCALE_N, 6)) < 0.6, np.minimum(rng.zipf(1.6, size=(SCALE_N, 6)), 11), 0)
+    return {"user_id": rng.integers(1, 9, SCALE_N), "item_id": items, "hist": hist}, rng.integers(0, 2, SCALE_N)
+
+
+def _scale_epoch_gradients(batch: int, weights, data, labels):
+    """Per table, the penalty's and the batch-mean BCE's gradients summed over the last epoch, the weights
+    held fixed (learning rate 0), after SCALE_EPOCHS - 1 epochs in the same order build up the counts."""
+    from tfmsr.layers import FeatureEmbedding
+
+    emb = FeatureEmbedding(_sequence_schema(), batch_l2=0.3, epoch_rows=SCALE_N)
+    for name in ("user_id", "item_id"):
+        emb.tables[name].build((None,))
+    tables = [emb.tables["user_id"].embeddings, emb.tables["item_id"].embeddings]
+    for var, value in zip(tables, weights):
+        var.assign(value)
+    total = {"penalty": [0.0, 0.0], "data": [0.0, 0.0]}
+    for epoch in range(SCALE_EPOCHS):
+        for start in range(0, SCALE_N, batch):
+            x = {k: tf.constant(v[start:start + batch], tf.int64) for k, v in data.items()}
+            y = tf.constant(labels[start:start + batch], tf.float32)
+            with tf.GradientTape(persistent=True) as tape:
+                z = tf.reduce_sum(emb.embed(x, "user_id"), 1) + tf.reduce_sum(
+                    emb.embed(x, "item_id") * emb.pooled(x, "hist"), 1)
+                data_loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(y, z))
+                penalty = emb.batch_penalty()
+            if epoch < SCALE_EPOCHS - 1:
+                continue
+            for key, loss in (("penalty", penalty), ("data", data_loss)):
+                grads = tape.gradient(loss, tables)
+                total[key] = [t + tf.convert_to_tensor(g).numpy() for t, g in zip(total[key], grads)]
+    return total
+
+
+def test_penalty_gradient_relative_to_data_gradient_is_the_same_at_two_batch_sizes():
+    """Same data, same weights, batch 4 and 16: per table, |penalty gradient| / |data gradient| summed over an
+    epoch agrees (DIN's alpha_mj / n_j form: 2.8x and 2.4x stronger at 16); the data gradient is 1/4."""
+    rng = np.random.default_rng(5)
+    weights = [rng.normal(size=(9, 3)).astype(np.float32), rng.normal(size=(12, 4)).astype(np.float32)]
+    data, labels = _scale_data()
+    small, large = (_scale_epoch_gradients(b, weights, data, labels) for b in (4, 16))
+    for t in range(2):
+        data_small, data_large = np.linalg.norm(small["data"][t]), np.linalg.norm(large["data"][t])
+        np.testing.assert_allclose(data_small / data_large, 4.0, rtol=1e-4)  # the batch mean: 1 / B
+        ratio_small = np.linalg.norm(small["penalty"][t]) / data_small
+        ratio_large = np.linalg.norm(large["penalty"][t]) / data_large
+        assert ratio_small > 0
+        np.testing.assert_allclose(ratio_large, ratio_small, rtol=0.05)
