@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tfmsr.data import wire
-from tfmsr.data.pipeline import DataError, check_first_record, make_dataset, read_errors, split_files
+from tfmsr.data.pipeline import DataError, check_first_record, make_dataset, read_errors, split_files, stage_streams
 from tfmsr.data.tfrecord import DatasetWriter, encode_examples
 from tfmsr.features import Schema
 
@@ -325,3 +325,22 @@ def test_scoring_parser_counts_oov_values_of_scored_rows_only():
             int(((kept >= 40) & scored[:, None]).sum())]
     assert [f.name for f in parser.tables] == ["user_id", "item_id", "hist_item_id"]
     assert want[0] > 0 and want[2] > 0 and oov.numpy().tolist() == want
+
+
+def test_stage_streams_cut_the_same_training_stream(small_dir):
+    from tfmsr.data.pipeline import make_parser
+    from tfmsr.ranking.bench import input_stages
+
+    files = split_files(small_dir, "train")
+    streams = stage_streams(files, SCHEMA, 64, seed=3, shuffle_buffer=200)
+    parse = make_parser(SCHEMA)
+    first = [parse(s)[0]["user_id"].numpy() for s in streams["read"].take(8)]  # one pass: 7 x 64 + 2
+    np.testing.assert_array_equal(np.concatenate(first), columns(450, seed=1)["user_id"])
+    cut = [parse(s)[0]["user_id"].numpy() for s in streams["shuffled"].take(8)]
+    staged = [x["user_id"].numpy() for x, _ in streams["parsed"].take(8)]  # make_dataset's own stream
+    for a, b in zip(cut, staged):
+        np.testing.assert_array_equal(a, b)
+    assert sorted(np.concatenate(staged)) == sorted(columns(450, seed=1)["user_id"])  # an epoch: each row once
+    res = input_stages(small_dir, batch=64, steps=2, warmup=1, seed=3, shuffle_buffer=200, rounds=1)
+    assert sorted(res) == ["parsed", "read", "shuffled"]
+    assert all(r["examples"] == 2 * 64 and r["cpu_us_per_row"] > 0 for r in res.values())

@@ -13,6 +13,9 @@ def _bench(args):
     if args.what == "input":  # the config's data.cache, shuffle_buffer and seed
         res = bench.bench_input(args.data, args.batch, args.steps, args.warmup, cache=cfg["data"]["cache"],
                                 seed=cfg["train"]["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"])
+        if args.stages:  # the streaming pipeline's stages, cache or not
+            res["stages"] = bench.input_stages(args.data, args.batch, args.steps, args.warmup,
+                                               seed=cfg["train"]["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"])
     else:
         res = bench.bench_train(cfg, args.data, args.batch, args.steps, args.warmup)
     print(json.dumps(res) if args.json else "\n".join(f"{k}: {v}" for k, v in res.items()))
@@ -28,4 +31,6 @@ def add_parser(sub) -> None:
     b.add_argument("--steps", type=int, default=200)
     b.add_argument("--warmup", type=int, default=30)
     b.add_argument("--json", action="store_true")
+    b.add_argument("--stages", action="store_true",
+                   help="input: also time the streaming pipeline's stages (read; + shuffle; + parse), CPU per row")
     b.set_defaults(fn=_bench)

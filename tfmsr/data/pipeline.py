@@ -240,12 +240,37 @@ def _parsed(ds: tf.data.Dataset, parse, ahead: bool, distributed: bool) -> tf.da
     """``parse`` mapped over the serialized batches: in parallel and prefetched when ``ahead``, else one at a
     time as each step asks (a shared stream: a worker holds no batch it does not train)."""
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE if ahead else None, deterministic=True)
+    return _ahead(ds, distributed) if ahead else ds.with_options(_options(False, distributed))
+
+
+def _options(ahead: bool, distributed: bool) -> tf.data.Options:
+    """Map parallelisation and an injected prefetch when ``ahead``; no auto-sharding when ``distributed``
+    (each input pipeline already reads its own shards: ``_my_files``)."""
     options = tf.data.Options()
     options.experimental_optimization.map_parallelization = ahead
     options.experimental_optimization.inject_prefetch = ahead
     if distributed:
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE) if ahead else ds.with_options(options)
+    return options
+
+
+def _ahead(ds: tf.data.Dataset, distributed: bool) -> tf.data.Dataset:
+    """``ds`` with the prefetching options and a prefetch at its end."""
+    return ds.with_options(_options(True, distributed)).prefetch(tf.data.AUTOTUNE)
+
+
+def stage_streams(files: Sequence[str], schema: Schema, batch_size: int, seed: int = 0,
+                  shuffle_buffer: int = 20_000) -> Dict[str, tf.data.Dataset]:
+    """The streaming training pipeline (no ``data.cache``) cut after each stage, each repeated and
+    prefetched, for ``tfmsr bench input --stages``: ``read`` batches of serialized records in file order
+    (TFRecord read and batching), ``shuffled`` the serialized training batches (+ shard interleave and the
+    window permutation), ``parsed`` the whole stream of ``make_dataset`` (+ ``parse_example``, the guards,
+    vocabulary lookups and padding). A stage's cost per row is its difference from the stage before."""
+    files = list(files)
+    read = _records(files, _my_files(files, None), False, batch_size).repeat()
+    shuffled = _serialized_batches(files, batch_size, True, seed, shuffle_buffer, 0, None, 4, False)
+    parsed = make_dataset(files, schema, batch_size, training=True, seed=seed, shuffle_buffer=shuffle_buffer)
+    return {"read": _ahead(read, False), "shuffled": _ahead(shuffled, False), "parsed": parsed}
 
 
 # ---------------------------------------------------------------------------------------- data.cache

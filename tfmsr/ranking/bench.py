@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tfmsr.core.errors import ConfigError
 from tfmsr.core.rundir import read_stats
-from tfmsr.data.pipeline import make_dataset, read_errors, split_files, use_cache
+from tfmsr.data.pipeline import make_dataset, read_errors, split_files, stage_streams, use_cache
 from tfmsr.features import Schema
 from tfmsr.ranking.models import build
 from tfmsr.ranking.train import build_in_scope, compile_model
@@ -17,6 +17,22 @@ from tfmsr.ranking.train import build_in_scope, compile_model
 
 def _machine() -> dict:
     return {"cpus": os.cpu_count(), "tensorflow": tf.__version__}
+
+
+def _timed_batches(ds, steps: int, warmup: int):
+    """(rows, wall seconds, CPU seconds of the whole process) of ``steps`` batches of ``ds`` after ``warmup``."""
+    it = iter(ds)
+    for _ in range(warmup):
+        next(it)
+    start, cpu, n = time.perf_counter(), time.process_time(), 0
+    for _ in range(steps):
+        n += int(tf.nest.flatten(next(it))[0].shape[0])
+    return n, time.perf_counter() - start, time.process_time() - cpu
+
+
+def _rates(n: int, secs: float, cpu: float) -> dict:
+    return {"examples": n, "seconds": round(secs, 3), "examples_per_sec": round(n / secs, 1),
+            "cpu_seconds": round(cpu, 3), "examples_per_cpu_sec": round(n / cpu, 1)}
 
 
 def bench_input(data_dir: str, batch: int = 1024, steps: int = 300, warmup: int = 20, split: str = "train",
@@ -27,24 +43,33 @@ def bench_input(data_dir: str, batch: int = 1024, steps: int = 300, warmup: int 
     files = split_files(data_dir, split)
     start, cpu = time.perf_counter(), time.process_time()
     cached = use_cache(cache, files, "error")
-    it = iter(make_dataset(files, schema, batch, training=True, seed=seed, shuffle_buffer=shuffle_buffer,
-                           cache=cached))
+    ds = make_dataset(files, schema, batch, training=True, seed=seed, shuffle_buffer=shuffle_buffer, cache=cached)
     load, load_cpu = time.perf_counter() - start, time.process_time() - cpu
     with read_errors(files, schema):
-        for _ in range(warmup):
-            next(it)
-        start, cpu, n = time.perf_counter(), time.process_time(), 0
-        for _ in range(steps):
-            _, y = next(it)
-            n += int(y.shape[0])
-    secs, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return {"bench": "input", "data": os.path.abspath(data_dir), "batch": batch, "steps": steps,
-            "examples": n, "seconds": round(secs, 3), "examples_per_sec": round(n / secs, 1),
-            "cpu_seconds": round(cpu, 3), "examples_per_cpu_sec": round(n / cpu, 1),
+        timed = _rates(*_timed_batches(ds, steps, warmup))
+    return {"bench": "input", "data": os.path.abspath(data_dir), "batch": batch, "steps": steps, **timed,
             "cache": cached, **({"load_seconds": round(load, 3), "load_cpu_seconds": round(load_cpu, 3)}
                                 if cached else {}),
             "features": {k: sum(1 for f in schema.features if f.kind == k)
                          for k in ("categorical", "numeric", "sequence")}, **_machine()}
+
+
+def input_stages(data_dir: str, batch: int = 1024, steps: int = 300, warmup: int = 20, split: str = "train",
+                 seed: int = 0, shuffle_buffer: int = 20_000, rounds: int = 2) -> dict:
+    """Where the streaming pipeline's CPU goes (``bench input --stages``): the stages of
+    ``tfmsr.data.pipeline.stage_streams`` (read; + shuffle; + parse) timed in turn, ``rounds`` times
+    alternating (a busy machine's drift falls on every stage alike), summed; ``cpu_us_per_row`` of a stage
+    minus the one before is that stage's own cost."""
+    schema = Schema.load(os.path.join(data_dir, "schema.yaml"))
+    files = split_files(data_dir, split)
+    streams = stage_streams(files, schema, batch, seed=seed, shuffle_buffer=shuffle_buffer)
+    totals = {name: [0, 0.0, 0.0] for name in streams}
+    with read_errors(files, schema):
+        for _ in range(rounds):
+            for name, ds in streams.items():
+                totals[name] = [a + b for a, b in zip(totals[name], _timed_batches(ds, steps, warmup))]
+    return {name: {**_rates(n, secs, cpu), "cpu_us_per_row": round(1e6 * cpu / n, 3)}
+            for name, (n, secs, cpu) in totals.items()}
 
 
 def _timed_fit(model, ds, files, schema, cfg, data_dir, batch, steps, warmup, **extra) -> dict:
