@@ -184,3 +184,14 @@ def test_sparse_matmul_pooling_trains_as_the_gathered_masked_mean(synth_dir, syn
     gathered = _five_step_losses(synth_dir, synth_schema, name, tf.distribute.OneDeviceStrategy("/cpu:0"))
     np.testing.assert_allclose(local, gathered, rtol=1e-5)
     assert local[-1] < local[0]
+
+
+def test_local_fit_traces_its_train_step_once(synth_dir, tmp_path, monkeypatch):
+    """The local model and its optimizer slots are built before fit (as under a strategy): a first trace
+    that creates variables would make tf.function trace the whole step a second time."""
+    from tfmsr.core.model import TrainableModel
+
+    traced, step = [], TrainableModel.train_step
+    monkeypatch.setattr(TrainableModel, "train_step", lambda self, data: traced.append(1) or step(self, data))
+    summary = train(quick_config("dnn", {"hidden": [4]}, validate=False), synth_dir, str(tmp_path / "m"))
+    assert summary["steps"] > 1 and len(traced) == 1

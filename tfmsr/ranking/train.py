@@ -192,10 +192,8 @@ def _build_model(job: _Job):
     job.spe = cfg["train"]["steps_per_epoch"] or math.ceil(
         split_rows(job.data_dir, "train", job.stats) / cfg["data"]["batch_size"])
     keras.utils.set_random_seed(cfg["train"]["seed"])
-    if job.strategy is None:
-        model = compile_model(build(cfg["model"]["name"], job.schema, cfg["model"]["params"], job.stats), cfg)
-    else:
-        model = build_in_scope(job.strategy, job.cluster, cfg, job.schema, job.train_files, job.stats)
+    strategy = job.strategy or tf.distribute.get_strategy()  # local: built eagerly too, so fit traces its step once
+    model = build_in_scope(strategy, job.cluster, cfg, job.schema, job.train_files, job.stats)
     job.epoch0, job.step0 = resume_point(job.backup_dir, job.spe)
     return model
 
