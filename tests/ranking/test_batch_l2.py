@@ -37,3 +37,22 @@ def test_deepfm_tables_take_the_embedding_regularisers(synth_schema):
     table = next(iter(emb.tables.values()))
     assert table.embeddings_regularizer is not None
     assert table.embeddings_initializer.stddev == 0.02
+
+
+def test_shipped_strength_only_where_measured():
+    """The Params default is off; configs/dnn.yaml ships 0.03 (measured on three real datasets), no other config."""
+    import glob
+    import os
+
+    import yaml
+
+    from tfmsr.core.config import PACKAGED
+    from tfmsr.ranking.models.base import RankingModel
+
+    assert RankingModel.Params().embedding_batch_l2 == 0.0
+    shipped = {}
+    for path in glob.glob(os.path.join(PACKAGED, "*.yaml")):
+        with open(path) as fh:
+            model = (yaml.safe_load(fh) or {}).get("model") or {}
+        shipped[os.path.basename(path)] = (model.get("params") or {}).get("embedding_batch_l2", 0.0)
+    assert shipped.pop("dnn.yaml") == 0.03 and not any(shipped.values())
