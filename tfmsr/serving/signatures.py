@@ -102,6 +102,18 @@ def fit_sequences(x: Dict[str, tf.Tensor], schema: Schema) -> Dict[str, tf.Tenso
     return x
 
 
+def id_signature(schema: Schema, lookups: VocabLookups, with_scenario: bool = True,
+                 names=None) -> Dict[str, tf.TensorSpec]:
+    """The model's inputs after parsing / lookups (what a head takes; only ``names`` if given): vocabulary
+    tables as int64 ids, sequences ``[None, L]``, everything else as its named input."""
+    out = {}
+    for name, spec in input_signature(schema, with_scenario).items():
+        if names is None or name in names:
+            shape = [None, schema.feature(name).length] if spec.shape.rank == 2 else [None]
+            out[name] = tf.TensorSpec(shape, tf.int64 if lookups.of(name) is not None else spec.dtype, name=name)
+    return out
+
+
 def trace(fn, signature):
     """``fn`` traced once into a concrete function. Without AutoGraph first (it would convert all of
     Keras' call stack: ~6x slower export); a model whose call needs it (Python control flow on tensors)
@@ -126,13 +138,17 @@ def feature_signatures(schema: Schema, names, fn, lookups: VocabLookups) -> Dict
     parse = make_parser(schema, inputs_only=True, with_scenario=False, lookups=lookups,
                         spec={k: v for k, v in parse_spec(schema, inputs_only=True, with_scenario=False).items()
                               if k in names})
-    return {"serving_default": trace(lambda x: fn(lookups(fit_sequences(x, schema))), [spec]),
-            "examples": trace(lambda examples: fn(parse(examples)), [EXAMPLES_SPEC])}
+    head = trace(fn, [id_signature(schema, lookups, with_scenario=False, names=names)])   # fn traced once
+    return {"serving_default": trace(lambda x: head(lookups(fit_sequences(x, schema))), [spec]),
+            "examples": trace(lambda examples: head(parse(examples)), [EXAMPLES_SPEC])}
 
 
 class ServingFunctions:
     """The ``tf.function`` s exported for one trained model (each traced once, shared by servables);
-    ``lookups``: the vocabulary tables they read (every servable tracks them: assets/<file>)."""
+    ``lookups``: the vocabulary tables they read (every servable tracks them: assets/<file>). The model
+    is traced once per head (``routed``, ``all_scenarios``, scenario ``s``) on id-level inputs; the named-input
+    and examples signatures are thin wrappers that map their inputs to ids and call the head's concrete
+    function (a StatefulPartitionedCall of one library function in the SavedModel: no re-trace)."""
 
     def __init__(self, model, schema: Schema):
         self.model, self.schema = model, schema
@@ -160,12 +176,12 @@ class ServingFunctions:
         return self.lookups(fit_sequences(x, self.schema))
 
     def _routed(self, x, parsed=False):
-        x = x if parsed else self._named(x)
+        x = dict(x) if parsed else self._named(x)   # a copy: a traced function's input is not modified
         x[self.key] = self._checked_scenario(x)
         return x
 
-    def _fixed(self, x, s, parsed=False):
-        x = x if parsed else self._named(x)
+    def _fixed(self, x, s):
+        x = dict(x)   # a copy: a traced function's input is not modified
         first = next(iter(x.values()))
         x[self.key] = tf.fill(tf.shape(first)[:1], tf.constant(s, tf.int64))
         return x
@@ -196,10 +212,23 @@ class ServingFunctions:
                 seen.setdefault(id(v), v)
         return list(seen.values())
 
+    # ------------------------------------------------------------------ heads: the model traced once each
+    def _routed_head(self):
+        """Ids incl. the checked scenario -> own-scenario ``prob``: the one trace of the model behind
+        ``serving_default`` and ``examples`` of ``all``."""
+        return self._function("routed_head", self._prob, [id_signature(self.schema, self.lookups)])
+
+    def _scenario_head(self, s: int):
+        """Ids without the scenario -> ``prob`` in scenario ``s`` (traced in its ``RowSlices``): the one trace
+        behind scenario ``s``'s named signature in ``all`` and its servable's two signatures."""
+        return self._function(("scenario_head", s), lambda x: self._prob(self._fixed(x, s)),
+                              [id_signature(self.schema, self.lookups, with_scenario=False)], scenario=s)
+
     # ------------------------------------------------------------------ concrete functions
     def routed(self):
         """Features incl. the scenario -> own-scenario ``prob`` (serving_default of ``all``)."""
-        return self._function("routed", lambda x: self._prob(self._routed(x)), [input_signature(self.schema)])
+        head = self._routed_head()
+        return self._function("routed", lambda x: head(self._routed(x)), [input_signature(self.schema)])
 
     def all_scenarios(self):
         """Features incl. the scenario -> ``prob`` (own scenario) and ``probs`` [None, S] (every scenario)."""
@@ -212,19 +241,20 @@ class ServingFunctions:
 
     def scenario(self, s: int):
         """Features without the scenario -> ``prob`` in scenario ``s``."""
-        return self._function(("scenario", s), lambda x: self._prob(self._fixed(x, s)),
-                              [input_signature(self.schema, with_scenario=False)], scenario=s)
+        head = self._scenario_head(s)
+        return self._function(("scenario", s), lambda x: head(self._named(x)),
+                              [input_signature(self.schema, with_scenario=False)])
 
     def routed_examples(self):
+        head = self._routed_head()
         parse = make_parser(self.schema, inputs_only=True, lookups=self.lookups)
-        return self._function("routed_examples", lambda examples: self._prob(self._routed(parse(examples), True)),
+        return self._function("routed_examples", lambda examples: head(self._routed(parse(examples), True)),
                               [EXAMPLES_SPEC])
 
     def scenario_examples(self, s: int):
+        head = self._scenario_head(s)
         parse = make_parser(self.schema, inputs_only=True, with_scenario=False, lookups=self.lookups)
-        return self._function(("scenario_examples", s),
-                              lambda examples: self._prob(self._fixed(parse(examples), s, True)), [EXAMPLES_SPEC],
-                              scenario=s)
+        return self._function(("scenario_examples", s), lambda examples: head(parse(examples)), [EXAMPLES_SPEC])
 
     # ------------------------------------------------------------------ signature maps
     def signatures(self, scenario=None) -> Dict[str, object]:
@@ -239,8 +269,8 @@ class ServingFunctions:
             return sigs
         sigs = {"serving_default": self.scenario(scenario), "examples": self.scenario_examples(scenario)}
         if self.S > NAMED_SIGNATURES_MAX:   # not reused by ``all``: graphs not kept (their row slices are: the
-            for key in (("scenario", scenario), ("scenario_examples", scenario)):   # functions hold them weakly)
-                self._cache.pop(key)
+            for kind in ("scenario", "scenario_examples", "scenario_head"):   # functions hold them weakly)
+                self._cache.pop((kind, scenario))
         return sigs
 
 
