@@ -11,8 +11,7 @@ from tfmsr.core.errors import ConfigError
 from tfmsr.core.rundir import read_stats
 from tfmsr.data.pipeline import make_dataset, read_errors, split_files, stage_streams, use_cache
 from tfmsr.features import Schema
-from tfmsr.ranking.models import build
-from tfmsr.ranking.train import build_in_scope, compile_model
+from tfmsr.ranking.train import build_in_scope
 
 
 def _machine() -> dict:
@@ -99,7 +98,7 @@ def bench_train(cfg: dict, data_dir: str, batch: int = 1024, steps: int = 200, w
         return bench_train_cluster(cluster, cfg, data_dir, batch, steps, warmup)
     schema = Schema.load(os.path.join(data_dir, "schema.yaml"))
     files = split_files(data_dir, "train")
-    model = compile_model(build(cfg["model"]["name"], schema, cfg["model"]["params"], read_stats(data_dir)), cfg)
+    model = build_in_scope(tf.distribute.get_strategy(), cluster, cfg, schema, files, read_stats(data_dir))
     cached = use_cache(cfg["data"]["cache"], files, cfg["data"]["non_finite"])
     ds = make_dataset(files, schema, batch, training=True, seed=cfg["train"]["seed"],
                       shuffle_buffer=cfg["data"]["shuffle_buffer"], non_finite=cfg["data"]["non_finite"], cache=cached)

@@ -75,14 +75,9 @@ class RankingModel(Parametrized, TrainableModel):
     class Params(params_.Params):
         embedding_dim: Optional[int] = None   # None: each table's own width from the schema
         embedding_l2: float = 0.0   # L2 on every embedding table, whole table each step (keras regularizer)
-        # DIN's mini-batch aware L2 (eq. 4-5; FeatureEmbedding.batch_penalty), batch-size free: the value is
-        # DIN's lambda at batch 1024 (layers.embedding.REFERENCE_BATCH) and means the same at any batch. Off here,
-        # on per config where measured (configs/dnn.yaml: 0.03 wins or is level on three real datasets, 3 seeds).
-        # At 0.1 (best of a 1-seed sweep 0.03-1.0 on ml-latest-small) it lifts dnn's ml-latest-small GAUC above
-        # popularity (0.6462 -> 0.6524, popularity 0.6492), is level on Douban (0.7127 -> 0.7119 +- 0.0030) but
-        # costs ML-100K 0.0061 GAUC (0.7118 -> 0.7057, beyond one std); saml (batch 128) at 0.1 likewise:
-        # ml-latest-small 0.6420 -> 0.6510, ML-100K 0.7052 -> 0.6999. The other models were measured at 0.1 on
-        # ml-latest-small only, and a default would reach the ps / multi-worker paths, not run with it.
+        # DIN's mini-batch aware L2 (eq. 4-5; FeatureEmbedding.batch_penalty), batch-size free (the value is DIN's
+        # lambda at batch 1024). Off here: 0.1 costs ML-100K GAUC beyond one std (dnn, saml; 3 seeds); on per config
+        # where measured (configs/dnn.yaml 0.03: wins or level on three real datasets, figures in its header).
         embedding_batch_l2: float = 0.0
 
     def __init__(self, schema: Schema, params: Optional[dict] = None, stats: Optional[dict] = None, **kwargs):
