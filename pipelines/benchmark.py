@@ -6,6 +6,9 @@
 * A **model spec** is ``name[:key=value,key=value]``; the values are YAML (``dnn:hidden=[64,32]``) and
   set ``model.params``, so ablation variants are rows of their own. ``--models all`` = every registered
   model. The base model (``--base``, RelaImpr's reference) is added when it is not listed.
+  ``name@individual[:key=value,...]`` is the "Individual" row of SAML's Table III: one model per scenario,
+  each trained on its scenario's rows alone (``tfmsr data subset``, under ``OUT/subsets/``; the same epochs
+  over its own rows) and scored on that scenario's test rows; the row's metrics pool their predictions.
 * **Config** of a spec: ``configs/<name>.yaml`` when it exists, else the model's defaults; then the budget
   every row shares (``--epochs``, ``--patience``, ``--set`` pass-through), ``train.seed = <seed>``, then the
   spec's params.
@@ -61,6 +64,7 @@ from tfmsr.core.checks import with_added_keys  # noqa: E402
 from tfmsr.core.config import PACKAGED as CONFIGS  # noqa: E402  (the configs shipped in the package)
 
 POPULARITY, ORACLE = "popularity", "oracle"
+INDIVIDUAL = "@individual"  # a spec mark: one model per scenario on that scenario's rows (SAML's BST-Individual)
 NO_EFFECT = {"train.log_every", "train.checkpoint_every"}  # config keys that do not change a run's result
 
 
@@ -93,13 +97,20 @@ def split_specs(text: str) -> List[str]:
 
 
 def parse_spec(spec: str) -> Tuple[str, List[str]]:
-    """``"saml:mutual_gate=false,k=2"`` -> ``("saml", ["mutual_gate=false", "k=2"])``."""
+    """``"saml:mutual_gate=false,k=2"`` -> ``("saml", ["mutual_gate=false", "k=2"])``; the model name
+    without the ``@individual`` mark (:func:`is_individual`)."""
     name, _, rest = spec.partition(":")
     params = _split_top(rest)
     for p in params:
         if "=" not in p:
             raise ValueError(f"--models: {spec!r}: expected name:key=value,..., got {p!r}")
-    return name.strip(), params
+    name = name.strip()
+    return (name[:-len(INDIVIDUAL)] if name.endswith(INDIVIDUAL) else name), params
+
+
+def is_individual(spec: str) -> bool:
+    """``bst@individual[:params]``: one model per scenario, each trained on its scenario's rows alone."""
+    return spec.partition(":")[0].strip().endswith(INDIVIDUAL)
 
 
 def spec_params(spec: str) -> dict:
@@ -209,34 +220,92 @@ def check_reusable(model_dir: str, cfg: dict, data_dir: str) -> None:
 def run_one(spec: str, seed: int, args, scenarios: List[str]) -> dict:
     """Train (or reuse) and evaluate one spec x seed; returns its per-seed record."""
     from tfmsr.ranking.evaluate import evaluate
+
+    if is_individual(spec):
+        return run_individual(spec, seed, args, scenarios)
+    cfg = spec_config(spec, seed, args)
+    model_dir = run_dir(args.out, spec, seed)
+    metrics_path = os.path.join(model_dir, "metrics.json")
+    status = "reused"
+    if _read_json(metrics_path) is None:
+        status = _train_once(cfg, args.data, model_dir)
+        evaluate(model_dir, args.data, args.split, out=metrics_path)
+    hist = _read_json(os.path.join(model_dir, "history.json")) or {}
+    return _record(seed, status, model_dir, _read_json(metrics_path), [hist], cfg, scenarios)
+
+
+def _train_once(cfg: dict, data_dir: str, model_dir: str) -> str:
+    """Train ``model_dir`` unless it holds a finished run: "trained" or "evaluated" (only evaluated)."""
     from tfmsr.ranking.train import train
+
+    check_reusable(model_dir, cfg, data_dir)
+    if os.path.exists(os.path.join(model_dir, "final")):
+        return "evaluated"
+    import tf_keras as keras
+
+    keras.backend.clear_session()
+    train(cfg, data_dir, model_dir)
+    return "trained"
+
+
+def _record(seed, status, model_dir, res, hists: List[dict], cfg, scenarios) -> dict:
+    """The per-seed record of a row from its metrics and the history of each model trained (one, or one per
+    scenario for ``@individual``: examples/s over all of them, best epochs joined by ``+``)."""
+    batch = cfg["data"]["batch_size"]
+    steps = [h.get("steps") for h in hists]
+    secs = [h.get("seconds") for h in hists]
+    vals = [h.get("history", {}).get("val_auc") or [] for h in hists]
+    best = [int(np.argmax(v)) + 1 if v else None for v in vals]
+    one = len(hists) == 1
+    known = None not in steps and None not in secs
+    return {"seed": seed, "status": status, "model_dir": model_dir, "metrics": _columns_of(res, scenarios),
+            "examples_per_sec": (hists[0].get("examples_per_sec") if one else
+                                 sum(steps) * batch / sum(secs) if known and sum(secs) else None),
+            "seconds": sum(secs) if known else None, "steps": sum(steps) if None not in steps else None,
+            "epochs": sum(len(h.get("history", {}).get("loss", [])) for h in hists),
+            "best_val_auc": hists[0].get("best_val_auc") if one else None,
+            "best_epoch": best[0] if one else "+".join("-" if b is None else str(b) for b in best),
+            "batch_size": batch, "learning_rate": cfg["train"]["learning_rate"],
+            "examples_seen": sum(steps) * batch if None not in steps else None}
+
+
+def scenario_data(args, scenario: str) -> str:
+    """``OUT/subsets/<scenario>``: the dataset cut to one scenario's rows (``tfmsr data subset``), made once."""
+    from tfmsr.data.subset import subset
+
+    path = os.path.join(args.out, "subsets", run_slug(scenario))
+    if not os.path.exists(os.path.join(path, "schema.yaml")):
+        subset(args.data, path, [scenario], overwrite=os.path.exists(path))
+    return path
+
+
+def run_individual(spec: str, seed: int, args, scenarios: List[str]) -> dict:
+    """``name@individual``: per scenario s, the spec's config trained on s's rows alone
+    (``RUN/<s>``, same budget in passes over its own rows) and scored on s's rows of the split; the row's
+    metrics are those of the pooled predictions, as every other row's."""
+    from tfmsr.data.pipeline import split_files
+    from tfmsr.features import Schema
+    from tfmsr.ranking.evaluate import Predictor, load_trained, summarize
 
     cfg = spec_config(spec, seed, args)
     model_dir = run_dir(args.out, spec, seed)
-    check_reusable(model_dir, cfg, args.data)
     metrics_path = os.path.join(model_dir, "metrics.json")
-    history_path = os.path.join(model_dir, "history.json")
-    status = "reused"
-    if _read_json(metrics_path) is None:
-        if not os.path.exists(os.path.join(model_dir, "final")):
-            import tf_keras as keras
+    statuses, parts, hists = [], [], []
+    for s in scenarios:
+        data, sub = scenario_data(args, s), os.path.join(model_dir, run_slug(s))
+        if _read_json(metrics_path) is None:
+            statuses.append(_train_once(cfg, data, sub))
+            schema = Schema.load(os.path.join(data, "schema.yaml"))
+            parts.append(Predictor(split_files(data, args.split), schema, non_finite=cfg["data"]["non_finite"])
+                         .run(load_trained(sub, schema)[0]))
+        hists.append(_read_json(os.path.join(sub, "history.json")) or {})
+    if parts:
+        from tfmsr.core.io import write_json
 
-            keras.backend.clear_session()
-            train(cfg, args.data, model_dir)
-            status = "trained"
-        else:
-            status = "evaluated"
-        evaluate(model_dir, args.data, args.split, out=metrics_path)
-    res, hist = _read_json(metrics_path), _read_json(history_path) or {}
-    epochs = len(hist.get("history", {}).get("loss", []))
-    val = hist.get("history", {}).get("val_auc") or []
-    batch = cfg["data"]["batch_size"]
-    return {"seed": seed, "status": status, "model_dir": model_dir, "metrics": _columns_of(res, scenarios),
-            "examples_per_sec": hist.get("examples_per_sec"), "seconds": hist.get("seconds"),
-            "steps": hist.get("steps"), "epochs": epochs, "best_val_auc": hist.get("best_val_auc"),
-            "best_epoch": int(np.argmax(val)) + 1 if val else None, "batch_size": batch,
-            "learning_rate": cfg["train"]["learning_rate"],
-            "examples_seen": hist["steps"] * batch if hist.get("steps") is not None else None}
+        pooled = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        write_json(metrics_path, summarize(pooled, Schema.load(os.path.join(args.data, "schema.yaml"))))
+    status = "reused" if not statuses else "trained" if "trained" in statuses else "evaluated"
+    return _record(seed, status, model_dir, _read_json(metrics_path), hists, cfg, scenarios)
 
 
 # ---------------------------------------------------------------------------------------- floor / ceiling

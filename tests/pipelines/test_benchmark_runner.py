@@ -309,3 +309,32 @@ def test_a_run_reused_across_an_added_setting(tmp_path):
     benchmark.check_reusable(str(tmp_path), cfg, str(tmp_path))
     with pytest.raises(ValueError, match="train.epochs: 2 there, 3 now"):
         benchmark.check_reusable(str(tmp_path), {**cfg, "train": {"epochs": 3}}, str(tmp_path))
+
+
+@pytest.mark.slow  # trains 2 tiny runs (~15 s)
+def test_individual_row_trains_one_model_per_scenario_on_its_rows(tmp_path):
+    """``dnn@individual``: per scenario a run on that scenario's subset, scored on its test rows; the row's
+    per-scenario AUC is each model's own, the overall metrics those of the pooled predictions."""
+    from tfmsr.ranking.evaluate import evaluate
+
+    data = str(tmp_path / "data")
+    synth.generate(data, rows=2400, scenarios=2, users=120, items=90, seed=0, progress=False)
+    spec = "dnn@individual:hidden=[8]"
+    assert benchmark.parse_spec(spec) == ("dnn", ["hidden=[8]"]) and benchmark.is_individual(spec)
+    out = str(tmp_path / "out")
+    res = benchmark.main(["--data", data, "--models", spec, "--seeds", "0", "--base", "popularity", "--out", out,
+                          "--epochs", "1", "--batch", "128", "--set", "train.log_every=1000"])
+    run = res["rows"][spec]["runs"][0]
+    assert run["status"] == "trained" and run["best_epoch"] == "1+1"
+    stats = {s: json.load(open(os.path.join(out, "subsets", s, "stats.json"))) for s in ("s0", "s1")}
+    assert run["examples_seen"] == sum(-(-st["splits"]["train"]["rows"] // 128) * 128 for st in stats.values())
+    for s, st in stats.items():
+        assert st["subset"]["scenarios"] == [s] and st["splits"]["train"]["rows"] == st["splits"]["train"]["scenarios"][s]["rows"]
+        sub = os.path.join(run["model_dir"], s)
+        assert json.load(open(os.path.join(sub, "history.json")))["steps"] > 0
+        assert run["metrics"][f"auc/{s}"] == pytest.approx(evaluate(sub, os.path.join(out, "subsets", s))["auc"])
+    assert run["metrics"]["auc"] not in (run["metrics"]["auc/s0"], run["metrics"]["auc/s1"])
+    again = benchmark.main(["--data", data, "--models", spec, "--seeds", "0", "--base", "popularity", "--out", out,
+                            "--epochs", "1", "--batch", "128", "--set", "train.log_every=1000"])
+    assert again["rows"][spec]["runs"][0]["status"] == "reused"
+    assert again["rows"][spec]["runs"][0]["metrics"] == run["metrics"]

@@ -1,5 +1,5 @@
-"""``tfmsr data synth|convert|ingest``: planted data with a known ground truth, a public dataset converted, or
-your own files ingested by a spec (``tfmsr/data/ingest``)."""
+"""``tfmsr data synth|convert|ingest|subset``: planted data with a known ground truth, a public dataset converted,
+your own files ingested by a spec (``tfmsr/data/ingest``), or a dataset cut to some of its scenarios."""
 from __future__ import annotations
 
 import argparse
@@ -96,9 +96,27 @@ def _add_ingest(data) -> None:
     i.set_defaults(fn=run_cli)
 
 
+def _data_subset(args):
+    from tfmsr.data.subset import subset
+
+    stats = subset(args.src, args.out, args.scenarios.split(","), overwrite=args.overwrite)
+    print(json.dumps({"out": args.out, **stats["subset"]}))
+
+
+def _add_subset(data) -> None:
+    s = data.add_parser("subset", help="a dataset with only the rows of some scenarios (same records, schema and "
+                                       "vocabularies; e.g. to train one scenario alone)")
+    s.add_argument("--src", required=True, help="dataset folder to read")
+    s.add_argument("--scenarios", required=True, help="comma-separated scenario names (or indices) to keep")
+    s.add_argument("--out", required=True, help="dataset folder to create")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=_data_subset)
+
+
 def add_parser(sub) -> None:
     data = sub.add_parser("data", help="create, convert or ingest datasets").add_subparsers(dest="data_verb",
                                                                                             required=True)
     _add_synth(data)
     _add_convert(data)
     _add_ingest(data)
+    _add_subset(data)
