@@ -353,8 +353,7 @@ class MultiHeadSelfAttention(MultiInputLayer):
         token queries, the dense form runs on the tokens scattered back (batched matmuls over ``B x L x L`` beat
         gathered pairs once sequences are mostly full: SAINet on ML-100K 4x); with ``rows``, the pairs."""
         if rows is None:
-            dense = {id(t): packed.scatter(t) for t in sources}
-            return packed.gather(self._dense(tuple(dense[id(t)] for t in sources), packed.mask, training, None))
+            return self._tokens_dense(sources, packed, training)
         h, d = self.num_heads, int(self.wv.shape[-1])
         q, k, v = _projections(sources, (self.wq, self.wk, self.wv))
         queries = _query_tokens(packed, rows)
@@ -368,6 +367,23 @@ class MultiHeadSelfAttention(MultiInputLayer):
             w = self.drop(w, training=training)
         o = segment_sum(w[..., None] * heads(v, key), query, m)                      # [m, H, d/h]
         return tf.matmul(tf.reshape(o, [-1, d]), self.wo)
+
+
+    def _tokens_dense(self, sources, packed: Packed, training=False):
+        """``over_tokens`` when every token queries: Q, K, V projected on the tokens (one fused matmul for
+        self-attention; ``1/sqrt(d_k)`` folded into ``W^Q``), scattered to ``[B, L, 3d]`` once, the ``[B, H, L, L]``
+        batched matmuls (padding keys masked; rows of padding queries are never read, so not zeroed), the heads
+        gathered back to tokens before ``W^O``. The same value as ``_dense`` on the scattered sources."""
+        h, d = self.num_heads, int(self.wv.shape[-1])
+        qkv = tf.concat(_projections(sources, (self.wq * (d // h) ** -0.5, self.wk, self.wv)), axis=-1)
+        b, l = packed.shape[0], packed.shape[1]
+        q, k, v = tf.unstack(tf.transpose(tf.reshape(packed.scatter(qkv), [b, l, 3, h, d // h]), [2, 0, 3, 1, 4]))
+        pad = (1.0 - tf.cast(packed.mask, qkv.dtype)) * _NEG                           # [B, L]
+        w = tf.nn.softmax(tf.matmul(q, k, transpose_b=True) + pad[:, None, None, :])     # [B, H, L, L]
+        if self.drop is not None:
+            w = self.drop(w, training=training)
+        o = tf.reshape(tf.transpose(tf.matmul(w, v), [0, 2, 1, 3]), [b, l, d])         # [B, L, d]
+        return tf.matmul(packed.gather(o), self.wo)
 
 
 def _norm(layer, x: tf.Tensor) -> tf.Tensor:
