@@ -189,3 +189,59 @@ def test_scenario_extraction_without_san_runs_only_the_own_experts():
     np.testing.assert_allclose(own.numpy(), every[np.arange(b), sc], **TOL)
     grad = tf.convert_to_tensor(tape.gradient(loss, layer.specific_experts.kernels[0])).numpy()
     assert (np.abs(grad).reshape(S, 2, -1).sum(axis=(1, 2)) > 0).tolist() == [True, False, True]
+
+
+def test_shared_gate_reading_own_mixes_the_rows_own_experts_only():
+    """``shared_gate_reads="own"``: a level's shared branch is the shared gate's softmax over the row's own task's
+    specific experts and the shared experts only (NumPy), its task output as in the paper's reading, for a flat
+    and a ``[B, 2, D]`` (own, shared) input; only the row's own task's experts and gate columns get a gradient."""
+    S, b, m = 4, 10, 2
+    sc = np.array([0, 3, 3, 1, 0, 1, 3, 0, 1, 1])                         # scenario 2 absent
+    for x in (rand(b, 5), rand(b, 2, 5)):
+        level = CGC(num_tasks=S, specific=m, shared=1, hidden=[4], shared_output=True, shared_gate_reads="own")
+        level(tf.constant(x[:, 0] if x.ndim == 3 else x))                 # built: the NumPy side reads its weights
+        with tf.GradientTape() as tape:
+            got = level(tf.constant(x), own=tf.constant(sc))
+            loss = tf.reduce_sum(got)
+        x_own, x_sh = (x[:, 0], x[:, 1]) if x.ndim == 3 else (x, x)
+        spec = np_bank(level.specific_experts, x_own).reshape(b, S, m, 4)[np.arange(b), sc]
+        own_experts = np.concatenate([spec, np_bank(level.shared_experts, x_sh)], 1)     # [B, m + 1, H]
+        task = np.stack([np_gate(level.task_gates, x_own[i:i + 1], own_experts[i:i + 1])[0, s] for i, s in
+                         enumerate(sc)])
+        k, bias = level.shared_gate.kernel.numpy()[0], level.shared_gate.bias.numpy()[0]
+        cols = [np.r_[s * m:(s + 1) * m, S * m] for s in sc]              # own task's experts, then the shared one
+        g = softmax(np.stack([x_sh[i] @ k[:, c] + bias[c] for i, c in enumerate(cols)]))
+        np.testing.assert_allclose(got.numpy()[:, 0], task, **TOL)
+        np.testing.assert_allclose(got.numpy()[:, 1], np.einsum("be,beh->bh", g, own_experts), **TOL)
+        grads = tape.gradient(loss, [level.specific_experts.kernels[0], level.shared_gate.kernel])
+        moved = np.abs(tf.convert_to_tensor(grads[0]).numpy()).reshape(S, m, -1).sum(axis=(1, 2)) > 0
+        assert moved.tolist() == [True, True, False, True]
+        assert not np.any(grads[1].numpy()[0][:, 2 * m:3 * m])          # task 2's gate columns untouched
+
+
+def test_san_top_k_runs_the_own_and_top_scenarios_only():
+    """``san_top_k=2`` of 5 scenarios: A_i sums the 2 largest SAN weights' S_j (NumPy, from the every-scenario
+    sub-experts); the own call equals the every-scenario call's column (which masks the same weights), and a
+    scenario-0 batch gives a gradient to the sub-experts of scenario 0 and its top 2 only."""
+    S, b, m = 5, 6, 2
+    layer = ScenarioExtraction(S, shared=2, specific=m, hidden=[4], san_hidden=[5], san_top_k=2)
+    x, table, sc = rand(b, 7), rand(S, 4), np.array([0, 3, 3, 1, 0, 1])
+    every = layer(tf.constant(x), tf.constant(table)).numpy()                   # [B, S, 3H]
+    got = layer(tf.constant(x), tf.constant(table[sc]), tf.constant(sc))
+    spec = np_gate(layer.specific_gates, x, np_bank(layer.specific_experts, x).reshape(b, S, m, 4))
+    h = table[sc]
+    for dl in layer.san_mlp.dense:
+        h = dense(dl, h, relu)
+    w = softmax(dense(layer.san_out, h)) * (1 - np.eye(S)[sc])
+    top = np.argsort(-w, axis=1)[:, :2]
+    keep = np.zeros_like(w)
+    np.put_along_axis(keep, top, 1.0, axis=1)
+    np.testing.assert_allclose(got.numpy()[:, :4], np.einsum("bs,bsh->bh", w * keep, spec), **TOL)
+    np.testing.assert_allclose(got.numpy()[:, 4:8], spec[np.arange(b), sc], **TOL)
+    np.testing.assert_allclose(got.numpy(), every[np.arange(b), sc], **TOL)
+    zero = np.zeros(b, np.int64)                                   # a scenario-0 batch: scenario 0 and its top 2
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(tf.constant(x), tf.constant(table[zero]), tf.constant(zero)))
+    grad = tf.convert_to_tensor(tape.gradient(loss, layer.specific_experts.kernels[0])).numpy()
+    moved = np.abs(grad).reshape(S, m, -1).sum(axis=(1, 2)) > 0
+    assert moved.tolist() == [s in {0} | set(top[sc == 0][0]) for s in range(S)] and moved.sum() == 3

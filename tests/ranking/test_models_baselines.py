@@ -170,3 +170,32 @@ def test_embedding_l2_penalises_every_table(l2, synth_dir, synth_schema):
     expected = l2 * sum(float(np.sum(t.astype(np.float64) ** 2)) for t in tables)
     got = float(tf.add_n(model.losses)) if model.losses else 0.0
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_ple_shared_gate_own_keeps_every_level_to_its_scenario(synth_dir, synth_schema):
+    """``shared_gate: own``: a scenario-s batch moves only scenario s's specific experts at every level (the
+    paper's reading moves every scenario's lower-level experts through the shared gate), and every scenario's
+    head (the model re-run in it) answers the model's output in the row's own scenario."""
+    S, s = synth_schema.num_scenarios, 2
+    model, before, after = sgd_step("ple", {**SMALL["ple"], "shared_gate": "own"}, synth_dir, synth_schema, s)
+    banks = [n for n in before if re.search(r"cgc_\d/specific/(kernel|bias)_0:", n)]
+    assert len(banks) == 4, banks
+    for n, rows in moved_rows(before, after, banks, S).items():
+        assert rows.tolist() == [t == s for t in range(S)], f"{n} rows moved {rows.tolist()}"
+    (x, _), = batches(synth_dir, synth_schema, "valid", 200, 1)
+    probs = model.scenario_probs(x).numpy()
+    own = probs[np.arange(len(probs)), x[synth_schema.scenario.name].numpy()]
+    np.testing.assert_allclose(own, model(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_hinet_san_top_k_own_head_is_its_column_of_every_head(synth_dir, synth_schema):
+    """``san_top_k: 1``: the own pass (own and top scenario's sub-experts only) answers each row's column of the
+    every-scenario pass (which masks SAN to the same top weights)."""
+    keras.utils.set_random_seed(0)
+    model = build("hinet", synth_schema, {**SMALL["hinet"], "san_top_k": 1})
+    assert synth_schema.num_scenarios > 2 and model.extraction.top_k == 1
+    (x, _), = batches(synth_dir, synth_schema, "valid", 200, 1)
+    p = model(x).numpy()
+    probs = model.scenario_probs(x).numpy()
+    np.testing.assert_allclose(probs[np.arange(len(p)), x[synth_schema.scenario.name].numpy()], p,
+                               rtol=1e-4, atol=1e-5)

@@ -15,6 +15,13 @@ from tfmsr.layers.mlp import MLP
 from tfmsr.layers.scenario import StackedInit, own_matmul, own_rows, partition_apply
 
 
+def _build(layer, input_shape) -> None:
+    """Build ``layer`` (read, not called) as a call would: variables named ``<scope>/<layer>/<weight>``."""
+    if not layer.built:
+        with tf.name_scope(layer.name):
+            layer.build(input_shape)
+
+
 class ExpertBank(keras.layers.Layer):
     """``E`` independent MLP experts ``f_e(x)`` (each ``hidden`` wide, ``activation`` after every layer),
     their kernels stored together as ``[E, D, H]``.
@@ -133,12 +140,12 @@ class ExpertGates(keras.layers.Layer):
             return tf.matmul(g, experts)  # [B, G, E] x [B, E, H]: cheaper than the einsum's transposes
         return tf.einsum("bge,bgeh->bgh", g, experts)
 
-    def own_gate(self, x, experts, gate):
+    def own_gate(self, x, experts, gate, method: str = "auto"):
         """Gate ``gate[b]`` only (a scenario's own gate): ``x [B, D]`` or ``[B, G, D]``, ``experts`` ``[B, E, H]``
-        or ``[B, G, E, H]`` -> ``[B, H]``. Cost: one gate's FLOPs whatever ``G`` (:func:`own_matmul`)."""
+        or ``[B, G, E, H]`` -> ``[B, H]``. Cost: one gate's FLOPs whatever ``G`` (:func:`own_matmul`, ``method``)."""
         x = own_rows(x, gate) if len(x.shape) == 3 else x
         experts = own_rows(experts, gate) if len(experts.shape) == 4 else experts
-        g = tf.nn.softmax(own_matmul(x, gate, self.kernel, self.bias), axis=-1)
+        g = tf.nn.softmax(own_matmul(x, gate, self.kernel, self.bias, method), axis=-1)
         return tf.matmul(g[:, None], experts)[:, 0]
 
 
@@ -152,16 +159,23 @@ class CGC(keras.layers.Layer):
     Sec. 4.3). Input ``[B, D]`` (first level: tasks and shared branch read the same input) or
     ``[B, T+1, D]`` (task inputs then the shared input, from the level below). Output ``[B, T, H]``, or
     ``[B, T+1, H]`` with the shared branch last when ``shared_output``.
+
+    ``shared_gate_reads``: ``"all"`` (the paper's: the shared gate mixes every task's specific experts, so a
+    row runs all ``T specific`` of them: ``O(T)``) or ``"own"`` (a row's shared gate mixes only its own task's
+    specific experts and the shared ones: the same gate weights, softmax over those experts only; one task's
+    FLOPs per row, for one-task-per-row data such as scenarios; only :meth:`own_task` has this reading).
     """
 
     def __init__(self, num_tasks: int, specific: int, shared: int, hidden: Sequence[int],
                  shared_output: bool = False, activation="relu", dropout: float = 0.0, kernel_init="glorot_uniform",
-                 **kwargs):
+                 shared_gate_reads: str = "all", **kwargs):
         super().__init__(**kwargs)
         if specific < 0 or shared < 0 or specific + shared < 1:
             raise ValueError(f"CGC: need at least one expert per task, got specific={specific}, shared={shared}")
+        if shared_gate_reads not in ("all", "own"):
+            raise ValueError(f"CGC: shared_gate_reads must be all or own, got {shared_gate_reads!r}")
         self.num_tasks, self.specific, self.shared = int(num_tasks), int(specific), int(shared)
-        self.shared_output = shared_output
+        self.shared_output, self.shared_gate_reads = shared_output, shared_gate_reads
         kw = dict(activation=activation, dropout=dropout, kernel_init=kernel_init)
         self.specific_experts = ExpertBank(num_tasks * specific, hidden, name="specific", **kw) if specific else None
         self.shared_experts = ExpertBank(shared, hidden, name="shared", **kw) if shared else None
@@ -228,16 +242,35 @@ class CGC(keras.layers.Layer):
         input): only the row's ``specific`` experts run (rows partitioned by task: ``O(T)`` small GEMMs, one
         task's FLOPs), with the shared experts and its own gate. A level with ``shared_output`` reads ``[B, D]``
         or a full level's ``[B, T+1, D]``; its shared gate mixes every task's specific experts, so they all run
-        (``O(T)`` FLOPs by the math, one batched op per layer), but only the row's own task gate."""
-        if self.shared_gate is not None:
+        (``O(T)`` FLOPs by the math, one batched op per layer), but only the row's own task gate. With
+        ``shared_gate_reads="own"`` such a level reads ``[B, D]`` or ``[B, 2, D]`` like a last level and runs
+        only the row's own experts too (its shared gate: :meth:`_own_shared_branch`)."""
+        if self.shared_gate is not None and self.shared_gate_reads == "all":
             return self._own_task_and_shared(x, task, training)
         x_own, x_shared = (x[:, 0], x[:, 1]) if len(x.shape) == 3 else (x, x)
-        experts = []
-        if self.specific_experts is not None:
-            experts.append(self.specific_experts(x_own, task, training=training, group=self.specific))  # [B, m, H]
-        if self.shared_experts is not None:
-            experts.append(self.shared_experts(x_shared, training=training))
-        return self.task_gates(x_own, tf.concat(experts, axis=1), own=task)
+        spec = (self.specific_experts(x_own, task, training=training, group=self.specific)    # [B, m, H]
+                if self.specific_experts is not None else None)
+        shared = self.shared_experts(x_shared, training=training) if self.shared_experts is not None else None
+        experts = tf.concat([e for e in (spec, shared) if e is not None], axis=1)
+        out = self.task_gates(x_own, experts, own=task)
+        if self.shared_gate is None:
+            return out
+        return tf.stack([out, self._own_shared_branch(x_shared, task, spec is not None, experts)], axis=1)
+
+    def _own_shared_branch(self, x, task, has_spec, experts):
+        """The shared gate read ``"own"``: its logits of row ``b``'s own task's specific experts (a gathered
+        ``[D, m]`` slice of the gate kernel, :func:`own_matmul`) and of the shared experts, one softmax over
+        those, mixing ``experts`` ``[B, m + m_sh, H]`` -> ``[B, H]``."""
+        t, m = self.num_tasks, self.specific if has_spec else 0
+        _build(self.shared_gate, x.shape)
+        kernel, bias = self.shared_gate.kernel[0], self.shared_gate.bias
+        bias = bias[0] if bias is not None else tf.zeros([t * m + self.shared], kernel.dtype)
+        logits = [tf.matmul(x, kernel[:, t * m:]) + bias[t * m:]] if self.shared else []
+        if m:
+            per_task = tf.transpose(tf.reshape(kernel[:, :t * m], [-1, t, m]), [1, 0, 2])     # [T, D, m]
+            logits.insert(0, own_matmul(x, task, per_task, tf.reshape(bias[:t * m], [t, m])))
+        g = tf.nn.softmax(tf.concat(logits, axis=-1), axis=-1)
+        return tf.matmul(g[:, None], experts)[:, 0]
 
     def _own_task_and_shared(self, x, task, training):
         """:meth:`own_task` of a level with a shared gate -> ``[B, 2, H]``."""
@@ -267,14 +300,21 @@ class ScenarioExtraction(keras.layers.Layer):
     for every scenario ``i``, ``[B, S, 3H]``. Both compute every ``S_j`` (SAN mixes them): ``O(S)`` experts
     (``S specific`` sub-experts per example, their FLOPs and gradients), run as one batched op per layer;
     without SAN the own call runs only scenario ``i``'s sub-experts (one scenario's FLOPs).
+
+    ``san_top_k = k`` (0: every scenario, the paper's): SAN sums only the ``k`` scenarios of largest weight
+    ``w_j`` (the weights depend on the own scenario alone, so each scenario attends to a fixed set of ``k``
+    others, the rest weighted 0, not renormalised); the own call then runs ``k + 1`` scenarios' sub-experts per
+    example (rows partitioned by scenario: ``O(S)`` small GEMMs, ``k + 1`` scenarios' FLOPs). ``k >= S - 1`` is
+    the paper's SAN.
     """
 
     def __init__(self, num_scenarios: int, shared: int = 5, specific: int = 5, hidden: Sequence[int] = (128, 64),
                  san_hidden: Sequence[int] = (128, 64), san: bool = True, dropout: float = 0.0,
-                 kernel_init="glorot_uniform", **kwargs):
+                 kernel_init="glorot_uniform", san_top_k: int = 0, **kwargs):
         super().__init__(**kwargs)
         s = self.num_scenarios = int(num_scenarios)
         self.specific, self.san = int(specific), san
+        self.top_k = int(san_top_k) if 0 < int(san_top_k) < s - 1 else 0       # 0: every other scenario
         kw = dict(dropout=dropout, kernel_init=kernel_init)
         self.shared_experts = ExpertBank(shared, hidden, name="shared_experts", **kw)
         self.shared_gate = ExpertGates(1, shared, kernel_init=kernel_init, name="shared_gate")
@@ -291,10 +331,33 @@ class ScenarioExtraction(keras.layers.Layer):
         return self.specific_gates(x, spec)
 
     def san_weights(self, scenario, scenario_emb):
-        """SAN weights ``[B, S]`` (zero at the example's own scenario)."""
+        """SAN weights ``[B, S]`` (zero at the example's own scenario; with ``san_top_k``, zero but the top k)."""
         w = tf.nn.softmax(self.san_out(self.san_mlp(scenario_emb)), axis=-1)
         own = tf.one_hot(tf.cast(tf.reshape(scenario, [-1]), tf.int32), self.num_scenarios, dtype=w.dtype)
-        return w * (1.0 - own)
+        return self._top(w * (1.0 - own))
+
+    def _top(self, w):
+        """``w`` ``[N, S]`` with all but each row's ``top_k`` largest entries zeroed (unchanged without)."""
+        if not self.top_k:
+            return w
+        kth = tf.math.top_k(w, self.top_k).values[:, -1:]
+        return tf.where(w >= kth, w, tf.zeros_like(w))
+
+    def _own_and_top(self, x, scenario, scenario_emb, training):
+        """``(S_i [B, H], A_i [B, H])`` from the row's own and its ``top_k`` SAN scenarios' sub-experts only:
+        rows repeated ``k + 1`` times, one per scenario, through that scenario's sub-experts and gate."""
+        w = tf.nn.softmax(self.san_out(self.san_mlp(scenario_emb)), axis=-1)
+        sc = tf.cast(tf.reshape(scenario, [-1]), tf.int32)
+        w = w * (1.0 - tf.one_hot(sc, self.num_scenarios, dtype=w.dtype))
+        top = tf.math.top_k(w, self.top_k)                                              # [B, k]
+        ids = tf.reshape(tf.concat([sc[:, None], top.indices], axis=1), [-1])           # [B (k+1)]
+        rows = tf.repeat(x, self.top_k + 1, axis=0)
+        spec = self.specific_experts(rows, ids, training=training, group=self.specific)   # [B (k+1), m, H]
+        _build(self.specific_gates, x.shape)
+        # partitioned: (k + 1) B gathered [D, m] gate kernels cost more than S small GEMMs (HiNet, S = 100)
+        out = self.specific_gates.own_gate(rows, spec, ids, method="partition")
+        out = tf.reshape(out, [-1, self.top_k + 1, spec.shape[-1]])
+        return out[:, 0], tf.einsum("bk,bkh->bh", top.values, out[:, 1:])
 
     def call(self, x, scenario_emb, scenario=None, training=False):
         shared = self.shared_gate(x, self.shared_experts(x, training=training))[:, 0]      # G   [B, H]
@@ -303,6 +366,9 @@ class ScenarioExtraction(keras.layers.Layer):
         if not self.san:                  # S_i only: the row's own sub-experts (rows partitioned by scenario)
             spec = self.specific_experts(x, scenario, training=training, group=self.specific)   # [B, m, H]
             return tf.concat([self.specific_gates(x, spec, own=scenario), shared], axis=-1)
+        if self.top_k:
+            own, transfer = self._own_and_top(x, scenario, scenario_emb, training)
+            return tf.concat([transfer, own, shared], axis=-1)
         every = self.scenario_outputs(x, training=training)                                  # S_j [B, S, H]
         w = self.san_weights(scenario, scenario_emb)
         return tf.concat([tf.einsum("bs,bsh->bh", w, every), own_rows(every, scenario), shared], axis=-1)
@@ -314,6 +380,7 @@ class ScenarioExtraction(keras.layers.Layer):
         parts = [every, tf.tile(shared[:, None], [1, s, 1])]
         if self.san:
             w = tf.nn.softmax(self.san_out(self.san_mlp(every_emb)), axis=-1) * (1.0 - tf.eye(s, dtype=every.dtype))
+            w = self._top(w)
             parts.insert(0, tf.einsum("ij,bjh->bih", w, every))
         return tf.concat(parts, axis=-1)
 

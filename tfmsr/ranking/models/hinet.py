@@ -27,7 +27,8 @@ class HiNet(RankingModel):
 
     Cost: SAN mixes every scenario's specific module ``S_j``, so each example runs all ``S x specific_experts``
     sub-experts (``O(S)`` FLOPs per example by the math, one batched op per layer); the task extraction and the
-    tower run only the row's own scenario. ``san: false`` runs only the own scenario's sub-experts.
+    tower run only the row's own scenario. ``san: false`` runs only the own scenario's sub-experts;
+    ``san_top_k: k`` (SAN over each scenario's ``k`` largest weights) runs ``k + 1`` scenarios' sub-experts.
     """
 
     multi_head = own_head = True
@@ -38,6 +39,7 @@ class HiNet(RankingModel):
         specific_experts: int = 5
         expert_hidden: List[int] = default([128, 64])
         san: bool = True
+        san_top_k: int = 0            # SAN over the k scenarios of largest weight only (0: all, the paper's)
         san_hidden: List[int] = default([128, 64])
         task_specific_experts: int = 2
         task_shared_experts: int = 2
@@ -50,7 +52,8 @@ class HiNet(RankingModel):
         p = self.params
         S = self.num_scenarios
         self.extraction = ScenarioExtraction(S, p.shared_experts, p.specific_experts, p.expert_hidden,
-                                             p.san_hidden, p.san, p.dropout, name="scenario_extraction")
+                                             p.san_hidden, p.san, p.dropout, san_top_k=p.san_top_k,
+                                             name="scenario_extraction")
         self.task_extraction = CGC(S, p.task_specific_experts, p.task_shared_experts, p.task_expert_hidden,
                                    dropout=p.dropout, name="task_extraction")
         self.towers = ScenarioTowers(S, p.tower, dropout=p.dropout, name="towers")
