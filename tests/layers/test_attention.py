@@ -7,6 +7,7 @@ import tf_keras as keras
 
 from layer_reference import TOL, rand, sigmoid, dense, masked_np_softmax, mask_of
 
+from tfmsr.layers import attention
 from tfmsr.layers import (masked_softmax, MultiHeadSelfAttention, MultiHeadTargetAttention, PositionalEmbedding,
                           TargetAttention, TransformerBlock)
 
@@ -97,8 +98,11 @@ def test_positional_embedding_adds_position_rows():
     np.testing.assert_allclose(got, x + layer.table.numpy()[None, :3], **TOL)
 
 
-def test_rows_are_the_first_rows_of_the_full_outputs():
+# DENSE_ROWS_FILL 0: query rows always in the dense form; 1: always over the real tokens (the two forms of ``rows``)
+@pytest.mark.parametrize("fill", [0.0, 1.0])
+def test_rows_are_the_first_rows_of_the_full_outputs(monkeypatch, fill):
     """``rows=1`` (the candidate's row only) equals row 0 of the full output, self- and separate-source."""
+    monkeypatch.setattr(attention, "DENSE_ROWS_FILL", fill)
     x, y, mask = rand(3, 5, 8), rand(3, 5, 6), mask_of(3, 5)
     mask[:, 0] = True
     m = tf.constant(mask)
@@ -121,9 +125,12 @@ def separate_projection_attention(block, x, mask):
     return block.norm2(s + block.ff2(block.ff1(s)))[:, 0]
 
 
-def test_fused_rows_block_trains_as_the_separate_projections():
-    """Same loss trajectory over 5 Adam steps from the same weights: the fused-QKV, candidate-row block
-    against the three-projection, all-rows form (the two levers of issue 30 change no trained result)."""
+@pytest.mark.parametrize("fill", [0.0, 1.0])
+def test_fused_rows_block_trains_as_the_separate_projections(monkeypatch, fill):
+    """Same loss trajectory over 5 Adam steps from the same weights: the fused-QKV, candidate-row block (its
+    dense and its real-token form) against the three-projection, all-rows form (issue 30's levers change no
+    trained result)."""
+    monkeypatch.setattr(attention, "DENSE_ROWS_FILL", fill)
     mask = mask_of(16, 7)
     mask[:, 0] = True
     x, mask = tf.constant(rand(16, 7, 8)), tf.constant(mask)

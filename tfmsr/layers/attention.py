@@ -4,8 +4,9 @@ Transformer block with positional embeddings of BST.
 Shapes: ``query [B, d_q]``, ``keys [B, L, d_k]``, ``values [B, L, d_v]``, ``mask [B, L]`` (bool, True at
 real positions). Padding never receives weight; an all-padding sequence pools to zeros. Layers can run over the
 real tokens only (:func:`pack`: ``[n, d]`` tokens, padding rows zeros when scattered back): the Transformer block's
-norms and feed-forward, target attention, and self-attention whose queries are a few rows (``rows``, one score per
-pair of real tokens); self-attention in which every token queries keeps the dense ``[B, L, L]`` form.
+norms and feed-forward, target attention, and self-attention whose queries are a few rows (``rows``; over the real
+tokens when most positions are padding, else dense: :func:`_rows_dense`); self-attention in which every token
+queries keeps the dense ``[B, L, L]`` form (projections and ``W^O`` on the tokens).
 """
 from __future__ import annotations
 
@@ -80,16 +81,6 @@ def segment_softmax(scores: tf.Tensor, segments: tf.Tensor, num) -> tf.Tensor:
     top = tf.stop_gradient(tf.math.segment_max(scores, segments))
     e = tf.exp(scores - tf.gather(top, segments))
     return e / tf.gather(segment_sum(e, segments, num), segments)
-
-
-def _pairs(packed: Packed, queries: tf.Tensor):
-    """``(query, key)`` token indices ``[P]`` of every query token (``queries [m]``, indices into the tokens)
-    with every real token of its example, grouped by query (``query`` indexes ``queries``)."""
-    row = tf.gather(packed.row, queries)
-    n, first = tf.gather(packed.count, row), tf.gather(packed.start, row)
-    query = tf.repeat(tf.range(tf.size(queries, out_type=tf.int64)), n)
-    offset = tf.range(tf.reduce_sum(n)) - tf.repeat(tf.cumsum(n, exclusive=True), n)
-    return query, tf.repeat(first, n) + offset
 
 
 class TargetAttention(keras.layers.Layer):
@@ -179,6 +170,16 @@ def _over_tokens(sources, mask) -> bool:
     the keys' positions (one mask for both)."""
     q, k = sources[0].shape, sources[1].shape
     return mask is not None and q.rank == 3 and q[1] is not None and q[1] == k[1]
+
+
+DENSE_ROWS_FILL = 0.5
+
+
+def _rows_dense(mask: tf.Tensor) -> tf.Tensor:
+    """Whether a few query rows (``rows=``) attend in the dense ``[B, L]`` form (scalar bool): when more than
+    ``DENSE_ROWS_FILL`` of the positions are real; else over the real tokens (their cost follows their number, at
+    about twice the dense form's per position: measured SAML on mostly full and mostly empty sequences)."""
+    return tf.reduce_mean(tf.cast(mask, tf.float32)) > DENSE_ROWS_FILL
 
 
 def _query_tokens(packed: Packed, rows):
@@ -330,7 +331,8 @@ class MultiHeadSelfAttention(MultiInputLayer):
         if packed is not None:
             return self.over_tokens(sources, packed, rows, training)
         if rows is not None and _over_tokens(sources, mask):
-            return _via_tokens(lambda t, p: self.over_tokens(t, p, rows, training), sources, mask, rows)
+            return tf.cond(_rows_dense(mask), lambda: self._dense(sources, mask, training, rows), lambda: _via_tokens(
+                lambda t, p: self.over_tokens(t, p, rows, training), sources, mask, rows))
         return self._dense(sources, mask, training, rows)
 
     def _dense(self, sources, mask, training, rows):
@@ -351,23 +353,29 @@ class MultiHeadSelfAttention(MultiInputLayer):
         """The attention over real tokens: ``sources`` are ``[n, d_i]`` tokens of ``packed``; each query token
         (all, or those at a position ``< rows``) attends to the tokens of its example. ``-> [m, d]``. When every
         token queries, the dense form runs on the tokens scattered back (batched matmuls over ``B x L x L`` beat
-        gathered pairs once sequences are mostly full: SAINet on ML-100K 4x); with ``rows``, the pairs."""
+        gathered pairs once sequences are mostly full: SAINet on ML-100K 4x); with ``rows``, :meth:`_row_queries`."""
         if rows is None:
             return self._tokens_dense(sources, packed, training)
+        return self._row_queries(sources, packed, rows, training)
+
+    def _row_queries(self, sources, packed: Packed, rows, training=False):
+        """``over_tokens`` when only the tokens at positions ``< rows`` query: their projections are laid out as
+        ``[B, rows, d]`` (zeros at padding), gathered by each token's example, so every real token is a key of its
+        example's ``rows`` query slots at once: scores ``[n, rows, H]``, a softmax within each example, values
+        summed per example (no per-pair gathers of keys and values); the real query slots are read back."""
         h, d = self.num_heads, int(self.wv.shape[-1])
-        q, k, v = _projections(sources, (self.wq, self.wk, self.wv))
+        q, k, v = _projections(sources, (self.wq * (d // h) ** -0.5, self.wk, self.wv))
         queries = _query_tokens(packed, rows)
-        q = tf.gather(q, queries)
-        query, key = _pairs(packed, queries)
-        m = tf.size(queries, out_type=tf.int64)
-        heads = lambda t, i: tf.reshape(tf.gather(t, i), [-1, h, d // h])                 # [P, H, d/h]
-        s = tf.reduce_sum(heads(q * (d // h) ** -0.5, query) * heads(k, key), axis=-1)  # [P, H]
-        w = segment_softmax(s, query, m)
+        slots = tf.gather(packed.index, queries)                                           # [m, 2]
+        b = packed.shape[0]
+        q = tf.scatter_nd(slots, tf.gather(q, queries), tf.stack([b, tf.cast(rows, tf.int64), d]))   # [B, r, d]
+        heads = lambda t, r=1: tf.reshape(t, [-1, r, h, d // h])
+        s = tf.reduce_sum(heads(tf.gather(q, packed.row), rows) * heads(k), axis=-1)      # [n, r, H]
+        w = segment_softmax(s, packed.row, b)
         if self.drop is not None:
             w = self.drop(w, training=training)
-        o = segment_sum(w[..., None] * heads(v, key), query, m)                      # [m, H, d/h]
+        o = tf.gather_nd(segment_sum(w[..., None] * heads(v), packed.row, b), slots)   # [m, H, d/h]
         return tf.matmul(tf.reshape(o, [-1, d]), self.wo)
-
 
     def _tokens_dense(self, sources, packed: Packed, training=False):
         """``over_tokens`` when every token queries: Q, K, V projected on the tokens (one fused matmul for
@@ -424,7 +432,10 @@ class TransformerBlock(MultiInputLayer):
         sources = _sources(query, keys, values)
         self.build_once(*sources)
         if packed is None and _over_tokens(sources, mask):
-            return _via_tokens(lambda t, p: self._layer(t, None, training, rows, p), sources, mask, rows)
+            tokens = lambda: _via_tokens(lambda t, p: self._layer(t, None, training, rows, p), sources, mask, rows)
+            if rows is None or not self.norm2.built:   # the first call builds the sublayers outside a cond
+                return tokens()
+            return tf.cond(_rows_dense(mask), lambda: self._layer(sources, mask, training, rows, None), tokens)
         return self._layer(sources, mask, training, rows, packed)
 
     def _layer(self, sources, mask, training, rows, packed):
