@@ -21,13 +21,14 @@ class PLE(RankingModel):
     Cost with ``shared_gate: all``: the last level runs only the row's own experts, gate and tower; every lower
     level's shared gate mixes all ``S x specific_experts`` specific experts, so each example runs them all there
     (``O(S)`` FLOPs per example by the math, one GEMM per layer: :meth:`~tfmsr.layers.ExpertBank._batched`).
-    ``shared_gate: own`` (default) reads a lower level's shared gate over the row's own scenario's specific
+    ``shared_gate: own`` reads a lower level's shared gate over the row's own scenario's specific
     experts and the shared ones only (:class:`~tfmsr.layers.CGC` ``shared_gate_reads``; a row belongs to one
     scenario): every level runs one scenario's experts per row (flat in ``S`` but the ``O(S)`` small GEMMs of
     the row partitioning and the optimizer's ``O(S)`` parameters), and every scenario's head of a row is the model
     re-run on the row in that scenario (``scenario_probs``: ``S`` passes in one batch); ``all`` is the paper's
-    (Sec. 4.3). Default ``own``: the same test AUC / GAUC as ``all`` within one std (ML-100K, 3 seeds) at a
-    fraction of the cost for many scenarios.
+    (Sec. 4.3). Params default ``all``: what every run written before the switch used (its ``run.yaml`` has no
+    ``shared_gate``); ``own`` measures the same test AUC / GAUC within one std (ML-100K, 3 seeds) and is the
+    one to ship for many scenarios.
     """
 
     multi_head = True
@@ -40,7 +41,7 @@ class PLE(RankingModel):
         shared_experts: int = 2
         tower: List[int] = default([64])
         dropout: float = 0.0
-        shared_gate: Literal["all", "own"] = "own"   # lower levels' shared gate: own scenario's experts, or all
+        shared_gate: Literal["all", "own"] = "all"   # lower levels' shared gate: every scenario's experts, or own
 
         def check(self):
             if not self.expert_hidden or not all(self.expert_hidden):
