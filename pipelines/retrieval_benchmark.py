@@ -10,12 +10,14 @@
   layers (Figure 6; 3 is SASS-Base), the baselines DSSM and YoutubeDNN trained single-scenario (one
   model per scenario) and mix-scenario (Table 2's columns), ``extra`` rows that isolate this code's
   readings of the paper (SASS-Base with eq. 11 exactly as printed and random gate init; with random
-  gate init only; SASS, SASS-Base and DSSM mix with word2vec's unigram^0.75 negatives instead of uniform ones;
-  SASS with 16 negatives per positive) and rows *not in the paper* (SASS and SASS-Base fine-tuned with a softmax instead of
-  the eq. 11 pairwise loss; see ``tfmsr/retrieval/sass.py``; and the small-data rows ``SMALL_DATA``: 2
-  ML-SAT layers, a 64-wide first global layer, L2-SP of the scenario weights; and the ``IN_BATCH`` rows, whose
-  negatives are the batch's other positives as YoutubeDNN's, with DSSM mix trained the same way as their
-  control), and ``popularity`` (train positives of the item in the scenario; no training), the floor.
+  gate init only; the ``SAMPLED`` rows: SASS and SASS-Base with eq. 11 on 4 uniform sampled negatives per
+  positive instead of the configs' logQ-corrected in-batch negatives, with 16, with 256 per batch and scenario
+  (shared), and with word2vec's unigram^0.75 negatives, also for DSSM mix) and rows *not in the paper* (SASS
+  and SASS-Base fine-tuned with a softmax instead of the eq. 11 pairwise loss; see ``tfmsr/retrieval/sass.py``;
+  and the small-data rows ``SMALL_DATA``: 2 ML-SAT layers, a 64-wide first global layer, L2-SP of the scenario
+  weights; and the ``IN_BATCH`` rows, whose negatives are the batch's other positives as YoutubeDNN's, with
+  DSSM mix trained the same way as their control), and ``popularity`` (train positives of the item in the
+  scenario; no training), the floor.
 * **Config** of a row: ``configs/<sass|sass_base|dssm|youtubednn>.yaml`` + the row's switches + ``--set``
   (shared by every row) + ``train.seed``. Pre-training rows share one pair directory per dataset
   (``OUT/pairs/<dataset>``, derived from its train split).
@@ -59,7 +61,13 @@ SMALL_DATA = ["model.params.layers=2", "model.params.global_hidden=[64]", "model
 IN_BATCH = "model.params.negatives_from=batch"   # the batch's other positives are the negatives (YoutubeDNN's)
 # sampled negatives ~ train exposures^0.75 over the scenario corpus (word2vec's noise; the configs draw uniformly)
 UNIGRAM = "model.params.negative_sampler=unigram"
-PRINTED = ["model.params.pairwise_form=printed", "model.params.pairwise_scale=1", "model.params.gate_init=glorot"]
+# eq. 11 on sampled negatives (4 uniform per positive: the configs' recipe before session 21), not the configs'
+# logQ-corrected in-batch negatives
+SAMPLED = ["model.params.negatives_from=sampled", "model.params.pairwise_logq=false"]
+SHARED = ["model.params.negatives_from=shared", "model.params.negatives=256", "model.params.pairwise_logq=false"]
+PRINTED = SAMPLED + ["model.params.pairwise_form=printed", "model.params.pairwise_scale=1",
+                     "model.params.gate_init=glorot"]
+NO_LOGQ = [IN_BATCH, "model.params.pairwise_logq=false"]   # in-batch negatives, eq. 11 on the raw cosines
 
 # (row name, config, overrides, where the row comes from)
 VARIANTS = [
@@ -74,22 +82,26 @@ VARIANTS = [
     ("No Global Auxiliary Task", "sass", ["model.params.beta=0.0"], "Table 6"),
     ("SASS-Base 2 layers", "sass_base", ["model.params.layers=2"], "Figure 6"),
     ("SASS-Base 4 layers", "sass_base", ["model.params.layers=4"], "Figure 6"),
-    ("SASS unigram^0.75 negatives", "sass", [UNIGRAM], "extra"),
-    ("SASS-Base unigram^0.75 negatives", "sass_base", [UNIGRAM], "extra"),
-    ("SASS 16 negatives", "sass", ["model.params.negatives=16"], "extra"),
+    ("SASS 4 sampled negatives", "sass", SAMPLED, "extra"),
+    ("SASS-Base 4 sampled negatives", "sass_base", SAMPLED, "extra"),
+    ("SASS unigram^0.75 negatives", "sass", SAMPLED + [UNIGRAM], "extra"),
+    ("SASS-Base unigram^0.75 negatives", "sass_base", SAMPLED + [UNIGRAM], "extra"),
+    ("SASS 16 negatives", "sass", SAMPLED + ["model.params.negatives=16"], "extra"),
+    ("SASS 256 shared negatives", "sass", SHARED, "extra"),
+    ("SASS-Base 256 shared negatives", "sass_base", SHARED, "extra"),
+    ("SASS-Base in-batch negatives without logQ", "sass_base", NO_LOGQ, "extra"),
     ("SASS-Base eq. 11 as printed + glorot init", "sass_base", PRINTED, "extra"),
     ("SASS-Base glorot init", "sass_base", ["model.params.gate_init=glorot"], "extra"),
-    ("SASS-Base softmax-loss (not in paper)", "sass_base", [SOFTMAX], "extra"),
-    ("SASS softmax-loss (not in paper)", "sass", [SOFTMAX], "extra"),
-    ("SASS + L2-SP 2 layers 64-wide global (not in paper)", "sass", SMALL_DATA, "extra"),
-    ("SASS-Base + L2-SP 2 layers 64-wide global (not in paper)", "sass_base", SMALL_DATA, "extra"),
-    ("SASS-Base + L2-SP 2 layers 64-wide global softmax-loss (not in paper)", "sass_base", SMALL_DATA + [SOFTMAX],
-     "extra"),
-    ("SASS-Base in-batch negatives (not in paper)", "sass_base", [IN_BATCH], "extra"),
+    ("SASS-Base softmax-loss (not in paper)", "sass_base", SAMPLED + [SOFTMAX], "extra"),
+    ("SASS softmax-loss (not in paper)", "sass", SAMPLED + [SOFTMAX], "extra"),
+    ("SASS + L2-SP 2 layers 64-wide global (not in paper)", "sass", SAMPLED + SMALL_DATA, "extra"),
+    ("SASS-Base + L2-SP 2 layers 64-wide global (not in paper)", "sass_base", SAMPLED + SMALL_DATA, "extra"),
+    ("SASS-Base + L2-SP 2 layers 64-wide global softmax-loss (not in paper)", "sass_base",
+     SAMPLED + SMALL_DATA + [SOFTMAX], "extra"),
     ("SASS in-batch softmax (not in paper)", "sass", [SOFTMAX, IN_BATCH], "extra"),
     ("SASS-Base in-batch softmax (not in paper)", "sass_base", [SOFTMAX, IN_BATCH], "extra"),
     ("SASS-Base + L2-SP 2 layers 64-wide global in-batch negatives (not in paper)", "sass_base",
-     SMALL_DATA + [IN_BATCH], "extra"),
+     SMALL_DATA + NO_LOGQ, "extra"),
     ("SASS-Base + L2-SP 2 layers 64-wide global in-batch softmax (not in paper)", "sass_base",
      SMALL_DATA + [SOFTMAX, IN_BATCH], "extra"),
     ("SASS + L2-SP 2 layers 64-wide global in-batch softmax (not in paper)", "sass_small_data", [], "extra"),

@@ -341,14 +341,14 @@ def test_sass_scenario_l2_penalises_the_scenario_weights_distance_to_their_start
     assert "scenario_l2" not in off.finetune_losses(batch, training=False)
 
 
-@pytest.mark.parametrize("loss", ["pairwise", "softmax"])
+@pytest.mark.parametrize("loss", ["pairwise", "pairwise_logq", "softmax"])
 def test_sass_in_batch_negatives(data, loss):
     """``negatives_from: batch``: the batches carry no sampled negatives; eq. (11) ranks each user's positive
     against the other positives of the batch *in the user's scenario*, eq. (12) on the global vectors; the
     same item is never a negative; the softmax loss subtracts log pos_prob (YoutubeDNN's logQ)."""
     params = {**TINY, "dim": 8, "layers": 2, "aux_hidden": [8], "seq_pooling": "mean", "gate_init": "transfer",
               "pairwise_form": "softplus", "pairwise_scale": 10.0, "negatives_from": "batch",
-              "finetune_loss": loss, "beta": 0.5}
+              "finetune_loss": loss.replace("_logq", ""), "pairwise_logq": loss == "pairwise_logq", "beta": 0.5}
     model = trainer.new_model(quick("sass", params), data)
     assert model.negatives == 0 and model.needs_probability
     batch = next(iter(data.finetune_dataset(64, model.negatives, seed=0, with_probability=True)[0]))
@@ -367,6 +367,8 @@ def test_sass_in_batch_negatives(data, loss):
             neg = ids != ids[b]
             if loss == "pairwise":
                 terms.extend(np.log1p(np.exp(10 * (cos[b, neg] - cos[b, b]))))
+            elif loss == "pairwise_logq":    # scores 10 cos - log q
+                terms.extend(np.log1p(np.exp(10 * (cos[b, neg] - cos[b, b]) - (log_q[neg] - log_q[b]))))
             else:
                 logits = np.concatenate([[10 * cos[b, b] - log_q[b]], 10 * cos[b, neg] - log_q[neg]])
                 terms.append(np.log(np.exp(logits).sum()) - logits[0])
@@ -422,8 +424,10 @@ def test_config_errors():
         trainer.build("sass", _schema(), {"scenario_l2": -1.0})
     with pytest.raises(ConfigError, match="gate 'product' with s0_init 'zeros'"):
         trainer.build("sass", _schema(), {"gate": "product", "s0_init": "zeros"})
-    with pytest.raises(ConfigError, match="parameter 'negatives_from' must be sampled or batch .*got 'random'"):
+    with pytest.raises(ConfigError, match="parameter 'negatives_from' must be sampled, shared or batch .*got 'random'"):
         trainer.build("dssm", _schema(), {"negatives_from": "random"})
+    with pytest.raises(ConfigError, match="pairwise_logq .* needs negatives_from batch"):
+        trainer.build("sass", _schema(), {"pairwise_logq": True, "negatives_from": "shared"})
     with pytest.raises(ConfigError, match="sampler_power must be >= 0"):
         trainer.build("sass", _schema(), {"sampler_power": -0.5})
     with pytest.raises(ConfigError, match="parameter 'negative_sampler' must be unigram or uniform .*got 'zipf'"):
@@ -580,13 +584,23 @@ def test_benchmark_aggregate_and_markdown():
     printed = cfgs["SASS-Base eq. 11 as printed + glorot init"]["model"]["params"]
     assert (printed["pairwise_form"], printed["pairwise_scale"], printed["gate_init"]) == ("printed", 1, "glorot")
     assert cfgs["SASS-Base"]["model"]["params"]["gate_init"] == "transfer"
-    # eq. 11's negatives: uniform over the scenario corpus in the shipped configs (Table 2 rows); the unigram^0.75
-    # rows differ from them in the sampler only
-    for row in ("SASS", "SASS-Base", "DSSM mix"):
-        paper, unigram = (json.loads(json.dumps(cfgs[r])) for r in (row, f"{row} unigram^0.75 negatives"))
+    # eq. 11's negatives: SASS / SASS-Base ship the logQ-corrected in-batch ones, DSSM uniform sampled ones; the
+    # unigram^0.75 rows differ from the uniform sampled rows in the sampler only
+    for row in ("SASS", "SASS-Base"):
+        params = cfgs[row]["model"]["params"]
+        shipped = (params["negatives_from"], params["pairwise_logq"], params["finetune_loss"])
+        assert shipped == ("batch", True, "pairwise")
+        sampled = cfgs[f"{row} 4 sampled negatives"]["model"]["params"]
+        assert (sampled["negatives_from"], sampled["pairwise_logq"], sampled["negatives"]) == ("sampled", False, 4)
+        assert cfgs[f"{row} 256 shared negatives"]["model"]["params"]["negatives_from"] == "shared"
+    for row, uniform in (("SASS", "SASS 4 sampled negatives"), ("SASS-Base", "SASS-Base 4 sampled negatives"),
+                         ("DSSM mix", "DSSM mix")):
+        paper, unigram = (json.loads(json.dumps(cfgs[r])) for r in (uniform, f"{row} unigram^0.75 negatives"))
         assert paper["model"]["params"].get("negatives_from", "sampled") == "sampled"
         assert paper["model"]["params"].pop("negative_sampler") == "uniform"
         assert unigram["model"]["params"].pop("negative_sampler") == "unigram" and unigram == paper
+    # SASS and SASS-Base: the same settings, pre-training on / off (the pre-training comparison holds)
+    assert cfgs["SASS"]["model"] == cfgs["SASS-Base"]["model"] and cfgs["SASS"]["train"] == cfgs["SASS-Base"]["train"]
     # configs/sass_small_data.yaml (the best SASS row) is the paper's sass.yaml with exactly the switches of
     # its SASS-Base row: the two rows differ in pre-training only
     from pipelines.retrieval_benchmark import IN_BATCH, SMALL_DATA, SOFTMAX, _comparable
@@ -671,3 +685,36 @@ def test_benchmark_reuses_a_run_from_before_a_new_switch_with_its_default():
     other = [f"model.params.negative_sampler={flip}"]
     assert _comparable(row_config("dssm", other, [], 0, None)) != _comparable(cfg)
     assert _comparable(row_config("dssm", ["model.params.negatives_from=batch"] + other, [], 0, None)) == _comparable(batch)
+
+
+def test_sass_shared_negatives_rank_their_scenario_pool(data):
+    """``negatives_from: shared``: a batch carries ``negatives`` items per scenario, pool r drawn from scenario
+    r's corpus; eq. (11) ranks each user's positive against its own scenario's pool (the pool's vectors in
+    that scenario), eq. (12) against the pool's global vectors; one scenario's model gets one pool."""
+    m = 5
+    params = {**TINY, "dim": 8, "layers": 2, "aux_hidden": [8], "seq_pooling": "mean", "gate_init": "transfer",
+              "pairwise_form": "softplus", "pairwise_scale": 10.0, "negatives_from": "shared", "negatives": m}
+    model = trainer.new_model(quick("sass", params), data)
+    S = data.num_scenarios
+    assert model.negatives == m and model.shared_negatives and not model.needs_probability
+    batch = next(iter(data.finetune_dataset(64, m, seed=0, shared=True)[0]))
+    pool = batch["neg_id"].numpy().reshape(S, m)
+    for r in range(S):
+        assert np.isin(pool[r], data.corpus(r)).all()
+    logs = {k: float(v) for k, v in model.compute_losses(batch, training=False).items()}
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    e_u, g_u = (t.numpy() for t in model.user_towers(batch["request"]))
+    e_p, g_p = (t.numpy() for t in model.item_towers(batch["pos"]))
+    e_n, g_n = (t.numpy() for t in model.item_towers(batch["neg"]))
+    s, rows = batch["request"]["scenario"].numpy(), np.arange(64)
+    u, p = unit(e_u[rows, s]), unit(e_p[rows, s])
+    n = unit(e_n.reshape(S, m, S, -1)[s, :, s])                                 # user b: pool s_b in scenario s_b
+    pairwise = lambda pos, neg: np.mean(np.log1p(np.exp(10 * (neg - pos[:, None]))))
+    assert logs["scenario_loss"] == pytest.approx(pairwise((u * p).sum(-1), np.einsum("bd,bmd->bm", u, n)), rel=1e-4)
+    gn = unit(g_n.reshape(S, m, -1))[s]
+    assert logs["global_loss"] == pytest.approx(
+        pairwise((unit(g_u) * unit(g_p)).sum(-1), np.einsum("bd,bmd->bm", unit(g_u), gn)), rel=1e-4)
+    one = next(iter(data.finetune_dataset(32, m, seed=0, scenario=1, shared=True)[0]))
+    assert one["neg_id"].shape == (m,) and np.isin(one["neg_id"].numpy(), data.corpus(1)).all()
+    single = trainer.new_model(quick("sass", params), data, scenario=1)
+    assert np.isfinite(float(single.total_loss(single.compute_losses(one, training=False))))

@@ -396,10 +396,15 @@ class PairwiseCosineLoss(keras.layers.Layer):
             return self.of_cosines(pos, cosine(u[:, None, :], n))   # [N, m]
         return self.of_cosines(pos, cosine(u, n)[:, None])
 
-    def of_cosines(self, pos, neg, mask=None):
+    def of_cosines(self, pos, neg, mask=None, log_q=None):
         """The loss from the cosines: ``pos [N]``, ``neg [N, m]``; ``mask [N, m]`` (optional, 1 = a triplet,
-        0 = not one) restricts the mean to the marked triplets (in-batch negatives, ``in_batch_mask``)."""
+        0 = not one) restricts the mean to the marked triplets (in-batch negatives, ``in_batch_mask``).
+        ``log_q [N]`` (optional, in-batch negatives: ``neg [N, N]``, column j the positive of row j): every score
+        is ``scale * cos - log q`` (the logQ correction of ``cosine_softmax_loss``), so the difference is
+        ``scale (cos_n - cos_p) - (log q_n - log q_p)``."""
         x = self.scale * (neg - pos[:, None])
+        if log_q is not None:
+            x -= log_q[None, :] - log_q[:, None]
         loss = tf.math.softplus(x) if self.form == "softplus" else tf.math.log1p(tf.sigmoid(x))
         if mask is None:
             return tf.reduce_mean(loss)

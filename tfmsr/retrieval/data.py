@@ -107,6 +107,12 @@ def sample_negatives(logits: tf.Tensor, row: tf.Tensor, m: int, seed: Optional[i
     return tf.reshape(own, [-1])
 
 
+def sample_pool(logits: tf.Tensor, m: int, seed: Optional[int] = None) -> tf.Tensor:
+    """``int64 [R * m]``: ``m`` item ids drawn from each row of ``logits [R, V]`` (row-major by row): one
+    pool of negatives per scenario, shared by every example of the batch in that scenario."""
+    return tf.reshape(tf.random.categorical(logits, m, dtype=tf.int64, seed=seed), [-1])
+
+
 @dataclass
 class RetrievalData:
     schema: Schema
@@ -268,11 +274,14 @@ class RetrievalData:
         return np.where(counts > 0, power * np.log(np.maximum(counts, 1.0)), -1e9).astype(np.float32)
 
     def finetune_dataset(self, batch_size: int, negatives: int, seed: int = 0, scenario: Optional[int] = None,
-                         with_probability: bool = False, power: float = 0.75) -> Tuple[tf.data.Dataset, int]:
+                         with_probability: bool = False, power: float = 0.75,
+                         shared: bool = False) -> Tuple[tf.data.Dataset, int]:
         """Endless shuffled batches ``{"request", "pos", "pos_id"[, "neg", "neg_id"][, "pos_prob"]}`` of the
         train positives (of one ``scenario``, or all), with ``negatives`` items per positive drawn from the
         positive's scenario corpus with probability ~ exposures^``power`` (``negative_logits``; ``neg`` holds
-        ``B * negatives`` items, row-major by example); returns (dataset, steps per epoch).
+        ``B * negatives`` items, row-major by example; ``shared``: ``negatives`` items per scenario row of
+        ``negative_logits`` for the whole batch, ``[R * negatives]`` row-major by scenario, R = S or 1 for one
+        ``scenario``, see ``sample_pool``); returns (dataset, steps per epoch).
         ``pos_prob`` is each positive item's share of the training positives (its in-batch sampling
         probability, for the logQ correction of sampled softmax)."""
         rows = self.positives("train", scenario)
@@ -291,7 +300,8 @@ class RetrievalData:
             out = {"request": self.request_of(b), "pos": self.item_view(b["item"]), "pos_id": b["item"]}
             if negatives:
                 row = tf.cast(b[scen], tf.int64) if scenario is None else tf.zeros_like(b["item"])
-                neg = sample_negatives(logits, row, negatives, seed + 1)
+                neg = (sample_pool(logits, negatives, seed + 1) if shared else
+                       sample_negatives(logits, row, negatives, seed + 1))
                 out["neg"], out["neg_id"] = self.item_view(neg), neg
             if with_probability:
                 out["pos_prob"] = tf.gather(prob, b["item"])

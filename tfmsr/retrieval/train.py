@@ -169,7 +169,8 @@ def pretrain(model, cfg: dict, data: RetrievalData, pairs_dir: str, log=log_line
 def finetune(model, cfg: dict, data: RetrievalData, scenario: Optional[int] = None, log=log_line) -> dict:
     t, batch = cfg["train"], cfg["data"]["batch_size"]
     ds, steps = data.finetune_dataset(batch, model.negatives, seed=t["seed"], scenario=scenario,
-                                      with_probability=model.needs_probability, power=model.sampler_power)
+                                      with_probability=model.needs_probability, power=model.sampler_power,
+                                      shared=model.shared_negatives)
     label = model.model_name if scenario is None else f"{model.model_name} {data.scenario_names[scenario]}"
     model.start_finetune()  # e.g. SASS: the anchors of its scenario_l2 penalty
     stopper = None

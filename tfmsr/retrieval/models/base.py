@@ -43,7 +43,8 @@ def build(name: str, schema: Schema, params: Optional[dict] = None, scenario: Op
 
 
 gather_scenario = own_rows  # ``x[b, scenario[b]]`` of ``[B, S, d]`` (the layers' own-scenario gather)
-NegativesFrom = Literal["sampled", "batch"]   # a model's negatives: sampled ones, or the batch's other positives
+# a model's negatives: sampled per example, sampled once per batch and scenario (shared), the batch's other positives
+NegativesFrom = Literal["sampled", "shared", "batch"]
 NegativeSampler = Literal["unigram", "uniform"]   # the distribution sampled negatives are drawn from
 
 
@@ -83,6 +84,21 @@ class RetrievalModel(Parametrized, TrainableModel):
         return getattr(self.params, "negatives_from", "sampled") == "batch"
 
     @property
+    def shared_negatives(self) -> bool:
+        """``negatives_from: shared``: one pool of sampled negatives per scenario and batch, ranked by every
+        user of the batch in that scenario (``RetrievalData.finetune_dataset(shared=True)``)."""
+        return getattr(self.params, "negatives_from", "sampled") == "shared"
+
+    def negative_scenarios(self, scenario: tf.Tensor, m: int) -> tf.Tensor:
+        """The scenario each sampled negative is scored in: its example's (``scenario [B]`` repeated ``m``
+        times), or with shared negatives its pool's (pool r = scenario r; the model's own for one scenario)."""
+        if not self.shared_negatives:
+            return tf.repeat(scenario, m)
+        if self.scenario is not None:
+            return tf.fill([m], tf.constant(self.scenario, tf.int64))
+        return tf.repeat(tf.range(self.num_scenarios, dtype=tf.int64), m)
+
+    @property
     def negatives(self) -> int:
         """Sampled negatives per positive the training batches must carry."""
         return int(getattr(self.params, self.negatives_param)) if self.negatives_param and not self.in_batch else 0
@@ -97,12 +113,18 @@ class RetrievalModel(Parametrized, TrainableModel):
         with its positive and with its negatives. Sampled negatives: ``n [B, m, d]``, no mask or logQ.
         In-batch (``negatives_from: batch``): every other positive of the batch (``in_batch_cosines``;
         ``p [B, S, d]`` is read in each user's ``scenario``), the same item masked out, and ``log_q`` = the log
-        of each positive's share of the training positives (for ``cosine_softmax_loss``)."""
+        of each positive's share of the training positives (for ``cosine_softmax_loss``). Shared negatives:
+        ``n [R, m, d]``, the pools; each user ranks its scenario's pool."""
         if self.in_batch:
             cos = in_batch_cosines(u, p, scenario)
             return tf.linalg.diag_part(cos), cos, in_batch_mask(data["pos_id"]), tf.math.log(data["pos_prob"])
         if len(p.shape) == 3:
             p = gather_scenario(p, scenario)
+        if self.shared_negatives:   # every user against every pool [B, R, m] (a matmul), then its own pool
+            every = tf.einsum("bd,rmd->brm", tf.math.l2_normalize(u, -1), tf.math.l2_normalize(n, -1))
+            own = every[:, 0] if self.scenario is not None else gather_scenario(every, self.request_scenario(
+                data["request"]))
+            return cosine(u, p), own, None, None
         return cosine(u, p), cosine(u[:, None, :], n), None, None
 
     # ------------------------------------------------------------------ input assembly
@@ -205,13 +227,15 @@ class SampledNegativesParams(RetrievalModel.Params):
     "randomly sampled from whole candidate set"), ``uniform``: every item equally likely, or ``unigram``: with
     probability ~ train exposures^``sampler_power`` (word2vec's noise distribution U^0.75, Mikolov et al.,
     NeurIPS 2013; the paper SASS cites for it, [23] = arXiv:1301.3781, trains with hierarchical softmax and
-    fixes none). ``negatives_from: batch``: no sampling, the batch's other positives instead.
+    fixes none). ``negatives_from: batch``: no sampling, the batch's other positives instead; ``shared``: the
+    ``negatives`` items are drawn once per batch and scenario and every example of that scenario ranks them (the
+    same sampler, ``negatives`` per positive for the item-tower cost of ``S * negatives`` items per batch).
 
     Default uniform, measured: a pairwise / sampled logistic loss against noise q learns the score
     log p(i|u) - log q(i), so q ~ popularity^0.75 ranks the popular items HR@K rewards down. On Douban (3 seeds,
     HR@20, ``pipelines/retrieval_benchmark.py``) unigram^0.75 puts SASS / SASS-Base / DSSM mix at 0.032 / 0.032 /
     0.030, under item popularity (0.044); uniform at 0.049 / 0.049 / 0.052 (YoutubeDNN mix 0.056)."""
-    negatives_from: NegativesFrom = "sampled"   # sampled (the papers') | batch: the other positives, logQ-corrected
+    negatives_from: NegativesFrom = "sampled"   # sampled (the papers') | shared (a pool per batch) | batch (logQ)
     negative_sampler: NegativeSampler = "uniform"
     sampler_power: float = 0.75
 

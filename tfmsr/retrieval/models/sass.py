@@ -16,9 +16,10 @@ Training (``tfmsr.retrieval.train``): **pre-training** (Sec. 4.1.4) on cross-sce
 (``tfmsr.retrieval.pairs``), NT-Xent with temperature ``tau`` on the user pairs plus the same on the
 item pairs (eq. 9-10); **fine-tuning** (Sec. 4.2) from the restored pre-trained weights with
 ``L_scenario + beta * L_auxiliary`` (eq. 11-13), the pairwise cosine loss on the own-scenario vectors and
-on the global vectors ``g_T``, with ``negatives`` items per positive "randomly sampled from whole candidate set
-with negative sampling strategy [23]": uniformly from the request scenario's corpus by default, word2vec's
-exposures^0.75 with ``negative_sampler: unigram`` (under popularity on Douban; ``SampledNegativesParams``).
+on the global vectors ``g_T``, against negatives "randomly sampled from whole candidate set with negative
+sampling strategy [23]" (``negatives_from``, below): ``negatives`` items per positive (``sampled``) or per batch
+and scenario (``shared``), uniformly from the request scenario's corpus or word2vec's exposures^0.75
+(``negative_sampler``, ``SampledNegativesParams``), or the batch's other positives (``batch``).
 
 Ablation switches (Tables 3-6): ``gate`` none (SASS*) | product | simnet | sigmoid | sass;
 ``item_per_scenario: false`` (Single Item Embedding: the item vector is the item global network's
@@ -29,6 +30,12 @@ auxiliary task); ``layers`` (number of ML-SAT layers, Figure 6); pre-training on
 
 Readings of the paper (switches; the shipped configs ``configs/sass*.yaml`` set the first reading):
 
+* ``negatives_from`` / ``pairwise_logq`` (eq. 11's negatives; the paper fixes neither count nor distribution).
+  The configs read "sampled with negative sampling strategy [23]" as the batch's other positives (drawn by
+  popularity, as word2vec's sampler) with eq. 11 on the scores ``scale * cos - log q`` (``pairwise_logq``, q =
+  the item's share of the train positives), default because it ranks best on Douban: a pairwise loss against
+  few uniform negatives leaves the popular, plausible items unranked, and without the correction popular
+  negatives teach ``p(i|u) / q(i)`` and rank the popular items HR@K rewards down.
 * ``pairwise_form`` / ``pairwise_scale`` (eq. 11-12). As printed (``printed``, scale 1),
   ``log(1 + sigmoid(cos_n - cos_p))`` is nearly linear on the cosine range (see ``PairwiseCosineLoss``):
   the loss is about ``mean(cos_n) - mean(cos_p)``, so the best move is to put every user of a scenario on
@@ -76,12 +83,13 @@ Not in the paper (engineering switches, default off):
   user's scenario; the same item is not a negative), not ``negatives`` items per positive from the sampler:
   B - 1 negatives per user for the cost of none, drawn from the candidate set by their share of the
   positives -- the negatives YoutubeDNN (Table 2) trains with. The pairwise loss averages over every
-  (user, in-batch negative) triplet; the softmax loss applies YoutubeDNN's logQ correction.
+  (user, in-batch negative) triplet (logQ-corrected with ``pairwise_logq``, the configs' reading above); the
+  softmax loss always applies YoutubeDNN's logQ correction.
   Measured (3 seeds, best validation epoch, with ``scenario_l2: 1``, 2 layers, a 64-wide global layer and
   zero s0/aux init): test HR@20 on the planted benchmark 0.527 with in-batch softmax vs 0.450 with eq. 11
   on 4 sampled negatives (YoutubeDNN mix 0.508, DSSM mix 0.481, DSSM mix with the same in-batch softmax
   0.538); on MovieLens-100K 0.165 vs 0.109 (YoutubeDNN 0.159, DSSM 0.119 / 0.162). The pairwise loss
-  gains nothing from in-batch negatives (0.439 planted): most of the B - 1 triplets are already ranked.
+  without the logQ correction gains nothing from in-batch negatives (0.439 planted).
 """
 from __future__ import annotations
 
@@ -151,6 +159,7 @@ class SASS(RetrievalModel):
         # eq. 11-12: printed log(1 + sigmoid(x)) | softplus log(1 + exp(x)) (see below)
         pairwise_form: Literal[PairwiseCosineLoss.FORMS] = "printed"
         pairwise_scale: float = 1.0         # scale of the cosine difference in eq. 11-12 (1 = as printed; see below)
+        pairwise_logq: bool = False         # in-batch negatives: eq. 11-12 on logQ-corrected scores (see below)
         softmax_scale: float = 10.0         # gamma of finetune_loss: softmax
         aux_hidden: List[int] = default([32])   # eq. 2: widths of W_a and of f's hidden layers
         activation: str = "tanh"            # global shared network
@@ -174,6 +183,9 @@ class SASS(RetrievalModel):
             if self.global_hidden and len(self.global_hidden) != self.layers - 1:
                 raise refuse("global_hidden", f"global_hidden {self.global_hidden} gives the widths of g_1..g_(T-1), "
                                               f"so it needs layers - 1 = {self.layers - 1} entries")
+            if self.pairwise_logq and self.negatives_from != "batch":
+                raise refuse("pairwise_logq", "pairwise_logq corrects the scores of in-batch negatives by their "
+                                              "sampling probability: it needs negatives_from batch")
             if self.gate == "product" and self.s0_init == "zeros":
                 raise refuse("s0_init", "gate 'product' with s0_init 'zeros': the product gate scales g_l by "
                                         "tanh(W_s s_(l-1)), which is 0 at s_0 = 0 and gets no gradient there, so every "
@@ -288,11 +300,11 @@ class SASS(RetrievalModel):
         return logs
 
     def match_loss(self, pos, neg, mask=None, log_q=None):
-        """Eq. 11 / 12 of the cosines ``ranked_cosines`` returns (the pairwise loss needs no logQ), or with
+        """Eq. 11 / 12 of the cosines ``ranked_cosines`` returns (logQ-corrected with ``pairwise_logq``), or with
         ``finetune_loss: softmax`` (an engineering alternative, not the paper's loss) the cross-entropy of the
         positive among itself and the negatives, logits ``softmax_scale * cos`` (DSSM's objective)."""
         if self.params.finetune_loss == "pairwise":
-            return self.pairwise.of_cosines(pos, neg, mask)
+            return self.pairwise.of_cosines(pos, neg, mask, log_q if self.params.pairwise_logq else None)
         return cosine_softmax_loss(self.params.softmax_scale, pos, neg, mask, log_q)
 
     def finetune_losses(self, data, training=True):
@@ -304,7 +316,7 @@ class SASS(RetrievalModel):
         e_p, g_p = self.item_towers(data["pos"], training=training)
         n = n_g = None
         if not self.in_batch:
-            n, n_g = self._item_at(data["neg"], tf.repeat(s, m), training)
+            n, n_g = self._item_at(data["neg"], self.negative_scenarios(s, m), training)
             d = self.params.dim
             n, n_g = tf.reshape(n, [-1, m, d]), tf.reshape(n_g, [-1, m, d])
         scenario_loss = self.match_loss(*self.ranked_cosines(u, g_p if e_p is None else e_p, data, n, s))  # (11)
