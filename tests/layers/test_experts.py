@@ -7,6 +7,7 @@ import tensorflow as tf
 from layer_reference import RNG, TOL, rand, relu, softmax, dense
 
 from tfmsr.layers import CGC, ExpertBank, ExpertGates, ScenarioExtraction, ScenarioMoE
+from tfmsr.layers.scenario import RowSlices
 
 
 def np_bank(bank, x):
@@ -245,3 +246,23 @@ def test_san_top_k_runs_the_own_and_top_scenarios_only():
     grad = tf.convert_to_tensor(tape.gradient(loss, layer.specific_experts.kernels[0])).numpy()
     moved = np.abs(grad).reshape(S, m, -1).sum(axis=(1, 2)) > 0
     assert moved.tolist() == [s in {0} | set(top[sc == 0][0]) for s in range(S)] and moved.sum() == 3
+
+
+def test_own_reading_servable_of_one_scenario_holds_its_expert_rows_only():
+    """A PLE level read ``own`` traced for one scenario inside ``RowSlices`` (a scenario servable): it answers the
+    own pass's rows of that scenario and captures the row slices of the one-expert-per-scenario bank, not the
+    ``[S, D, H]`` kernels."""
+    S, b, s = 4, 6, 2
+    level = CGC(num_tasks=S, specific=1, shared=1, hidden=[4], shared_output=True, shared_gate_reads="own")
+    x = rand(b, 5)
+    level(tf.constant(x))
+    want = level(tf.constant(x), own=tf.constant(np.full(b, s))).numpy()
+    stacked = [v for v in level.variables if v.shape.rank and v.shape[0] == S]
+    slices = RowSlices(stacked, s)                                       # holds the row variables
+    with slices:
+        fn = tf.function(lambda v: level(v, own=tf.fill(tf.shape(v)[:1], s))).get_concrete_function(
+            tf.TensorSpec([None, 5], tf.float32))
+    np.testing.assert_allclose(fn(tf.constant(x)).numpy(), want, **TOL)
+    held = {v.name for v in fn.variables}
+    assert not held & {v.name for v in level.specific_experts.variables}
+    assert {f"{v.name.split(':')[0]}/row_{s}:0" for v in level.specific_experts.variables} <= held

@@ -12,7 +12,7 @@ import tf_keras as keras
 
 from tfmsr.layers._init import fresh
 from tfmsr.layers.mlp import MLP
-from tfmsr.layers.scenario import StackedInit, own_matmul, own_rows, partition_apply
+from tfmsr.layers.scenario import StackedInit, fixed_id, own_matmul, own_rows, partition_apply, row
 
 
 def _build(layer, input_shape) -> None:
@@ -54,9 +54,15 @@ class ExpertBank(keras.layers.Layer):
     def call(self, x, scenario=None, training=False, group: int = 0):
         """``[B, E, H]``; ``scenario [B]`` with ``group=m``: the bank is ``E / m`` groups of ``m`` consecutive
         experts and row ``b`` runs group ``scenario[b]`` only -> ``[B, m, H]`` (rows partitioned by group:
-        one group's FLOPs per row, ``O(E / m)`` small GEMMs)."""
+        one group's FLOPs per row, ``O(E / m)`` small GEMMs; a group fixed while tracing reads its experts'
+        rows only, :func:`~tfmsr.layers.scenario.row`: a scenario servable's own slices when ``m = 1``)."""
         if not group and self.num_experts > self.LOOP_MAX:
             return self._batched(x, training)
+        fixed = fixed_id(scenario) if group else None
+        if fixed is not None:          # one group known while tracing (its servable): its experts' rows (row)
+            es = range(fixed * group, (fixed + 1) * group)
+            kernels, biases = ([{e: row(w, e) for e in es} for w in ws] for ws in (self.kernels, self.biases))
+            return tf.stack([self._expert(x, e, kernels, biases, training) for e in es], axis=1)
         kernels = [tf.unstack(tf.convert_to_tensor(k)) for k in self.kernels]
         biases = [tf.unstack(tf.convert_to_tensor(b)) for b in self.biases]
         if group:
