@@ -109,6 +109,24 @@ def test_layout_assets_and_models_config(exported, synth_schema):
     assert all(c.model_platform == "tensorflow" for c in cfg.model_config_list.config)
 
 
+def test_export_of_some_scenarios_or_only_all(exported, synth_schema, tmp_path):
+    """``--scenarios``: only the named scenarios get servables beside ``all`` (``none``: ``all`` alone); an
+    unknown name fails before anything is written."""
+    from tfmsr.cli import main as cli
+    from tfmsr.core.errors import ConfigError
+
+    model_dir, _ = exported["dnn"]
+    names = servable_names(synth_schema)
+    some = export(model_dir, str(tmp_path / "some"), scenarios=[names[1]], log=lambda m: None)
+    assert sorted(os.listdir(tmp_path / "some")) == sorted(["all", names[1], "models.config"])
+    assert sorted(some["servables"]) == sorted(["all", names[1]])
+    assert cli(["export", "--model-dir", model_dir, "--out", str(tmp_path / "none"), "--scenarios", "none"]) == 0
+    assert sorted(os.listdir(tmp_path / "none")) == ["all", "models.config"]
+    with pytest.raises(ConfigError, match=r"unknown scenario\(s\) \['mars'\]"):
+        export(model_dir, str(tmp_path / "bad"), scenarios=["mars"], log=lambda m: None)
+    assert not os.path.exists(tmp_path / "bad")
+
+
 def test_saved_model_cli_lists_signatures(exported, synth_schema):
     _, out = exported["dnn"]
     names = servable_names(synth_schema)

@@ -20,7 +20,8 @@ def export_run(model_dir: str, out: str, **kwargs) -> dict:
 
 
 def _export(args):
-    scen = [x.strip() for x in (args.scenarios or "").split(",") if x.strip()] or None
+    scen = None if args.scenarios is None else [x.strip() for x in args.scenarios.split(",")
+                                                if x.strip() and x.strip() != "none"]
     res = export_run(args.model_dir, args.out, version=args.version, base_path=args.base_path, k=args.k,
                      scenarios=scen, log=lambda m: print(m, file=sys.stderr, flush=True))  # stdout: the JSON only
     print(json.dumps({k: res[k] for k in ("name", "version", "k", "servables", "models_config", "seconds")
@@ -35,7 +36,8 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-path", help="where TF Serving sees --out, written into models.config (default: its absolute path)")
     p.add_argument("--k", type=int, help="retrieval runs: items returned by the top-K servables (default: the run's "
                                          "eval.k; 0: no top-K servables)")
-    p.add_argument("--scenarios", help="retrieval runs: comma-separated scenario names to export (default: all)")
+    p.add_argument("--scenarios", help="comma-separated scenario names that get servables of their own (default: "
+                                       "every scenario; ranking: 'none' = only the all servable)")
     p.set_defaults(fn=_export)
 
 

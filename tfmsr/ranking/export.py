@@ -11,7 +11,8 @@ from typing import Callable, Optional, Sequence
 from tfmsr.core.errors import ConfigError
 from tfmsr.ranking.evaluate import load_trained
 from tfmsr.serving.signatures import ServingFunctions, input_signature
-from tfmsr.serving.writer import ALL, ServableSpec, build_model, new_version, servable_meta, write_export
+from tfmsr.serving.writer import (ALL, ServableSpec, build_model, chosen_scenarios, new_version, servable_meta,
+                                 write_export)
 
 
 def export(model_dir: str, out: str, version: Optional[int] = None, base_path: Optional[str] = None,
@@ -20,17 +21,20 @@ def export(model_dir: str, out: str, version: Optional[int] = None, base_path: O
     """Export the finished ranking run in ``model_dir`` to ``out`` (layout in ``tfmsr.serving.writer``).
 
     ``base_path``: where TF Serving will see ``out`` (e.g. ``/models/NAME`` in a container); default
-    the absolute local path. Returns a summary (version, servable paths, signatures)."""
-    if k is not None or scenarios:
-        raise ConfigError(f"{model_dir}: --k and --scenarios apply to retrieval runs only (this is a ranking run)")
+    the absolute local path. ``scenarios``: the scenarios that get a servable of their own beside ``all``
+    (default every one; ``[]``: only ``all``; a model whose scenario head reads every scenario's weights, as
+    SAML's mutual unit, holds them all in each). Returns a summary (version, servable paths, signatures)."""
+    if k is not None:
+        raise ConfigError(f"{model_dir}: --k applies to retrieval runs only (this is a ranking run)")
     start = time.time()
     version = new_version(os.path.normpath(out), version)
     model, schema, run = load_trained(model_dir)
     build_model(model, schema)
     fns = ServingFunctions(model, schema)
+    chosen = chosen_scenarios(schema, scenarios)
 
     def servables():
-        for servable, s in {ALL: None, **{n: s for s, n in enumerate(fns.names)}}.items():
+        for servable, s in {ALL: None, **{fns.names[s]: s for s in chosen}}.items():
             sigs = fns.signatures(s)
             meta = servable_meta(schema, run, s, input_signature(schema, with_scenario=s is None))
             yield ServableSpec(servable, sigs, meta, fns.variables(sigs), tracked={"vocab": fns.lookups})

@@ -48,7 +48,8 @@ from tfmsr.features.lookup import VocabLookups, read_vocabulary  # noqa: E402
 from tfmsr.retrieval.data import RetrievalData  # noqa: E402
 from tfmsr.retrieval.evaluate import ModelScorer  # noqa: E402
 from tfmsr.serving.signatures import feature_signatures, servable_names  # noqa: E402
-from tfmsr.serving.writer import ServableSpec, new_version, servable_meta, write_export  # noqa: E402
+from tfmsr.serving.writer import (ServableSpec, chosen_scenarios, new_version, servable_meta,  # noqa: E402
+                                 write_export)
 
 
 def _inputs(sigs) -> dict:
@@ -79,7 +80,9 @@ def export_retrieval(model_dir: str, out: str, version: Optional[int] = None, k:
     k = int(cfg["eval"]["k"] if k is None else k)
     if k < 0:
         raise ConfigError(f"--k must be >= 0 (0: no top-K servables), got {k}")
-    chosen = _chosen_scenarios(schema, scenarios)
+    if scenarios is not None and not scenarios:
+        raise ConfigError("--scenarios none: a retrieval export is made of per-scenario servables; name at least one")
+    chosen = chosen_scenarios(schema, scenarios)
     servables = _Servables(models, data, cfg, k, log)
     summary = write_export(out, version, schema, servables.specs(chosen), base_path, log, k=k,
                            model=cfg["model"]["name"], model_dir=os.path.abspath(model_dir),
@@ -87,14 +90,6 @@ def export_retrieval(model_dir: str, out: str, version: Optional[int] = None, k:
                            item_inputs=data.item_names, corpus=servables.corpora)
     summary["seconds"] = round(time.time() - start, 1)
     return summary
-
-
-def _chosen_scenarios(schema, scenarios: Optional[Sequence[str]]) -> list:
-    """The indices of the scenarios named by ``--scenarios`` (all when none is named)."""
-    unknown = sorted(set(scenarios or ()) - set(schema.scenario.values))
-    if unknown:
-        raise ConfigError(f"--scenarios: unknown scenario(s) {unknown} (the run has {schema.scenario.values})")
-    return [s for s, v in enumerate(schema.scenario.values) if not scenarios or v in scenarios]
 
 
 class _Servables:

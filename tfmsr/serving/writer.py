@@ -149,6 +149,14 @@ def _check_vocab_assets(target: str, schema: Schema) -> None:
                            "the VocabLookups its signatures read (ServableSpec.tracked)")
 
 
+def chosen_scenarios(schema: Schema, scenarios: Optional[Sequence[str]]) -> List[int]:
+    """The indices of the scenarios named by ``--scenarios`` (every scenario when ``None``; ``[]``: none)."""
+    unknown = sorted(set(scenarios or ()) - set(schema.scenario.values))
+    if unknown:
+        raise ConfigError(f"--scenarios: unknown scenario(s) {unknown} (the run has {schema.scenario.values})")
+    return [s for s, v in enumerate(schema.scenario.values) if scenarios is None or v in scenarios]
+
+
 def write_export(out: str, version: int, schema: Schema, servables: Iterable[ServableSpec],
                  base_path: Optional[str] = None, log: Callable[[str], None] = print, **summary) -> dict:
     """Save ``servables`` (built lazily, one at a time) as ``OUT/<name>/<version>`` SavedModels with
