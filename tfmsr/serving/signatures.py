@@ -231,12 +231,11 @@ class ServingFunctions:
         return self._function("routed", lambda x: head(self._routed(x)), [input_signature(self.schema)])
 
     def all_scenarios(self):
-        """Features incl. the scenario -> ``prob`` (own scenario) and ``probs`` [None, S] (every scenario)."""
+        """Features incl. the scenario -> ``prob`` (own scenario) and ``probs`` [None, S] (every scenario): one
+        pass of the model (``prob`` is the own scenario's column of ``probs``)."""
         def fn(x):
-            x = self._routed(x)
-            out = self._prob(x)
-            out["probs"] = tf.cast(self.model.scenario_probs(x, training=False), tf.float32)
-            return out
+            prob, probs = self.model.routed_and_scenario_probs(self._routed(x), training=False)
+            return {"prob": tf.reshape(tf.cast(prob, tf.float32), [-1]), "probs": tf.cast(probs, tf.float32)}
         return self._function("all_scenarios", fn, [input_signature(self.schema)])
 
     def scenario(self, s: int):

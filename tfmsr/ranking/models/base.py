@@ -123,6 +123,13 @@ class RankingModel(Parametrized, TrainableModel):
         z = tf.reshape(self.logits(tiled, training=training), [S, batch])
         return tf.sigmoid(tf.transpose(z))
 
+    def routed_and_scenario_probs(self, x, training=False):
+        """``(prob [B], probs [B, S])`` from one forward pass (the ``all_scenarios`` servable): ``probs`` of
+        :meth:`scenario_probs` and ``prob`` its column of each row's own scenario, which is what ``call`` answers
+        (the same heads, or the same tower on the request in its own scenario)."""
+        probs = self.scenario_probs(x, training=training)
+        return gather_scenario(probs, x[self.schema.scenario.name]), probs
+
     # ------------------------------------------------------------------ shared input assembly
     def flat_inputs(self, x, groups=("user", "item", "context", "query"), with_scenario=True,
                     with_sequences=True) -> tf.Tensor:
