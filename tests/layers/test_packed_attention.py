@@ -1,12 +1,15 @@
 """Attention over the real tokens only (tfmsr.layers.attention.pack, issue 30): the same values at real
-positions and the same 5-step training trajectory as the masked dense form, with an empty and a full row."""
+positions and the same 5-step training trajectory as the masked dense form, with an empty and a full row, with
+and without the length buckets."""
 import numpy as np
+import pytest
 import tensorflow as tf
 import tf_keras as keras
 
 from layer_reference import TOL, rand, mask_of
 
 from tfmsr.layers import MultiHeadSelfAttention, MultiHeadTargetAttention, masked_softmax
+from tfmsr.layers import attention
 from tfmsr.layers.attention import pack
 from tfmsr.layers.sainet import ScenarioAdaptiveBlock, TargetAwareInterestFusion
 
@@ -21,7 +24,10 @@ def dense_attention(mha, x, mask):
     return tf.einsum("bld,dk->blk", o, mha.wo)
 
 
-def test_packed_self_attention_is_the_dense_form_at_real_positions():
+# BUCKET_SHARE -1: every-token attention always in length buckets; 2: never (the two forms of _tokens_dense)
+@pytest.mark.parametrize("share", [-1.0, 2.0])
+def test_packed_self_attention_is_the_dense_form_at_real_positions(monkeypatch, share):
+    monkeypatch.setattr(attention, "BUCKET_SHARE", share)
     x, mask = rand(6, 7, 8), mask_of(6, 7)
     layer = MultiHeadSelfAttention(num_heads=2)
     got = layer(tf.constant(x), mask=tf.constant(mask)).numpy()
@@ -71,7 +77,9 @@ def sainet_losses(packed: bool, data):
     return trace
 
 
-def test_sainet_blocks_on_packed_tokens_train_as_the_masked_dense_form():
+@pytest.mark.parametrize("share", [-1.0, 2.0])
+def test_sainet_blocks_on_packed_tokens_train_as_the_masked_dense_form(monkeypatch, share):
+    monkeypatch.setattr(attention, "BUCKET_SHARE", share)
     y = np.random.default_rng(4).integers(0, 2, 16).astype("float32")
     data = [tf.constant(a) for a in (mask_of(16, 7), rand(16, 7, 8), rand(16, 7, 4), rand(16, 4), rand(16, 6), y)]
     packed, dense = sainet_losses(True, data), sainet_losses(False, data)

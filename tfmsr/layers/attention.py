@@ -379,19 +379,64 @@ class MultiHeadSelfAttention(MultiInputLayer):
 
     def _tokens_dense(self, sources, packed: Packed, training=False):
         """``over_tokens`` when every token queries: Q, K, V projected on the tokens (one fused matmul for
-        self-attention; ``1/sqrt(d_k)`` folded into ``W^Q``), scattered to ``[B, L, 3d]`` once, the ``[B, H, L, L]``
-        batched matmuls (padding keys masked; rows of padding queries are never read, so not zeroed), the heads
-        gathered back to tokens before ``W^O``. The same value as ``_dense`` on the scattered sources."""
+        self-attention; ``1/sqrt(d_k)`` folded into ``W^Q``), scattered to ``[b, l, 3d]`` per bucket of
+        :func:`_length_buckets` for the ``[b, H, l, l]`` batched matmuls (padding keys masked; rows of padding
+        queries are never read, so not zeroed), the heads gathered back to tokens before ``W^O``. The same value as
+        ``_dense`` on the scattered sources."""
         h, d = self.num_heads, int(self.wv.shape[-1])
         qkv = tf.concat(_projections(sources, (self.wq * (d // h) ** -0.5, self.wk, self.wv)), axis=-1)
-        b, l = packed.shape[0], packed.shape[1]
-        q, k, v = tf.unstack(tf.transpose(tf.reshape(packed.scatter(qkv), [b, l, 3, h, d // h]), [2, 0, 3, 1, 4]))
-        pad = (1.0 - tf.cast(packed.mask, qkv.dtype)) * _NEG                           # [B, L]
-        w = tf.nn.softmax(tf.matmul(q, k, transpose_b=True) + pad[:, None, None, :])     # [B, H, L, L]
-        if self.drop is not None:
-            w = self.drop(w, training=training)
-        o = tf.reshape(tf.transpose(tf.matmul(w, v), [0, 2, 1, 3]), [b, l, d])         # [B, L, d]
-        return tf.matmul(packed.gather(o), self.wo)
+
+        def attend(dense, mask):   # [b, l, 3d] -> [b, l, d]
+            b, l = tf.shape(dense)[0], tf.shape(dense)[1]
+            q, k, v = tf.unstack(tf.transpose(tf.reshape(dense, [b, l, 3, h, d // h]), [2, 0, 3, 1, 4]))
+            pad = (1.0 - tf.cast(mask, qkv.dtype)) * _NEG                                     # [b, l]
+            w = tf.nn.softmax(tf.matmul(q, k, transpose_b=True) + pad[:, None, None, :])     # [b, H, l, l]
+            if self.drop is not None:
+                w = self.drop(w, training=training)
+            return tf.reshape(tf.transpose(tf.matmul(w, v), [0, 2, 1, 3]), [b, l, d])
+
+        def bucketed():
+            parts, outs = [], []
+            for tokens, index, mask in _length_buckets(packed):
+                shape = tf.concat([tf.shape(mask, out_type=tf.int64), [3 * d]], 0)
+                outs.append(tf.gather_nd(attend(tf.scatter_nd(index, tf.gather(qkv, tokens), shape), mask), index))
+                parts.append(tokens)
+            return tf.dynamic_stitch(parts, outs)
+
+        o = tf.cond(_short_share(packed) > BUCKET_SHARE, bucketed,
+                    lambda: packed.gather(attend(packed.scatter(qkv), packed.mask)))
+        return tf.matmul(o, self.wo)
+
+
+SHORT_BUCKET = 0.5   # the short bucket's width, a fraction of the sequence length
+BUCKET_SHARE = 0.25  # bucket when more than this share of the examples is short (else the bucketing's copies cost more)
+
+
+def _short_extent(packed: Packed):
+    """``(fits [B] bool, width)``: the examples whose real tokens all lie before ``ceil(SHORT_BUCKET * L)``."""
+    length = tf.shape(packed.mask, out_type=tf.int64)[1]
+    width = tf.maximum(tf.cast(tf.math.ceil(SHORT_BUCKET * tf.cast(length, tf.float32)), tf.int64), 1)
+    extent = tf.math.unsorted_segment_max(packed.index[:, 1] + 1, packed.row, packed.shape[0])    # [B]
+    return extent <= width, width
+
+
+def _short_share(packed: Packed) -> tf.Tensor:
+    """The share of the examples in the short bucket of :func:`_length_buckets`."""
+    return tf.reduce_mean(tf.cast(_short_extent(packed)[0], tf.float32))
+
+
+def _length_buckets(packed: Packed):
+    """The examples of ``packed`` in two buckets, short (:func:`_short_extent`) and the others, each as ``(tokens
+    [n_k] (indices into the tokens), index [n_k, 2] (row in the bucket, position), mask [b_k, l_k])``: the dense
+    ``[b, l, l]`` attention of a bucket of short sequences costs ``l^2``, not ``L^2``."""
+    fits, short = _short_extent(packed)
+    buckets = []
+    for sel, width in ((fits, short), (tf.logical_not(fits), packed.shape[1])):
+        tokens = tf.cast(tf.where(tf.gather(sel, packed.row))[:, 0], tf.int32)                 # [n_k]
+        row = tf.gather(tf.cumsum(tf.cast(sel, tf.int64), exclusive=True), tf.gather(packed.row, tokens))
+        index = tf.stack([row, tf.gather(packed.index[:, 1], tokens)], axis=1)
+        buckets.append((tokens, index, tf.boolean_mask(packed.mask, sel)[:, :width]))
+    return buckets
 
 
 def _norm(layer, x: tf.Tensor) -> tf.Tensor:
