@@ -14,7 +14,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfmsr.data.pipeline import DataError, compression_of, make_parser, read_errors, split_files
+from tfmsr.data.pipeline import DataError, compression_of, make_parser, parse_spec, read_errors, split_files
 from tfmsr.data.stats import repeat_pair
 from tfmsr.data.tfrecord import DatasetWriter
 from tfmsr.features import Schema
@@ -48,16 +48,13 @@ def data_splits(data_dir: str) -> List[str]:
 
 def _stats_parser(schema: Schema):
     """Parses only what ``stats.json`` reads: the scenario, the labels and the repeat pair (as ids)."""
-    from tfmsr.data.pipeline import parse_spec
-
     full = parse_spec(schema)
     names = [schema.scenario.name, *schema.labels, *(repeat_pair(schema) or ())]
     return make_parser(schema, with_labels=False, spec={n: full[n] for n in names}, non_finite=None)
 
 
-def _copy_split(writer: DatasetWriter, split: str, files: List[str], schema: Schema, keep: np.ndarray) -> Dict:
-    """Writes the kept records of one split; returns rows read and kept."""
-    parse = _stats_parser(schema)
+def _copy_split(writer: DatasetWriter, split: str, files: List[str], schema: Schema, parse, keep: np.ndarray) -> Dict:
+    """Writes the kept records of one split (``parse``: :func:`_stats_parser`); returns rows read and kept."""
     ds = tf.data.TFRecordDataset(files, compression_type=compression_of(files)).batch(READ_BATCH)
     read = kept = 0
     with read_errors(files, schema):
@@ -81,7 +78,8 @@ def subset(src: str, out: str, scenarios: Sequence[str], overwrite: bool = False
     names = [schema.scenario.values[i] for i in keep]
     writer = DatasetWriter(out, schema, rows_per_shard, compression, overwrite)
     with writer:
-        counts = {sp: _copy_split(writer, sp, files, schema, keep) for sp, files in splits.items()}
+        parse = _stats_parser(schema)
+        counts = {sp: _copy_split(writer, sp, files, schema, parse, keep) for sp, files in splits.items()}
         empty = [sp for sp, c in counts.items() if not c["rows_kept"]]
         if empty:
             raise DataError(f"{src}: split(s) {', '.join(empty)} hold no row of scenario(s) {', '.join(names)}")

@@ -143,6 +143,11 @@ def feature_signatures(schema: Schema, names, fn, lookups: VocabLookups) -> Dict
             "examples": trace(lambda examples: head(parse(examples)), [EXAMPLES_SPEC])}
 
 
+def _as_prob(p: tf.Tensor) -> tf.Tensor:
+    """A model's probabilities as a servable's ``prob`` output: float32 ``[B]``."""
+    return tf.reshape(tf.cast(p, tf.float32), [-1])
+
+
 class ServingFunctions:
     """The ``tf.function`` s exported for one trained model (each traced once, shared by servables);
     ``lookups``: the vocabulary tables they read (every servable tracks them: assets/<file>). The model
@@ -187,7 +192,7 @@ class ServingFunctions:
         return x
 
     def _prob(self, x):
-        return {"prob": tf.reshape(tf.cast(self.model(x, training=False), tf.float32), [-1])}
+        return {"prob": _as_prob(self.model(x, training=False))}
 
     def _function(self, key, fn, signature, scenario=None):
         """``fn`` traced once per ``key``; with a fixed ``scenario``: inside that scenario's ``RowSlices``."""
@@ -235,7 +240,7 @@ class ServingFunctions:
         pass of the model (``prob`` is the own scenario's column of ``probs``)."""
         def fn(x):
             prob, probs = self.model.routed_and_scenario_probs(self._routed(x), training=False)
-            return {"prob": tf.reshape(tf.cast(prob, tf.float32), [-1]), "probs": tf.cast(probs, tf.float32)}
+            return {"prob": _as_prob(prob), "probs": tf.cast(probs, tf.float32)}
         return self._function("all_scenarios", fn, [input_signature(self.schema)])
 
     def scenario(self, s: int):
