@@ -61,7 +61,7 @@ resume, accounting, temp files, outputs
      advance the optimizer's step count, not the epoch's step plan) (global batches [20, 24, 26, 28, 30])";
      "[data] pass 1 over the train split (4,000 rows): 3,840 rows trained + 160 lost with a worker, re-read by
      the survivors (batches [20, 24, 26, 28, 30]) + 0 fetched, untrained at the end (batches [])"; a step the
-     dead worker finished but could not report: "4,032 examples read ... -- +32 against the plan; ...; 1
+     dead worker began (read its batch) but could not report: "4,032 examples read ... -- +32 against the plan; ...; 1
      step(s) run again: ..."; each full pass = trained + re-read rows, none twice; rows per shard in the graph
      = those of the first N batches of the same seeded stream, rebuilt (N = batches trained)
  30b worker 1 SIGKILLed in epoch 1, then the chief SIGKILLed in epoch 2, before the make-up (slow; the same
@@ -579,7 +579,7 @@ def test_30_a_killed_ps_worker_leaves_no_shard_unread(tmp_path):
     summary = json.load(open(tmp_path / "run" / "history.json"))
     epochs, passes, killed = summary["data_epochs"], summary["passes"], int(seen.group(1))
     assert [e["worker_steps"][1] > 0 for e in epochs] == [e["epoch"] <= killed for e in epochs], epochs
-    for e in epochs:  # the plan, plus a step the dead worker finished but could not report (run again)
+    for e in epochs:  # the plan, plus a step the dead worker began but could not report (run again)
         assert e["examples"] == 4000 + 32 * (sum(e["worker_steps"]) - 125 - len(e["replayed_batches"])), e
     lost = [q for e in epochs for q in e["lost_batches"] + e["ahead_batches"]]
     replayed = [q for e in epochs for q in e["replayed_batches"]]

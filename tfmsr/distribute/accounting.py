@@ -92,7 +92,27 @@ class _Counts(keras.metrics.Metric):
         return tf.identity(self.counts)
 
     def reset_state(self):
-        self.counts.assign(tf.zeros([self.n], tf.int64))
+        self.counts.assign(tf.zeros_like(self.counts))
+
+
+class _StepsPerWorker(_Counts):
+    """Steps and rows per worker in one ``[W, 2]`` variable, added by one op per step (from the batch, so
+    after it arrived): a worker lost mid-step has both or neither counted, never its step without its rows."""
+
+    def __init__(self, n: int):
+        keras.metrics.Metric.__init__(self, name="steps_per_worker")
+        self.n = n
+        self.counts = self.add_weight(name="counts", shape=(n, 2), initializer="zeros", dtype=tf.int64)
+
+    def update_state(self, index, rows):
+        step = tf.stack([tf.constant(1, tf.int64), tf.cast(rows, tf.int64)])
+        self.counts.assign_add(tf.scatter_nd(tf.reshape(tf.cast(index, tf.int32), [1, 1]), step[None], [self.n, 2]))
+
+    def result(self):
+        return tf.identity(self.counts[:, 0])
+
+    def rows(self):
+        return tf.identity(self.counts[:, 1])
 
 
 class Counters:
@@ -103,7 +123,7 @@ class Counters:
     def __init__(self, files: Sequence[str], workers: int = 0):
         self.names = [os.path.basename(f) for f in files]
         self.shards = _Counts(len(files), "rows_per_shard")
-        self.workers = _Counts(workers, "steps_per_worker") if workers else None
+        self.workers = _StepsPerWorker(workers) if workers else None
         self.batches: Optional[_Counts] = None  # rows trained per batch of the shared stream (never reset)
 
     def track_batches(self, capacity: int, strategy=None) -> None:
@@ -138,9 +158,9 @@ def worker_steps(model) -> Optional[List[int]]:
     return [int(v) for v in counters.workers.result().numpy()]
 
 
-def count_inputs(model, x) -> None:
+def count_inputs(model, x, rows) -> None:
     """In a training step: pop the rows' shard indices from the features and count them (and the step's
-    worker under ParameterServerStrategy) in the counters attached to ``model``, if any."""
+    worker with its ``rows`` under ParameterServerStrategy) in the counters attached to ``model``, if any."""
     shards = x.pop(SHARD_KEY, None) if isinstance(x, dict) else None
     counters = getattr(model, _COUNTERS, None)
     if counters is None:
@@ -150,7 +170,7 @@ def count_inputs(model, x) -> None:
         if counters.batches is not None:
             counters.batches.update_state(tf.minimum(shards // SEQ, counters.batches.n - 1))
     if counters.workers is not None:
-        counters.workers.update_state(tf.reshape(tf.distribute.coordinator.experimental_get_current_worker_index(), [1]))
+        counters.workers.update_state(tf.distribute.coordinator.experimental_get_current_worker_index(), rows)
 
 
 class BatchLedger:
@@ -367,10 +387,11 @@ class EpochAccounting(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        examples = self._examples(logs)
         made = self._make_up(epoch)  # before the counters are read: the epoch's rows include the make-up
         steps = self.params["steps"]
         row = {"epoch": epoch + 1, "steps": steps, "batch": self.batch,
-               "examples": int(logs.get("examples", 0)), "non_finite": int(logs.get("non_finite", 0)),
+               "examples": examples, "non_finite": int(logs.get("non_finite", 0)),
                "oov_ids": int(logs.get("oov_ids", 0))}
         planned = self.rows if steps == math.ceil(self.rows / self.batch) else steps * self.batch
         off = row["examples"] - planned
@@ -379,6 +400,14 @@ class EpochAccounting(keras.callbacks.Callback):
                  f"steps x {self.batch}, train split {self.rows:,} rows){said}; non-finite values "
                  f"{row['non_finite']:,}; oov ids {row['oov_ids']:,}{self._by_counters(row, made)}")
         self.epochs.append(row)
+
+    def _examples(self, logs) -> int:
+        """The epoch's examples before its make-up steps: under ParameterServerStrategy the rows summed with
+        the steps per worker (one op a step: a worker lost mid-step counts both or neither), else the
+        ``examples`` metric."""
+        if self.counters is not None and self.counters.workers is not None:
+            return int(self.counters.workers.rows().numpy().sum())
+        return int(logs.get("examples", 0))
 
     def _make_up(self, epoch: int) -> dict:
         """Settles the ledger at this epoch end (at the last epoch's end every batch still untrained too)
@@ -413,8 +442,8 @@ class EpochAccounting(keras.callbacks.Callback):
                              "shared stream")
             again = sum(row["worker_steps"]) - row["steps"] - len(made.get("replayed", []))
             if again > 0:
-                text += (f"; {again} step(s) run again: a lost worker finished them but could not report it, so "
-                         f"the coordinator ran them on another worker with the next batch")
+                text += (f"; {again} step(s) run again: a lost worker read their batches but did not report "
+                         f"the steps, so the coordinator ran them on another worker with the next batch")
         return text + self._lost(row, made)
 
     def _lost(self, row: dict, made: dict) -> str:

@@ -26,8 +26,8 @@ over the split the log says ``R rows trained + L lost with a worker, re-read by 
 [...]) + A fetched, untrained at the end (batches [...])``: R + L + A = the split's rows, each row trained
 once. Measured (test_faults case 30: 2 workers, batch 32, worker 1 SIGKILLed while it trains; 5 runs):
 the dead worker took 5 batches (160 rows, e.g. global batches 92, 94, 96, 98, 99: its share of the
-stream) with it each time, more than ``max_outstanding_requests=1`` suggests; one step it had finished
-but not reported is sometimes run again by the coordinator on the survivor (4,032 examples in that
+stream) with it each time, more than ``max_outstanding_requests=1`` suggests; one step it had begun
+(read its batch) but not reported is sometimes run again by the coordinator on the survivor (4,032 examples in that
 epoch, said in the log). The 5 make-up steps took 11.1 s on a loaded 2-core machine: 5.3 s tracing the
 make-up dataset on the chief, 0.5 s scheduling (``fit``'s traced step reused; 9 s when traced anew),
 5.3 s on the worker; the seeded stream from the first lost batch to the last is read again.

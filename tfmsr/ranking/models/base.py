@@ -153,10 +153,11 @@ class RankingModel(Parametrized, TrainableModel):
         """The per-batch counts of the epoch logs: OOV ids, non-finite values (``tfmsr.data.guards``; the
         parser's count is popped here, the layers never see it), examples, and the rows per shard (and steps
         per worker) when the trainer attached ``tfmsr.distribute.accounting.Counters``."""
-        count_inputs(self, x)
+        rows = tf.shape(x[self.schema.scenario.name])[0]
+        count_inputs(self, x, rows)
         self.non_finite.update_state(pop_count(x))
         self.oov_ids.update_state(self.embedding.oov_count(x))
-        self.examples.update_state(tf.shape(x[self.schema.scenario.name])[0])
+        self.examples.update_state(rows)
 
     def unpack(self, data):
         """``(x, y)`` with the batch counted (``count_batch``) before any layer sees ``x``."""
