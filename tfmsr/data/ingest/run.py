@@ -31,10 +31,10 @@ import pyarrow.compute as pc
 
 from tfmsr.core.tempfiles import sweep
 from tfmsr.data.convert._common import MISSING, Moments, Progress, SpillDir, TimeBuckets, peak_rss_mb
-from tfmsr.data.ingest import derive, encode, scenarios, splits
+from tfmsr.data.ingest import derive, encode, rates, scenarios, splits
 from tfmsr.data.ingest.readers import expand_paths, read_chunks, read_table
 from tfmsr.data.ingest.sequences import Timeline, delimited
-from tfmsr.data.ingest.spec import KEY_OPS, SPLITS, Spec, load_spec
+from tfmsr.data.ingest.spec import KEY_OPS, LABEL_OPS, SPLITS, Spec, load_spec
 from tfmsr.data.ingest.vocab import Coder, build_vocab, read_vocab, write_vocab
 from tfmsr.data.pipeline import DataError
 from tfmsr.data.stats import repeat_pair
@@ -89,6 +89,9 @@ class Ingest:
                  log: Optional[Callable[[str], None]] = _stderr):
         self.spec, self.out, self.overwrite, self.log = spec, os.path.abspath(out), overwrite, log
         self.prev = _previous(vocab_from, spec) if vocab_from else None
+        self.rates = {_rate_id(d): rates.AsOf(d.inputs[0]) if d.options["reading"] == "as_of" else
+                      rates.OutOfFold(d.inputs[0], d.options["folds"]) for d in spec.derive if d.op in LABEL_OPS}
+        self.rate_rows = {d.name: Counter() for d in spec.derive if d.op in LABEL_OPS}
         self.spaces = spec.code_spaces()  # value -> code spaces (first: primary)
         self.coders: Dict[str, Coder] = {}
         self.keys = derive.KeyStats()
@@ -120,6 +123,7 @@ class Ingest:
             self._read_tables()
             self._read(inputs, spill_dir)
             self._resolve()
+            self._rate_pass()
             stats = self._write()
         sec = time.time() - t0
         summary = {"out": self.out, "splits": {k: v["rows"] for k, v in stats["splits"].items()},
@@ -375,19 +379,69 @@ class Ingest:
             yield np.concatenate(group)
 
     def _late(self, rec):
-        """(codes by value, numbers by value) of a group, per-key values computed."""
+        """(codes by value, numbers by value) of a group, per-key values computed but those from train labels
+        (``_label_values``, once the split is known)."""
         s = self.spec
         codes = {v: rec[f"c:{sps[0]}:{v}"].astype(np.int64) for v, sps in self.spaces.items()}
         codes.update({(v, sp): rec[f"c:{sp}:{v}"].astype(np.int64) for v, sp in self._pairs()})
         nums = {v: rec[f"n:{v}"] for v in self.late_numeric()}
         for d in s.derive:
-            if d.name in s.per_key:
+            if d.name in s.per_key and d.name not in s.from_labels:
                 src = codes if d.op in KEY_OPS else nums
                 nums[d.name] = derive.key_op(d, src, self.keys, rec)
         return codes, nums
 
-    def _group(self, rec: np.ndarray, pool) -> None:
-        """Sort a group's rows by (user, time), then serialise each split's rows in chunks on ``pool``."""
+    def _label_values(self, rec, codes, nums, split) -> None:
+        """Adds the values from train labels (``rate_per``, ``train_count_per``, what derives from them) to
+        ``nums``, and ``n:<name>``: each row's key's train rows read (-1: no key)."""
+        for d in self.spec.derive:
+            if d.op in LABEL_OPS:
+                nums[d.name], nums[f"n:{d.name}"] = self._rate_value(d, codes, nums, split == 0)
+            elif d.name in self.spec.from_labels:
+                nums[d.name] = derive.key_op(d, nums, self.keys, rec)
+
+    def _folds(self, codes, k: int) -> np.ndarray:
+        """Each row's fold 0..k-1, from the hash of its user's raw value."""
+        user = codes[self.spec.features[self.spec.user].source]
+        return np.minimum((self.user_units[user] * k).astype(np.int64), k - 1)
+
+    def _rate_value(self, d, codes, nums, train):
+        """(value, key's train rows read) of a ``rate_per`` / ``train_count_per`` (missing key: NaN /
+        MISSING, rows -1)."""
+        key, table = codes[d.inputs[0]], self.rates[_rate_id(d)]
+        time = derive.as_float(nums[self.spec.time]) if self.spec.time else None
+        fold = self._folds(codes, d.options["folds"]) if d.options["reading"] == "out_of_fold" else None
+        n, pos, n_all, pos_all = table.query(key, time, fold, train)
+        n = np.where(key >= 0, n, -1)
+        if d.op == "train_count_per":
+            return np.where(key >= 0, n, MISSING), n
+        return np.where(key >= 0, rates.rate(n, pos, n_all, pos_all, d.options["m"]), np.nan), n
+
+    def _rate_pass(self) -> None:
+        """Gathers every train row's (key, time, label) of each ``rate_per`` key (reads the spill once)."""
+        if not self.rates:
+            return
+        s = self.spec
+        if s.user:
+            self.user_units = splits.hash_units(self.coders[self.spaces[s.features[s.user].source][0]], 7)
+        for rec in self._groups():
+            rec, codes, nums, tl = self._sorted(rec)
+            train = self._split(tl, rec, codes, nums) == 0
+            lab = rec["label"][train]
+            for (key, reading, k), table in self.rates.items():
+                if reading == "as_of":
+                    table.add(codes[key][train], derive.as_float(nums[s.time])[train], lab)
+                else:
+                    table.add(codes[key][train], self._folds(codes, k)[train], lab)
+        for (key, _, _), table in self.rates.items():
+            coder = self.coders[self.spaces[key][0]]
+            if self.prev:
+                table.load(self.prev["path"], coder)
+            table.freeze(len(coder))
+
+    def _sorted(self, rec: np.ndarray):
+        """A group's rows sorted by (user, time) (no user: input order), with their codes, numbers and
+        ``Timeline``."""
         s = self.spec
         codes, nums = self._late(rec)
         tl = None
@@ -397,13 +451,25 @@ class Ingest:
             order = tl.order
         else:
             order = np.argsort(rec["row"], kind="stable")
-        rec = rec[order]
         codes = {k: v[order] for k, v in codes.items()}
         nums = {k: v[order] for k, v in nums.items()}
+        return rec[order], codes, nums, tl
+
+    def _group(self, rec: np.ndarray, pool) -> None:
+        """Sort a group's rows by (user, time), then serialise each split's rows in chunks on ``pool``."""
+        s = self.spec
+        rec, codes, nums, tl = self._sorted(rec)
         if s.behaviour:
             tl.events(rec["where"].astype(bool))
-        scen = self._scenario_index(rec, codes, nums)
         split = self._split(tl, rec, codes, nums)
+        self._label_values(rec, codes, nums, split)
+        scen = self._scenario_index(rec, codes, nums)
+        for name, counts in self.rate_rows.items():
+            n = nums[f"n:{name}"]
+            for k, sp in enumerate(SPLITS):
+                counts[f"{sp}_rows"] += int((split == k).sum())
+                counts[f"{sp}_prior_only"] += int(((split == k) & (n == 0)).sum())
+                counts[f"{sp}_missing_key"] += int(((split == k) & (n < 0)).sum())
         shuffle = np.random.default_rng(int(rec["row"][0]) if len(rec) else 0)  # fixed per group
         for k, name in enumerate(SPLITS):
             rows = shuffle.permutation(np.flatnonzero(split == k))
@@ -576,6 +642,11 @@ class Ingest:
                 m = self.moments[f.name]
                 self.schema.feature(f.name).mean, self.schema.feature(f.name).std = float(m.mean), float(m.std)
         self.schema.validate()
+        saved = set()
+        for (key, _, _), table in self.rates.items():
+            if key not in saved:  # every reading of a key holds the same totals
+                table.save(writer.tmp_dir, self.coders[self.spaces[key][0]])
+                saved.add(key)
         writer.extra_stats["ingest"] = self._ingest_stats(tables)
 
     def _table_stats(self, table: str, v) -> dict:
@@ -603,7 +674,21 @@ class Ingest:
                           for j in self.joins},
                 "missing": {k: int(v) for k, v in self.missing.items() if not k.startswith("table:")},
                 "tables": tables, "vocab_from": self.prev["path"] if self.prev else None,
-                "scenario": {"names": list(self.scenario_names), "source": s.scenario.source}}
+                "scenario": {"names": list(self.scenario_names), "source": s.scenario.source},
+                "rates": self._rate_stats()}
+
+    def _rate_stats(self) -> dict:
+        """Per rate_per / train_count_per: its key, m, rows per split, rows with no earlier train row of
+        their key (prior only), rows without a key; the as-of table's train rows and bytes."""
+        out = {}
+        for d in self.spec.derive:
+            if d.op in LABEL_OPS:
+                t = self.rates[_rate_id(d)]
+                out[d.name] = {"op": d.op, "key": d.inputs[0], "m": d.options.get("m"),
+                               "reading": d.options["reading"], "train_rows_indexed": t.totals[2],
+                               "table_bytes": t.table_bytes,
+                               "carried_rows": int(t.prev_total[0]), **dict(self.rate_rows[d.name])}
+        return out
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -678,6 +763,11 @@ class BackgroundWriter:
         if exc_type is None and self.error is not None:
             raise self.error
         return False
+
+
+def _rate_id(d) -> tuple:
+    """The table a rate_per / train_count_per reads: (key, reading, folds)."""
+    return d.inputs[0], d.options["reading"], d.options["folds"] if d.options["reading"] == "out_of_fold" else 0
 
 
 def _size(path: str) -> int:

@@ -41,14 +41,18 @@ OPS = {
     "time_part": (NUMERIC, "int64"),
     "count_per": (("string", "int64"), "int64"),
     "position_in_file": (("string", "int64"), "float64"),
+    "rate_per": (("string", "int64"), "float64"),
+    "train_count_per": (("string", "int64"), "int64"),
 }
 OP_OPTIONS = {
     "concat": {"sep": ""}, "first_token": {"sep": None}, "slice": {"start": 0, "stop": None, "case": None,
                                                                       "strip": False},
     "first_flag": {"values": None, "default": None}, "bucketize": {"boundaries": None},
     "time_part": {"part": None, "unit": "s"}, "count_per": {}, "position_in_file": {},
+    "rate_per": {"m": 10.0, "reading": "as_of", "folds": 5}, "train_count_per": {"reading": "as_of", "folds": 5},
 }
-KEY_OPS = ("count_per", "position_in_file")  # per-key values: known only after the whole log is read
+KEY_OPS = ("count_per", "position_in_file", "rate_per", "train_count_per")  # known after the whole log is read
+LABEL_OPS = ("rate_per", "train_count_per")  # per-key values of the train split's labels (``rates``)
 
 
 @dataclass
@@ -164,6 +168,7 @@ class Spec:
     dim: int = 16
     types: Dict[str, str] = field(default_factory=dict)   # value -> string | int64 | float64
     per_key: set = field(default_factory=set)             # values known only after the whole log is read
+    from_labels: set = field(default_factory=set)         # values from train labels (LABEL_OPS and derived)
 
     def fail(self, where: str, msg: str):
         raise SpecError(f"{self.path}: {where}: {msg}")
@@ -396,6 +401,13 @@ def _check_op_options(n: _Node, op: str, opts: dict, inputs: List[str]) -> None:
     if op == "time_part":
         n.get("part", None, str, TIME_PARTS) or n.fail(f"expected one of {', '.join(TIME_PARTS)}", "part")
         n.get("unit", "s", str, ("s", "ms"))
+    if op == "rate_per" and (not isinstance(opts["m"], (int, float)) or isinstance(opts["m"], bool)
+                             or not opts["m"] > 0):
+        n.fail(f"expected a prior strength > 0 (the smoothing (pos + m p) / (n + m)), got {opts['m']!r}", "m")
+    if op in LABEL_OPS:
+        n.get("reading", "as_of", str, ("as_of", "out_of_fold"))
+        if not isinstance(opts["folds"], int) or isinstance(opts["folds"], bool) or opts["folds"] < 2:
+            n.fail(f"expected a number of folds >= 2, got {opts['folds']!r}", "folds")
     if op == "slice":
         n.get("case", None, str, ("upper", "lower"))
         n.get("start", 0, int), n.get("stop", None, int), n.get("strip", False, bool)
@@ -525,6 +537,8 @@ def _type_derived(spec: Spec, d: DeriveSpec, types: Dict[str, str]) -> None:
                              "may use it")
     if d.op in KEY_OPS or any(v in spec.per_key for v in d.inputs):
         spec.per_key.add(d.name)
+    if d.op in LABEL_OPS or any(v in spec.from_labels for v in d.inputs):
+        spec.from_labels.add(d.name)
     types[d.name] = out
 
 
@@ -725,3 +739,11 @@ def _check_references(spec: Spec) -> None:
     for d in spec.derive:
         if d.op in KEY_OPS and d.inputs[0] in spec.per_key:
             spec.fail(f"derive.{d.name}", "the key must be a value of the row itself")
+        if d.op in LABEL_OPS and d.options["reading"] == "as_of" and spec.time is None:
+            spec.fail(f"derive.{d.name}", f"{d.op} (reading: as_of) needs 'time' (the value ordering the events):"
+                                          " a row reads its key's train rows strictly earlier in time")
+        if d.op in LABEL_OPS and d.options["reading"] == "out_of_fold" and spec.user is None:
+            spec.fail(f"derive.{d.name}", f"{d.op} (reading: out_of_fold) needs 'user' (folds are drawn per user)")
+    if spec.time in spec.from_labels:
+        spec.fail("time", f"'{spec.time}' is computed from train labels (rate_per / train_count_per); the "
+                          "time must come from the row or its key's counts")
