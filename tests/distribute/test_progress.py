@@ -121,3 +121,18 @@ def test_ledger_survives_a_chief_restart():
     assert (one["trained_rows"], one["replayed_rows"], one["lost_batches"], one["untrained_rows"]) == (68, 32, [2], 0)
     assert (two["trained_rows"], two["trained_twice"], three["trained_rows"]) == (100, 2, 100)
     assert json.loads(json.dumps(new.state(counts, position=12)))["lost"] == [2]
+
+
+def test_steps_per_worker_count_each_step_with_its_rows_in_one_variable():
+    """Counters(workers=W): a step adds 1 step and its rows to its worker's row of one [W, 2] variable (one op,
+    so a lost worker never has a step counted without its rows); reset zeroes both."""
+    from tfmsr.distribute.accounting import Counters
+
+    workers = Counters(["a", "b"], workers=3).workers
+    for index, rows in ((1, 32), (1, 7), (2, 32)):
+        workers.update_state(index, rows)
+    assert workers.result().numpy().tolist() == [0, 2, 1]
+    assert workers.rows().numpy().tolist() == [0, 39, 32]
+    assert len(workers.variables) == 1
+    workers.reset_state()
+    assert workers.result().numpy().tolist() == [0, 0, 0] and workers.rows().numpy().tolist() == [0, 0, 0]

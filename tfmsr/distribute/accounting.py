@@ -79,10 +79,10 @@ class LossGuard(keras.callbacks.Callback):
 class _Counts(keras.metrics.Metric):
     """Rows per index (a shard, or the worker of a step): a vector sum, outside the epoch logs."""
 
-    def __init__(self, n: int, name: str):
+    def __init__(self, n: int, name: str, shape: Sequence[int] = ()):
         super().__init__(name=name)
         self.n = n
-        self.counts = self.add_weight(name="counts", shape=(n,), initializer="zeros", dtype=tf.int64)
+        self.counts = self.add_weight(name="counts", shape=(n, *shape), initializer="zeros", dtype=tf.int64)
 
     def update_state(self, index):
         self.counts.assign_add(tf.math.bincount(tf.cast(index, tf.int32), minlength=self.n, maxlength=self.n,
@@ -100,9 +100,7 @@ class _StepsPerWorker(_Counts):
     after it arrived): a worker lost mid-step has both or neither counted, never its step without its rows."""
 
     def __init__(self, n: int):
-        keras.metrics.Metric.__init__(self, name="steps_per_worker")
-        self.n = n
-        self.counts = self.add_weight(name="counts", shape=(n, 2), initializer="zeros", dtype=tf.int64)
+        super().__init__(n, "steps_per_worker", shape=(2,))
 
     def update_state(self, index, rows):
         step = tf.stack([tf.constant(1, tf.int64), tf.cast(rows, tf.int64)])
