@@ -40,6 +40,8 @@ Spec keys (an unknown key anywhere is an error naming it; relative paths start a
       n_events: {count_per: user}                          # per key: the key's number of kept rows (all files)
       position: {position_in_file: user}                   # per key: (rank + 0.5) / count among the key's
                                                             # rows of the same file (a time without timestamps)
+      item_rate: {rate_per: item, m: 10, reading: out_of_fold, folds: 5}  # the key's train positive rate
+      item_seen: {train_count_per: item}                   # the key's train rows rate reads (rates.py)
     filter: ["price > 0", "country in [\\"DE\\", \\"FR\\"]"]   # rows failing a rule are dropped, counted per rule
     label: {name: label, rule: "rating >= 4"}   # or {name: click, from: click} (a 0/1 column)
     scenario:                  # the scenario field (absent: one scenario "all")
@@ -90,6 +92,14 @@ Semantics worth knowing:
   test row sees the user's train and valid events. ``hist_scenario`` stores each behaviour's scenario + 1.
 * **Per-key values** (``count_per``, ``position_in_file`` and bucketisations of them) are known only after
   the whole log is read: usable by features, the scenario, the time and extras, not by rules.
+* **Label rates** (``rate_per``, ``train_count_per``; ``rates.py``): the key's train-split rows and
+  positives, smoothed ``(pos + m p) / (n + m)`` toward the global train rate p of the same rows.
+  ``reading: out_of_fold`` (default; needs ``user``; ``folds: 5``): train rows read the other folds of a
+  hash of the user, valid/test rows every train row (the ``popularity`` row's information); keys x folds
+  counts. ``reading: as_of`` (needs ``time``): train rows **strictly earlier** than the row (ties
+  excluded), what a server knows at request time; ~32 bytes per train row. Never leave-one-out.
+  ``stats.json["ingest"]["rates"]`` counts per split the rows with no train row of their key (prior
+  only). ``--vocab-from`` carries the previous dataset's counts (``rates/<key>.parquet``).
 * **Nothing is dropped silently**: ``stats.json["ingest"]`` holds rows read per file, rows dropped by each
   rule (filters, missing label / user / time / scenario / split values, required joins), join misses,
   missing cells per value, and per table the vocabulary size, new / below-min-count / truncated values.

@@ -5,6 +5,7 @@ chunk's pyarrow columns while reading. Per-key ops need the whole log first: ``c
 rows of each key, e.g. a user's number of ratings) and ``position_in_file`` (a row's relative position
 among its key's rows of the same input file, ``(rank + 0.5) / count``); they are completed from counts
 gathered while reading (``KeyStats``) when the rows are read back, as is any ``bucketize`` of them.
+``rate_per`` / ``train_count_per`` (train labels per key) live in ``rates``.
 """
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ names that refer to nothing, type mismatches (a rule comparing a string column w
 a string) all raise one ``SpecError`` naming the spec file, the place in it (``features.item_id.min_count``)
 and what was expected. It also types every value (input columns, joined columns, derived values) and
 marks which are **per-key** values (computed after the whole log is read: ``count_per``,
-``position_in_file`` and what is derived from them).
+``position_in_file``, ``rate_per``, ``train_count_per`` and what is derived from them) and which of those
+come from train labels (``from_labels``: computed once the split is known).
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ OP_OPTIONS = {
                                                                       "strip": False},
     "first_flag": {"values": None, "default": None}, "bucketize": {"boundaries": None},
     "time_part": {"part": None, "unit": "s"}, "count_per": {}, "position_in_file": {},
-    "rate_per": {"m": 10.0, "reading": "as_of", "folds": 5}, "train_count_per": {"reading": "as_of", "folds": 5},
+    "rate_per": {"m": 10.0, "reading": "out_of_fold", "folds": 5},
+    "train_count_per": {"reading": "out_of_fold", "folds": 5},
 }
 KEY_OPS = ("count_per", "position_in_file", "rate_per", "train_count_per")  # known after the whole log is read
 LABEL_OPS = ("rate_per", "train_count_per")  # per-key values of the train split's labels (``rates``)
@@ -405,7 +407,7 @@ def _check_op_options(n: _Node, op: str, opts: dict, inputs: List[str]) -> None:
                              or not opts["m"] > 0):
         n.fail(f"expected a prior strength > 0 (the smoothing (pos + m p) / (n + m)), got {opts['m']!r}", "m")
     if op in LABEL_OPS:
-        n.get("reading", "as_of", str, ("as_of", "out_of_fold"))
+        n.get("reading", "out_of_fold", str, ("as_of", "out_of_fold"))
         if not isinstance(opts["folds"], int) or isinstance(opts["folds"], bool) or opts["folds"] < 2:
             n.fail(f"expected a number of folds >= 2, got {opts['folds']!r}", "folds")
     if op == "slice":
@@ -705,6 +707,11 @@ def _extras(top: _Node, spec: Spec) -> Dict[str, tuple]:
     return out
 
 
+def _user_value(spec: Spec) -> Optional[str]:
+    f = spec.features.get(spec.user) if spec.user else None
+    return f.source if f is not None else None
+
+
 def _check_references(spec: Spec) -> None:
     for i, r in enumerate(spec.filters):
         _check_rule(spec, f"filter[{i}]", r)
@@ -744,6 +751,9 @@ def _check_references(spec: Spec) -> None:
                                           " a row reads its key's train rows strictly earlier in time")
         if d.op in LABEL_OPS and d.options["reading"] == "out_of_fold" and spec.user is None:
             spec.fail(f"derive.{d.name}", f"{d.op} (reading: out_of_fold) needs 'user' (folds are drawn per user)")
+        if d.op in LABEL_OPS and d.options["reading"] == "out_of_fold" and d.inputs[0] == _user_value(spec):
+            spec.fail(f"derive.{d.name}", f"out_of_fold draws folds per user, so a train row would never read "
+                                          f"its own key '{d.inputs[0]}' (use reading: as_of)")
     if spec.time in spec.from_labels:
         spec.fail("time", f"'{spec.time}' is computed from train labels (rate_per / train_count_per); the "
                           "time must come from the row or its key's counts")
