@@ -244,6 +244,6 @@ class ScenarioMutual(keras.layers.Layer):
         m_i = own_rows(m, s)                                                        # [B, d]
         scores = self.z(tf.tanh(self.w_query(m_i)[:, None, :] + self.w_key(m)))[..., 0]  # [B, S] a_ij
         alpha = masked_softmax(scores, tf.logical_not(tf.cast(tf.one_hot(s, self.s), tf.bool)))  # eq. 16
-        m_hat = tf.einsum("bj,bjd->bd", alpha, m)                                   # eq. 17
+        m_hat = tf.matmul(alpha[:, None, :], m)[:, 0]                               # eq. 17
         theta = tf.sigmoid(self.w_gate(tf.concat([m_i, m_hat], axis=-1)))          # eq. 18
         return theta * m_i + (1.0 - theta) * m_hat, alpha, theta[:, 0]

@@ -112,7 +112,7 @@ class StarDense(keras.layers.Layer):
 
     def call(self, x, scenario=None):
         if scenario is None:
-            return self.act(all_matmul(x, self.kernel * self.kernel_p, self.bias + self.bias_p))   # W*_p, b*_p
+            return all_matmul(x, self.kernel * self.kernel_p, self.bias + self.bias_p, self.act)   # W*_p, b*_p
         fixed = fixed_id(scenario)
         if fixed is not None:   # one scenario while tracing (its servable): its slices only
             return self.act(tf.matmul(x, self.kernel * row(self.kernel_p, fixed)) + self.bias + row(self.bias_p, fixed))

@@ -155,11 +155,19 @@ def own_matmul(x: tf.Tensor, scenario: tf.Tensor, kernel, bias=None, method: str
     return partition_apply(x, sc, s, one)
 
 
-def all_matmul(x: tf.Tensor, kernel, bias=None) -> tf.Tensor:
-    """Every scenario's ``x W_s (+ b_s)`` in one einsum: ``x [B, D]`` (shared input) or ``[B, S, D]``
-    (scenario ``s`` reads ``x[:, s]``) -> ``[B, S, H]``. Cost ``B S D H``."""
-    y = tf.einsum("bd,sdh->bsh" if len(x.shape) == 2 else "bsd,sdh->bsh", x, kernel)
-    return y if bias is None else y + bias
+def all_matmul(x: tf.Tensor, kernel, bias=None, activation=None) -> tf.Tensor:
+    """Every scenario's ``activation(x W_s + b_s)``: ``x [B, D]`` (shared input) or ``[B, S, D]`` (scenario
+    ``s`` reads ``x[:, s]``) -> ``[B, S, H]``. Cost ``B S D H``. A shared input is one GEMM against the kernel
+    laid out ``[D, S H]``, bias and activation on the ``[B, S H]`` product (where the CPU kernels fuse them
+    into the GEMM); a per-scenario input one batched einsum."""
+    if len(x.shape) == 2:
+        s, d, h = (int(n) for n in kernel.shape)
+        y = tf.matmul(x, tf.reshape(tf.transpose(tf.convert_to_tensor(kernel), [1, 0, 2]), [d, s * h]))
+        y = y if bias is None else tf.nn.bias_add(y, tf.reshape(bias, [s * h]))
+        return tf.reshape(y if activation is None else activation(y), [-1, s, h])
+    y = tf.einsum("bsd,sdh->bsh", x, kernel)
+    y = y if bias is None else y + bias
+    return y if activation is None else activation(y)
 
 
 def own_rows(x: tf.Tensor, scenario: tf.Tensor) -> tf.Tensor:
@@ -219,7 +227,7 @@ class ScenarioDense(keras.layers.Layer):
         return self.act(own_matmul(x, scenario, self.kernel, self.bias, self.method))
 
     def all(self, x):
-        return self.act(all_matmul(x, self.kernel, self.bias))
+        return all_matmul(x, self.kernel, self.bias, self.act)
 
 
 class ScenarioMLP(keras.layers.Layer):

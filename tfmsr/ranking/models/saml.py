@@ -56,8 +56,8 @@ class SAML(RankingModel):
     forms. ``gradient_mask: false`` removes III-D-2's mask (only to show its effect).
     Training and the scenario servables compute each example's own scenario only (``own_head``): its branch,
     row ``s`` of the mutual unit and its output unit; eq. 6-8 still read every branch's ``V_j``, so every
-    branch runs forward (one einsum per layer, ``O(S)`` per example; under the gradient mask without a backward
-    pass). ``scenario_probs`` / ``all_scenarios`` compute every row. ``mutual_coefficients(x)``
+    branch runs forward (``O(S)`` per example by the math: ``S sum_l D_in^l D_l`` multiply-adds, see
+    :class:`~tfmsr.layers.saml.MultiBranchNetwork`; under the gradient mask without a backward pass). ``scenario_probs`` / ``all_scenarios`` compute every row. ``mutual_coefficients(x)``
     returns ``alpha`` and ``g`` for Fig. 3 (``pipelines/saml_figure.py``).
     """
 
@@ -132,8 +132,8 @@ class SAML(RankingModel):
 
     def own_outputs(self, v0, aux_hidden, scenario) -> Dict[str, tf.Tensor]:
         """The own scenario ``s`` only: its branch (one branch's FLOPs), row ``s`` of the mutual unit over
-        every branch's ``V_j`` (with the gradient mask the other branches run forward only, one einsum per
-        layer: the ``O(S)`` part of eq. 6-8; their backward pass is skipped), its output unit."""
+        every branch's ``V_j`` (with the gradient mask the other branches run forward only, batched: the
+        ``O(S)`` part of eq. 6-8; their backward pass is skipped), its output unit."""
         if self.mutual_unit is None:
             return {"logits": self.heads(self.branches(v0, aux_hidden, scenario=scenario), scenario)[:, 0]}
         v_all = self.branches(v0, aux_hidden)
