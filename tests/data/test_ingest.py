@@ -142,6 +142,16 @@ def test_ml_latest_small_spec(tmp_path):
     st = stats_of(out)
     assert st["ingest"]["joins"]["movies"]["rows_without_match"] == 0
     assert st["ingest"]["files"][os.path.join(src, "ratings.csv")]["rows"] == len(ratings)
+    # item_rate (out of fold): a valid/test row reads every train row, the popularity row's smoothed rate
+    train = df[df.split == "train"]
+    p = (train.label.sum() + 1) / (len(train) + 2)
+    per = train.groupby("item_id").label.agg(["size", "sum"])
+    held = df[df.split != "train"]
+    n, pos = held.item_id.map(per["size"]).fillna(0), held.item_id.map(per["sum"]).fillna(0)
+    np.testing.assert_allclose(held.item_rate, (pos + 10 * p) / (n + 10), rtol=1e-6)
+    np.testing.assert_allclose(held.item_train_n, np.log1p(n), rtol=1e-6)  # stored log1p; standardised in the graph
+    assert st["ingest"]["rates"]["item_rate"]["test_prior_only"] == ((df.split == "test") & (df.item_id.map(
+        per["size"]).isna())).sum() > 0
 
 
 # ---------------------------------------------------------------------------------------------- Amazon

@@ -9,7 +9,10 @@ sequences (``sequences.Timeline``), numeric transforms; rows are written in a fi
 (a permutation seeded per group) as raw values (``encode``) while the train counts of every table and the
 train moments of standardised features accumulate. The vocabularies, ``schema.yaml`` and ``stats.json``
 follow, all inside ``OUT.tmp-<pid>``, renamed to ``OUT`` only when complete. Memory is bounded by the
-distinct values (codes, vocabularies, per-key counts) and one group of rows, never by the input's size.
+distinct values (codes, vocabularies, per-key counts) and one group of rows, never by the input's size;
+the one exception is ``rate_per`` with ``reading: as_of`` (O(train rows), ``rates``). Label rates
+(``rate_per``, ``train_count_per``) add a pass between the two: the groups are read once more to gather
+each key's train labels (the split is known only per group).
 
 A run killed half way leaves ``OUT.tmp-<pid>`` (and its ``-spill`` folder); the next run on the same OUT
 removes such folders when their process no longer exists.
@@ -418,7 +421,8 @@ class Ingest:
         return np.where(key >= 0, rates.rate(n, pos, n_all, pos_all, d.options["m"]), np.nan), n
 
     def _rate_pass(self) -> None:
-        """Gathers every train row's (key, time, label) of each ``rate_per`` key (reads the spill once)."""
+        """Gathers the train rows' labels of each rate_per / train_count_per key, by time (as_of) or by the
+        user's fold (out_of_fold), reading the spill once; then adds what --vocab-from carries."""
         if not self.rates:
             return
         s = self.spec
