@@ -13,7 +13,9 @@ pins an older TensorFlow and is not a tfmsr dependency), by ``pipelines/bench_de
 ``steps`` steps of ``model.fit`` after ``warmup`` steps. Prints one JSON object: both figures per model and
 ``ratio`` = tfmsr / deepctr examples/s (medians over ``--repeats`` alternating runs), and ``cpu_ratio``
 the same per CPU-second of the process (all threads): on a shared or throttled machine the wall-clock
-figures of one model swing 2x between runs, the CPU-second ones far less.
+figures of one model swing 2x between runs, the CPU-second ones far less. Every run is a fresh process, as
+deepctr's. ``--base DIR`` (a ``git worktree`` of an older commit) adds that tfmsr's runs to the same rotation
+(``base_*`` figures and ``base_cpu_ratio``): old and new code measured in one alternating run.
 """
 from __future__ import annotations
 
@@ -37,6 +39,14 @@ MODELS = {  # tfmsr model -> (params, deepctr model name)
     "din": ({"attention_hidden": [80, 40], "attention_activation": "sigmoid", "hidden": [256, 128, 64]}, "DIN"),
     "mmoe": ({"num_experts": 4, "expert_hidden": [256, 128], "tower": [64]}, "MMOE"),
 }
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# tfmsr's side in a fresh process of the tfmsr at PYTHONPATH (this one or --base): bench_train's JSON on stdout
+OURS = ("import json, sys; import tfmsr; from tfmsr.ranking.bench import bench_train; "
+        "from tfmsr.ranking.config import load_config; a = json.loads(sys.argv[1]); "
+        "cfg = load_config(None, overrides=a['overrides']); cfg['model']['params'] = a['params']; "
+        "print(json.dumps(bench_train(cfg, a['data'], a['batch'], a['steps'], a['warmup'])))")
 
 
 def baseline_schema() -> Schema:
@@ -69,6 +79,40 @@ def baseline_columns(rows: int, seed: int = 0) -> dict:
     return cols
 
 
+def _side(cmd: list, env: dict, what: str) -> dict:
+    """One run in a fresh process; its last stdout line (JSON)."""
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _ours(repo: str, name: str, data: str, args) -> dict:
+    """tfmsr's ``bench_train`` of ``name`` from the checkout ``repo``, in a fresh process."""
+    params, _ = MODELS[name]
+    spec = {"overrides": [f"model.name={name}", f"data.batch_size={args.batch}"], "params": params, "data": data,
+            "batch": args.batch, "steps": args.steps, "warmup": args.warmup}
+    return _side([sys.executable, "-c", OURS, json.dumps(spec)], {**os.environ, "PYTHONPATH": repo},
+                 f"tfmsr ({repo}) {name}")
+
+
+def _summary(runs: list, sides: list) -> dict:
+    """Medians over the runs of each side's rates, and tfmsr (and base) against deepctr."""
+    med = lambda side, key: float(np.median([r[side][key] for r in runs]))
+    out = {}
+    for side in sides:
+        for key in ("examples_per_sec", "examples_per_cpu_sec"):
+            out[f"{side}_{key}"] = med(side, key)
+    for side in (s for s in sides if s != "deepctr"):
+        pre = "" if side == "tfmsr" else f"{side}_"
+        out[f"{pre}ratio"] = round(med(side, "examples_per_sec") / med("deepctr", "examples_per_sec"), 3)
+        out[f"{pre}cpu_ratio"] = round(med(side, "examples_per_cpu_sec") / med("deepctr", "examples_per_cpu_sec"), 3)
+    out["runs_examples_per_cpu_sec"] = {side: [r[side]["examples_per_cpu_sec"] for r in runs] for side in sides}
+    return {**out, "repeats": len(runs), "tfmsr_parameters": runs[0]["tfmsr"]["trainable_parameters"],
+            "deepctr_parameters": runs[0]["deepctr"]["trainable_parameters"],
+            "deepctr_tensorflow": runs[0]["deepctr"]["tensorflow"]}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--deepctr-python", required=True, help="python of a virtualenv with deepctr==0.9.4")
@@ -78,12 +122,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--models", default="deepfm,din,mmoe")
     ap.add_argument("--repeats", type=int, default=3, help="runs per side; the figures are medians")
+    ap.add_argument("--base", help="a checkout of another tfmsr commit, run in the same rotation (base_*)")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
 
     from tfmsr.data.tfrecord import DatasetWriter
-    from tfmsr.ranking.bench import bench_train
-    from tfmsr.ranking.config import load_config
 
     with tempfile.TemporaryDirectory(prefix="bench_deepctr-") as tmp:
         data, arrays = os.path.join(tmp, "data"), os.path.join(tmp, "rows.npz")
@@ -93,33 +136,22 @@ def main(argv=None) -> dict:
         np.savez(arrays, **cols)
         env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}  # deepctr's TF has tf.keras
         side = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_deepctr_side.py")
+        sides = ["tfmsr", "deepctr"] + (["base"] if args.base else [])
         results = {}
         for name in args.models.split(","):
-            params, ctr_name = MODELS[name]
-            cfg = load_config(None, overrides=[f"model.name={name}", f"data.batch_size={args.batch}"])
-            cfg["model"]["params"] = params
             runs = []
-            for _ in range(args.repeats):  # alternate the two sides so a slow spell hits both
-                ours = bench_train(cfg, data, args.batch, args.steps, args.warmup)
-                out = subprocess.run([args.deepctr_python, side, arrays, ctr_name, str(args.batch), str(args.steps),
-                                      str(args.warmup)], capture_output=True, text=True, env=env)
-                if out.returncode != 0:
-                    raise SystemExit(f"deepctr {ctr_name} failed:\n{out.stderr[-3000:]}")
-                runs.append((ours, json.loads(out.stdout.strip().splitlines()[-1])))
-            med = lambda side_, key: float(np.median([r[side_][key] for r in runs]))
-            results[name] = {"tfmsr_examples_per_sec": med(0, "examples_per_sec"),
-                             "deepctr_examples_per_sec": med(1, "examples_per_sec"),
-                             "ratio": round(med(0, "examples_per_sec") / med(1, "examples_per_sec"), 3),
-                             "tfmsr_examples_per_cpu_sec": med(0, "examples_per_cpu_sec"),
-                             "deepctr_examples_per_cpu_sec": med(1, "examples_per_cpu_sec"),
-                             "cpu_ratio": round(med(0, "examples_per_cpu_sec") / med(1, "examples_per_cpu_sec"), 3),
-                             "repeats": args.repeats,
-                             "tfmsr_parameters": runs[0][0]["trainable_parameters"],
-                             "deepctr_parameters": runs[0][1]["trainable_parameters"],
-                             "deepctr_tensorflow": runs[0][1]["tensorflow"]}
+            for _ in range(args.repeats):  # alternate the sides so a slow spell hits each
+                run = {"tfmsr": _ours(REPO, name, data, args),
+                       "deepctr": _side([args.deepctr_python, side, arrays, MODELS[name][1], str(args.batch),
+                                         str(args.steps), str(args.warmup)], env, f"deepctr {MODELS[name][1]}")}
+                if args.base:
+                    run["base"] = _ours(os.path.abspath(args.base), name, data, args)
+                runs.append(run)
+            results[name] = _summary(runs, sides)
             print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
     res = {"bench": "deepctr", "rows": args.rows, "batch": args.batch, "steps": args.steps,
-           "warmup": args.warmup, "cpus": os.cpu_count(), "models": results}
+           "warmup": args.warmup, "cpus": os.cpu_count(), **({"base": os.path.abspath(args.base)} if args.base else {}),
+           "models": results}
     text = json.dumps(res, indent=1)
     if args.out:
         write_text(args.out, text)
