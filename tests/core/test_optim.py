@@ -57,3 +57,17 @@ def test_densify_sums_duplicate_rows_as_a_segment_sum():
     got = densify(tf.IndexedSlices(values, idx, tf.constant([9, 3], tf.int64))).numpy()
     np.testing.assert_allclose(got, tf.math.unsorted_segment_sum(values, idx, 9).numpy(), rtol=1e-6, atol=1e-6)
     assert got.shape == (9, 3) and not got[7:].any()
+
+
+def test_fused_adam_makes_the_step_scalars_once_per_traced_step():
+    """The beta powers, learning rate and epsilon are made once per step and dtype, not once per variable (two
+    ``Pow`` a variable before): the trajectory test above checks that the shared values are the right ones."""
+    model = _model()
+    model.compile(optimizer=FusedAdam(0.05), loss="binary_crossentropy")
+    x, y = np.arange(96).reshape(32, 3) % 40, np.ones(32, np.float32)
+    model.train_on_batch(x, y)
+    graph = model.train_function.get_concrete_function(
+        iter(tf.data.Dataset.from_tensors((x, y)).repeat())).graph
+    ops = [op.type for op in graph.get_operations()]
+    assert len(model.trainable_variables) == 3 and ops.count("ResourceApplyAdam") == 3
+    assert ops.count("Pow") == 2
