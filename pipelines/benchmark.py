@@ -31,7 +31,8 @@
   ddof 1), RelaImpr (SAML eq. 10) of every AUC column against the base's mean AUC in that column
   (``rela_impr`` = RelaImpr of the mean AUC = mean of the per-seed RelaImpr; ``rela_impr_std`` its std),
   and training examples/s (``history.json``: steps x batch / wall time of ``fit``, validation included).
-  Also, without training: ``popularity`` (each item's smoothed positive rate in train,
+  Also, without training: ``popularity`` (each item's smoothed positive rate in train, by its raw value:
+  items a vocabulary's ``min_count`` sends to the OOV id keep their own rate,
   ``(positives + m * p) / (rows + m)`` with ``p`` the train positive rate and ``m = --pop-smoothing``,
   unseen items score ``p``), the floor every model must clear (``results.json`` ``under_popularity`` and a
   line of ``results.md`` name each model row whose mean AUC or GAUC is under it, within or beyond one std
@@ -322,14 +323,16 @@ def item_feature(schema) -> str:
     return items[0].name
 
 
-def read_columns(data_dir: str, split: str, schema, names) -> Dict[str, np.ndarray]:
-    """``names`` (plus the label) of every row of a split, in file order."""
-    from tfmsr.data.pipeline import make_dataset, read_errors, split_files
+def read_columns(data_dir: str, split: str, schema, names, raw: bool = False) -> Dict[str, np.ndarray]:
+    """``names`` (plus the label) of every row of a split, in file order; ``raw``: vocabulary features as
+    their raw values in the shards, not ids (two raw values of one OOV id stay two)."""
+    from tfmsr.data.pipeline import make_dataset, make_parser, read_errors, split_files
 
     files = split_files(data_dir, split)
     out = {n: [] for n in (*names, "label")}
+    parser = make_parser(schema, raw=True) if raw else None
     with read_errors(files, schema):
-        for x, y in make_dataset(files, schema, 8192, training=False):
+        for x, y in make_dataset(files, schema, 8192, training=False, parser=parser):
             for n in names:
                 out[n].append(x[n].numpy())
             out["label"].append(y.numpy())
@@ -353,10 +356,11 @@ def reference_rows(args, schema, scenarios: List[str]) -> Dict[str, dict]:
     from tfmsr.core import metrics
 
     item = item_feature(schema)
-    train = read_columns(args.data, "train", schema, [item])
-    keep = [item, schema.scenario.name] + [k for k in (schema.user_key, schema.oracle) if k]
+    train = read_columns(args.data, "train", schema, [item], raw=True)
+    keep = [schema.scenario.name] + [k for k in (schema.user_key, schema.oracle) if k]
     test = read_columns(args.data, args.split, schema, keep)
-    scores = popularity_scores(train[item], train["label"], test[item], args.pop_smoothing)
+    test_items = read_columns(args.data, args.split, schema, [item], raw=True)[item]
+    scores = popularity_scores(train[item], train["label"], test_items, args.pop_smoothing)
     users = test.get(schema.user_key) if schema.user_key else None
     summ = lambda p: metrics.summarize(test["label"], p, test[schema.scenario.name], schema.num_scenarios,
                                        users=users, scenario_names=scenarios)

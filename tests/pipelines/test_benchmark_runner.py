@@ -338,3 +338,43 @@ def test_individual_row_trains_one_model_per_scenario_on_its_rows(tmp_path):
                             "--epochs", "1", "--batch", "128", "--set", "train.log_every=1000"])
     assert again["rows"][spec]["runs"][0]["status"] == "reused"
     assert again["rows"][spec]["runs"][0]["metrics"] == run["metrics"]
+
+
+def test_popularity_row_is_per_raw_item_whatever_the_vocabulary(tmp_path):
+    """An ingested log whose item vocabulary keeps only items with >= 40 train rows: the popularity row still
+    scores each test row by its own raw item's train rate (the floor does not move with ``min_count``), as
+    computed here from the CSV itself."""
+    import yaml
+
+    from tfmsr.data.ingest import ingest
+    from tfmsr.features import Schema
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    items = rng.integers(0, 60, n)
+    click = (rng.random(n) < 0.1 + 0.8 * (items % 7) / 6).astype(int)  # each item's own rate
+    part = rng.choice(["fit", "val", "eval"], n, p=[0.7, 0.1, 0.2])
+    lines = ["user,item,click,part"] + [f"u{rng.integers(50)},i{i},{c},{p}" for i, c, p in zip(items, click, part)]
+    (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
+    spec = {"inputs": {"path": "log.csv", "columns": {"user": "string", "item": "string", "click": "int64",
+                                                      "part": "string"}},
+            "label": {"name": "label", "from": "click"}, "user": "user_id",
+            "features": {"user_id": {"from": "user", "group": "user"},
+                         "item_id": {"from": "item", "group": "item", "min_count": 40}},
+            "split": {"by": "column", "from": "part", "values": {"train": ["fit"], "valid": ["val"],
+                                                                 "test": ["eval"]}}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    out = str(tmp_path / "data")
+    ingest(str(tmp_path / "spec.yaml"), out, root=str(tmp_path), log=None)
+    schema = Schema.load(os.path.join(out, "schema.yaml"))
+    args = benchmark.parse_args(["--data", out, "--models", "dnn", "--out", str(tmp_path / "o")])
+    pop = benchmark.reference_rows(args, schema, ["all"])["popularity"]["runs"][0]["metrics"]
+
+    train, test = part == "fit", part == "eval"
+    prior, m = click[train].mean(), args.pop_smoothing
+    rate = {i: (click[train & (items == i)].sum() + m * prior) / ((train & (items == i)).sum() + m)
+            for i in np.unique(items[train])}
+    score = np.array([rate.get(i, prior) for i in items[test]])
+    assert pop["auc"] == pytest.approx(metrics.auc(click[test], score))
+    merged = np.array([rate[i] if (train & (items == i)).sum() >= 40 else -1.0 for i in items[test]])
+    assert len(set(items[test][merged < 0])) > 5  # the vocabulary did merge items (the case this is about)
