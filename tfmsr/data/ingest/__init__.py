@@ -112,7 +112,8 @@ Semantics worth knowing:
 
 Converters as presets: ``tfmsr data convert movielens`` is reproduced by ``configs/data/movielens_100k.yaml``
 (same rows per split and scenario, positives and histories; ids differ: raw values with vocab files instead
-of ranks of sorted values), so it can become a thin preset over that spec. The *preprocessed* layouts of
+of ranks of sorted values; the spec adds the item_rate / item_train_n features and item_id min_count 5),
+so it can become a thin preset over that spec (without those three keys). The *preprocessed* layouts of
 Ali-CCP and KuaiRand are plain CSVs too (field 301 / ``tab`` -> scenario, a per-file constant -> ``split:
 {by: column}`` for Ali-CCP) and map onto specs, up to their fixed id remapping and KuaiRand's split drawn
 per row number rather than per key. Two layouts stay code. Alimama's four tables: its behaviour sequences
