@@ -34,7 +34,7 @@ import tf_keras as keras
 
 from tfmsr.core.io import write_json
 from tfmsr.data.guards import SHARD_KEY
-from tfmsr.distribute.progress import TrainClock, last_step_of_epoch
+from tfmsr.distribute.progress import TrainClock, fetch_logs, last_step_of_epoch
 
 _COUNTERS = "_tfmsr_counters"
 SEQ = 1 << 24  # the shared stream tags each row with shard + SEQ x its batch's sequence number (shared_input)
@@ -47,8 +47,7 @@ class NonFiniteLoss(RuntimeError):
 def _value(logs, key: str) -> Optional[float]:
     if logs is None:
         return None
-    if hasattr(logs, "fetch"):  # a ParameterServerStrategy RemoteValue
-        logs = logs.fetch()
+    logs = fetch_logs(logs, "the loss check")  # a ParameterServerStrategy RemoteValue, or None if lost
     v = logs.get(key) if hasattr(logs, "get") else None
     return None if v is None else float(v)
 

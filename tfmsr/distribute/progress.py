@@ -6,6 +6,7 @@ import datetime
 import time
 from typing import Callable, Optional
 
+import tensorflow as tf
 import tf_keras as keras
 
 from tfmsr.core.progress import log as log_line
@@ -35,6 +36,20 @@ class TrainClock:
     def elapsed(self) -> float:
         """Training seconds so far (the running part included)."""
         return self.total + (self.clock() - self._since if self._since is not None else 0.0)
+
+
+def fetch_logs(logs, what: str, log=log_line):
+    """A step's logs, copied here when they are a ParameterServerStrategy ``RemoteValue``; None, said in the
+    log, when the worker that ran the step was lost before they were copied (the step itself counted: its
+    batch and update are in the parameter servers' counts; whether the run goes on is the coordinator's
+    call, so a lost parameter server still fails it at the next step)."""
+    if not hasattr(logs, "fetch"):
+        return logs
+    try:
+        return logs.fetch()
+    except (tf.errors.UnavailableError, tf.errors.CancelledError) as e:
+        log(f"[cluster] {what}: the step's logs were on a lost worker ({type(e).__name__}), not read")
+        return None
 
 
 def last_step_of_epoch(callback: keras.callbacks.Callback, batch: int) -> bool:

@@ -51,7 +51,7 @@ import tf_keras as keras
 
 from tfmsr.core.errors import ConfigError
 from tfmsr.distribute.accounting import worker_steps
-from tfmsr.distribute.progress import Progress
+from tfmsr.distribute.progress import Progress, fetch_logs
 
 ROLES = ("chief", "worker", "ps", "evaluator")
 _CACHE: Dict[tuple, tf.distribute.Strategy] = {}
@@ -298,7 +298,7 @@ class ClusterProgress(Progress):
 
     def on_train_batch_end(self, batch, logs=None):
         if (batch + 1) % self.every == 0 and hasattr(logs, "fetch"):
-            logs = logs.fetch()
+            logs = fetch_logs(logs, "the progress line", self.log)
         elif hasattr(logs, "fetch"):
             logs = None
         super().on_train_batch_end(batch, logs)
