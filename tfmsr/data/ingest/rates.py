@@ -148,14 +148,12 @@ class OutOfFold(Carried):
         ok = codes >= 0
         size = max(len(self.n), int(codes.max()) + 1 if ok.any() else 0)
         flat = codes[ok] * self.folds + fold[ok]
-        grow = lambda a: np.concatenate([a, np.zeros((size - len(a), self.folds), np.int64)])  # noqa: E731
-        self.n = grow(self.n) + np.bincount(flat, minlength=size * self.folds).reshape(size, self.folds)
-        self.pos = grow(self.pos) + np.bincount(flat, weights=label[ok], minlength=size * self.folds).reshape(
+        self.n = _fit(self.n, size) + np.bincount(flat, minlength=size * self.folds).reshape(size, self.folds)
+        self.pos = _fit(self.pos, size) + np.bincount(flat, weights=label[ok], minlength=size * self.folds).reshape(
             size, self.folds).astype(np.int64)
 
     def freeze(self, n_codes: int) -> None:
-        self.n, self.pos = (np.concatenate([a, np.zeros((n_codes - len(a), self.folds), np.int64)])
-                            for a in (self.n, self.pos))
+        self.n, self.pos = _fit(self.n, n_codes), _fit(self.pos, n_codes)
         self.totals = (self.n.sum(1), self.pos.sum(1), int(self.n.sum()), int(self.pos.sum()))
         self.fold_n, self.fold_pos = self.n.sum(0), self.pos.sum(0)
         self.prev_rows, self.prev_pos = _fit(self.prev_rows, n_codes), _fit(self.prev_pos, n_codes)
@@ -182,4 +180,5 @@ def rate(n: np.ndarray, pos: np.ndarray, n_all: np.ndarray, pos_all: np.ndarray,
 
 
 def _fit(a: np.ndarray, n: int) -> np.ndarray:
-    return np.concatenate([a, np.zeros(n - len(a), np.int64)]) if len(a) < n else a[:n]
+    """``a`` (counts per key code, rows first) with ``n`` rows: zero rows appended, or cut."""
+    return np.concatenate([a, np.zeros((n - len(a), *a.shape[1:]), a.dtype)]) if len(a) < n else a[:n]
