@@ -40,6 +40,21 @@ def stats_of(out):
         return json.load(fh)
 
 
+def check_item_quality(out, df, st):
+    """The shipped specs' item_rate / item_train_n / item_id min_count 5 (issue 32), recomputed from the rows."""
+    train = df[df.split == "train"]
+    p = (train.label.sum() + 1) / (len(train) + 2)
+    per = train.groupby("item_id").label.agg(["size", "sum"])
+    held = df[df.split != "train"]  # out of fold: a valid/test row reads every train row (the popularity row's rate)
+    n, pos = held.item_id.map(per["size"]).fillna(0), held.item_id.map(per["sum"]).fillna(0)
+    np.testing.assert_allclose(held.item_rate, (pos + 10 * p) / (n + 10), rtol=1e-6)
+    np.testing.assert_allclose(held.item_train_n, np.log1p(n), rtol=1e-6)  # stored log1p; standardised in the graph
+    assert st["ingest"]["rates"]["item_rate"]["test_prior_only"] == ((df.split == "test") & (df.item_id.map(
+        per["size"]).isna())).sum() > 0
+    with open(os.path.join(out, "vocab", "item_id.txt")) as fh:  # rarer items share the OOV id
+        assert set(fh.read().split()) == {str(i) for i in per.index[per["size"] >= 5]}
+
+
 # ---------------------------------------------------------------------------------------------- MovieLens
 def reorder(flat, lens, order):
     """Ragged rows (flat values, lengths) taken in ``order``."""
@@ -76,6 +91,7 @@ def test_movielens_spec_reproduces_the_converter(tmp_path):
             fa, na = reorder(*a[col], oa)
             fb, nb = reorder(*b[col], ob)
             assert (na == nb).all() and (fa == fb).all(), (s, col)
+    check_item_quality(out, read_all(out), mine)
 
 
 # ---------------------------------------------------------------------------------------------- Douban
@@ -115,6 +131,7 @@ def test_douban_spec(tmp_path):
         earlier = g[g.pos < t.pos].sort_values(["pos", "row"], ascending=False)
         assert r.hist_item_id == earlier.item_id.tolist()[:30]
         assert r.label == float(t.rating >= 4)
+    check_item_quality(out, df, stats_of(out))
 
 
 # ---------------------------------------------------------------------------------------------- ml-latest-small
@@ -142,16 +159,7 @@ def test_ml_latest_small_spec(tmp_path):
     st = stats_of(out)
     assert st["ingest"]["joins"]["movies"]["rows_without_match"] == 0
     assert st["ingest"]["files"][os.path.join(src, "ratings.csv")]["rows"] == len(ratings)
-    # item_rate (out of fold): a valid/test row reads every train row, the popularity row's smoothed rate
-    train = df[df.split == "train"]
-    p = (train.label.sum() + 1) / (len(train) + 2)
-    per = train.groupby("item_id").label.agg(["size", "sum"])
-    held = df[df.split != "train"]
-    n, pos = held.item_id.map(per["size"]).fillna(0), held.item_id.map(per["sum"]).fillna(0)
-    np.testing.assert_allclose(held.item_rate, (pos + 10 * p) / (n + 10), rtol=1e-6)
-    np.testing.assert_allclose(held.item_train_n, np.log1p(n), rtol=1e-6)  # stored log1p; standardised in the graph
-    assert st["ingest"]["rates"]["item_rate"]["test_prior_only"] == ((df.split == "test") & (df.item_id.map(
-        per["size"]).isna())).sum() > 0
+    check_item_quality(out, df, st)
 
 
 # ---------------------------------------------------------------------------------------------- Amazon
