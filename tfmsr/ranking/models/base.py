@@ -79,6 +79,7 @@ class RankingModel(Parametrized, TrainableModel):
         # lambda at batch 1024). Off here: 0.1 costs ML-100K GAUC beyond one std (dnn, saml; 3 seeds); on per config
         # where measured (configs/dnn.yaml 0.03: wins or level on three real datasets, figures in its header).
         embedding_batch_l2: float = 0.0
+        embedding_std: Optional[float] = None  # every table starts N(0, embedding_std); None: Glorot uniform
 
     def __init__(self, schema: Schema, params: Optional[dict] = None, stats: Optional[dict] = None, **kwargs):
         """``stats``: the dataset statistics, read by a model that needs them in its own ``__init__``."""
@@ -95,8 +96,11 @@ class RankingModel(Parametrized, TrainableModel):
         self.examples = keras.metrics.Sum(name="examples")      # examples consumed, counted in the graph
 
     def embedding_initializer(self):
-        """The initializer of every embedding table (a Keras name or config; one initializer per table)."""
-        return "glorot_uniform"
+        """The initializer of every embedding table (a Keras name or config): ``N(0, embedding_std)``, or
+        Glorot uniform when ``embedding_std`` is None (it sizes a table by its rows and width)."""
+        if self.params.embedding_std is None:
+            return "glorot_uniform"
+        return {"class_name": "RandomNormal", "config": {"mean": 0.0, "stddev": self.params.embedding_std}}
 
     # ------------------------------------------------------------------ forward
     def logits(self, x: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:

@@ -1,6 +1,6 @@
 """DeepFM (Guo et al., "DeepFM: A Factorization-Machine based Neural Network for CTR Prediction", IJCAI 2017)."""
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import tensorflow as tf
 import tf_keras as keras
@@ -24,7 +24,9 @@ class DeepFM(RankingModel):
     @dataclass
     class Params(RankingModel.Params):
         embedding_dim: int = 16
-        embedding_std: float = 0.01
+        # FM sums ~F^2/2 inner products: the field embeddings start small, or the initial pairwise term
+        # saturates the sigmoid (the base's tables, so embedding_l2 / embedding_batch_l2 apply)
+        embedding_std: Optional[float] = 0.01
         hidden: List[int] = default([400, 400, 400])
         dropout: float = 0.0
         batch_norm: bool = False
@@ -35,11 +37,6 @@ class DeepFM(RankingModel):
         def check(self):
             if not (self.fm or self.dnn):
                 raise refuse("fm", "at least one of fm / dnn must be true")
-
-    def embedding_initializer(self):
-        """FM sums ~F^2/2 inner products: the field embeddings start small, N(0, embedding_std), or the initial
-        pairwise term saturates the sigmoid (the base's tables, so ``embedding_l2`` / ``embedding_batch_l2`` apply)."""
-        return {"class_name": "RandomNormal", "config": {"mean": 0.0, "stddev": self.params.embedding_std}}
 
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)

@@ -1,7 +1,7 @@
 """STAR (Sheng et al., "One Model to Serve All: Star Topology Adaptive Recommender for Multi-Domain CTR
 Prediction", CIKM 2021)."""
 from dataclasses import dataclass
-from typing import List, Literal, Optional
+from typing import List, Literal
 
 import tensorflow as tf
 import tf_keras as keras
@@ -22,7 +22,7 @@ class STAR(RankingModel):
     The auxiliary network (Sec. 3.4) reads the scenario embedding and adds its logit: ``p = sigmoid(s_m + s_a)``.
     The scenario id enters only through these three (``scenario_in_main: true`` also feeds it to the main
     network). Ablations: ``normalization: batch | none``, ``star_fcn: false`` (shared FCN only),
-    ``auxiliary: false``. ``embedding_std``: tables start ``N(0, embedding_std)`` (None: Glorot uniform).
+    ``auxiliary: false``. ``embedding_std`` (the base's): tables start ``N(0, embedding_std)`` (None: Glorot).
 
     Defaults: the Params are the paper's reading (PN on, Glorot tables); the shipped ``configs/star.yaml`` runs
     ``normalization: none, embedding_std: 0.01``: PN lifts the Glorot embedding columns 15-31x to unit variance
@@ -42,13 +42,6 @@ class STAR(RankingModel):
         auxiliary: bool = True
         aux_hidden: List[int] = default([32])
         scenario_in_main: bool = False
-        embedding_std: Optional[float] = None
-
-    def embedding_initializer(self):
-        """``embedding_std``: every table starts ``N(0, embedding_std)``; None: the base's Glorot uniform."""
-        if self.params.embedding_std is None:
-            return super().embedding_initializer()
-        return {"class_name": "RandomNormal", "config": {"mean": 0.0, "stddev": self.params.embedding_std}}
 
     def __init__(self, schema, params=None, **kwargs):
         super().__init__(schema, params, **kwargs)
