@@ -21,7 +21,7 @@ def test_musenet_without_context_ships_one_module_and_keeps_the_learner_as_a_swi
     with pytest.raises(ConfigError, match="has no context features"):  # the paper's learner needs context
         build("musenet", schema, load_config("musenet")["model"]["params"])
     params = load_config("musenet_movielens")["model"]["params"]
-    assert (params["assignment"], params["repeat_module"]) == ("none", False)
+    assert (params["assignment"], params["repeat_module"], params["embedding_batch_l2"]) == ("none", False, 0.03)
     model = build("musenet", schema, params)
     assert model.assignment == "none" and model.learner is None
     soft = build("musenet", schema, {**params, "assignment": "soft"})
