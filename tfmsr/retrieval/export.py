@@ -27,13 +27,16 @@ from ``assets/<file>``, unknown values scored like id 0), and ``examples``, seri
 training record works: features the tower does not read are ignored). The request servables read the
 user-side features (groups user, context, query, behavior) without the scenario, which the servable fixes;
 the item servable reads the item features. The user and item statistics (``tfmsr.retrieval.data``) are
-looked up by the user / item id in tables of the training run stored in the SavedModel. Vectors are
+looked up by the user / item id in tables of the training run stored in the SavedModel; an item feature
+ingest derives from the item's train labels (``item_rate``, ``item_train_n``) is computed from the raw
+item id when the dataset has its table (``tfmsr.serving.rates``: not an input then). Vectors are
 L2-normalised for cosine models, so a dot product is the model's score. The top-K servable does not
 exclude the user's earlier positives (the offline evaluation does).
 """
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from typing import Optional, Sequence
 
@@ -47,6 +50,7 @@ from tfmsr.core.errors import ConfigError  # noqa: E402
 from tfmsr.features.lookup import VocabLookups, read_vocabulary  # noqa: E402
 from tfmsr.retrieval.data import RetrievalData  # noqa: E402
 from tfmsr.retrieval.evaluate import ModelScorer  # noqa: E402
+from tfmsr.serving.rates import RateLookups, from_dataset  # noqa: E402
 from tfmsr.serving.signatures import feature_signatures, servable_names  # noqa: E402
 from tfmsr.serving.writer import (ServableSpec, chosen_scenarios, new_version, servable_meta,  # noqa: E402
                                  write_export)
@@ -83,11 +87,13 @@ def export_retrieval(model_dir: str, out: str, version: Optional[int] = None, k:
     if scenarios is not None and not scenarios:
         raise ConfigError("--scenarios none: a retrieval export is made of per-scenario servables; name at least one")
     chosen = chosen_scenarios(schema, scenarios)
-    servables = _Servables(models, data, cfg, k, log)
-    summary = write_export(out, version, schema, servables.specs(chosen), base_path, log, k=k,
-                           model=cfg["model"]["name"], model_dir=os.path.abspath(model_dir),
-                           scenarios=[schema.scenario.values[s] for s in chosen], user_inputs=data.request_names,
-                           item_inputs=data.item_names, corpus=servables.corpora)
+    with tempfile.TemporaryDirectory(prefix="tfmsr-rates-") as work:   # the rate tables, copied into assets/
+        servables = _Servables(models, data, cfg, k, log, from_dataset(schema, data.data_dir, work, log))
+        summary = write_export(out, version, schema, servables.specs(chosen), base_path, log, k=k,
+                               model=cfg["model"]["name"], model_dir=os.path.abspath(model_dir),
+                               scenarios=[schema.scenario.values[s] for s in chosen], user_inputs=data.request_names,
+                               item_inputs=data.item_names, corpus=servables.corpora,
+                               computed_inputs=servables.rates.names if servables.rates else [])
     summary["seconds"] = round(time.time() - start, 1)
     return summary
 
@@ -96,8 +102,8 @@ class _Servables:
     """The user, item and top-K servables of each exported scenario; they share the run's user / item
     statistics tables and the vocabularies."""
 
-    def __init__(self, models: dict, data: RetrievalData, cfg: dict, k: int, log):
-        self.models, self.data, self.k, self.log = models, data, k, log
+    def __init__(self, models: dict, data: RetrievalData, cfg: dict, k: int, log, rates=None):
+        self.models, self.data, self.k, self.log, self.rates = models, data, k, log, rates
         self.schema, self.names = data.schema, servable_names(data.schema)
         self.run = {"config": cfg, "data": data.data_dir}
         self.user_stats = tf.Variable(data.user_stats, trainable=False, name="user_stats")
@@ -105,6 +111,10 @@ class _Servables:
         self.corpora = {}  # servable name -> items in its corpus, filled as the servables are written
         self.lookups = VocabLookups(self.schema)  # raw values -> ids in every servable; item ids -> raw values in top-K
         self.items = self.lookups.of(data.item_key)
+
+    def _rates(self, names):
+        """The computed features among ``names`` (``RateLookups``, maybe empty)."""
+        return self.rates.only(names) if self.rates else RateLookups({}, {})
 
     def specs(self, chosen: Sequence[int]):
         """The servables of each chosen scenario, built one at a time as ``write_export`` writes them."""
@@ -133,14 +143,16 @@ class _Servables:
         def meta_of(kind, sigs, **more):
             return servable_meta(schema, self.run, s, _inputs(sigs), kind=kind, **meta, **more)
 
-        sigs = feature_signatures(schema, data.request_names, lambda x: {"vector": user_vector(x)}, self.lookups)
-        yield ServableSpec(f"user_{name}", sigs, meta_of("user", sigs), model.variables,
-                           tracked={"user_stats": self.user_stats, "vocab": self.lookups})
-        sigs = feature_signatures(schema, data.item_names, item_vector, self.lookups)
+        rates = self._rates(data.request_names)
+        sigs = feature_signatures(schema, data.request_names, lambda x: {"vector": user_vector(x)}, self.lookups, rates)
+        yield ServableSpec(f"user_{name}", sigs, meta_of("user", sigs, **rates.meta), model.variables,
+                           tracked={"user_stats": self.user_stats, "vocab": self.lookups, "rates": rates})
+        rates = self._rates(data.item_names)
+        sigs = feature_signatures(schema, data.item_names, item_vector, self.lookups, rates)
         corpus_file = {"corpus.npz": lambda p: np.savez(p, item_ids=corpus, vectors=vectors,
                                                         **_raw_ids(schema, data, corpus))}
-        yield ServableSpec(f"item_{name}", sigs, meta_of("item", sigs), model.variables,
-                           tracked={"item_stats": self.item_stats, "vocab": self.lookups},
+        yield ServableSpec(f"item_{name}", sigs, meta_of("item", sigs, **rates.meta), model.variables,
+                           tracked={"item_stats": self.item_stats, "vocab": self.lookups, "rates": rates},
                            files=corpus_file if len(corpus) else {})
         self.log(f"[export] scenario {name}: corpus of {len(corpus)} items")
         if self.k and len(corpus):
@@ -156,6 +168,8 @@ class _Servables:
             scores, ids = index(user_vector(x))
             return {"item_ids": ids if items is None else items.raw_values(ids), "scores": scores}
 
-        sigs = feature_signatures(self.schema, self.data.request_names, topk, self.lookups)
-        return ServableSpec(f"topk_{self.names[s]}", sigs, meta_of("topk", sigs, k=k), model.variables,
-                            tracked={"user_stats": self.user_stats, "index": index, "vocab": self.lookups})
+        rates = self._rates(self.data.request_names)
+        sigs = feature_signatures(self.schema, self.data.request_names, topk, self.lookups, rates)
+        return ServableSpec(f"topk_{self.names[s]}", sigs, meta_of("topk", sigs, k=k, **rates.meta), model.variables,
+                            tracked={"user_stats": self.user_stats, "index": index, "vocab": self.lookups,
+                                     "rates": rates})

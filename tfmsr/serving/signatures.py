@@ -78,9 +78,10 @@ def input_dtype(schema: Schema, name: str) -> tf.DType:
     return {"float32": tf.float32, "string": tf.string, "int64": tf.int64}[schema.raw_dtype(schema.feature(name))]
 
 
-def input_signature(schema: Schema, with_scenario: bool = True) -> Dict[str, tf.TensorSpec]:
-    """Named per-feature input specs (see the module docstring)."""
-    names = ([schema.scenario.name] if with_scenario else []) + [f.name for f in schema.features]
+def input_signature(schema: Schema, with_scenario: bool = True, skip=()) -> Dict[str, tf.TensorSpec]:
+    """Named per-feature input specs (see the module docstring); ``skip``: features the graph computes
+    (``tfmsr.serving.rates``), not asked for."""
+    names = ([schema.scenario.name] if with_scenario else []) + [f.name for f in schema.features if f.name not in skip]
     out = {}
     for name in names:
         seq = name != schema.scenario.name and schema.feature(name).kind == "sequence"
@@ -127,19 +128,38 @@ def trace(fn, signature):
 EXAMPLES_SPEC = tf.TensorSpec([None], tf.string, name="examples")
 
 
-def feature_signatures(schema: Schema, names, fn, lookups: VocabLookups) -> Dict[str, object]:
+def examples_parser(schema: Schema, lookups: VocabLookups, rates=None, with_scenario: bool = True, names=None):
+    """Serialized ``tf.Example`` s -> the model's inputs (ids; only ``names`` if given). With ``rates``
+    (``tfmsr.serving.rates.RateLookups``) its features are optional in a record: a value the record
+    carries is used (a dataset's shard), else the graph computes it from the key's raw value."""
+    spec = {k: v for k, v in parse_spec(schema, inputs_only=True, with_scenario=with_scenario).items()
+            if names is None or k in names}
+    if not rates:
+        return make_parser(schema, inputs_only=True, with_scenario=with_scenario, lookups=lookups, spec=spec)
+    given = {n: tf.io.FixedLenFeature([], tf.float32, default_value=np.nan) for n in rates.names}
+    parse = make_parser(schema, inputs_only=True, with_scenario=with_scenario, raw=True,
+                        spec={k: v for k, v in spec.items() if k not in given})
+
+    def fn(serialized):
+        return lookups(rates(parse(serialized), tf.io.parse_example(serialized, given)))
+    return fn
+
+
+def feature_signatures(schema: Schema, names, fn, lookups: VocabLookups, rates=None) -> Dict[str, object]:
     """``serving_default`` (one named tensor per feature in ``names``, see the module docstring) and
     ``examples`` (serialized ``tf.Example`` s; only ``names`` are parsed, other features in a record are
     ignored), both ``-> fn(features)`` with sequences fitted to the schema length and raw values mapped
     to ids by ``lookups`` (which the servable must track). For servables that read a subset of the
-    features (the retrieval user and item towers)."""
+    features (the retrieval user and item towers). ``rates``: features computed from their key's raw
+    value (``examples_parser``), left out of ``serving_default``'s inputs."""
     names = set(names)
-    spec = {k: v for k, v in input_signature(schema, with_scenario=False).items() if k in names}
-    parse = make_parser(schema, inputs_only=True, with_scenario=False, lookups=lookups,
-                        spec={k: v for k, v in parse_spec(schema, inputs_only=True, with_scenario=False).items()
-                              if k in names})
+    rates = rates.only(names) if rates else None
+    skip = rates.names if rates else ()
+    spec = {k: v for k, v in input_signature(schema, with_scenario=False, skip=skip).items() if k in names}
+    parse = examples_parser(schema, lookups, rates, with_scenario=False, names=names)
     head = trace(fn, [id_signature(schema, lookups, with_scenario=False, names=names)])   # fn traced once
-    return {"serving_default": trace(lambda x: head(lookups(fit_sequences(x, schema))), [spec]),
+    computed = rates or (lambda x: x)
+    return {"serving_default": trace(lambda x: head(lookups(fit_sequences(computed(x), schema))), [spec]),
             "examples": trace(lambda examples: head(parse(examples)), [EXAMPLES_SPEC])}
 
 
@@ -155,12 +175,18 @@ class ServingFunctions:
     and examples signatures are thin wrappers that map their inputs to ids and call the head's concrete
     function (a StatefulPartitionedCall of one library function in the SavedModel: no re-trace)."""
 
-    def __init__(self, model, schema: Schema):
+    def __init__(self, model, schema: Schema, rates=None):
         self.model, self.schema = model, schema
         self.lookups = VocabLookups(schema)
+        self.rates = rates   # features computed from their key's raw value (``tfmsr.serving.rates``), or None
+        self.computed = rates.names if rates else []
         self.key, self.S = schema.scenario.name, schema.num_scenarios
         self.names = servable_names(schema)
         self._cache, self._slices = {}, {}
+
+    def inputs(self, with_scenario: bool = True) -> Dict[str, tf.TensorSpec]:
+        """The named inputs of the servables (the computed features left out)."""
+        return input_signature(self.schema, with_scenario, skip=self.computed)
 
     # ------------------------------------------------------------------ graph pieces
     def _checked_scenario(self, x):
@@ -177,7 +203,7 @@ class ServingFunctions:
     def _named(self, x):
         """Named raw inputs -> the model's inputs: numeric values checked finite (``tfmsr.data.guards``, as
         the examples signatures' parser does), sequences fitted, raw values mapped to ids."""
-        x = guard_batch(x, self.schema, "error", labels=False, scenario=False)
+        x = guard_batch(self.rates(x) if self.rates else x, self.schema, "error", labels=False, scenario=False)
         return self.lookups(fit_sequences(x, self.schema))
 
     def _routed(self, x, parsed=False):
@@ -233,7 +259,7 @@ class ServingFunctions:
     def routed(self):
         """Features incl. the scenario -> own-scenario ``prob`` (serving_default of ``all``)."""
         head = self._routed_head()
-        return self._function("routed", lambda x: head(self._routed(x)), [input_signature(self.schema)])
+        return self._function("routed", lambda x: head(self._routed(x)), [self.inputs()])
 
     def all_scenarios(self):
         """Features incl. the scenario -> ``prob`` (own scenario) and ``probs`` [None, S] (every scenario): one
@@ -241,23 +267,23 @@ class ServingFunctions:
         def fn(x):
             prob, probs = self.model.routed_and_scenario_probs(self._routed(x), training=False)
             return {"prob": _as_prob(prob), "probs": tf.cast(probs, tf.float32)}
-        return self._function("all_scenarios", fn, [input_signature(self.schema)])
+        return self._function("all_scenarios", fn, [self.inputs()])
 
     def scenario(self, s: int):
         """Features without the scenario -> ``prob`` in scenario ``s``."""
         head = self._scenario_head(s)
         return self._function(("scenario", s), lambda x: head(self._named(x)),
-                              [input_signature(self.schema, with_scenario=False)])
+                              [self.inputs(with_scenario=False)])
 
     def routed_examples(self):
         head = self._routed_head()
-        parse = make_parser(self.schema, inputs_only=True, lookups=self.lookups)
+        parse = examples_parser(self.schema, self.lookups, self.rates)
         return self._function("routed_examples", lambda examples: head(self._routed(parse(examples), True)),
                               [EXAMPLES_SPEC])
 
     def scenario_examples(self, s: int):
         head = self._scenario_head(s)
-        parse = make_parser(self.schema, inputs_only=True, with_scenario=False, lookups=self.lookups)
+        parse = examples_parser(self.schema, self.lookups, self.rates, with_scenario=False)
         return self._function(("scenario_examples", s), lambda examples: head(parse(examples)), [EXAMPLES_SPEC])
 
     # ------------------------------------------------------------------ signature maps
