@@ -305,7 +305,11 @@ def score(saved_model: str, inputs: str, output: str, keep: Sequence[str] = (), 
     parser = _RowParser(schema, dtypes, required, keep, routed)
     cpu_load = time.process_time()
     loaded = tf.saved_model.load(path)  # kept alive while its signature runs
-    fn = loaded.signatures["serving_default"]
+    signature = loaded.signatures["serving_default"]
+    computed = set(meta.get("computed_inputs") or ())  # the graph looks them up from their key (serving.rates)
+
+    def fn(**x):  # the shards still carry them (and are checked), the signature does not take them
+        return signature(**{k: v for k, v in x.items() if k not in computed})
     load_cpu = time.process_time() - cpu_load
     columns = {**{k: dtypes[k] for k in keep}, "prob": tf.float32}
     progress = progress or _stderr_progress
