@@ -158,6 +158,8 @@ def check_raw_parity(data_dir, work, model="dnn", split="test", n=200, before_ex
     scored, summary = score_split(os.path.join(out, "all"), data_dir, split, os.path.join(work, "scores.parquet"))
     x, records = raw_requests(data_dir, split, n)
     all1 = os.path.join(out, "all", "1")
+    computed = json.load(open(os.path.join(all1, "assets", "export.json"))).get("computed_inputs") or {}
+    x = {k: v for k, v in x.items() if k not in computed}  # looked up from the raw key (tfmsr.serving.rates)
     named, examples = serve_fresh([(all1, "serving_default", x),
                                    (all1, "examples", {"examples": np.array(list(records), dtype=object)})],
                                   os.path.join(work, "fresh"))

@@ -204,3 +204,24 @@ def test_feature_signatures_of_a_tower_compute_the_item_features(trained):
     for name in COMPUTED:
         np.testing.assert_allclose(named[name].numpy(), x[name], atol=1e-6, err_msg=name)
         np.testing.assert_allclose(parsed[name].numpy(), x[name], atol=1e-6, err_msg=name)
+
+
+def test_a_spec_edited_after_ingest_keeps_the_feature_a_request_input(trained, tmp_path):
+    """The export checks the computed values against the valid shard: a spec whose item_rate transform
+    changed after ingest no longer describes the shards, so that feature stays a request input."""
+    _, data = trained
+    stats = json.load(open(os.path.join(data, "stats.json")))
+    with open(stats["ingest"]["spec"]) as fh:
+        spec = yaml.safe_load(fh)
+    spec["features"]["item_rate"]["transform"] = ["log1p", "standardize"]
+    with open(str(tmp_path / "spec.yaml"), "w") as fh:
+        yaml.safe_dump(spec, fh)
+    edited = str(tmp_path / "ds")
+    shutil.copytree(data, edited)
+    stats["ingest"]["spec"] = str(tmp_path / "spec.yaml")
+    with open(os.path.join(edited, "stats.json"), "w") as fh:
+        json.dump(stats, fh)
+    logs = []
+    rates = from_dataset(Schema.load(os.path.join(edited, "schema.yaml")), edited, str(tmp_path), log=logs.append)
+    assert rates.names == ["item_train_n"]
+    assert any("'item_rate' stays a request input" in m and "valid shard" in m for m in logs)

@@ -48,6 +48,7 @@ class RateFeature:
     m: float = 0.0
     transform: List[tuple] = field(default_factory=list)
     fill: float = 0.0
+    reading: str = "out_of_fold"
 
     def describe(self, table: "RateTable") -> dict:
         return {"op": self.op, "key_input": self.key, "m": self.m, "prior": table.prior,
@@ -141,10 +142,36 @@ def from_dataset(schema: Schema, data_dir: Optional[str], workdir: str,
             log(f"[export] '{f.name}' stays a request input: {made[key]}")
             continue
         features[f.name], tables[f.name] = f, made[key]
+    features = _verified(RateLookups(features, tables), schema, data_dir, log)
     if features:
         log(f"[export] computed from the raw key in the graph: {', '.join(sorted(features))} "
             f"({', '.join(sorted({os.path.basename(t.path) for t in tables.values()}))})")
     return RateLookups(features, tables) if features else None
+
+
+def _verified(rates: RateLookups, schema: Schema, data_dir: str, log) -> Dict[str, RateFeature]:
+    """The features of ``rates`` but the out_of_fold ones whose computed value differs from the first valid
+    shard's (e.g. the spec edited after ingest): those stay request inputs (logged)."""
+    from tfmsr.data.pipeline import DataError, compression_of, make_parser, split_files
+
+    check = [n for n, f in rates.features.items() if f.reading == "out_of_fold"]
+    try:
+        files = split_files(data_dir, "valid")[:1] if check else []
+    except DataError:
+        files = []
+    records = [r for r in tf.data.TFRecordDataset(files, compression_of(files) if files else "").batch(2048).take(1)]
+    if not records:
+        return dict(rates.features)
+    x = make_parser(schema, inputs_only=True, raw=True, non_finite=None)(records[0])
+    got = rates(x)
+    out = dict(rates.features)
+    for name in check:
+        diff = float(tf.reduce_max(tf.abs(got[name] - x[name])))
+        if diff > 1e-5:
+            log(f"[export] '{name}' stays a request input: computed from the rates table it differs from the "
+                f"valid shard {files[0]} by up to {diff:.4g} (was the spec changed after ingest?)")
+            del out[name]
+    return out
 
 
 def _rate_features(schema: Schema, data_dir: Optional[str]):
@@ -174,8 +201,8 @@ def _rate_features(schema: Schema, data_dir: Optional[str]):
                  and g.name in names and schema.feature(g.name).vocab]
         if keyed:
             raw = schema.feature(keyed[0].name).raw
-            out.append((RateFeature(f.name, d["op"], keyed[0].name, float(d.get("m") or 0.0), f.transform, f.fill),
-                        d["key"], raw))
+            out.append((RateFeature(f.name, d["op"], keyed[0].name, float(d.get("m") or 0.0), f.transform, f.fill,
+                                     d.get("reading", "out_of_fold")), d["key"], raw))
     return out
 
 
