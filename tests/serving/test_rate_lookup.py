@@ -2,9 +2,10 @@
 shipped specs' ``item_rate`` (rate_per, out of fold) and ``item_train_n`` (train_count_per, log1p), a dnn
 trained on it and exported; in a python that never imports tfmsr, ``serving_default`` without the two
 features equals the shard-fed scores of every test row (the model on the shards' values, and the
-``examples`` signature on the shard records, with and without the two fields), an unknown item gets the
-prior, a dataset without ``rates/`` keeps them request inputs, and a ``--vocab-from`` day's table carries
-the previous day's counts."""
+``examples`` signature on the shard records, with and without the two fields, and ``tfmsr score``), an
+unknown item gets the prior, a dataset without ``rates/`` keeps them request inputs, a spec edited after
+ingest keeps the feature it no longer describes an input, and a ``--vocab-from`` day's table carries the
+previous day's counts."""
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import pytest
 import tensorflow as tf
 import yaml
 from conftest import quick_config
-from raw_serving import graph_ops, raw_requests, serve_fresh
+from raw_serving import graph_ops, raw_requests, score_split, serve_fresh
 
 from tfmsr.data.ingest import ingest
 from tfmsr.data.pipeline import make_parser
@@ -129,6 +130,9 @@ def test_raw_item_id_alone_scores_test_rows_like_the_shards(trained, tmp_path):
     np.testing.assert_allclose(got[3]["prob"], got[4]["prob"], atol=1e-6)   # unknown item: prior p, n 0
     assert np.abs(got[3]["prob"] - expected).max() > 1e-4                   # ... which is not the item's own
     np.testing.assert_allclose(got[5]["prob"], expected[in_a], atol=1e-6)   # a scenario servable
+    scored, summary = score_split(os.path.join(root, "export", "all"), data, "test", str(tmp_path / "s.parquet"))
+    assert summary["scored"] == n   # tfmsr score: the shards' rows, their two fields checked, not fed
+    np.testing.assert_allclose(scored, expected, atol=1e-6)
 
 
 def test_table_is_the_full_train_statistics_of_the_test_rows(trained):
