@@ -333,7 +333,7 @@ def test_stage_streams_cut_the_same_training_stream(small_dir):
 
     files = split_files(small_dir, "train")
     streams = stage_streams(files, SCHEMA, 64, seed=3, shuffle_buffer=200)
-    parse = make_parser(SCHEMA)
+    parse = make_parser(Schema.load(os.path.join(small_dir, "schema.yaml")))  # the layout the shards are in
     first = [parse(s)[0]["user_id"].numpy() for s in streams["read"].take(8)]  # one pass: 7 x 64 + 2
     np.testing.assert_array_equal(np.concatenate(first), columns(450, seed=1)["user_id"])
     cut = [parse(s)[0]["user_id"].numpy() for s in streams["shuffled"].take(8)]

@@ -12,6 +12,10 @@ The model sees a dict of dense tensors (DESIGN section 3): categorical int64 ``[
 string ``[B]``), numeric float32 ``[B]``, sequences int64 ``[B, L]`` padded with 0 (most recent first,
 truncated to L), the scenario int64 ``[B]``, extras as declared; the label is float32 ``[B]``.
 
+Record layouts (``tfmsr.data.layout``): shards hold one feature per column or, ``layout: packed`` in the
+schema, a row's scalar columns packed in one list per dtype; ``parse_records`` gives the same dict for both, and
+``make_dataset`` parses the layout the shards are written in (``as_written``: the first record tells).
+
 Raw values: a table with a vocabulary file (``vocab``/``raw`` in the schema) is stored as raw values
 (string or int64, ``Schema.raw_dtype``) and the parser maps them to ids with ``tfmsr.features.lookup``
 (missing -> 0, unknown -> -1, which the model clamps to 0 and counts as OOV; sequences are mapped on
@@ -25,14 +29,19 @@ one to find the file, the record and the field, and raises one ``DataError``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
+import gzip
 import os
 import re
+import struct
 from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
+from google.protobuf import message
 
 from tfmsr.data.guards import SHARD_KEY, first_bad_value, guard_batch
+from tfmsr.data.layout import FEATURES, PACKED, describe, layout_of_keys, packed_columns
 from tfmsr.features import Schema
 from tfmsr.features.lookup import VocabLookups, shared_lookups
 
@@ -83,6 +92,58 @@ def parse_spec(schema: Schema, inputs_only: bool = False, with_scenario: bool = 
     return spec
 
 
+def parse_records(serialized, spec: Dict[str, object], schema: Schema, layout: Optional[str] = None):
+    """``tf.io.parse_example(serialized, spec)`` of records in ``layout`` (default the schema's; see
+    ``tfmsr.data.layout``): the same dict in both layouts. In the packed layout a packed field is parsed
+    whole when ``spec`` asks for any of its columns (``_packed_spec``) and split into them (``_unpacked``)."""
+    if (layout or schema.layout) == FEATURES:
+        return tf.io.parse_example(serialized, spec)
+    record_spec, packed = _record_spec(spec, schema)
+    parsed = tf.io.parse_example(serialized, record_spec)
+    for key, names in packed.items():
+        parsed.update(_unpacked(parsed.pop(key), names, spec))
+    return parsed
+
+
+def _record_spec(spec: Dict[str, object], schema: Schema):
+    """The packed layout's parse spec of ``spec`` (its sequences, and each packed field holding a column of
+    ``spec``) and those fields' columns."""
+    packed = {key: names for key, names in packed_columns(schema).items() if any(n in spec for n in names)}
+    inside = {n for names in packed_columns(schema).values() for n in names}
+    record_spec = {n: s for n, s in spec.items() if n not in inside}
+    record_spec.update({key: _packed_spec(key, names, spec) for key, names in packed.items()})
+    return record_spec, packed
+
+
+def _packed_spec(key: str, names: List[str], spec: Dict[str, object]):
+    """The spec of a packed field whose columns ``spec`` asks for: fixed length ``len(names)`` (the defaults of
+    the columns that have one, else 0 / "") when they are all ``FixedLenFeature`` ``[]``, ragged when all ragged."""
+    asked = [spec[n] for n in names if n in spec]
+    dtype = asked[0].dtype
+    if all(isinstance(s, tf.io.RaggedFeature) for s in asked):
+        return tf.io.RaggedFeature(dtype, row_splits_dtype=tf.int64)
+    if not all(isinstance(s, tf.io.FixedLenFeature) and not s.shape for s in asked):
+        raise ValueError(f"packed field '{key}': its columns {names} are parsed either all as scalars or all ragged")
+    if all(s.default_value is None for s in asked):
+        return tf.io.FixedLenFeature([len(names)], dtype)
+    zero = "" if dtype == tf.string else 0
+    defaults = [spec[n].default_value if n in spec and spec[n].default_value is not None else zero for n in names]
+    return tf.io.FixedLenFeature([len(names)], dtype, default_value=defaults)
+
+
+def _unpacked(values, names: List[str], spec: Dict[str, object]) -> Dict[str, object]:
+    """A parsed packed field -> its columns in ``spec``: ``[B]`` each from ``[B, K]``; from a ragged field, a
+    ragged column of one value in the rows holding exactly K values and none in the others."""
+    if isinstance(values, tf.RaggedTensor):
+        whole = tf.equal(values.row_lengths(), len(names))
+        dense = values.to_tensor(shape=[None, len(names)])
+        cols = tf.unstack(dense, num=len(names), axis=1)
+        return {n: tf.RaggedTensor.from_row_lengths(tf.boolean_mask(c, whole), tf.cast(whole, tf.int64))
+                for n, c in zip(names, cols) if n in spec}
+    cols = tf.unstack(values, num=len(names), axis=1)
+    return {n: c for n, c in zip(names, cols) if n in spec}
+
+
 def make_parser(schema: Schema, with_labels: bool = True, inputs_only: bool = False,
                 with_scenario: bool = True, spec: Optional[Dict[str, object]] = None,
                 lookups: Optional[VocabLookups] = None, raw: bool = False, non_finite: Optional[str] = "error"):
@@ -92,7 +153,9 @@ def make_parser(schema: Schema, with_labels: bool = True, inputs_only: bool = Fa
     vocabulary tables are mapped to ids by ``lookups`` (default: ``shared_lookups(schema)``, created
     now, outside the parse function); ``raw=True`` keeps them raw (a SavedModel maps them itself).
     Guards (``tfmsr.data.guards``): numeric values by the ``non_finite`` policy (None: unchecked), and with
-    labels also the labels and the scenario."""
+    labels also the labels and the scenario. Records in the schema's layout (``parse_records``; ``make_dataset``
+    sets its shards' layout); with ``inputs_only`` one feature per column (a serving request: ``tfmsr.data.layout``)."""
+    layout = FEATURES if inputs_only else schema.layout
     with_labels = with_labels and not inputs_only
     spec = spec or parse_spec(schema, inputs_only=inputs_only, with_scenario=with_scenario)
     seqs = {f.name: f for f in schema.of_kind("sequence") if f.name in spec}
@@ -104,8 +167,8 @@ def make_parser(schema: Schema, with_labels: bool = True, inputs_only: bool = Fa
     mapped = {name: lookup for name, lookup in mapped.items() if lookup is not None}
 
     def parse(serialized):
-        parsed = guard_batch(tf.io.parse_example(serialized, spec), schema, non_finite, labels=with_labels,
-                             scenario=with_labels)
+        parsed = guard_batch(parse_records(serialized, spec, schema, parse.layout), schema, non_finite,
+                             labels=with_labels, scenario=with_labels)
         for name, lookup in mapped.items():  # raw values -> ids (sequences: the ragged values)
             parsed[name] = lookup(parsed[name])
         for name, f in seqs.items():
@@ -118,6 +181,7 @@ def make_parser(schema: Schema, with_labels: bool = True, inputs_only: bool = Fa
             name: parsed.pop(name) for name in schema.labels}
         return parsed, label
 
+    parse.layout = layout  # ``make_dataset`` sets the layout its shards are written in
     return parse
 
 
@@ -150,19 +214,27 @@ def make_dataset(
     model). ``service``: applied to the serialized batches before they are parsed (the shared tf.data
     service job of ``tfmsr.distribute.shared_input``); those batches are parsed one at a time, when a step asks.
     ``cache`` (training only; ``data.cache``): True / "auto" (when the parsed rows fit in memory, see
-    ``cache_fits``) parse every row once now and serve the epochs from memory (``cached_dataset``)."""
+    ``cache_fits``) parse every row once now and serve the epochs from memory (``cached_dataset``). The records
+    are parsed in the layout the shards are written in (``as_written``; a ``make_parser`` parser follows it)."""
     files = list(files)
+    schema = as_written(schema, files)
+    parse = _following(parser, schema.layout) or make_parser(schema, non_finite=non_finite)
     if training and use_cache(cache, files, non_finite, parser, service):
-        parse = parser or make_parser(schema, non_finite=non_finite)
         return cached_dataset(load_parsed(files, schema, parse, tag_shards, input_context), batch_size,
                               seed=seed, skip_batches=skip_batches)
     ds = _serialized_batches(files, batch_size, training, seed, shuffle_buffer, skip_batches, input_context,
                              cycle_length, tag_shards)
     if service is not None:
         ds = service(ds)
-    parse = parser or make_parser(schema, non_finite=non_finite)
     return _parsed(ds, _with_shards(parse) if tag_shards else parse, ahead=service is None,
                    distributed=input_context is not None)
+
+
+def _following(parser, layout: str):
+    """A ``make_parser`` parser set to parse ``layout`` (it reads the layout when traced); other parsers as given."""
+    if parser is not None and hasattr(parser, "layout"):
+        parser.layout = layout
+    return parser
 
 
 READ_BLOCK = 64  # records a shard reader hands on at once: tf.data's per-element cost is paid per block
@@ -369,9 +441,10 @@ _FIELD_RES = (re.compile(r"Key: ([^\s,]+?)[.,]?\s"), re.compile(r"Feature: ([^\s
 
 
 def check_first_record(path: str, schema: Schema, non_finite: str = "error") -> None:
-    """Cheap pre-flight on one shard: readable, and its first record has every column of the schema, each
-    stored as the schema's dtype (e.g. raw strings, not ids, for a string vocabulary); then the first 1,024
-    records parse and pass the value guards (so a bad label or value stops the run before its first step)."""
+    """Cheap pre-flight on one shard: readable, its first record in the schema's layout and holding every
+    column (packed field) of the schema, each stored as the schema's dtype (e.g. raw strings, not ids, for a
+    string vocabulary); then the first 1,024 records parse and pass the value guards (so a bad label or value
+    stops the run before its first step)."""
     compression = compression_of([path])
     try:
         first = next(iter(tf.data.TFRecordDataset(path, compression_type=compression).take(1)), None)
@@ -379,20 +452,35 @@ def check_first_record(path: str, schema: Schema, non_finite: str = "error") -> 
         raise DataError(f"{path}: not a readable TFRecord file ({e.message.splitlines()[0]})") from None
     if first is None:
         return
-    ex = tf.train.Example.FromString(first.numpy())
-    have = ex.features.feature
-    for name, want in parse_spec(schema).items():
-        if name not in have:
-            raise DataError(f"{path}: record 0 has no feature '{name}' required by {schema.source}")
-        kind = have[name].WhichOneof("kind")
-        if kind is not None and kind != _LIST_OF[want.dtype] and len(getattr(have[name], kind).value):
-            vocab = [schema.table_owner(f).vocab for f in schema.features if f.name == name and schema.vocab_path(f)]
-            what = f"raw values of the vocabulary {vocab[0]}" if vocab else "values"
-            raise DataError(f"{path}: record 0 has feature '{name}' as {kind}, but {schema.source} declares "
-                            f"{want.dtype.name} {what} ({_LIST_OF[want.dtype]})")
+    have = tf.train.Example.FromString(first.numpy()).features.feature
+    found = layout_of_keys(have)
+    if found != schema.layout:
+        key = f"layout: {schema.layout}" if schema.layout == PACKED else "no layout key"
+        raise DataError(f"{path}: record 0 is in the {found} layout, but {schema.source} declares the "
+                        f"{schema.layout} layout ({key})")
+    spec, columns = parse_spec(schema), packed_columns(schema) if schema.layout == PACKED else {}
+    for name, want in (_record_spec(spec, schema)[0] if columns else spec).items():
+        _check_field(path, name, want, have, schema, columns)
     found = diagnose([path], schema, non_finite=non_finite, limit=1024)
     if found is not None:
         raise found
+
+
+def _check_field(path: str, name: str, want, have, schema: Schema, columns: Dict[str, List[str]]) -> None:
+    """Record 0 of ``path`` (features ``have``) holds field ``name`` as ``want``'s dtype (a packed field: with
+    one value per column)."""
+    what = describe(name, columns) if name in columns else f"feature '{name}'"
+    if name not in have:
+        raise DataError(f"{path}: record 0 has no {what} required by {schema.source}")
+    kind = have[name].WhichOneof("kind")
+    values = getattr(have[name], kind).value if kind is not None else ()
+    if kind is not None and kind != _LIST_OF[want.dtype] and len(values):
+        vocab = [schema.table_owner(f).vocab for f in schema.features if f.name == name and schema.vocab_path(f)]
+        held = f"raw values of the vocabulary {vocab[0]}" if vocab else "values"
+        raise DataError(f"{path}: record 0 has {what} as {kind}, but {schema.source} declares "
+                        f"{want.dtype.name} {held} ({_LIST_OF[want.dtype]})")
+    if name in columns and len(values) != len(columns[name]):
+        raise DataError(f"{path}: record 0 has {len(values)} values in the {what}, expected {len(columns[name])}")
 
 
 def diagnose(files: Sequence[str], schema: Schema, spec=None, non_finite: str = "error",
@@ -403,19 +491,19 @@ def diagnose(files: Sequence[str], schema: Schema, spec=None, non_finite: str = 
     values = spec is None
     spec = spec or parse_spec(schema)
     for path in files:
-        compression = compression_of([path])
+        compression, schema = compression_of([path]), as_written(schema, [path])
         row = 0
         try:
             for batch in tf.data.TFRecordDataset(path, compression_type=compression).take(limit or -1).batch(4096):
                 try:
-                    parsed = tf.io.parse_example(batch, spec)  # parse errors first, with any spec
+                    parsed = parse_records(batch, spec, schema)  # parse errors first, with any spec
                     bad = first_bad_value(parsed, schema, non_finite) if values else None
                     if bad is not None:
                         return DataError(f"{path}: record {row + bad[0]} {bad[1]}")
                 except tf.errors.InvalidArgumentError:
                     for j in range(int(batch.shape[0])):
                         try:
-                            tf.io.parse_example(batch[j:j + 1], spec)
+                            parse_records(batch[j:j + 1], spec, schema)
                         except tf.errors.InvalidArgumentError as e:
                             return _parse_error(path, row + j, e, schema)
                 row += int(batch.shape[0])
@@ -440,17 +528,73 @@ def _parse_error(path: str, row: int, err, schema: Schema) -> DataError:
     msg = err.message.splitlines()[0]
     found = [m.group(1) for m in (r.search(msg + " ") for r in _FIELD_RES) if m]
     field = found[0] if found else "?"
+    columns = packed_columns(schema) if schema.layout == PACKED else {}
+    name = describe(field, columns) if field in columns else f"feature '{field}'"
     if "could not be found" in msg or "is required" in msg:
-        what = f"is missing required feature '{field}'"
+        what = f"is missing required {name}"
     else:
-        want = parse_spec(schema).get(field)
-        expected = getattr(getattr(want, "dtype", None), "name", "?")
-        if any(f.name == field and schema.vocab_path(f) for f in schema.features):
-            owner = schema.table_owner(schema.feature(field))
-            expected += f": raw values of the vocabulary {owner.vocab}"
         detail = msg.split("}}")[-1].split("[Op:")[0].strip()
-        what = f"has feature '{field}' of the wrong type or shape (expected {expected}; {detail})"
+        what = f"has {name} of the wrong type or shape (expected {_expected(field, schema, columns)}; {detail})"
     return DataError(f"{path}: record {row} {what}")
+
+
+def _expected(field: str, schema: Schema, columns: Dict[str, List[str]]) -> str:
+    """What a record's ``field`` should hold, for an error message."""
+    spec = parse_spec(schema)
+    if field in columns:
+        return f"{len(columns[field])} {spec[columns[field][0]].dtype.name} values"
+    expected = getattr(getattr(spec.get(field), "dtype", None), "name", "?")
+    if any(f.name == field and schema.vocab_path(f) for f in schema.features):
+        expected += f": raw values of the vocabulary {schema.table_owner(schema.feature(field)).vocab}"
+    return expected
+
+
+MAX_FIRST_RECORD = 1 << 26  # bytes: a longer first "record" is not a record of a shard
+
+
+def first_record(path: str) -> Optional[bytes]:
+    """The first record of a TFRecord shard read in Python (a few bytes, no tf.data: works inside a traced
+    ``dataset_fn`` too); None when the shard holds no record or cannot be read."""
+    try:
+        with tf.io.gfile.GFile(path, "rb") as raw:
+            fh = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+            head = fh.read(12)  # uint64 length, uint32 masked crc of the length
+            if len(head) < 12:
+                return None
+            n = struct.unpack("<Q", head[:8])[0]
+            if n > MAX_FIRST_RECORD or (fh is raw and n > raw.size()):  # not a TFRecord length
+                return None
+            data = fh.read(n)
+            return data if len(data) == n else None
+    except (OSError, EOFError, tf.errors.OpError):
+        return None
+
+
+def layout_of_files(files: Sequence[str], every: bool = False) -> str:
+    """The record layout of shards (``tfmsr.data.layout``) from the first readable record (with ``every``: of
+    each shard, all in one layout, else a DataError naming a shard of each); none readable: the features layout
+    (an unreadable shard is named by the read that follows)."""
+    seen: Dict[str, str] = {}
+    for path in files:
+        try:
+            keys = tf.train.Example.FromString(first_record(path) or b"").features.feature
+        except message.DecodeError:
+            continue
+        if keys:
+            seen.setdefault(layout_of_keys(keys), path)
+            if not every:
+                break
+    if len(seen) > 1:
+        raise DataError(f"{seen[FEATURES]} is in the features layout but {seen[PACKED]} in the packed layout "
+                        "(one input, one layout)")
+    return next(iter(seen), FEATURES)
+
+
+def as_written(schema: Schema, files: Sequence[str]) -> Schema:
+    """``schema`` in the layout the shards ``files`` are written in: the shards decide (a schema built in memory or
+    carried by a model does not know how the dataset it reads was written)."""
+    found = layout_of_files(files)
+    return schema if found == schema.layout else dataclasses.replace(schema, layout=found)
 
 
 @contextlib.contextmanager

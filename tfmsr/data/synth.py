@@ -300,10 +300,11 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
              scenario_weight: float = 2.0, id_noise: float = 0.6, behaviour_scenario: float = 0.0,
              aspect_intensity: float = 0.0, local_activation: float = 0.0, interest_weight: float = 1.0,
              search_scenarios: Optional[Sequence[int]] = None, clusters: Optional[Sequence[int]] = None,
-             item_scenario: float = 0.0, progress: bool = True) -> dict:
+             item_scenario: float = 0.0, progress: bool = True, layout: Optional[str] = None) -> dict:
     """Stream ``rows`` planted rows into ``out_dir`` (shards + schema.yaml + stats.json); returns the stats.
     ``search_scenarios``: the scenarios that are search entrances (default: the odd ones); ``clusters``: the
-    cluster of each scenario (default ``s // 2``)."""
+    cluster of each scenario (default ``s // 2``); ``layout``: the shards' record layout (``tfmsr.data.layout``,
+    default ``DEFAULT_LAYOUT``)."""
     _check_arguments(rows, scenarios, valid, test, behaviour_scenario, aspect_intensity, interest_weight,
                      local_activation, item_scenario, search_scenarios, clusters)
     U = users or max(500, min(20_000, rows // 20))
@@ -316,7 +317,7 @@ def generate(out_dir: str, rows: int = 200_000, scenarios: int = 5, seed: int = 
     extra = _generator_info(w, seed, rows, brands, scenario_weight, id_noise, behaviour_scenario, aspect_intensity,
                             interest_weight, item_scenario, local_activation)
     with DatasetWriter(out_dir, schema, rows_per_shard=rows_per_shard, compression=compression,
-                       overwrite=overwrite, extra_stats=extra) as writer:
+                       overwrite=overwrite, extra_stats=extra, layout=layout) as writer:
         headroom = _write_rows(writer, rng, w, rows, seq_len, valid, test, chunk, progress)
         # the writer holds ``extra`` (not a copy of its inner dicts) and writes it on exit
         extra["generator"]["premise_headroom"] = headroom

@@ -92,8 +92,11 @@ def int64_feature(values: np.ndarray, row_lengths: np.ndarray = None) -> Segment
 
 
 def float_feature(values: np.ndarray) -> Segments:
-    v = np.ascontiguousarray(np.asarray(values, "<f4").ravel())
-    seg = (v.view(np.uint8), np.arange(len(v) + 1, dtype=np.int64) * 4)
+    """One float per row, or with a 2-D ``values`` [n, k] k floats per row."""
+    values = np.asarray(values, "<f4")
+    width = values.shape[1] if values.ndim == 2 else 1
+    v = np.ascontiguousarray(values.ravel())
+    seg = (v.view(np.uint8), np.arange(len(v) // max(width, 1) + 1, dtype=np.int64) * 4 * width)
     return tagged(FLOAT_LIST, tagged(0x0A, seg))
 
 

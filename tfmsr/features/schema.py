@@ -26,6 +26,9 @@ in the shards, and the graph maps them to ids with a lookup built from that file
 Tables without ``vocab`` store ids, as every dataset written before ingestion does; both kinds may mix in
 one schema. In an int64 vocabulary the raw value 0 (like the empty string) means missing: id 0.
 
+Record layout (``layout: packed``, ``tfmsr/data/layout.py``): the scalar columns of a row packed into one list
+per dtype; absent (every dataset written before the key): one ``tf.train.Example`` feature per column.
+
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ KINDS = ("categorical", "numeric", "sequence")
 RAW_DTYPES = ("string", "int64")
 GROUPS = ("user", "item", "behavior", "context", "query", "scenario")
 EXTRA_DTYPES = ("int64", "float32", "string")
+LAYOUTS = ("features", "packed")  # record layouts of the shards: tfmsr/data/layout.py
 
 
 class SchemaError(ValueError):
@@ -87,6 +91,7 @@ class Schema:
     extras: Dict[str, str] = field(default_factory=dict)
     oracle: Optional[str] = None
     user_key: str = "user_id"
+    layout: str = dataclasses.field(default="features", compare=False)  # how the shards store a row (below)
     source: str = dataclasses.field(default="<schema>", compare=False, repr=False)
 
     # ------------------------------------------------------------------ queries
@@ -162,6 +167,8 @@ class Schema:
             out["extras"] = dict(self.extras)
         if self.oracle:
             out["oracle"] = self.oracle
+        if self.layout != "features":  # a schema without the key: every dataset written before the layouts
+            out["layout"] = self.layout
         return out
 
     def save(self, path: str) -> None:
@@ -181,7 +188,7 @@ class Schema:
 
         if not isinstance(raw, dict):
             fail("expected a mapping with keys scenario, labels, features")
-        unknown = set(raw) - {"scenario", "labels", "features", "extras", "oracle", "user_key"}
+        unknown = set(raw) - {"scenario", "labels", "features", "extras", "oracle", "user_key", "layout"}
         if unknown:
             fail(f"unknown top-level key(s) {sorted(unknown)}")
         sc = raw.get("scenario")
@@ -222,6 +229,7 @@ class Schema:
             extras={str(k): str(v) for k, v in extras.items()},
             oracle=raw.get("oracle"),
             user_key=raw.get("user_key", "user_id"),
+            layout=raw.get("layout", "features"),
             source=source,
         )
         schema.validate()
@@ -231,6 +239,8 @@ class Schema:
     def validate(self) -> None:
         """Raise one SchemaError for the first mistake found, naming the file and the field."""
         self._check_names()
+        if self.layout not in LAYOUTS:
+            self._fail(f"layout '{self.layout}': expected one of {', '.join(LAYOUTS)}")
         by_name = {f.name: f for f in self.features}
         for f in self.features:
             self._check_feature(f, by_name)

@@ -16,7 +16,10 @@ absent, or present with a number of values other than one; an absent sequence is
 is fine), and a NaN or infinite numeric value (``non_finite``). A kept column absent from a record is
 written as null and counted in ``missing_keep``.
 
-The records hold what the dataset's shards hold: raw values (string or int64) for the tables with a
+The records are in either record layout (``tfmsr.data.layout``: one feature per column, or packed; read from
+the shards' first records, whatever the layout the model was trained on; in the packed layout a packed field
+that is absent or holds the wrong number of values counts all its columns missing). They hold what the
+dataset's shards hold: raw values (string or int64) for the tables with a
 vocabulary (the ingested format; the SavedModel maps them with its own ``assets/`` vocabularies) and ids
 for the others. Out-of-vocabulary values of the scored rows (a raw value not in the vocabulary, an id
 outside ``[0, vocab_size)``) are scored like id 0, as in training, and counted: ``oov_values`` and
@@ -31,6 +34,7 @@ sets them beside ``tfmsr bench train``'s.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -42,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmsr.core.tempfiles import sweep_beside
-from tfmsr.data.pipeline import DataError, compression_of, make_parser, parse_spec, read_errors
+from tfmsr.data.pipeline import DataError, compression_of, layout_of_files, make_parser, parse_spec, read_errors
 from tfmsr.features import Schema
 from tfmsr.features.lookup import VocabLookups
 
@@ -297,6 +301,7 @@ def score(saved_model: str, inputs: str, output: str, keep: Sequence[str] = (), 
     with open(os.path.join(path, "assets", "export.json")) as fh:
         meta = json.load(fh)
     files = input_files(inputs)
+    schema = dataclasses.replace(schema, layout=layout_of_files(files, every=True))  # the input's layout
     fmt = _output_format(output, overwrite)
     dtypes = column_dtypes(schema)
     keep = _checked_keep(keep, dtypes, schema, path)
