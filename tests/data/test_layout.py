@@ -144,6 +144,16 @@ def test_both_layouts_train_the_same_loss_trajectory(tmp_path):
 
 
 
+def test_relayout_writes_the_same_rows_in_the_other_layout():
+    from tfmsr.data.tfrecord import relayout
+
+    packed = Schema.from_dict({**SCHEMA.to_dict(), "layout": PACKED}, source="test")
+    cols = columns(40)
+    feat, pack = encode_examples(cols, SCHEMA), encode_examples(cols, packed, PACKED)
+    assert relayout(pack, SCHEMA, FEATURES) == feat and relayout(feat, SCHEMA, PACKED) == pack
+    assert relayout([], SCHEMA, PACKED) == []
+
+
 def test_field_of_finds_a_column_in_either_layout():
     from tfmsr.data.layout import field_of
 

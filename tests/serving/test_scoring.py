@@ -13,8 +13,8 @@ from test_export import exported, expected_probs, sample_rows  # noqa: F401  (se
 
 from tfmsr.cli import main
 from tfmsr.data.layout import FEATURES
-from tfmsr.data.pipeline import DataError, make_dataset, split_files
-from tfmsr.data.tfrecord import encode_examples
+from tfmsr.data.pipeline import DataError, split_files
+from tfmsr.data.tfrecord import relayout
 from tfmsr.ranking.evaluate import load_trained
 from tfmsr.serving.scoring import score
 from tfmsr.serving.signatures import servable_names
@@ -58,19 +58,12 @@ def test_csv_and_tfrecord_outputs_match_parquet(exported, synth_dir, tmp_path):
     assert not [f for f in os.listdir(tmp_path) if ".tmp-" in f]
 
 
-def _per_feature(synth_dir, schema, n):
-    """The first ``n`` test records of ``synth_dir`` with one feature per column (whatever its layout)."""
-    x, y = next(iter(make_dataset(split_files(synth_dir, "test"), schema, n, training=False)))
-    cols = {k: v.numpy() for k, v in x.items()}
-    cols[schema.label] = y.numpy()
-    return encode_examples(cols, schema, FEATURES)
-
-
 def _bad_shard(synth_dir, path, schema):
     """20 test records: rows 3-4 with an unknown scenario, row 5 without 'age', row 6 without the
     label 'click', row 7 without its behaviour sequence (an empty history: fine), row 8 with two values
     of 'user_level' and row 9 with an empty 'device' list (both: the feature is missing)."""
-    raw = _per_feature(synth_dir, schema, 20)
+    raw = next(iter(tf.data.TFRecordDataset(split_files(synth_dir, "test")[0]).batch(20))).numpy()
+    raw = relayout(raw, schema, FEATURES)  # one feature per column, whatever the layout of the shards
     with tf.io.TFRecordWriter(path) as w:
         for i, r in enumerate(raw):
             ex = tf.train.Example.FromString(r)

@@ -15,12 +15,13 @@ import dataclasses
 import json
 import os
 import shutil
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from tfmsr.data import wire
-from tfmsr.data.layout import DEFAULT_LAYOUT, FEATURES, LAYOUTS, PACKED, SEQ_KINDS, column_kinds, packed_columns
+from tfmsr.data.layout import (DEFAULT_LAYOUT, FEATURES, LAYOUTS, PACKED, SEQ_KINDS, column_kinds, layout_of_keys,
+                               packed_columns)
 from tfmsr.data.stats import StatsAccumulator
 from tfmsr.features import Schema
 
@@ -73,6 +74,21 @@ def _packed(kind: str, cols: List[object], n: int) -> wire.Segments:
     if kind == "float":
         return wire.float_feature(np.stack([np.asarray(c, np.float32) for c in cols], axis=1))
     return wire.bytes_feature([[_b(c[i]) for c in cols] for i in range(n)])
+
+
+def relayout(records: Sequence[bytes], schema: Schema, layout: str) -> List[bytes]:
+    """Records of a dataset of ``schema`` written again in ``layout``: the same rows (e.g. per-feature serving
+    requests from packed shards), read in the layout they are in (their first record tells)."""
+    import tensorflow as tf
+
+    from tfmsr.data.pipeline import parse_records, parse_spec
+
+    if not len(records):
+        return []
+    found = layout_of_keys(tf.train.Example.FromString(records[0]).features.feature)
+    parsed = parse_records(tf.constant(list(records)), parse_spec(schema), schema, found)
+    cols = {k: v.to_list() if isinstance(v, tf.RaggedTensor) else v.numpy() for k, v in parsed.items()}
+    return encode_examples(cols, schema, layout)
 
 
 def _b(v) -> bytes:
