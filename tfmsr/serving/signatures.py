@@ -17,6 +17,10 @@ missing value ("" or 0) is id 0, an unknown value is out-of-vocabulary and score
 or ``examples``: string [None] of serialized ``tf.train.Example`` parsed with the schema's spec (labels
 and extras are not required; a missing feature fails the request, naming the feature).
 
+Numeric features ingest derives from a key's train labels (``item_rate``, ``item_train_n``) are no input
+when the export carries their table (``tfmsr.serving.rates``): the graph computes them from the key's raw
+value; in ``examples`` a record's own value wins where present (a shard's).
+
 Outputs: ``prob`` float32 [None]; the ``all_scenarios`` signature also gives ``probs`` [None, S].
 
 A scenario servable answers "the click probability of this request in scenario s": the model run with
