@@ -170,3 +170,14 @@ def test_field_of_finds_a_column_in_either_layout():
         assert got[0] == got[1], name
     with pytest.raises(KeyError, match="no column named 'nope'"):
         field_of(packed, "nope")
+
+
+def test_a_dataset_holds_one_layout(tmp_path):
+    out = str(tmp_path / "d")
+    with pytest.raises(ValueError, match=r"records in the features layout after records in the packed layout"):
+        with DatasetWriter(out, SCHEMA, layout=PACKED) as w:
+            w.write("train", columns(10))
+            w.write("train", columns(5), encode_examples(columns(5), SCHEMA))  # records already written, per feature
+    assert not os.path.exists(out)
+    with pytest.raises(ValueError, match="unknown layout 'rows'"):
+        DatasetWriter(out, SCHEMA, layout="rows")
