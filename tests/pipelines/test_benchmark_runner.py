@@ -37,13 +37,13 @@ def test_budget_own_config_or_forced_batch_with_linear_scaling(synth_dir, tmp_pa
     """Without --batch every row keeps its config's batch and rate; --batch rescales the rate linearly."""
     base = ["--data", synth_dir, "--models", "saml", "--out", str(tmp_path), "--set", "train.steps_per_epoch=7"]
     own = benchmark.spec_config("saml", 3, benchmark.parse_args(base))
-    assert (own["data"]["batch_size"], own["train"]["learning_rate"]) == (128, 0.0005)  # configs/saml.yaml
+    assert (own["data"]["batch_size"], own["train"]["learning_rate"]) == (1024, 0.001)  # configs/saml.yaml
     assert own["train"]["seed"] == 3 and own["train"]["steps_per_epoch"] == 7
     assert benchmark.spec_config("saml", 0, benchmark.parse_args(base[:-2]))["train"]["steps_per_epoch"] is None
-    forced = benchmark.spec_config("saml", 0, benchmark.parse_args(base + ["--batch", "1024"]))
-    assert (forced["data"]["batch_size"], forced["train"]["learning_rate"]) == (1024, pytest.approx(0.004))
-    kept = benchmark.spec_config("saml", 0, benchmark.parse_args(base + ["--batch", "1024", "--lr-scaling", "none"]))
-    assert (kept["data"]["batch_size"], kept["train"]["learning_rate"]) == (1024, 0.0005)
+    forced = benchmark.spec_config("saml", 0, benchmark.parse_args(base + ["--batch", "128"]))
+    assert (forced["data"]["batch_size"], forced["train"]["learning_rate"]) == (128, pytest.approx(0.000125))
+    kept = benchmark.spec_config("saml", 0, benchmark.parse_args(base + ["--batch", "128", "--lr-scaling", "none"]))
+    assert (kept["data"]["batch_size"], kept["train"]["learning_rate"]) == (128, 0.001)
     told = benchmark.spec_config("dnn", 0, benchmark.parse_args(base + ["--set", "train.learning_rate=0.01"]))
     assert told["train"]["learning_rate"] == 0.01  # --set wins over the config
     budget = benchmark.budget_of(benchmark.parse_args(base + ["--epochs", "2"]), 1000)
