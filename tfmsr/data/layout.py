@@ -18,7 +18,9 @@ from typing import Dict, List, Mapping, Optional, Tuple
 from tfmsr.features.schema import LAYOUTS  # what schema.yaml may declare
 
 FEATURES, PACKED = LAYOUTS
-DEFAULT_LAYOUT = FEATURES  # of newly written datasets: packed reads faster, but tests feed shards' records to servables
+# of newly written datasets: a per-feature record names its columns, so any tf.Example tool reads it and it is a
+# valid ``examples`` request to a servable; ``packed`` (~1.6x faster to parse, ~2.5x smaller) is the switch
+DEFAULT_LAYOUT = FEATURES
 PACKED_KEYS = {"int": "__int64", "float": "__float32", "bytes": "__string"}  # column kind -> packed field
 SEQ_KINDS = ("int_seq", "bytes_seq")
 

@@ -6,7 +6,7 @@ on the test split next to the oracle AUC, export each for TF Serving (``OUT/save
 
     python -m tfmsr.ranking.demo --out runs/demo        (or: tfmsr demo --out runs/demo)
 
-Writes ``OUT/data`` (shards), ``OUT/models/<model>`` (runs), ``OUT/results.json`` and ``OUT/results.md``.
+Writes ``OUT/data`` (shards in the packed record layout, ``tfmsr.data.layout``), ``OUT/models/<model>`` (runs), ``OUT/results.json`` and ``OUT/results.md``.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def main(out: str = "runs/demo", rows: int = 400_000, epochs: int = 3, seed: int
     data = os.path.join(out, "data")
     if not os.path.exists(os.path.join(data, "schema.yaml")):
         log(f"== generating {rows:,} planted rows into {data}")
-        generate(data, rows=rows, seed=seed)
+        generate(data, rows=rows, seed=seed, layout="packed")   # the fast record layout (data/layout.py)
     results, serving = {}, {}
     for name in MODELS:
         log(f"== training {name}")
