@@ -7,6 +7,12 @@ One streaming pass over each split turns click rows into matching data:
 * **positive**: the row's item when the label is 1 (``click = 1``; MovieLens ``rating >= 4``). Train
   positives train the models; the positives of the evaluation split are its queries.
 * **item table**: the ``item``-group features of every item id (the last value seen; row 0 = padding).
+  Training reads it as is. The **served item table** (``served_items``), which the evaluation's and the
+  export's corpus vectors read, differs in the label-rate features a servable computes from the raw item id
+  (``item_rate``, ``item_train_n``; ``tfmsr.serving.rates``): there they hold the item's full-train value, what
+  a server computes and what ingest gives valid / test rows. A train row holds an out-of-fold value (its own
+  fold's labels left out), so training does not learn from a feature that contains its own label; the corpus
+  is scored with what a server sees. Datasets without ``rates/`` serve the training table.
 * **user- and item-scenario statistics** (SASS Sec. 4.1.1: "statistic characteristics in the
   corresponding scenario"), from the train split, per key and scenario: ``log1p(exposures)``,
   ``log1p(clicks)`` and the smoothed click rate ``(clicks + 10 p) / (exposures + 10)`` (``p`` = train click
@@ -21,6 +27,7 @@ rows are streamed and only counted. Keys (the schema's ``user_key`` and the item
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -29,6 +36,7 @@ import tensorflow as tf
 
 from tfmsr.data.pipeline import DataError, make_dataset, read_errors, split_files
 from tfmsr.features import Schema, SchemaError
+from tfmsr.features.lookup import read_vocabulary
 from tfmsr.layers.behavior import behavior_pairs
 
 REQUEST_GROUPS = ("user", "context", "query", "behavior")
@@ -82,6 +90,30 @@ def stats_features(exposures: np.ndarray, clicks: np.ndarray) -> np.ndarray:
     return np.stack([np.log1p(exp), np.log1p(clk), rate], axis=-1).astype(np.float32)
 
 
+def served_items(schema: Schema, data_dir: str, items: Dict[str, np.ndarray], log=print) -> Dict[str, np.ndarray]:
+    """``items`` (the item table) with each label-rate feature a servable computes from a raw key
+    (``tfmsr.serving.rates.from_dataset``) at that value: the same ``RateLookups`` run on the raw keys of
+    the table's ids (id 0 / outside the vocabulary: the missing key). ``items`` itself when there are none."""
+    from tfmsr.serving.rates import from_dataset
+
+    with tempfile.TemporaryDirectory(prefix="tfmsr-rates-") as work:
+        rates = from_dataset(schema, data_dir, work, log)
+        rates = rates.only(list(items)) if rates else None
+        if not rates:
+            return items
+        raw = {}
+        for key in {f.key for f in rates.features.values()}:
+            owner = schema.table_owner(schema.feature(key))
+            vocab = read_vocabulary(schema.vocab_path(schema.feature(key)), owner.raw)
+            ids = items[key].astype(np.int64)
+            inside = (ids > 0) & (ids <= len(vocab))
+            values = np.full(len(ids), b"" if owner.raw == "string" else 0, dtype=vocab.dtype)
+            values[inside] = vocab[ids[inside] - 1]
+            raw[key] = tf.constant(values, tf.string if owner.raw == "string" else tf.int64)
+        got = rates(raw)
+    return {**items, **{n: got[n].numpy().astype(items[n].dtype) for n in rates.names}}
+
+
 def _concat(parts: List[dict]) -> dict:
     if not parts:
         return {}
@@ -131,6 +163,7 @@ class RetrievalData:
     user_pos_indptr: np.ndarray         # CSR of the sorted train positive item ids of each user
     user_pos_items: np.ndarray
     _tables: Optional[dict] = field(default=None, repr=False)
+    _served: Optional[dict] = field(default=None, repr=False)
 
     @property
     def num_scenarios(self) -> int:
@@ -252,9 +285,18 @@ class RetrievalData:
         cols = self.request_names + [self.schema.scenario.name]
         return self.with_user_stats({c: rows[c] for c in cols})
 
-    def numpy_items(self, ids: np.ndarray) -> Dict[str, np.ndarray]:
+    @property
+    def served(self) -> Dict[str, np.ndarray]:
+        """The served item table (``served_items``; module docstring: why it differs from ``items``)."""
+        if self._served is None:
+            self._served = served_items(self.schema, self.data_dir, self.items)
+        return self._served
+
+    def numpy_items(self, ids: np.ndarray, served: bool = True) -> Dict[str, np.ndarray]:
+        """Item tower input of item ids (NumPy): the served item table by default (evaluation, export),
+        the training one with ``served=False``."""
         ids = np.asarray(ids, np.int64)
-        out = {k: v[ids] for k, v in self.items.items()}
+        out = {k: v[ids] for k, v in (self.served if served else self.items).items()}
         out["item_stats"] = self.item_stats[ids]
         return out
 

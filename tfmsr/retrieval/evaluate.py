@@ -16,6 +16,8 @@ expected HR@K and NDCG@K (one relevant item per query): a degenerate model that 
   counts as a miss; ``coverage`` reports the share of queries whose positive is in the corpus.
 * Per scenario: ``queries``, ``corpus``, ``coverage``, ``hr@K``, ``ndcg@K``; overall: over all queries
   (``hr@K``, ``ndcg@K``) and the mean of the scenarios (``hr@K_macro``, ``ndcg@K_macro``).
+* Candidates are scored with the served item table (``RetrievalData.served``): label-rate item features
+  at the full-train values a servable computes from the raw item id, not a train row's out-of-fold value.
 * ``popularity`` scores every candidate by its train positives in the scenario (ties broken by a fixed
   pseudo-random order): the floor a trained model must clear.
 """

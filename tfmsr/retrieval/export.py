@@ -29,7 +29,9 @@ user-side features (groups user, context, query, behavior) without the scenario,
 the item servable reads the item features. The user and item statistics (``tfmsr.retrieval.data``) are
 looked up by the user / item id in tables of the training run stored in the SavedModel; an item feature
 ingest derives from the item's train labels (``item_rate``, ``item_train_n``) is computed from the raw
-item id when the dataset has its table (``tfmsr.serving.rates``: not an input then). Vectors are
+item id when the dataset has its table (``tfmsr.serving.rates``: not an input then), and the corpus
+vectors (``corpus.npz``, the top-K index) are computed from the same values (``RetrievalData.served``), so
+they equal what ``item_<s>`` returns for the raw id. Vectors are
 L2-normalised for cosine models, so a dot product is the model's score. The top-K servable does not
 exclude the user's earlier positives (the offline evaluation does).
 """

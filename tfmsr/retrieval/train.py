@@ -45,7 +45,7 @@ def sample_inputs(data: RetrievalData, n: int = 2) -> dict:
     """A tiny ``{"request", "items"}`` batch: calling a model on it creates every variable."""
     rows = {k: v[:n] for k, v in data.train.items()}
     items = data.corpus(0)[:n] if len(data.corpus(0)) else np.arange(1, n + 1)
-    return {"request": data.numpy_request(rows), "items": data.numpy_items(items)}
+    return {"request": data.numpy_request(rows), "items": data.numpy_items(items, served=False)}
 
 
 def new_model(cfg: dict, data: RetrievalData, scenario: Optional[int] = None):
