@@ -346,22 +346,30 @@ def test_cli_ingest_end_to_end(tmp_path, capsys):
     assert main(args) == 2 and "already exists" in capsys.readouterr().err
 
 
+VALS, INTS = [b"a", b"bbb", "\u00fc".encode(), b"x" * 300], [5, 300, -2, 2 ** 40]  # raw values of the encoder tests
+CODES = np.array([0, 1, -1, 3])                                                       # -1: missing
+SEQ = np.array([[0, 1, -1], [-1, -1, -1], [3, 3, 2], [1, -1, -1]])                   # -1: padding
+
+
+def encoder_dictionaries():
+    """(string, int64) ``encode.Dictionary`` of VALS and INTS."""
+    from tfmsr.data.ingest import encode
+
+    return encode.Dictionary(VALS, "string"), encode.Dictionary(INTS, "int64")
+
+
 def test_encoder_bytes_parse_with_protobuf():
     import tensorflow as tf
 
     from tfmsr.data.ingest import encode
 
-    words = encode.Dictionary([b"a", b"bbb", "\u00fc".encode(), b"x" * 300], "string")
-    nums = encode.Dictionary([5, 300, -2, 2 ** 40], "int64")
-    codes = np.array([0, 1, -1, 3])
-    seq = np.array([[0, 1, -1], [-1, -1, -1], [3, 3, 2], [1, -1, -1]])
-    keep = seq >= 0
+    words, nums = encoder_dictionaries()
+    codes, seq, keep = CODES, SEQ, SEQ >= 0
     lists = [("q", seq[keep], keep.sum(1), words), ("k" * 200, seq[keep], keep.sum(1), nums)]
     rows = encode.split_records(encode.examples(
         4, [("i", "int", np.array([1, -5, 300, 2 ** 40])), ("f", "float", np.array([0.5, 1, 2, 3]))],
         [("s", codes, words), ("n", codes, nums)], lists))
-    vals = [b"a", b"bbb", "\u00fc".encode(), b"x" * 300]
-    ints = [5, 300, -2, 2 ** 40]
+    vals, ints = VALS, INTS
     for r, c, q, i, f in zip(rows, codes, seq, [1, -5, 300, 2 ** 40], [0.5, 1, 2, 3]):
         feat = tf.train.Example.FromString(r).features.feature
         assert feat["s"].bytes_list.value == ([vals[c]] if c >= 0 else [b""])

@@ -22,7 +22,7 @@ def _data_synth(args):
                      behaviour_scenario=args.behaviour_scenario, aspect_intensity=args.aspect_intensity,
                      local_activation=args.local_activation, interest_weight=args.interest_weight,
                      search_scenarios=args.search_scenarios, clusters=args.scenario_clusters,
-                     item_scenario=args.item_scenario, layout=args.layout)
+                     item_scenario=args.item_scenario, layout=args.record_layout)
     print(json.dumps({"out": args.out, "splits": {k: v["rows"] for k, v in stats["splits"].items()},
                       "traffic_share": stats["traffic_share"]}))
 
@@ -57,16 +57,9 @@ def _add_premises(s: argparse.ArgumentParser) -> None:
         s.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
 
 
-def _add_layout(s: argparse.ArgumentParser) -> None:
-    from tfmsr.data.layout import DEFAULT_LAYOUT, LAYOUTS
-
-    s.add_argument("--layout", choices=LAYOUTS, default=None,
-                   help=f"record layout of the shards (default {DEFAULT_LAYOUT}): 'packed' holds a row's scalar "
-                        "columns in one list per dtype (faster to read), 'features' one Example feature per column "
-                        "(tfmsr/data/layout.py)")
-
-
 def _add_synth(data) -> None:
+    from tfmsr.data.convert._common import add_layout_argument
+
     s = data.add_parser("synth", help="planted multi-scenario data with a known ground truth")
     s.add_argument("--out", required=True)
     s.add_argument("--rows", type=int, default=200_000)
@@ -77,7 +70,7 @@ def _add_synth(data) -> None:
     s.add_argument("--seq-len", type=int, default=30)
     s.add_argument("--rows-per-shard", type=int, default=50_000)
     s.add_argument("--gzip", action="store_true", help="GZIP-compressed shards")
-    _add_layout(s)
+    add_layout_argument(s)
     _add_premises(s)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=_data_synth)

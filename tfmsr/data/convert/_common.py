@@ -15,7 +15,8 @@ values, not rows) and its per-user history buffers (users x L), never by the num
 * ``HistoryBuffer``: per-user ring buffers of the last L events; answers "the last L events strictly
   before time t" for a batch of queries while events stream in time order (behaviour sequences).
 * ``SplitWriter``: buffers rows per split and writes them to a ``DatasetWriter`` in bounded chunks.
-* ``add_common_arguments`` / ``writer_options``: the options every converter shares; ``ConvertOptions``: them
+* ``add_common_arguments`` / ``writer_options``: the options every converter shares (``add_layout_argument``: the
+  shards' record layout, ``--record-layout packed``, also of ``data synth`` / ``ingest``); ``ConvertOptions``: them
   as a dataclass a converter's own options extend; ``Conversion``: one run of a converter (options, start
   time); ``print_summary``: the JSON line every converter's CLI run prints.
 """
@@ -47,6 +48,20 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows-per-shard", type=int, default=100_000)
     p.add_argument("--gzip", action="store_true", help="GZIP-compressed shards")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    add_layout_argument(p, flags=("--record-layout",))
+
+
+def add_layout_argument(p: argparse.ArgumentParser, default: str = "",
+                        flags: Sequence[str] = ("--layout", "--record-layout")) -> None:
+    """``--layout {features,packed}`` (dest ``record_layout``): the record layout of the shards written
+    (``tfmsr.data.layout``; unset: the ``default`` the help names first, then ``DEFAULT_LAYOUT``). Converters
+    take only ``--record-layout``: Ali-CCP's ``--layout`` is the layout of its input files."""
+    from tfmsr.data.layout import DEFAULT_LAYOUT, LAYOUTS
+
+    p.add_argument(*flags, dest="record_layout", choices=LAYOUTS, default=None,
+                   help=f"record layout of the shards (default {default}{DEFAULT_LAYOUT}): 'packed' holds a row's "
+                        "scalar columns in one list per dtype (smaller, faster to read), 'features' one "
+                        "Example feature per column (tfmsr/data/layout.py)")
 
 
 def writer_options(args) -> dict:
@@ -66,6 +81,7 @@ class ConvertOptions:
     overwrite: bool = False
     quiet: bool = False
     dim: int = 16
+    record_layout: Optional[str] = None  # of the shards (--record-layout; None: DEFAULT_LAYOUT; tfmsr.data.layout)
 
     def __post_init__(self):
         self.check()
@@ -90,7 +106,8 @@ class ConvertOptions:
 
     def writer_kwargs(self) -> dict:
         """``DatasetWriter`` keyword arguments."""
-        return {"rows_per_shard": self.rows_per_shard, "compression": self.compression, "overwrite": self.overwrite}
+        return {"rows_per_shard": self.rows_per_shard, "compression": self.compression, "overwrite": self.overwrite,
+                "layout": self.record_layout}
 
     def refuse_existing(self, out: str) -> None:
         if os.path.exists(out) and not self.overwrite:

@@ -39,6 +39,7 @@ from typing import Callable, Dict, Iterator, List, NamedTuple, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from tfmsr.data.convert._common import add_layout_argument
 from tfmsr.data.pipeline import DataError
 from tfmsr.features import Feature, Scenario, Schema
 
@@ -359,8 +360,9 @@ class _Rows:
 
 def convert(src: str, out: str, scenario: str = "age", age_bins: str = "25,35", threshold: int = 4,
             seq_len: int = 30, valid: float = 0.1, test: float = 0.1, dim: int = 16, rows_per_shard: int = 50_000,
-            compression=None, overwrite: bool = False, chunk: int = 50_000) -> dict:
-    """Convert ``src`` into ``out``; returns the stats written to ``out/stats.json``."""
+            compression=None, overwrite: bool = False, chunk: int = 50_000, layout=None) -> dict:
+    """Convert ``src`` into ``out``; returns the stats written to ``out/stats.json``. ``layout``: the shards'
+    record layout (``tfmsr.data.layout``; None: the default)."""
     from tfmsr.data.tfrecord import DatasetWriter
 
     if scenario not in SCENARIO_RULES:
@@ -387,7 +389,7 @@ def convert(src: str, out: str, scenario: str = "age", age_bins: str = "25,35", 
         "id_maps": {k: [v if isinstance(v, str) else int(v) for v in vals] for k, vals in ids.maps.items()},
     }
     with DatasetWriter(out, schema, rows_per_shard=rows_per_shard, compression=compression, overwrite=overwrite,
-                       extra_stats=extra) as writer:
+                       extra_stats=extra, layout=layout) as writer:
         for k, split in enumerate(("train", "valid", "test")):
             for cols in rows.chunks(k, chunk, seq_len, threshold):
                 writer.write(split, cols)
@@ -406,13 +408,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dim", type=int, default=16, help="embedding dim written into the schema")
     parser.add_argument("--rows-per-shard", type=int, default=50_000)
     parser.add_argument("--gzip", action="store_true", help="GZIP-compressed shards")
+    add_layout_argument(parser, flags=("--record-layout",))
 
 
 def run(args) -> None:
     stats = convert(args.src, args.out, scenario=args.scenario, age_bins=args.age_bins, threshold=args.threshold,
                     seq_len=args.seq_len, valid=args.valid, test=args.test, dim=args.dim,
                     rows_per_shard=args.rows_per_shard, compression="GZIP" if args.gzip else None,
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, layout=args.record_layout)
     print(json.dumps({"out": args.out, "variant": stats["converter"]["variant"],
                       "splits": {k: v["rows"] for k, v in stats["splits"].items()},
                       "positive_rate": {k: round(v["positive_rate"], 4) for k, v in stats["splits"].items()},

@@ -1,4 +1,4 @@
-"""``tfmsr data ingest --spec SPEC.yaml --out DIR [--overwrite] [--vocab-from PREV] [--root DIR]``.
+"""``tfmsr data ingest --spec SPEC.yaml --out DIR [--overwrite] [--vocab-from PREV] [--root DIR] [--layout L]``.
 
 Your own logs in, raw ids out: a YAML spec says how the rows of your files (CSV/TSV, Parquet, JSON lines;
 one file, several or a glob; plain or ``.gz``; any path ``tf.io.gfile`` reads) become a dataset in the
@@ -73,7 +73,9 @@ Spec keys (an unknown key anywhere is an error naming it; relative paths start a
       # by: column, from: part, values: {train: [fit], valid: [val], test: [eval]}
     extras: {rating: int64, day: {from: ts, dtype: int64}}   # carried through, never model inputs
     dim: 16                    # default embedding dim
-    output: {rows_per_shard: 100000, gzip: false, chunk_mb: 16, group_rows: 200000}
+    output: {rows_per_shard: 100000, gzip: false, chunk_mb: 16, group_rows: 200000, layout: features}
+                               # layout: the shards' record layout, features | packed (tfmsr/data/layout.py);
+                               # --layout overrides it
 
 Semantics worth knowing:
 
@@ -100,6 +102,11 @@ Semantics worth knowing:
   excluded), what a server knows at request time; ~32 bytes per train row. Never leave-one-out.
   ``stats.json["ingest"]["rates"]`` counts per split the rows with no train row of their key (prior
   only). ``--vocab-from`` carries the previous dataset's counts (``rates/<key>.parquet``).
+* **Record layout** (``output.layout`` or ``--layout``): ``features`` (default) writes one Example feature
+  per column (any tf.Example tool reads it; a valid serving request); ``packed`` a row's scalar columns in
+  one list per dtype: fewer keys per row, so smaller and faster to parse (the less so the more of a row its
+  behaviour sequences are, which stay one feature each); every tfmsr reader (training, scoring, export,
+  ``--vocab-from``, ``data subset``) reads both. Both are written by the same vectorised encoder (``encode``).
 * **Nothing is dropped silently**: ``stats.json["ingest"]`` holds rows read per file, rows dropped by each
   rule (filters, missing label / user / time / scenario / split values, required joins), join misses,
   missing cells per value, and per table the vocabulary size, new / below-min-count / truncated values.

@@ -157,8 +157,9 @@ class Dictionary:
     def __init__(self, values, dtype: str):
         self.dtype, self.packed = dtype, dtype == "int64"
         self.tag = wire.INT64_LIST if self.packed else wire.BYTES_LIST
+        self.values = None  # the raw int64 values, missing (0) last, of an int64 space (the packed layout's lists)
         if self.packed:
-            v = np.append(np.asarray(values, np.int64), 0)
+            v = self.values = np.append(np.asarray(values, np.int64), 0)
             buf, off = wire.varints(v)
             self.elements = binary(buf, off)
         else:
@@ -243,9 +244,66 @@ def examples(n: int, numeric: Sequence[Tuple[str, str, np.ndarray]],
     total = head.lengths()
     for name, codes, d in coded:
         arr, ln = d.entries(name)
-        idx = np.where(codes < 0, len(d.elements) - 1, codes).astype(np.int64)
+        idx = _index(codes, d)
         pieces.append(pc.take(arr, pa.array(idx)))
         total = total + ln[idx]
+    return _with_lists(n, pieces, total, lists)
+
+
+def packed_examples(n: int, fields: Dict[str, List[str]], numeric: Sequence[Tuple[str, str, np.ndarray]],
+                    coded: Sequence[Tuple[str, np.ndarray, Dictionary]],
+                    lists: Sequence[Tuple[str, np.ndarray, np.ndarray, Dictionary]]) -> pa.Array:
+    """The rows of ``examples`` in the packed layout (``tfmsr.data.layout``): the scalar columns (``numeric``,
+    ``coded``) in one list per packed field of ``fields`` (field -> its columns in order,
+    ``layout.packed_columns``); each of ``lists`` stays a feature of its own. A coded int64 column is its raw
+    values; a coded string column its dictionary's wire elements, gathered once per column."""
+    cols = {name: values for name, _, values in numeric}
+    cols.update({name: (_index(codes, d), d) for name, codes, d in coded})
+    unknown = sorted({c for names in fields.values() for c in names} - set(cols))
+    if unknown or len(cols) != sum(len(names) for names in fields.values()):
+        raise ValueError(f"packed_examples: columns {sorted(cols)} do not match the packed fields {fields}")
+    head = RowBytes(n)
+    if "__float32" in fields:
+        block = np.stack([np.asarray(cols[c], "<f4") for c in fields["__float32"]], axis=1)
+        _entry_header(head, "__float32", wire.FLOAT_LIST, np.full(n, block.shape[1] * 4, np.int64), True)
+        head.fixed(np.ascontiguousarray(block).view(np.uint8).reshape(n, block.shape[1] * 4))
+    if "__int64" in fields:
+        ints = [_raw_ints(cols[c]) for c in fields["__int64"]]
+        nbs = [varint_length(v) for v in ints]
+        _entry_header(head, "__int64", wire.INT64_LIST, np.sum(nbs, axis=0), True)
+        for v, nb in zip(ints, nbs):
+            head.varint(v, nb)
+    pieces: List[pa.Array] = [head.build()] if head.ops else []
+    total = head.lengths()
+    if "__string" in fields:
+        strings = [cols[c] for c in fields["__string"]]
+        if any(not isinstance(c, tuple) or c[1].values is not None for c in strings):
+            raise ValueError("packed_examples: the string columns are coded by string dictionaries")
+        body_len = np.sum([d.element_length[idx] for idx, d in strings], axis=0)
+        hdr = RowBytes(n)
+        total = total + _entry_header(hdr, "__string", wire.BYTES_LIST, body_len, False)
+        pieces += [hdr.build()] + [pc.take(d.elements, pa.array(idx)) for idx, d in strings]
+    return _with_lists(n, pieces, total, lists)
+
+
+def _index(codes: np.ndarray, d: Dictionary) -> np.ndarray:
+    """Codes as indices into the dictionary's elements (-1, missing -> the missing element, last)."""
+    return np.where(codes < 0, len(d.elements) - 1, codes).astype(np.int64)
+
+
+def _raw_ints(col) -> np.ndarray:
+    """An int column of ``packed_examples``: its values, or a coded column's raw values."""
+    if isinstance(col, tuple):
+        idx, d = col
+        if d.values is None:
+            raise ValueError("packed_examples: a string column among the int64 columns")
+        return d.values[idx]
+    return np.asarray(col, np.int64)
+
+
+def _with_lists(n: int, pieces: List[pa.Array], total: np.ndarray,
+                lists: Sequence[Tuple[str, np.ndarray, np.ndarray, Dictionary]]) -> pa.Array:
+    """Whole Example rows: ``pieces`` (map entries of ``total`` bytes per row) and a map entry per list."""
     for name, flat, row_lengths, d in lists:
         body = _list_body(flat, row_lengths, d)
         hdr = RowBytes(n)

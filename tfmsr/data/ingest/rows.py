@@ -2,8 +2,8 @@
 
 ``read_columns`` gives NumPy columns (sequences as ``(flat values, row lengths)``, most recent first);
 ``read_split`` a pandas DataFrame (scalars as numbers or ``str``, sequences as Python lists). Both parse
-the shards with a plain ``tf.io.parse_example`` spec built from each column's ``raw_dtype`` in the schema,
-so they show exactly what was written, before any vocabulary lookup.
+the shards in the schema's record layout (``tfmsr.data.pipeline.parse_records``) with the spec of each
+column's ``raw_dtype`` (``parse_spec``), so they show exactly what was written, before any vocabulary lookup.
 """
 from __future__ import annotations
 
@@ -19,20 +19,14 @@ from tfmsr.features import Schema
 def read_columns(data_dir: str, split: str, batch: int = 8192) -> Dict[str, object]:
     import tensorflow as tf
 
-    from tfmsr.data.pipeline import compression_of, split_files
+    from tfmsr.data.pipeline import compression_of, parse_records, parse_spec, split_files
 
     schema = Schema.load(os.path.join(data_dir, "schema.yaml"))
-    dtypes = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
-    spec = {schema.scenario.name: tf.io.FixedLenFeature([], tf.int64)}
-    spec.update({label: tf.io.FixedLenFeature([], tf.float32) for label in schema.labels})
-    for f in schema.features:
-        dt = dtypes[schema.raw_dtype(f)]
-        spec[f.name] = tf.io.RaggedFeature(dt) if f.kind == "sequence" else tf.io.FixedLenFeature([], dt)
-    spec.update({n: tf.io.FixedLenFeature([], dtypes[d]) for n, d in schema.extras.items()})
+    spec = parse_spec(schema)
     files = split_files(data_dir, split)
     parts = {k: [] for k in spec}
     for raw in tf.data.TFRecordDataset(files, compression_type=compression_of(files)).batch(batch):
-        for k, v in tf.io.parse_example(raw, spec).items():
+        for k, v in parse_records(raw, spec, schema).items():
             parts[k].append((v.flat_values.numpy(), np.diff(v.row_splits.numpy())) if isinstance(v, tf.RaggedTensor)
                             else v.numpy())
     out = {}

@@ -33,12 +33,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tfmsr.core.tempfiles import sweep
-from tfmsr.data.convert._common import MISSING, Moments, Progress, SpillDir, TimeBuckets, peak_rss_mb
+from tfmsr.data.convert._common import (MISSING, Moments, Progress, SpillDir, TimeBuckets, add_layout_argument,
+                                        peak_rss_mb)
 from tfmsr.data.ingest import derive, encode, rates, scenarios, splits
 from tfmsr.data.ingest.readers import expand_paths, read_chunks, read_table
 from tfmsr.data.ingest.sequences import Timeline, delimited
 from tfmsr.data.ingest.spec import KEY_OPS, LABEL_OPS, SPLITS, Spec, load_spec
 from tfmsr.data.ingest.vocab import Coder, build_vocab, read_vocab, write_vocab
+from tfmsr.data.layout import LAYOUTS, PACKED, packed_columns
 from tfmsr.data.pipeline import DataError
 from tfmsr.data.stats import repeat_pair
 from tfmsr.features import Feature, Scenario, Schema
@@ -51,11 +53,13 @@ def _stderr(msg: str) -> None:
 
 
 def ingest(spec_path: str, out: str, overwrite: bool = False, vocab_from: Optional[str] = None,
-           log: Optional[Callable[[str], None]] = _stderr, root: Optional[str] = None) -> dict:
+           log: Optional[Callable[[str], None]] = _stderr, root: Optional[str] = None,
+           layout: Optional[str] = None) -> dict:
     """Ingest the files a spec names into the dataset folder ``out``; returns a summary (splits, scenarios,
-    rows read / written / dropped, vocabulary sizes, seconds, rows/s, peak RSS). ``log=None`` is quiet."""
+    rows read / written / dropped, vocabulary sizes, seconds, rows/s, peak RSS). ``log=None`` is quiet.
+    ``layout``: the shards' record layout (``tfmsr.data.layout``; default the spec's ``output.layout``)."""
     spec = load_spec(spec_path, root=root)
-    return Ingest(spec, out, overwrite=overwrite, vocab_from=vocab_from, log=log).run()
+    return Ingest(spec, out, overwrite=overwrite, vocab_from=vocab_from, log=log, layout=layout).run()
 
 
 def add_ingest_arguments(p) -> None:
@@ -66,6 +70,7 @@ def add_ingest_arguments(p) -> None:
     p.add_argument("--vocab-from", metavar="PREV_DATASET",
                    help="grow the vocabularies of a previous dataset (append-only: known ids never change)")
     p.add_argument("--root", help="folder the spec's relative input paths start from (default: the spec's root)")
+    add_layout_argument(p, "the spec's output.layout, else ")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
@@ -74,7 +79,7 @@ def run_cli(args) -> dict:
     import json
 
     summary = ingest(args.spec, args.out, overwrite=args.overwrite, vocab_from=args.vocab_from,
-                     log=None if args.quiet else _stderr, root=args.root)
+                     log=None if args.quiet else _stderr, root=args.root, layout=args.record_layout)
     print(json.dumps(summary))
     return summary
 
@@ -89,8 +94,11 @@ class Ingest:
     """One ingestion run (see the module docstring)."""
 
     def __init__(self, spec: Spec, out: str, overwrite: bool = False, vocab_from: Optional[str] = None,
-                 log: Optional[Callable[[str], None]] = _stderr):
+                 log: Optional[Callable[[str], None]] = _stderr, layout: Optional[str] = None):
         self.spec, self.out, self.overwrite, self.log = spec, os.path.abspath(out), overwrite, log
+        self.layout = layout or spec.output["layout"]
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"ingest: unknown layout '{self.layout}' (expected one of {', '.join(LAYOUTS)})")
         self.prev = _previous(vocab_from, spec) if vocab_from else None
         self.rates = {_rate_id(d): rates.AsOf(d.inputs[0]) if d.options["reading"] == "as_of" else
                       rates.OutOfFold(d.inputs[0], d.options["folds"]) for d in spec.derive if d.op in LABEL_OPS}
@@ -352,6 +360,7 @@ class Ingest:
 
         self.schema = self._schema()
         self.pair = repeat_pair(self.schema)
+        self.packed_fields = packed_columns(self.schema)
         self.train_counts = {t: np.zeros(len(c), np.int64) for t, c in self.coders.items()}
         self.use_counts = {t: {sp: np.zeros(len(c), np.int64) for sp in SPLITS} for t, c in self.coders.items()}
         self.moments = {f.name: Moments() for f in self.spec.features.values() if f.policy == "numeric"}
@@ -535,7 +544,10 @@ class Ingest:
                 x = nums[value][sub]
                 x = np.where(x == MISSING, 0, x) if x.dtype.kind == "i" else np.nan_to_num(x)
                 numeric.append((name, "int", x.astype(np.int64)) if dtype == "int64" else (name, "float", x))
-        records = encode.examples(len(sub), numeric, coded, lists)
+        if self.layout == PACKED:
+            records = encode.packed_examples(len(sub), self.packed_fields, numeric, coded, lists)
+        else:
+            records = encode.examples(len(sub), numeric, coded, lists)
         return split, stats_cols, encode.split_records(records)
 
     def _behaviour(self, sub, rec, codes, scen, tl, stats_cols) -> list:
@@ -619,7 +631,8 @@ class Ingest:
                                      length=s.behaviour.length))
         extras = {name: dtype for name, (_, dtype) in s.extras.items()}
         schema = Schema(scenario=Scenario(s.scenario.name, list(self.scenario_names)), labels=[s.label.name],
-                        features=feats, extras=extras, user_key=s.user or "", source=self.out + "/schema.yaml")
+                        features=feats, extras=extras, user_key=s.user or "", source=self.out + "/schema.yaml",
+                        layout=self.layout)
         schema.validate()
         return schema
 

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 
 from tfmsr.core.io import read_yaml
 from tfmsr.data.ingest.expr import Rule, RuleError, parse_rule
+from tfmsr.data.layout import DEFAULT_LAYOUT, LAYOUTS
 from tfmsr.data.pipeline import DataError
 
 
@@ -486,9 +487,11 @@ def _split(top: _Node) -> SplitSpec:
 
 
 def _output(top: _Node) -> dict:
-    n = _Node(top.path, "output", top.get("output", {}), ("rows_per_shard", "gzip", "chunk_mb", "group_rows"))
+    n = _Node(top.path, "output", top.get("output", {}),
+              ("rows_per_shard", "gzip", "chunk_mb", "group_rows", "layout"))
     return {"rows_per_shard": n.positive("rows_per_shard", 100_000), "gzip": n.get("gzip", False, bool),
-            "chunk_mb": n.positive("chunk_mb", 16), "group_rows": n.positive("group_rows", 200_000)}
+            "chunk_mb": n.positive("chunk_mb", 16), "group_rows": n.positive("group_rows", 200_000),
+            "layout": n.get("layout", DEFAULT_LAYOUT, str, LAYOUTS)}
 
 
 # ---------------------------------------------------------------------------------------------- typing
