@@ -360,7 +360,7 @@ class Ingest:
 
         self.schema = self._schema()
         self.pair = repeat_pair(self.schema)
-        self.packed_fields = packed_columns(self.schema)
+        self.packed_fields = packed_columns(self.schema) if self.layout == PACKED else None
         self.train_counts = {t: np.zeros(len(c), np.int64) for t, c in self.coders.items()}
         self.use_counts = {t: {sp: np.zeros(len(c), np.int64) for sp in SPLITS} for t, c in self.coders.items()}
         self.moments = {f.name: Moments() for f in self.spec.features.values() if f.policy == "numeric"}
