@@ -9,7 +9,10 @@ counts, log1p + standardised price and bucketised age. The ingestion runs in a f
 peak RSS is its own; users and items are fixed (``--users``, ``--items``), so comparing ``--rows 1000000``
 with ``--rows 3000000`` shows memory bounded by the vocabularies, not the rows.
 
-JSON: rows, input MB, seconds, rows/s (rows read per wall-clock second, start-up included and excluded),
+``--layout {features,packed}``: the shards' record layout (``tfmsr.data.layout``; default the spec's, i.e.
+``DEFAULT_LAYOUT``), so the two can be compared on the same log.
+
+JSON: layout, rows, input MB, seconds, rows/s (rows read per wall-clock second, start-up included and excluded),
 CPU seconds of the ingestion (both threads) and rows per CPU second, peak RSS MB and the RSS after the
 imports (TensorFlow alone is most of it), output MB, vocabulary sizes, the 1-minute load average before
 and after (the machine is shared: wall-clock rates fall when other jobs run).
@@ -23,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -100,7 +104,7 @@ def _dir_mb(path: str) -> float:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs) / 2 ** 20
 
 
-def run_ingest(folder: str, out: str) -> dict:
+def run_ingest(folder: str, out: str, layout: Optional[str] = None) -> dict:
     """Ingest in this process (the child of ``main``); the JSON summary plus start-up time."""
     import resource
 
@@ -111,22 +115,25 @@ def run_ingest(folder: str, out: str) -> dict:
     startup = time.time() - t0
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     cpu0 = time.process_time()
-    summary = ingest(os.path.join(folder, "spec.yaml"), out, log=None)
+    summary = ingest(os.path.join(folder, "spec.yaml"), out, log=None, layout=layout)
     summary.update(startup_seconds=round(startup, 2), baseline_rss_mb=round(base, 1),
                    ingest_cpu_seconds=round(time.process_time() - cpu0, 2))
     return summary
 
 
 def main(argv=None) -> dict:
+    from tfmsr.data.convert._common import add_layout_argument
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--users", type=int, default=20_000)
     p.add_argument("--items", type=int, default=50_000)
     p.add_argument("--dir", default="/tmp/tfmsr_bench_ingest")
+    add_layout_argument(p, "the spec's, ")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(run_ingest(args.child, os.path.join(args.dir, "out"))))
+        print(json.dumps(run_ingest(args.child, os.path.join(args.dir, "out"), args.record_layout)))
         return {}
     folder = os.path.join(args.dir, f"in-{args.rows}-{args.users}-{args.items}")
     t0 = time.time()
@@ -134,6 +141,7 @@ def main(argv=None) -> dict:
     gen = time.time() - t0
     shutil.rmtree(os.path.join(args.dir, "out"), ignore_errors=True)  # not part of the measured run
     cmd = [sys.executable, "-m", "pipelines.bench_ingest", "--child", folder, "--dir", args.dir]
+    cmd += ["--layout", args.record_layout] if args.record_layout else []
     load = os.getloadavg()[0]
     t0 = time.time()
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -141,7 +149,7 @@ def main(argv=None) -> dict:
     if res.returncode:
         sys.exit(f"bench_ingest: the ingestion failed:\n{res.stderr[-3000:]}")
     s = json.loads(res.stdout.strip().splitlines()[-1])
-    out = {"rows": s["rows_read"], "input_mb": round(_dir_mb(folder), 1), "generate_seconds": round(gen, 1),
+    out = {"layout": s["layout"], "rows": s["rows_read"], "input_mb": round(_dir_mb(folder), 1), "generate_seconds": round(gen, 1),
            "ingest_seconds": s["seconds"], "rows_per_second": s["rows_per_second"],
            "process_seconds": round(wall, 2), "rows_per_second_with_startup": round(s["rows_read"] / wall),
            "ingest_cpu_seconds": s["ingest_cpu_seconds"],

@@ -139,7 +139,7 @@ class Ingest:
         sec = time.time() - t0
         summary = {"out": self.out, "splits": {k: v["rows"] for k, v in stats["splits"].items()},
                    "scenarios": stats["scenario_rows"], "rows_read": self.rows_read,
-                   "rows_written": self.rows_kept, "dropped": dict(self.drops),
+                   "rows_written": self.rows_kept, "dropped": dict(self.drops), "layout": self.layout,
                    "vocab": {t: v["size"] for t, v in stats["ingest"]["tables"].items() if "size" in v},
                    "seconds": round(sec, 2), "rows_per_second": round(self.rows_read / max(sec, 1e-9)),
                    "peak_rss_mb": round(peak_rss_mb(), 1)}
@@ -686,7 +686,7 @@ class Ingest:
     def _ingest_stats(self, tables: dict) -> dict:
         s = self.spec
         return {"spec": os.path.abspath(s.path), "files": {p: {"rows": n} for p, n in self.file_rows.items()},
-                "rows_read": self.rows_read, "rows_written": self.rows_kept, "dropped": dict(self.drops),
+                "rows_read": self.rows_read, "rows_written": self.rows_kept, "dropped": dict(self.drops), "layout": self.layout,
                 "joins": {j.spec.name: {"rows": j.rows, "rows_without_match": int(self.join_misses[j.spec.name])}
                           for j in self.joins},
                 "missing": {k: int(v) for k, v in self.missing.items() if not k.startswith("table:")},
