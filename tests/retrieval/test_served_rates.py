@@ -5,10 +5,10 @@ out-of-fold ones, and in a python that never imports tfmsr the ``item_<s>`` serv
 ids alone, returns the exported top-K corpus vectors, and ``topk_<s>`` scores with them."""
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
+from rate_log import COMPUTED, day
 from raw_serving import raw_requests, serve_fresh
 
 from tfmsr.retrieval.config import load_config
@@ -16,9 +16,6 @@ from tfmsr.retrieval.data import RetrievalData, iter_split
 from tfmsr.retrieval.evaluate import ModelScorer
 from tfmsr.retrieval.export import export_retrieval
 from tfmsr.retrieval.train import load_trained, train
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "serving"))
-from test_rate_lookup import COMPUTED, day  # noqa: E402  (the ingested log with rate features)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +54,11 @@ def test_evaluation_corpus_reads_the_full_train_values(run):
 @pytest.mark.slow
 def test_exported_corpus_vectors_are_what_the_item_servable_gives(run, tmp_path):
     root, data_dir = run
+    logs = []
     res = export_retrieval(os.path.join(root, "run"), str(tmp_path / "export"), k=5, scenarios=["a"],
-                           log=lambda m: None)
+                           log=logs.append)
+    built = [m for m in logs if "computed from the raw key" in m]
+    assert len(built) == 1 and built[0].startswith("[export] "), built     # the corpus reuses the export's tables
     x, _ = raw_requests(data_dir, "test", n=50)
     calls, corpora = [], {}
     for s in res["scenarios"]:

@@ -90,27 +90,31 @@ def stats_features(exposures: np.ndarray, clicks: np.ndarray) -> np.ndarray:
     return np.stack([np.log1p(exp), np.log1p(clk), rate], axis=-1).astype(np.float32)
 
 
-def served_items(schema: Schema, data_dir: str, items: Dict[str, np.ndarray], log=print) -> Dict[str, np.ndarray]:
+def served_items(schema: Schema, data_dir: str, items: Dict[str, np.ndarray], log=print,
+                 rates=None) -> Dict[str, np.ndarray]:
     """``items`` (the item table) with each label-rate feature a servable computes from a raw key
-    (``tfmsr.serving.rates.from_dataset``) at that value: the same ``RateLookups`` run on the raw keys of
-    the table's ids (id 0 / outside the vocabulary: the missing key). ``items`` itself when there are none."""
-    from tfmsr.serving.rates import from_dataset
+    (``tfmsr.serving.rates.from_dataset``, or the export's own ``rates``) at that value: the same
+    ``RateLookups`` run on the raw keys of the table's ids (id 0 / outside the vocabulary: the missing key).
+    ``items`` itself when there are none."""
+    if rates is None:
+        from tfmsr.serving.rates import from_dataset
 
-    with tempfile.TemporaryDirectory(prefix="tfmsr-rates-") as work:
-        rates = from_dataset(schema, data_dir, work, log)
-        rates = rates.only(list(items)) if rates else None
-        if not rates:
-            return items
-        raw = {}
-        for key in {f.key for f in rates.features.values()}:
-            owner = schema.table_owner(schema.feature(key))
-            vocab = read_vocabulary(schema.vocab_path(schema.feature(key)), owner.raw)
-            ids = items[key].astype(np.int64)
-            inside = (ids > 0) & (ids <= len(vocab))
-            values = np.full(len(ids), b"" if owner.raw == "string" else 0, dtype=vocab.dtype)
-            values[inside] = vocab[ids[inside] - 1]
-            raw[key] = tf.constant(values, tf.string if owner.raw == "string" else tf.int64)
-        got = rates(raw)
+        with tempfile.TemporaryDirectory(prefix="tfmsr-rates-") as work:
+            rates = from_dataset(schema, data_dir, work, log, tag="served items")
+            return served_items(schema, data_dir, items, log, rates) if rates else items
+    rates = rates.only(list(items))
+    if not rates:
+        return items
+    raw = {}
+    for key in {f.key for f in rates.features.values()}:
+        owner = schema.table_owner(schema.feature(key))
+        vocab = read_vocabulary(schema.vocab_path(schema.feature(key)), owner.raw)
+        ids = items[key].astype(np.int64)
+        inside = (ids > 0) & (ids <= len(vocab))
+        values = np.full(len(ids), b"" if owner.raw == "string" else 0, dtype=vocab.dtype)
+        values[inside] = vocab[ids[inside] - 1]
+        raw[key] = tf.constant(values, tf.string if owner.raw == "string" else tf.int64)
+    got = rates(raw)
     return {**items, **{n: got[n].numpy().astype(items[n].dtype) for n in rates.names}}
 
 
@@ -291,6 +295,11 @@ class RetrievalData:
         if self._served is None:
             self._served = served_items(self.schema, self.data_dir, self.items)
         return self._served
+
+    def serve_with(self, rates) -> None:
+        """Make the served item table with ``rates`` (the export's ``RateLookups``, or None: none), not a
+        second build of the same tables."""
+        self._served = served_items(self.schema, self.data_dir, self.items, rates=rates) if rates else self.items
 
     def numpy_items(self, ids: np.ndarray, served: bool = True) -> Dict[str, np.ndarray]:
         """Item tower input of item ids (NumPy): the served item table by default (evaluation, export),

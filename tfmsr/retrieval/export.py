@@ -90,7 +90,9 @@ def export_retrieval(model_dir: str, out: str, version: Optional[int] = None, k:
         raise ConfigError("--scenarios none: a retrieval export is made of per-scenario servables; name at least one")
     chosen = chosen_scenarios(schema, scenarios)
     with tempfile.TemporaryDirectory(prefix="tfmsr-rates-") as work:   # the rate tables, copied into assets/
-        servables = _Servables(models, data, cfg, k, log, from_dataset(schema, data.data_dir, work, log))
+        rates = from_dataset(schema, data.data_dir, work, log)
+        data.serve_with(rates)                  # the corpus from these very tables
+        servables = _Servables(models, data, cfg, k, log, rates)
         summary = write_export(out, version, schema, servables.specs(chosen), base_path, log, k=k,
                                model=cfg["model"]["name"], model_dir=os.path.abspath(model_dir),
                                scenarios=[schema.scenario.values[s] for s in chosen], user_inputs=data.request_names,

@@ -126,26 +126,30 @@ class RateLookups(tf.Module):
 
 
 def from_dataset(schema: Schema, data_dir: Optional[str], workdir: str,
-                 log: Callable[[str], None] = print) -> Optional[RateLookups]:
+                 log: Callable[[str], None] = print, tag: str = "export") -> Optional[RateLookups]:
     """The rate features of the dataset ``data_dir`` a servable can compute (their tables written as TSV
-    under ``workdir``), or None (logged why) when there are none: they stay request inputs."""
+    under ``workdir``), or None (logged why, each line prefixed ``[tag]``) when there are none: they stay
+    request inputs."""
+    def note(message: str) -> None:
+        log(f"[{tag}] {message}")
+
     found = _rate_features(schema, data_dir)
     if isinstance(found, str):
         if found:
-            log(f"[export] rate features stay request inputs: {found}")
+            note(f"rate features stay request inputs: {found}")
         return None
     features, tables, made = {}, {}, {}
     for f, key, raw in found:
         if key not in made:
             made[key] = _table(os.path.join(data_dir, "rates", f"{key}.parquet"), raw, workdir)
         if isinstance(made[key], str):
-            log(f"[export] '{f.name}' stays a request input: {made[key]}")
+            note(f"'{f.name}' stays a request input: {made[key]}")
             continue
         features[f.name], tables[f.name] = f, made[key]
-    features = _verified(RateLookups(features, tables), schema, data_dir, log)
+    features = _verified(RateLookups(features, tables), schema, data_dir, note)
     if features:
-        log(f"[export] computed from the raw key in the graph: {', '.join(sorted(features))} "
-            f"({', '.join(sorted({os.path.basename(t.path) for t in tables.values()}))})")
+        note(f"computed from the raw key in the graph: {', '.join(sorted(features))} "
+             f"({', '.join(sorted({os.path.basename(t.path) for t in tables.values()}))})")
     return RateLookups(features, tables) if features else None
 
 
@@ -166,14 +170,14 @@ def _verified(rates: RateLookups, schema: Schema, data_dir: str, log) -> Dict[st
     try:
         x = make_parser(shards, with_labels=False, raw=True, non_finite=None)(records[0])
     except tf.errors.OpError as e:
-        log(f"[export] {files[0]}: not checked against the rates table ({type(e).__name__})")
+        log(f"{files[0]}: not checked against the rates table ({type(e).__name__})")
         return dict(rates.features)
     got = rates(x)
     out = dict(rates.features)
     for name in check:
         diff = float(tf.reduce_max(tf.abs(got[name] - x[name])))
         if diff > 1e-5:
-            log(f"[export] '{name}' stays a request input: computed from the rates table it differs from the "
+            log(f"'{name}' stays a request input: computed from the rates table it differs from the "
                 f"valid shard {files[0]} by up to {diff:.4g} (was the spec changed after ingest?)")
             del out[name]
     return out
