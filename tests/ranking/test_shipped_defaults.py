@@ -58,3 +58,18 @@ def test_saml_ships_batch_1024_with_the_batch_aware_l2_and_keeps_the_papers_mode
     old = load_config("saml", overrides)
     assert (old["data"]["batch_size"], old["train"]["learning_rate"], old["model"]["params"]["embedding_batch_l2"]) \
         == (128, 0.0005, 0)
+
+
+@pytest.mark.parametrize("name, key, shipped, paper", [("ple", "shared_gate", "own", "all"),
+                                                       ("hinet", "san_top_k", 1, 0)])
+def test_ple_and_hinet_ship_the_reading_flat_in_s_and_keep_the_papers_as_params_default(synth_schema, name, key,
+                                                                                          shipped, paper):
+    """configs/ple.yaml and hinet.yaml run a row's own scenario (PLE) / one other scenario (HiNet's SAN): within
+    one std of the paper's reading on the real datasets, cost flat in S; the paper's is the Params default and the
+    header's override."""
+    params = load_config(name)["model"]["params"]
+    assert params[key] == shipped
+    assert getattr(build(name, synth_schema, {}).params, key) == paper
+    with open(resolve_path(name)) as fh:
+        assert f"model.params.{key}={paper}" in fh.read()
+    assert getattr(build(name, synth_schema, params).params, key) == shipped
