@@ -146,6 +146,28 @@ def test_own_gate_and_own_cgc_task_equal_the_own_column_of_all():
     assert moved.tolist() == [True, True, False, True]
 
 
+def test_mmoe_own_path_unstacked_experts_and_all_gate_logits_train_the_same():
+    """MMoE's own step: the bank's unstacked outputs mixed by the own gate read from every gate's logits
+    (``all``) give the output and gradients of the stacked bank through the partitioned own gate."""
+    S, E, b = 4, 3, 12
+    sc = tf.constant(np.array([0, 3, 3, 1, 0, 1, 3, 0, 1, 1, 2, 0]))
+    bank, gates = ExpertBank(E, [6, 5]), ExpertGates(S, E)
+    x = tf.constant(rand(b, 7))
+    assert isinstance(bank(x, stacked=False), list) and S * E <= ExpertGates.ALL_MAX
+    every = gates(x, bank(x, stacked=False)).numpy()                      # every gate from the unstacked list
+    np.testing.assert_allclose(every, gates(x, bank(x)).numpy(), **TOL)
+
+    def run(stacked, method):
+        with tf.GradientTape() as tape:
+            out = gates.own_gate(x, bank(x, stacked=stacked), sc, method=method)
+            loss = tf.reduce_sum(tf.sin(out))
+        return [out] + tape.gradient(loss, bank.trainable_variables + gates.trainable_variables)
+
+    for new, old in zip(run(False, "auto"), run(True, "partition")):
+        np.testing.assert_allclose(tf.convert_to_tensor(new).numpy(), tf.convert_to_tensor(old).numpy(), **TOL)
+    np.testing.assert_allclose(run(False, "auto")[0].numpy(), every[np.arange(b), sc.numpy()], **TOL)
+
+
 def test_own_task_of_a_level_with_a_shared_gate():
     """PLE's lower level in the own pass: the row's own task output and the shared branch (which mixes every
     task's experts), equal to those columns of the full level, flat or per-task input."""

@@ -51,11 +51,13 @@ class ExpertBank(keras.layers.Layer):
             d = h
         super().build(input_shape)
 
-    def call(self, x, scenario=None, training=False, group: int = 0):
+    def call(self, x, scenario=None, training=False, group: int = 0, stacked: bool = True):
         """``[B, E, H]``; ``scenario [B]`` with ``group=m``: the bank is ``E / m`` groups of ``m`` consecutive
         experts and row ``b`` runs group ``scenario[b]`` only -> ``[B, m, H]`` (rows partitioned by group:
         one group's FLOPs per row, ``O(E / m)`` small GEMMs; a group fixed while tracing reads its experts'
-        rows only, :func:`~tfmsr.layers.scenario.row`: a scenario servable's own slices when ``m = 1``)."""
+        rows only, :func:`~tfmsr.layers.scenario.row`: a scenario servable's own slices when ``m = 1``).
+        ``stacked=False`` (every expert, no group): up to ``LOOP_MAX`` experts the list of their ``E`` outputs
+        ``[B, H]`` (no stacking copy; :meth:`ExpertGates.mix` reads it), beyond the ``[B, E, H]`` tensor."""
         if not group and self.num_experts > self.LOOP_MAX:
             return self._batched(x, training)
         fixed = fixed_id(scenario) if group else None
@@ -69,7 +71,8 @@ class ExpertBank(keras.layers.Layer):
             m = group
             return partition_apply(x, scenario, self.num_experts // m, lambda g, rows: tf.stack(
                 [self._expert(rows, e, kernels, biases, training) for e in range(g * m, (g + 1) * m)], axis=1))
-        return tf.stack([self._expert(x, e, kernels, biases, training) for e in range(self.num_experts)], axis=1)
+        outputs = [self._expert(x, e, kernels, biases, training) for e in range(self.num_experts)]
+        return tf.stack(outputs, axis=1) if stacked else outputs
 
     # One GEMM per expert on unstacked kernels up to LOOP_MAX experts: ~25% less CPU per training step than
     # a batched matmul over [E, D, H] (which transposes the activations); beyond, one batched op per layer
@@ -138,20 +141,38 @@ class ExpertGates(keras.layers.Layer):
 
     def call(self, x, experts, own=None):
         """``[B, G, H]``; ``own`` (gate ids ``[B]``): row ``b``'s gate ``own[b]`` only, ``[B, H]``
-        (:meth:`own_gate`)."""
+        (:meth:`own_gate`). ``experts`` may also be the list of ``E`` outputs ``[B, H]`` (``ExpertBank(...,
+        stacked=False)``)."""
         if own is not None:
             return self.own_gate(x, experts, own)
         g = self.weights_of(x)
+        experts = tf.stack(experts, axis=1) if isinstance(experts, (list, tuple)) else experts
         if len(experts.shape) == 3:
             return tf.matmul(g, experts)  # [B, G, E] x [B, E, H]: cheaper than the einsum's transposes
         return tf.einsum("bge,bgeh->bgh", g, experts)
 
+    # The own gate's logits from every gate (one [D, G E] GEMM, the row's own G-slice kept) up to ALL_MAX gate
+    # columns: fewer ops than partitioning the rows (measured fwd + bwd, B = 1024, D = 129, E = 4, CPU ms:
+    # G = 4 1.53 vs 1.85, G = 16 2.67 vs 3.32, G = 32 3.81 vs 3.51); beyond, :func:`own_matmul`'s own choice.
+    ALL_MAX = 64
+
     def own_gate(self, x, experts, gate, method: str = "auto"):
-        """Gate ``gate[b]`` only (a scenario's own gate): ``x [B, D]`` or ``[B, G, D]``, ``experts`` ``[B, E, H]``
-        or ``[B, G, E, H]`` -> ``[B, H]``. Cost: one gate's FLOPs whatever ``G`` (:func:`own_matmul`, ``method``)."""
+        """Gate ``gate[b]`` only (a scenario's own gate): ``x [B, D]`` or ``[B, G, D]``, ``experts`` ``[B, E, H]``,
+        ``[B, G, E, H]`` or the list of ``E`` outputs ``[B, H]`` -> ``[B, H]``. Cost: one gate's FLOPs whatever
+        ``G`` (:func:`own_matmul`, ``method``), or every gate's logits (``all``, at most ``ALL_MAX`` columns)."""
         x = own_rows(x, gate) if len(x.shape) == 3 else x
-        experts = own_rows(experts, gate) if len(experts.shape) == 4 else experts
-        g = tf.nn.softmax(own_matmul(x, gate, self.kernel, self.bias, method), axis=-1)
+        if not isinstance(experts, (list, tuple)) and len(experts.shape) == 4:
+            experts = own_rows(experts, gate)
+        if method == "auto" and self.num_gates * self.num_experts <= self.ALL_MAX:
+            method = "all"
+        return self.mix(tf.nn.softmax(own_matmul(x, gate, self.kernel, self.bias, method), axis=-1), experts)
+
+    @staticmethod
+    def mix(g, experts):
+        """``sum_e g[:, e] f_e``: weights ``g [B, E]``, ``experts`` ``[B, E, H]`` (one batched ``[1, E] x [E, H]``
+        product per row) or the list of ``E`` outputs ``[B, H]`` (``E`` scaled adds: no stacked copy) -> ``[B, H]``."""
+        if isinstance(experts, (list, tuple)):
+            return tf.add_n([w * f for w, f in zip(tf.split(g, len(experts), axis=1), experts)])
         return tf.matmul(g[:, None], experts)[:, 0]
 
 

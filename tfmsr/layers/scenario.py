@@ -134,13 +134,17 @@ def rows_of(weight, ids: tf.Tensor) -> tf.Tensor:
 def own_matmul(x: tf.Tensor, scenario: tf.Tensor, kernel, bias=None, method: str = "auto") -> tf.Tensor:
     """``x_b W_{s_b} (+ b_{s_b})``: ``x [B, D]``, ``kernel [S, D, H]``, ``bias [S, H]`` -> ``[B, H]``.
     Cost: one dense layer's FLOPs; ``O(S)`` small ops (partition) or ``B D H`` gathered weights (gather);
-    a scenario fixed while tracing: one dense layer on slice ``s`` (:func:`row`)."""
+    ``all`` (never chosen by ``auto``): every scenario's product (:func:`all_matmul`, ``S`` times the FLOPs, one
+    GEMM) and the row's own kept, for a narrow ``S H``; a scenario fixed while tracing: one dense layer on
+    slice ``s`` (:func:`row`)."""
     fixed = fixed_id(scenario)
     if fixed is not None:
         y = tf.matmul(x, row(kernel, fixed))
         return y if bias is None else y + row(bias, fixed)
     s, d, h = (int(n) for n in kernel.shape)
     method = own_method(s, d * h) if method == "auto" else method
+    if method == "all":
+        return own_rows(all_matmul(x, kernel, bias), scenario)
     sc = scenario_ids(scenario)
     if method == "gather":
         y = tf.matmul(x[:, None, :], rows_of(kernel, sc))[:, 0]

@@ -38,7 +38,7 @@ class MMoE(RankingModel):
     def logits(self, x, training=False, own=False):
         """``[B, S]`` (every gate and tower), or the own scenario's ``[B]`` (``own``: one gate and one tower)."""
         inp = self.flat_inputs(x)
-        experts = self.experts(inp, training=training)                       # [B, E, H]
+        experts = self.experts(inp, training=training, stacked=False)        # E x [B, H] (or [B, E, H])
         if own:
             sc = x[self.schema.scenario.name]
             return self.towers(self.gates(inp, experts, own=sc), sc, training=training)
