@@ -27,7 +27,7 @@ from tfmsr.layers.attention import MultiHeadSelfAttention, PositionalEmbedding, 
 from tfmsr.layers.behavior import embed_behavior, require_behavior
 from tfmsr.layers.embedding import FeatureEmbedding, masked_mean
 from tfmsr.layers.mlp import MLP
-from tfmsr.layers.scenario import ScenarioDense, all_matmul
+from tfmsr.layers.scenario import ScenarioDense
 
 _GROUPS = ("user", "item", "context", "query")
 
@@ -245,8 +245,8 @@ class MultiBranchNetwork(keras.layers.Layer):
     The S branches' layer ``l`` is one :class:`~tfmsr.layers.scenario.ScenarioDense` (``dense/<l>``: kernel
     ``[S, D_in, D_l]``, bias ``[S, D_l]``). ``call(v, aux_hidden) -> V [B, S, hidden[-1]]`` evaluates every
     branch for every example (the mutual unit needs every ``V_j``): ``O(S)`` per example by the math,
-    ``S sum_l D_in^l D_l`` multiply-adds (3.8M at S = 100 with the paper's 128 x 64), in one GEMM for the first
-    layer (its input is shared) and one batched einsum + one GEMM per later layer;
+    ``S sum_l D_in^l D_l`` multiply-adds (3.8M at S = 100 with the paper's 128 x 64), in one broadcast matmul
+    for the first layer (its input is shared) and two batched matmuls per later layer, scenario-major;
     ``call(v, aux_hidden, scenario) -> [B, hidden[-1]]`` only the example's own branch (the FLOPs of one
     branch whatever S). ``aux_widths``: the auxiliary network's layer widths (one per layer).
     """
@@ -289,17 +289,27 @@ class MultiBranchNetwork(keras.layers.Layer):
         h = v
         for l, dense in enumerate(self.dense):
             h = self._all_layer(dense, h, None if aux_hidden is None else aux_hidden[l])
-        return h
+        return tf.transpose(h, [1, 0, 2])
 
     @staticmethod
     def _all_layer(dense, h, a):
-        """Every branch's layer: ``[h, a] W = h W_h + a W_a``, so a shared ``[h, a]`` (the first layer) is one
-        GEMM and a per-branch ``h [B, S, D]`` one batched einsum beside one GEMM of the shared ``a`` (no
-        ``[B, S, D_a]`` copy of ``V_a^l`` per branch)."""
-        if a is None or len(h.shape) == 2:
-            return dense(h if a is None else tf.concat([h, a], axis=-1))
-        k, w = int(h.shape[-1]), tf.convert_to_tensor(dense.kernel)
-        return dense.act(all_matmul(h, w[:, :k]) + all_matmul(a, w[:, k:], dense.bias))
+        """Every branch's layer, scenario-major ``[S, B, D_l]`` (no transposes of the activations between
+        layers): ``[h, a] W + b = h W_h + [a, 1] [W_a; b]``, so a shared ``[h, a]`` (the first layer) is one
+        matmul broadcast over the ``[S, D_in + 1, D_l]`` kernel with the bias as its last row, and a per-branch
+        ``h [S, B, D]`` one batched matmul beside one of the shared ``[a, 1]`` (no ``[S, B, D_a]`` copy of
+        ``V_a^l`` per branch, no separate pass over ``[S, B, D_l]`` to add the bias)."""
+        w, b = tf.convert_to_tensor(dense.kernel), tf.convert_to_tensor(dense.bias)[:, None]
+
+        def with_one(t):                                             # [B, D] -> [1, B, D + 1]
+            return tf.concat([t, tf.ones_like(t[:, :1])], axis=-1)[None]
+
+        if len(h.shape) == 2:                                        # a shared input: the first layer
+            x = h if a is None else tf.concat([h, a], axis=-1)
+            return dense.act(tf.matmul(with_one(x), tf.concat([w, b], axis=1)))
+        if a is None:
+            return dense.act(tf.matmul(h, w) + b)
+        k = int(h.shape[-1])
+        return dense.act(tf.matmul(h, w[:, :k]) + tf.matmul(with_one(a), tf.concat([w[:, k:], b], axis=1)))
 
     def own(self, v, aux_hidden, scenario):
         """Each example's own branch ``[B, hidden[-1]]`` (:meth:`ScenarioDense.own` per layer: one branch's
@@ -363,10 +373,12 @@ class MutualUnit(keras.layers.Layer):
         return m, alpha, gate
 
     def own_row(self, v_own, others, scenario):
-        """Row ``s`` of eq. 6-8 for each example: ``(M_s [B, D], alpha_s [B, S], g_s [B])``."""
+        """Row ``s`` of eq. 6-8 for each example: ``(M_s [B, D], alpha_s [B, S], g_s [B])``. The cosines and
+        the mix read ``V [B, S, D]`` as one batched vector-matrix product each (``[1, D] x [D, S]`` and
+        ``[1, S] x [S, D]`` per example; the matrix-vector form ``[S, D] x [D, 1]`` is slower on CPU)."""
         s = tf.cast(scenario, tf.int32)
-        dots = tf.matmul(others, self._unit(v_own)[:, :, None])[..., 0]             # <V_j, V_s / |V_s|>
-        cos = dots / tf.maximum(tf.norm(others, axis=-1), self.eps)                 # no [B, S, D] unit copy
+        dots = tf.matmul(self._unit(v_own)[:, None, :], others, transpose_b=True)[:, 0]  # <V_s / |V_s|, V_j>
+        cos = dots / tf.maximum(tf.math.reduce_euclidean_norm(others, axis=-1), self.eps)  # no unit copy
         off = tf.logical_not(tf.cast(tf.one_hot(s, tf.shape(others)[1]), tf.bool))  # [B, S]
         alpha = self._alpha(cos, off)                                                # eq. 8
         gate = tf.sigmoid(tf.reduce_sum(v_own * tf.gather(self.gate_w, s), -1) + tf.gather(self.gate_b, s))
