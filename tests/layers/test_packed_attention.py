@@ -108,3 +108,26 @@ def test_target_attention_over_real_positions_has_the_dense_value_and_gradients(
     sources = [q, k, v] + layer.trainable_variables
     for g_got, g_want in zip(tape.gradient(loss_got, sources), tape.gradient(loss_want, sources)):
         np.testing.assert_allclose(tf.convert_to_tensor(g_got).numpy(), tf.convert_to_tensor(g_want).numpy(), **TOL)
+
+
+def test_length_buckets_hold_each_example_with_a_token_once_in_the_narrowest_width():
+    """``_length_buckets``: an example without a token is in no bucket; every other one is in the first bucket whose
+    width holds its last real position (widths ceil(f L) for f in BUCKET_WIDTHS, then L), its tokens in order."""
+    lengths = np.array([0, 1, 2, 3, 5, 8, 12, 16, 0, 4])
+    mask = np.arange(16)[None, :] < lengths[:, None]
+    mask[9] = np.arange(16) == 9                           # one token at position 9: the bucket follows its extent
+    p = pack(tf.constant(mask))
+    widths = [int(np.ceil(f * 16)) for f in attention.BUCKET_WIDTHS] + [16]
+    extent = np.array([np.max(np.nonzero(m)[0]) + 1 if m.any() else 0 for m in mask])
+    index, seen = p.index.numpy(), []
+    for k, (tokens, where, bmask) in enumerate(attention._length_buckets(p)):
+        tokens, where, bmask = tokens.numpy(), where.numpy(), bmask.numpy()
+        rows = sorted(set(index[tokens, 0]))
+        assert bmask.shape == (len(rows), widths[k])
+        for r in rows:
+            assert extent[r] <= widths[k] and (k == 0 or extent[r] > widths[k - 1])
+            np.testing.assert_array_equal(bmask[rows.index(r)], mask[r, :widths[k]])
+        np.testing.assert_array_equal(where[:, 1], index[tokens, 1])
+        np.testing.assert_array_equal(where[:, 0], [rows.index(r) for r in index[tokens, 0]])
+        seen += list(tokens)
+    assert sorted(seen) == list(range(len(index)))          # each token once, the empty examples nowhere

@@ -217,6 +217,13 @@ def _projections(sources, kernels):
     return out
 
 
+def _qkv(sources, kernels) -> tf.Tensor:
+    """``concat_i(src_i W_i)``: self-attention's one matmul with the kernels concatenated, not split and re-joined."""
+    if sources[0] is sources[1] is sources[2]:
+        return _project(sources[0], tf.concat(kernels, axis=1))
+    return tf.concat(_projections(sources, kernels), axis=-1)
+
+
 def _split_heads(x: tf.Tensor, heads: int) -> tf.Tensor:
     """``[B, L, H*k] -> [B, H, L, k]``."""
     b, l = tf.shape(x)[0], tf.shape(x)[1]
@@ -384,7 +391,7 @@ class MultiHeadSelfAttention(MultiInputLayer):
         queries are never read, so not zeroed), the heads gathered back to tokens before ``W^O``. The same value as
         ``_dense`` on the scattered sources."""
         h, d = self.num_heads, int(self.wv.shape[-1])
-        qkv = tf.concat(_projections(sources, (self.wq * (d // h) ** -0.5, self.wk, self.wv)), axis=-1)
+        qkv = _qkv(sources, (self.wq * (d // h) ** -0.5, self.wk, self.wv))
 
         def attend(dense, mask):   # [b, l, 3d] -> [b, l, d]
             b, l = tf.shape(dense)[0], tf.shape(dense)[1]
@@ -408,34 +415,40 @@ class MultiHeadSelfAttention(MultiInputLayer):
         return tf.matmul(o, self.wo)
 
 
-SHORT_BUCKET = 0.5   # the short bucket's width, a fraction of the sequence length
+BUCKET_WIDTHS = (0.125, 0.25, 0.5)  # the short buckets' widths, fractions of the sequence length (then one of all of it)
 BUCKET_SHARE = 0.25  # bucket when more than this share of the examples is short (else the bucketing's copies cost more)
 
 
-def _short_extent(packed: Packed):
-    """``(fits [B] bool, width)``: the examples whose real tokens all lie before ``ceil(SHORT_BUCKET * L)``."""
-    length = tf.shape(packed.mask, out_type=tf.int64)[1]
-    width = tf.maximum(tf.cast(tf.math.ceil(SHORT_BUCKET * tf.cast(length, tf.float32)), tf.int64), 1)
+def _extents(packed: Packed):
+    """``(extent [B], widths [k + 1])``: each example's last real position + 1 (0 without a token) and the widths of
+    the buckets of :func:`_length_buckets`, ``ceil(f L)`` for ``f`` in ``BUCKET_WIDTHS`` and ``L``."""
+    length = packed.shape[1]
+    short = tf.math.ceil(tf.constant(BUCKET_WIDTHS, tf.float32) * tf.cast(length, tf.float32))
+    widths = tf.concat([tf.maximum(tf.cast(short, tf.int64), 1), [length]], 0)
     extent = tf.math.unsorted_segment_max(packed.index[:, 1] + 1, packed.row, packed.shape[0])    # [B]
-    return extent <= width, width
+    return tf.maximum(extent, 0), widths
 
 
 def _short_share(packed: Packed) -> tf.Tensor:
-    """The share of the examples in the short bucket of :func:`_length_buckets`."""
-    return tf.reduce_mean(tf.cast(_short_extent(packed)[0], tf.float32))
+    """The share of the examples (with or without tokens) in the short buckets of :func:`_length_buckets`."""
+    extent, widths = _extents(packed)
+    return tf.reduce_mean(tf.cast(extent <= widths[-2], tf.float32))
 
 
 def _length_buckets(packed: Packed):
-    """The examples of ``packed`` in two buckets, short (:func:`_short_extent`) and the others, each as ``(tokens
-    [n_k] (indices into the tokens), index [n_k, 2] (row in the bucket, position), mask [b_k, l_k])``: the dense
-    ``[b, l, l]`` attention of a bucket of short sequences costs ``l^2``, not ``L^2``."""
-    fits, short = _short_extent(packed)
+    """The examples of ``packed`` with a token in buckets by extent (the narrowest of :func:`_extents`' widths that
+    holds their real tokens), each as ``(tokens [n_k] (indices into the tokens), index [n_k, 2] (row in the bucket,
+    position), mask [b_k, l_k])``: the dense ``[b, l, l]`` attention of a bucket costs ``l^2`` per example, not
+    ``L^2``, and an example without tokens costs nothing."""
+    extent, widths = _extents(packed)
+    lower = tf.concat([[0], widths[:-1]], 0)
     buckets = []
-    for sel, width in ((fits, short), (tf.logical_not(fits), packed.shape[1])):
+    for k in range(len(BUCKET_WIDTHS) + 1):
+        sel = tf.logical_and(extent > lower[k], extent <= widths[k])                             # [B]
         tokens = tf.cast(tf.where(tf.gather(sel, packed.row))[:, 0], tf.int32)                 # [n_k]
         row = tf.gather(tf.cumsum(tf.cast(sel, tf.int64), exclusive=True), tf.gather(packed.row, tokens))
         index = tf.stack([row, tf.gather(packed.index[:, 1], tokens)], axis=1)
-        buckets.append((tokens, index, tf.boolean_mask(packed.mask, sel)[:, :width]))
+        buckets.append((tokens, index, tf.boolean_mask(packed.mask, sel)[:, :widths[k]]))
     return buckets
 
 
