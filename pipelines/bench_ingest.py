@@ -149,7 +149,8 @@ def main(argv=None) -> dict:
     if res.returncode:
         sys.exit(f"bench_ingest: the ingestion failed:\n{res.stderr[-3000:]}")
     s = json.loads(res.stdout.strip().splitlines()[-1])
-    out = {"layout": s["layout"], "rows": s["rows_read"], "input_mb": round(_dir_mb(folder), 1), "generate_seconds": round(gen, 1),
+    out = {"layout": s["layout"], "rows": s["rows_read"], "input_mb": round(_dir_mb(folder), 1),
+           "generate_seconds": round(gen, 1),
            "ingest_seconds": s["seconds"], "rows_per_second": s["rows_per_second"],
            "process_seconds": round(wall, 2), "rows_per_second_with_startup": round(s["rows_read"] / wall),
            "ingest_cpu_seconds": s["ingest_cpu_seconds"],

@@ -90,19 +90,19 @@ def stats_features(exposures: np.ndarray, clicks: np.ndarray) -> np.ndarray:
     return np.stack([np.log1p(exp), np.log1p(clk), rate], axis=-1).astype(np.float32)
 
 
-def served_items(schema: Schema, data_dir: str, items: Dict[str, np.ndarray], log=print,
-                 rates=None) -> Dict[str, np.ndarray]:
-    """``items`` (the item table) with each label-rate feature a servable computes from a raw key
-    (``tfmsr.serving.rates.from_dataset``, or the export's own ``rates``) at that value: the same
-    ``RateLookups`` run on the raw keys of the table's ids (id 0 / outside the vocabulary: the missing key).
-    ``items`` itself when there are none."""
-    if rates is None:
-        from tfmsr.serving.rates import from_dataset
+def served_items(schema: Schema, data_dir: str, items: Dict[str, np.ndarray], log=print) -> Dict[str, np.ndarray]:
+    """``items`` (the item table) with each label-rate feature a servable computes from a raw key at that value
+    (:func:`with_rates` of ``tfmsr.serving.rates.from_dataset``'s lookups); ``items`` itself when there are none."""
+    from tfmsr.serving.rates import from_dataset
 
-        with tempfile.TemporaryDirectory(prefix="tfmsr-rates-") as work:
-            rates = from_dataset(schema, data_dir, work, log, tag="served items")
-            return served_items(schema, data_dir, items, log, rates) if rates else items
-    rates = rates.only(list(items))
+    with tempfile.TemporaryDirectory(prefix="tfmsr-rates-") as work:
+        return with_rates(schema, items, from_dataset(schema, data_dir, work, log, tag="served items"))
+
+
+def with_rates(schema: Schema, items: Dict[str, np.ndarray], rates) -> Dict[str, np.ndarray]:
+    """``items`` with the features of ``rates`` (``RateLookups`` or None) run on the raw keys of the table's ids
+    (id 0 / outside the vocabulary: the missing key); ``items`` itself when none of them is an item feature."""
+    rates = rates.only(list(items)) if rates else None
     if not rates:
         return items
     raw = {}
@@ -298,8 +298,8 @@ class RetrievalData:
 
     def serve_with(self, rates) -> None:
         """Make the served item table with ``rates`` (the export's ``RateLookups``, or None: none), not a
-        second build of the same tables."""
-        self._served = served_items(self.schema, self.data_dir, self.items, rates=rates) if rates else self.items
+        second build of the same tables (:func:`with_rates`)."""
+        self._served = with_rates(self.schema, self.items, rates)
 
     def numpy_items(self, ids: np.ndarray, served: bool = True) -> Dict[str, np.ndarray]:
         """Item tower input of item ids (NumPy): the served item table by default (evaluation, export),

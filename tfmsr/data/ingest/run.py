@@ -686,7 +686,8 @@ class Ingest:
     def _ingest_stats(self, tables: dict) -> dict:
         s = self.spec
         return {"spec": os.path.abspath(s.path), "files": {p: {"rows": n} for p, n in self.file_rows.items()},
-                "rows_read": self.rows_read, "rows_written": self.rows_kept, "dropped": dict(self.drops), "layout": self.layout,
+                "rows_read": self.rows_read, "rows_written": self.rows_kept, "dropped": dict(self.drops),
+                "layout": self.layout,
                 "joins": {j.spec.name: {"rows": j.rows, "rows_without_match": int(self.join_misses[j.spec.name])}
                           for j in self.joins},
                 "missing": {k: int(v) for k, v in self.missing.items() if not k.startswith("table:")},
