@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from raw_dataset import expected_ids, write_raw_dataset
-from raw_serving import check_raw_parity, check_raw_topk, raw_requests, serve_fresh
+from raw_serving import check_raw_parity, check_raw_topk, raw_requests, score_split, serve_fresh
 
 from tfmsr.features import Schema
 from tfmsr.serving.signatures import servable_names
@@ -50,6 +50,17 @@ def test_serving_default_with_raw_ids_equals_tfmsr_score(parity, raw_data):
     unknown["category"] = int((cols["test"]["category"] >= 6).sum())  # an id table: out-of-range ids, as before
     assert figures["scored"] == len(cols["test"]["item_id"])
     assert figures["oov_by_feature"] == unknown and figures["oov_values"] == sum(unknown.values())
+
+
+def test_oov_counted_by_all_graph_equals_the_parsers_count(parity, raw_data, tmp_path):
+    """``all`` counts the out-of-vocabulary ids in its ``scoring`` function, from the graph's own lookups; a
+    scenario servable (no such function) has ``tfmsr score``'s parser look them up: the same counts."""
+    data_dir, _ = raw_data
+    all_dir, one = (os.path.join(parity["export"], s, "1") for s in ("all", "feed"))
+    assert hasattr(tf.saved_model.load(all_dir), "scoring") and not hasattr(tf.saved_model.load(one), "scoring")
+    _, summary = score_split(os.path.dirname(one), data_dir, "test", str(tmp_path / "feed.parquet"))
+    assert summary["scored"] == parity["scored"] and parity["oov_values"] > 0
+    assert (summary["oov_values"], summary["oov_by_feature"]) == (parity["oov_values"], parity["oov_by_feature"])
 
 
 def test_unknown_raw_id_is_accepted_and_scored_like_id_zero(parity, raw_data, tmp_path):

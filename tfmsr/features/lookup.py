@@ -164,6 +164,27 @@ class VocabLookups(tf.Module):
         return out
 
 
+def oov_features(schema: Schema) -> list:
+    """The features whose ids can fall outside their vocabulary: every categorical and sequence feature of a
+    table that is not hashed (in schema order)."""
+    return [f for f in schema.features if f.kind != "numeric" and not schema.table_owner(f).hashed]
+
+
+def oov_per_row(schema: Schema, ids: Dict[str, tf.Tensor]) -> tf.Tensor:
+    """``[B, T]`` int64: per row, how many ids of each of the ``T`` :func:`oov_features` (a sequence: every
+    entry of its ``[B, L]``) fall outside ``[0, vocab_size)`` (after the lookups: -1 for a raw value not in the
+    vocabulary). One comparison of all the id columns side by side, one segment sum per feature."""
+    feats = oov_features(schema)
+    if not feats:
+        return tf.zeros([tf.shape(next(iter(ids.values())))[0], 0], tf.int64)
+    widths = [f.length if f.kind == "sequence" else 1 for f in feats]
+    x = tf.concat([tf.reshape(tf.cast(ids[f.name], tf.int64), [-1, w]) for f, w in zip(feats, widths)], axis=1)
+    limit = np.repeat([schema.table_owner(f).vocab_size for f in feats], widths)
+    bad = tf.cast((x < 0) | (x >= limit), tf.int64)                                  # [B, K]
+    owner = np.repeat(np.arange(len(feats)), widths)
+    return tf.transpose(tf.math.unsorted_segment_sum(tf.transpose(bad), owner, len(feats)))
+
+
 _SHARED: Dict[tuple, tuple] = {}
 _PS = tf.distribute.experimental.ParameterServerStrategy
 _LOCK = threading.Lock()

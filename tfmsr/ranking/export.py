@@ -44,8 +44,9 @@ def export(model_dir: str, out: str, version: Optional[int] = None, base_path: O
             for servable, s in {ALL: None, **{fns.names[s]: s for s in chosen}}.items():
                 sigs = fns.signatures(s)
                 meta = servable_meta(schema, run, s, fns.inputs(with_scenario=s is None), **computed)
-                yield ServableSpec(servable, sigs, meta, fns.variables(sigs), tracked={"vocab": fns.lookups,
-                                                                                       "rates": rates})
+                scoring = {"scoring": fns.scoring()} if s is None else {}   # tfmsr score's, beside all's signatures
+                yield ServableSpec(servable, sigs, meta, fns.variables(sigs),
+                                   tracked={"vocab": fns.lookups, "rates": rates, **scoring})
 
         summary = write_export(out, version, schema, servables(), base_path, log,
                                model=run["config"]["model"]["name"], model_dir=os.path.abspath(model_dir),

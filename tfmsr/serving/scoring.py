@@ -4,8 +4,9 @@
                 --keep user_id,scenario,click
 
 The records go through the SavedModel's ``serving_default`` signature (the loaded graph, never the
-Python model code): ``all`` routes each row by its scenario; a scenario servable scores every row as
-its scenario. Shards are read in parallel and in file order (row i of the output is row i of the input,
+Python model code), or through the ``scoring`` function ``all`` holds beside it (the same head; it also
+returns the out-of-vocabulary counts from the graph's own lookups): ``all`` routes each row by its scenario;
+a scenario servable scores every row as its scenario. Shards are read in parallel and in file order (row i of the output is row i of the input,
 shards sorted by name), parsed in parallel in batches, and written as Parquet, CSV or TFRecord
 (a ``tf.train.Example`` per row holding the kept columns and ``prob``) to a temp file renamed at the end.
 
@@ -23,7 +24,8 @@ dataset's shards hold: raw values (string or int64) for the tables with a
 vocabulary (the ingested format; the SavedModel maps them with its own ``assets/`` vocabularies) and ids
 for the others. Out-of-vocabulary values of the scored rows (a raw value not in the vocabulary, an id
 outside ``[0, vocab_size)``) are scored like id 0, as in training, and counted: ``oov_values`` and
-``oov_by_feature`` (sequence entries included).
+``oov_by_feature`` (sequence entries included; by ``all``'s ``scoring`` function, else by the parser with the
+SavedModel's vocabularies).
 
 The summary's speed figures, per CPU-second of all the process's threads: ``load_cpu_seconds`` (the
 SavedModel load), ``cpu_seconds`` / ``examples_per_cpu_sec`` (the scoring loop), ``first_batch_cpu_seconds``
@@ -48,7 +50,7 @@ import tensorflow as tf
 from tfmsr.core.tempfiles import sweep_beside
 from tfmsr.data.pipeline import DataError, compression_of, layout_of_files, make_parser, parse_spec, read_errors
 from tfmsr.features import Schema
-from tfmsr.features.lookup import VocabLookups
+from tfmsr.features.lookup import VocabLookups, oov_features, oov_per_row
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".tfrecord": "tfrecord"}
 _DEFAULTS = {tf.int64: 0, tf.float32: 0.0, tf.string: b""}
@@ -180,7 +182,8 @@ class _RowParser:
     parser. A record with a scalar present with zero or several values fails that parse for its whole
     batch; ``exact`` parses such a batch again with scalars as ragged (present = exactly one value)."""
 
-    def __init__(self, schema: Schema, dtypes, required: List[str], keep: List[str], routed: bool):
+    def __init__(self, schema: Schema, dtypes, required: List[str], keep: List[str], routed: bool,
+                 count_oov: bool = True):
         self.schema, self.required, self.keep, self.routed = schema, required, keep, routed
         self.scalars = list(dict.fromkeys(required + keep))
         full = parse_spec(schema)
@@ -192,8 +195,10 @@ class _RowParser:
                  **seqs}
         self._parse_exact = make_parser(schema, with_labels=False, spec=self.spec, raw=True, non_finite=None)
         self._parse_fast = make_parser(schema, with_labels=False, spec=dense, raw=True, non_finite=None)
-        self.lookups = VocabLookups(schema)  # from the SavedModel's assets: counts what the graph maps to OOV
-        self.tables = [f for f in schema.features if f.kind != "numeric" and not schema.table_owner(f).hashed]
+        self.tables = oov_features(schema)
+        # the SavedModel's own vocabularies (assets/), to count what its graph maps to OOV; not needed when
+        # the servable counts them itself (its ``scoring`` function)
+        self.lookups = VocabLookups(schema) if count_oov else None
 
     @tf.autograph.experimental.do_not_convert  # no Python control flow on tensors
     def fast(self, serialized):
@@ -231,26 +236,12 @@ class _RowParser:
 
     def _oov(self, model_in, ok):
         """``[len(tables)]`` out-of-vocabulary values per id feature in the rows that are scored: raw values
-        not in the vocabulary, or ids outside ``[0, vocab_size)`` (what the model counts as OOV). One
-        comparison of all the id columns side by side (a scalar one column, a sequence L): few ops to trace."""
-        if not self.tables:
+        not in the vocabulary, or ids outside ``[0, vocab_size)`` (what the model counts as OOV); ``[0]`` when
+        the servable counts them (``count_oov`` False)."""
+        if self.lookups is None or not self.tables:
             return tf.zeros([0], tf.int64)
         ids = self.lookups({f.name: model_in[f.name] for f in self.tables})
-        cols = [tf.reshape(tf.cast(ids[f.name], tf.int64), [-1, self._width(f)]) for f in self.tables]
-        x = tf.concat(cols, axis=1)  # [B, K]
-        limit, owner = self._oov_columns()
-        bad = tf.cast((x < 0) | (x >= limit), tf.int64) * tf.cast(ok, tf.int64)[:, None]
-        return tf.math.unsorted_segment_sum(tf.reduce_sum(bad, axis=0), owner, len(self.tables))
-
-    def _width(self, f) -> int:
-        return f.length if f.kind == "sequence" else 1
-
-    def _oov_columns(self):
-        """Per id column of ``_oov``: its table's vocab_size and the index of its feature in ``tables``."""
-        sizes = [self.schema.table_owner(f).vocab_size for f in self.tables]
-        widths = [self._width(f) for f in self.tables]
-        return (tf.constant(np.repeat(sizes, widths), tf.int64),
-                tf.constant(np.repeat(np.arange(len(sizes)), widths), tf.int32))
+        return tf.reduce_sum(oov_per_row(self.schema, ids) * tf.cast(ok, tf.int64)[:, None], axis=0)
 
 
 class _Reread:
@@ -307,15 +298,11 @@ def score(saved_model: str, inputs: str, output: str, keep: Sequence[str] = (), 
     keep = _checked_keep(keep, dtypes, schema, path)
     routed = meta["scenario_index"] is None
     required = ([schema.scenario.name] if routed else []) + [f.name for f in schema.features if f.kind != "sequence"]
-    parser = _RowParser(schema, dtypes, required, keep, routed)
     cpu_load = time.process_time()
     loaded = tf.saved_model.load(path)  # kept alive while its signature runs
-    signature = loaded.signatures["serving_default"]
-    computed = set(meta.get("computed_inputs") or ())  # the graph looks them up from their key (serving.rates)
-
-    def fn(**x):  # the shards still carry them (and are checked), the signature does not take them
-        return signature(**{k: v for k, v in x.items() if k not in computed})
+    fn, counts_oov = _scoring_function(loaded, set(meta.get("computed_inputs") or ()))
     load_cpu = time.process_time() - cpu_load
+    parser = _RowParser(schema, dtypes, required, keep, routed, count_oov=not counts_oov)
     columns = {**{k: dtypes[k] for k in keep}, "prob": tf.float32}
     progress = progress or _stderr_progress
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)  # score into a new folder
@@ -332,6 +319,21 @@ def score(saved_model: str, inputs: str, output: str, keep: Sequence[str] = (), 
     }
     _report(summary, progress)
     return summary
+
+
+def _scoring_function(loaded, computed: set):
+    """``(fn, counts_oov)``: ``fn`` maps named raw inputs to ``{"prob"}`` through the SavedModel's
+    ``serving_default``, or to ``{"prob", "oov" [B, T]}`` through its ``scoring`` function where it has one
+    (the ``all`` servable of newer exports: the same head, the out-of-vocabulary ids counted from the graph's
+    own lookups, so the parser does not look every id up a second time). ``computed``: inputs the graph
+    derives from their key (``serving.rates``): the shards still carry them (and are checked), ``fn`` drops them."""
+    scoring = getattr(loaded, "scoring", None)
+    signature = loaded.signatures["serving_default"]
+
+    def fn(**x):
+        x = {k: v for k, v in x.items() if k not in computed}
+        return scoring(x) if scoring is not None else signature(**x)
+    return fn, scoring is not None
 
 
 def _cpu_figures(load_cpu: float, cpu: float, marks: List[tuple]) -> dict:
@@ -419,10 +421,11 @@ def _write_scores(fn, files: Sequence[str], batch_size: int, parser: _RowParser,
     try:
         with read_errors(files, parser.schema, parser.spec):
             for model_in, kept, ok, unknown, missing, oov, non_finite in _parsed_batches(files, batch_size, parser):
-                prob = fn(**model_in)["prob"].numpy()
-                ok = ok.numpy()
+                out = fn(**model_in)
+                prob, ok = out["prob"].numpy(), ok.numpy()
+                oov = (out["oov"].numpy() * ok[:, None]).sum(axis=0) if "oov" in out else oov.numpy()
                 cols = {k: (v.numpy(), p.numpy()) for k, (v, p) in kept.items()}
-                tally.add(cols, ok, unknown.numpy(), missing.numpy(), oov.numpy(), non_finite.numpy())
+                tally.add(cols, ok, unknown.numpy(), missing.numpy(), oov, non_finite.numpy())
                 cols["prob"] = (np.where(ok, prob, np.nan).astype(np.float32), ok)
                 writer.write(cols)
                 marks.append((tally.counts["rows"], time.process_time() - cpu0))

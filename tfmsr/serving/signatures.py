@@ -41,7 +41,8 @@ The ``all`` servable has ``serving_default`` (routed by the scenario input), ``e
 ``all_scenarios``; the S per-scenario named signatures (same answers as ``serving_default`` with the scenario
 set, or as a scenario servable) are added only up to ``NAMED_SIGNATURES_MAX`` scenarios: beyond, each is one
 more traced graph and warm-up request in ``all`` and a TF Serving client routes by the scenario input or calls
-the scenario's own servable instead.
+the scenario's own servable instead. Beside its signatures ``all`` holds ``scoring`` (``tfmsr score``'s function:
+``serving_default``'s answer and each row's out-of-vocabulary id count per feature, from the same lookups).
 
 Everything here is traced into stock TensorFlow ops; the functions capture only the model's variables (and a
 scenario servable's row slices of them).
@@ -57,7 +58,7 @@ import tensorflow as tf
 from tfmsr.data.guards import guard_batch
 from tfmsr.data.pipeline import make_parser, parse_spec
 from tfmsr.features import Schema
-from tfmsr.features.lookup import VocabLookups, read_vocabulary
+from tfmsr.features.lookup import VocabLookups, oov_per_row, read_vocabulary
 
 RESERVED = ("all", "serving_default", "examples", "all_scenarios")
 NAMED_SIGNATURES_MAX = 16   # ``all`` has one named signature per scenario up to this many scenarios
@@ -272,6 +273,18 @@ class ServingFunctions:
             prob, probs = self.model.routed_and_scenario_probs(self._routed(x), training=False)
             return {"prob": _as_prob(prob), "probs": tf.cast(probs, tf.float32)}
         return self._function("all_scenarios", fn, [self.inputs()])
+
+    def scoring(self):
+        """Features incl. the scenario -> ``prob`` (``serving_default``'s head) and ``oov`` ``[B, T]`` (per row,
+        the ids of each of the ``T`` :func:`~tfmsr.features.lookup.oov_features` outside their vocabulary,
+        from this graph's own lookups): ``tfmsr score``'s function, saved beside ``all``'s signatures (not a
+        signature: TF Serving does not list it)."""
+        head = self._routed_head()
+
+        def fn(x):
+            ids = self._routed(x)
+            return {**head(ids), "oov": oov_per_row(self.schema, ids)}
+        return self._function("scoring", fn, [self.inputs()])
 
     def scenario(self, s: int):
         """Features without the scenario -> ``prob`` in scenario ``s``."""
