@@ -158,6 +158,27 @@ def test_mie_matches_equations_3_to_7():
     np.testing.assert_allclose(out2[0], out[0], rtol=1e-5, atol=1e-6)
 
 
+
+def test_mie_all_fields_at_once_has_the_gradient_of_one_fta_per_field():
+    """The masked call (every field in one gather and one segment softmax) against each field's own FTA layer:
+    the same interests and the same gradient for every input and weight."""
+    e_s, target, beh, mask = (tf.constant(t) for t in mie_inputs())
+    layer = MultiAspectInterestExtractor(A)
+    layer(e_s, target, beh, mask=mask)
+    names = [w.name.split("/", 1)[1] for w in layer.fta[1].weights]
+    assert names == [f"fta_1/{n}:0" for n in ("W_Q", "W_K", "W_V", "W_O")]          # as when called
+    probe = tf.constant(f32(B, A, D))
+    per_field = lambda: tf.stack([fta(q, k, k, mask=mask) for q, k, fta in
+                                  zip(layer.queries(e_s, target), layer.split(beh), layer.fta)], axis=1)
+    got, want = [], []
+    for fn, out in ((lambda: layer(e_s, target, beh, mask=mask), got), (per_field, want)):
+        with tf.GradientTape() as tape:
+            tape.watch([e_s, target, beh])
+            y = fn()
+            loss = tf.reduce_sum(y * probe)
+        out.extend([y] + tape.gradient(loss, [e_s, target, beh] + layer.trainable_variables))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-6)
 # ------------------------------------------------------------------------------------------------ SIF
 def test_sif_matches_equations_8_to_14_and_stops_the_gradient():
     e_s, interests = tf.constant(f32(B, DS)), tf.constant(f32(B, A, D))

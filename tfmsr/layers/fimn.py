@@ -15,7 +15,7 @@ import tf_keras as keras
 
 from tfmsr.layers._init import fresh
 from tfmsr.layers._inputs import MultiInputLayer
-from tfmsr.layers.attention import MultiHeadTargetAttention, masked_softmax
+from tfmsr.layers.attention import MultiHeadTargetAttention, masked_softmax, pack, segment_softmax, segment_sum
 from tfmsr.layers.interaction import fm_bi_interaction
 from tfmsr.layers.mlp import MLP
 from tfmsr.layers.scenario import own_rows
@@ -117,7 +117,9 @@ class MultiAspectInterestExtractor(MultiInputLayer):
     (:class:`~tfmsr.layers.MultiHeadTargetAttention` with one head), keys and values ``E_B_j``; padding
     behaviours get no weight and an empty history gives a zero interest.
 
-    ``call(e~_s [B, d_s], e_t [B, A d], E_B [B, L, A d], mask=None [B, L]) -> E_I [B, A, d]``.
+    ``call(e~_s [B, d_s], e_t [B, A d], E_B [B, L, A d], mask=None [B, L]) -> E_I [B, A, d]``; with
+    ``packed=`` (:func:`~tfmsr.layers.attention.pack` of the mask) ``E_B`` is the ``[n, A d]`` real behaviours
+    only (a caller that looked up just those: no ``[B, L, A d]`` tensor, whose gradient is a dense scatter).
     """
 
     def __init__(self, num_fields: int, kernel_init="glorot_uniform", **kwargs):
@@ -132,6 +134,11 @@ class MultiAspectInterestExtractor(MultiInputLayer):
         self.w_e = keras.layers.Dense(self.d, use_bias=False, kernel_initializer=fresh(self.kernel_init), name="W_e")
         self.fta = [MultiHeadTargetAttention(1, output_dim=self.d, kernel_init=self.kernel_init, name=f"fta_{j}")
                     for j in range(self.num_fields)]
+        with tf.name_scope(self.w_e.name):                   # made in the order and with the names of a call
+            self.w_e.build(e_s)
+        for fta in self.fta:
+            with tf.name_scope(fta.name):
+                fta.build_once(tf.zeros([0, self.d]), tf.zeros([0, 0, self.d]), tf.zeros([0, 0, self.d]))
 
     def split(self, x):
         """``[..., A d] -> A x [..., d]`` (eq. 3 and 5; ``tf.split``, whose gradient is one concat)."""
@@ -142,10 +149,32 @@ class MultiAspectInterestExtractor(MultiInputLayer):
         e_hat = self.w_e(e_s)
         return [fm_bi_interaction(tf.stack([e_hat, t_j], axis=1)) for t_j in self.split(target)]
 
-    def call(self, e_s, target, behaviors, mask=None):
+    def call(self, e_s, target, behaviors, mask=None, *, packed=None):
         self.build_once(e_s, target, behaviors)
-        return tf.stack([fta(q, k, k, mask=mask) for q, k, fta in
-                         zip(self.queries(e_s, target), self.split(behaviors), self.fta)], axis=1)
+        if packed is not None:
+            return self.over_real(e_s, target, behaviors, packed)
+        if mask is None:
+            return tf.stack([fta(q, k, k) for q, k, fta in
+                             zip(self.queries(e_s, target), self.split(behaviors), self.fta)], axis=1)
+        packed = pack(mask)
+        return self.over_real(e_s, target, packed.gather(behaviors), packed)
+
+    def over_real(self, e_s, target, tokens, packed):
+        """Eq. 4-7 for every field at once over the real behaviours ``tokens [n, A d]`` (``packed.gather`` of
+        ``E_B``): field ``j`` is one head with its own weights. ``(q W^Q)(k W^K)^T = (q W^Q W^{K T}) k^T`` and
+        ``sum_l w_l (k_l W^V) = (sum_l w_l k_l) W^V``, as :class:`~tfmsr.layers.MultiHeadTargetAttention` over a
+        mask, with one segment softmax for the ``A`` fields (no split of ``E_B``)."""
+        a, d, b = self.num_fields, self.d, tf.shape(e_s, out_type=tf.int64)[0]
+        t = tf.reshape(target, [-1, a, d])                                                # eq. 3
+        e_hat = tf.broadcast_to(self.w_e(e_s)[:, None, :], tf.shape(t))
+        q = fm_bi_interaction(tf.stack([e_hat, t], axis=1))                               # eq. 4, [B, A, d]
+        wq, wk, wv, wo = (tf.stack([getattr(f, w) for f in self.fta]) for w in ("wq", "wk", "wv", "wo"))
+        q = tf.einsum("bad,adk->bak", q, wq) * float(self.fta[0].kd) ** -0.5
+        r = tf.einsum("bak,aek->bae", q, wk)                                              # [B, A, d]
+        tokens = tf.reshape(tokens, [-1, a, d])                                           # eq. 5, [n, A, d]
+        w = segment_softmax(tf.einsum("nad,nad->na", tf.gather(r, packed.row), tokens), packed.row, b)  # eq. 7
+        pooled = segment_sum(w[..., None] * tokens, packed.row, b)                        # [B, A, d]
+        return tf.einsum("bav,avo->bao", tf.einsum("bad,adv->bav", pooled, wv), wo)       # eq. 6
 
     def attention(self, e_s, target, behaviors, mask=None):
         """The FTA weights ``[B, A, L]`` (the softmax of eq. 7 for every field; the layer must have been

@@ -9,7 +9,8 @@ import tensorflow as tf
 from tfmsr.core.errors import ConfigError
 from tfmsr.core.params import Initializer, default, refuse
 from tfmsr.features import SchemaError
-from tfmsr.layers import ScenarioTowers, embed_behavior, masked_mean, pooled_sequences, require_behavior
+from tfmsr.layers import ScenarioTowers, masked_mean, pooled_sequences, require_behavior
+from tfmsr.layers.attention import pack
 from tfmsr.layers.fimn import (MultiAspectInterestExtractor, ScenarioAwareInterestFusion, ScenarioEnhancing,
                                ScenarioMutual, frequency_features)
 from tfmsr.ranking.models.base import RankingModel, register
@@ -90,7 +91,7 @@ class FIMN(RankingModel):
     def __init__(self, schema, params=None, stats: Optional[dict] = None, **kwargs):
         super().__init__(schema, params, **kwargs)
         p = self.params
-        pairs = require_behavior(schema, self.model_name)
+        self.pairs = pairs = require_behavior(schema, self.model_name)
         self.interest_names = [item.name for _, item in pairs]
         init = p.init
         self.sem = (ScenarioEnhancing(self.frequency(stats), p.sem_hidden, p.gamma,
@@ -128,30 +129,39 @@ class FIMN(RankingModel):
         FTA weights only with ``explain``). ``own``: each example's own scenario only (``logits [B]``; SMM's
         row of that scenario, ``mutual [B, S]``, ``theta [B]``; the own tower)."""
         out = {}
-        beh = embed_behavior(self.embedding, x, self.schema)
+        target = tf.concat([self.embedding.embed(x, t.name) for _, t in self.pairs], axis=-1)   # e_t of eq. 3
         e_s = tf.concat([self.embedding.scenario(x)] + self.embedding.group(x, "scenario"), axis=-1)
         if self.sem is not None:
             e_s, out["sem_weight"] = self.sem(e_s, x[self.schema.scenario.name])
-        a, d = len(self.interest_names), self.params.embedding_dim
-        if self.mie is not None:
-            interests = self.mie(e_s, beh.target, beh.keys, mask=beh.mask)
-            if explain:
-                out["attention"] = self.mie.attention(e_s, beh.target, beh.keys, mask=beh.mask)
-        else:
-            interests = tf.reshape(masked_mean(beh.keys, beh.mask), [-1, a, d])
+        interests = self.interests(x, e_s, target, out if explain else None)
         if self.sif is not None:
             fused, out["intra_gate"], out["contribution"] = self.sif(e_s, interests)
             out["intensity"] = tf.reduce_mean(out["intra_gate"], axis=-1)
         else:
             fused = tf.reduce_mean(interests, axis=1)
         rest = [self.flat_inputs(x, with_scenario=False, with_sequences=False)]
-        rest += pooled_sequences(self.embedding, x, self.schema, exclude=beh.features)
+        rest += pooled_sequences(self.embedding, x, self.schema, exclude=[s.name for s, _ in self.pairs])
         h = tf.concat([e_s, fused] + rest, axis=-1)
         scenario = x[self.schema.scenario.name] if own else None
         if self.smm is not None:
             h, out["mutual"], out["theta"] = self.smm(h, scenario)
         out["logits"] = self.towers(h, scenario, training=training)
         return out
+
+    def interests(self, x, e_s, target, explained=None) -> tf.Tensor:
+        """``E_I [B, A, d]``: MIE over the real behaviours, each field looked up at the ``n`` real positions
+        only (``[n, d]``: its gradient is ``n`` embedding rows, not a dense ``[B, L, A d]`` scatter); without
+        MIE the masked means of the fields. ``explained``: a dict that gets the FTA weights ``attention``."""
+        mask = self.embedding.mask(x, self.pairs[0][0].name)
+        fields = lambda ids: tf.concat([self.embedding.embed(ids, s.name) for s, _ in self.pairs], axis=-1)
+        if self.mie is None:
+            return tf.reshape(masked_mean(fields(x), mask), [-1, len(self.pairs), self.params.embedding_dim])
+        packed = pack(mask)
+        real = {s.name: tf.gather_nd(x[s.name], packed.index) for s, _ in self.pairs}   # [n] ids per field
+        interests = self.mie(e_s, target, fields(real), packed=packed)
+        if explained is not None:
+            explained["attention"] = self.mie.attention(e_s, target, fields(x), mask=mask)
+        return interests
 
     def logits(self, x, training=False, own=False):
         return self.forward(x, training=training, own=own)["logits"]
