@@ -6,6 +6,7 @@ import tensorflow as tf
 from layer_reference import RNG, TOL, rand, relu
 
 from tfmsr.layers import partition_apply, PartitionedNormalization, ScenarioAffine, StarDense
+from tfmsr.layers.scenario import SortedRows
 
 
 def test_partition_apply_restores_row_order():
@@ -58,6 +59,40 @@ def test_star_dense_uses_elementwise_product_of_shared_and_scenario_weights():
     W, b, Wp, bp = layer.kernel.numpy(), layer.bias.numpy(), layer.kernel_p.numpy(), layer.bias_p.numpy()
     want = np.stack([relu(x[i] @ (W * Wp[s]) + b + bp[s]) for i, s in enumerate(sc)])
     np.testing.assert_allclose(got, want, **TOL)
+
+
+def test_sorted_rows_split_and_restore_row_order():
+    x, sc = rand(7, 2), np.array([2, 0, 3, 2, 2, 0, 3])                     # scenario 1 absent
+    rows = SortedRows(tf.constant(sc), 4)
+    parts = rows.split(rows.sort(tf.constant(x)))
+    assert [p.shape[0] for p in parts] == [2, 0, 3, 2]
+    for s, p in enumerate(parts):
+        np.testing.assert_allclose(p.numpy(), x[sc == s], **TOL)             # stable: batch order kept
+    np.testing.assert_allclose(rows.unsort(tf.concat(parts, 0)).numpy(), x, **TOL)
+
+
+def test_star_dense_sorted_rows_output_and_gradients():
+    """Rows sorted once (``SortedRows``, the written-out gradient of :func:`star_matmul`): the output is the
+    NumPy ``x_b (W (x) W_p[s_b]) + b + b_p[s_b]`` and every gradient equals the partitioned path's."""
+    x, sc = rand(9, 5), np.array([0, 3, 0, 2, 3, 3, 0, 2, 0])              # scenario 1 absent
+    for S, units in ((4, 4), (70, 1)):                                      # 70 x [5, 1]: the gathered method
+        layer = StarDense(units, S, activation="relu")
+        layer.build(x.shape)
+        layer.kernel_p.assign(rand(S, 5, units))
+        layer.bias_p.assign(rand(S, units))
+        W, b, Wp, bp = (w.numpy() for w in (layer.kernel, layer.bias, layer.kernel_p, layer.bias_p))
+        xt, sct = tf.constant(x), tf.constant(sc)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(xt)
+            rows = SortedRows(sct, S)
+            got = rows.unsort(layer(rows.sort(xt), rows))
+            ref = layer(xt, sct)
+            loss_got, loss_ref = (tf.reduce_sum(tf.square(y) * np.arange(1, 10)[:, None]) for y in (got, ref))
+        want = np.stack([relu(x[i] @ (W * Wp[s]) + b + bp[s]) for i, s in enumerate(sc)])
+        np.testing.assert_allclose(got.numpy(), want, **TOL)
+        for g_got, g_ref in zip(tape.gradient(loss_got, [xt, *layer.trainable_variables]),
+                                tape.gradient(loss_ref, [xt, *layer.trainable_variables])):
+            np.testing.assert_allclose(tf.convert_to_tensor(g_got).numpy(), tf.convert_to_tensor(g_ref).numpy(), **TOL)
 
 
 def test_scenario_affine():

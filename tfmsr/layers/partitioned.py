@@ -9,7 +9,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmsr.layers._init import fresh
-from tfmsr.layers.scenario import all_matmul, fixed_id, own_matmul, own_method, partition_apply, row, rows_of
+from tfmsr.layers.scenario import (SortedRows, all_matmul, fixed_id, own_matmul, own_method, partition_apply, row,
+                                   rows_of)
 
 
 class PartitionedNormalization(keras.layers.Layer):
@@ -93,7 +94,8 @@ class StarDense(keras.layers.Layer):
     through its own scenario's weights (one dense pass per example, plus ``S D H`` for ``W_p (x) W`` forward and
     twice that backward: every scenario's product, ``O(S)`` by the math, and the optimizer's ``S D H`` slots).
     ``call(x)`` (``x [B, D]`` or ``[B, S, D]``): every scenario's output
-    ``[B, S, H]`` in one einsum (``S`` times the FLOPs).
+    ``[B, S, H]`` in one einsum (``S`` times the FLOPs). ``call(x, rows)`` with a :class:`SortedRows`: ``x`` holds
+    the rows sorted by scenario and so does the output (a stack of layers sorts once: :func:`star_matmul`).
     """
 
     def __init__(self, units: int, num_scenarios: int, activation=None, kernel_init="glorot_uniform", **kwargs):
@@ -113,6 +115,8 @@ class StarDense(keras.layers.Layer):
     def call(self, x, scenario=None):
         if scenario is None:
             return all_matmul(x, self.kernel * self.kernel_p, self.bias + self.bias_p, self.act)   # W*_p, b*_p
+        if isinstance(scenario, SortedRows):
+            return self.act(self.sorted_rows(x, scenario))
         fixed = fixed_id(scenario)
         if fixed is not None:   # one scenario while tracing (its servable): its slices only
             return self.act(tf.matmul(x, self.kernel * row(self.kernel_p, fixed)) + self.bias + row(self.bias_p, fixed))
@@ -124,6 +128,39 @@ class StarDense(keras.layers.Layer):
         w_p, b_p = tf.unstack(tf.convert_to_tensor(self.kernel_p)), tf.unstack(tf.convert_to_tensor(self.bias_p))
         return self.act(partition_apply(x, scenario, s, lambda i, rows: tf.matmul(rows, self.kernel * w_p[i])
                                         + (self.bias + b_p[i])))
+
+    def sorted_rows(self, x, rows: SortedRows):
+        """``x W*_p + b*_p`` (no activation) of rows sorted by scenario (``rows``): :func:`star_matmul`, or the
+        gathered method when :func:`own_method` picks it (a narrow layer at many scenarios)."""
+        s, d, h = (int(n) for n in self.kernel_p.shape)
+        bias = tf.gather(self.bias + tf.convert_to_tensor(self.bias_p), rows.ids)
+        if own_method(s, d * h) == "gather":
+            return own_matmul(x, rows.ids, self.kernel * self.kernel_p, method="gather") + bias
+        return star_matmul(x, rows, self.kernel, self.kernel_p) + bias
+
+
+def star_matmul(x, rows: SortedRows, kernel, kernel_p) -> tf.Tensor:
+    """``x_b (W (x) W_p[s_b])`` for rows ``x [B, D]`` sorted by scenario (``rows``), kernels ``[D, H]`` and
+    ``[S, D, H]``. Forward: per scenario its product (formed next to its GEMM, in cache) and one GEMM on its rows.
+    Its gradient is written out: per scenario ``G_s = X_s^T dY_s``, then ``dW = sum_s G_s (x) W_p[s]`` (one
+    AddN) and ``dW_p = stack_s G_s (x) W``, and ``dX_s = dY_s (W (x) W_p[s])^T`` from the forward's products
+    (autodiff's partition/stitch per layer and its gathers are gone; the same numbers within float rounding)."""
+    @tf.custom_gradient
+    def run(x, w, w_p):
+        w_s = tf.unstack(w_p)
+        products = [w * k for k in w_s]
+        parts = rows.split(x)
+        y = tf.concat([tf.matmul(p, k) for p, k in zip(parts, products)], 0)
+
+        def grad(dy):
+            dys = rows.split(dy)
+            dx = tf.concat([tf.matmul(g, k, transpose_b=True) for g, k in zip(dys, products)], 0)
+            gs = [tf.matmul(p, g, transpose_a=True) for p, g in zip(parts, dys)]
+            return dx, tf.add_n([g * k for g, k in zip(gs, w_s)]), tf.stack([g * w for g in gs])
+
+        return y, grad
+
+    return run(x, tf.convert_to_tensor(kernel), tf.convert_to_tensor(kernel_p))
 
 
 class ScenarioAffine(keras.layers.Layer):

@@ -8,6 +8,7 @@ import tf_keras as keras
 
 from tfmsr.core.params import default
 from tfmsr.layers import MLP, PartitionedNormalization, StarDense
+from tfmsr.layers.scenario import SortedRows, fixed_id
 from tfmsr.ranking.models.base import RankingModel, register
 
 
@@ -59,6 +60,18 @@ class STAR(RankingModel):
         self.aux = MLP(p.aux_hidden, name="aux") if p.auxiliary else None
         self.aux_out = keras.layers.Dense(1, name="aux_logit") if p.auxiliary else None
 
+    # From this many scenarios the own rows cross the star FCN sorted by scenario once (SortedRows: one sort and
+    # one un-permutation a step, split + concat per layer, the layers' gradient written out) instead of a
+    # partition and a stitch per layer. Measured on the train step (CPU us per example, B = 1024, alternating
+    # runs): S = 100 ~8 % less (3 of 3 pairs); S = 5 level to slightly worse, so few scenarios keep the partition.
+    SORT_MIN_SCENARIOS = 16
+
+    def _sorted_rows(self, sc):
+        """:class:`SortedRows` of ``sc`` for the star FCN, or None (few scenarios, no star FCN, a fixed id)."""
+        if self.params.star_fcn and self.num_scenarios >= self.SORT_MIN_SCENARIOS and fixed_id(sc) is None:
+            return SortedRows(sc, self.num_scenarios)
+        return None
+
     def logits(self, x, training=False, own=None):
         """The own-scenario logit ``[B]``; ``own=False`` (the default when ``multi_head``, i.e. unless
         ``scenario_in_main``): every scenario's logit ``[B, S]`` in one pass, the partitioned layers'
@@ -70,8 +83,11 @@ class STAR(RankingModel):
             h = self.norm(h, sc if own else None, training=training)        # [B, D] or [B, S, D]
         elif self.norm is not None:
             h = self.norm(h, training=training)
+        rows = self._sorted_rows(sc) if own else None
+        h = rows.sort(h) if rows is not None else h
         for layer in self.fcn:
-            h = layer(h, sc if own else None) if isinstance(layer, StarDense) else layer(h)
+            h = layer(h, (rows or sc) if own else None) if isinstance(layer, StarDense) else layer(h)
+        h = rows.unsort(h) if rows is not None else h
         logit = h[..., 0] if own or len(h.shape) == 3 else h                # [B], [B, S] or [B, 1]
         if self.aux is not None:
             ids = sc if own else tf.range(self.num_scenarios, dtype=sc.dtype)
