@@ -226,6 +226,39 @@ def test_auxiliary_and_multi_branch_match_eq4():
         plain(tf.constant(v_m0), aux_hidden)
 
 
+@pytest.mark.parametrize("activation, aux", [("relu", True), ("tanh", True), ("relu", False)])
+def test_all_and_own_is_every_branch_and_the_own_branch_gradient(activation, aux):
+    """``with_all``: every branch (no gradient) and the own branch's value read from that pass, whose gradient
+    (written out per layer) is autodiff's through the own branch alone (:meth:`MultiBranchNetwork.own`)."""
+    b, hidden, S = 12, [8, 4], 3
+    net = MultiBranchNetwork(S, hidden, activation=activation, aux_widths=hidden if aux else None)
+    v = tf.constant(RNG.normal(size=(b, 5)).astype(np.float32))
+    aux_hidden = [tf.constant(relu(RNG.normal(size=(b, h))).astype(np.float32)) for h in hidden] if aux else None
+    scenario = tf.constant(np.r_[0, 1, RNG.integers(0, S - 1, b - 2)])   # branch S - 1 reads no row
+    net(v, aux_hidden)
+    for layer in net.dense:                                               # non-zero biases
+        layer.bias.assign(RNG.normal(size=layer.bias.shape).astype(np.float32))
+    w = tf.constant(RNG.normal(size=(b, hidden[-1])).astype(np.float32))
+    sources = [v] + (aux_hidden or [])
+    got = []
+    for with_all in (False, True):
+        with tf.GradientTape() as tape:
+            tape.watch(sources)
+            out = net(v, aux_hidden, scenario=scenario, with_all=with_all)
+            own = out[1] if with_all else out
+            loss = tf.reduce_sum(own * w)
+        got.append((out, tape.gradient(loss, sources + net.trainable_variables)))
+    (own, grads), ((every, own_new), grads_new) = got
+    np.testing.assert_allclose(every.numpy(), net(v, aux_hidden).numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(own_new.numpy(), own.numpy(), rtol=1e-5, atol=1e-6)
+    for g, want in zip(grads_new, grads):
+        np.testing.assert_allclose(tf.convert_to_tensor(g).numpy(), tf.convert_to_tensor(want).numpy(),
+                                   rtol=1e-4, atol=1e-5)
+    for g in grads_new[len(sources):]:                                   # only the branches of the rows learn
+        rows = np.abs(tf.convert_to_tensor(g).numpy()).reshape(S, -1).sum(1)
+        assert rows[0] > 0 and rows[1] > 0 and rows[S - 1] == 0
+
+
 # ----------------------------------------------------------------------------- eq. 6-8
 def mutual_numpy(v, w, bias):
     b, S, _ = v.shape
@@ -278,6 +311,15 @@ def test_mutual_unit_gradient_mask():
         assert np.abs(tape.gradient(loss, v_own).numpy()).sum() > 0
         grad = tape.gradient(loss, v)                                     # None: no path at all (masked)
         assert (grad is None or not np.any(grad.numpy())) == masked
+    zero = v.numpy().copy()
+    zero[0, 1] = zero[1, 0] = 0.0                                         # all-zero ReLU outputs, own and other
+    v, s = tf.constant(zero), tf.constant([0, 0, 1, 2, 1])
+    for masked in (True, False):
+        unit = MutualUnit(gradient_mask=masked)
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            loss = tf.reduce_sum(unit(v)[0]) + tf.reduce_sum(unit(v, tf.gather(v, s, batch_dims=1), s)[0])
+        assert np.all(np.isfinite(tape.gradient(loss, v).numpy())), masked  # |V| = 0: no 0/0 in the gradient
 
 
 # ----------------------------------------------------------------------------- whole model

@@ -27,7 +27,7 @@ from tfmsr.layers.attention import MultiHeadSelfAttention, PositionalEmbedding, 
 from tfmsr.layers.behavior import embed_behavior, require_behavior
 from tfmsr.layers.embedding import FeatureEmbedding, masked_mean
 from tfmsr.layers.mlp import MLP
-from tfmsr.layers.scenario import ScenarioDense
+from tfmsr.layers.scenario import ScenarioDense, scenario_ids
 
 _GROUPS = ("user", "item", "context", "query")
 
@@ -235,6 +235,42 @@ class AuxiliaryNetwork(keras.layers.Layer):
         return hidden, self.out(hidden[-1])[:, 0]
 
 
+def _with_one(t):
+    """``[B, D] -> [1, B, D + 1]``: a row with a trailing 1 (the bias row of a kernel), broadcast over branches."""
+    return tf.concat([t, tf.ones_like(t[:, :1])], axis=-1)[None]
+
+
+def own_branch_backward(dy, v, flat, own_pre, acts, scenario, n_aux):
+    """The gradient of each row's own branch ``V_s = delta(... delta([v, V_a^1] W_s^1 + b_s^1) ...)`` given
+    ``dy = dL/dV_s [B, D]``: its pre-activations ``own_pre`` (``[B, D_l]`` per layer, read from the all-branch
+    pass) and ``flat = [V_a^l] * n_aux + [W^l] + [b^l]``; returns ``(dv, *d flat)`` in that order. Per layer one
+    partition of the rows by scenario: ``dW_s = x_s^T dz_s``, ``db_s = sum dz_s``, ``dx_s = dz_s W_s^T``
+    (``O(S)`` small GEMMs, the FLOPs of one branch's backward pass)."""
+    layers = len(own_pre)
+    aux, kernels = list(flat[:n_aux]), list(flat[n_aux:n_aux + layers])
+    num = int(kernels[0].shape[0])
+    rows = tf.dynamic_partition(tf.range(tf.shape(scenario)[0]), scenario, num)
+    d_aux, d_w, d_b, dh = [None] * n_aux, [None] * layers, [None] * layers, dy
+    for l in reversed(range(layers)):
+        z = own_pre[l]
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            h = acts[l](z)
+        dz = tape.gradient(h, z, output_gradients=dh)
+        x = v if l == 0 else acts[l - 1](own_pre[l - 1])
+        x = tf.concat([x, aux[l]], axis=-1) if n_aux else x
+        xs, dzs = tf.dynamic_partition(x, scenario, num), tf.dynamic_partition(dz, scenario, num)
+        d_w[l] = tf.stack([tf.matmul(a, b, transpose_a=True) for a, b in zip(xs, dzs)])
+        d_b[l] = tf.math.unsorted_segment_sum(dz, scenario, num)
+        dx = tf.dynamic_stitch(rows, [tf.matmul(d, w, transpose_b=True)
+                                      for d, w in zip(dzs, tf.unstack(kernels[l]))])
+        k = int(x.shape[-1]) - (int(aux[l].shape[-1]) if n_aux else 0)
+        dh = dx[:, :k]
+        if n_aux:
+            d_aux[l] = dx[:, k:]
+    return (dh, *d_aux, *d_w, *d_b)
+
+
 class MultiBranchNetwork(keras.layers.Layer):
     """Multi-branch network (Sec. III-D-2, second line of eq. 4): branch ``i``, layer ``l``:
     ``V_{m_i}^l = delta([V_{m_i}^{l-1}, V_a^l] W_{m_i}^l + b_{m_i}^l)``, ``V_{m_i}^0`` = the branch input
@@ -248,7 +284,10 @@ class MultiBranchNetwork(keras.layers.Layer):
     ``S sum_l D_in^l D_l`` multiply-adds (3.8M at S = 100 with the paper's 128 x 64), in one broadcast matmul
     for the first layer (its input is shared) and two batched matmuls per later layer, scenario-major;
     ``call(v, aux_hidden, scenario) -> [B, hidden[-1]]`` only the example's own branch (the FLOPs of one
-    branch whatever S). ``aux_widths``: the auxiliary network's layer widths (one per layer).
+    branch whatever S); ``call(v, aux_hidden, scenario, with_all=True) -> (V, V_s)`` both from the one pass of
+    every branch, ``V`` without a gradient and ``V_s`` with the own branch's (:meth:`all_and_own`: the
+    gradient-masked training step, no second forward pass of the own branch). ``aux_widths``: the auxiliary
+    network's layer widths (one per layer).
     """
 
     def __init__(self, num_branches: int, hidden: Sequence[int], activation="relu",
@@ -282,34 +321,59 @@ class MultiBranchNetwork(keras.layers.Layer):
             raise ValueError(f"MultiBranchNetwork: {len(self.hidden)} layers, built for {want} auxiliary outputs, "
                              f"got {got}")
 
-    def call(self, v, aux_hidden: Optional[List[tf.Tensor]] = None, scenario=None):
+    def call(self, v, aux_hidden: Optional[List[tf.Tensor]] = None, scenario=None, with_all: bool = False):
         self._check(aux_hidden)
         if scenario is not None:
-            return self.own(v, aux_hidden, scenario)
-        h = v
-        for l, dense in enumerate(self.dense):
-            h = self._all_layer(dense, h, None if aux_hidden is None else aux_hidden[l])
-        return tf.transpose(h, [1, 0, 2])
+            return self.all_and_own(v, aux_hidden, scenario) if with_all else self.own(v, aux_hidden, scenario)
+        weights = [(tf.convert_to_tensor(d.kernel), tf.convert_to_tensor(d.bias)) for d in self.dense]
+        return tf.transpose(self._all_layers(v, aux_hidden, weights)[1], [1, 0, 2])
+
+    def _all_layers(self, v, aux_hidden, weights):
+        """Every branch's layers scenario-major: ``([z^l [S, B, D_l] pre-activations], V [S, B, D])``."""
+        h, pre = v, []
+        for l, (dense, (w, b)) in enumerate(zip(self.dense, weights)):
+            pre.append(self._all_pre(w, b, h, None if aux_hidden is None else aux_hidden[l]))
+            h = dense.act(pre[-1])
+        return pre, h
 
     @staticmethod
-    def _all_layer(dense, h, a):
-        """Every branch's layer, scenario-major ``[S, B, D_l]`` (no transposes of the activations between
+    def _all_pre(w, b, h, a):
+        """Every branch's layer pre-activation ``[S, B, D_l]`` (no transposes of the activations between
         layers): ``[h, a] W + b = h W_h + [a, 1] [W_a; b]``, so a shared ``[h, a]`` (the first layer) is one
         matmul broadcast over the ``[S, D_in + 1, D_l]`` kernel with the bias as its last row, and a per-branch
         ``h [S, B, D]`` one batched matmul beside one of the shared ``[a, 1]`` (no ``[S, B, D_a]`` copy of
         ``V_a^l`` per branch, no separate pass over ``[S, B, D_l]`` to add the bias)."""
-        w, b = tf.convert_to_tensor(dense.kernel), tf.convert_to_tensor(dense.bias)[:, None]
-
-        def with_one(t):                                             # [B, D] -> [1, B, D + 1]
-            return tf.concat([t, tf.ones_like(t[:, :1])], axis=-1)[None]
-
+        b = b[:, None]
         if len(h.shape) == 2:                                        # a shared input: the first layer
             x = h if a is None else tf.concat([h, a], axis=-1)
-            return dense.act(tf.matmul(with_one(x), tf.concat([w, b], axis=1)))
+            return tf.matmul(_with_one(x), tf.concat([w, b], axis=1))
         if a is None:
-            return dense.act(tf.matmul(h, w) + b)
+            return tf.matmul(h, w) + b
         k = int(h.shape[-1])
-        return dense.act(tf.matmul(h, w[:, :k]) + tf.matmul(with_one(a), tf.concat([w[:, k:], b], axis=1)))
+        return tf.matmul(h, w[:, :k]) + tf.matmul(_with_one(a), tf.concat([w[:, k:], b], axis=1))
+
+    def all_and_own(self, v, aux_hidden, scenario):
+        """``(V [B, S, D], V_s [B, D])`` from one forward pass of every branch: ``V`` without a gradient (the
+        mutual unit's masked ``V_j``), ``V_s`` each example's own branch, its value read from that pass (no
+        second forward of the own branch) and its gradient the own branch's backward pass
+        (:func:`own_branch_backward`): the gradient of :meth:`own`, the same numbers."""
+        aux = [] if aux_hidden is None else list(aux_hidden)
+        weights = [(tf.convert_to_tensor(d.kernel), tf.convert_to_tensor(d.bias)) for d in self.dense]
+        frozen = [tuple(tf.stop_gradient(t) for t in wb) for wb in weights]
+        pre, h = self._all_layers(tf.stop_gradient(v), [tf.stop_gradient(a) for a in aux] or None, frozen)
+        sc = scenario_ids(scenario)
+        at = tf.stack([sc, tf.range(tf.shape(sc)[0])], axis=1)                     # (branch, row) of each row
+        own_pre = [tf.gather_nd(z, at) for z in pre]
+        acts = [d.act for d in self.dense]
+
+        @tf.custom_gradient
+        def own_branch(v0, *flat):
+            def grad(dy):
+                return own_branch_backward(dy, v0, flat, own_pre, acts, sc, len(aux))
+            return acts[-1](own_pre[-1]), grad
+
+        flat = aux + [w for w, _ in weights] + [b for _, b in weights]
+        return tf.transpose(h, [1, 0, 2]), own_branch(v, *flat)
 
     def own(self, v, aux_hidden, scenario):
         """Each example's own branch ``[B, hidden[-1]]`` (:meth:`ScenarioDense.own` per layer: one branch's
@@ -352,8 +416,15 @@ class MutualUnit(keras.layers.Layer):
         self.gate_b = self.add_weight(name="b", shape=(s,), initializer="zeros")
         super().build(input_shape)
 
-    def _unit(self, t):
-        return t / tf.maximum(tf.norm(t, axis=-1, keepdims=True), self.eps)
+    def _norm(self, t, keepdims=False, frozen=False):
+        """``max(|t|, eps)`` over the last axis, with a finite gradient at ``t = 0`` (an all-zero ReLU output:
+        ``tf.norm``'s gradient there is 0/0); a ``frozen`` ``t`` (no gradient) takes the one-pass norm."""
+        if frozen:
+            return tf.maximum(tf.math.reduce_euclidean_norm(t, axis=-1, keepdims=keepdims), self.eps)
+        return tf.sqrt(tf.maximum(tf.reduce_sum(tf.square(t), axis=-1, keepdims=keepdims), self.eps ** 2))
+
+    def _unit(self, t, frozen=False):
+        return t / self._norm(t, keepdims=True, frozen=frozen)
 
     def _alpha(self, cos, off):
         """Eq. 8 over the last axis given the cosines and the ``j != i`` mask."""
@@ -365,7 +436,7 @@ class MutualUnit(keras.layers.Layer):
         others = tf.stop_gradient(v) if self.gradient_mask else v
         if scenario is not None:
             return self.own_row(v_own, others, scenario)
-        cos = tf.einsum("bid,bjd->bij", self._unit(v), self._unit(others))           # row i: grad via V_i only
+        cos = tf.einsum("bid,bjd->bij", self._unit(v), self._unit(others, self.gradient_mask))  # row i: via V_i
         off = tf.logical_not(tf.eye(v.shape[1], dtype=tf.bool))[None]                # [1, S, S]
         alpha = self._alpha(cos, off)                                                # eq. 8
         gate = tf.sigmoid(tf.einsum("bsd,sd->bs", v, self.gate_w) + self.gate_b)     # eq. 7
@@ -378,7 +449,7 @@ class MutualUnit(keras.layers.Layer):
         ``[1, S] x [S, D]`` per example; the matrix-vector form ``[S, D] x [D, 1]`` is slower on CPU)."""
         s = tf.cast(scenario, tf.int32)
         dots = tf.matmul(self._unit(v_own)[:, None, :], others, transpose_b=True)[:, 0]  # <V_s / |V_s|, V_j>
-        cos = dots / tf.maximum(tf.math.reduce_euclidean_norm(others, axis=-1), self.eps)  # no unit copy
+        cos = dots / self._norm(others, frozen=self.gradient_mask)                  # no unit copy
         off = tf.logical_not(tf.cast(tf.one_hot(s, tf.shape(others)[1]), tf.bool))  # [B, S]
         alpha = self._alpha(cos, off)                                                # eq. 8
         gate = tf.sigmoid(tf.reduce_sum(v_own * tf.gather(self.gate_w, s), -1) + tf.gather(self.gate_b, s))

@@ -133,15 +133,15 @@ class SAML(RankingModel):
         return out
 
     def own_outputs(self, v0, aux_hidden, scenario) -> Dict[str, tf.Tensor]:
-        """The own scenario ``s`` only: its branch (one branch's FLOPs), row ``s`` of the mutual unit over
-        every branch's ``V_j`` (with the gradient mask the other branches run forward only, batched: the
-        ``O(S)`` part of eq. 6-8; their backward pass is skipped), its output unit."""
+        """The own scenario ``s`` only: row ``s`` of the mutual unit over every branch's ``V_j`` (with the
+        gradient mask every branch runs forward once, batched: the ``O(S)`` part of eq. 6-8; ``V_s`` is read
+        from that pass and only the own branch runs backward, one branch's FLOPs), its output unit."""
         if self.mutual_unit is None:
             return {"logits": self.heads(self.branches(v0, aux_hidden, scenario=scenario), scenario)[:, 0]}
-        v_all = self.branches(v0, aux_hidden)
         if self.params.gradient_mask:
-            v_own = self.branches(v0, aux_hidden, scenario=scenario)
+            v_all, v_own = self.branches(v0, aux_hidden, scenario=scenario, with_all=True)
         else:
+            v_all = self.branches(v0, aux_hidden)
             v_own = tf.gather(v_all, tf.cast(scenario, tf.int32), batch_dims=1)
         m, alpha, gate = self.mutual_unit(v_all, v_own, scenario)
         return {"logits": self.heads(m, scenario)[:, 0], "alpha": alpha, "gate": gate}
