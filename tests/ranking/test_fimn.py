@@ -158,7 +158,6 @@ def test_mie_matches_equations_3_to_7():
     np.testing.assert_allclose(out2[0], out[0], rtol=1e-5, atol=1e-6)
 
 
-
 def test_mie_all_fields_at_once_has_the_gradient_of_one_fta_per_field():
     """The masked call (every field in one gather and one segment softmax) against each field's own FTA layer:
     the same interests and the same gradient for every input and weight."""
@@ -179,6 +178,8 @@ def test_mie_all_fields_at_once_has_the_gradient_of_one_fta_per_field():
         out.extend([y] + tape.gradient(loss, [e_s, target, beh] + layer.trainable_variables))
     for g, w in zip(got, want):
         np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------ SIF
 def test_sif_matches_equations_8_to_14_and_stops_the_gradient():
     e_s, interests = tf.constant(f32(B, DS)), tf.constant(f32(B, A, D))
