@@ -325,8 +325,12 @@ class MultiBranchNetwork(keras.layers.Layer):
         self._check(aux_hidden)
         if scenario is not None:
             return self.all_and_own(v, aux_hidden, scenario) if with_all else self.own(v, aux_hidden, scenario)
-        weights = [(tf.convert_to_tensor(d.kernel), tf.convert_to_tensor(d.bias)) for d in self.dense]
+        weights = self._weights()
         return tf.transpose(self._all_layers(v, aux_hidden, weights)[1], [1, 0, 2])
+
+    def _weights(self):
+        """``[(W^l, b^l)]``: every layer's stacked kernel ``[S, D_in, D_l]`` and bias ``[S, D_l]`` as tensors."""
+        return [(tf.convert_to_tensor(d.kernel), tf.convert_to_tensor(d.bias)) for d in self.dense]
 
     def _all_layers(self, v, aux_hidden, weights):
         """Every branch's layers scenario-major: ``([z^l [S, B, D_l] pre-activations], V [S, B, D])``."""
@@ -358,7 +362,7 @@ class MultiBranchNetwork(keras.layers.Layer):
         second forward of the own branch) and its gradient the own branch's backward pass
         (:func:`own_branch_backward`): the gradient of :meth:`own`, the same numbers."""
         aux = [] if aux_hidden is None else list(aux_hidden)
-        weights = [(tf.convert_to_tensor(d.kernel), tf.convert_to_tensor(d.bias)) for d in self.dense]
+        weights = self._weights()
         frozen = [tuple(tf.stop_gradient(t) for t in wb) for wb in weights]
         pre, h = self._all_layers(tf.stop_gradient(v), [tf.stop_gradient(a) for a in aux] or None, frozen)
         sc = scenario_ids(scenario)
