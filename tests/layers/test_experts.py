@@ -125,6 +125,23 @@ def test_expert_bank_batched_path_for_many_experts(hidden):
         np.testing.assert_allclose(grad[e], tape.gradient(loss, single.kernels[0]).numpy()[0], **TOL)
 
 
+@pytest.mark.parametrize("experts", [4, ExpertBank.LOOP_MAX + 2])
+def test_expert_bank_head_is_each_experts_linear_unit(experts):
+    """``head=(w, b)``: ``f_e(x) . w_e + b_e`` per expert, for every expert (loop / batched path), a row's group
+    of ``m`` only (rows partitioned; with 10 experts groups 1-3 absent) and a group fixed while tracing."""
+    bank, x, m = ExpertBank(experts, [5, 4]), rand(6, 7), 2
+    bank.build((None, 7))
+    w, b = tf.constant(rand(experts, 4)), tf.constant(rand(experts))
+    want = np.einsum("beh,eh->be", np_bank(bank, x), w.numpy()) + b.numpy()              # [B, E]
+    np.testing.assert_allclose(bank(tf.constant(x), head=(w, b)).numpy(), want, **TOL)
+    last = experts // m - 1
+    group = np.array([0, 0, last, 0, last, last])
+    got = bank(tf.constant(x), tf.constant(group), group=m, head=(w, b)).numpy()          # [B, m]
+    np.testing.assert_allclose(got, want.reshape(6, -1, m)[np.arange(6), group], **TOL)
+    fixed = tf.function(lambda v: bank(v, tf.fill([tf.shape(v)[0]], 1), group=m, head=(w, b)))
+    np.testing.assert_allclose(fixed(tf.constant(x)).numpy(), want[:, m:2 * m], **TOL)
+
+
 def test_own_gate_and_own_cgc_task_equal_the_own_column_of_all():
     S, b = 4, 10
     sc = np.array([0, 3, 3, 1, 0, 1, 3, 0, 1, 1])                         # scenario 2 absent

@@ -133,6 +133,39 @@ def test_repeat_intention_modules_against_numpy():
                                rtol=1e-4, atol=1e-5)
 
 
+def tf_bank(x, bank, w, b):
+    """An ExpertBank and its heads as dense TF ops (every module on every row) -> ``[B, E]``."""
+    h = x
+    for k, bias in zip(bank.kernels, bank.biases):
+        h = tf.nn.relu(tf.einsum("bd,edh->beh" if len(h.shape) == 2 else "bed,edh->beh", h, k) + bias)
+    return tf.einsum("beh,eh->be", h, w) + b
+
+
+@pytest.mark.parametrize("ind", [[1, 0, 1, 1, 0, 0, 1, 0, 1], [1] * 9, [0] * 9])
+def test_repeat_intention_runs_the_kept_score_modules_only_with_the_dense_gradients(ind):
+    """Eq. 9 multiplies s_e by 1 - I and s_r by I: the layer runs a row through the K score modules its
+    indicator keeps (rows partitioned); its values and every gradient (weights, inputs) equal the dense eq. 9
+    over all 2K modules from the same weights, also when every row is a repeat or every row is not."""
+    K, B = 3, 9
+    layer = RepeatIntention(K, hidden=[8, 5])
+    full, ctx = tf.constant(RNG.normal(size=(B, 7)), tf.float32), tf.constant(RNG.normal(size=(B, 4)), tf.float32)
+    ind, up = tf.constant(ind, tf.float32), tf.constant(RNG.normal(size=(B, K)), tf.float32)
+    layer(full, ctx, ind)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([full, ctx])
+        z, p_r = layer(full, ctx, ind)
+        s = tf_bank(full, layer.scores, layer.head_w["scores"], layer.head_b["scores"])
+        want_pr = tf.sigmoid(tf_bank(ctx, layer.intention, layer.head_w["intention"], layer.head_b["intention"]))
+        want = repeat_combine(ind, want_pr, s[:, :K], s[:, K:])
+        got_loss, want_loss = (tf.reduce_sum(up * a) + tf.reduce_sum(b ** 2) for a, b in ((z, p_r), (want, want_pr)))
+    np.testing.assert_allclose(z.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(p_r.numpy(), want_pr.numpy(), rtol=1e-5, atol=1e-6)
+    sources, names = layer.trainable_variables + [full, ctx], [v.name for v in layer.trainable_variables] + ["x", "c"]
+    dense = lambda g, v: np.zeros(v.shape, np.float32) if g is None else tf.convert_to_tensor(g).numpy()
+    for v, g, r, n in zip(sources, tape.gradient(got_loss, sources), tape.gradient(want_loss, sources), names):
+        np.testing.assert_allclose(dense(g, v), dense(r, v), rtol=1e-5, atol=1e-6, err_msg=n)
+
+
 def test_repeat_indicator_matches_stats():
     target = np.array([3, 5, 0, 7], np.int64)
     hist = np.array([[1, 3, 0], [2, 4, 6], [0, 0, 0], [7, 7, 1]], np.int64)

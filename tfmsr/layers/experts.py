@@ -51,28 +51,38 @@ class ExpertBank(keras.layers.Layer):
             d = h
         super().build(input_shape)
 
-    def call(self, x, scenario=None, training=False, group: int = 0, stacked: bool = True):
+    def call(self, x, scenario=None, head=None, training=False, group: int = 0, stacked: bool = True):
         """``[B, E, H]``; ``scenario [B]`` with ``group=m``: the bank is ``E / m`` groups of ``m`` consecutive
         experts and row ``b`` runs group ``scenario[b]`` only -> ``[B, m, H]`` (rows partitioned by group:
         one group's FLOPs per row, ``O(E / m)`` small GEMMs; a group fixed while tracing reads its experts'
         rows only, :func:`~tfmsr.layers.scenario.row`: a scenario servable's own slices when ``m = 1``).
         ``stacked=False`` (every expert, no group): up to ``LOOP_MAX`` experts the list of their ``E`` outputs
-        ``[B, H]`` (no stacking copy; :meth:`ExpertGates.mix` reads it), beyond the ``[B, E, H]`` tensor."""
+        ``[B, H]`` (no stacking copy; :meth:`ExpertGates.mix` reads it), beyond the ``[B, E, H]`` tensor.
+        ``head=(w [E, H], b [E])``: every expert ends in its own linear unit ``f_e(x) . w_e + b_e`` -> ``[B, E]``
+        (``[B, m]`` with a group): one ``[H, 1]`` GEMM per expert instead of a stacked ``[B, E, H]`` and an einsum."""
         if not group and self.num_experts > self.LOOP_MAX:
-            return self._batched(x, training)
+            out = self._batched(x, training)
+            return out if head is None else tf.einsum("beh,eh->be", out, head[0]) + head[1]
+        join = (lambda outs: tf.concat(outs, axis=1)) if head is not None else (lambda outs: tf.stack(outs, axis=1))
         fixed = fixed_id(scenario) if group else None
         if fixed is not None:          # one group known while tracing (its servable): its experts' rows (row)
             es = range(fixed * group, (fixed + 1) * group)
-            kernels, biases = ([{e: row(w, e) for e in es} for w in ws] for ws in (self.kernels, self.biases))
-            return tf.stack([self._expert(x, e, kernels, biases, training) for e in es], axis=1)
-        kernels = [tf.unstack(tf.convert_to_tensor(k)) for k in self.kernels]
-        biases = [tf.unstack(tf.convert_to_tensor(b)) for b in self.biases]
+            kernels, biases = self._weights_of(head, es)
+            return join([self._expert(x, e, kernels, biases, training) for e in es])
+        kernels, biases = self._weights_of(head)
         if group:
             m = group
-            return partition_apply(x, scenario, self.num_experts // m, lambda g, rows: tf.stack(
-                [self._expert(rows, e, kernels, biases, training) for e in range(g * m, (g + 1) * m)], axis=1))
+            return partition_apply(x, scenario, self.num_experts // m, lambda g, rows: join(
+                [self._expert(rows, e, kernels, biases, training) for e in range(g * m, (g + 1) * m)]))
         outputs = [self._expert(x, e, kernels, biases, training) for e in range(self.num_experts)]
-        return tf.stack(outputs, axis=1) if stacked else outputs
+        return join(outputs) if stacked or head is not None else outputs
+
+    def _weights_of(self, head=None, es=None):
+        """Every layer's per-expert kernels and biases (then ``head``'s ``[H]`` and ``[]``): lists of the unstacked
+        tensors, or with ``es`` (a group fixed while tracing) dicts of those experts' rows (:func:`row`)."""
+        pick = (lambda t: tf.unstack(tf.convert_to_tensor(t))) if es is None else (lambda t: {e: row(t, e) for e in es})
+        pairs = list(zip(self.kernels, self.biases)) + ([tuple(head)] if head is not None else [])
+        return [pick(k) for k, _ in pairs], [pick(b) for _, b in pairs]
 
     # One GEMM per expert on unstacked kernels up to LOOP_MAX experts: ~25% less CPU per training step than
     # a batched matmul over [E, D, H] (which transposes the activations); beyond, one batched op per layer
@@ -80,13 +90,15 @@ class ExpertBank(keras.layers.Layer):
     LOOP_MAX = 8
 
     def _expert(self, x, e, kernels, biases, training):
-        """Expert ``e`` on ``x`` ``[B, D]`` (or its slot of ``[B, E, D]``) -> ``[B, H]``."""
+        """Expert ``e`` on ``x`` ``[B, D]`` (or its slot of ``[B, E, D]``) -> ``[B, H]`` (with a head's weights
+        after the layers' in ``kernels`` / ``biases``: ``[B, 1]``)."""
         h = x[:, e] if len(x.shape) == 3 else x
         for i in range(len(self.hidden)):
             if i and self.drop is not None:
                 h = self.drop(h, training=training)
             h = self.act(tf.matmul(h, kernels[i][e]) + biases[i][e])
-        return self.drop(h, training=training) if self.drop is not None else h
+        h = self.drop(h, training=training) if self.drop is not None else h
+        return tf.matmul(h, kernels[-1][e][:, None]) + biases[-1][e] if len(kernels) > len(self.hidden) else h
 
     def _batched(self, x, training):
         """Every expert, one op per layer (cost ``B E D H``, the bank's FLOPs; ``O(1)`` ops in ``E``). A shared

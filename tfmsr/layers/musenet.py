@@ -222,16 +222,16 @@ class RepeatIntention(keras.layers.Layer):
             self.head_b[name] = self.add_weight(name=f"{name}_bias", shape=(e,), initializer="zeros")
         super().build(input_shape)
 
-    def _heads(self, name, hidden):
-        return tf.einsum("beh,eh->be", hidden, self.head_w[name]) + self.head_b[name]
-
     def call(self, full, context=None, indicator=None, training=False) -> Tuple[tf.Tensor, Optional[tf.Tensor]]:
-        s = self._heads("scores", self.scores(full, training=training))
+        head = lambda name: (self.head_w[name], self.head_b[name])
         if not self.repeat:
-            return s, None
-        s_r, s_e = s[:, :self.K], s[:, self.K:]
-        p_r = tf.sigmoid(self._heads("intention", self.intention(context, training=training)))
-        return repeat_combine(indicator, p_r, s_r, s_e), p_r
+            return self.scores(full, training=training, head=head("scores")), None
+        # eq. 9 multiplies s_e by 1 - I and s_r by I: a row needs only the K score modules its indicator keeps
+        # (rows partitioned: K of the 2K score MLPs per row, same values and gradients); s = its s_r or s_e
+        explore = tf.cast(tf.reshape(indicator, [-1]) < 0.5, tf.int32)
+        s = self.scores(full, explore, training=training, group=self.K, head=head("scores"))
+        p_r = tf.sigmoid(self.intention(context, training=training, head=head("intention")))
+        return repeat_combine(indicator, p_r, s, s), p_r
 
 
 def repeat_combine(indicator: tf.Tensor, p_r: tf.Tensor, s_r: tf.Tensor, s_e: tf.Tensor) -> tf.Tensor:
