@@ -54,6 +54,21 @@ def test_pooled_sequence_equals_the_masked_mean_of_its_lookup_with_the_same_tabl
         np.testing.assert_allclose(emb.pooled(x, "hist").numpy(), want.numpy(), **TOL)
 
 
+def test_ids_mask_and_oov_count_at_the_vocabulary_edges():
+    """The clamp (ids in [1, vocab) kept, else 0), the mask and the OOV count (outside [0, vocab)) against
+    NumPy at the edges of int64 and of the vocabulary (12 rows): the unsigned compares overflow nowhere."""
+    from tfmsr.layers import FeatureEmbedding
+
+    emb = FeatureEmbedding(_sequence_schema())
+    lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    hist = np.array([[lo, -1, 0, 1, 11, 12], [hi, 13, 5, lo + 1, hi - 1, 0]], np.int64)
+    x = {"hist": tf.constant(hist), "item_id": tf.constant([12, -7], tf.int64), "user_id": tf.constant([8, 9])}
+    valid = (hist > 0) & (hist < 12)
+    np.testing.assert_array_equal(emb.ids(x, "hist").numpy(), np.where(valid, hist, 0))
+    np.testing.assert_array_equal(emb.mask(x, "hist").numpy(), valid)
+    assert int(emb.oov_count(x)) == int(((hist < 0) | (hist >= 12)).sum()) + 2 + 1
+
+
 def _batch_penalty_numpy(tables, reads, counts, l2, scale, batch):
     """Eq. 4 by hand, batch-size free: ``l2 * (1024 / batch) * sum_j ||w_j||^2 / k_j`` over the real ids (> 0)
     each table's features read, k_j = batches that read j so far x ``scale`` (epoch rows / rows seen)."""

@@ -69,8 +69,15 @@ class FeatureEmbedding(keras.layers.Layer):
         if owner.hashed:
             hashed = tf.strings.to_hash_bucket_fast(raw, owner.hash_buckets - 1) + 1
             return tf.where(tf.equal(raw, ""), tf.zeros_like(hashed), hashed)
-        raw = tf.cast(raw, tf.int64)
-        return tf.where((raw > 0) & (raw < owner.vocab_size), raw, tf.zeros_like(raw))
+        raw, valid = self._valid(x, name)
+        return tf.where(valid, raw, tf.zeros_like(raw))
+
+    def _valid(self, x: Dict[str, tf.Tensor], name: str):
+        """``(raw, valid)`` of a feature with a vocabulary (not hashed): its ids as int64 and where they are in
+        ``[1, vocab)``; one unsigned compare (``raw - 1`` as uint64 is below ``vocab - 1`` exactly then)."""
+        raw = tf.cast(x[name], tf.int64)
+        vocab = self.schema.table_owner(self.schema.feature(name)).vocab_size
+        return raw, tf.less(tf.bitcast(raw - 1, tf.uint64), tf.constant(vocab - 1, tf.uint64))
 
     def oov_count(self, x: Dict[str, tf.Tensor]) -> tf.Tensor:
         """Number of ids in the batch outside their vocabulary (not counting padding 0)."""
@@ -78,9 +85,9 @@ class FeatureEmbedding(keras.layers.Layer):
         for f in self.schema.features:
             if f.kind == "numeric" or self.schema.table_owner(f).hashed or f.name not in x:
                 continue
-            raw = tf.cast(x[f.name], tf.int64)
+            raw = tf.bitcast(tf.cast(x[f.name], tf.int64), tf.uint64)  # a negative id is >= vocab as uint64
             vocab = self.schema.table_owner(f).vocab_size
-            total += tf.reduce_sum(tf.cast((raw < 0) | (raw >= vocab), tf.int64))
+            total += tf.reduce_sum(tf.cast(raw >= tf.constant(vocab, tf.uint64), tf.int64))
         return total
 
     # ------------------------------------------------------------------ lookups
@@ -95,17 +102,22 @@ class FeatureEmbedding(keras.layers.Layer):
         one dense ``[V, d]`` product (no ``[B, L, d]`` slices to scatter back). Under a strategy (tables on
         parameter servers, gradients all-reduced) the gather and its sparse gradient are kept."""
         table = self.tables[self.schema.feature(name).table]
-        ids = self._read(x, name)
-        mask = tf.not_equal(ids, 0)
         if tf.distribute.has_strategy():
-            return masked_mean(table(ids), mask)
+            return masked_mean(table(self._read(x, name)), self.mask(x, name))
+        if self._hashed(name):
+            raw = self._read(x, name)
+            mask = tf.not_equal(raw, 0)
+        else:  # the raw ids where they are valid: no clamped copy
+            raw, mask = self._valid(x, name)
+            if self.batch_l2:
+                self._read(x, name)  # noted for batch_penalty
         if not table.built:
-            table(ids[:0])  # built under its own name scope, as by a lookup
+            table(raw[:0])  # built under its own name scope, as by a lookup
         real = tf.where(mask)  # [n, 2]: (row, position) of the real ids
         count = tf.reduce_sum(tf.cast(mask, table.embeddings.dtype), axis=1)
         weights = tf.gather(1.0 / tf.maximum(count, 1.0), real[:, 0])
-        rows = tf.shape(ids, out_type=tf.int64)[0]
-        sparse = tf.SparseTensor(tf.stack([real[:, 0], tf.gather_nd(ids, real)], axis=1), weights,
+        rows = tf.shape(raw, out_type=tf.int64)[0]
+        sparse = tf.SparseTensor(tf.stack([real[:, 0], tf.gather_nd(raw, real)], axis=1), weights,
                                  tf.stack([rows, tf.constant(table.input_dim, tf.int64)]))
         return tf.sparse.sparse_dense_matmul(sparse, table.embeddings)
 
@@ -159,7 +171,12 @@ class FeatureEmbedding(keras.layers.Layer):
 
     def mask(self, x: Dict[str, tf.Tensor], name: str) -> tf.Tensor:
         """``[B, L]`` bool: real (non-padding) positions of a sequence."""
-        return tf.not_equal(self.ids(x, name), 0)
+        if self._hashed(name):
+            return tf.not_equal(self.ids(x, name), 0)
+        return self._valid(x, name)[1]
+
+    def _hashed(self, name: str) -> bool:
+        return self.schema.table_owner(self.schema.feature(name)).hashed
 
     def scenario(self, x: Dict[str, tf.Tensor], name: Optional[str] = None) -> tf.Tensor:
         """``[B, d_s]`` embedding of the example's scenario."""

@@ -52,22 +52,24 @@ class DeepFM(RankingModel):
         self.dnn_out = keras.layers.Dense(1, name="dnn_logit") if p.dnn else None
 
     def fields(self, x):
-        """``[B, F, d]`` field embeddings."""
+        """``[B, F d]``: the field embeddings side by side in one concatenation (the DNN's input as it is; the
+        FM reads it as ``[B, F, d]``, a reshape)."""
         parts = [self.embedding.embed(x, n) for n in self.cat_features] + [self.embedding.scenario(x)]
         parts += pooled_sequences(self.embedding, x, self.schema)
-        out = tf.stack(parts, axis=1)
         num = self.embedding.numeric(x)
         if num is not None:
-            out = tf.concat([out, num[..., None] * self.numeric_vectors[None]], axis=1)
-        return out
+            n, d = self.numeric_vectors.shape
+            parts.append(tf.reshape(num[..., None] * self.numeric_vectors[None], [-1, n * d]))
+        return tf.concat(parts, axis=1)
 
     def logits(self, x, training=False):
-        fields = self.fields(x)
+        flat = self.fields(x)
         logit = 0.0
         if self.params.fm:
             ids = [self.embedding.ids(x, n) for n in self.cat_features] + [x[self.schema.scenario.name]]
+            d = self.embedding.scenario_dim  # every field's width
+            fields = tf.reshape(flat, [-1, flat.shape[1] // d, d])
             logit += self.first_order(ids, self.embedding.numeric(x)) + fm_second_order(fields)
         if self.dnn is not None:
-            flat = tf.reshape(fields, [-1, fields.shape[1] * fields.shape[2]])
             logit += self.dnn_out(self.dnn(flat, training=training))[:, 0]
         return logit
