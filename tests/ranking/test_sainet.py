@@ -175,3 +175,39 @@ def test_attention_projections_start_glorot_unless_gaussian(synth_dir, synth_sch
         assert abs(glorot - 0.05) > 0.25 * 0.05  # the two readings are told apart
     for w in (model.blocks[0].stm.gate.kernel, model.tower.dense[0].kernel):
         assert np.std(w.numpy()) == pytest.approx(0.05, rel=0.25), w.name
+
+
+def test_behaviours_looked_up_at_real_positions_equal_the_gathered_sequence(synth_dir, synth_schema):
+    """``interests`` looks each behaviour field and scenario up at the real positions only: the logits and every
+    gradient (tables included) equal the lookups of the whole ``[B, N]`` sequences gathered at those positions."""
+    from tfmsr.data.pipeline import make_dataset, split_files
+    from tfmsr.layers import behavior_scenario_embedding, embed_behavior
+    from tfmsr.layers.attention import pack
+
+    x = next(iter(make_dataset(split_files(synth_dir, "valid"), synth_schema, 32, training=False)))[0]
+    model = build("sainet", synth_schema, {"tower": [16], "blocks": 2})
+    model(x)
+
+    def gathered(self, x):
+        beh = embed_behavior(self.embedding, x, self.schema)
+        packed = pack(beh.mask)
+        h, m_s = packed.gather(beh.keys), packed.gather(behavior_scenario_embedding(self.embedding, x, self.schema))
+        e_st = self.embedding.scenario(x)
+        for block in self.blocks:
+            h = block(h, m_s, e_st, packed=packed)
+        return h, packed, beh.target, e_st, beh.features + (self.behavior_scenario.name,)
+
+    def logits_and_grads(interests):
+        model.interests = interests.__get__(model)
+        with tf.GradientTape() as tape:
+            logits = model.logits(x)
+        del model.interests
+        return logits, [tf.convert_to_tensor(g) for g in tape.gradient(logits, model.trainable_variables)]
+
+    real = model.embedding.mask(x, "hist_item_id").numpy()
+    assert 0 < real.sum() < real.size  # some behaviours are padding
+    want, want_grads = logits_and_grads(gathered)
+    got, got_grads = logits_and_grads(type(model).interests)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    for w, g, v in zip(want_grads, got_grads, model.trainable_variables):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6, err_msg=v.name)

@@ -7,8 +7,7 @@ import tf_keras as keras
 
 from tfmsr.core.params import Initializer, default
 from tfmsr.features import SchemaError
-from tfmsr.layers import (MLP, behavior_scenario, behavior_scenario_embedding, context_inputs, embed_behavior,
-                          require_behavior)
+from tfmsr.layers import MLP, behavior_scenario, behavior_scenario_embedding, context_inputs, require_behavior
 from tfmsr.layers.attention import pack
 from tfmsr.layers.sainet import ScenarioAdaptiveBlock, ScenarioAwareDNNTower, TargetAwareInterestFusion
 from tfmsr.ranking.models.base import RankingModel, register
@@ -80,18 +79,22 @@ class SAINet(RankingModel):
 
     def interests(self, x):
         """``(X^L [n, d], packed, e_it [B, d], e_st [B, d_s], behaviour sequences used)``: the blocks run over the
-        ``n`` real behaviours of the batch (``packed``, :func:`~tfmsr.layers.attention.pack`), not ``B x N``."""
-        beh = embed_behavior(self.embedding, x, self.schema)
+        ``n`` real behaviours of the batch (``packed``, :func:`~tfmsr.layers.attention.pack`), not ``B x N``; each
+        behaviour field and the behaviour scenario are looked up at those positions only (``[n]`` ids: the tables'
+        gradients are ``n`` rows, not a ``[B, N, d]`` scatter of the gathered tokens' gradient)."""
+        pairs = require_behavior(self.schema, self.model_name)
+        packed = pack(self.embedding.mask(x, pairs[0][0].name))
+        seqs = tuple(s.name for s, _ in pairs) + ((self.behavior_scenario.name,) if self.behavior_scenario else ())
+        real = {name: tf.gather_nd(x[name], packed.index) for name in seqs}            # [n] ids per sequence
+        h = tf.concat([self.embedding.embed(real, s.name) for s, _ in pairs], axis=-1)
+        e_it = tf.concat([self.embedding.embed(x, t.name) for _, t in pairs], axis=-1)
         e_st = self.embedding.scenario(x)
-        m_s = behavior_scenario_embedding(self.embedding, x, self.schema)
+        m_s = behavior_scenario_embedding(self.embedding, real, self.schema)
         if m_s is None:  # only reachable with sie_scenario: false
-            m_s = tf.zeros_like(beh.keys[..., :1])
-        packed = pack(beh.mask)
-        h, m_s = packed.gather(beh.keys), packed.gather(m_s)
+            m_s = tf.zeros_like(h[:, :1])
         for block in self.blocks:
             h = block(h, m_s, e_st, packed=packed)
-        seqs = beh.features + ((self.behavior_scenario.name,) if self.behavior_scenario else ())
-        return h, packed, beh.target, e_st, seqs
+        return h, packed, e_it, e_st, seqs
 
     def logits(self, x, training=False):
         h, packed, e_it, e_st, seqs = self.interests(x)
