@@ -181,7 +181,8 @@ class MuSeNet(RankingModel):
 
     def sample_parts(self, x):
         """The parts of the data sample: user, behavior (target-attended), behavior_mean, item, context,
-        scenario; a part without features is absent."""
+        scenario, each the list of its ``[B, d]`` pieces (one concat per network input, :meth:`_join`); a part
+        without features is absent."""
         beh = embed_behavior(self.embedding, x, self.schema)
         side = pooled_sequences(self.embedding, x, self.schema, exclude=beh.features)
         parts = {"user": self._group(x, "user"),
@@ -191,11 +192,11 @@ class MuSeNet(RankingModel):
                  "query": self._group(x, "query"),
                  "scenario": self._group(x, "scenario") + ([self.embedding.scenario(x)]
                                                            if self.params.explicit_scenario else [])}
-        return {k: tf.concat(v, axis=-1) for k, v in parts.items() if v}
+        return {k: v for k, v in parts.items() if v}
 
     @staticmethod
     def _join(parts, names):
-        return tf.concat([parts[k] for k in names if k in parts], axis=-1)
+        return tf.concat([t for k in names if k in parts for t in parts[k]], axis=-1)
 
     def indicator(self, x):
         """``I[t in B_u]`` ``[B]`` (eq. 9)."""
@@ -210,7 +211,7 @@ class MuSeNet(RankingModel):
         elif self.assignment == "predefined":
             a = pi = tf.one_hot(tf.cast(x[self.schema.scenario.name], tf.int32), self.K)
         else:
-            a = pi = tf.ones_like(parts["behavior"][:, :1])
+            a = pi = tf.ones_like(parts["behavior"][0][:, :1])
         full = self._join(parts, PARTS)                                          # [p_u, B_u, b_t, o_u]
         if self.repeat:
             ctx = self._join(parts, ("user", "behavior_mean", "context", "query", "scenario"))  # [p_u, B_u, o_u]
