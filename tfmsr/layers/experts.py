@@ -376,11 +376,12 @@ class ScenarioExtraction(keras.layers.Layer):
         return self._top(w * (1.0 - own))
 
     def _top(self, w):
-        """``w`` ``[N, S]`` with all but each row's ``top_k`` largest entries zeroed (unchanged without)."""
+        """``w`` ``[N, S]`` with all but each row's ``top_k`` largest entries zeroed (unchanged without); ties
+        keep the lower scenario index, as ``tf.math.top_k`` does in the own call (exactly ``k`` kept)."""
         if not self.top_k:
             return w
-        kth = tf.math.top_k(w, self.top_k).values[:, -1:]
-        return tf.where(w >= kth, w, tf.zeros_like(w))
+        kept = tf.one_hot(tf.math.top_k(w, self.top_k).indices, self.num_scenarios, dtype=w.dtype)   # [N, k, S]
+        return w * tf.reduce_sum(kept, axis=1)
 
     def _own_and_top(self, x, scenario, scenario_emb, training):
         """``(S_i [B, H], A_i [B, H])`` from the row's own and its ``top_k`` SAN scenarios' sub-experts only:
