@@ -15,7 +15,9 @@ pins an older TensorFlow and is not a tfmsr dependency), by ``pipelines/bench_de
 the same per CPU-second of the process (all threads): on a shared or throttled machine the wall-clock
 figures of one model swing 2x between runs, the CPU-second ones far less. Every run is a fresh process, as
 deepctr's. ``--base DIR`` (a ``git worktree`` of an older commit) adds that tfmsr's runs to the same rotation
-(``base_*`` figures and ``base_cpu_ratio``): old and new code measured in one alternating run.
+(``base_*`` figures and ``base_cpu_ratio``): old and new code measured in one alternating run. ``--set KEY=VALUE``
+(repeatable) overrides tfmsr's config on the main side only: ``--base`` on this same checkout then measures a
+setting against the default in one run (e.g. ``--set train.steps_per_execution=8``).
 """
 from __future__ import annotations
 
@@ -87,11 +89,11 @@ def _side(cmd: list, env: dict, what: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _ours(repo: str, name: str, data: str, args) -> dict:
-    """tfmsr's ``bench_train`` of ``name`` from the checkout ``repo``, in a fresh process."""
+def _ours(repo: str, name: str, data: str, args, overrides=()) -> dict:
+    """tfmsr's ``bench_train`` of ``name`` from the checkout ``repo`` (config ``overrides``), in a fresh process."""
     params, _ = MODELS[name]
-    spec = {"overrides": [f"model.name={name}", f"data.batch_size={args.batch}"], "params": params, "data": data,
-            "batch": args.batch, "steps": args.steps, "warmup": args.warmup}
+    spec = {"overrides": [f"model.name={name}", f"data.batch_size={args.batch}", *overrides], "params": params,
+            "data": data, "batch": args.batch, "steps": args.steps, "warmup": args.warmup}
     return _side([sys.executable, "-c", OURS, json.dumps(spec)], {**os.environ, "PYTHONPATH": repo},
                  f"tfmsr ({repo}) {name}")
 
@@ -123,6 +125,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--models", default="deepfm,din,mmoe")
     ap.add_argument("--repeats", type=int, default=3, help="runs per side; the figures are medians")
     ap.add_argument("--base", help="a checkout of another tfmsr commit, run in the same rotation (base_*)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="tfmsr config override of the main side (not --base's), repeatable")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
 
@@ -141,7 +145,7 @@ def main(argv=None) -> dict:
         for name in args.models.split(","):
             runs = []
             for _ in range(args.repeats):  # alternate the sides so a slow spell hits each
-                run = {"tfmsr": _ours(REPO, name, data, args),
+                run = {"tfmsr": _ours(REPO, name, data, args, args.set),
                        "deepctr": _side([args.deepctr_python, side, arrays, MODELS[name][1], str(args.batch),
                                          str(args.steps), str(args.warmup)], env, f"deepctr {MODELS[name][1]}")}
                 if args.base:
@@ -151,6 +155,7 @@ def main(argv=None) -> dict:
             print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
     res = {"bench": "deepctr", "rows": args.rows, "batch": args.batch, "steps": args.steps,
            "warmup": args.warmup, "cpus": os.cpu_count(), **({"base": os.path.abspath(args.base)} if args.base else {}),
+           **({"set": args.set} if args.set else {}),
            "models": results}
     text = json.dumps(res, indent=1)
     if args.out:

@@ -195,3 +195,47 @@ def test_local_fit_traces_its_train_step_once(synth_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(TrainableModel, "train_step", lambda self, data: traced.append(1) or step(self, data))
     summary = train(quick_config("dnn", {"hidden": [4]}, validate=False), synth_dir, str(tmp_path / "m"))
     assert summary["steps"] > 1 and len(traced) == 1
+
+
+def test_steps_per_execution_trains_the_same_steps(synth_dir, tmp_path):
+    """``train.steps_per_execution: 4`` runs the same 19 steps an epoch in 5 calls (the last one 3 steps): the same
+    losses and weights as one step per call; the progress line still comes every ``log_every`` steps."""
+    runs = {}
+    for spe, every in ((1, 5), (4, 5), (4, 1)):
+        lines = []
+        cfg = quick_config("dnn", {"hidden": [8]}, validate=False, log_every=every, steps_per_execution=spe)
+        summary = train(cfg, synth_dir, str(tmp_path / f"m{spe}_{every}"), log=lines.append)
+        model, _, _ = load_trained(str(tmp_path / f"m{spe}_{every}"))
+        runs[spe, every] = (summary, [v.numpy() for v in model.trainable_variables],
+                            sum(" ex/s " in line for line in lines))
+    (one, w1, lines1), (four, w4, lines4), (_, _, calls) = runs[1, 5], runs[4, 5], runs[4, 1]
+    assert one["steps"] == four["steps"] == 19
+    np.testing.assert_allclose(four["history"]["loss"], one["history"]["loss"], rtol=1e-5)
+    for a, b in zip(w4, w1):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert lines1 == lines4 == 2          # due after steps 5, 10, 15; the first due call starts the clock
+    assert calls == 4                     # log_every 1: due at each of the 5 calls
+
+
+def test_every_n_steps_is_due_once_per_multiple_whatever_the_call_size():
+    """``EveryNSteps.due`` at the end of a call of steps ``first .. last`` is true exactly when the call holds a
+    step ending a multiple of ``every`` (one step per call: ``(batch + 1) % every == 0``)."""
+    from tfmsr.distribute.progress import EveryNSteps
+
+    cb = EveryNSteps()
+    for spe in (1, 2, 3, 4, 7):
+        for every in (1, 3, 5):
+            for first in range(0, 20, spe):
+                last = min(first + spe, 20) - 1
+                cb.on_train_batch_begin(first)
+                want = any((s + 1) % every == 0 for s in range(first, last + 1))
+                assert cb.due(last, every) == want, (spe, every, first)
+
+
+def test_steps_per_execution_is_refused_on_a_cluster():
+    from tfmsr.distribute.strategy import Cluster
+    from tfmsr.ranking.train import build_in_scope
+
+    cfg = quick_config("dnn", steps_per_execution=2)
+    with pytest.raises(ConfigError, match="train.steps_per_execution: 2 runs local training only"):
+        build_in_scope(tf.distribute.get_strategy(), Cluster("ps", "chief"), cfg, None, [])

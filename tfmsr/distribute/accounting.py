@@ -34,7 +34,7 @@ import tf_keras as keras
 
 from tfmsr.core.io import write_json
 from tfmsr.data.guards import SHARD_KEY
-from tfmsr.distribute.progress import TrainClock, fetch_logs, last_step_of_epoch
+from tfmsr.distribute.progress import EveryNSteps, TrainClock, fetch_logs, last_step_of_epoch
 
 _COUNTERS = "_tfmsr_counters"
 SEQ = 1 << 24  # the shared stream tags each row with shard + SEQ x its batch's sequence number (shared_input)
@@ -52,7 +52,7 @@ def _value(logs, key: str) -> Optional[float]:
     return None if v is None else float(v)
 
 
-class LossGuard(keras.callbacks.Callback):
+class LossGuard(EveryNSteps):
     """Raise ``NonFiniteLoss`` at the first step (checked every ``every`` steps) whose loss is not finite."""
 
     def __init__(self, model_dir: str, every: int = 1):
@@ -61,7 +61,7 @@ class LossGuard(keras.callbacks.Callback):
         self.model_dir, self.every = model_dir, every
 
     def on_train_batch_end(self, batch, logs=None):
-        if (batch + 1) % self.every == 0:
+        if self.due(batch, self.every):
             self._check(_value(logs, "loss"), f"step {int(self.model.optimizer.iterations.numpy())}")
 
     def on_epoch_end(self, epoch, logs=None):

@@ -52,13 +52,27 @@ def fetch_logs(logs, what: str, log=log_line):
         return None
 
 
+class EveryNSteps(keras.callbacks.Callback):
+    """A callback that acts every ``every`` steps of an epoch whatever the steps per call of the train function
+    (``train.steps_per_execution``): Keras calls it once per call, ``batch`` = the call's first step at its
+    begin, its last step at its end."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._first = batch
+
+    def due(self, batch: int, every: int) -> bool:
+        """A multiple of ``every`` steps ended in this call (steps ``first .. batch``; one step: ``(batch + 1)
+        % every == 0``)."""
+        return (batch + 1) // every > getattr(self, "_first", batch) // every
+
+
 def last_step_of_epoch(callback: keras.callbacks.Callback, batch: int) -> bool:
     """True at the end of an epoch's last step (``batch`` counts from 0 in the epoch)."""
     steps: Optional[int] = (callback.params or {}).get("steps")
     return steps is not None and batch + 1 >= steps
 
 
-class Progress(keras.callbacks.Callback):
+class Progress(EveryNSteps):
     """Every ``every`` steps: global step, examples/s, loss, AUC, the epoch's counts so far (non-finite
     values, out-of-vocabulary ids) and ETA on one line. The rate counts training-step time only
     (``TrainClock``: an epoch's validation is not in it); ``clock`` is its time source."""
@@ -79,7 +93,7 @@ class Progress(keras.callbacks.Callback):
         self.clock.start()
 
     def on_train_batch_end(self, batch, logs=None):
-        if (batch + 1) % self.every == 0:
+        if self.due(batch, self.every):
             self._line(int(self.model.optimizer.iterations.numpy()), logs)
         if last_step_of_epoch(self, batch):
             self.clock.stop()

@@ -297,7 +297,7 @@ class ClusterProgress(Progress):
         return f"  worker steps {steps}" if steps is not None else ""
 
     def on_train_batch_end(self, batch, logs=None):
-        if (batch + 1) % self.every == 0 and hasattr(logs, "fetch"):
+        if self.due(batch, self.every) and hasattr(logs, "fetch"):
             logs = fetch_logs(logs, "the progress line", self.log)
         elif hasattr(logs, "fetch"):
             logs = None

@@ -31,6 +31,9 @@ DEFAULTS = {
         "checkpoint_every": 500,      # steps between fault-tolerance backups
         "early_stopping_patience": 2, # epochs without validation AUC gain (0: off)
         "log_every": 100,             # steps between progress lines
+        "steps_per_execution": 1,     # local training: steps per tf.function call (less overhead per step);
+                                      # callbacks run after each call: a progress line at the first call end at
+                                      # or past its step, a backup every checkpoint_every // N calls
         "seed": 0,
         "validate": True,             # per-scenario validation metrics each epoch
     },
@@ -54,7 +57,8 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = (), raw: 
     cfg, source, _ = read_config(path, overrides, raw, DEFAULTS, get_class)
     check_values(cfg, source, choices=[("train.optimizer", OPTIMIZERS), ("data.non_finite", POLICIES)],
                  positive_ints=["data.batch_size", "data.shuffle_buffer", "data.eval_batch_size", "train.epochs",
-                                "train.steps_per_epoch", "train.checkpoint_every", "train.log_every"],
+                                "train.steps_per_epoch", "train.checkpoint_every", "train.log_every",
+                                "train.steps_per_execution"],
                  positive_numbers=["train.learning_rate"], non_negative_ints=["train.seed", "train.early_stopping_patience"],
                  booleans=["train.validate"], optional=["train.steps_per_epoch"], overrides=overrides)
     if not (isinstance(cfg["data"]["cache"], bool) or cfg["data"]["cache"] == "auto"):

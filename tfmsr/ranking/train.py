@@ -32,6 +32,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmsr.core.checks import with_added_keys
+from tfmsr.core.errors import ConfigError
 from tfmsr.core.io import atomic_dir, write_json
 from tfmsr.core.optim import make_optimizer
 from tfmsr.core.progress import log as log_line
@@ -69,7 +70,8 @@ def compile_model(model, cfg: dict):
     """The optimizer of ``cfg`` and the AUC of the predictions; the losses are the model's own
     (``compute_losses``, :class:`tfmsr.core.model.TrainableModel`)."""
     model.compile(optimizer=make_optimizer(cfg["train"]["optimizer"], cfg["train"]["learning_rate"]),
-                  metrics=[keras.metrics.AUC(name="auc", num_thresholds=1000)])
+                  metrics=[keras.metrics.AUC(name="auc", num_thresholds=1000)],
+                  steps_per_execution=cfg["train"]["steps_per_execution"])
     return model
 
 
@@ -248,7 +250,9 @@ def _callbacks(job: _Job, model, counters):
                               else (functools.partial(ClusterBackupAndRestore, sidecar=accounting), ClusterProgress))
     callbacks += [
         epochs_ckpt, run_state,
-        backup_cb(job.backup_dir, save_freq=t["checkpoint_every"], delete_checkpoint=True),
+        # Keras counts calls of the train function: checkpoint_every steps in calls of steps_per_execution
+        backup_cb(job.backup_dir, save_freq=max(1, t["checkpoint_every"] // t["steps_per_execution"]),
+                  delete_checkpoint=True),
         keras.callbacks.TensorBoard(os.path.join(job.out_dir, "tb"), write_graph=False, profile_batch=0),
         progress_cb(batch, job.spe, t["epochs"], t["log_every"], job.log),
     ]
@@ -290,6 +294,9 @@ def build_in_scope(strategy, cluster, cfg: dict, schema: Schema, files, stats: O
     optimizer slots exist before a backup is restored: under ParameterServerStrategy a deferred restore
     of slots created later leaves them at zero."""
     check_model(get_class(cfg["model"]["name"]), cluster)
+    if cluster.kind != "local" and cfg["train"]["steps_per_execution"] > 1:
+        raise ConfigError(f"train.steps_per_execution: {cfg['train']['steps_per_execution']} runs local training "
+                          f"only; this process is the {cluster.role} of a {cluster.kind} cluster (set it to 1)")
     x, _ = next(iter(make_dataset(files[:1], schema, 8, training=False, non_finite=cfg["data"]["non_finite"])))
     pop_count(x)
     with strategy.scope():
