@@ -45,7 +45,7 @@ class Packed(NamedTuple):
     mask: tf.Tensor
 
     def gather(self, x: tf.Tensor) -> tf.Tensor:
-        """``[B, L, d] -> [n, d]``: the real tokens."""
+        """``[B, L, d] -> [n, d]``: the real tokens (``[B, L]`` ids -> ``[n]``)."""
         return tf.gather_nd(x, self.index)
 
     def scatter(self, tokens: tf.Tensor, index: Optional[tf.Tensor] = None, length=None) -> tf.Tensor:

@@ -157,7 +157,7 @@ class FIMN(RankingModel):
         if self.mie is None:
             return tf.reshape(masked_mean(fields(x), mask), [-1, len(self.pairs), self.params.embedding_dim])
         packed = pack(mask)
-        real = {s.name: tf.gather_nd(x[s.name], packed.index) for s, _ in self.pairs}   # [n] ids per field
+        real = {s.name: packed.gather(x[s.name]) for s, _ in self.pairs}                # [n] ids per field
         interests = self.mie(e_s, target, fields(real), packed=packed)
         if explained is not None:
             explained["attention"] = self.mie.attention(e_s, target, fields(x), mask=mask)

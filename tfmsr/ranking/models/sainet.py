@@ -85,7 +85,7 @@ class SAINet(RankingModel):
         pairs = require_behavior(self.schema, self.model_name)
         packed = pack(self.embedding.mask(x, pairs[0][0].name))
         seqs = tuple(s.name for s, _ in pairs) + ((self.behavior_scenario.name,) if self.behavior_scenario else ())
-        real = {name: tf.gather_nd(x[name], packed.index) for name in seqs}            # [n] ids per sequence
+        real = {name: packed.gather(x[name]) for name in seqs}                          # [n] ids per sequence
         h = tf.concat([self.embedding.embed(real, s.name) for s, _ in pairs], axis=-1)
         e_it = tf.concat([self.embedding.embed(x, t.name) for _, t in pairs], axis=-1)
         e_st = self.embedding.scenario(x)
